@@ -1,0 +1,127 @@
+//! The engine seam: one trait that both the CPU reference path and the CUDA
+//! backend implement, so that one test body and one request path run on both
+//! (WORKER-4011, 4012, 4700, 4710).
+//!
+//! A job drives an engine as: `reset` → `forward(prompt, 0)` → loop
+//! { `sample` → `forward([token], pos)` }. Sampling draws come from the
+//! portable [`rng::SamplerRng`] seeded by the request, so the same request
+//! gives the same tokens on any machine and either backend.
+
+pub mod cpu;
+pub mod cuda;
+pub mod rng;
+pub mod sampler;
+
+use crate::error::Result;
+use crate::model::arch::ModelConfig;
+use serde::Serialize;
+
+/// Which implementation computes the forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// The f32 reference path on the host CPU.
+    Cpu,
+    /// The CUDA backend: weights quantized in VRAM.
+    Cuda,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+        }
+    }
+}
+
+/// Validated sampling parameters (ranges checked at the API edge, WORKER-4302).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SamplingParams {
+    /// 0 means greedy (argmax, lowest id on ties).
+    pub temperature: f32,
+    /// 0 disables the top-k filter (the candidate pool is still capped, see sampler).
+    pub top_k: u32,
+    /// In (0, 1]; 1 disables nucleus filtering.
+    pub top_p: f32,
+}
+
+impl SamplingParams {
+    pub const GREEDY: Self = Self { temperature: 0.0, top_k: 0, top_p: 1.0 };
+
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0 || self.top_k == 1
+    }
+}
+
+/// What an engine needs to know at load time besides the model itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// KV cache capacity in tokens for the one sequence slot (WORKER-4422).
+    pub max_context: usize,
+    /// CUDA device ordinal (ignored by the CPU engine).
+    pub gpu_device: u32,
+    /// Host threads for the CPU engine (0 = all cores).
+    pub threads: usize,
+}
+
+/// Bytes the engine holds, by purpose (reported in metrics and by Plan).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct MemoryReport {
+    pub weights_bytes: u64,
+    pub kv_cache_bytes: u64,
+    pub scratch_bytes: u64,
+}
+
+impl MemoryReport {
+    pub fn total(&self) -> u64 {
+        self.weights_bytes + self.kv_cache_bytes + self.scratch_bytes
+    }
+}
+
+/// Faults a test build can inject to prove that detection works.
+#[cfg(feature = "test-hooks")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Flip one bit of the resident weight bytes at this offset.
+    FlipResidentByte { offset: u64 },
+    /// Make the next device operation fail as a CUDA error would.
+    DeviceError,
+}
+
+/// A loaded, resident model that can run one sequence at a time.
+pub trait Engine: Send {
+    fn backend(&self) -> BackendKind;
+
+    fn config(&self) -> &ModelConfig;
+
+    /// Tokens (prompt + generated) one sequence may hold: the KV cache
+    /// capacity planned at load (WORKER-4422).
+    fn max_context(&self) -> usize;
+
+    /// Forget the current sequence so the next `forward` starts at position 0.
+    fn reset(&mut self);
+
+    /// Run `tokens` at positions `pos..pos + tokens.len()`, appending to the KV
+    /// cache, and leave the logits of the last position ready. Positions must
+    /// continue the current sequence; ids must be inside the vocabulary.
+    fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<()>;
+
+    /// The logits of the last position, copied to the host (tests, teacher forcing).
+    fn logits(&mut self) -> Result<Vec<f32>>;
+
+    /// Choose the next token from the last logits: greedy when `params` say so,
+    /// else the sampler over the top candidates with `draw` ∈ [0, 1).
+    fn sample(&mut self, params: &SamplingParams, draw: f32) -> Result<u32> {
+        let logits = self.logits()?;
+        Ok(sampler::sample_from_logits(&logits, params, draw))
+    }
+
+    /// Recompute the digest of the resident weight bytes (see `shard::digest`).
+    fn resident_digest(&mut self) -> Result<[u8; 32]>;
+
+    fn memory(&self) -> MemoryReport;
+
+    #[cfg(feature = "test-hooks")]
+    fn inject_fault(&mut self, fault: Fault) -> Result<()>;
+}

@@ -1,0 +1,39 @@
+//! The `worker-orcd` binary: thin argument dispatch. With no subcommand it runs
+//! the daemon (`serve`); `generate`, `bench` and `make-model` are tools for
+//! people and for the GPU machine.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+use worker_orcd::{cli, config, daemon};
+
+#[derive(Parser)]
+#[command(name = "worker-orcd", version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: config::ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the worker daemon (the default when no subcommand is given).
+    Serve(config::ServeArgs),
+    /// Generate text from a prompt and stream it to stdout.
+    Generate(cli::generate::GenerateArgs),
+    /// Measure prefill and decode speed; prints a table, writes CSV and JSON.
+    Bench(cli::bench::BenchArgs),
+    /// Write a GGUF test model with seeded weights and a tokenizer.
+    MakeModel(cli::make_model::MakeModelArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        None => daemon::run(cli.serve),
+        Some(Command::Serve(args)) => daemon::run(args),
+        Some(Command::Generate(args)) => cli::generate::run(args),
+        Some(Command::Bench(args)) => cli::bench::run(args),
+        Some(Command::MakeModel(args)) => cli::make_model::run(args),
+    }
+}

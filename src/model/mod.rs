@@ -1,0 +1,8 @@
+//! Model files: GGUF parsing, tensor block formats, architectures, tokenizer,
+//! capability descriptor (MCD) and the test-model generator.
+pub mod arch;
+pub mod gguf;
+pub mod gguf_write;
+pub mod mcd;
+pub mod quant;
+pub mod tokenizer;
