@@ -8,7 +8,7 @@
 //! `MODEL_LOAD_FAILED` naming what was wrong, where, and which limit applied.
 //! Paths and model-root checks belong to the daemon, not here.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -17,12 +17,9 @@ use crate::error::{Result, WorkerError};
 
 #[path = "mapped.rs"]
 mod mapped;
+mod parse;
 use mapped::FileBytes;
-
-const GGUF_MAGIC: &[u8; 4] = b"GGUF";
-const DEFAULT_ALIGNMENT: u64 = 32;
-/// Nested arrays are legal GGUF but no real model nests deeper than this.
-const MAX_ARRAY_DEPTH: u32 = 2;
+use parse::parse_header;
 
 /// ggml tensor types this build can compute with. Ids and names are ggml's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -107,12 +104,18 @@ impl GgmlType {
 
     /// Look a type up by its ggml name, case-insensitively ("Q4_K", "f16").
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.name().eq_ignore_ascii_case(name))
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(name))
     }
 
     /// Comma-separated names of every supported type, for error messages.
     pub fn supported_list() -> String {
-        Self::ALL.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+        Self::ALL
+            .iter()
+            .map(|t| t.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -120,9 +123,9 @@ impl GgmlType {
 pub fn ggml_type_name(id: u32) -> Option<&'static str> {
     const NAMES: [&str; 40] = [
         "f32", "f16", "q4_0", "q4_1", "", "", "q5_0", "q5_1", "q8_0", "q8_1", "q2_K", "q3_K",
-        "q4_K", "q5_K", "q6_K", "q8_K", "iq2_xxs", "iq2_xs", "iq3_xxs", "iq1_s", "iq4_nl",
-        "iq3_s", "iq2_s", "iq4_xs", "i8", "i16", "i32", "i64", "f64", "iq1_m", "bf16", "", "",
-        "", "tq1_0", "tq2_0", "", "", "", "mxfp4",
+        "q4_K", "q5_K", "q6_K", "q8_K", "iq2_xxs", "iq2_xs", "iq3_xxs", "iq1_s", "iq4_nl", "iq3_s",
+        "iq2_s", "iq4_xs", "i8", "i16", "i32", "i64", "f64", "iq1_m", "bf16", "", "", "", "tq1_0",
+        "tq2_0", "", "", "", "mxfp4",
     ];
     NAMES.get(id as usize).copied().filter(|n| !n.is_empty())
 }
@@ -243,7 +246,6 @@ impl Default for GgufLimits {
 }
 
 /// A parsed, validated GGUF file whose bytes stay mapped (or owned).
-#[derive(Debug)]
 pub struct GgufFile {
     pub metadata: BTreeMap<String, MetaValue>,
     pub tensors: Vec<TensorInfo>,
@@ -254,6 +256,22 @@ pub struct GgufFile {
     pub file_len: u64,
     version: u32,
     bytes: FileBytes,
+}
+
+/// A summary: the full metadata holds vocabularies of 150k strings.
+impl std::fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("version", &self.version)
+            .field("file_len", &self.file_len)
+            .field("sha256", &hex::encode(self.file_sha256))
+            .field("metadata_keys", &self.metadata.len())
+            .field("tensors", &self.tensors.len())
+            .field("data_offset", &self.data_offset)
+            .field("alignment", &self.alignment)
+            .field("bytes", &self.bytes)
+            .finish()
+    }
 }
 
 fn fail(msg: impl Into<String>) -> WorkerError {
@@ -317,6 +335,28 @@ impl GgufFile {
             version: h.version,
             bytes,
         })
+    }
+
+    /// Compare the whole-file SHA-256 with an expected digest (WORKER-4314):
+    /// 64 hex digits, optionally prefixed `sha256:`, case-insensitive.
+    pub fn verify_sha256(&self, expected: &str) -> Result<()> {
+        let want = expected.trim();
+        let want = want
+            .strip_prefix("sha256:")
+            .unwrap_or(want)
+            .to_ascii_lowercase();
+        let have = hex::encode(self.file_sha256);
+        if want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(fail(format!(
+                "expected digest {expected:?} is not a SHA-256 (64 hex digits, optionally prefixed sha256:)"
+            )));
+        }
+        if want != have {
+            return Err(fail(format!(
+                "model file SHA-256 is {have} but {want} was expected; the file is not the model that was asked for (or is corrupt)"
+            )));
+        }
+        Ok(())
     }
 
     /// GGUF format version (2 or 3).
@@ -430,329 +470,5 @@ pub fn sha256_chunked(buf: &[u8]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// Bounds-checked little-endian reader. Every read says what it was reading.
-struct Cursor<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: u64, what: &dyn std::fmt::Display) -> Result<&'a [u8]> {
-        let remaining = self.buf.len() - self.pos;
-        if n > remaining as u64 {
-            return Err(fail(format!(
-                "{what} at offset {} needs {n} bytes but only {remaining} remain in the {}-byte file (truncated or corrupt)",
-                self.pos,
-                self.buf.len()
-            )));
-        }
-        let s = &self.buf[self.pos..self.pos + n as usize];
-        self.pos += n as usize;
-        Ok(s)
-    }
-
-    fn array<const N: usize>(&mut self, what: &dyn std::fmt::Display) -> Result<[u8; N]> {
-        let s = self.take(N as u64, what)?;
-        let mut a = [0u8; N];
-        a.copy_from_slice(s);
-        Ok(a)
-    }
-
-    fn u32(&mut self, what: &dyn std::fmt::Display) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.array(what)?))
-    }
-
-    fn u64(&mut self, what: &dyn std::fmt::Display) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.array(what)?))
-    }
-
-    fn string(&mut self, limits: &GgufLimits, what: &dyn std::fmt::Display) -> Result<String> {
-        let at = self.pos;
-        let len = self.u64(&format_args!("length of {what}"))?;
-        if len > limits.max_string_bytes {
-            return Err(fail(format!(
-                "{what} at offset {at} declares {len} bytes, over the string limit of {} bytes (max_string_bytes)",
-                limits.max_string_bytes
-            )));
-        }
-        let raw = self.take(len, what)?;
-        match std::str::from_utf8(raw) {
-            Ok(s) => Ok(s.to_owned()),
-            Err(e) => Err(fail(format!(
-                "{what} at offset {} is not valid UTF-8 (bad byte at position {} of the string)",
-                at + 8,
-                e.valid_up_to()
-            ))),
-        }
-    }
-}
-
-struct Header {
-    version: u32,
-    metadata: BTreeMap<String, MetaValue>,
-    tensors: Vec<TensorInfo>,
-    data_offset: u64,
-    alignment: u64,
-}
-
-fn parse_header(buf: &[u8], limits: &GgufLimits) -> Result<Header> {
-    let mut c = Cursor { buf, pos: 0 };
-    let magic: [u8; 4] = c.array(&"magic")?;
-    if &magic != GGUF_MAGIC {
-        return Err(fail(format!(
-            "magic at offset 0 is {:?} (hex {}), expected \"GGUF\"; this is not a GGUF model file",
-            String::from_utf8_lossy(&magic),
-            hex::encode(magic)
-        )));
-    }
-    let version = c.u32(&"version")?;
-    if version != 2 && version != 3 {
-        let hint = if version.swap_bytes() == 2 || version.swap_bytes() == 3 {
-            " (the file looks big-endian, which this build does not read)"
-        } else if version == 1 {
-            " (GGUF v1 is obsolete; re-convert the model)"
-        } else {
-            ""
-        };
-        return Err(fail(format!(
-            "GGUF version {version} at offset 4 is not supported; supported versions: 2, 3{hint}"
-        )));
-    }
-    let n_tensors = c.u64(&"tensor count")?;
-    if n_tensors > limits.max_tensors {
-        return Err(fail(format!(
-            "tensor count {n_tensors} at offset 8 is over the limit of {} (max_tensors)",
-            limits.max_tensors
-        )));
-    }
-    let n_kv = c.u64(&"metadata count")?;
-    if n_kv > limits.max_metadata_pairs {
-        return Err(fail(format!(
-            "metadata count {n_kv} at offset 16 is over the limit of {} (max_metadata_pairs)",
-            limits.max_metadata_pairs
-        )));
-    }
-
-    let mut metadata = BTreeMap::new();
-    for i in 0..n_kv {
-        let at = c.pos;
-        let key = c.string(limits, &format_args!("key of metadata pair {i}"))?;
-        if key.is_empty() {
-            return Err(fail(format!("metadata pair {i} at offset {at} has an empty key")));
-        }
-        let vt = c.u32(&format_args!("value type of metadata key {key:?}"))?;
-        let value = read_value(&mut c, vt, limits, &key, 0)?;
-        if metadata.insert(key.clone(), value).is_some() {
-            return Err(fail(format!("metadata key {key:?} at offset {at} appears twice")));
-        }
-    }
-
-    let alignment = match metadata.get("general.alignment") {
-        None => DEFAULT_ALIGNMENT,
-        Some(v) => match v.as_i128() {
-            Some(a) if a > 0 && (a as u128).is_power_of_two() && a <= 1 << 30 => a as u64,
-            _ => {
-                return Err(fail(format!(
-                    "general.alignment is {v:?}; it must be a power of two between 1 and 2^30"
-                )))
-            }
-        },
-    };
-
-    let mut tensors = Vec::with_capacity(n_tensors as usize);
-    let mut names = BTreeSet::new();
-    for i in 0..n_tensors {
-        let at = c.pos;
-        let t = read_tensor_info(&mut c, limits, i, alignment)?;
-        if !names.insert(t.name.clone()) {
-            return Err(fail(format!("tensor name {:?} at offset {at} appears twice", t.name)));
-        }
-        tensors.push(t);
-    }
-
-    let header_end = c.pos as u64;
-    let data_offset = header_end.div_ceil(alignment) * alignment;
-    let file_len = buf.len() as u64;
-    let data_offset = if data_offset > file_len && tensors.is_empty() {
-        // A file with no tensors may omit the trailing padding.
-        file_len
-    } else {
-        data_offset
-    };
-    if data_offset > file_len {
-        return Err(fail(format!(
-            "data section would start at offset {data_offset} (header ends at {header_end}, aligned to {alignment}) but the file is only {file_len} bytes"
-        )));
-    }
-    check_tensor_ranges(&tensors, file_len - data_offset, data_offset)?;
-    Ok(Header { version, metadata, tensors, data_offset, alignment })
-}
-
-fn read_value(
-    c: &mut Cursor<'_>,
-    vt: u32,
-    limits: &GgufLimits,
-    key: &str,
-    depth: u32,
-) -> Result<MetaValue> {
-    let what = format_args!("value of metadata key {key:?}");
-    Ok(match vt {
-        0 => MetaValue::U8(u8::from_le_bytes(c.array(&what)?)),
-        1 => MetaValue::I8(i8::from_le_bytes(c.array(&what)?)),
-        2 => MetaValue::U16(u16::from_le_bytes(c.array(&what)?)),
-        3 => MetaValue::I16(i16::from_le_bytes(c.array(&what)?)),
-        4 => MetaValue::U32(u32::from_le_bytes(c.array(&what)?)),
-        5 => MetaValue::I32(i32::from_le_bytes(c.array(&what)?)),
-        6 => MetaValue::F32(f32::from_le_bytes(c.array(&what)?)),
-        7 => {
-            let at = c.pos;
-            match c.array::<1>(&what)?[0] {
-                0 => MetaValue::Bool(false),
-                1 => MetaValue::Bool(true),
-                b => {
-                    return Err(fail(format!(
-                        "boolean value of metadata key {key:?} at offset {at} is {b}, not 0 or 1"
-                    )))
-                }
-            }
-        }
-        8 => MetaValue::String(c.string(limits, &what)?),
-        9 => {
-            let at = c.pos;
-            let et = c.u32(&format_args!("element type of array {key:?}"))?;
-            let len = c.u64(&format_args!("length of array {key:?}"))?;
-            if depth >= MAX_ARRAY_DEPTH {
-                return Err(fail(format!(
-                    "array {key:?} at offset {at} nests deeper than {MAX_ARRAY_DEPTH} levels"
-                )));
-            }
-            if len > limits.max_array_len {
-                return Err(fail(format!(
-                    "array {key:?} at offset {at} declares {len} elements, over the limit of {} (max_array_len)",
-                    limits.max_array_len
-                )));
-            }
-            // Refuse before allocating: each element needs at least this many bytes.
-            let min_elem: u64 = match et {
-                0 | 1 | 7 => 1,
-                2 | 3 => 2,
-                4..=6 => 4,
-                8 | 10..=12 => 8,
-                9 => 12,
-                other => {
-                    return Err(fail(format!(
-                        "array {key:?} at offset {at} has unknown element type {other}"
-                    )))
-                }
-            };
-            let remaining = (c.buf.len() - c.pos) as u64;
-            if len.saturating_mul(min_elem) > remaining {
-                return Err(fail(format!(
-                    "array {key:?} at offset {at} declares {len} elements but only {remaining} bytes remain in the file (truncated or corrupt)"
-                )));
-            }
-            let mut items = Vec::with_capacity(len as usize);
-            for _ in 0..len {
-                items.push(read_value(c, et, limits, key, depth + 1)?);
-            }
-            MetaValue::Array(items)
-        }
-        10 => MetaValue::U64(u64::from_le_bytes(c.array(&what)?)),
-        11 => MetaValue::I64(i64::from_le_bytes(c.array(&what)?)),
-        12 => MetaValue::F64(f64::from_le_bytes(c.array(&what)?)),
-        other => {
-            return Err(fail(format!(
-                "metadata key {key:?} at offset {} has unknown value type {other} (known: 0..=12)",
-                c.pos.saturating_sub(4)
-            )))
-        }
-    })
-}
-
-fn read_tensor_info(
-    c: &mut Cursor<'_>,
-    limits: &GgufLimits,
-    i: u64,
-    alignment: u64,
-) -> Result<TensorInfo> {
-    let at = c.pos;
-    let name = c.string(limits, &format_args!("name of tensor {i}"))?;
-    if name.is_empty() {
-        return Err(fail(format!("tensor {i} at offset {at} has an empty name")));
-    }
-    let n_dims = c.u32(&format_args!("dimension count of tensor {name:?}"))?;
-    if n_dims == 0 || n_dims > limits.max_dims {
-        return Err(fail(format!(
-            "tensor {name:?} at offset {at} has {n_dims} dimensions; allowed 1..={} (max_dims)",
-            limits.max_dims
-        )));
-    }
-    let mut dims = Vec::with_capacity(n_dims as usize);
-    for d in 0..n_dims {
-        let v = c.u64(&format_args!("dimension {d} of tensor {name:?}"))?;
-        if v == 0 {
-            return Err(fail(format!("tensor {name:?} at offset {at} has dimension {d} of size 0")));
-        }
-        dims.push(v);
-    }
-    let type_at = c.pos;
-    let type_id = c.u32(&format_args!("type of tensor {name:?}"))?;
-    let dtype = GgmlType::from_id(type_id).ok_or_else(|| {
-        let known = match ggml_type_name(type_id) {
-            Some(n) => format!("ggml type {n} (id {type_id})"),
-            None => format!("unknown ggml type id {type_id}"),
-        };
-        fail(format!(
-            "tensor {name:?} at offset {type_at} uses {known}, which is not supported by this build; supported: {}",
-            GgmlType::supported_list()
-        ))
-    })?;
-    let offset = c.u64(&format_args!("data offset of tensor {name:?}"))?;
-    if offset % alignment != 0 {
-        return Err(fail(format!(
-            "tensor {name:?} data offset {offset} is not a multiple of the alignment {alignment}"
-        )));
-    }
-    let n_elements = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).ok_or_else(|| {
-        fail(format!("tensor {name:?} dimensions {dims:?} overflow when multiplied"))
-    })?;
-    let block = dtype.block_size() as u64;
-    if dims[0] % block != 0 {
-        return Err(fail(format!(
-            "tensor {name:?} row length {} is not a multiple of the {} block size {block}",
-            dims[0],
-            dtype.name()
-        )));
-    }
-    let n_bytes = (n_elements / block)
-        .checked_mul(dtype.type_size() as u64)
-        .ok_or_else(|| fail(format!("tensor {name:?} byte size overflows ({dims:?}, {})", dtype.name())))?;
-    Ok(TensorInfo { name, dims, dtype, offset, n_bytes })
-}
-
-/// Every tensor inside the data section, none overlapping (WORKER-4412).
-fn check_tensor_ranges(tensors: &[TensorInfo], data_len: u64, data_offset: u64) -> Result<()> {
-    for t in tensors {
-        let end = t.offset.checked_add(t.n_bytes);
-        if end.is_none_or(|e| e > data_len) {
-            return Err(fail(format!(
-                "tensor {:?} ({} bytes at data offset {}, file offset {}) extends past the end of the file (data section is {data_len} bytes)",
-                t.name,
-                t.n_bytes,
-                t.offset,
-                data_offset.saturating_add(t.offset)
-            )));
-        }
-    }
-    let mut order: Vec<&TensorInfo> = tensors.iter().collect();
-    order.sort_by_key(|t| (t.offset, t.n_bytes));
-    for w in order.windows(2) {
-        if w[0].offset + w[0].n_bytes > w[1].offset {
-            return Err(fail(format!(
-                "tensors {:?} (data offset {}, {} bytes) and {:?} (data offset {}) overlap",
-                w[0].name, w[0].offset, w[0].n_bytes, w[1].name, w[1].offset
-            )));
-        }
-    }
-    Ok(())
-}
+#[cfg(test)]
+mod tests;
