@@ -1,3 +1,386 @@
-//! placeholder: owned by the config/ops helper.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ServeArgs {}
+//! Start-up configuration: one JSON file, the environment, and one flag per
+//! key, merged as file < environment < flags, then validated so that every
+//! bad value stops the worker before it touches a model or a GPU
+//! (WORKER-4980–4983, 4990, 4991).
+//!
+//! Each value remembers where it came from, so an error at 3 a.m. reads
+//! "`rpc_port` = \"80\" (from flag --rpc-port): ..." and says what is accepted.
+//! Environment variables are read only through [`crate::env`].
+//!
+//! Credentials (token file) live in [`credentials`], privilege checks in
+//! [`privileges`]; both report failures as [`ConfigError`] (exit code 2).
+
+pub mod credentials;
+mod keys;
+pub mod privileges;
+#[cfg(test)]
+mod security_tests;
+#[cfg(test)]
+mod tests;
+
+pub use credentials::{Credentials, Identity};
+pub use keys::{KeyDef, KEYS};
+pub use privileges::{check_not_root, drop_capabilities, CapabilityReport};
+
+use crate::engine::BackendKind;
+use crate::env;
+use crate::model::gguf::GgufLimits;
+use keys::{Layer, Source};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The daemon's command-line flags. Every config-file key has a flag of the
+/// same name with `-` for `_`; a flag beats the environment, which beats the
+/// file. Numbers are taken as text and checked by [`Config::resolve`] so the
+/// error names the field and its accepted range.
+///
+/// The per-key flags live in a boxed [`KeyFlags`] (reachable through `Deref`,
+/// e.g. `args.worker_id`) so that this struct stays small inside the CLI's
+/// subcommand enum.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ServeArgs {
+    /// JSON configuration file: one object whose keys are the flag names below
+    /// with `_` for `-` (gguf limits nest under "gguf_limits"). Unknown keys are refused.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub keys: Box<KeyFlags>,
+}
+
+impl std::ops::Deref for ServeArgs {
+    type Target = KeyFlags;
+    fn deref(&self) -> &KeyFlags {
+        &self.keys
+    }
+}
+
+impl std::ops::DerefMut for ServeArgs {
+    fn deref_mut(&mut self) -> &mut KeyFlags {
+        &mut self.keys
+    }
+}
+
+/// One flag per configuration key (see [`KEYS`] and docs/operations.md).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct KeyFlags {
+    /// Identifier of this worker, [A-Za-z0-9._-]{1,64}. Required.
+    #[arg(long, value_name = "ID")]
+    pub worker_id: Option<String>,
+    /// Identifier of the pool this worker belongs to, [A-Za-z0-9._-]{1,64}. Required.
+    #[arg(long, value_name = "ID")]
+    pub pool_id: Option<String>,
+    /// GGUF model loaded at start-up; relative paths are taken under --model-root. Required.
+    #[arg(long, value_name = "PATH")]
+    pub model_path: Option<String>,
+    /// Directory every model must lie under (default /var/lib/llorch/models).
+    #[arg(long, value_name = "DIR")]
+    pub model_root: Option<String>,
+    /// Port of the RPC server, 1024..=65535; replaces the port of the bind address.
+    #[arg(long, value_name = "PORT")]
+    pub rpc_port: Option<String>,
+    #[arg(long, value_name = "IP:PORT", help = env::BIND_ADDR.flag_help("Address the RPC server listens on."))]
+    pub bind_addr: Option<String>,
+    /// http:// URL the worker POSTs its readiness (and fatal status) to. Required.
+    #[arg(long, value_name = "URL")]
+    pub readiness_callback_url: Option<String>,
+    #[arg(long, value_name = "N", help = env::GPU_DEVICE.flag_help("CUDA device index, 0..=63."))]
+    pub gpu_device: Option<String>,
+    /// Compute backend: cuda (default; fails fast without a usable GPU) or cpu (reference path).
+    #[arg(long, value_name = "cuda|cpu")]
+    pub backend: Option<String>,
+    /// Concurrent jobs; must be 1 in this milestone (default 1).
+    #[arg(long, value_name = "N")]
+    pub slots_total: Option<String>,
+    /// Largest max_tokens a request may ask for, 1..=1048576 (default 4096).
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<String>,
+    /// Longest prompt in tokens, 1..=max_context (default 4096).
+    #[arg(long, value_name = "N")]
+    pub max_prompt_len: Option<String>,
+    /// KV cache capacity in tokens (prompt + output), 16..=1048576 (default 4096).
+    #[arg(long, value_name = "N")]
+    pub max_context: Option<String>,
+    /// Execution timeout per job in ms, 100..=86400000 (default 300000).
+    #[arg(long, value_name = "MS")]
+    pub execution_timeout_ms: Option<String>,
+    /// How long SIGTERM waits for the in-flight job, in ms, 0..=3600000 (default 30000).
+    #[arg(long, value_name = "MS")]
+    pub drain_timeout_ms: Option<String>,
+    /// Largest HTTP request body in bytes, 1024..=67108864 (default 1048576).
+    #[arg(long, value_name = "BYTES")]
+    pub max_body_bytes: Option<String>,
+    /// Largest model file in bytes, 1..=10^13 (default 10^11 = 100 GB).
+    #[arg(long, value_name = "BYTES")]
+    pub max_model_bytes: Option<String>,
+    #[arg(long, value_name = "PATH", help = env::API_TOKEN_FILE.flag_help(
+        "Token file (mode 0600, one token per line, # comments)."))]
+    pub api_token_file: Option<String>,
+    #[arg(long, value_name = "LEVEL", help = env::LOG_LEVEL.flag_help("trace, debug, info, warn or error."))]
+    pub log_level: Option<String>,
+    /// Whether GET /worker/ready needs the bearer token: true (default) or false.
+    #[arg(long, value_name = "true|false")]
+    pub ready_requires_auth: Option<String>,
+    /// GGUF: most tensors in a file, 1..=1000000 (default 10000).
+    #[arg(long, value_name = "N")]
+    pub gguf_max_tensors: Option<String>,
+    /// GGUF: largest file in bytes, 1..=10^13 (default: max_model_bytes).
+    #[arg(long, value_name = "BYTES")]
+    pub gguf_max_file_bytes: Option<String>,
+    /// GGUF: longest metadata string in bytes, 1..=16777216 (default 65536).
+    #[arg(long, value_name = "BYTES")]
+    pub gguf_max_string_bytes: Option<String>,
+    /// GGUF: most metadata pairs, 1..=1000000 (default 1000).
+    #[arg(long, value_name = "N")]
+    pub gguf_max_metadata_pairs: Option<String>,
+    /// GGUF: longest metadata array, 1..=67108864 (default 4194304).
+    #[arg(long, value_name = "N")]
+    pub gguf_max_array_len: Option<String>,
+    /// GGUF: most dimensions per tensor, 1..=8 (default 4).
+    #[arg(long, value_name = "N")]
+    pub gguf_max_dims: Option<String>,
+    /// Run even as root. Dangerous: a compromised worker would own the host. Logged as a warning.
+    #[arg(long)]
+    pub allow_root: bool,
+}
+
+/// The validated configuration the daemon runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub worker_id: String,
+    pub pool_id: String,
+    /// As configured; relative paths already joined onto `model_root`. The
+    /// daemon canonicalizes and checks it lies under the root (4320–4323).
+    pub model_path: PathBuf,
+    pub model_root: PathBuf,
+    pub bind_addr: SocketAddr,
+    pub readiness_callback_url: String,
+    pub gpu_device: u32,
+    /// Only recorded here; the daemon probes the GPU and fails fast when
+    /// `cuda` is chosen and no device is usable.
+    pub backend: BackendKind,
+    pub slots_total: u32,
+    pub max_tokens: u32,
+    /// In tokens, after tokenization.
+    pub max_prompt_len: usize,
+    pub max_context: usize,
+    pub execution_timeout_ms: u64,
+    pub drain_timeout_ms: u64,
+    pub max_body_bytes: usize,
+    pub max_model_bytes: u64,
+    pub api_token_file: PathBuf,
+    pub allow_root: bool,
+    pub log_level: String,
+    pub ready_requires_auth: bool,
+    pub gguf_limits: GgufLimits,
+}
+
+/// A configuration, credential or privilege problem found at start-up. The
+/// worker exits with code 2 ([`ConfigError::EXIT_CODE`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {field}: {message}")]
+pub struct ConfigError {
+    /// The config key (or "api_token_file", "allow_root", ...) at fault.
+    pub field: String,
+    /// What is wrong, what is accepted, and what to do.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// Process exit status for configuration, credential and privilege errors.
+    pub const EXIT_CODE: u8 = 2;
+
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Default model directory (WORKER-4322).
+pub const DEFAULT_MODEL_ROOT: &str = "/var/lib/llorch/models";
+/// File name of the token inside `$CREDENTIALS_DIRECTORY` (systemd LoadCredential=worker-token).
+pub const CREDENTIAL_NAME: &str = "worker-token";
+/// Accepted log levels.
+pub const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
+
+impl Config {
+    /// Read `--config`, the environment and the flags; validate everything.
+    pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
+        Self::resolve_with(args, &env::process_lookup)
+    }
+
+    /// As [`Config::resolve`], with the environment given by `lookup` (tests).
+    pub fn resolve_with(args: &ServeArgs, lookup: env::Lookup<'_>) -> Result<Config, ConfigError> {
+        let mut merged = Layer::default();
+        if let Some(path) = &args.config {
+            merged.overlay(keys::file_layer(path)?);
+        }
+        merged.overlay(keys::env_layer(lookup)?);
+        merged.overlay(keys::flag_layer(&args.keys));
+        build(&merged, lookup)
+    }
+
+    /// Configuration from JSON text alone (no environment, no flags): for
+    /// tests and tools that assemble a worker in-process.
+    pub fn from_json_str(text: &str) -> Result<Config, ConfigError> {
+        let layer = keys::json_layer(text, &Source::File(PathBuf::from("<inline json>")))?;
+        build(&layer, &|_| None)
+    }
+
+    /// One plain-English sentence for the start-up narration.
+    pub fn describe(&self) -> String {
+        format!(
+            "Worker {} of pool {} will serve {} on the {} backend (GPU {}) at {}; context {} tokens, \
+             up to {} output tokens, one job at a time, {} s execution timeout.",
+            self.worker_id,
+            self.pool_id,
+            self.model_path.display(),
+            self.backend.as_str(),
+            self.gpu_device,
+            self.bind_addr,
+            self.max_context,
+            self.max_tokens,
+            self.execution_timeout_ms as f64 / 1000.0,
+        )
+    }
+}
+
+fn build(m: &Layer, lookup: env::Lookup<'_>) -> Result<Config, ConfigError> {
+    let worker_id = keys::id(m, "worker_id")?;
+    let pool_id = keys::id(m, "pool_id")?;
+    let model_root = PathBuf::from(m.text_or("model_root", DEFAULT_MODEL_ROOT)?);
+    let model_path = {
+        let p = PathBuf::from(m.required_text("model_path")?);
+        if p.is_absolute() {
+            p
+        } else {
+            model_root.join(p)
+        }
+    };
+
+    let mut bind_addr = keys::bind_addr(m)?;
+    if m.get("rpc_port").is_some() {
+        bind_addr.set_port(keys::port(m, "rpc_port")?);
+    }
+
+    let readiness_callback_url = keys::callback_url(m, "readiness_callback_url")?;
+    let gpu_device = keys::uint(m, "gpu_device", 0, 63, 0)? as u32;
+    let backend = match m.text_or("backend", "cuda")?.as_str() {
+        "cuda" => BackendKind::Cuda,
+        "cpu" => BackendKind::Cpu,
+        other => {
+            return Err(m.err(
+                "backend",
+                &format!(
+                    "\"{other}\" is not a backend; use \"cuda\" (GPU) or \"cpu\" (reference path)"
+                ),
+            ))
+        }
+    };
+    // Parsed over the full range first so that "abc" and "0" get the same
+    // explanation as "2": only 1 is accepted in this milestone.
+    let slots_total = keys::uint(m, "slots_total", 0, u64::from(u32::MAX), 1)?;
+    if slots_total != 1 {
+        return Err(m.err(
+            "slots_total",
+            "accepted value is 1: this build runs exactly one job at a time (milestone M0); set slots_total to 1 or leave it out",
+        ));
+    }
+    let max_tokens = keys::uint(m, "max_tokens", 1, 1 << 20, 4096)? as u32;
+    let max_context = keys::uint(m, "max_context", 16, 1 << 20, 4096)? as usize;
+    let max_prompt_len = keys::uint(m, "max_prompt_len", 1, 1 << 20, 4096)? as usize;
+    if max_prompt_len > max_context {
+        return Err(m.err(
+            "max_prompt_len",
+            &format!(
+                "{max_prompt_len} tokens cannot fit in a context of max_context = {max_context} tokens; \
+                 accepted range 1..={max_context}. Lower max_prompt_len or raise max_context"
+            ),
+        ));
+    }
+    let execution_timeout_ms = keys::uint(m, "execution_timeout_ms", 100, 86_400_000, 300_000)?;
+    let drain_timeout_ms = keys::uint(m, "drain_timeout_ms", 0, 3_600_000, 30_000)?;
+    let max_body_bytes = keys::uint(m, "max_body_bytes", 1024, 64 << 20, 1 << 20)? as usize;
+    let max_model_bytes = keys::uint(m, "max_model_bytes", 1, 10_000_000_000_000, 100_000_000_000)?;
+
+    let api_token_file = match m.get("api_token_file") {
+        Some(_) => PathBuf::from(m.required_text("api_token_file")?),
+        None => {
+            let creds = env::CREDENTIALS_DIRECTORY
+                .read_with(lookup)
+                .map_err(|e| ConfigError::new("api_token_file", e))?;
+            match creds {
+                Some(dir) => PathBuf::from(dir).join(CREDENTIAL_NAME),
+                None => PathBuf::from(
+                    env::API_TOKEN_FILE
+                        .default
+                        .unwrap_or("/etc/llorch/worker-token"),
+                ),
+            }
+        }
+    };
+    let log_level = m
+        .text_or("log_level", env::LOG_LEVEL.default.unwrap_or("info"))?
+        .to_ascii_lowercase();
+    if !LOG_LEVELS.contains(&log_level.as_str()) {
+        return Err(m.err(
+            "log_level",
+            &format!("accepted values are {}", LOG_LEVELS.join(", ")),
+        ));
+    }
+    let ready_requires_auth = keys::boolean(m, "ready_requires_auth", true)?;
+    let allow_root = keys::boolean(m, "allow_root", false)?;
+
+    let defaults = GgufLimits::default();
+    let gguf_limits = GgufLimits {
+        max_tensors: keys::uint(m, "gguf_max_tensors", 1, 1_000_000, defaults.max_tensors)?,
+        max_file_bytes: keys::uint(
+            m,
+            "gguf_max_file_bytes",
+            1,
+            10_000_000_000_000,
+            max_model_bytes,
+        )?,
+        max_string_bytes: keys::uint(
+            m,
+            "gguf_max_string_bytes",
+            1,
+            16 << 20,
+            defaults.max_string_bytes,
+        )?,
+        max_metadata_pairs: keys::uint(
+            m,
+            "gguf_max_metadata_pairs",
+            1,
+            1_000_000,
+            defaults.max_metadata_pairs,
+        )?,
+        max_array_len: keys::uint(m, "gguf_max_array_len", 1, 64 << 20, defaults.max_array_len)?,
+        max_dims: keys::uint(m, "gguf_max_dims", 1, 8, u64::from(defaults.max_dims))? as u32,
+    };
+
+    Ok(Config {
+        worker_id,
+        pool_id,
+        model_path,
+        model_root,
+        bind_addr,
+        readiness_callback_url,
+        gpu_device,
+        backend,
+        slots_total: 1,
+        max_tokens,
+        max_prompt_len,
+        max_context,
+        execution_timeout_ms,
+        drain_timeout_ms,
+        max_body_bytes,
+        max_model_bytes,
+        api_token_file,
+        allow_root,
+        log_level,
+        ready_requires_auth,
+        gguf_limits,
+    })
+}

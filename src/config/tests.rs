@@ -1,0 +1,453 @@
+//! Tests of configuration resolution (precedence file < env < flags, every
+//! invalid field, flags), and that the docs and the systemd unit stay in step
+//! with the code. Token-file and privilege tests: `security_tests.rs`.
+
+use super::*;
+use std::collections::HashMap;
+use std::ffi::OsString;
+
+fn env_of(pairs: &[(&str, &str)]) -> HashMap<String, OsString> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), OsString::from(v)))
+        .collect()
+}
+
+fn resolve(args: &ServeArgs, env: &HashMap<String, OsString>) -> Result<Config, ConfigError> {
+    let lookup = |name: &str| env.get(name).cloned();
+    Config::resolve_with(args, &lookup)
+}
+
+fn write_json(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+    let p = dir.path().join("worker.json");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+const BASE: &str = r#"{
+  "worker_id": "w-1", "pool_id": "pool.a", "model_path": "smol.gguf",
+  "readiness_callback_url": "http://127.0.0.1:9000/ready", "gpu_device": 1, "rpc_port": 8100
+}"#;
+
+fn base_args(dir: &tempfile::TempDir) -> ServeArgs {
+    ServeArgs {
+        config: Some(write_json(dir, BASE)),
+        ..ServeArgs::default()
+    }
+}
+
+/// Resolve BASE with one extra JSON key; return the error.
+fn file_err(extra: &str) -> ConfigError {
+    let dir = tempfile::tempdir().unwrap();
+    // Appended last: with duplicate JSON keys the last one wins.
+    let cut = BASE.rfind('}').unwrap();
+    let text = format!("{}, {extra} }}", &BASE[..cut]);
+    let args = ServeArgs {
+        config: Some(write_json(&dir, &text)),
+        ..ServeArgs::default()
+    };
+    resolve(&args, &HashMap::new()).expect_err(extra)
+}
+
+#[test]
+fn file_alone_gives_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = resolve(&base_args(&dir), &HashMap::new()).unwrap();
+    assert_eq!(c.worker_id, "w-1");
+    assert_eq!(c.pool_id, "pool.a");
+    assert_eq!(c.model_root, PathBuf::from(DEFAULT_MODEL_ROOT));
+    assert_eq!(
+        c.model_path,
+        PathBuf::from("/var/lib/llorch/models/smol.gguf")
+    );
+    assert_eq!(c.bind_addr.to_string(), "127.0.0.1:8100");
+    assert_eq!(c.gpu_device, 1);
+    assert_eq!(c.backend, crate::engine::BackendKind::Cuda);
+    assert_eq!(c.slots_total, 1);
+    assert_eq!(c.max_tokens, 4096);
+    assert_eq!(c.max_context, 4096);
+    assert_eq!(c.max_model_bytes, 100_000_000_000);
+    assert_eq!(c.gguf_limits.max_file_bytes, 100_000_000_000);
+    assert_eq!(c.gguf_limits.max_tensors, 10_000);
+    assert_eq!(c.api_token_file, PathBuf::from("/etc/llorch/worker-token"));
+    assert_eq!(c.log_level, "info");
+    assert!(c.ready_requires_auth);
+    assert!(!c.allow_root);
+    let d = c.describe();
+    assert!(
+        d.contains("w-1") && d.contains("127.0.0.1:8100") && d.contains("cuda"),
+        "{d}"
+    );
+}
+
+#[test]
+fn precedence_is_file_then_env_then_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = base_args(&dir);
+    let env = env_of(&[
+        ("WORKER_GPU_DEVICE", "2"),
+        ("WORKER_LOG_LEVEL", "debug"),
+        ("WORKER_API_TOKEN_FILE", "/env/tok"),
+    ]);
+    let c = resolve(&args, &env).unwrap();
+    assert_eq!(c.gpu_device, 2, "env beats file");
+    assert_eq!(c.log_level, "debug");
+    assert_eq!(c.api_token_file, PathBuf::from("/env/tok"));
+
+    args.gpu_device = Some("3".into());
+    args.api_token_file = Some("/flag/tok".into());
+    args.worker_id = Some("from-flag".into());
+    args.allow_root = true;
+    let c = resolve(&args, &env).unwrap();
+    assert_eq!(c.gpu_device, 3, "flag beats env");
+    assert_eq!(c.api_token_file, PathBuf::from("/flag/tok"));
+    assert_eq!(c.worker_id, "from-flag", "flag beats file");
+    assert_eq!(c.log_level, "debug", "env still beats file where no flag");
+    assert!(c.allow_root);
+}
+
+#[test]
+fn rpc_port_replaces_port_of_bind_addr() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = base_args(&dir);
+    let env = env_of(&[("WORKER_BIND_ADDR", "0.0.0.0:9999")]);
+    assert_eq!(
+        resolve(&args, &env).unwrap().bind_addr.to_string(),
+        "0.0.0.0:8100"
+    );
+    args.rpc_port = Some("8200".into());
+    assert_eq!(
+        resolve(&args, &env).unwrap().bind_addr.to_string(),
+        "0.0.0.0:8200"
+    );
+    args.bind_addr = Some("[::1]:7000".into());
+    assert_eq!(
+        resolve(&args, &env).unwrap().bind_addr.to_string(),
+        "[::1]:8200"
+    );
+}
+
+#[test]
+fn bind_addr_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = base_args(&dir);
+    for (bad, needle) in [
+        ("localhost:8001", "IP:PORT"),
+        ("127.0.0.1", "IP:PORT"),
+        ("127.0.0.1:80", "below 1024"),
+        ("127.0.0.1:0", "1024..=65535"),
+        ("1.2.3.4:70000", "IP:PORT"),
+    ] {
+        let e = resolve(&args, &env_of(&[("WORKER_BIND_ADDR", bad)])).unwrap_err();
+        assert_eq!(e.field, "bind_addr", "{bad}");
+        assert!(e.to_string().contains(needle), "{bad}: {e}");
+        assert!(
+            e.to_string().contains("WORKER_BIND_ADDR"),
+            "names the source: {e}"
+        );
+    }
+}
+
+#[test]
+fn credentials_directory_used_when_no_path_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = base_args(&dir);
+    let env = env_of(&[(
+        "CREDENTIALS_DIRECTORY",
+        "/run/credentials/worker-orcd@0.service",
+    )]);
+    assert_eq!(
+        resolve(&args, &env).unwrap().api_token_file,
+        PathBuf::from("/run/credentials/worker-orcd@0.service/worker-token")
+    );
+    args.api_token_file = Some("/explicit".into());
+    assert_eq!(
+        resolve(&args, &env).unwrap().api_token_file,
+        PathBuf::from("/explicit")
+    );
+}
+
+#[test]
+fn unknown_keys_refused_by_name() {
+    let e = file_err(r#""model_pth": "x""#);
+    assert_eq!(e.field, "model_pth");
+    assert!(
+        e.message.contains("unknown key") && e.message.contains("model_path"),
+        "{e}"
+    );
+    let e = file_err(r#""gguf_limits": {"max_tensorz": 1}"#);
+    assert_eq!(e.field, "gguf_limits.max_tensorz");
+}
+
+#[test]
+fn every_invalid_field_is_named_with_its_range() {
+    let cases: &[(&str, &str, &str)] = &[
+        (r#""worker_id": "has space""#, "worker_id", "1 to 64"),
+        (r#""pool_id": """#, "pool_id", "must not be empty"),
+        (r#""rpc_port": 80"#, "rpc_port", "1024..=65535"),
+        (r#""rpc_port": 70000"#, "rpc_port", "1024..=65535"),
+        (r#""rpc_port": "abc""#, "rpc_port", "not a port"),
+        (r#""gpu_device": 64"#, "gpu_device", "0..=63"),
+        (r#""gpu_device": -1"#, "gpu_device", "0..=63"),
+        (r#""backend": "rocm""#, "backend", "cuda"),
+        (r#""slots_total": 2"#, "slots_total", "exactly one job"),
+        (r#""slots_total": 0"#, "slots_total", "accepted value is 1"),
+        (r#""max_tokens": 0"#, "max_tokens", "1..=1048576"),
+        (r#""max_context": 8"#, "max_context", "16..=1048576"),
+        (r#""max_prompt_len": 5000"#, "max_prompt_len", "max_context"),
+        (
+            r#""execution_timeout_ms": 1.5"#,
+            "execution_timeout_ms",
+            "whole number",
+        ),
+        (
+            r#""drain_timeout_ms": 3600001"#,
+            "drain_timeout_ms",
+            "0..=3600000",
+        ),
+        (
+            r#""max_body_bytes": 10"#,
+            "max_body_bytes",
+            "1024..=67108864",
+        ),
+        (r#""max_model_bytes": 0"#, "max_model_bytes", "1..="),
+        (
+            r#""log_level": "loud""#,
+            "log_level",
+            "trace, debug, info, warn, error",
+        ),
+        (
+            r#""ready_requires_auth": "yes""#,
+            "ready_requires_auth",
+            "true or false",
+        ),
+        (r#""allow_root": 1"#, "allow_root", "true or false"),
+        (
+            r#""readiness_callback_url": "https://pm:9000/r""#,
+            "readiness_callback_url",
+            "http://",
+        ),
+        (
+            r#""readiness_callback_url": "not a url""#,
+            "readiness_callback_url",
+            "not a URL",
+        ),
+        (
+            r#""readiness_callback_url": "http://u:hunter2@pm/r""#,
+            "readiness_callback_url",
+            "credentials",
+        ),
+        (r#""model_path": """#, "model_path", "must not be empty"),
+        (r#""model_path": "a\u0000b""#, "model_path", "NUL"),
+        (
+            r#""model_path": ["a"]"#,
+            "model_path",
+            "string, number or boolean",
+        ),
+        (
+            r#""gguf_limits": {"max_dims": 9}"#,
+            "gguf_max_dims",
+            "1..=8",
+        ),
+        (
+            r#""gguf_limits": {"max_tensors": 0}"#,
+            "gguf_max_tensors",
+            "1..=1000000",
+        ),
+    ];
+    for (extra, field, needle) in cases {
+        let e = file_err(extra);
+        assert_eq!(e.field, *field, "{extra}: {e}");
+        assert!(e.to_string().contains(needle), "{extra}: {e}");
+        assert!(e.to_string().starts_with("invalid configuration: "), "{e}");
+    }
+    // The password of a callback URL is never echoed.
+    let e = file_err(r#""readiness_callback_url": "http://u:hunter2@pm/r""#);
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+}
+
+#[test]
+fn missing_required_key_says_how_to_set_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ServeArgs {
+        config: Some(write_json(&dir, r#"{"worker_id": "w"}"#)),
+        ..ServeArgs::default()
+    };
+    let e = resolve(&args, &HashMap::new()).unwrap_err();
+    assert_eq!(e.field, "pool_id");
+    assert!(e.message.contains("--pool-id"), "{e}");
+}
+
+#[test]
+fn flag_errors_name_the_flag_and_file_errors_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = base_args(&dir);
+    args.max_tokens = Some("lots".into());
+    let e = resolve(&args, &HashMap::new()).unwrap_err();
+    assert!(e.to_string().contains("from flag --max-tokens"), "{e}");
+    let e = file_err(r#""max_tokens": -3"#);
+    assert!(e.to_string().contains("from config file"), "{e}");
+}
+
+#[test]
+fn bad_files_fail_with_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = ServeArgs {
+        config: Some(dir.path().join("nope.json")),
+        ..ServeArgs::default()
+    };
+    let e = resolve(&missing, &HashMap::new()).unwrap_err();
+    assert!(e.message.contains("nope.json"), "{e}");
+    let not_obj = ServeArgs {
+        config: Some(write_json(&dir, "[1,2]")),
+        ..ServeArgs::default()
+    };
+    assert!(resolve(&not_obj, &HashMap::new())
+        .unwrap_err()
+        .message
+        .contains("one JSON object"));
+    let broken = ServeArgs {
+        config: Some(write_json(&dir, "{\"worker_id\": ")),
+        ..ServeArgs::default()
+    };
+    assert!(resolve(&broken, &HashMap::new())
+        .unwrap_err()
+        .message
+        .contains("not valid JSON"));
+}
+
+#[test]
+fn flags_alone_suffice_and_from_json_str_works() {
+    let keys = KeyFlags {
+        worker_id: Some("w".into()),
+        pool_id: Some("p".into()),
+        model_path: Some("/m/x.gguf".into()),
+        readiness_callback_url: Some("http://localhost:1/cb".into()),
+        backend: Some("cpu".into()),
+        ..KeyFlags::default()
+    };
+    let args = ServeArgs {
+        config: None,
+        keys: Box::new(keys),
+    };
+    let c = resolve(&args, &HashMap::new()).unwrap();
+    assert_eq!(c.backend, crate::engine::BackendKind::Cpu);
+    assert_eq!(c.model_path, PathBuf::from("/m/x.gguf"));
+    assert_eq!(c.bind_addr.to_string(), "127.0.0.1:8001");
+    let j = Config::from_json_str(BASE).unwrap();
+    assert_eq!(j.worker_id, "w-1");
+}
+
+#[test]
+fn clap_parses_every_flag() {
+    use clap::{Args, Command, FromArgMatches};
+    let cmd = ServeArgs::augment_args(Command::new("t"));
+    let m = cmd
+        .try_get_matches_from([
+            "t",
+            "--worker-id",
+            "w",
+            "--rpc-port",
+            "8002",
+            "--allow-root",
+            "--gguf-max-dims",
+            "4",
+        ])
+        .unwrap();
+    let a = ServeArgs::from_arg_matches(&m).unwrap();
+    assert_eq!(a.rpc_port.as_deref(), Some("8002"));
+    assert!(a.allow_root);
+    // Every key of the table has a flag clap knows.
+    let cmd = ServeArgs::augment_args(Command::new("t"));
+    for k in KEYS {
+        let long = k.flag.trim_start_matches("--");
+        assert!(
+            cmd.get_arguments().any(|a| a.get_long() == Some(long)),
+            "no flag {}",
+            k.flag
+        );
+    }
+}
+
+// ---- documentation stays in step with the code ----
+
+fn operations_doc() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).unwrap()
+}
+
+#[test]
+fn operations_doc_lists_every_key_flag_and_env_var() {
+    let doc = operations_doc();
+    for k in KEYS {
+        assert!(
+            doc.contains(&format!("`{}`", k.flag)),
+            "docs/operations.md lacks flag {}",
+            k.flag
+        );
+        let json_name = k
+            .name
+            .strip_prefix("gguf_")
+            .map_or(k.name.to_string(), |n| format!("gguf_limits.{n}"));
+        assert!(
+            doc.contains(&format!("`{json_name}`")),
+            "docs/operations.md lacks key {json_name}"
+        );
+    }
+    for v in crate::env::ALL {
+        assert!(
+            doc.contains(&format!("`{}`", v.name)),
+            "docs/operations.md lacks env var {}",
+            v.name
+        );
+    }
+}
+
+#[test]
+fn systemd_unit_keeps_its_hardening() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/worker-orcd@.service"
+    ))
+    .unwrap();
+    let lines: Vec<&str> = unit
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .collect();
+    for want in [
+        "User=worker-orcd",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=",
+        "AmbientCapabilities=",
+        "PrivateTmp=yes",
+        "ProtectSystem=strict",
+        "ReadOnlyPaths=/var/lib/llorch/models",
+        "DevicePolicy=closed",
+        "DeviceAllow=/dev/nvidia%i rw",
+        "RestartPreventExitStatus=2",
+    ] {
+        assert!(
+            lines.contains(&want),
+            "deploy/worker-orcd@.service lacks `{want}`"
+        );
+    }
+    let cred = format!("LoadCredential={CREDENTIAL_NAME}:");
+    assert!(
+        lines.iter().any(|l| l.starts_with(&cred)),
+        "the unit must load the credential the worker reads"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with("Environment=WORKER_API_TOKEN=")),
+        "no token in the environment"
+    );
+    let profile = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/apparmor/usr.local.bin.worker-orcd"
+    ))
+    .unwrap();
+    assert!(
+        profile.contains("deny capability,") && profile.contains("/var/lib/llorch/models/** r,")
+    );
+}
