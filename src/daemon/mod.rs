@@ -1,5 +1,332 @@
-//! placeholder: owned by the daemon helper.
-pub fn run(_args: crate::config::ServeArgs) -> std::process::ExitCode {
-    eprintln!("not yet implemented");
-    std::process::ExitCode::FAILURE
+//! The worker daemon: start-up, lifecycle, drain and exit (WORKER-4020–4032,
+//! 4961, 4970–4972). Exit codes: see [`exit`].
+//!
+//! Start-up order: resolve config → logging → refuse root → credentials →
+//! bind the listener (so /health answers "loading" during the load) → load,
+//! verify and seal the model on a blocking thread → Ready → readiness
+//! callback in the background. Fatal errors POST a status callback and exit
+//! with their code. SIGTERM/SIGINT drain: no new jobs (503), the running job
+//! may finish within `drain_timeout_ms`, then the engine is released and the
+//! process exits 0; a second signal or the timeout cancels the job (exit 6).
+//! The worker never forks or daemonizes itself (4021).
+
+pub mod app;
+pub mod callback;
+pub mod capability;
+pub mod engine_thread;
+pub mod exit;
+pub mod models;
+pub mod scheduler;
+pub mod state;
+
+use crate::config::{Config, ServeArgs};
+use crate::error::WorkerError;
+use app::{AppState, LoadedModel};
+use engine_thread::EngineHandle;
+use state::Lifecycle;
+use std::future::IntoFuture;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Time given to in-flight responses (the SSE error event of a fatal job) to flush.
+const FLUSH_GRACE: Duration = Duration::from_millis(300);
+/// Bound on the HTTP server's graceful shutdown.
+const SERVER_STOP: Duration = Duration::from_secs(2);
+
+pub fn run(args: ServeArgs) -> ExitCode {
+    let cfg = match Config::resolve(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("worker-orcd: {e}");
+            crate::telemetry::init_logging("info");
+            crate::narrate_error!(human = format!("The worker cannot start: {e}"), field = %e.field, exit_code = exit::CONFIG);
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    crate::telemetry::init_logging(&cfg.log_level);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("worker-rt")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("worker-orcd: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::INTERNAL);
+        }
+    };
+    let code = rt.block_on(serve(cfg));
+    rt.shutdown_timeout(Duration::from_secs(1));
+    ExitCode::from(code)
+}
+
+fn status_body(cfg: &Config, code: &str, message: &str, exit_code: u8) -> serde_json::Value {
+    serde_json::json!({
+        "worker_id": cfg.worker_id,
+        "pool_id": cfg.pool_id,
+        "state": "stopped",
+        "error": {"code": code, "message": message},
+        "exit_code": exit_code,
+    })
+}
+
+/// Report a start-up failure everywhere an operator might look, then give its code.
+async fn fail_start(cfg: &Config, code: &str, message: &str, exit_code: u8) -> u8 {
+    eprintln!("worker-orcd: {message}");
+    crate::narrate_error!(
+        human = format!("The worker cannot start: {message}"),
+        code = code,
+        exit_code = exit_code,
+        worker_id = %cfg.worker_id
+    );
+    callback::post_status(
+        &cfg.readiness_callback_url,
+        status_body(cfg, code, message, exit_code),
+    )
+    .await;
+    exit_code
+}
+
+/// SIGTERM and SIGINT, merged.
+fn signals() -> std::io::Result<mpsc::UnboundedReceiver<&'static str>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (tx, rx) = mpsc::unbounded_channel();
+    for (kind, name) in [
+        (SignalKind::terminate(), "SIGTERM"),
+        (SignalKind::interrupt(), "SIGINT"),
+    ] {
+        let mut s = signal(kind)?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                if tx.send(name).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    Ok(rx)
+}
+
+async fn serve(cfg: Config) -> u8 {
+    if let Err(e) = crate::config::check_not_root(cfg.allow_root) {
+        return fail_start(&cfg, "INVALID_CONFIG", &e.to_string(), exit::CONFIG).await;
+    }
+    let creds = match crate::config::Credentials::load(&cfg) {
+        Ok(c) => c,
+        Err(e) => return fail_start(&cfg, "INVALID_CONFIG", &e.to_string(), exit::CONFIG).await,
+    };
+    let mut sigs = match signals() {
+        Ok(s) => s,
+        Err(e) => {
+            return fail_start(
+                &cfg,
+                "INTERNAL",
+                &format!("cannot install signal handlers: {e}"),
+                exit::INTERNAL,
+            )
+            .await
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(cfg.bind_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            let msg = format!(
+                "cannot listen on {} ({e}); choose a free address with bind_addr/rpc_port",
+                cfg.bind_addr
+            );
+            return fail_start(&cfg, "INVALID_CONFIG", &msg, exit::CONFIG).await;
+        }
+    };
+    let seal_key = match crate::shard::seal::SealKey::generate() {
+        Ok(k) => k,
+        Err(e) => return fail_start(&cfg, e.code(), e.message(), exit::INTERNAL).await,
+    };
+    let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel();
+    let app = new_app(cfg.clone(), Box::new(creds), seal_key, fatal_tx);
+    set_state(&app, Lifecycle::Loading);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        axum::serve(listener, crate::http::router(Arc::clone(&app)))
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            })
+            .into_future(),
+    );
+    crate::narrate!(
+        human = format!(
+            "Listening on {} ({} backend); loading model {} now. /health answers 503 until it is sealed.",
+            cfg.bind_addr,
+            cfg.backend.as_str(),
+            cfg.model_path.display()
+        ),
+        bind_addr = %cfg.bind_addr, worker_id = %cfg.worker_id, gpu_device = cfg.gpu_device
+    );
+
+    let load_cfg = cfg.clone();
+    let key = app.seal_key.clone();
+    let mut load = tokio::task::spawn_blocking(move || models::load(&load_cfg, &key));
+    let loaded = tokio::select! {
+        r = &mut load => r.unwrap_or_else(|e| Err(WorkerError::internal(format!("the load task failed: {e}")))),
+        sig = sigs.recv() => {
+            crate::narrate!(human = format!("Received {} while loading; stopping without serving.", sig.unwrap_or("a signal")));
+            set_state(&app, Lifecycle::Stopped);
+            return exit::OK;
+        }
+    };
+    let (model, engine) = match loaded {
+        Ok(x) => x,
+        Err(e) => {
+            set_state(&app, Lifecycle::Stopped);
+            let code = exit::for_error(&e);
+            return fail_start(&cfg, e.code(), e.message(), code).await;
+        }
+    };
+    if let Err(e) = start_serving(&app, model, engine) {
+        set_state(&app, Lifecycle::Stopped);
+        return fail_start(&cfg, e.code(), e.message(), exit::for_error(&e)).await;
+    }
+
+    let code = tokio::select! {
+        sig = sigs.recv() => drain(&app, sig.unwrap_or("a signal"), &mut sigs, &mut fatal_rx).await,
+        Some(e) = fatal_rx.recv() => fatal(&app, &e).await,
+    };
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(SERVER_STOP, server).await;
+    if let Some(engine) = app.engine.get() {
+        engine.shutdown(Duration::from_secs(5)).await;
+    }
+    set_state(&app, Lifecycle::Stopped);
+    crate::narrate!(
+        human = format!("The worker has stopped (exit code {code})."),
+        exit_code = code
+    );
+    code
+}
+
+/// The shared state of a worker that has not loaded its model yet.
+pub fn new_app(
+    cfg: Config,
+    auth: Box<dyn app::Authenticator>,
+    seal_key: crate::shard::seal::SealKey,
+    fatal: app::FatalTx,
+) -> Arc<AppState> {
+    Arc::new(AppState {
+        cfg,
+        state: Default::default(),
+        auth,
+        metrics: Arc::new(crate::telemetry::Metrics::new()),
+        seal_key,
+        scheduler: Default::default(),
+        model: Default::default(),
+        engine: Default::default(),
+        fatal,
+    })
+}
+
+fn set_state(app: &AppState, s: Lifecycle) {
+    app.set_state(s);
+}
+
+/// Install the loaded model and its engine thread, turn Ready, announce it.
+pub fn start_serving(
+    app: &Arc<AppState>,
+    model: LoadedModel,
+    engine: Box<dyn crate::engine::Engine>,
+) -> crate::error::Result<()> {
+    app.metrics
+        .set_memory(app.cfg.backend.as_str(), &model.memory);
+    let model = Arc::new(model);
+    let _ = app.model.set(Arc::clone(&model));
+    let handle = EngineHandle::spawn(Arc::clone(app), engine)?;
+    let _ = app.engine.set(handle);
+    set_state(app, Lifecycle::Ready);
+    let body = serde_json::json!({
+        "worker_id": app.cfg.worker_id,
+        "pool_id": app.cfg.pool_id,
+        "state": "ready",
+        "ecp": model.ecp,
+        "handles": [model.handle()],
+        "fp6": app.auth.fingerprints(),
+        "bind_addr": app.cfg.bind_addr.to_string(),
+    });
+    tokio::spawn(callback::post_ready(
+        app.cfg.readiness_callback_url.clone(),
+        body,
+    ));
+    Ok(())
+}
+
+/// A fatal runtime error (seal mismatch, CUDA error): report and stop.
+async fn fatal(app: &AppState, e: &WorkerError) -> u8 {
+    let code = exit::for_error(e);
+    set_state(app, Lifecycle::Stopped);
+    crate::narrate_error!(
+        human = format!(
+            "Stopping the worker after a fatal error: {} (exit code {code}).",
+            e.message()
+        ),
+        code = e.code(),
+        exit_code = code
+    );
+    tokio::time::sleep(FLUSH_GRACE).await;
+    callback::post_status(
+        &app.cfg.readiness_callback_url,
+        status_body(&app.cfg, e.code(), e.message(), code),
+    )
+    .await;
+    code
+}
+
+/// SIGTERM/SIGINT: stop admitting, let the running job finish (4970, 4971).
+async fn drain(
+    app: &AppState,
+    sig: &str,
+    sigs: &mut mpsc::UnboundedReceiver<&'static str>,
+    fatal_rx: &mut mpsc::UnboundedReceiver<WorkerError>,
+) -> u8 {
+    set_state(app, Lifecycle::Draining);
+    let busy = app.scheduler.is_busy();
+    let budget = Duration::from_millis(app.cfg.drain_timeout_ms);
+    crate::narrate!(
+        human =
+            format!(
+            "Received {sig}: draining. New jobs are refused; {} Exiting when done, at most {} ms.",
+            if busy { "the running job may finish." } else { "no job is running." },
+            app.cfg.drain_timeout_ms
+        ),
+        drain_timeout_ms = app.cfg.drain_timeout_ms
+    );
+    let forced = tokio::select! {
+        _ = app.scheduler.wait_idle() => None,
+        _ = tokio::time::sleep(budget) => Some("the drain timeout passed"),
+        s = sigs.recv() => Some(if s.is_some() { "a second signal arrived" } else { "signals closed" }),
+        Some(e) = fatal_rx.recv() => return fatal(app, &e).await,
+    };
+    match forced {
+        None => {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            exit::OK
+        }
+        Some(why) => {
+            let had_job = app.scheduler.cancel_active();
+            crate::narrate_warn!(
+                human = format!(
+                    "Forced shutdown because {why}; {}",
+                    if had_job {
+                        "the running job was cancelled."
+                    } else {
+                        "no job was running."
+                    }
+                ),
+                exit_code = exit::FORCED
+            );
+            // Let the cancelled job send its final event before the server stops.
+            let _ = tokio::time::timeout(Duration::from_secs(2), app.scheduler.wait_idle()).await;
+            tokio::time::sleep(FLUSH_GRACE).await;
+            exit::FORCED
+        }
+    }
 }

@@ -47,7 +47,11 @@ pub struct SamplingParams {
 }
 
 impl SamplingParams {
-    pub const GREEDY: Self = Self { temperature: 0.0, top_k: 0, top_p: 1.0 };
+    pub const GREEDY: Self = Self {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+    };
 
     pub fn is_greedy(&self) -> bool {
         self.temperature == 0.0 || self.top_k == 1
@@ -124,4 +128,21 @@ pub trait Engine: Send {
 
     #[cfg(feature = "test-hooks")]
     fn inject_fault(&mut self, fault: Fault) -> Result<()>;
+}
+
+/// Load the model's resident copy on the chosen backend.
+///
+/// The CPU engine copies the tensor data section into host memory; the CUDA
+/// engine uploads it, still in its GGUF block formats, to device memory.
+pub fn load_engine(
+    kind: BackendKind,
+    gguf: &crate::model::gguf::GgufFile,
+    config: &ModelConfig,
+    weights: &crate::model::arch::ModelWeights,
+    opts: &LoadOptions,
+) -> Result<Box<dyn Engine>> {
+    Ok(match kind {
+        BackendKind::Cpu => Box::new(cpu::CpuEngine::load(gguf, config, weights, opts)?),
+        BackendKind::Cuda => Box::new(cuda::CudaEngine::load(gguf, config, weights, opts)?),
+    })
 }

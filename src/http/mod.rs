@@ -1,1 +1,212 @@
-//! placeholder: owned by a helper, not yet written.
+//! The HTTP surface: router, correlation ids, auth, body limits, the one
+//! WorkerError → HTTP response mapping (WORKER-4200–4253, 4300, 4301, 4801,
+//! 4812, 4951).
+//!
+//! Every request passes, outermost first: correlation id (read or generated,
+//! echoed, attached to a tracing span so every log line of the request
+//! carries it) → auth (bearer token, fp6 logged, public routes exempt) →
+//! handler. Handlers read bodies through [`read_body`], which enforces
+//! `max_body_bytes` before parsing (413).
+
+pub mod auth;
+pub mod execute;
+pub mod handlers;
+pub mod validate;
+
+use crate::daemon::app::AppState;
+use crate::error::WorkerError;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use std::sync::Arc;
+use tracing::Instrument;
+
+pub const CORRELATION_HEADER: &str = "x-correlation-id";
+
+/// The correlation id of the current request (request extension).
+#[derive(Debug, Clone)]
+pub struct CorrelationId(pub String);
+
+/// A WorkerError on its way out as an HTTP response. The status, the body
+/// and the Retry-After header are derived here and nowhere else.
+#[derive(Debug)]
+pub struct ApiError(pub WorkerError);
+
+impl From<WorkerError> for ApiError {
+    fn from(e: WorkerError) -> Self {
+        Self(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        let status =
+            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut resp = (status, axum::Json(e.body())).into_response();
+        resp.extensions_mut().insert(RejectedCode(e.code()));
+        if let Some(ms) = e.retry_after_ms() {
+            // Retry-After is in whole seconds; round up so clients never retry early.
+            let secs = ms.div_ceil(1000).max(1);
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}
+
+/// Marks a response as a refused request with this code (counted once, in the auth layer).
+#[derive(Debug, Clone, Copy)]
+pub struct RejectedCode(pub &'static str);
+
+pub type ApiResult<T = Response> = std::result::Result<T, ApiError>;
+
+/// Read a request body, refusing more than `limit` bytes (WORKER-4301).
+pub async fn read_body(body: Body, limit: usize) -> ApiResult<axum::body::Bytes> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        ApiError(WorkerError::PayloadTooLarge {
+            message: format!(
+                "the request body exceeds the limit of {limit} bytes (max_body_bytes) or could not be read ({e})"
+            ),
+        })
+    })
+}
+
+pub fn router(app: Arc<AppState>) -> Router {
+    let r = Router::new()
+        .route("/health", get(handlers::health))
+        .route("/metrics", get(handlers::metrics))
+        .route("/openapi.json", get(handlers::openapi))
+        .route("/worker/plan", post(handlers::plan))
+        .route("/worker/commit", post(handlers::commit))
+        .route("/worker/ready", get(handlers::ready))
+        .route("/worker/execute", post(execute::execute))
+        .route("/worker/cancel", post(handlers::cancel));
+    #[cfg(feature = "test-hooks")]
+    let r = r.route("/debug/fault", post(handlers::debug_fault));
+    r.fallback(handlers::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            auth::require_auth,
+        ))
+        .layer(axum::middleware::from_fn(correlation))
+        .with_state(app)
+}
+
+/// 16 random hex digits (falls back to time-derived digits if the OS RNG fails).
+pub fn random_id(prefix: &str) -> String {
+    let n = getrandom::u64().unwrap_or_else(|_| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    });
+    format!("{prefix}{n:016x}")
+}
+
+/// Read X-Correlation-Id (or make one), run the request inside a span that
+/// carries it, and echo it on the response (WORKER-4801). An invalid
+/// incoming id is replaced rather than refused, and the replacement echoed.
+async fn correlation(mut req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(CORRELATION_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let cid = crate::telemetry::correlation_id_from(given);
+    req.extensions_mut().insert(CorrelationId(cid.clone()));
+    let span = tracing::info_span!("request", correlation_id = %cid, method = %req.method(), path = %req.uri().path());
+    let mut resp = next.run(req).instrument(span).await;
+    if let Ok(v) = HeaderValue::from_str(&cid) {
+        resp.headers_mut().insert(CORRELATION_HEADER, v);
+    }
+    resp
+}
+
+#[cfg(test)]
+mod e2e_tests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_mapping_is_derived_from_the_error() {
+        let busy = WorkerError::Busy {
+            message: "b".into(),
+            retry_after_ms: 1500,
+        };
+        let r = ApiError(busy).into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[axum::http::header::RETRY_AFTER], "2");
+        let r = ApiError(WorkerError::Cancelled {
+            message: "c".into(),
+        })
+        .into_response();
+        assert_eq!(r.status().as_u16(), 499);
+        for (e, s) in [
+            (WorkerError::invalid("x"), 400),
+            (
+                WorkerError::AuthFailed {
+                    message: "x".into(),
+                },
+                401,
+            ),
+            (
+                WorkerError::Forbidden {
+                    message: "x".into(),
+                },
+                403,
+            ),
+            (
+                WorkerError::ModelConflict {
+                    message: "x".into(),
+                },
+                409,
+            ),
+            (
+                WorkerError::Unavailable {
+                    message: "x".into(),
+                    retry_after_ms: 1,
+                },
+                503,
+            ),
+            (
+                WorkerError::SealVerificationFailed {
+                    message: "x".into(),
+                },
+                500,
+            ),
+        ] {
+            let r = ApiError(e).into_response();
+            assert_eq!(r.status().as_u16(), s);
+        }
+    }
+
+    #[tokio::test]
+    async fn error_body_is_the_error_body() {
+        let e = WorkerError::Busy {
+            message: "busy now".into(),
+            retry_after_ms: 250,
+        };
+        let r = ApiError(e.clone()).into_response();
+        let bytes = axum::body::to_bytes(r.into_body(), 4096).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v, serde_json::to_value(e.body()).unwrap());
+        assert_eq!(v["code"], "WORKER_BUSY");
+        assert_eq!(v["retriable"], true);
+        assert_eq!(v["retry_after_ms"], 250);
+    }
+
+    #[test]
+    fn job_ids() {
+        let a = random_id("job-");
+        assert!(a.starts_with("job-") && a.len() == 20);
+        assert_ne!(a, random_id("job-"));
+    }
+}

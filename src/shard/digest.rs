@@ -63,7 +63,9 @@ mod tests {
 
     #[test]
     fn single_bit_flip_changes_root() {
-        let mut data: Vec<u8> = (0..(3 * CHUNK_BYTES + 17)).map(|i| (i * 31 % 251) as u8).collect();
+        let mut data: Vec<u8> = (0..(3 * CHUNK_BYTES + 17))
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
         let before = resident_digest(&data);
         data[2 * CHUNK_BYTES + 5] ^= 0x01;
         assert_ne!(before, resident_digest(&data));

@@ -1,0 +1,134 @@
+//! The shared state of a running worker: configuration, lifecycle, the
+//! loaded model and its sealed handle, the scheduler, the engine thread and
+//! the metrics (WORKER-4030, 4112, 4232).
+
+use crate::config::Config;
+use crate::daemon::engine_thread::EngineHandle;
+use crate::daemon::scheduler::Scheduler;
+use crate::daemon::state::{Lifecycle, StateCell};
+use crate::engine::MemoryReport;
+use crate::error::WorkerError;
+use crate::model::tokenizer::Tokenizer;
+use crate::shard::handle::ModelShardHandle;
+use crate::shard::seal::SealKey;
+use crate::telemetry::Metrics;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock, RwLock};
+
+/// Checks a presented bearer token; returns the caller's fp6 when valid.
+pub trait Authenticator: Send + Sync {
+    fn verify(&self, presented: &str) -> Option<String>;
+    /// fp6 of every accepted token (readiness callback, narration).
+    fn fingerprints(&self) -> Vec<String>;
+}
+
+impl Authenticator for crate::config::Credentials {
+    fn verify(&self, presented: &str) -> Option<String> {
+        crate::config::Credentials::verify(self, presented).map(|id| id.fp6)
+    }
+    fn fingerprints(&self) -> Vec<String> {
+        self.fp6_list()
+    }
+}
+
+/// The model this process serves (one per process, WORKER-4022).
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// Canonical path of the GGUF file, under model_root.
+    pub path: PathBuf,
+    pub model_ref: String,
+    /// SHA-256 of the whole file (compared with `expected_digest`, 4223).
+    pub file_sha256: [u8; 32],
+    pub file_len: u64,
+    pub tokenizer: Arc<Tokenizer>,
+    pub mcd: serde_json::Value,
+    pub ecp: serde_json::Value,
+    pub memory: MemoryReport,
+    /// Tokens one sequence may hold (prompt + generated), planned at load.
+    pub max_context: usize,
+    /// The sealed handle; `sealed` turns false when a seal check fails.
+    pub handle: RwLock<ModelShardHandle>,
+}
+
+impl LoadedModel {
+    pub fn handle(&self) -> ModelShardHandle {
+        self.handle
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn mark_unsealed(&self) {
+        self.handle
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .sealed = false;
+    }
+}
+
+/// A fatal error reported to the supervisor task, which stops the worker.
+pub type FatalTx = tokio::sync::mpsc::UnboundedSender<WorkerError>;
+
+pub struct AppState {
+    pub cfg: Config,
+    pub state: StateCell,
+    pub auth: Box<dyn Authenticator>,
+    pub metrics: Arc<Metrics>,
+    pub seal_key: SealKey,
+    pub scheduler: Arc<Scheduler>,
+    pub model: OnceLock<Arc<LoadedModel>>,
+    pub engine: OnceLock<EngineHandle>,
+    pub fatal: FatalTx,
+}
+
+impl AppState {
+    pub fn lifecycle(&self) -> Lifecycle {
+        self.state.get()
+    }
+
+    /// Move the lifecycle (if the graph allows) and keep the state gauge in step.
+    pub fn set_state(&self, s: Lifecycle) -> bool {
+        let ok = self.state.transition(s).is_ok();
+        if ok {
+            self.metrics.set_state(s.as_str());
+        }
+        ok
+    }
+
+    /// Executing → Ready after a job, unless draining or stopped meanwhile.
+    pub fn job_done(&self) {
+        if self.state.get() == Lifecycle::Executing {
+            self.set_state(Lifecycle::Ready);
+        }
+    }
+
+    /// Ready per WORKER-4232: serving, a model loaded and still sealed.
+    pub fn is_ready(&self) -> bool {
+        self.lifecycle().is_serving() && self.model.get().is_some_and(|m| m.handle().sealed)
+    }
+
+    /// The error a request gets when the worker cannot take work now.
+    pub fn unavailable(&self) -> WorkerError {
+        let st = self.lifecycle();
+        let (why, retry) = match st {
+            Lifecycle::Starting | Lifecycle::Loading => ("is still loading its model", 1000),
+            Lifecycle::Draining => ("is draining before shutdown and takes no new jobs", 1000),
+            _ => ("has stopped", 5000),
+        };
+        WorkerError::Unavailable {
+            message: format!(
+                "the worker {why} (state {}); send the request to another worker",
+                st.as_str()
+            ),
+            retry_after_ms: retry,
+        }
+    }
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("state", &self.state.get())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,115 @@
+//! Bearer-token authentication (WORKER-4200–4203, 4233, 4250, 4812).
+//!
+//! `/health`, `/metrics` and `/openapi.json` are public; `/worker/ready` is
+//! public only when `ready_requires_auth` is false. Everything else (unknown
+//! paths included, so the route table is not probed for free) needs a valid
+//! bearer token. The token is compared in constant time by the credentials
+//! store; only its fp6 fingerprint is ever logged.
+
+use crate::daemon::app::AppState;
+use crate::error::WorkerError;
+use crate::http::{ApiError, RejectedCode};
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+
+/// The authenticated caller (request extension).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub fp6: String,
+}
+
+pub fn is_public(path: &str, ready_requires_auth: bool) -> bool {
+    matches!(path, "/health" | "/metrics" | "/openapi.json")
+        || (path == "/worker/ready" && !ready_requires_auth)
+}
+
+/// The token after `Bearer ` (scheme case-insensitive), if any.
+pub fn bearer(header: Option<&str>) -> Option<&str> {
+    let h = header?.trim();
+    let (scheme, rest) = h.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let t = rest.trim();
+    (!t.is_empty()).then_some(t)
+}
+
+/// Authenticate, then count every refused request by its code (metrics, 4305:
+/// refusals are counted apart from jobs, so bad requests move no job counter).
+pub async fn require_auth(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let resp = authenticate(&app, req, next).await;
+    if let Some(c) = resp.extensions().get::<RejectedCode>() {
+        app.metrics.request_rejected(c.0);
+    }
+    resp
+}
+
+async fn authenticate(app: &Arc<AppState>, mut req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    if is_public(&path, app.cfg.ready_requires_auth) {
+        return next.run(req).await;
+    }
+    let header = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let fp6 = bearer(header).and_then(|t| app.auth.verify(t));
+    match fp6 {
+        Some(fp6) => {
+            tracing::info!(fp6 = %fp6, path = %path, human = %format!("Accepted a request to {path} from the client with token fingerprint {fp6}."), "authenticated request");
+            req.extensions_mut().insert(Caller { fp6 });
+            next.run(req).await
+        }
+        None => {
+            let why = if header.is_none() {
+                "no Authorization header"
+            } else {
+                "a token that is not accepted"
+            };
+            tracing::warn!(path = %path, human = %format!("Refused a request to {path}: it carried {why}."), "authentication failed");
+            ApiError(WorkerError::AuthFailed {
+                message: "missing or invalid bearer token; send `Authorization: Bearer <token>` with a token from \
+                          the worker's token file"
+                    .into(),
+            })
+            .into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer(Some("Bearer abc")), Some("abc"));
+        assert_eq!(bearer(Some("bearer  abc ")), Some("abc"));
+        assert_eq!(bearer(Some("Basic abc")), None);
+        assert_eq!(bearer(Some("Bearer ")), None);
+        assert_eq!(bearer(Some("Bearerabc")), None);
+        assert_eq!(bearer(None), None);
+    }
+
+    #[test]
+    fn public_routes() {
+        for p in ["/health", "/metrics", "/openapi.json"] {
+            assert!(is_public(p, true));
+        }
+        assert!(!is_public("/worker/ready", true));
+        assert!(is_public("/worker/ready", false));
+        for p in [
+            "/worker/execute",
+            "/worker/plan",
+            "/worker/commit",
+            "/worker/cancel",
+            "/debug/fault",
+            "/nope",
+            "/health/",
+        ] {
+            assert!(!is_public(p, false), "{p}");
+        }
+    }
+}

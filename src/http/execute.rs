@@ -1,0 +1,207 @@
+//! `POST /worker/execute`: validation → admission (one slot) → engine
+//! thread → Server-Sent Events (WORKER-4240–4253, 4420, 4421, 4423).
+//!
+//! Events: `started` {job_id, queue_position, predicted_start_ms}, `token`
+//! {t, i}, `metrics` {…}, `end` {tokens_out, decode_time_ms, finish_reason},
+//! `error` (the error body). Nothing follows `end` or `error`. The stream
+//! belongs to the request that created the job, i.e. to its identity (4251).
+//! A cancel flag is checked before each token is forwarded, so no token
+//! event leaves after a cancel was acknowledged (4252); dropping the stream
+//! (client gone) sets the same flag so the engine stops within one step.
+
+use crate::daemon::app::AppState;
+use crate::daemon::engine_thread::{Cmd, Job, JobEvent};
+use crate::daemon::scheduler::JobCtl;
+use crate::daemon::state::Lifecycle;
+use crate::error::WorkerError;
+use crate::http::auth::Caller;
+use crate::http::validate::{self, Limits};
+use crate::http::{random_id, read_body, ApiResult, CorrelationId};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderValue;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Events buffered between the engine thread and the client.
+const EVENT_BUFFER: usize = 64;
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+pub async fn execute(
+    State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Extension(cid): Extension<CorrelationId>,
+    body: Body,
+) -> Response {
+    admit(&app, caller, cid, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn admit(app: &Arc<AppState>, caller: Caller, cid: CorrelationId, body: Body) -> ApiResult {
+    let enqueued = Instant::now();
+    if !app.lifecycle().is_serving() {
+        return Err(app.unavailable().into());
+    }
+    let bytes = read_body(body, app.cfg.max_body_bytes).await?;
+    let lim = Limits {
+        max_prompt_len: app.cfg.max_prompt_len,
+        max_tokens: app.cfg.max_tokens,
+    };
+    let req = validate::execute(&bytes, &lim)?;
+    let model = app.model.get().cloned().ok_or_else(|| app.unavailable())?;
+    let handle = model.handle();
+    if req.handle_id != handle.shard_id {
+        return Err(WorkerError::NotFound {
+            message: format!(
+                "no sealed shard with handle_id {:?}; this worker holds {:?} (see GET /worker/ready)",
+                req.handle_id, handle.shard_id
+            ),
+        }
+        .into());
+    }
+    if !handle.sealed {
+        return Err(WorkerError::SealVerificationFailed {
+            message: "the shard's seal check failed earlier; this worker no longer runs jobs. Restart it.".into(),
+        }
+        .into());
+    }
+    let tok = Arc::clone(&model.tokenizer);
+    let prompt = req.prompt;
+    let ids = tokio::task::spawn_blocking(move || tok.encode(&prompt, true))
+        .await
+        .map_err(|e| WorkerError::internal(format!("tokenizer task failed: {e}")))??;
+    if ids.is_empty() || ids.len() >= model.max_context {
+        return Err(WorkerError::invalid(format!(
+            "field `prompt` is {} tokens; this worker's context holds {} tokens (max_context), leaving room for at \
+             least one generated token",
+            ids.len(),
+            model.max_context
+        ))
+        .into());
+    }
+
+    let job_id = random_id("job-");
+    let slot = app
+        .scheduler
+        .try_acquire(job_id.clone(), caller.fp6.clone())?;
+    if !app.set_state(Lifecycle::Executing) {
+        // Draining or stopped since the check above: give the slot back.
+        drop(slot);
+        return Err(app.unavailable().into());
+    }
+    let ctl = Arc::clone(slot.ctl());
+    let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+    let job = Job {
+        id: job_id.clone(),
+        correlation_id: cid.0.clone(),
+        prompt_ids: ids,
+        params: req.params,
+        slot,
+        events: tx,
+        deadline: enqueued + Duration::from_millis(app.cfg.execution_timeout_ms),
+        enqueued,
+    };
+    let engine = app
+        .engine
+        .get()
+        .ok_or_else(|| WorkerError::internal("the engine thread is not running"))?;
+    app.metrics.job_started();
+    if let Err(e) = engine.send(Cmd::Run(Box::new(job))) {
+        // The job (and its slot) came back inside the error's Cmd, already dropped.
+        app.job_done();
+        return Err(e.into());
+    }
+    tracing::info!(job_id = %job_id, fp6 = %caller.fp6, human = %format!("Admitted job {job_id} for the client with token fingerprint {}.", caller.fp6), "job admitted");
+
+    let started =
+        serde_json::json!({"job_id": job_id, "queue_position": 0, "predicted_start_ms": 0});
+    let stream = sse_stream(started, rx, ctl);
+    let mut resp = Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&job_id) {
+        resp.headers_mut().insert("x-job-id", v);
+    }
+    Ok(resp)
+}
+
+/// Cancels the job when the client goes away (the stream is dropped).
+struct DisconnectGuard(Arc<JobCtl>);
+
+impl Drop for DisconnectGuard {
+    fn drop(&mut self) {
+        self.0.cancel.store(true, Ordering::SeqCst);
+    }
+}
+
+struct StreamState {
+    started: Option<serde_json::Value>,
+    rx: mpsc::Receiver<JobEvent>,
+    guard: DisconnectGuard,
+    done: bool,
+}
+
+fn data_event(name: &str, v: &impl serde::Serialize) -> Event {
+    let data = serde_json::to_string(v).unwrap_or_else(|_| "{}".into());
+    Event::default().event(name).data(data)
+}
+
+fn error_event(e: &WorkerError) -> Event {
+    data_event("error", &e.body())
+}
+
+fn sse_stream(
+    started: serde_json::Value,
+    rx: mpsc::Receiver<JobEvent>,
+    ctl: Arc<JobCtl>,
+) -> impl futures::Stream<Item = Result<Event, Infallible>> {
+    let st = StreamState {
+        started: Some(started),
+        rx,
+        guard: DisconnectGuard(ctl),
+        done: false,
+    };
+    futures::stream::unfold(st, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        if let Some(s) = st.started.take() {
+            return Some((Ok(data_event("started", &s)), st));
+        }
+        let ev = match st.rx.recv().await {
+            // Cancelled: whatever the engine queued is dropped, the stream ends with CANCELLED.
+            Some(JobEvent::Token { .. } | JobEvent::Metrics(_)) if st.guard.0.is_cancelled() => {
+                st.done = true;
+                error_event(&WorkerError::Cancelled {
+                    message: "the job was cancelled".into(),
+                })
+            }
+            Some(JobEvent::Token { t, i }) => {
+                data_event("token", &serde_json::json!({"t": t, "i": i}))
+            }
+            Some(JobEvent::Metrics(m)) => data_event("metrics", &m),
+            Some(JobEvent::End(end)) => {
+                st.done = true;
+                data_event("end", &end)
+            }
+            Some(JobEvent::Error(e)) => {
+                st.done = true;
+                error_event(&e)
+            }
+            None => {
+                st.done = true;
+                error_event(&WorkerError::internal(
+                    "the engine ended the job without a final event",
+                ))
+            }
+        };
+        Some((Ok(ev), st))
+    })
+}

@@ -1,0 +1,181 @@
+//! Handlers for everything but execute: health, metrics, OpenAPI, plan,
+//! commit, ready, cancel and the test-only fault hook (WORKER-4030,
+//! 4210–4233, 4251, 4812).
+
+use crate::daemon::app::AppState;
+use crate::daemon::models;
+use crate::daemon::scheduler::CancelOutcome;
+use crate::error::WorkerError;
+use crate::http::auth::Caller;
+use crate::http::validate;
+use crate::http::{read_body, ApiResult};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde_json::json;
+use std::sync::Arc;
+
+/// The OpenAPI document kept in the repository (WORKER-4210ff, issue 4 point 4).
+pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
+
+/// 200 with the state while Ready/Executing and the engine thread lives;
+/// 503 with the state otherwise (WORKER-4030).
+pub async fn health(State(app): State<Arc<AppState>>) -> Response {
+    let st = app.lifecycle();
+    let engine_alive = app.engine.get().is_none_or(|e| e.is_alive());
+    let healthy = st.is_serving() && engine_alive && app.is_ready();
+    let body = json!({
+        "state": st.as_str(),
+        "ready": app.is_ready(),
+        "engine_alive": engine_alive,
+        "busy": app.scheduler.is_busy(),
+        "worker_id": app.cfg.worker_id,
+        "backend": app.cfg.backend.as_str(),
+    });
+    let code = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            crate::telemetry::Metrics::CONTENT_TYPE,
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+}
+
+pub async fn not_found() -> ApiResult {
+    Err(WorkerError::NotFound {
+        message: "no such endpoint; see GET /openapi.json".into(),
+    }
+    .into())
+}
+
+/// Run blocking model work (file hashing, parsing) off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> crate::error::Result<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| WorkerError::internal(format!("background task failed: {e}")))?
+        .map_err(Into::into)
+}
+
+pub async fn plan(State(app): State<Arc<AppState>>, body: Body) -> ApiResult {
+    let bytes = read_body(body, app.cfg.max_body_bytes).await?;
+    let req = validate::plan(&bytes)?;
+    let a = Arc::clone(&app);
+    let resp = blocking(move || models::plan(&a, &req)).await?;
+    Ok(Json(resp).into_response())
+}
+
+pub async fn commit(State(app): State<Arc<AppState>>, body: Body) -> ApiResult {
+    let bytes = read_body(body, app.cfg.max_body_bytes).await?;
+    let req = validate::commit(&bytes)?;
+    let a = Arc::clone(&app);
+    let handle = blocking(move || models::commit(&a, &req)).await?;
+    Ok(Json(json!({ "handle": handle })).into_response())
+}
+
+/// WORKER-4230–4232: ready is false unless serving with a sealed shard.
+pub async fn ready(State(app): State<Arc<AppState>>) -> Response {
+    let handles: Vec<_> = app.model.get().map(|m| m.handle()).into_iter().collect();
+    Json(json!({
+        "ready": app.is_ready(),
+        "state": app.lifecycle().as_str(),
+        "handles": handles,
+        "nccl_group_id": null,
+    }))
+    .into_response()
+}
+
+pub async fn cancel(
+    State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    body: Body,
+) -> ApiResult {
+    let bytes = read_body(body, app.cfg.max_body_bytes).await?;
+    let req = validate::cancel(&bytes)?;
+    let outcome = app.scheduler.cancel(&req.job_id, &caller.fp6)?;
+    let cancelled = outcome == CancelOutcome::Cancelled;
+    tracing::info!(job_id = %req.job_id, fp6 = %caller.fp6, cancelled,
+        human = %if cancelled { format!("Cancelled job {} at its owner's request; no further tokens are sent.", req.job_id) }
+                 else { format!("A cancel for job {} arrived after it had finished; nothing to do.", req.job_id) },
+        "cancel");
+    Ok(Json(json!({ "job_id": req.job_id, "cancelled": cancelled })).into_response())
+}
+
+/// Test builds only: inject a fault into the engine (seal and CUDA-error scenarios).
+#[cfg(feature = "test-hooks")]
+pub async fn debug_fault(State(app): State<Arc<AppState>>, body: Body) -> ApiResult {
+    use crate::daemon::engine_thread::Cmd;
+    let bytes = read_body(body, app.cfg.max_body_bytes).await?;
+    let fault = validate::fault(&bytes)?;
+    let engine = app.engine.get().ok_or_else(|| app.unavailable())?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    engine.send(Cmd::Fault(fault, tx))?;
+    rx.await
+        .map_err(|_| WorkerError::internal("the engine thread ended before answering"))??;
+    tracing::warn!(fault = ?fault, human = "Injected a test fault into the engine (test-hooks build).", "fault injected");
+    Ok(Json(json!({ "injected": true })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openapi_document_matches_the_code() {
+        let doc: serde_json::Value =
+            serde_json::from_str(OPENAPI_JSON).expect("docs/openapi.json is JSON");
+        assert_eq!(doc["openapi"], "3.1.0");
+        let mut paths: Vec<&str> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        paths.sort_unstable();
+        assert_eq!(
+            paths,
+            [
+                "/debug/fault",
+                "/health",
+                "/metrics",
+                "/openapi.json",
+                "/worker/cancel",
+                "/worker/commit",
+                "/worker/execute",
+                "/worker/plan",
+                "/worker/ready"
+            ]
+        );
+        let codes: Vec<&str> = doc["components"]["schemas"]["ErrorBody"]["properties"]["code"]
+            ["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            codes,
+            WorkerError::ALL_CODES,
+            "the documented codes are the error type's codes"
+        );
+        let handle = &doc["components"]["schemas"]["ModelShardHandle"]["required"];
+        assert_eq!(handle.as_array().unwrap().len(), 11);
+    }
+}

@@ -1,0 +1,444 @@
+//! Request validation: raw JSON bytes become typed requests or an
+//! `INVALID_PARAMS` error naming the offending field (WORKER-4300, 4302,
+//! 4303, 4304, 4242, 4243, 4244, 4423).
+//!
+//! The schema is walked by hand rather than through serde derive so that
+//! every failure names its field (serde's type errors only give a line and
+//! column) and unknown fields are refused the same way as with
+//! `deny_unknown_fields`. Nothing here touches worker state, so a rejected
+//! request changes nothing (4305).
+
+use crate::engine::SamplingParams;
+use crate::error::{Result, WorkerError};
+use serde_json::{Map, Value};
+
+/// Identifiers (shard_id, handle_id, job_id): 1..=128 of `[A-Za-z0-9._:-]`.
+pub const MAX_ID_LEN: usize = 128;
+/// model_ref / path: 1..=1024 of `[A-Za-z0-9._/+-]`.
+pub const MAX_REF_LEN: usize = 1024;
+pub const MAX_STOP_SEQUENCES: usize = 8;
+pub const MAX_STOP_LEN: usize = 256;
+pub const MAX_TOP_K: u64 = 1_000_000;
+/// max_tokens when the request names none (capped by the configured limit).
+pub const DEFAULT_MAX_TOKENS: u32 = 256;
+/// Seed when the request names none, so that an unseeded request is still
+/// reproducible (WORKER-4710, 4712).
+pub const DEFAULT_SEED: u64 = 0;
+
+/// Configured bounds the validator enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_prompt_len: usize,
+    pub max_tokens: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardLayout {
+    Single,
+    TensorParallel,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanRequest {
+    pub model_ref: String,
+    pub shard_layout: ShardLayout,
+    pub tp_degree: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommitRequest {
+    pub model_ref: String,
+    pub shard_id: String,
+    pub shard_index: u32,
+    pub path: Option<String>,
+    pub expected_digest: Option<[u8; 32]>,
+    /// Detached Ed25519 signature over the model file (64 bytes, hex).
+    pub signature: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecuteParams {
+    pub max_tokens: u32,
+    pub sampling: SamplingParams,
+    pub seed: u64,
+    pub stop: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecuteRequest {
+    pub handle_id: String,
+    pub prompt: String,
+    pub params: ExecuteParams,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelRequest {
+    pub job_id: String,
+}
+
+/// Fault-injection request (test-hooks builds only).
+#[cfg(feature = "test-hooks")]
+pub fn fault(bytes: &[u8]) -> Result<crate::engine::Fault> {
+    use crate::engine::Fault;
+    let mut o = Obj::parse(bytes, "request body")?;
+    let kind = o.req_str("kind")?;
+    let f = match kind.as_str() {
+        "flip_resident_byte" => Fault::FlipResidentByte { offset: o.opt_u64("offset")?.unwrap_or(0) },
+        "device_error" => Fault::DeviceError,
+        _ => {
+            return Err(bad(format!(
+                "field `kind`: unknown fault {kind:?}; accepted: \"flip_resident_byte\", \"device_error\""
+            )))
+        }
+    };
+    o.finish()?;
+    Ok(f)
+}
+
+pub fn plan(bytes: &[u8]) -> Result<PlanRequest> {
+    let mut o = Obj::parse(bytes, "request body")?;
+    let model_ref = model_ref(&o.req_str("model_ref")?, "model_ref")?;
+    let shard_layout = match o.opt_str("shard_layout")?.as_deref() {
+        None | Some("single") => ShardLayout::Single,
+        Some("tensor_parallel") => ShardLayout::TensorParallel,
+        Some(other) => {
+            return Err(bad(format!(
+                "field `shard_layout`: {other:?} is not accepted; use \"single\" or \"tensor_parallel\""
+            )))
+        }
+    };
+    let tp_degree = o.opt_u64("tp_degree")?;
+    let tp_degree = match tp_degree {
+        Some(n) if !(1..=64).contains(&n) => {
+            return Err(bad(format!(
+                "field `tp_degree`: {n} is outside the accepted range 1..=64"
+            )))
+        }
+        Some(n) => Some(n as u32),
+        None if shard_layout == ShardLayout::TensorParallel => {
+            return Err(bad(
+                "field `tp_degree` is required when shard_layout is \"tensor_parallel\"",
+            ))
+        }
+        None => None,
+    };
+    o.finish()?;
+    Ok(PlanRequest {
+        model_ref,
+        shard_layout,
+        tp_degree,
+    })
+}
+
+pub fn commit(bytes: &[u8]) -> Result<CommitRequest> {
+    let mut o = Obj::parse(bytes, "request body")?;
+    let model_ref = model_ref(&o.req_str("model_ref")?, "model_ref")?;
+    let shard_id = ident(&o.req_str("shard_id")?, "shard_id")?;
+    let shard_index = match o.opt_u64("shard_index")? {
+        None | Some(0) => 0,
+        Some(n) => {
+            return Err(bad(format!(
+                "field `shard_index`: {n} is outside the accepted range 0..=0 (single-GPU worker)"
+            )))
+        }
+    };
+    let path = o
+        .opt_str("path")?
+        .map(|p| self::model_ref(&p, "path"))
+        .transpose()?;
+    let expected_digest = match o.opt_str("expected_digest")? {
+        None => None,
+        Some(s) => Some(crate::shard::seal::parse_hex_digest(&s).ok_or_else(|| {
+            bad("field `expected_digest`: must be 64 hexadecimal digits (SHA-256), optionally prefixed \"sha256:\"")
+        })?),
+    };
+    let signature = match o.opt_str("signature")? {
+        None => None,
+        Some(s) => match hex::decode(&s) {
+            Ok(b) if b.len() == 64 => Some(b),
+            _ => {
+                return Err(bad(
+                    "field `signature`: must be an Ed25519 signature, 128 hexadecimal digits",
+                ))
+            }
+        },
+    };
+    o.finish()?;
+    Ok(CommitRequest {
+        model_ref,
+        shard_id,
+        shard_index,
+        path,
+        expected_digest,
+        signature,
+    })
+}
+
+pub fn cancel(bytes: &[u8]) -> Result<CancelRequest> {
+    let mut o = Obj::parse(bytes, "request body")?;
+    let job_id = ident(&o.req_str("job_id")?, "job_id")?;
+    o.finish()?;
+    Ok(CancelRequest { job_id })
+}
+
+pub fn execute(bytes: &[u8], lim: &Limits) -> Result<ExecuteRequest> {
+    let mut o = Obj::parse(bytes, "request body")?;
+    let handle_id = ident(&o.req_str("handle_id")?, "handle_id")?;
+    let prompt = o.req_str("prompt")?;
+    if prompt.is_empty() {
+        return Err(bad("field `prompt` must not be empty"));
+    }
+    if prompt.contains('\0') {
+        return Err(bad(
+            "field `prompt` contains a NUL character, which is not accepted",
+        ));
+    }
+    let n_chars = prompt.chars().count();
+    if n_chars > lim.max_prompt_len {
+        return Err(bad(format!(
+            "field `prompt` has {n_chars} characters; the limit is {} (max_prompt_len)",
+            lim.max_prompt_len
+        )));
+    }
+    let params = match o.take("params") {
+        None | Some(Value::Null) => Obj::new(Map::new(), "params"),
+        Some(Value::Object(m)) => Obj::new(m, "params"),
+        Some(v) => {
+            return Err(bad(format!(
+                "field `params` must be an object, got {}",
+                kind(&v)
+            )))
+        }
+    };
+    let params = execute_params(params, lim)?;
+    o.finish()?;
+    Ok(ExecuteRequest {
+        handle_id,
+        prompt,
+        params,
+    })
+}
+
+fn execute_params(mut p: Obj, lim: &Limits) -> Result<ExecuteParams> {
+    let max_tokens = match p.opt_u64("max_tokens")? {
+        None => DEFAULT_MAX_TOKENS.min(lim.max_tokens),
+        Some(n) if n >= 1 && n <= u64::from(lim.max_tokens) => n as u32,
+        Some(n) => {
+            return Err(bad(format!(
+                "field `params.max_tokens`: {n} is outside the accepted range 1..={} (max_tokens)",
+                lim.max_tokens
+            )))
+        }
+    };
+    let temperature = p.opt_f64("temperature")?.unwrap_or(0.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(bad(format!(
+            "field `params.temperature`: {temperature} is outside the accepted range [0, 2]"
+        )));
+    }
+    let top_p = p.opt_f64("top_p")?.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(bad(format!(
+            "field `params.top_p`: {top_p} is outside the accepted range (0, 1]"
+        )));
+    }
+    let top_k = p.opt_u64("top_k")?.unwrap_or(0);
+    if top_k > MAX_TOP_K {
+        return Err(bad(format!(
+            "field `params.top_k`: {top_k} is outside the accepted range 0..={MAX_TOP_K}"
+        )));
+    }
+    let seed = p.opt_u64("seed")?.unwrap_or(DEFAULT_SEED);
+    let stop = match p.take("stop") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![stop_seq(s, 0)?],
+        Some(Value::Array(a)) => {
+            if a.len() > MAX_STOP_SEQUENCES {
+                return Err(bad(format!(
+                    "field `params.stop` has {} entries; at most {MAX_STOP_SEQUENCES} are accepted",
+                    a.len()
+                )));
+            }
+            let mut out = Vec::with_capacity(a.len());
+            for (i, v) in a.into_iter().enumerate() {
+                match v {
+                    Value::String(s) => out.push(stop_seq(s, i)?),
+                    other => {
+                        return Err(bad(format!(
+                            "field `params.stop[{i}]` must be a string, got {}",
+                            kind(&other)
+                        )))
+                    }
+                }
+            }
+            out
+        }
+        Some(v) => {
+            return Err(bad(format!(
+                "field `params.stop` must be an array of strings, got {}",
+                kind(&v)
+            )))
+        }
+    };
+    p.finish()?;
+    Ok(ExecuteParams {
+        max_tokens,
+        sampling: SamplingParams {
+            temperature: temperature as f32,
+            top_k: top_k as u32,
+            top_p: top_p as f32,
+        },
+        seed,
+        stop,
+    })
+}
+
+fn stop_seq(s: String, i: usize) -> Result<String> {
+    if s.is_empty() || s.chars().count() > MAX_STOP_LEN || s.contains('\0') {
+        return Err(bad(format!(
+            "field `params.stop[{i}]` must be 1..={MAX_STOP_LEN} characters without NUL"
+        )));
+    }
+    Ok(s)
+}
+
+/// Identifier check (4303).
+pub fn ident(s: &str, field: &str) -> Result<String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-');
+    if s.is_empty() || s.len() > MAX_ID_LEN || !s.chars().all(ok_char) {
+        return Err(bad(format!(
+            "field `{field}` must be 1..={MAX_ID_LEN} characters of A-Z a-z 0-9 . _ : -"
+        )));
+    }
+    Ok(s.to_string())
+}
+
+/// Model reference / path check (4303); traversal is judged later by
+/// canonicalization against model_root (4320–4323), which names the root.
+pub fn model_ref(s: &str, field: &str) -> Result<String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | '+');
+    if s.is_empty() || s.len() > MAX_REF_LEN || !s.chars().all(ok_char) {
+        return Err(bad(format!(
+            "field `{field}` must be 1..={MAX_REF_LEN} characters of A-Z a-z 0-9 . _ - / +"
+        )));
+    }
+    Ok(s.to_string())
+}
+
+fn bad(msg: impl Into<String>) -> WorkerError {
+    WorkerError::invalid(msg)
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A JSON object whose fields are taken one by one; leftovers are unknown.
+struct Obj {
+    m: Map<String, Value>,
+    prefix: &'static str,
+}
+
+impl Obj {
+    fn new(m: Map<String, Value>, prefix: &'static str) -> Self {
+        Self { m, prefix }
+    }
+
+    fn parse(bytes: &[u8], what: &str) -> Result<Self> {
+        let v: Value = serde_json::from_slice(bytes).map_err(|e| {
+            bad(format!(
+                "{what} is not valid JSON ({e}); send one JSON object encoded as UTF-8"
+            ))
+        })?;
+        match v {
+            Value::Object(m) => Ok(Self::new(m, "")),
+            other => Err(bad(format!(
+                "{what} must be a JSON object, got {}",
+                kind(&other)
+            ))),
+        }
+    }
+
+    fn name(&self, f: &str) -> String {
+        if self.prefix.is_empty() {
+            f.to_string()
+        } else {
+            format!("{}.{f}", self.prefix)
+        }
+    }
+
+    fn take(&mut self, f: &str) -> Option<Value> {
+        self.m.remove(f)
+    }
+
+    fn req_str(&mut self, f: &str) -> Result<String> {
+        self.opt_str(f)?
+            .ok_or_else(|| bad(format!("field `{}` is required", self.name(f))))
+    }
+
+    fn opt_str(&mut self, f: &str) -> Result<Option<String>> {
+        match self.take(f) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(v) => Err(bad(format!(
+                "field `{}` must be a string, got {}",
+                self.name(f),
+                kind(&v)
+            ))),
+        }
+    }
+
+    fn opt_u64(&mut self, f: &str) -> Result<Option<u64>> {
+        match self.take(f) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| {
+                bad(format!(
+                    "field `{}` must be a non-negative integer, got {n}",
+                    self.name(f)
+                ))
+            }),
+            Some(v) => Err(bad(format!(
+                "field `{}` must be a non-negative integer, got {}",
+                self.name(f),
+                kind(&v)
+            ))),
+        }
+    }
+
+    fn opt_f64(&mut self, f: &str) -> Result<Option<f64>> {
+        match self.take(f) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => Ok(n.as_f64()),
+            Some(v) => Err(bad(format!(
+                "field `{}` must be a number, got {}",
+                self.name(f),
+                kind(&v)
+            ))),
+        }
+    }
+
+    /// Refuse any field that was not taken (4300).
+    fn finish(self) -> Result<()> {
+        match self.m.keys().next() {
+            None => Ok(()),
+            Some(k) => {
+                let shown: String = k.chars().take(64).collect();
+                Err(bad(format!(
+                    "unknown field `{}` is not accepted",
+                    self.name(&shown)
+                )))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "validate_tests.rs"]
+mod tests;
