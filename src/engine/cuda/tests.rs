@@ -1,0 +1,877 @@
+//! GPU-vs-CPU checks (issue 5 point 6, `test-backend-ops` style): every op on
+//! fresh random inputs against a host reference with a stated tolerance,
+//! then the whole engine against `CpuEngine`, and llama.cpp's golden greedy
+//! tokens. Without a usable GPU each test prints `SKIPPED:` and returns,
+//! except with `REQUIRE_REAL_GPU=1`, where that is a failure.
+//! Env: WORKER_ORCD_TEST_MODELS (folder with SmolLM2-135M-Instruct.Q4_1.gguf),
+//! WORKER_ORCD_GOLDEN (folder with smol-greedy.jsonl; default ../shared/golden).
+
+use super::*;
+use crate::engine::cpu::CpuEngine;
+use crate::gpu::ops::row_bytes;
+use crate::model::gguf::GgufLimits;
+use crate::model::quant;
+
+fn gpu_or_skip(test: &str) -> Option<Gpu> {
+    match Gpu::open(0) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            if std::env::var("REQUIRE_REAL_GPU").as_deref() == Ok("1") {
+                panic!("{test}: REQUIRE_REAL_GPU=1 but the GPU is unusable: {e}");
+            }
+            println!(
+                "SKIPPED: {test}: no usable GPU ({})",
+                e.message().lines().next().unwrap_or("")
+            );
+            None
+        }
+    }
+}
+
+/// xorshift64*: fresh seed per run (printed), reproducible with WORKER_ORCD_TEST_SEED.
+struct Rng(u64);
+impl Rng {
+    fn fresh(test: &str) -> Self {
+        let seed = std::env::var("WORKER_ORCD_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(7);
+                t | 1
+            });
+        println!("{test}: seed {seed}");
+        Self(seed)
+    }
+    fn f(&mut self) -> f32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let v = self.0.wrapping_mul(0x2545F4914F6CDD1D);
+        ((v >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f()).collect()
+    }
+}
+
+fn rel_err(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    assert!(got.iter().all(|v| v.is_finite()), "non-finite output");
+    let num: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(&g, &w)| (g as f64 - w).powi(2))
+        .sum();
+    let den: f64 = want.iter().map(|w| w * w).sum();
+    (num / den.max(1e-300)).sqrt()
+}
+
+fn buf_from(g: &Gpu, data: &[f32], what: &str) -> DeviceBuffer {
+    let mut b = g.alloc(data.len() * 4, what).expect("alloc");
+    g.upload(&mut b, 0, data).expect("upload");
+    b
+}
+
+fn poisoned(g: &Gpu, n: usize, what: &str) -> DeviceBuffer {
+    buf_from(g, &vec![f32::NAN; n], what)
+}
+
+#[test]
+fn op_matvec_and_embed_every_block_format() {
+    let Some(g) = gpu_or_skip("op_matvec") else {
+        return;
+    };
+    let mut r = Rng::fresh("op_matvec");
+    let (rows, cols) = (67usize, 512usize);
+    for (dt, batch) in supported_quant()
+        .into_iter()
+        .flat_map(|d| [(d, 1usize), (d, 11usize)])
+    {
+        let wf = r.vec(rows * cols);
+        let mut wq = Vec::new();
+        quant::quantize(dt, &wf, &mut wq).expect("quantize");
+        let mut deq = vec![0f32; rows * cols];
+        quant::dequantize(dt, &wq, &mut deq).expect("dequantize");
+        let x = r.vec(cols * batch);
+        let bias = r.vec(rows);
+        let y0 = r.vec(rows * batch);
+        let wb = {
+            let mut b = g.alloc(wq.len(), "w").unwrap();
+            g.upload(&mut b, 0, &wq).unwrap();
+            b
+        };
+        let (xb, bb, yb) = (
+            buf_from(&g, &x, "x"),
+            buf_from(&g, &bias, "bias"),
+            buf_from(&g, &y0, "y"),
+        );
+        g.matvec(
+            dt,
+            wb.all(),
+            xb.all(),
+            Some(bb.all()),
+            yb.all(),
+            rows,
+            cols,
+            batch,
+            true,
+        )
+        .unwrap();
+        let got: Vec<f32> = g.download(&yb, 0, rows * batch).unwrap();
+        let mut want = vec![0f64; rows * batch];
+        for b in 0..batch {
+            for i in 0..rows {
+                let dot: f64 = (0..cols)
+                    .map(|j| deq[i * cols + j] as f64 * x[b * cols + j] as f64)
+                    .sum();
+                want[b * rows + i] = dot + bias[i] as f64 + y0[b * rows + i] as f64;
+            }
+        }
+        let e = rel_err(&got, &want);
+        println!(
+            "matvec {:>5} batch {batch:>2}: rel err {e:.2e} (tol 1e-5)",
+            dt.name()
+        );
+        assert!(e < 1e-5, "matvec {} rel err {e}", dt.name());
+
+        if batch == 1 {
+            // Fused RMSNorm + mat-vec, and fused norm + gate/up + SwiGLU (decode path).
+            let nw = r.vec(cols);
+            let ms: f64 = x[..cols].iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / cols as f64;
+            let sc = 1.0 / (ms + 1e-5).sqrt();
+            let xn: Vec<f64> = (0..cols).map(|j| x[j] as f64 * sc * nw[j] as f64).collect();
+            let dot = |m: &[f32], i: usize| -> f64 {
+                (0..cols).map(|j| m[i * cols + j] as f64 * xn[j]).sum()
+            };
+            let nb = buf_from(&g, &nw, "nw");
+            let yb = poisoned(&g, rows, "y");
+            g.matvec_norm(
+                dt,
+                wb.all(),
+                xb.all(),
+                nb.all(),
+                1e-5,
+                Some(bb.all()),
+                yb.all(),
+                rows,
+                cols,
+                false,
+            )
+            .unwrap();
+            let got: Vec<f32> = g.download(&yb, 0, rows).unwrap();
+            let want: Vec<f64> = (0..rows).map(|i| dot(&deq, i) + bias[i] as f64).collect();
+            let e = rel_err(&got, &want);
+            println!(
+                "matvec+rmsnorm {:>5}: rel err {e:.2e} (tol 1e-5)",
+                dt.name()
+            );
+            assert!(e < 1e-5, "matvec_norm {} rel err {e}", dt.name());
+            let mut uq = Vec::new();
+            quant::quantize(dt, &r.vec(rows * cols), &mut uq).unwrap();
+            let mut udeq = vec![0f32; rows * cols];
+            quant::dequantize(dt, &uq, &mut udeq).unwrap();
+            let mut ub = g.alloc(uq.len(), "wu").unwrap();
+            g.upload(&mut ub, 0, &uq).unwrap();
+            g.gate_up(
+                dt,
+                wb.all(),
+                ub.all(),
+                xb.all(),
+                nb.all(),
+                1e-5,
+                yb.all(),
+                rows,
+                cols,
+            )
+            .unwrap();
+            let got: Vec<f32> = g.download(&yb, 0, rows).unwrap();
+            let want: Vec<f64> = (0..rows)
+                .map(|i| {
+                    let (gg, uu) = (dot(&deq, i), dot(&udeq, i));
+                    gg / (1.0 + (-gg).exp()) * uu
+                })
+                .collect();
+            let e = rel_err(&got, &want);
+            println!(
+                "rmsnorm+gate/up+swiglu {:>5}: rel err {e:.2e} (tol 1e-5)",
+                dt.name()
+            );
+            assert!(e < 1e-5, "gate_up {} rel err {e}", dt.name());
+        }
+        // Embedding rows: the same dequantization, token ids from device memory.
+        let toks = [3i32, (rows - 1) as i32, 0];
+        let mut tb = g.alloc(12, "tok").unwrap();
+        g.upload(&mut tb, 0, &toks).unwrap();
+        let ob = poisoned(&g, cols * 3, "emb");
+        g.embed(dt, wb.all(), rows, tb.all(), ob.all(), cols, 3)
+            .unwrap();
+        let got: Vec<f32> = g.download(&ob, 0, cols * 3).unwrap();
+        let want: Vec<f64> = toks
+            .iter()
+            .flat_map(|&t| {
+                deq[t as usize * cols..(t as usize + 1) * cols]
+                    .iter()
+                    .map(|&v| v as f64)
+            })
+            .collect();
+        let e = rel_err(&got, &want);
+        println!("embed  {:>5}: rel err {e:.2e} (tol 1e-6)", dt.name());
+        assert!(e < 1e-6, "embed {} rel err {e}", dt.name());
+        assert_eq!(row_bytes(dt, cols).unwrap() * rows, wq.len());
+    }
+}
+
+#[test]
+fn op_rmsnorm_swiglu_add() {
+    let Some(g) = gpu_or_skip("op_rmsnorm") else {
+        return;
+    };
+    let mut r = Rng::fresh("op_rmsnorm");
+    let (n, rows) = (896usize, 3usize);
+    let (x, w) = (r.vec(n * rows), r.vec(n));
+    let (xb, wb, ob) = (
+        buf_from(&g, &x, "x"),
+        buf_from(&g, &w, "w"),
+        poisoned(&g, n * rows, "o"),
+    );
+    g.rmsnorm(xb.all(), wb.all(), ob.all(), n, rows, 1e-6)
+        .unwrap();
+    let got: Vec<f32> = g.download(&ob, 0, n * rows).unwrap();
+    let mut want = vec![0f64; n * rows];
+    for rr in 0..rows {
+        let xs = &x[rr * n..(rr + 1) * n];
+        let ms: f64 = xs.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / n as f64;
+        let s = 1.0 / (ms + 1e-6).sqrt();
+        for i in 0..n {
+            want[rr * n + i] = xs[i] as f64 * s * w[i] as f64;
+        }
+    }
+    let e = rel_err(&got, &want);
+    println!("rmsnorm: rel err {e:.2e} (tol 1e-6)");
+    assert!(e < 1e-6);
+
+    let (ga, up) = (r.vec(n), r.vec(n));
+    let (gb, ub, hb) = (
+        buf_from(&g, &ga, "g"),
+        buf_from(&g, &up, "u"),
+        poisoned(&g, n, "h"),
+    );
+    g.swiglu(gb.all(), ub.all(), hb.all(), n).unwrap();
+    let got: Vec<f32> = g.download(&hb, 0, n).unwrap();
+    let want: Vec<f64> = ga
+        .iter()
+        .zip(&up)
+        .map(|(&a, &b)| a as f64 / (1.0 + (-(a as f64)).exp()) * b as f64)
+        .collect();
+    let e = rel_err(&got, &want);
+    println!("swiglu: rel err {e:.2e} (tol 1e-6)");
+    assert!(e < 1e-6);
+
+    g.add_inplace(ub.all(), gb.all(), n).unwrap();
+    let got: Vec<f32> = g.download(&ub, 0, n).unwrap();
+    let want: Vec<f64> = ga
+        .iter()
+        .zip(&up)
+        .map(|(&a, &b)| a as f64 + b as f64)
+        .collect();
+    assert!(rel_err(&got, &want) < 1e-7);
+}
+
+/// RoPE + KV write at positions 0..P, then attention at every position, vs an f64 reference.
+#[test]
+fn op_rope_kv_attention_gqa_both_styles() {
+    let Some(g) = gpu_or_skip("op_attention") else {
+        return;
+    };
+    let mut r = Rng::fresh("op_attention");
+    let (nh, nkv, hd, max_ctx, steps) = (14usize, 2usize, 64usize, 80usize, 70usize);
+    for neox in [false, true] {
+        let base = if neox { 1e6f32 } else { 1e4f32 };
+        let kc = poisoned(&g, max_ctx * nkv * hd, "kc");
+        let vc = poisoned(&g, max_ctx * nkv * hd, "vc");
+        let scores = g
+            .alloc(Gpu::attn_scratch_floats(nh, hd, max_ctx, 1) * 4, "scores")
+            .unwrap();
+        let (mut ks, mut vs): (Vec<Vec<f64>>, Vec<Vec<f64>>) = (Vec::new(), Vec::new());
+        let (mut all_q, mut all_k, mut all_v, mut all_o) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut worst = 0f64;
+        for p in 0..steps {
+            let (q, k, v) = (r.vec(nh * hd), r.vec(nkv * hd), r.vec(nkv * hd));
+            let (qb, kb, vb) = (
+                buf_from(&g, &q, "q"),
+                buf_from(&g, &k, "k"),
+                buf_from(&g, &v, "v"),
+            );
+            let mut pb = g.alloc(4, "pos").unwrap();
+            g.upload(&mut pb, 0, &[p as i32]).unwrap();
+            let ob = poisoned(&g, nh * hd, "o");
+            g.rope_kv(
+                qb.all(),
+                kb.all(),
+                vb.all(),
+                kc.all(),
+                vc.all(),
+                pb.all(),
+                nh,
+                nkv,
+                hd,
+                max_ctx,
+                neox,
+                base,
+                1,
+            )
+            .unwrap();
+            g.attention(
+                qb.all(),
+                kc.all(),
+                vc.all(),
+                ob.all(),
+                scores.all(),
+                pb.all(),
+                nh,
+                nkv,
+                hd,
+                max_ctx,
+                1,
+            )
+            .unwrap();
+            let got: Vec<f32> = g.download(&ob, 0, nh * hd).unwrap();
+            all_q.extend_from_slice(&q);
+            all_k.extend_from_slice(&k);
+            all_v.extend_from_slice(&v);
+            all_o.extend_from_slice(&got);
+            let rot = |x: &[f32]| -> Vec<f64> {
+                let mut o: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+                for h in 0..x.len() / hd {
+                    for j in 0..hd / 2 {
+                        let th = p as f64 * (base as f64).powf(-2.0 * j as f64 / hd as f64);
+                        let (a, b) = if neox {
+                            (j, j + hd / 2)
+                        } else {
+                            (2 * j, 2 * j + 1)
+                        };
+                        let (x0, x1) = (o[h * hd + a], o[h * hd + b]);
+                        o[h * hd + a] = x0 * th.cos() - x1 * th.sin();
+                        o[h * hd + b] = x0 * th.sin() + x1 * th.cos();
+                    }
+                }
+                o
+            };
+            let qr = rot(&q);
+            ks.push(rot(&k));
+            vs.push(v.iter().map(|&x| x as f64).collect());
+            let mut want = vec![0f64; nh * hd];
+            for h in 0..nh {
+                let kh = h / (nh / nkv);
+                let s: Vec<f64> = (0..=p)
+                    .map(|t| {
+                        (0..hd)
+                            .map(|d| qr[h * hd + d] * ks[t][kh * hd + d])
+                            .sum::<f64>()
+                            / (hd as f64).sqrt()
+                    })
+                    .collect();
+                let m = s.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for d in 0..hd {
+                    want[h * hd + d] = (0..=p).map(|t| e[t] * vs[t][kh * hd + d]).sum::<f64>() / z;
+                }
+            }
+            worst = worst.max(rel_err(&got, &want));
+        }
+        println!("rope({}) + kv + attention over {steps} positions: worst rel err {worst:.2e} (tol 1e-4)", if neox { "neox" } else { "norm" });
+        assert!(worst < 1e-4, "attention rel err {worst}");
+        // The same tokens as one causal batch (prefill) give bit-identical outputs.
+        let (qb, kb, vb) = (
+            buf_from(&g, &all_q, "q"),
+            buf_from(&g, &all_k, "k"),
+            buf_from(&g, &all_v, "v"),
+        );
+        let (kc2, vc2) = (
+            poisoned(&g, max_ctx * nkv * hd, "kc"),
+            poisoned(&g, max_ctx * nkv * hd, "vc"),
+        );
+        let part = g
+            .alloc(Gpu::attn_scratch_floats(nh, hd, max_ctx, steps) * 4, "part")
+            .unwrap();
+        let mut pb = g.alloc(4, "pos").unwrap();
+        g.upload(&mut pb, 0, &[0i32]).unwrap();
+        let ob = poisoned(&g, steps * nh * hd, "o");
+        g.rope_kv(
+            qb.all(),
+            kb.all(),
+            vb.all(),
+            kc2.all(),
+            vc2.all(),
+            pb.all(),
+            nh,
+            nkv,
+            hd,
+            max_ctx,
+            neox,
+            base,
+            steps,
+        )
+        .unwrap();
+        g.attention(
+            qb.all(),
+            kc2.all(),
+            vc2.all(),
+            ob.all(),
+            part.all(),
+            pb.all(),
+            nh,
+            nkv,
+            hd,
+            max_ctx,
+            steps,
+        )
+        .unwrap();
+        let batched: Vec<f32> = g.download(&ob, 0, steps * nh * hd).unwrap();
+        let same = batched
+            .iter()
+            .zip(&all_o)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "batched causal attention differs from token-by-token");
+        println!("causal batch of {steps} tokens: bit-identical to token-by-token");
+    }
+}
+
+#[test]
+fn op_topk_matches_the_shared_sampler_order() {
+    let Some(g) = gpu_or_skip("op_topk") else {
+        return;
+    };
+    let mut r = Rng::fresh("op_topk");
+    let n = 151_936usize;
+    let mut l = r.vec(n);
+    // Ties and a NaN: the order must still be logit desc, id asc, NaN last.
+    l[77] = 3.0;
+    l[5] = 3.0;
+    l[n - 1] = 3.0;
+    l[100] = f32::NAN;
+    let lb = buf_from(&g, &l, "logits");
+    for k in [1usize, 40, crate::engine::sampler::MAX_CANDIDATES] {
+        let ib = g.alloc(4 * k, "ids").unwrap();
+        let vb = g.alloc(4 * k, "vals").unwrap();
+        g.topk(lb.all(), n, k, ib.all(), vb.all()).unwrap();
+        let ids: Vec<i32> = g.download(&ib, 0, k).unwrap();
+        let vals: Vec<f32> = g.download(&vb, 0, k).unwrap();
+        let want = crate::engine::sampler::top_candidates(&l, k);
+        let got: Vec<(u32, f32)> = ids
+            .iter()
+            .zip(&vals)
+            .map(|(&i, &v)| (i as u32, v))
+            .collect();
+        assert_eq!(
+            got, want,
+            "top-{k} differs from the host sampler's candidates"
+        );
+    }
+    println!(
+        "topk k=1,40,{}: identical to sampler::top_candidates",
+        crate::engine::sampler::MAX_CANDIDATES
+    );
+}
+
+#[test]
+fn op_sha256_leaves_give_the_cpu_root() {
+    let Some(g) = gpu_or_skip("op_sha256") else {
+        return;
+    };
+    let mut r = Rng::fresh("op_sha256");
+    let chunk = crate::shard::digest::CHUNK_BYTES;
+    for len in [
+        0usize,
+        1,
+        55,
+        56,
+        63,
+        64,
+        119,
+        120,
+        1000,
+        chunk,
+        3 * chunk + 17,
+        2 * chunk - 9,
+    ] {
+        let data: Vec<u8> = (0..len).map(|_| (r.f() * 127.0) as i8 as u8).collect();
+        let want = crate::shard::digest::resident_digest(&data);
+        let mut b = g.alloc(len, "data").unwrap();
+        if len > 0 {
+            g.upload(&mut b, 0, &data).unwrap();
+        }
+        let n = len.div_ceil(chunk);
+        let lb = g.alloc(32 * n.max(1), "leaves").unwrap();
+        let span = b.span(0, len).unwrap();
+        let got_n = g.sha256_leaves(span, chunk, lb.all()).unwrap();
+        assert_eq!(got_n, n);
+        let raw: Vec<u8> = g.download(&lb, 0, 32 * n).unwrap();
+        let leaves: Vec<[u8; 32]> = raw
+            .chunks_exact(32)
+            .map(|c| c.try_into().unwrap())
+            .collect();
+        let got = crate::shard::digest::root_from_leaves(len as u64, &leaves);
+        assert_eq!(
+            got, want,
+            "GPU digest differs from the CPU digest for {len} bytes"
+        );
+    }
+    println!("sha256 leaves: roots identical to shard::digest for 12 lengths incl. padding edges");
+}
+
+fn model_path() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("WORKER_ORCD_TEST_MODELS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models"));
+    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    p.exists().then_some(p)
+}
+
+fn load_both(path: &std::path::Path) -> (CudaEngine, CpuEngine, GgufFile) {
+    let g = GgufFile::open(path, &GgufLimits::default()).expect("open model");
+    let (cfg, w) = crate::model::arch::from_gguf(&g).expect("arch");
+    let opts = LoadOptions {
+        max_context: 512,
+        gpu_device: 0,
+        threads: 0,
+    };
+    let cuda = CudaEngine::load(&g, &cfg, &w, &opts).expect("cuda load");
+    let cpu = CpuEngine::load(&g, &cfg, &w, &opts).expect("cpu load");
+    (cuda, cpu, g)
+}
+
+#[allow(clippy::explicit_counter_loop)]
+/// Logits of the prompt and the first decode steps, GPU vs CPU reference, on
+/// generated tiny llama/qwen2 models and (when present) the real SmolLM2 file.
+#[test]
+fn engine_logits_and_greedy_tokens_match_cpu() {
+    if gpu_or_skip("engine_vs_cpu").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut paths = Vec::new();
+    for spec in [
+        crate::cli::make_model::TestModelSpec::tiny_llama(),
+        crate::cli::make_model::TestModelSpec::tiny_qwen2(),
+    ] {
+        let p = dir.path().join(format!("{}.gguf", spec.name));
+        crate::cli::make_model::write_test_model(&spec, &p).expect("make model");
+        paths.push(p);
+    }
+    match model_path() {
+        Some(p) => paths.push(p),
+        None => println!("SKIPPED part: SmolLM2 file not under WORKER_ORCD_TEST_MODELS"),
+    }
+    for p in paths {
+        let (mut cuda, mut cpu, g) = load_both(&p);
+        let digest = cuda.resident_digest().unwrap();
+        assert_eq!(
+            digest,
+            crate::shard::digest::resident_digest(g.data_section()),
+            "GPU resident digest"
+        );
+        let prompt: Vec<u32> = vec![1, 9690, 198, 2683, 359, 253]
+            .into_iter()
+            .map(|t| t % cuda.config().vocab_size as u32)
+            .collect();
+        cuda.forward(&prompt, 0).unwrap();
+        cpu.forward(&prompt, 0).unwrap();
+        let mut pos = prompt.len();
+        let mut worst = 0f64;
+        let mut toks = Vec::new();
+        for step in 0..8 {
+            let lg = cuda.logits().unwrap();
+            let lc: Vec<f64> = cpu.logits().unwrap().iter().map(|&v| v as f64).collect();
+            let e = rel_err(&lg, &lc);
+            worst = worst.max(e);
+            let tg = cuda.sample(&SamplingParams::GREEDY, 0.0).unwrap();
+            let tc = cpu.sample(&SamplingParams::GREEDY, 0.0).unwrap();
+            assert_eq!(
+                tg,
+                tc,
+                "{}: greedy token differs at step {step}",
+                p.display()
+            );
+            toks.push(tg);
+            cuda.forward(&[tg], pos).unwrap();
+            cpu.forward(&[tc], pos).unwrap();
+            pos += 1;
+        }
+        println!("{}: logits rel err worst {worst:.2e} over 8 steps (tol 1e-3); greedy tokens identical {toks:?}", p.file_name().unwrap().to_string_lossy());
+        // Seeded sampling: the device candidate path (small top-k) and the host
+        // path (large pools) pick what the CPU engine picks with the same draw.
+        let mut picks = Vec::new();
+        for params in [
+            SamplingParams {
+                temperature: 0.8,
+                top_k: 5,
+                top_p: 1.0,
+            },
+            SamplingParams {
+                temperature: 1.0,
+                top_k: 0,
+                top_p: 0.9,
+            },
+        ] {
+            for draw in [0.05f32, 0.5, 0.95] {
+                let (a, b) = (
+                    cuda.sample(&params, draw).unwrap(),
+                    cpu.sample(&params, draw).unwrap(),
+                );
+                assert_eq!(
+                    a, b,
+                    "sampled token differs (top_k {}, draw {draw})",
+                    params.top_k
+                );
+                picks.push(a);
+            }
+        }
+        println!("  seeded sampling (top_k 5 on device, top_k 0/top_p 0.9 on host): identical picks {picks:?}");
+        assert!(worst < 1e-3, "logits rel err {worst}");
+        // Determinism: the same sequence again gives bit-identical logits.
+        let first = {
+            cuda.reset();
+            cuda.forward(&prompt, 0).unwrap();
+            cuda.logits().unwrap()
+        };
+        cuda.reset();
+        cuda.forward(&prompt, 0).unwrap();
+        assert_eq!(
+            cuda.logits()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>(),
+            first.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+    }
+}
+
+#[allow(clippy::explicit_counter_loop)]
+/// llama.cpp's golden greedy tokens, teacher-forced on the GPU (rule in shared/golden/README.md).
+#[test]
+fn golden_greedy_smollm2_on_gpu() {
+    if gpu_or_skip("golden_gpu").is_none() {
+        return;
+    }
+    let Some(p) = model_path() else {
+        println!("SKIPPED: golden_gpu: SmolLM2 file not under WORKER_ORCD_TEST_MODELS");
+        return;
+    };
+    let gdir = std::env::var_os("WORKER_ORCD_GOLDEN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden")
+        });
+    let Ok(text) = std::fs::read_to_string(gdir.join("smol-greedy.jsonl")) else {
+        println!(
+            "SKIPPED: golden_gpu: no smol-greedy.jsonl under {}",
+            gdir.display()
+        );
+        return;
+    };
+    let g = GgufFile::open(&p, &GgufLimits::default()).unwrap();
+    let (cfg, w) = crate::model::arch::from_gguf(&g).unwrap();
+    let opts = LoadOptions {
+        max_context: 1024,
+        gpu_device: 0,
+        threads: 0,
+    };
+    let mut e = CudaEngine::load(&g, &cfg, &w, &opts).unwrap();
+    let mut cpu = CpuEngine::load(&g, &cfg, &w, &opts).unwrap();
+    // Rule (the reference path's, tests/golden.rs): an exact-f32 engine may
+    // differ from llama.cpp where llama.cpp's 8-bit activation rounding flips
+    // a close pair, so the GPU must (1) pick the CPU reference's token at
+    // every teacher-forced position where the reference's own top-2 margin
+    // exceeds 1e-3, and (2) agree with llama.cpp at >= 95% of positions.
+    let (mut must, mut must_ok, mut all, mut all_ok, mut vs_cpu) = (0, 0, 0, 0, 0);
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let ids = |k: &str| -> Vec<u32> {
+            v[k].as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect()
+        };
+        let (prompt, gold) = (ids("prompt_tokens"), ids("greedy_tokens"));
+        let gaps: Vec<f64> = v["top1_minus_top2_logit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        e.reset();
+        cpu.reset();
+        e.forward(&prompt, 0).unwrap();
+        cpu.forward(&prompt, 0).unwrap();
+        let mut pos = prompt.len();
+        for (i, &t) in gold.iter().enumerate() {
+            let got = e.sample(&SamplingParams::GREEDY, 0.0).unwrap();
+            let top = crate::engine::sampler::top_candidates(&cpu.logits().unwrap(), 2);
+            let (cpu_tok, margin) = (top[0].0, top[0].1 - top[1].1);
+            if margin > 1e-3 {
+                assert_eq!(
+                    got, cpu_tok,
+                    "GPU and CPU reference differ at position {i} (reference margin {margin})"
+                );
+                vs_cpu += 1;
+            }
+            all += 1;
+            all_ok += (got == t) as usize;
+            if gaps.get(i).copied().unwrap_or(0.0) >= 0.1 {
+                must += 1;
+                must_ok += (got == t) as usize;
+            }
+            e.forward(&[t], pos).unwrap();
+            cpu.forward(&[t], pos).unwrap();
+            pos += 1;
+        }
+    }
+    println!("golden SmolLM2 on GPU: {must_ok}/{must} positions with llama.cpp gap >= 0.1 agree with llama.cpp; {all_ok}/{all} overall; \
+              GPU == CPU reference at all {vs_cpu} positions with a reference margin > 1e-3");
+    assert!(
+        all_ok * 100 >= all * 95,
+        "agreement with llama.cpp below 95%: {all_ok}/{all}"
+    );
+}
+
+/// Device time per launch of the decode-step kernels at Qwen2.5-0.5B shapes
+/// (median of 5 batches of 50 launches, CUDA events). Not a correctness test:
+/// run explicitly with `--ignored op_profile` on the GPU machine.
+#[test]
+#[ignore]
+fn op_profile_qwen_shapes() {
+    let Some(g) = gpu_or_skip("op_profile") else {
+        return;
+    };
+    let mut r = Rng::fresh("op_profile");
+    let time = |name: &str, bytes: usize, f: &dyn Fn() -> Result<()>| {
+        f().unwrap();
+        g.sync().unwrap();
+        let mut v = Vec::new();
+        for _ in 0..5 {
+            let a = g.event().unwrap();
+            for _ in 0..50 {
+                f().unwrap();
+            }
+            let b = g.event().unwrap();
+            b.synchronize().unwrap();
+            v.push(a.elapsed_ms(&b).unwrap() as f64 * 1000.0 / 50.0);
+        }
+        v.sort_by(f64::total_cmp);
+        let us = v[2];
+        println!(
+            "profile {name:<34} {us:>8.2} us  {:>7.1} GB/s",
+            bytes as f64 / us / 1e3
+        );
+    };
+    for (dt, rows, cols, label) in [
+        (
+            GgmlType::Q8_0,
+            151_936usize,
+            896usize,
+            "lm_head q8_0 151936x896",
+        ),
+        (GgmlType::Q5_0, 4864, 896, "ffn gate/up q5_0 4864x896"),
+        (GgmlType::Q4K, 896, 4864, "ffn down q4_K 896x4864"),
+        (GgmlType::Q6K, 896, 4864, "ffn down q6_K 896x4864"),
+        (GgmlType::Q5_0, 896, 896, "attn q/o q5_0 896x896"),
+        (GgmlType::Q4_1, 1536, 576, "smol ffn q4_1 1536x576"),
+    ] {
+        let mut wq = Vec::new();
+        quant::quantize(dt, &r.vec(rows * cols), &mut wq).unwrap();
+        let mut wb = g.alloc(wq.len(), "w").unwrap();
+        g.upload(&mut wb, 0, &wq).unwrap();
+        let xb = buf_from(&g, &r.vec(cols * 64), "x");
+        let yb = g.alloc(rows * 4 * 64, "y").unwrap();
+        time(label, wq.len(), &|| {
+            g.matvec(dt, wb.all(), xb.all(), None, yb.all(), rows, cols, 1, false)
+        });
+        time(&format!("{label} x64 tokens"), wq.len(), &|| {
+            g.matvec(
+                dt,
+                wb.all(),
+                xb.all(),
+                None,
+                yb.all(),
+                rows,
+                cols,
+                64,
+                false,
+            )
+        });
+    }
+    let (nh, nkv, hd, max_ctx) = (14usize, 2usize, 64usize, 1024usize);
+    let kc = buf_from(&g, &r.vec(max_ctx * nkv * hd), "kc");
+    let vc = buf_from(&g, &r.vec(max_ctx * nkv * hd), "vc");
+    let qb = buf_from(&g, &r.vec(nh * hd), "q");
+    let kb = buf_from(&g, &r.vec(nkv * hd), "k");
+    let ob = g.alloc(nh * hd * 4, "o").unwrap();
+    let part = g
+        .alloc(Gpu::attn_scratch_floats(nh, hd, max_ctx, 1) * 4, "part")
+        .unwrap();
+    let mut pb = g.alloc(4, "pos").unwrap();
+    g.upload(&mut pb, 0, &[600i32]).unwrap();
+    time(
+        "attention pos 600 (14q/2kv, hd 64)",
+        2 * 601 * nkv * hd * 4,
+        &|| {
+            g.attention(
+                qb.all(),
+                kc.all(),
+                vc.all(),
+                ob.all(),
+                part.all(),
+                pb.all(),
+                nh,
+                nkv,
+                hd,
+                max_ctx,
+                1,
+            )
+        },
+    );
+    time("rope_kv", 0, &|| {
+        g.rope_kv(
+            qb.all(),
+            kb.all(),
+            kb.all(),
+            kc.all(),
+            vc.all(),
+            pb.all(),
+            nh,
+            nkv,
+            hd,
+            max_ctx,
+            true,
+            1e6,
+            1,
+        )
+    });
+    let xb = buf_from(&g, &r.vec(896), "x");
+    time("rmsnorm 896", 896 * 8, &|| {
+        g.rmsnorm(xb.all(), xb.all(), ob.all(), 896, 1, 1e-6)
+    });
+    let lb = buf_from(&g, &r.vec(151_936), "logits");
+    let ib = g.alloc(4 * 1024, "ids").unwrap();
+    let vb = g.alloc(4 * 1024, "vals").unwrap();
+    time("topk k=1 over 151936", 151_936 * 4, &|| {
+        g.topk(lb.all(), 151_936, 1, ib.all(), vb.all())
+    });
+    time("topk k=40 over 151936", 151_936 * 4, &|| {
+        g.topk(lb.all(), 151_936, 40, ib.all(), vb.all())
+    });
+    let big = g.alloc(489 << 20, "digest data").unwrap();
+    let leaves = g.alloc(32 * 489, "leaves").unwrap();
+    time("sha256 leaves 489 MiB", 489 << 20, &|| {
+        g.sha256_leaves(big.all(), crate::shard::digest::CHUNK_BYTES, leaves.all())
+            .map(|_| ())
+    });
+}

@@ -1,0 +1,373 @@
+//! The device handle: context, stream, loaded kernels, RAII buffers, copies
+//! and graph capture (WORKER-4010, 4011, 4100–4103, 4400–4403).
+//!
+//! Why one stream and no event tracking: the engine runs one sequence on one
+//! stream, so cudarc's cross-stream events are pure overhead and would stop
+//! the decode step from being captured as a CUDA graph. Buffers are plain
+//! device allocations (no managed or host-mapped memory, WORKER-4100); free
+//! VRAM is checked before each allocation so a shortfall fails fast with the
+//! needed and available bytes (VRAM_OOM) instead of a driver error.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use cudarc::driver::{
+    sys, CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, DriverError,
+};
+
+use super::compile::{cubin_cached, KERNEL_SOURCES};
+use super::{cuda_err, probe_libraries, DeviceInfo};
+use crate::error::{Result, WorkerError};
+
+/// Every kernel entry point the engine may launch, loaded at start-up so a
+/// missing one is a start-up error, not a mid-request one.
+pub const KERNEL_NAMES: &[&str] = &[
+    "matvec_f32",
+    "matvec_f16",
+    "matvec_bf16",
+    "matvec_q4_0",
+    "matvec_q4_1",
+    "matvec_q5_0",
+    "matvec_q5_1",
+    "matvec_q8_0",
+    "matvec_q4_k",
+    "matvec_q5_k",
+    "matvec_q6_k",
+    "matvec_f32_b8",
+    "matvec_f16_b8",
+    "matvec_bf16_b8",
+    "matvec_q4_0_b8",
+    "matvec_q4_1_b8",
+    "matvec_q5_0_b8",
+    "matvec_q5_1_b8",
+    "matvec_q8_0_b8",
+    "matvec_q4_k_b8",
+    "matvec_q5_k_b8",
+    "matvec_q6_k_b8",
+    "matvec_f32_gu",
+    "matvec_f16_gu",
+    "matvec_bf16_gu",
+    "matvec_q4_0_gu",
+    "matvec_q4_1_gu",
+    "matvec_q5_0_gu",
+    "matvec_q5_1_gu",
+    "matvec_q8_0_gu",
+    "matvec_q4_k_gu",
+    "matvec_q5_k_gu",
+    "matvec_q6_k_gu",
+    "embed_f32",
+    "embed_f16",
+    "embed_bf16",
+    "embed_q4_0",
+    "embed_q4_1",
+    "embed_q5_0",
+    "embed_q5_1",
+    "embed_q8_0",
+    "embed_q4_k",
+    "embed_q5_k",
+    "embed_q6_k",
+    "rmsnorm",
+    "rope_kv",
+    "attn_partial",
+    "attn_combine",
+    "swiglu",
+    "add_inplace",
+    "topk",
+    "sha256_leaves",
+];
+
+/// One device allocation, freed exactly once when dropped (cudarc's
+/// `CudaSlice` owns the pointer).
+pub struct DeviceBuffer {
+    slice: CudaSlice<u8>,
+    ptr: u64,
+    what: String,
+}
+
+impl DeviceBuffer {
+    pub fn len(&self) -> usize {
+        self.slice.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slice.is_empty()
+    }
+
+    /// A checked window of `bytes` bytes at `offset` inside this buffer.
+    pub fn span(&self, offset: usize, bytes: usize) -> Result<Span<'_>> {
+        match offset.checked_add(bytes) {
+            Some(end) if end <= self.len() => Ok(Span {
+                ptr: self.ptr + offset as u64,
+                bytes,
+                _buf: PhantomData,
+            }),
+            _ => Err(WorkerError::internal(format!(
+                "device window {offset}+{bytes} is outside buffer '{}' of {} bytes",
+                self.what,
+                self.len()
+            ))),
+        }
+    }
+
+    /// The whole buffer as a span.
+    pub fn all(&self) -> Span<'_> {
+        Span {
+            ptr: self.ptr,
+            bytes: self.len(),
+            _buf: PhantomData,
+        }
+    }
+
+    /// A span of `n` f32 values starting at element `first`.
+    pub fn f32s(&self, first: usize, n: usize) -> Result<Span<'_>> {
+        let off = first
+            .checked_mul(4)
+            .ok_or_else(|| WorkerError::internal("f32 offset overflow"))?;
+        let len = n
+            .checked_mul(4)
+            .ok_or_else(|| WorkerError::internal("f32 length overflow"))?;
+        self.span(off, len)
+    }
+}
+
+/// A bounds-checked device address range that cannot outlive its buffer.
+/// Kernel launchers check every span against the sizes the launch implies.
+#[derive(Clone, Copy, Debug)]
+pub struct Span<'a> {
+    pub(crate) ptr: u64,
+    pub(crate) bytes: usize,
+    _buf: PhantomData<&'a DeviceBuffer>,
+}
+
+impl Span<'_> {
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub(crate) fn need(&self, bytes: usize, what: &str) -> Result<u64> {
+        if bytes <= self.bytes {
+            Ok(self.ptr)
+        } else {
+            Err(WorkerError::internal(format!(
+                "kernel argument '{what}' needs {bytes} bytes but its device window holds {}",
+                self.bytes
+            )))
+        }
+    }
+}
+
+/// A captured sequence of launches, replayed with one call.
+pub struct GpuGraph {
+    graph: CudaGraph,
+}
+
+// SAFETY: a graph exec handle is not tied to the thread that captured it; the
+// owner launches it through `CudaGraph::launch`, which binds the context to the
+// calling thread first, and the engine holding it is used by one thread at a time.
+unsafe impl Send for GpuGraph {}
+
+impl GpuGraph {
+    pub fn launch(&self) -> Result<()> {
+        self.graph
+            .launch()
+            .map_err(cuda_err("replaying the decode graph"))
+    }
+}
+
+/// An open device: context, one stream, the compiled kernels.
+pub struct Gpu {
+    pub(crate) stream: Arc<CudaStream>,
+    ctx: Arc<CudaContext>,
+    funcs: HashMap<&'static str, CudaFunction>,
+    info: DeviceInfo,
+    /// How many kernel files came from the on-disk cache at open.
+    pub cached_modules: usize,
+}
+
+impl Gpu {
+    /// Open `device`, compile (or load cached) kernels for its architecture.
+    pub fn open(device: u32) -> Result<Self> {
+        probe_libraries(true)?;
+        let count = CudaContext::device_count().map_err(cuda_err("counting CUDA devices"))?;
+        if device as i64 >= count as i64 {
+            return Err(WorkerError::cuda(format!(
+                "GPU {device} does not exist: the driver reports {count} device(s); set gpu_device to 0..{} or use backend \"cpu\"",
+                count.max(1) - 1
+            )));
+        }
+        let ctx =
+            CudaContext::new(device as usize).map_err(cuda_err("creating the CUDA context"))?;
+        // SAFETY: this engine uses exactly one stream for every allocation,
+        // copy and launch, so cross-stream synchronisation is never needed;
+        // called before any buffer is created.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx
+            .new_stream()
+            .map_err(cuda_err("creating a CUDA stream"))?;
+        let info = super::device_info(&ctx, device)?;
+        let arch = format!(
+            "sm_{}{}",
+            info.compute_capability.0, info.compute_capability.1
+        );
+        let mut funcs = HashMap::new();
+        let mut cached_modules = 0;
+        for (file, src) in KERNEL_SOURCES {
+            let (cubin, cached) = cubin_cached(file, src, &arch)?;
+            cached_modules += cached as usize;
+            let module = ctx
+                .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
+                .map_err(cuda_err(&format!("loading the {file} CUBIN")))?;
+            for name in KERNEL_NAMES {
+                if let Ok(f) = module.load_function(name) {
+                    funcs.insert(*name, f);
+                }
+            }
+        }
+        if let Some(missing) = KERNEL_NAMES.iter().find(|n| !funcs.contains_key(*n)) {
+            return Err(WorkerError::cuda(format!(
+                "kernel {missing} is missing from the compiled modules"
+            )));
+        }
+        Ok(Self {
+            stream,
+            ctx,
+            funcs,
+            info,
+            cached_modules,
+        })
+    }
+
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    /// (free, total) device bytes now.
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        self.ctx
+            .mem_get_info()
+            .map_err(cuda_err("querying free device memory"))
+    }
+
+    /// Allocate `bytes` zeroed bytes, after checking they are free.
+    pub fn alloc(&self, bytes: usize, what: &str) -> Result<DeviceBuffer> {
+        let (free, _) = self.mem_info()?;
+        // Keep a small margin for the driver's own allocations (graphs, modules).
+        let margin = 64usize << 20;
+        if bytes.saturating_add(margin) > free {
+            return Err(WorkerError::VramOom {
+                message: format!(
+                    "not enough free VRAM on GPU {} for {what}: need {bytes} bytes (+{margin} margin), {free} bytes available; \
+                     use a smaller model or max_context, or free the GPU",
+                    self.info.ordinal
+                ),
+            });
+        }
+        let slice = self
+            .stream
+            .alloc_zeros::<u8>(bytes.max(1))
+            .map_err(cuda_err(&format!("allocating {bytes} bytes for {what}")))?;
+        let ptr = {
+            let (p, _sync) = slice.device_ptr(&self.stream);
+            p
+        };
+        Ok(DeviceBuffer {
+            slice,
+            ptr,
+            what: what.to_string(),
+        })
+    }
+
+    /// Copy host bytes into `buf` at byte `offset`.
+    pub fn upload<T: cudarc::driver::DeviceRepr>(
+        &self,
+        buf: &mut DeviceBuffer,
+        offset: usize,
+        src: &[T],
+    ) -> Result<()> {
+        let bytes = std::mem::size_of_val(src);
+        buf.span(offset, bytes)?;
+        // SAFETY: any T: DeviceRepr is plain data; viewing it as bytes is sound.
+        let raw = unsafe { std::slice::from_raw_parts(src.as_ptr() as *const u8, bytes) };
+        let mut view = buf.slice.slice_mut(offset..offset + bytes);
+        self.stream
+            .memcpy_htod(raw, &mut view)
+            .map_err(cuda_err(&format!("copying {bytes} bytes to {}", buf.what)))
+    }
+
+    /// Copy `n` values of T from a span back to the host (synchronises the stream).
+    pub fn download<T: cudarc::driver::DeviceRepr + Default + Clone>(
+        &self,
+        buf: &DeviceBuffer,
+        offset: usize,
+        n: usize,
+    ) -> Result<Vec<T>> {
+        let bytes = n
+            .checked_mul(std::mem::size_of::<T>())
+            .ok_or_else(|| WorkerError::internal("download size overflow"))?;
+        buf.span(offset, bytes)?;
+        let mut raw = vec![0u8; bytes];
+        let view = buf.slice.slice(offset..offset + bytes);
+        self.stream
+            .memcpy_dtoh(&view, &mut raw)
+            .map_err(cuda_err(&format!(
+                "copying {bytes} bytes from {}",
+                buf.what
+            )))?;
+        self.sync()?;
+        let mut out = vec![T::default(); n];
+        // SAFETY: `out` holds exactly `bytes` bytes of plain-data T; the copy
+        // fills them from `raw`, which has the same length.
+        unsafe { std::ptr::copy_nonoverlapping(raw.as_ptr(), out.as_mut_ptr() as *mut u8, bytes) };
+        Ok(out)
+    }
+
+    /// Wait for all queued work; surfaces any asynchronous kernel fault.
+    pub fn sync(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(cuda_err("synchronising the stream"))
+    }
+
+    pub(crate) fn func(&self, name: &str) -> Result<&CudaFunction> {
+        self.funcs
+            .get(name)
+            .ok_or_else(|| WorkerError::cuda(format!("kernel {name} is not loaded")))
+    }
+
+    /// Record everything `body` enqueues into a graph instead of running it.
+    pub fn capture(&self, body: impl FnOnce() -> Result<()>) -> Result<GpuGraph> {
+        self.stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(cuda_err("beginning graph capture"))?;
+        let res = body();
+        let ended = self.stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        res?;
+        match ended.map_err(cuda_err("ending graph capture"))? {
+            Some(graph) => Ok(GpuGraph { graph }),
+            None => Err(WorkerError::cuda("graph capture produced no graph")),
+        }
+    }
+
+    /// Device time between two points, for the bench: returns (start, end) events.
+    pub fn event(&self) -> Result<cudarc::driver::CudaEvent> {
+        let ev = self
+            .ctx
+            .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(cuda_err("creating a timing event"))?;
+        ev.record(&self.stream)
+            .map_err(cuda_err("recording an event"))?;
+        Ok(ev)
+    }
+}
+
+/// Map a driver error from one step to CUDA_ERROR, or VRAM_OOM for out-of-memory.
+pub(crate) fn map_driver(what: &str, e: DriverError) -> WorkerError {
+    if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
+        WorkerError::VramOom {
+            message: format!("the GPU ran out of memory while {what}: {e}"),
+        }
+    } else {
+        WorkerError::cuda(format!("CUDA error while {what}: {e}; the worker cannot trust the device any more and will stop"))
+    }
+}

@@ -1,0 +1,529 @@
+//! Typed, validated launchers, one per kernel entry point (KERNEL-*).
+//!
+//! Why here: every launch is `unsafe` (the driver trusts the pointers and
+//! sizes), so each launcher first checks that every device window is large
+//! enough for the shape it is given, that the shape is one the kernel
+//! supports, and only then launches; the launch status is checked too.
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+use super::cuda_err;
+use super::device::{Gpu, Span};
+use crate::error::{Result, WorkerError};
+use crate::model::gguf::GgmlType;
+
+/// Kernel-name suffix for a block format, or None when no kernel reads it.
+pub fn dtype_suffix(t: GgmlType) -> Option<&'static str> {
+    Some(match t {
+        GgmlType::F32 => "f32",
+        GgmlType::F16 => "f16",
+        GgmlType::BF16 => "bf16",
+        GgmlType::Q4_0 => "q4_0",
+        GgmlType::Q4_1 => "q4_1",
+        GgmlType::Q5_0 => "q5_0",
+        GgmlType::Q5_1 => "q5_1",
+        GgmlType::Q8_0 => "q8_0",
+        GgmlType::Q4K => "q4_k",
+        GgmlType::Q5K => "q5_k",
+        GgmlType::Q6K => "q6_k",
+    })
+}
+
+/// Bytes of one row of `cols` elements, checking the shapes the kernels need:
+/// whole blocks and whole 32-element runs.
+pub fn row_bytes(t: GgmlType, cols: usize) -> Result<usize> {
+    let bs = t.block_size();
+    if cols == 0 || cols % bs != 0 || cols % 32 != 0 {
+        return Err(WorkerError::invalid(format!(
+            "a {} row of {cols} elements is not a whole number of {bs}-element blocks and 32-element runs",
+            t.name()
+        )));
+    }
+    Ok(cols / bs * t.type_size())
+}
+
+/// Rows per split-KV chunk; must equal ATT_CHUNK in cuda/attention.cu.
+pub const ATT_CHUNK: usize = 32;
+
+fn blocks(n: usize, per: usize) -> u32 {
+    n.div_ceil(per) as u32
+}
+
+fn as_i32(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v)
+        .map_err(|_| WorkerError::invalid(format!("{what} = {v} is too large for a kernel index")))
+}
+
+impl Gpu {
+    /// y[b] = W·x[b] (+ bias) (+ y[b]) for `batch` vectors; W is `rows`×`cols` in `dtype`.
+    /// One vector uses the single-vector kernel; a batch reads W once per 8 vectors.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matvec(
+        &self,
+        dtype: GgmlType,
+        w: Span,
+        x: Span,
+        bias: Option<Span>,
+        y: Span,
+        rows: usize,
+        cols: usize,
+        batch: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        if batch == 0 || batch > 65_535 * 8 {
+            return Err(WorkerError::invalid(format!(
+                "matvec batch {batch} out of range"
+            )));
+        }
+        let base = format!("matvec_{}", dtype_suffix(dtype).unwrap_or("none"));
+        let name = if batch == 1 {
+            base
+        } else {
+            format!("{base}_b8")
+        };
+        let rb = row_bytes(dtype, cols)?;
+        let wp = w.need(rb * rows, "weights")?;
+        let xp = x.need(4 * cols * batch, "x")?;
+        let yp = y.need(4 * rows * batch, "y")?;
+        let bp = match bias {
+            Some(b) => b.need(4 * rows, "bias")?,
+            None => 0u64,
+        };
+        let (rows_i, cols_i, batch_i) = (
+            as_i32(rows, "rows")?,
+            as_i32(cols, "cols")?,
+            as_i32(batch, "batch")?,
+        );
+        let rb64 = rb as u64;
+        let acc = accumulate as i32;
+        let f = self.func(&name)?;
+        let gy = if batch == 1 { 1 } else { blocks(batch, 8) };
+        let cfg = LaunchConfig {
+            grid_dim: (blocks(rows, 4), gy, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (nw, eps) = (0u64, 0f32);
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&wp)
+            .arg(&rb64)
+            .arg(&xp)
+            .arg(&bp)
+            .arg(&yp)
+            .arg(&rows_i)
+            .arg(&cols_i)
+            .arg(&acc);
+        if batch > 1 {
+            l.arg(&batch_i);
+        } else {
+            l.arg(&nw).arg(&eps);
+        }
+        // SAFETY: every pointer lies in a live allocation with at least the
+        // bytes this shape reads or writes (checked above); argument types and
+        // order match `matvec_impl` / `matmul_impl` in cuda/matvec.cu.
+        unsafe { l.launch(cfg) }
+            .map(|_| ())
+            .map_err(cuda_err(&format!("launching {name}")))
+    }
+
+    /// y = W·(rmsnorm(x) * norm_w) (+ bias) (+ y) for one vector: the norm is
+    /// fused into the mat-vec (decode path).
+    #[allow(clippy::too_many_arguments)]
+    pub fn matvec_norm(
+        &self,
+        dtype: GgmlType,
+        w: Span,
+        x: Span,
+        norm_w: Span,
+        eps: f32,
+        bias: Option<Span>,
+        y: Span,
+        rows: usize,
+        cols: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        let name = format!("matvec_{}", dtype_suffix(dtype).unwrap_or("none"));
+        let rb = row_bytes(dtype, cols)?;
+        let wp = w.need(rb * rows, "weights")?;
+        let xp = x.need(4 * cols, "x")?;
+        let nw = norm_w.need(4 * cols, "norm weight")?;
+        let yp = y.need(4 * rows, "y")?;
+        let bp = match bias {
+            Some(b) => b.need(4 * rows, "bias")?,
+            None => 0u64,
+        };
+        let (rows_i, cols_i, acc, rb64) = (
+            as_i32(rows, "rows")?,
+            as_i32(cols, "cols")?,
+            accumulate as i32,
+            rb as u64,
+        );
+        let f = self.func(&name)?;
+        let cfg = LaunchConfig {
+            grid_dim: (blocks(rows, 4), 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&wp)
+            .arg(&rb64)
+            .arg(&xp)
+            .arg(&bp)
+            .arg(&yp)
+            .arg(&rows_i)
+            .arg(&cols_i)
+            .arg(&acc)
+            .arg(&nw)
+            .arg(&eps);
+        // SAFETY: windows checked above; types match matvec_impl in cuda/matvec.cu.
+        unsafe { l.launch(cfg) }
+            .map(|_| ())
+            .map_err(cuda_err(&format!("launching {name}")))
+    }
+
+    /// out = silu(Wg·xn) * (Wu·xn) with xn = rmsnorm(x) * norm_w, one vector,
+    /// gate and up in the same format (decode FFN input in one launch).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gate_up(
+        &self,
+        dtype: GgmlType,
+        wg: Span,
+        wu: Span,
+        x: Span,
+        norm_w: Span,
+        eps: f32,
+        out: Span,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        let name = format!("matvec_{}_gu", dtype_suffix(dtype).unwrap_or("none"));
+        let rb = row_bytes(dtype, cols)?;
+        let gp = wg.need(rb * rows, "gate weights")?;
+        let up = wu.need(rb * rows, "up weights")?;
+        let xp = x.need(4 * cols, "x")?;
+        let nw = norm_w.need(4 * cols, "norm weight")?;
+        let op = out.need(4 * rows, "out")?;
+        let (rows_i, cols_i, rb64) = (as_i32(rows, "rows")?, as_i32(cols, "cols")?, rb as u64);
+        let f = self.func(&name)?;
+        let cfg = LaunchConfig {
+            grid_dim: (blocks(rows, 4), 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&gp)
+            .arg(&up)
+            .arg(&rb64)
+            .arg(&xp)
+            .arg(&nw)
+            .arg(&eps)
+            .arg(&op)
+            .arg(&rows_i)
+            .arg(&cols_i);
+        // SAFETY: windows checked above; types match gate_up_impl in cuda/matvec.cu.
+        unsafe { l.launch(cfg) }
+            .map(|_| ())
+            .map_err(cuda_err(&format!("launching {name}")))
+    }
+
+    /// out[t] = dequantized row tok[t] of W (`cols` wide) for `n_tok` tokens.
+    #[allow(clippy::too_many_arguments)]
+    /// Token ids in `tok` must already be checked against the row count.
+    pub fn embed(
+        &self,
+        dtype: GgmlType,
+        w: Span,
+        rows: usize,
+        tok: Span,
+        out: Span,
+        cols: usize,
+        n_tok: usize,
+    ) -> Result<()> {
+        let name = format!("embed_{}", dtype_suffix(dtype).unwrap_or("none"));
+        let rb = row_bytes(dtype, cols)?;
+        let wp = w.need(rb * rows, "embedding")?;
+        let tp = tok.need(4 * n_tok, "token ids")?;
+        let op = out.need(4 * cols * n_tok, "out")?;
+        let (rb64, cols_i) = (rb as u64, as_i32(cols, "cols")?);
+        let f = self.func(&name)?;
+        let cfg = LaunchConfig {
+            grid_dim: (blocks(cols / 32, 128), n_tok as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&wp).arg(&rb64).arg(&tp).arg(&op).arg(&cols_i);
+        // SAFETY: windows checked above; ids are validated by the caller
+        // before upload; types match cuda/embed.cu.
+        unsafe { l.launch(cfg) }
+            .map(|_| ())
+            .map_err(cuda_err(&format!("launching {name}")))
+    }
+
+    /// out[r] = rmsnorm(x[r]) * w for `rows` rows of `n`.
+    pub fn rmsnorm(
+        &self,
+        x: Span,
+        w: Span,
+        out: Span,
+        n: usize,
+        rows: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let xp = x.need(4 * n * rows, "x")?;
+        let wp = w.need(4 * n, "norm weight")?;
+        let op = out.need(4 * n * rows, "out")?;
+        let n_i = as_i32(n, "n")?;
+        let f = self.func("rmsnorm")?;
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&xp).arg(&wp).arg(&op).arg(&n_i).arg(&eps);
+        // SAFETY: windows checked above; types match cuda/rmsnorm.cu.
+        unsafe { l.launch(cfg) }
+            .map(|_| ())
+            .map_err(cuda_err("launching rmsnorm"))
+    }
+
+    /// Rotate q and k at position *pos and write k, v into the layer's cache row.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_kv(
+        &self,
+        q: Span,
+        k: Span,
+        v: Span,
+        kc: Span,
+        vc: Span,
+        pos: Span,
+        n_heads: usize,
+        n_kv: usize,
+        hd: usize,
+        max_ctx: usize,
+        neox: bool,
+        base: f32,
+        n_tok: usize,
+    ) -> Result<()> {
+        if hd % 2 != 0 || n_kv == 0 || n_heads % n_kv != 0 {
+            return Err(WorkerError::invalid(format!(
+                "rope: head_dim {hd} must be even and n_heads {n_heads} a multiple of n_kv {n_kv}"
+            )));
+        }
+        let qp = q.need(4 * n_heads * hd * n_tok, "q")?;
+        let kp = k.need(4 * n_kv * hd * n_tok, "k")?;
+        let vp = v.need(4 * n_kv * hd * n_tok, "v")?;
+        // The kernel writes row *pos < max_ctx: the caller checks pos against max_ctx.
+        let kcp = kc.need(4 * max_ctx * n_kv * hd, "k cache")?;
+        let vcp = vc.need(4 * max_ctx * n_kv * hd, "v cache")?;
+        let pp = pos.need(4, "pos")?;
+        let (nh, nk, hdi, nx) = (
+            as_i32(n_heads, "n_heads")?,
+            as_i32(n_kv, "n_kv")?,
+            as_i32(hd, "hd")?,
+            neox as i32,
+        );
+        let total = (n_heads + n_kv) * hd / 2 + n_kv * hd;
+        let f = self.func("rope_kv")?;
+        let cfg = LaunchConfig {
+            grid_dim: (blocks(total, 256), n_tok as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&qp)
+            .arg(&kp)
+            .arg(&vp)
+            .arg(&kcp)
+            .arg(&vcp)
+            .arg(&pp)
+            .arg(&nh)
+            .arg(&nk)
+            .arg(&hdi)
+            .arg(&nx)
+            .arg(&base);
+        // SAFETY: windows checked above (cache windows cover max_ctx rows and
+        // the caller keeps *pos < max_ctx); types match cuda/rope_kv.cu.
+        unsafe { l.launch(cfg) }
+            .map(|_| ())
+            .map_err(cuda_err("launching rope_kv"))
+    }
+
+    /// Scratch floats the split-KV attention needs for `n_tok` queries.
+    pub fn attn_scratch_floats(n_heads: usize, hd: usize, max_ctx: usize, n_tok: usize) -> usize {
+        n_tok * n_heads * max_ctx.div_ceil(ATT_CHUNK) * (hd + 2)
+    }
+
+    /// Attention of `n_tok` queries (token t at position *pos + t) over cache
+    /// rows 0..=*pos+t: split-KV partials, then an in-order combine.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
+        &self,
+        q: Span,
+        kc: Span,
+        vc: Span,
+        out: Span,
+        part: Span,
+        pos: Span,
+        n_heads: usize,
+        n_kv: usize,
+        hd: usize,
+        max_ctx: usize,
+        n_tok: usize,
+    ) -> Result<()> {
+        if hd == 0
+            || hd > 256
+            || hd % 4 != 0
+            || n_kv == 0
+            || n_heads % n_kv != 0
+            || n_tok == 0
+            || n_tok > 65_535
+        {
+            return Err(WorkerError::invalid(format!("attention: head_dim {hd} must be a multiple of 4 up to 256, n_heads {n_heads} a multiple of n_kv {n_kv}, tokens {n_tok} in 1..=65535")));
+        }
+        let n_chunks = max_ctx.div_ceil(ATT_CHUNK);
+        let qp = q.need(4 * n_heads * hd * n_tok, "q")?;
+        let kcp = kc.need(4 * max_ctx * n_kv * hd, "k cache")?;
+        let vcp = vc.need(4 * max_ctx * n_kv * hd, "v cache")?;
+        let op = out.need(4 * n_heads * hd * n_tok, "out")?;
+        let pp_ = part.need(
+            4 * Self::attn_scratch_floats(n_heads, hd, max_ctx, n_tok),
+            "attention scratch",
+        )?;
+        let pp = pos.need(4, "pos")?;
+        let (nh, nk, hdi, nc) = (
+            as_i32(n_heads, "n_heads")?,
+            as_i32(n_kv, "n_kv")?,
+            as_i32(hd, "hd")?,
+            as_i32(n_chunks, "chunks")?,
+        );
+        let scale = 1.0f32 / (hd as f32).sqrt();
+        let f = self.func("attn_partial")?;
+        let cfg = LaunchConfig {
+            grid_dim: (n_heads as u32, n_chunks as u32, n_tok as u32),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&qp)
+            .arg(&kcp)
+            .arg(&vcp)
+            .arg(&pp_)
+            .arg(&pp)
+            .arg(&nh)
+            .arg(&nk)
+            .arg(&hdi)
+            .arg(&nc)
+            .arg(&scale);
+        // SAFETY: windows checked above; *pos + n_tok <= max_ctx is kept by the
+        // caller, so every cache row read is inside the cache window; types
+        // match attn_partial in cuda/attention.cu.
+        unsafe { l.launch(cfg) }.map_err(cuda_err("launching attn_partial"))?;
+        let f = self.func("attn_combine")?;
+        let cfg = LaunchConfig {
+            grid_dim: (n_heads as u32, n_tok as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&pp_).arg(&op).arg(&pp).arg(&nh).arg(&hdi).arg(&nc);
+        // SAFETY: as above; types match attn_combine in cuda/attention.cu.
+        unsafe { l.launch(cfg) }
+            .map(|_| ())
+            .map_err(cuda_err("launching attn_combine"))
+    }
+
+    /// out = silu(gate) * up over n elements.
+    pub fn swiglu(&self, gate: Span, up: Span, out: Span, n: usize) -> Result<()> {
+        let gp = gate.need(4 * n, "gate")?;
+        let up_ = up.need(4 * n, "up")?;
+        let op = out.need(4 * n, "out")?;
+        let n_i = as_i32(n, "n")?;
+        let f = self.func("swiglu")?;
+        let cfg = LaunchConfig {
+            grid_dim: (blocks(n, 256), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&gp).arg(&up_).arg(&op).arg(&n_i);
+        // SAFETY: windows checked above; types match cuda/swiglu.cu.
+        unsafe { l.launch(cfg) }
+            .map(|_| ())
+            .map_err(cuda_err("launching swiglu"))
+    }
+
+    /// y += x over n elements.
+    pub fn add_inplace(&self, y: Span, x: Span, n: usize) -> Result<()> {
+        let yp = y.need(4 * n, "y")?;
+        let xp = x.need(4 * n, "x")?;
+        let n_i = as_i32(n, "n")?;
+        let f = self.func("add_inplace")?;
+        let cfg = LaunchConfig {
+            grid_dim: (blocks(n, 256), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&yp).arg(&xp).arg(&n_i);
+        // SAFETY: windows checked above; types match cuda/swiglu.cu.
+        unsafe { l.launch(cfg) }
+            .map(|_| ())
+            .map_err(cuda_err("launching add_inplace"))
+    }
+
+    /// The k best of n logits (descending, lowest id on ties) into ids/vals.
+    pub fn topk(&self, logits: Span, n: usize, k: usize, ids: Span, vals: Span) -> Result<()> {
+        if k == 0 || k > n {
+            return Err(WorkerError::invalid(format!(
+                "top-k: k = {k} must be in 1..={n}"
+            )));
+        }
+        let lp = logits.need(4 * n, "logits")?;
+        let ip = ids.need(4 * k, "ids")?;
+        let vp = vals.need(4 * k, "vals")?;
+        let (n_i, k_i) = (as_i32(n, "n")?, as_i32(k, "k")?);
+        let f = self.func("topk")?;
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (1024, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&lp).arg(&n_i).arg(&k_i).arg(&ip).arg(&vp);
+        // SAFETY: windows checked above; types match cuda/topk.cu.
+        unsafe { l.launch(cfg) }
+            .map(|_| ())
+            .map_err(cuda_err("launching topk"))
+    }
+
+    /// SHA-256 of each `chunk`-byte piece of `data` (the last may be short) into `out` (32 bytes each).
+    pub fn sha256_leaves(&self, data: Span, chunk: usize, out: Span) -> Result<usize> {
+        if chunk == 0 || chunk % 64 != 0 || data.ptr % 16 != 0 {
+            return Err(WorkerError::internal(
+                "sha256 leaves need a 16-byte aligned buffer and a chunk multiple of 64",
+            ));
+        }
+        let total = data.bytes;
+        let n = total.div_ceil(chunk);
+        if n == 0 {
+            return Ok(0);
+        }
+        let op = out.need(32 * n, "leaves")?;
+        let (dp, t64, c64, n_i) = (data.ptr, total as u64, chunk as u64, as_i32(n, "leaves")?);
+        let f = self.func("sha256_leaves")?;
+        let cfg = LaunchConfig {
+            grid_dim: (blocks(n, 32), 1, 1),
+            block_dim: (32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&dp).arg(&t64).arg(&c64).arg(&n_i).arg(&op);
+        // SAFETY: the kernel reads exactly `total` bytes from `data` (its span)
+        // and writes 32*n bytes to `out` (checked); types match cuda/sha256.cu.
+        unsafe { l.launch(cfg) }
+            .map(|_| n)
+            .map_err(cuda_err("launching sha256_leaves"))
+    }
+}
