@@ -49,10 +49,16 @@ pub enum WorkerError {
     SealVerificationFailed { message: String },
     /// The single slot is occupied; retry after the hint.
     #[error("{message}")]
-    Busy { message: String, retry_after_ms: u64 },
+    Busy {
+        message: String,
+        retry_after_ms: u64,
+    },
     /// The worker is draining or not ready; retry elsewhere or later.
     #[error("{message}")]
-    Unavailable { message: String, retry_after_ms: u64 },
+    Unavailable {
+        message: String,
+        retry_after_ms: u64,
+    },
     /// The job ran past `execution_timeout_ms`.
     #[error("{message}")]
     Timeout { message: String },
@@ -143,7 +149,10 @@ impl WorkerError {
 
     /// Whether the same request may succeed if retried (here or elsewhere).
     pub fn retriable(&self) -> bool {
-        matches!(self, Self::Busy { .. } | Self::Unavailable { .. } | Self::Timeout { .. })
+        matches!(
+            self,
+            Self::Busy { .. } | Self::Unavailable { .. } | Self::Timeout { .. }
+        )
     }
 
     /// Hint for the client's retry; only set for retriable errors.
@@ -159,7 +168,10 @@ impl WorkerError {
     /// Whether this failure means the worker can no longer be trusted and
     /// must move to Stopped so that its supervisor restarts it (4032, 4122, 4960).
     pub fn is_fatal(&self) -> bool {
-        matches!(self, Self::CudaError { .. } | Self::SealVerificationFailed { .. })
+        matches!(
+            self,
+            Self::CudaError { .. } | Self::SealVerificationFailed { .. }
+        )
     }
 
     pub fn message(&self) -> &str {
@@ -195,16 +207,24 @@ impl WorkerError {
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::InvalidParams { message: message.into() }
+        Self::InvalidParams {
+            message: message.into(),
+        }
     }
     pub fn model_load(message: impl Into<String>) -> Self {
-        Self::ModelLoadFailed { message: message.into() }
+        Self::ModelLoadFailed {
+            message: message.into(),
+        }
     }
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::Internal { message: message.into() }
+        Self::Internal {
+            message: message.into(),
+        }
     }
     pub fn cuda(message: impl Into<String>) -> Self {
-        Self::CudaError { message: message.into() }
+        Self::CudaError {
+            message: message.into(),
+        }
     }
 }
 
@@ -223,9 +243,16 @@ mod tests {
         let samples = [
             WorkerError::invalid("x"),
             WorkerError::model_load("x"),
-            WorkerError::VramOom { message: "x".into() },
-            WorkerError::HostOom { message: "x".into() },
-            WorkerError::Busy { message: "x".into(), retry_after_ms: 5 },
+            WorkerError::VramOom {
+                message: "x".into(),
+            },
+            WorkerError::HostOom {
+                message: "x".into(),
+            },
+            WorkerError::Busy {
+                message: "x".into(),
+                retry_after_ms: 5,
+            },
         ];
         for e in samples {
             assert!(WorkerError::ALL_CODES.contains(&e.code()));
@@ -234,14 +261,21 @@ mod tests {
 
     #[test]
     fn vram_and_host_oom_differ() {
-        let v = WorkerError::VramOom { message: String::new() };
-        let h = WorkerError::HostOom { message: String::new() };
+        let v = WorkerError::VramOom {
+            message: String::new(),
+        };
+        let h = WorkerError::HostOom {
+            message: String::new(),
+        };
         assert_ne!(v.code(), h.code());
     }
 
     #[test]
     fn retry_hint_only_on_retriable() {
-        let busy = WorkerError::Busy { message: "busy".into(), retry_after_ms: 250 };
+        let busy = WorkerError::Busy {
+            message: "busy".into(),
+            retry_after_ms: 250,
+        };
         assert!(busy.retriable());
         assert_eq!(busy.body().retry_after_ms, Some(250));
         let bad = WorkerError::invalid("bad");

@@ -7,7 +7,12 @@ use std::process::ExitCode;
 use worker_orcd::{cli, config, daemon};
 
 #[derive(Parser)]
-#[command(name = "worker-orcd", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "worker-orcd",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

@@ -1,0 +1,128 @@
+# Spec §0 and §1: goals, architecture and process model.
+Feature: Architecture and process model
+  worker-orcd is one process per GPU that loads one model, seals it, serves it
+  and is supervised by pool-managerd. These scenarios show the shape of the
+  process from the outside and the boundaries of the code from the inside.
+
+  @WORKER-4011 @WORKER-4030
+  Scenario: A freshly started worker answers its health check
+    Given a worker serving the tiny test model
+    When I GET "/health" without a token
+    Then the response status is 200
+    And the response JSON at "/state" is "ready"
+
+  @WORKER-4030 @WORKER-4031 @WORKER-4227
+  Scenario: The worker walks through its lifecycle states and is Ready only after sealing
+    Given a worker serving the tiny test model
+    Then the worker log shows the states "loading", "ready" in that order
+    And the worker log mentions "seal" before it mentions "ready"
+
+  @WORKER-4030 @SCHEDULER-M0-005
+  Scenario: While a job runs the health check says executing
+    Given a worker serving the larger test model
+    When I start executing "Once upon a time" with max_tokens 2000
+    And I GET "/health" without a token
+    Then the response JSON at "/state" is "executing"
+    And I wait for the stream to finish
+
+  @WORKER-4001 @WORKER-4112
+  Scenario: A job runs only against a sealed shard handle
+    Given a worker serving the tiny test model
+    When I GET "/worker/ready"
+    Then the response JSON at "/handles/0/sealed" is true
+    When I execute "Hello" with max_tokens 4
+    Then the stream ends with an "end" event
+
+  @WORKER-4001
+  Scenario: A job naming an unknown handle is refused
+    Given a worker serving the tiny test model
+    When I POST to "/worker/execute" with body:
+      """
+      {"handle_id": "no-such-shard", "prompt": "Hello", "params": {"max_tokens": 4}}
+      """
+    Then the response status is 404
+    And the error code is "NOT_FOUND"
+
+  @WORKER-4003 @WORKER-4620
+  Scenario: A model is admitted only when its MCD fits the ECP
+    Given a worker serving the tiny test model
+    When I plan the tiny test model
+    Then the response status is 200
+    And the response JSON at "/feasible" is true
+    And the response JSON at "/mcd/quant" is a non-empty array
+
+  @WORKER-4010 @WORKER-4400 @source
+  Scenario: One binary with a single CUDA boundary module
+    Then only the files under "src/gpu" and "src/model/mapped.rs" allow unsafe code
+    And the crate root denies unsafe code
+
+  @WORKER-4012 @source
+  Scenario: Compute kernels are CUDA sources, one operation per file
+    Then the folder "cuda" holds the kernel sources "rmsnorm", "rope", "attention", "topk"
+    And the folder "cuda" holds the shared header "common.cuh"
+
+  @WORKER-4013 @WORKER-4401 @source
+  Scenario: Device memory is owned by Rust values through cudarc
+    Then the file "Cargo.toml" mentions "cudarc"
+    And the source under "src" never calls "cuMemFree" outside "src/gpu"
+
+  @WORKER-4020 @WORKER-4703
+  Scenario: One worker process serves exactly one GPU
+    Given a worker serving the tiny test model
+    When I plan the tiny test model
+    Then the response JSON at "/shard_plan" is an array of 1
+    And the response JSON at "/shard_plan/0/gpu_device" is 0
+
+  @WORKER-4021 @source
+  Scenario: The worker never spawns or daemonizes itself
+    Then the source under "src" never calls "fork("
+    And the source under "src" never calls "daemon("
+    And the source under "src" never calls "Command::new"
+
+  @WORKER-4022
+  Scenario: A second, different model is refused
+    Given a worker serving the tiny test model
+    And a second tiny model in the model root
+    When I commit the second tiny model as shard "other-shard"
+    Then the response status is 409
+    And the error code is "MODEL_CONFLICT"
+
+  @WORKER-4022
+  Scenario: Committing the same model again is idempotent
+    Given a worker serving the tiny test model
+    When I commit the tiny test model as shard "tiny-again"
+    Then the response status is 200
+    And the response JSON at "/handle/sealed" is true
+    And the response JSON at "/handle/digest" is the tiny model's digest
+
+  @WORKER-4023 @WORKER-4612
+  Scenario: After loading, the worker announces its readiness to its supervisor
+    Given a worker serving the tiny test model
+    Then the readiness callback received a "ready" announcement
+    And the announcement JSON at "/ecp/worker_id" is the configured worker id
+    And the announcement JSON at "/handles/0/sealed" is true
+    And the announcement JSON at "/fp6" is a non-empty array
+
+  @WORKER-4032 @WORKER-4960 @WORKER-4961 @KERNEL-SAFE-004 @gpu @serial
+  Scenario: A CUDA error stops the worker with its own exit code and tells the supervisor
+    Given a worker serving the tiny test model
+    When I inject a device error
+    And I execute "Hello" with max_tokens 4
+    Then the stream ends with an "error" event with code "CUDA_ERROR"
+    And the worker exits with code 4 within 15 seconds
+    And the readiness callback received a "stopped" status with error code "CUDA_ERROR"
+
+  @WORKER-4000 @WORKER-4100 @gpu
+  Scenario: Decode runs from device memory only
+    Given a worker serving the tiny test model
+    When I GET "/worker/ready"
+    Then the response JSON at "/handles/0/backend" is "cuda"
+    And the metrics have a positive "worker_orcd_memory_bytes" sample labelled "cuda"
+    When I execute "Hello" with max_tokens 8
+    Then the stream ends with an "end" event
+
+  @WORKER-4002 @gpu @post-m0
+  Scenario: Two GPUs run one model together over NCCL
+    Given a tensor-parallel worker group over 2 GPUs serving the tiny test model
+    When I execute "Hello" with max_tokens 8
+    Then the stream ends with an "end" event

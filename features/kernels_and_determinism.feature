@@ -1,0 +1,107 @@
+# Spec §8: inference kernels and determinism (and the kernel component spec, KERNEL-*).
+Feature: Inference kernels and determinism
+  The same request on the same model gives the same token stream, on every
+  run, after every restart, and on the GPU the same tokens as the CPU reference.
+
+  @WORKER-4701
+  Scenario: A model whose weights are Q8_0 loads and generates
+    Given a worker serving the tiny test model
+    When I execute "Hello" with max_tokens 4
+    Then the stream ends with an "end" event
+
+  @WORKER-4701 @smollm2
+  Scenario: A real Q4_1 release (SmolLM2) loads and answers a question
+    Given a worker serving the SmolLM2 model
+    When I execute the chat prompt "What is the capital of France?" greedily with max_tokens 12
+    Then the streamed text mentions "Paris"
+
+  @WORKER-4710 @WORKER-4712 @WORKER-4999 @PB-DETERMINISM
+  Scenario: The same request twice gives byte-identical streams
+    Given a worker serving the tiny test model
+    When I execute "Once upon a time" with seed 7, temperature 0.8 and max_tokens 24 twice
+    Then the two token streams are byte-identical
+    And the determinism bundle holds the pair and an empty diff
+
+  @WORKER-4712
+  Scenario: A different seed is allowed to change a sampled stream
+    Given a worker serving the tiny test model
+    When I execute "Once upon a time" with seed 7, temperature 1.5 and max_tokens 24 twice
+    And I execute "Once upon a time" with seed 8, temperature 1.5 and max_tokens 24
+    Then the seeds 7 and 8 gave different token streams
+
+  @WORKER-4710 @WORKER-4999 @serial
+  Scenario: The same request gives the same stream after a worker restart
+    Given a worker serving the tiny test model
+    When I execute "Once upon a time" with seed 11, temperature 0.7 and max_tokens 16
+    And I remember the tokens of that stream
+    And the worker is restarted
+    And I execute "Once upon a time" with seed 11, temperature 0.7 and max_tokens 16
+    Then the token stream equals the remembered one
+
+  @WORKER-4710 @snapshot
+  Scenario: The greedy stream of the tiny test model matches its reviewed snapshot
+    Given a worker serving the tiny test model
+    When I execute "Hello" with seed 1, temperature 0 and max_tokens 8
+    Then the SSE transcript matches the snapshot "tiny_greedy_hello"
+
+  @WORKER-4713 @source
+  Scenario: Remaining sources of non-determinism are written down
+    Then the file "README.md" mentions "non-determinism"
+
+  @WORKER-4700 @WORKER-4711 @KERNEL-GEMM-001 @KERNEL-GEMM-004 @KERNEL-GEMM-005 @KERNEL-ATTN-001 @KERNEL-ATTN-003 @KERNEL-ATTN-004 @KERNEL-ATTN-005 @gpu @smollm2
+  Scenario: Prefill of a long prompt on the GPU gives the CPU reference's greedy tokens
+    Given a worker serving the SmolLM2 model
+    And a CPU reference worker serving the same model
+    When both workers execute a 200-token prompt greedily with max_tokens 16
+    Then both token streams are identical
+
+  @KERNEL-ATTN-002 @KERNEL-ROPE-001 @KERNEL-ROPE-003 @KERNEL-ROPE-004 @KERNEL-ROPE-005 @KERNEL-NORM-001 @KERNEL-NORM-002 @KERNEL-NORM-004 @WORKER-4702 @gpu @smollm2
+  Scenario: Decode on the GPU follows the CPU reference token by token
+    Given a worker serving the SmolLM2 model
+    And a CPU reference worker serving the same model
+    When both workers execute the chat prompt "What is the capital of France?" greedily with max_tokens 32
+    Then both token streams are identical
+
+  @KERNEL-ROPE-002 @gpu
+  Scenario: A neox-rotary (qwen2) model on the GPU follows the CPU reference
+    Given a worker serving a tiny qwen2 test model
+    And a CPU reference worker serving the same model
+    When both workers execute "Hello" greedily with max_tokens 16
+    Then both token streams are identical
+
+  @KERNEL-SAMPLE-001 @KERNEL-SAMPLE-002 @KERNEL-SAMPLE-003 @KERNEL-SAMPLE-004 @gpu
+  Scenario: Seeded sampling on the GPU picks the same tokens as the CPU path
+    Given a worker serving the tiny test model
+    And a CPU reference worker serving the same model
+    When both workers execute "Once upon a time" with seed 5, temperature 0.9, top_k 40, top_p 0.9 and max_tokens 24
+    Then both token streams are identical
+
+  @WORKER-4711 @KERNEL-NORM-003 @gpu @serial
+  Scenario: One hundred repeats of a request on the GPU are byte-identical
+    Given a worker serving the tiny test model
+    When I execute "Once upon a time" with seed 3, temperature 0.8 and max_tokens 16 100 times
+    Then all the token streams are byte-identical
+
+  @KERNEL-GEMM-002 @KERNEL-GEMM-003 @KERNEL-SAFE-001 @KERNEL-SAFE-002 @KERNEL-SAFE-003 @gpu @source
+  Scenario: Every launch is validated and checked
+    Then every kernel launch in "src/gpu" is followed by an error check
+    And every kernel launcher in "src/gpu" validates its dimensions before launching
+
+  @WORKER-5000 @gpu @gpu2
+  Scenario: Determinism holds across GPUs
+    Given two workers serving the tiny test model on GPU 0 and GPU 1
+    When both workers execute "Once upon a time" with seed 9, temperature 0.8, top_k 40, top_p 0.95 and max_tokens 32
+    Then both token streams are identical
+
+  @WORKER-4720 @post-m0 @gpu
+  Scenario: Fused and flash-attention kernels keep the reference's tokens
+    Given a worker serving the SmolLM2 model with optimized kernels
+    And a CPU reference worker serving the same model
+    When both workers execute "Hello" greedily with max_tokens 16
+    Then both token streams are identical
+
+  @WORKER-4722 @post-m0
+  Scenario: Several requests are batched continuously over a paged KV cache
+    Given a worker serving the tiny test model with 4 slots
+    When 4 requests execute at once
+    Then all 4 streams end with an "end" event

@@ -1,0 +1,217 @@
+# Spec §3: the RPC protocol (Plan, Commit, Ready, Execute, Cancel) and its authentication.
+Feature: Plan, Commit, Ready and Execute over HTTP with Server-Sent Events
+  pool-managerd drives the worker through four authenticated calls and reads
+  the generated text as a stream of events.
+
+  @WORKER-4200 @WORKER-4203 @WORKER-4950
+  Scenario: Calls without a token are refused
+    Given a worker serving the tiny test model
+    When I GET "/worker/ready" without a token
+    Then the response status is 401
+    And the error code is "AUTH_FAILED"
+
+  @WORKER-4200 @WORKER-4203
+  Scenario: Calls with a wrong token are refused on every protected endpoint
+    Given a worker serving the tiny test model
+    Then every protected endpoint answers 401 "AUTH_FAILED" to a wrong token
+
+  @WORKER-4200 @WORKER-4812
+  Scenario: Health and metrics answer without a token
+    Given a worker serving the tiny test model
+    When I GET "/health" without a token
+    Then the response status is 200
+    When I GET "/metrics" without a token
+    Then the response status is 200
+
+  @WORKER-4201 @source
+  Scenario: Tokens are compared in constant time
+    Given a worker serving the tiny test model
+    Then the source under "src/config" uses "subtle" for the token comparison
+
+  @WORKER-4202 @WORKER-4822
+  Scenario: Authenticated requests are logged with the token fingerprint only
+    Given a worker serving the tiny test model
+    When I GET "/worker/ready"
+    Then the worker log mentions the token's fp6 fingerprint
+    And no worker log line contains the token
+
+  @WORKER-4210 @WORKER-4211 @WORKER-4212 @WORKER-4214
+  Scenario: Plan says whether a model fits in the available memory
+    Given a worker serving the tiny test model
+    When I POST to "/worker/plan" with body:
+      """
+      {"model_ref": "{tiny_model}", "shard_layout": "single"}
+      """
+    Then the response status is 200
+    And the response JSON at "/feasible" is true
+    And the response JSON at "/vram_required" is a positive integer
+    And the response JSON at "/vram_available" is a positive integer
+    And the response JSON at "/vram_required" is at most the value at "/vram_available"
+    And the response JSON at "/shard_plan/0/vram_bytes" is a positive integer
+
+  @WORKER-4211
+  Scenario: Plan refuses an unknown shard layout naming the field
+    Given a worker serving the tiny test model
+    When I POST to "/worker/plan" with body:
+      """
+      {"model_ref": "{tiny_model}", "shard_layout": "diagonal"}
+      """
+    Then the error code is "INVALID_PARAMS"
+    And the error message mentions "shard_layout"
+
+  @WORKER-4213 @WORKER-4621 @WORKER-4622
+  Scenario: Plan refuses a model whose needs are outside the engine's profile, with the reason
+    Given a worker serving the tiny test model
+    And a tiny model whose architecture needs an unsupported positional encoding
+    When I plan that model
+    Then the response JSON at "/feasible" is false
+    And the response JSON at "/reason" mentions "positional"
+
+  @WORKER-4220 @WORKER-4221 @WORKER-4226
+  Scenario: Commit by path loads and seals the shard
+    Given a worker serving the tiny test model
+    When I POST to "/worker/commit" with body:
+      """
+      {"model_ref": "{tiny_model}", "shard_id": "shard-a", "shard_index": 0, "expected_digest": "{tiny_file_digest}"}
+      """
+    Then the response status is 200
+    And the response JSON at "/handle/sealed" is true
+    And the response JSON at "/handle/digest" is a SHA-256 in hex
+
+  @WORKER-4223 @WORKER-4314
+  Scenario: Commit with a wrong expected digest is refused
+    Given a worker serving the tiny test model
+    When I POST to "/worker/commit" with body:
+      """
+      {"model_ref": "{tiny_model}", "shard_id": "shard-b", "shard_index": 0, "expected_digest": "0000000000000000000000000000000000000000000000000000000000000000"}
+      """
+    Then the error code is "MODEL_LOAD_FAILED"
+    And the error message mentions "digest"
+
+  @WORKER-4222 @WORKER-4313
+  Scenario: A model whose detached signature does not verify is rejected
+    Given a worker serving the tiny test model
+    And a second tiny model in the model root
+    When I commit the second tiny model with a bad Ed25519 signature
+    Then the error code is "MODEL_LOAD_FAILED"
+    And the error message mentions "signature"
+
+  @WORKER-4224 @WORKER-4310 @WORKER-4312
+  Scenario: A truncated GGUF file is refused before anything is allocated
+    Given a worker serving the tiny test model
+    And a truncated copy of the tiny model in the model root
+    When I plan that model
+    Then the error code is "MODEL_LOAD_FAILED"
+    And the worker process is still running
+
+  @WORKER-4225
+  Scenario: A model larger than the size limit is refused before it is read
+    Given a worker configured for the tiny test model
+    And the configuration sets "max_model_bytes" to 1024
+    When the worker is started
+    Then the worker exits with code 3 within 15 seconds
+    And the worker log mentions "max_model_bytes"
+
+  @WORKER-4230 @WORKER-4231
+  Scenario: Ready attests readiness with the sealed shards
+    Given a worker serving the tiny test model
+    When I GET "/worker/ready"
+    Then the response status is 200
+    And the response JSON at "/ready" is true
+    And the response JSON at "/handles" is an array of 1
+    And the response JSON at "/nccl_group_id" is null
+
+  @WORKER-4233
+  Scenario: Ready may be served without a token when configured so
+    Given a worker configured for the tiny test model
+    And the configuration sets "ready_requires_auth" to false
+    When the worker is started
+    And I GET "/worker/ready" without a token
+    Then the response status is 200
+    And the response JSON at "/ready" is true
+
+  @WORKER-4240 @WORKER-4241 @WORKER-4246 @WORKER-4247 @WORKER-4248 @WORKER-4253
+  Scenario: Execute streams started, tokens, metrics and end
+    Given a worker serving the tiny test model
+    When I execute "Hello" with max_tokens 8
+    Then the stream answered with status 200 and content type "text/event-stream"
+    And the event names are all among "started", "token", "metrics", "end", "error"
+    And the stream starts with a "started" event
+    And the started event has the fields "job_id", "queue_position", "predicted_start_ms"
+    And the token events have data with exactly the fields "t" and "i"
+    And the token events are numbered from 0 without gaps
+    And the stream ends with an "end" event
+    And the end event has the fields "tokens_out", "decode_time_ms", "finish_reason"
+    And the end event's tokens_out equals the number of token events
+    And nothing follows the final event and the stream is closed
+
+  @WORKER-4241
+  Scenario: The job id is returned as a header and in the started event
+    Given a worker serving the tiny test model
+    When I execute "Hello" with max_tokens 2
+    Then the header "X-Job-Id" equals the started event's job_id
+
+  @WORKER-4241 @WORKER-4248
+  Scenario: A stop sequence ends generation with finish reason stop
+    Given a worker serving the tiny test model
+    When I execute with params:
+      """
+      {"prompt": "Hello", "params": {"max_tokens": 32, "temperature": 0, "seed": 1, "stop": ["{first_token_text}"]}}
+      """
+    Then the end event's finish_reason is "stop"
+
+  @WORKER-4248
+  Scenario: Reaching max_tokens ends generation with finish reason length
+    Given a worker serving the tiny test model
+    When I execute "Hello" with max_tokens 3
+    Then the end event's finish_reason is one of "length", "eos"
+    And the stream has at most 3 token events
+
+  @WORKER-4250
+  Scenario: Streaming requires the bearer token
+    Given a worker serving the tiny test model
+    When I POST to "/worker/execute" without a token with body:
+      """
+      {"handle_id": "{handle_id}", "prompt": "Hello", "params": {"max_tokens": 2}}
+      """
+    Then the response status is 401
+    And the error code is "AUTH_FAILED"
+
+  @WORKER-4251
+  Scenario: Another identity cannot cancel someone else's job
+    Given a worker whose token file holds two tokens
+    When I start executing "Once upon a time" with max_tokens 2000
+    And I cancel the job with the second token
+    Then the response status is 403
+    And the error code is "FORBIDDEN"
+    And I wait for the stream to finish
+    And the stream ends with an "end" event
+
+  @WORKER-4252 @SCHEDULER-M0-004
+  Scenario: No token follows an acknowledged cancel and the slot is freed
+    Given a worker serving the larger test model
+    When I start executing "Once upon a time" with max_tokens 2000
+    And I cancel the job
+    Then the response status is 200
+    And the response JSON at "/cancelled" is true
+    And no token event arrives after the cancel was acknowledged
+    And the stream ends with an "error" or "end" event
+    When I execute "Hello" with max_tokens 2
+    Then the stream ends with an "end" event
+
+  @WORKER-4252
+  Scenario: Cancelling an unknown job says so
+    Given a worker serving the tiny test model
+    When I POST to "/worker/cancel" with body:
+      """
+      {"job_id": "job-that-never-was"}
+      """
+    Then the response status is 404
+    And the error code is "NOT_FOUND"
+
+  @WORKER-4252 @SCHEDULER-M0-004
+  Scenario: A client that disconnects cancels its job and frees the slot
+    Given a worker serving the larger test model
+    When I start executing "Once upon a time" with max_tokens 2000
+    And I disconnect the stream
+    Then within 5 seconds a new execute of "Hello" with max_tokens 2 succeeds

@@ -1,0 +1,144 @@
+# Spec §4: input validation and model security.
+Feature: Input validation and model security
+  Every request and every model file is treated as hostile until checked.
+  A refused request changes nothing.
+
+  @WORKER-4300
+  Scenario: An unknown field is refused and named
+    Given a worker serving the tiny test model
+    When I POST to "/worker/execute" with body:
+      """
+      {"handle_id": "{handle_id}", "prompt": "Hello", "params": {"max_tokens": 2}, "priority": 9}
+      """
+    Then the response status is 400
+    And the error code is "INVALID_PARAMS"
+    And the error message mentions "priority"
+
+  @WORKER-4300
+  Scenario: A field of the wrong type is refused and named
+    Given a worker serving the tiny test model
+    When I POST to "/worker/plan" with body:
+      """
+      {"model_ref": 42, "shard_layout": "single"}
+      """
+    Then the error code is "INVALID_PARAMS"
+    And the error message mentions "model_ref"
+
+  @WORKER-4301 @WORKER-4423
+  Scenario: An oversized request body is refused with 413 before parsing
+    Given a worker serving the tiny test model
+    When I POST to "/worker/execute" a body of 3000000 bytes
+    Then the response status is 413
+
+  @WORKER-4302
+  Scenario: Out-of-range sampling parameters are refused, naming the parameter
+    Given a worker serving the tiny test model
+    Then each of these execute params is refused with INVALID_PARAMS naming the field:
+      | params                               | field       |
+      | {"max_tokens": 4, "temperature": 2.5} | temperature |
+      | {"max_tokens": 4, "temperature": -1}  | temperature |
+      | {"max_tokens": 4, "top_p": 0}         | top_p       |
+      | {"max_tokens": 4, "top_p": 1.5}       | top_p       |
+      | {"max_tokens": 4, "top_k": -1}        | top_k       |
+      | {"max_tokens": 0}                     | max_tokens  |
+
+  @WORKER-4243
+  Scenario: max_tokens above the configured limit is refused
+    Given a worker serving the tiny test model
+    When I execute with params:
+      """
+      {"prompt": "Hello", "params": {"max_tokens": 5000}}
+      """
+    Then the response status is 400
+    And the error code is "INVALID_PARAMS"
+    And the error message mentions "max_tokens"
+
+  @WORKER-4242 @WORKER-4423
+  Scenario: A prompt above the configured length limit is refused
+    Given a worker configured for the tiny test model
+    And the configuration sets "max_prompt_len" to 100
+    When the worker is started
+    And I execute a prompt of 101 characters
+    Then the response status is 400
+    And the error code is "INVALID_PARAMS"
+    And the error message mentions "prompt"
+
+  @WORKER-4244 @WORKER-4304
+  Scenario: A prompt containing a NUL byte is refused
+    Given a worker serving the tiny test model
+    When I POST to "/worker/execute" with body:
+      """
+      {"handle_id": "{handle_id}", "prompt": "Hel\u0000lo", "params": {"max_tokens": 2}}
+      """
+    Then the response status is 400
+    And the error code is "INVALID_PARAMS"
+    And the error message mentions "NUL"
+
+  @WORKER-4304
+  Scenario: A body that is not valid UTF-8 is refused
+    Given a worker serving the tiny test model
+    When I POST to "/worker/execute" a body with invalid UTF-8 in the prompt
+    Then the response status is 400
+    And the error code is "INVALID_PARAMS"
+
+  @WORKER-4303
+  Scenario: Identifiers outside the safe alphabet or too long are refused
+    Given a worker serving the tiny test model
+    Then each of these commit shard ids is refused with INVALID_PARAMS naming "shard_id":
+      | shard_id                        |
+      | ../escape                       |
+      | has space                       |
+      | semi;colon                      |
+      | a-very-long-id-of-more-than-one-hundred-and-twenty-eight-characters-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx |
+
+  @WORKER-4305 @serial
+  Scenario: A burst of bad requests changes nothing
+    Given a worker serving the tiny test model
+    When I execute "Hello" with max_tokens 4
+    And I remember the tokens of that stream
+    And I read the metrics
+    And I send 20 malformed requests to every endpoint
+    Then the response JSON of "/worker/ready" at "/handles/0/seal" is unchanged
+    And the metric "worker_orcd_jobs_started_total" is unchanged
+    And the metric "worker_orcd_jobs_completed_total" is unchanged
+    When I execute "Hello" with max_tokens 4
+    Then the token stream equals the remembered one
+
+  @WORKER-4311 @WORKER-4224
+  Scenario: A model over the configured tensor-count limit is refused
+    Given a worker configured for the tiny test model
+    And the configuration sets "gguf_limits" to {"max_tensors": 3}
+    When the worker is started
+    Then the worker exits with code 3 within 15 seconds
+    And the worker log mentions "tensor"
+
+  @WORKER-4312
+  Scenario: Malformed model files give errors, never crashes
+    Given a worker serving the tiny test model
+    Then each malformed copy of the tiny model is refused by plan with "MODEL_LOAD_FAILED" and the worker keeps running:
+      | corruption               |
+      | truncated header         |
+      | huge tensor count        |
+      | tensor offset past end   |
+      | string length past end   |
+
+  @WORKER-4320 @WORKER-4322 @WORKER-4323
+  Scenario: A model path outside the model root is refused naming the root
+    Given a worker serving the tiny test model
+    When I POST to "/worker/plan" with body:
+      """
+      {"model_ref": "../../../../etc/passwd", "shard_layout": "single"}
+      """
+    Then the request is refused with a client error naming the model root
+
+  @WORKER-4321 @WORKER-4322
+  Scenario: A symlink inside the root that points outside it is refused
+    Given a worker serving the tiny test model
+    And a symlink in the model root that points to a model outside it
+    When I plan that model
+    Then the request is refused with a client error naming the model root
+
+  @WORKER-4310 @WORKER-4314
+  Scenario: The file digest is computed and logged before parsing
+    Given a worker serving the tiny test model
+    Then the worker log mentions the tiny model's file digest

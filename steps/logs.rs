@@ -1,0 +1,243 @@
+//! Assertions over the worker's own log file (WORKER-4030, 4800-4803, 4820-4822,
+//! 4111). The harness sends stdout and stderr to a file; these steps read it.
+//! Log lines are JSON objects; nested objects (tracing's `fields`, `span`) are
+//! flattened so a field is found wherever the subscriber put it.
+
+use crate::steps::world::World;
+use cucumber::then;
+use serde_json::{Map, Value};
+
+/// All key/value pairs of a JSON log line, nested objects flattened.
+pub fn flat(v: &Value) -> Map<String, Value> {
+    let mut out = Map::new();
+    fn walk(v: &Value, out: &mut Map<String, Value>) {
+        if let Value::Object(m) = v {
+            for (k, x) in m {
+                if x.is_object() {
+                    walk(x, out);
+                } else {
+                    out.entry(k.clone()).or_insert_with(|| x.clone());
+                }
+            }
+        } else if let Value::Array(a) = v {
+            for x in a {
+                walk(x, out);
+            }
+        }
+    }
+    walk(v, &mut out);
+    out
+}
+
+pub fn json_lines(w: &World) -> Vec<Map<String, Value>> {
+    w.log_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| flat(&v))
+        .collect()
+}
+
+/// The first `0x` followed by 8+ hex digits: what a printed pointer looks like.
+pub fn find_pointer(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i + 2 < b.len() {
+        if b[i] == b'0' && (b[i + 1] == b'x' || b[i + 1] == b'X') {
+            let n = b[i + 2..]
+                .iter()
+                .take_while(|c| c.is_ascii_hexdigit())
+                .count();
+            if n >= 8 {
+                return Some(text[i..i + 2 + n].to_string());
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+fn mentions(w: &World, text: &str) -> Option<usize> {
+    w.log_text().to_lowercase().find(&text.to_lowercase())
+}
+
+#[then(regex = r#"^the worker log mentions "([^"]+)"$"#)]
+fn log_mentions(w: &mut World, text: String) {
+    w.check(
+        mentions(w, &text).is_some(),
+        format!("the worker log does not mention {text:?}"),
+    );
+}
+
+#[then(regex = r#"^the worker log never mentions "([^"]+)"$"#)]
+fn log_never(w: &mut World, text: String) {
+    w.check(
+        mentions(w, &text).is_none(),
+        format!("the worker log mentions {text:?}"),
+    );
+}
+
+#[then(regex = r#"^the worker log mentions "([^"]+)" at least (\d+) times$"#)]
+fn log_count(w: &mut World, text: String, n: usize) {
+    let got = w
+        .log_text()
+        .to_lowercase()
+        .matches(&text.to_lowercase())
+        .count();
+    w.check(
+        got >= n,
+        format!("the worker log mentions {text:?} {got} times, expected at least {n}"),
+    );
+}
+
+#[then(regex = r#"^the worker log mentions "([^"]+)" before it mentions "([^"]+)"$"#)]
+fn log_before(w: &mut World, a: String, b: String) {
+    let (x, y) = (mentions(w, &a), mentions(w, &b));
+    w.check(
+        matches!((x, y), (Some(x), Some(y)) if x < y),
+        format!("{a:?} at {x:?} should come before {b:?} at {y:?}"),
+    );
+}
+
+#[then(regex = r#"^the worker log shows the states (.+) in that order$"#)]
+fn states_in_order(w: &mut World, list: String) {
+    let states = crate::steps::http::quoted_list(&list);
+    let log = w.log_text().to_lowercase();
+    let mut pos = 0usize;
+    for s in &states {
+        match log[pos..].find(&s.to_lowercase()) {
+            Some(i) => pos += i + s.len(),
+            None => w.fail(format!(
+                "the log does not mention the state {s:?} after the earlier ones (wanted in order: {states:?})"
+            )),
+        }
+    }
+}
+
+#[then("every worker log line is a JSON object")]
+fn all_json(w: &mut World) {
+    let text = w.log_text();
+    w.check(!text.trim().is_empty(), "the worker log is empty");
+    for l in text.lines().filter(|l| !l.trim().is_empty()) {
+        let ok = serde_json::from_str::<Value>(l)
+            .map(|v| v.is_object())
+            .unwrap_or(false);
+        w.check(
+            ok,
+            format!(
+                "a log line is not a JSON object: {}",
+                crate::steps::world::redact(l)
+            ),
+        );
+    }
+}
+
+#[then(regex = r#"^a worker log line has the fields (.+)$"#)]
+fn line_with_fields(w: &mut World, fields: String) {
+    let want = crate::steps::http::quoted_list(&fields);
+    let ok = json_lines(w)
+        .iter()
+        .any(|m| want.iter().all(|f| m.contains_key(f)));
+    w.check(ok, format!("no log line has all of {want:?}"));
+}
+
+#[then(regex = r#"^every worker log line with a "([^"]+)" also has a "([^"]+)" field$"#)]
+fn with_also(w: &mut World, a: String, b: String) {
+    let lines = json_lines(w);
+    let with: Vec<_> = lines.iter().filter(|m| m.contains_key(&a)).collect();
+    w.check(!with.is_empty(), format!("no log line has {a:?}"));
+    for m in with {
+        w.check(
+            m.contains_key(&b),
+            format!(
+                "a log line with {a:?} lacks {b:?}: {:?}",
+                m.keys().collect::<Vec<_>>()
+            ),
+        );
+    }
+}
+
+#[then(regex = r#"^a worker log line has "([^"]+)" equal to "([^"]+)"$"#)]
+fn line_field_eq(w: &mut World, k: String, v: String) {
+    let ok = json_lines(w)
+        .iter()
+        .any(|m| m.get(&k).and_then(Value::as_str) == Some(v.as_str()));
+    w.check(ok, format!("no log line has {k} = {v:?}"));
+}
+
+#[then(regex = r#"^a worker log line has "([^"]+)" equal to the echoed correlation id$"#)]
+fn line_field_echo(w: &mut World, k: String) {
+    let Some(v) = w.corr_echo.clone() else {
+        w.fail("no correlation id was echoed")
+    };
+    line_field_eq(w, k, v);
+}
+
+#[then("no worker log line contains something that looks like a memory address")]
+fn no_pointer(w: &mut World) {
+    if let Some(p) = find_pointer(&w.log_text()) {
+        w.fail(format!(
+            "the worker log contains {p:?}, which looks like a pointer"
+        ));
+    }
+}
+
+fn humans(w: &World) -> Vec<String> {
+    json_lines(w)
+        .iter()
+        .filter_map(|m| m.get("human").and_then(Value::as_str).map(str::to_string))
+        .collect()
+}
+
+#[then(regex = r#"^the worker log has human narration mentioning (.+)$"#)]
+fn human_mentions(w: &mut World, list: String) {
+    let hs = humans(w).join("\n").to_lowercase();
+    for word in crate::steps::http::quoted_list(&list) {
+        w.check(
+            hs.contains(&word.to_lowercase()),
+            format!("no human narration mentions {word:?}"),
+        );
+    }
+}
+
+#[then("every human narration in the worker log is mostly words, not identifiers")]
+fn human_prose(w: &mut World) {
+    let hs = humans(w);
+    w.check(!hs.is_empty(), "the worker log has no human narration");
+    for h in hs {
+        let tokens: Vec<&str> = h.split_whitespace().collect();
+        let words = tokens
+            .iter()
+            .filter(|t| {
+                t.chars()
+                    .all(|c| c.is_alphabetic() || ",.;:'()!?-".contains(c))
+            })
+            .count();
+        w.check(
+            tokens.len() >= 3 && words * 2 >= tokens.len(),
+            format!("narration is not prose: {h:?}"),
+        );
+    }
+}
+
+#[then(regex = r#"^no worker log line has level "([A-Z]+)"$"#)]
+fn no_level(w: &mut World, level: String) {
+    let bad = json_lines(w).iter().any(|m| {
+        m.get("level")
+            .and_then(Value::as_str)
+            .is_some_and(|l| l.eq_ignore_ascii_case(&level))
+    });
+    w.check(!bad, format!("a log line has level {level}"));
+}
+
+#[then(regex = r"^the worker's ([A-Z_]+) log line names the bytes needed and the bytes available$")]
+fn oom_line_numbers(w: &mut World, code: String) {
+    // At least two byte counts (large integers) in the line that reports the code.
+    let ok = w.log_text().lines().filter(|l| l.contains(&code)).any(|l| {
+        let numbers = l
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|t| t.len() >= 7)
+            .count();
+        numbers >= 2
+    });
+    w.check(ok, format!("no {code} log line names both byte counts"));
+}

@@ -1,0 +1,251 @@
+//! Assertions over recorded execute streams (WORKER-4246-4253): event names
+//! and order, the shapes of `started`, `token`, `end` and `error`, closing
+//! after the final event, and cancel acknowledgement. The streams themselves
+//! are read by `sse`.
+
+use crate::steps::http;
+use crate::steps::sse::finish_background;
+use crate::steps::world::World;
+use cucumber::then;
+use serde_json::Value;
+use std::time::Duration;
+
+#[then(regex = r#"^the stream answered with status (\d+) and content type "([^"]+)"$"#)]
+fn stream_status(w: &mut World, status: u16, ct: String) {
+    let s = w.stream();
+    w.check(
+        s.status == status && s.content_type.starts_with(&ct),
+        format!("got HTTP {} {:?}", s.status, s.content_type),
+    );
+}
+
+#[then(regex = r#"^the event names are all among (.+)$"#)]
+fn names_among(w: &mut World, list: String) {
+    let allowed = http::quoted_list(&list);
+    for e in &w.stream().events {
+        w.check(
+            allowed.contains(&e.name),
+            format!("unexpected event {:?}", e.name),
+        );
+    }
+}
+
+#[then(regex = r#"^the stream starts with a "started" event$"#)]
+fn starts_with_started(w: &mut World) {
+    let first = w.stream().events.first().map(|e| e.name.clone());
+    w.check(
+        first.as_deref() == Some("started"),
+        format!("the first event is {first:?}"),
+    );
+}
+
+fn event_json(w: &World, name: &str) -> Value {
+    match w.stream().events.iter().find(|e| e.name == name) {
+        Some(e) => e.json(),
+        None => w.fail(format!("the stream has no {name:?} event")),
+    }
+}
+
+#[then(regex = r#"^the (started|end|error) event has the fields (.+)$"#)]
+fn event_fields(w: &mut World, name: String, fields: String) {
+    let v = event_json(w, &name);
+    http::check_fields(w, &v, &fields, &format!("the {name} event"));
+}
+
+#[then(regex = r"^the started event has queue_position (\d+)$")]
+fn queue_pos(w: &mut World, n: u64) {
+    let v = event_json(w, "started");
+    w.check(
+        v["queue_position"].as_u64() == Some(n),
+        format!("queue_position is {}", v["queue_position"]),
+    );
+}
+
+#[then(regex = r#"^the token events have data with exactly the fields "t" and "i"$"#)]
+fn token_shape(w: &mut World) {
+    let toks: Vec<Value> = w.stream().tokens().iter().map(|e| e.json()).collect();
+    w.check(!toks.is_empty(), "the stream has no token events");
+    for v in toks {
+        let ok = v
+            .as_object()
+            .is_some_and(|o| o.len() == 2 && o["t"].is_string() && o["i"].is_u64());
+        w.check(
+            ok,
+            format!("a token event is not {{\"t\": string, \"i\": integer}}: {v}"),
+        );
+    }
+}
+
+#[then("the token events are numbered from 0 without gaps")]
+fn token_indices(w: &mut World) {
+    let idx: Vec<u64> = w
+        .stream()
+        .tokens()
+        .iter()
+        .map(|e| e.json()["i"].as_u64().unwrap_or(u64::MAX))
+        .collect();
+    let want: Vec<u64> = (0..idx.len() as u64).collect();
+    w.check(idx == want, format!("token indices are {idx:?}"));
+}
+
+#[then(regex = r#"^the stream ends with an? "(end|error)" event$"#)]
+fn ends_with(w: &mut World, name: String) {
+    let s = w.stream();
+    let t = s.terminal().map(|(_, e)| (e.name.clone(), e.data.clone()));
+    w.check(
+        t.as_ref().map(|x| x.0.as_str()) == Some(name.as_str()),
+        format!("the stream ended with {t:?} (HTTP {})", s.status),
+    );
+}
+
+#[then(regex = r#"^the stream ends with an "error" or "end" event$"#)]
+fn ends_with_either(w: &mut World) {
+    w.check(
+        w.stream().terminal().is_some(),
+        "the stream has no end or error event",
+    );
+}
+
+#[then(regex = r#"^the stream ends with an "error" event with code "([A-Z_]+)"$"#)]
+fn ends_with_error(w: &mut World, code: String) {
+    let t = w
+        .stream()
+        .terminal()
+        .map(|(_, e)| (e.name.clone(), e.json()));
+    match t {
+        Some((n, v)) if n == "error" => {
+            w.check(
+                v["code"] == code.as_str(),
+                format!("the error event has code {}", v["code"]),
+            );
+            for k in ["code", "message", "retriable", "retry_after_ms"] {
+                w.check(
+                    v.get(k).is_some(),
+                    format!("the error event lacks {k}: {v}"),
+                );
+            }
+        }
+        other => w.fail(format!(
+            "expected an error event with {code}, the stream ended with {other:?}"
+        )),
+    }
+}
+
+#[then(regex = r#"^the execution is refused with code "([A-Z_]+)"$"#)]
+fn refused_with(w: &mut World, code: String) {
+    let s = w.stream().clone();
+    if s.status == 200 {
+        ends_with_error(w, code);
+    } else {
+        let r = w.last().clone();
+        http::assert_error_body(w, &r, &code);
+    }
+}
+
+#[then(regex = r#"^the execution ends with "(\w+)" or is refused with "([A-Z_]+)"$"#)]
+fn ends_or_refused(w: &mut World, reason: String, code: String) {
+    let s = w.stream().clone();
+    if s.status == 200 {
+        let end = event_json(w, "end");
+        w.check(
+            end["finish_reason"] == reason.as_str(),
+            format!("finish_reason is {}", end["finish_reason"]),
+        );
+    } else {
+        let r = w.last().clone();
+        http::assert_error_body(w, &r, &code);
+    }
+}
+
+#[then("the end event's tokens_out equals the number of token events")]
+fn tokens_out(w: &mut World) {
+    let n = w.stream().tokens().len() as u64;
+    let v = event_json(w, "end");
+    w.check(
+        v["tokens_out"].as_u64() == Some(n),
+        format!(
+            "tokens_out is {} but {n} token events arrived",
+            v["tokens_out"]
+        ),
+    );
+}
+
+#[then(regex = r#"^the end event's finish_reason is "(\w+)"$"#)]
+fn finish_reason(w: &mut World, r: String) {
+    let v = event_json(w, "end");
+    w.check(
+        v["finish_reason"] == r.as_str(),
+        format!("finish_reason is {}", v["finish_reason"]),
+    );
+}
+
+#[then(regex = r#"^the end event's finish_reason is one of (.+)$"#)]
+fn finish_reason_any(w: &mut World, list: String) {
+    let v = event_json(w, "end");
+    let ok = http::quoted_list(&list)
+        .iter()
+        .any(|r| v["finish_reason"] == r.as_str());
+    w.check(ok, format!("finish_reason is {}", v["finish_reason"]));
+}
+
+#[then(regex = r"^the stream has at most (\d+) token events$")]
+fn at_most_tokens(w: &mut World, n: usize) {
+    let got = w.stream().tokens().len();
+    w.check(
+        got <= n,
+        format!("{got} token events, expected at most {n}"),
+    );
+}
+
+#[then("nothing follows the final event and the stream is closed")]
+fn nothing_after(w: &mut World) {
+    let s = w.stream();
+    let Some((i, _)) = s.terminal() else {
+        w.fail("the stream has no end or error event")
+    };
+    w.check(
+        i + 1 == s.events.len(),
+        format!("{} events followed the final one", s.events.len() - i - 1),
+    );
+    w.check(
+        s.closed,
+        format!(
+            "the server did not close the stream ({:?})",
+            s.transport_error
+        ),
+    );
+}
+
+#[then(regex = r#"^the header "X-Job-Id" equals the started event's job_id$"#)]
+fn job_header(w: &mut World) {
+    let v = event_json(w, "started");
+    let h = w.stream().job_header.clone();
+    w.check(
+        h.is_some() && v["job_id"].as_str() == h.as_deref(),
+        format!("X-Job-Id {h:?} vs job_id {}", v["job_id"]),
+    );
+}
+
+#[then("no token event arrives after the cancel was acknowledged")]
+async fn none_after_cancel(w: &mut World) {
+    finish_background(w).await;
+    let Some(ack) = w.cancel_acked_at else {
+        w.fail("the cancel was not acknowledged with 200")
+    };
+    // Events already on the wire when the ack was read can still arrive a
+    // moment later; anything more than 250 ms later was sent after the ack.
+    let late: Vec<String> = w
+        .stream()
+        .tokens()
+        .iter()
+        .filter(|e| e.at > ack + Duration::from_millis(250))
+        .map(|e| e.data.clone())
+        .collect();
+    w.check(
+        late.is_empty(),
+        format!(
+            "{} token events arrived well after the cancel was acknowledged: {late:?}",
+            late.len()
+        ),
+    );
+}
