@@ -123,16 +123,7 @@ pub fn memory_estimate(weights: u64, mc: &ModelConfig, ctx: usize) -> MemoryRepo
     }
 }
 
-/// `MemAvailable` from /proc/meminfo (the CPU backend's "free VRAM").
-pub fn host_available_bytes() -> Result<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo")
-        .map_err(|e| WorkerError::internal(format!("cannot read /proc/meminfo ({e})")))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .ok_or_else(|| WorkerError::internal("/proc/meminfo has no MemAvailable line"))
-}
+pub use crate::engine::cpu::host_available_bytes;
 
 /// Free memory where the model would live, for the configured backend.
 fn available_bytes(cfg: &Config) -> Result<u64> {

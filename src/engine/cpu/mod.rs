@@ -73,6 +73,17 @@ fn alloc_f32(n: usize, what: &str) -> Result<Vec<f32>> {
     Ok(v)
 }
 
+/// `MemAvailable` from /proc/meminfo: the CPU backend's "free VRAM".
+pub fn host_available_bytes() -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo")
+        .map_err(|e| WorkerError::internal(format!("cannot read /proc/meminfo ({e})")))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| WorkerError::internal("/proc/meminfo has no MemAvailable line"))
+}
+
 impl CpuEngine {
     /// Copy the weights into host memory and allocate the KV cache.
     /// `max_context` is clamped to the model's trained context length.
@@ -87,6 +98,25 @@ impl CpuEngine {
         }
         let max_context = opts.max_context.min(cfg.context_length);
         let src = g.data_section();
+        // Linux overcommits: a reservation larger than memory "succeeds" and the
+        // kernel kills the process while the cache is zeroed. Refuse up front.
+        let kv_bytes = (2 * cfg.n_layers as u128)
+            * (max_context as u128)
+            * ((cfg.n_kv_heads * cfg.head_dim) as u128)
+            * 4;
+        let needed = src.len() as u128 + kv_bytes;
+        if let Ok(available) = host_available_bytes() {
+            if needed > available as u128 {
+                return Err(WorkerError::HostOom {
+                    message: format!(
+                        "the model needs {needed} bytes of host memory (weights {} + KV cache {kv_bytes} \
+                         for max_context {max_context}) but only {available} bytes are available; \
+                         lower max_context or free memory",
+                        src.len()
+                    ),
+                });
+            }
+        }
         let mut data = Vec::new();
         data.try_reserve_exact(src.len())
             .map_err(|_| WorkerError::HostOom {

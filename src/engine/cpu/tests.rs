@@ -199,3 +199,21 @@ fn injected_faults_are_detected() {
     assert_eq!(e.forward(&[1], 0).unwrap_err().code(), "CUDA_ERROR");
     e.forward(&[1], 0).expect("one-shot fault");
 }
+
+#[test]
+fn kv_cache_larger_than_host_memory_is_host_oom_not_a_kill() {
+    // 64 layers × 16M tokens × 64 KV floats × 2 × 4 bytes ≈ 550 GB of KV cache,
+    // beyond any test machine: the load must refuse with HOST_OOM before
+    // reserving anything (an overcommitted reservation would be OOM-killed).
+    let mut spec = TestModelSpec::tiny_llama();
+    spec.n_layers = 64;
+    spec.n_kv_heads = spec.n_heads;
+    spec.ctx = 16_000_000;
+    let g = open(&spec);
+    let (c, w) = arch::from_gguf(&g).expect("llama");
+    let err = CpuEngine::load(&g, &c, &w, &opts(16_000_000))
+        .err()
+        .expect("must refuse");
+    assert_eq!(err.code(), "HOST_OOM", "{err}");
+    assert!(err.to_string().contains("max_context"), "{err}");
+}
