@@ -87,7 +87,8 @@ pub fn parse_proc_status(text: &str) -> ProcStatus {
 }
 
 fn read_self_status() -> Option<ProcStatus> {
-    std::fs::read_to_string("/proc/self/status")
+    // thread-self: capability sets are per thread; this is the caller's.
+    std::fs::read_to_string("/proc/thread-self/status")
         .ok()
         .map(|t| parse_proc_status(&t))
 }
@@ -173,12 +174,21 @@ pub fn report_from(status: &ProcStatus) -> CapabilityReport {
     }
 }
 
-/// Call after GPU initialization (WORKER-4901). Safe Rust cannot clear the
-/// capability sets, so this inspects them and logs a warning naming every
-/// capability still held; the systemd unit's empty CapabilityBoundingSet= is
-/// what guarantees there are none. Returns the report for the daemon to log
-/// or expose.
+/// Clear every Linux capability set of the calling thread (WORKER-4901),
+/// then inspect /proc/self/status and log what, if anything, is still held.
+///
+/// Capability sets are per thread and inherited by threads created later, so
+/// the daemon calls this first thing on its main thread, before the runtime,
+/// the engine thread or the CUDA driver start any thread: every thread of the
+/// process then runs without capabilities, GPU initialisation included (the
+/// NVIDIA device nodes need none). The bounding set is emptied only when
+/// CAP_SETPCAP is held (as root); an unprivileged worker already has empty
+/// effective and permitted sets. The systemd unit's empty
+/// CapabilityBoundingSet= enforces the same from outside.
 pub fn drop_capabilities() -> CapabilityReport {
+    if let Err(e) = clear_capability_sets() {
+        tracing::warn!(human = %format!("The worker could not clear its Linux capability sets ({e}); it will report what it still holds."));
+    }
     let Some(status) = read_self_status() else {
         tracing::warn!(human = "Could not read /proc/self/status, so the worker cannot confirm it holds no Linux capabilities.");
         return CapabilityReport::default();
@@ -200,4 +210,21 @@ pub fn drop_capabilities() -> CapabilityReport {
         );
     }
     report
+}
+
+/// Empty the bounding (when permitted), ambient, inheritable, effective and
+/// permitted sets of this thread, in an order that keeps CAP_SETPCAP until the
+/// bounding set is done.
+fn clear_capability_sets() -> Result<(), caps::errors::CapsError> {
+    use caps::{CapSet, Capability};
+    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)? {
+        for cap in caps::read(None, CapSet::Bounding)? {
+            caps::drop(None, CapSet::Bounding, cap)?;
+        }
+    }
+    caps::clear(None, CapSet::Ambient)?;
+    caps::clear(None, CapSet::Inheritable)?;
+    caps::clear(None, CapSet::Effective)?;
+    caps::clear(None, CapSet::Permitted)?;
+    Ok(())
 }

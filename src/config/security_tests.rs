@@ -161,9 +161,17 @@ fn proc_status_parsing_and_capability_names() {
         privileges::effective_uid(),
         Some(std::fs::metadata("/proc/self").unwrap().uid())
     );
-    let live = drop_capabilities();
-    let again = report_from(&parse_proc_status(
-        &std::fs::read_to_string("/proc/self/status").unwrap(),
-    ));
+    // Capability sets are per thread: drop them on a thread of its own so the
+    // other tests keep theirs. As root this really empties the sets.
+    let (live, again) = std::thread::spawn(|| {
+        let live = drop_capabilities();
+        let again = report_from(&parse_proc_status(
+            &std::fs::read_to_string("/proc/thread-self/status").unwrap(),
+        ));
+        (live, again)
+    })
+    .join()
+    .unwrap();
     assert_eq!(live.effective, again.effective);
+    assert!(live.is_clean(), "capabilities still held: {:?}", live.held);
 }

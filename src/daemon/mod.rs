@@ -46,6 +46,9 @@ pub fn run(args: ServeArgs) -> ExitCode {
         }
     };
     crate::telemetry::init_logging(&cfg.log_level);
+    // Before any thread exists, so that every thread (runtime, engine, CUDA
+    // driver) inherits empty capability sets (WORKER-4901).
+    crate::config::drop_capabilities();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("worker-rt")
