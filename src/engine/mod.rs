@@ -130,6 +130,37 @@ pub trait Engine: Send {
     fn inject_fault(&mut self, fault: Fault) -> Result<()>;
 }
 
+/// The bounds every engine enforces before a forward pass (WORKER-4413):
+/// positions continue the sequence, ids are inside the vocabulary, and the
+/// sequence stays within the KV cache planned at load.
+pub fn check_forward_args(
+    config: &ModelConfig,
+    max_context: usize,
+    n_past: usize,
+    tokens: &[u32],
+    pos: usize,
+) -> Result<()> {
+    use crate::error::WorkerError;
+    if pos != n_past {
+        return Err(WorkerError::invalid(format!(
+            "position {pos} does not continue the sequence, which holds {n_past} tokens; reset first"
+        )));
+    }
+    if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= config.vocab_size) {
+        return Err(WorkerError::invalid(format!(
+            "token id {bad} is outside the model's vocabulary of {} tokens",
+            config.vocab_size
+        )));
+    }
+    if pos.saturating_add(tokens.len()) > max_context {
+        return Err(WorkerError::invalid(format!(
+            "{} tokens at position {pos} exceed the context of {max_context} tokens this engine was loaded with",
+            tokens.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Load the model's resident copy on the chosen backend.
 ///
 /// The CPU engine copies the tensor data section into host memory; the CUDA

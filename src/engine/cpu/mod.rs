@@ -233,26 +233,7 @@ impl CpuEngine {
         if tokens.is_empty() {
             return Err(WorkerError::invalid("forward needs at least one token"));
         }
-        if pos != self.n_past {
-            return Err(WorkerError::invalid(format!(
-                "position {pos} does not continue the sequence, which holds {} tokens; reset first",
-                self.n_past
-            )));
-        }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
-            return Err(WorkerError::invalid(format!(
-                "token id {bad} is outside the model's vocabulary of {} tokens",
-                self.cfg.vocab_size
-            )));
-        }
-        if pos + tokens.len() > self.max_context {
-            return Err(WorkerError::invalid(format!(
-                "{} tokens at position {pos} exceed the context of {} tokens this engine was loaded with",
-                tokens.len(),
-                self.max_context
-            )));
-        }
-        Ok(())
+        super::check_forward_args(&self.cfg, self.max_context, self.n_past, tokens, pos)
     }
 
     fn tbytes(&self, t: &TensorRef) -> &[u8] {

@@ -546,25 +546,8 @@ impl Engine for CudaEngine {
 
     fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<()> {
         self.take_fault()?;
-        if pos != self.next_pos {
-            return Err(WorkerError::invalid(format!(
-                "forward at position {pos} does not continue the sequence at {}",
-                self.next_pos
-            )));
-        }
-        let end = pos.saturating_add(tokens.len());
-        if end > self.max_ctx {
-            return Err(WorkerError::invalid(format!(
-                "{end} tokens exceed the context of {} tokens",
-                self.max_ctx
-            )));
-        }
-        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
-            return Err(WorkerError::invalid(format!(
-                "token id {bad} is outside the vocabulary of {}",
-                self.cfg.vocab_size
-            )));
-        }
+        crate::engine::check_forward_args(&self.cfg, self.max_ctx, self.next_pos, tokens, pos)?;
+        let end = pos + tokens.len();
         for (i, chunk) in tokens.chunks(PREFILL_CHUNK).enumerate() {
             self.run_step(chunk, pos + i * PREFILL_CHUNK)?;
         }
