@@ -23,6 +23,7 @@ pub const KERNEL_SOURCES: &[(&str, &str)] = &[
     ("rmsnorm.cu", include_str!("../../cuda/rmsnorm.cu")),
     ("rope_kv.cu", include_str!("../../cuda/rope_kv.cu")),
     ("attention.cu", include_str!("../../cuda/attention.cu")),
+    ("dequant.cu", include_str!("../../cuda/dequant.cu")),
     ("swiglu.cu", include_str!("../../cuda/swiglu.cu")),
     ("topk.cu", include_str!("../../cuda/topk.cu")),
     ("sha256.cu", include_str!("../../cuda/sha256.cu")),
@@ -148,10 +149,10 @@ pub fn compile_cubin(name: &str, unit: &str, arch: &str) -> Result<Vec<u8>> {
 /// Where compiled CUBINs are cached: `$WORKER_ORCD_KERNEL_CACHE`, else
 /// `$XDG_CACHE_HOME/worker-orcd/kernels`, else `/tmp/worker-orcd-kernels`.
 pub fn cache_dir() -> PathBuf {
-    if let Some(p) = std::env::var_os("WORKER_ORCD_KERNEL_CACHE") {
+    if let Some(p) = crate::env::KERNEL_CACHE.get() {
         return PathBuf::from(p);
     }
-    if let Some(p) = std::env::var_os("XDG_CACHE_HOME") {
+    if let Some(p) = crate::env::XDG_CACHE_HOME.get() {
         return PathBuf::from(p).join("worker-orcd").join("kernels");
     }
     PathBuf::from("/tmp/worker-orcd-kernels")

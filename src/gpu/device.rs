@@ -7,6 +7,8 @@
 //! device allocations (no managed or host-mapped memory, WORKER-4100); free
 //! VRAM is checked before each allocation so a shortfall fails fast with the
 //! needed and available bytes (VRAM_OOM) instead of a driver error.
+//! `open` also creates the cuBLAS handle for prefill GEMMs on that one stream
+//! (`gemm.rs`), so a missing libcublas is a start-up error.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -17,6 +19,7 @@ use cudarc::driver::{
 };
 
 use super::compile::{cubin_cached, KERNEL_SOURCES};
+use super::gemm::Blas;
 use super::{cuda_err, probe_libraries, DeviceInfo};
 use crate::error::{Result, WorkerError};
 
@@ -71,9 +74,24 @@ pub const KERNEL_NAMES: &[&str] = &[
     "rope_kv",
     "attn_partial",
     "attn_combine",
+    "attn_prefill",
+    "dequant_f32",
+    "dequant_f16",
+    "dequant_bf16",
+    "dequant_q4_0",
+    "dequant_q4_1",
+    "dequant_q5_0",
+    "dequant_q5_1",
+    "dequant_q8_0",
+    "dequant_q4_k",
+    "dequant_q5_k",
+    "dequant_q6_k",
+    "add_bias",
     "swiglu",
     "add_inplace",
     "topk",
+    "topk_radix_hist",
+    "topk_radix_gather",
     "sha256_leaves",
 ];
 
@@ -175,8 +193,12 @@ impl GpuGraph {
     }
 }
 
-/// An open device: context, one stream, the compiled kernels.
+/// An open device: context, one stream, the compiled kernels, the cuBLAS
+/// handle for prefill GEMMs.
 pub struct Gpu {
+    // First field, so it is dropped first: the handle uses the stream and
+    // its workspace lives in the context.
+    blas: Option<Blas>,
     pub(crate) stream: Arc<CudaStream>,
     ctx: Arc<CudaContext>,
     funcs: HashMap<&'static str, CudaFunction>,
@@ -229,13 +251,30 @@ impl Gpu {
                 "kernel {missing} is missing from the compiled modules"
             )));
         }
-        Ok(Self {
+        let mut gpu = Self {
+            blas: None,
             stream,
             ctx,
             funcs,
             info,
             cached_modules,
-        })
+        };
+        gpu.blas = Some(Blas::new(&gpu)?);
+        gpu.info.libraries = super::loaded_library_paths();
+        tracing::info!(libraries = ?gpu.info.libraries, "cuBLAS handle ready (prefill GEMM)");
+        Ok(gpu)
+    }
+
+    /// The cuBLAS handle (always present once `open` returned).
+    pub(crate) fn blas(&self) -> Result<&Blas> {
+        self.blas
+            .as_ref()
+            .ok_or_else(|| WorkerError::internal("the cuBLAS handle is missing"))
+    }
+
+    /// Device bytes held by the cuBLAS workspace (reported as scratch).
+    pub fn blas_workspace_bytes(&self) -> usize {
+        self.blas.as_ref().map_or(0, Blas::workspace_bytes)
     }
 
     pub fn info(&self) -> &DeviceInfo {

@@ -2,7 +2,8 @@
 //! (WORKER-4400–4403, 4410–4413). Everything device-side goes through here:
 //! library presence checks, the context and stream, RAII device buffers,
 //! NVRTC compilation of the embedded kernels, validated kernel launchers and
-//! graph capture. Every `unsafe` block states its invariant in `// SAFETY:`.
+//! graph capture, the cuBLAS handle for prefill GEMMs (KERNEL-GEMM-001..005).
+//! Every `unsafe` block states its invariant in `// SAFETY:`.
 //!
 //! cudarc loads libcuda/libnvrtc at run time (`dynamic-loading`) and panics
 //! when one is missing, so [`probe`] and [`Gpu::open`] check presence first and
@@ -11,7 +12,9 @@
 
 pub mod compile;
 pub mod device;
+pub mod gemm;
 pub mod ops;
+pub mod topk;
 
 pub use device::{DeviceBuffer, Gpu, GpuGraph, Span};
 
@@ -51,7 +54,8 @@ fn missing(lib: &str, what: &str) -> WorkerError {
 }
 
 /// Check that the libraries the CUDA backend needs can be opened. The driver
-/// and NVRTC are required; cuBLAS is reported but not needed by this backend.
+/// and NVRTC are required; cuBLAS (prefill GEMMs) is checked when the
+/// device is opened (`gemm::Blas::new`), with the same kind of message.
 pub fn probe_libraries(need_nvrtc: bool) -> Result<()> {
     // SAFETY: only tries to dlopen libcuda by its candidate names; no symbol is called.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {

@@ -434,6 +434,68 @@ impl Gpu {
             .map_err(cuda_err("launching attn_combine"))
     }
 
+    /// Prefill attention of `n_tok` queries (token t at position *pos + t)
+    /// over cache rows 0..=*pos+t, one block per (head, token) with an
+    /// online softmax: no scratch, so the chunk can be large.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_prefill(
+        &self,
+        q: Span,
+        kc: Span,
+        vc: Span,
+        out: Span,
+        pos: Span,
+        n_heads: usize,
+        n_kv: usize,
+        hd: usize,
+        max_ctx: usize,
+        n_tok: usize,
+    ) -> Result<()> {
+        if hd == 0
+            || hd > 256
+            || hd % 4 != 0
+            || n_kv == 0
+            || n_heads % n_kv != 0
+            || n_tok == 0
+            || n_tok > 65_535
+        {
+            return Err(WorkerError::invalid(format!("prefill attention: head_dim {hd} must be a multiple of 4 up to 256, n_heads {n_heads} a multiple of n_kv {n_kv}, tokens {n_tok} in 1..=65535")));
+        }
+        let qp = q.need(4 * n_heads * hd * n_tok, "q")?;
+        let kcp = kc.need(4 * max_ctx * n_kv * hd, "k cache")?;
+        let vcp = vc.need(4 * max_ctx * n_kv * hd, "v cache")?;
+        let op = out.need(4 * n_heads * hd * n_tok, "out")?;
+        let pp = pos.need(4, "pos")?;
+        let (nh, nk, hdi) = (
+            as_i32(n_heads, "n_heads")?,
+            as_i32(n_kv, "n_kv")?,
+            as_i32(hd, "hd")?,
+        );
+        let scale = 1.0f32 / (hd as f32).sqrt();
+        let f = self.func("attn_prefill")?;
+        let cfg = LaunchConfig {
+            grid_dim: (n_heads as u32, n_tok as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&qp)
+            .arg(&kcp)
+            .arg(&vcp)
+            .arg(&op)
+            .arg(&pp)
+            .arg(&nh)
+            .arg(&nk)
+            .arg(&hdi)
+            .arg(&scale);
+        // SAFETY: windows checked above; *pos + n_tok <= max_ctx is kept by the
+        // caller, so every cache row read is inside the cache windows; types
+        // match attn_prefill in cuda/attention.cu (128 threads cover hd <= 256).
+        unsafe { l.launch(cfg) }
+            .map(|_| ())
+            .map_err(cuda_err("launching attn_prefill"))
+    }
+
     /// out = silu(gate) * up over n elements.
     pub fn swiglu(&self, gate: Span, up: Span, out: Span, n: usize) -> Result<()> {
         let gp = gate.need(4 * n, "gate")?;

@@ -1,7 +1,7 @@
 //! The CUDA engine: the model resident in VRAM in its GGUF block formats,
 //! a decode step of fixed device buffers replayed as a CUDA graph, the
 //! resident digest computed on the device (WORKER-4000, 4012, 4100–4103,
-//! 4113, 4700, 4710–4713; issue 5).
+//! 4113, 4700, 4710–4713; KERNEL-GEMM-001..005; issue 5).
 //!
 //! Safe Rust only: every device call goes through `crate::gpu`.
 //! Layout: the whole GGUF data section is one device buffer (so the digest
@@ -10,16 +10,28 @@
 //! candidate buffers are allocated once at load. A token step reads its
 //! token id and position from device memory, so the same captured graph
 //! replays for every token; per token the host copies 8 bytes in and, when
-//! sampling, the chosen candidates out. Prefill runs the same kernels on
-//! chunks of up to PREFILL_CHUNK prompt tokens (batched mat-vec; attention of
-//! token t over rows 0..=pos+t is the causal mask).
+//! sampling, the chosen candidates out.
+//! Prefill runs a prompt in fixed chunks of PREFILL_CHUNK tokens. A chunk of
+//! at least GEMM_MIN_TOKENS tokens multiplies each weight through cuBLAS:
+//! the matrix is dequantized into one shared f32 scratch buffer (`wf`, sized
+//! for the largest layer matrix; the LM head runs for the last token only,
+//! by mat-vec), then SGEMM; shorter chunks use the batched mat-vec. Every
+//! prefill chunk's attention is `attn_prefill` (one block per head and
+//! token, online softmax, no scratch, so a 512-token chunk needs none).
+//! Decode (one token) is unchanged: fused mat-vecs and split-KV attention,
+//! captured as a graph; no cuBLAS call on the decode path.
+//! GEMM and mat-vec round differently, so a token's logits depend on which
+//! path ran it; the chunking is a function of the request alone (prompt
+//! length and start), so identical requests stay bit-identical (WORKER-4710).
 
+#[cfg(test)]
+mod prefill_tests;
 #[cfg(test)]
 mod tests;
 
 use crate::engine::{BackendKind, Engine, LoadOptions, MemoryReport, SamplingParams};
 use crate::error::{Result, WorkerError};
-use crate::gpu::{DeviceBuffer, Gpu, GpuGraph};
+use crate::gpu::{DeviceBuffer, Gpu, GpuGraph, Span};
 use crate::model::arch::{ModelConfig, ModelWeights, RopeStyle, TensorRef};
 use crate::model::gguf::{GgmlType, GgufFile};
 
@@ -53,19 +65,35 @@ struct Act {
     hid: DeviceBuffer,
     logits: DeviceBuffer,
     scores: DeviceBuffer,
+    /// One weight matrix dequantized to f32 for the prefill GEMM (transient:
+    /// each matrix overwrites the previous one; issue 5 point 3).
+    wf: DeviceBuffer,
     tok: DeviceBuffer,
     pos: DeviceBuffer,
     cand_ids: DeviceBuffer,
     cand_vals: DeviceBuffer,
+    topk_scratch: DeviceBuffer,
     leaves: DeviceBuffer,
 }
 
 /// Prompt tokens per prefill launch sequence: activations are sized for this
-/// many tokens, and the batched mat-vec reads each weight once per 8 of them.
-const PREFILL_CHUNK: usize = 64;
+/// many tokens; each GEMM reads (and dequantizes) its weight once per chunk.
+const PREFILL_CHUNK: usize = 512;
 
-/// Largest pool selected on the device; larger pools select on the host.
-const DEVICE_TOPK_MAX: usize = 16;
+/// Chunks of at least this many tokens go through dequantize + cuBLAS SGEMM;
+/// shorter ones through the batched mat-vec. A first estimate, not yet
+/// measured: at 4864x896 q5_0 the batched mat-vec took 300 us for 64 tokens
+/// on an H200 (~37 us per pass of 8), while dequantizing 17 MB and a
+/// memory-bound SGEMM should take ~15 us, so the GEMM should win from about
+/// 8 tokens. `op_profile_qwen_shapes` prints both at 8 tokens to confirm.
+const GEMM_MIN_TOKENS: usize = 8;
+
+/// Largest pool selected by the one-block `topk` kernel (one pass over the
+/// vocabulary per candidate: 34 us for k = 1 at 152k logits on an H200);
+/// larger pools use the radix select of `crate::gpu::topk` (53 us for any k
+/// up to 1024, where the one-block kernel took 513 us at k = 16). Both run
+/// on the device and return the same candidates in the same order.
+const DEVICE_TOPK_MAX: usize = 1;
 
 /// Candidates copied back per sampled token when not greedy.
 const DEVICE_CANDIDATES: usize = crate::engine::sampler::MAX_CANDIDATES;
@@ -81,6 +109,8 @@ pub struct CudaEngine {
     cfg: ModelConfig,
     w: ModelWeights,
     max_ctx: usize,
+    /// Prefill chunk: PREFILL_CHUNK, or max_ctx when smaller.
+    chunk: usize,
     next_pos: usize,
     has_logits: bool,
     memory: MemoryReport,
@@ -172,9 +202,14 @@ impl CudaEngine {
             nvrtc = %info.nvrtc_version, libraries = ?info.libraries, cached_kernels = gpu.cached_modules, "CUDA backend opened");
 
         let kv_bytes = 2 * cfg.n_layers * max_ctx * nkv * hd * 4;
-        let f = |n: usize| n * 4 * PREFILL_CHUNK;
-        let part = Gpu::attn_scratch_floats(nh, hd, max_ctx, PREFILL_CHUNK) * 4;
-        let scratch: [(usize, &str); 16] = [
+        // A chunk never exceeds the context, so activations need no more rows.
+        let chunk = PREFILL_CHUNK.min(max_ctx);
+        let f = |n: usize| n * 4 * chunk;
+        // Split-KV scratch for decode only: every prefill chunk uses attn_prefill.
+        let part = Gpu::attn_scratch_floats(nh, hd, max_ctx, 1) * 4;
+        // Every layer matrix is (nh*hd | nkv*hd | ffn) x d or its transpose.
+        let wf = Gpu::dequant_scratch_bytes((nh * hd).max(ffn), d);
+        let scratch: [(usize, &str); 18] = [
             (f(d), "x"),
             (f(d), "xn"),
             (f(nh * hd), "q"),
@@ -186,13 +221,18 @@ impl CudaEngine {
             (f(ffn), "hid"),
             (4 * vocab, "logits"),
             (part, "attention scratch"),
-            (4 * PREFILL_CHUNK, "tok"),
+            (4 * chunk, "tok"),
             (4, "pos"),
             (4 * DEVICE_CANDIDATES, "cand_ids"),
             (4 * DEVICE_CANDIDATES, "cand_vals"),
             (
                 32 * dl.div_ceil(crate::shard::digest::CHUNK_BYTES).max(1),
                 "leaves",
+            ),
+            (wf, "prefill dequant scratch"),
+            (
+                crate::gpu::topk::topk_large_scratch_bytes(vocab),
+                "top-k scratch",
             ),
         ];
         let scratch_bytes: usize = scratch.iter().map(|s| s.0).sum();
@@ -228,9 +268,14 @@ impl CudaEngine {
             cand_ids: a(13)?,
             cand_vals: a(14)?,
             leaves: a(15)?,
+            wf: a(16)?,
+            topk_scratch: a(17)?,
         };
         gpu.sync()?;
-        let use_graph = std::env::var("WORKER_ORCD_CUDA_GRAPH")
+        // The cuBLAS workspace (allocated at open) is scratch too.
+        let blas_ws = gpu.blas_workspace_bytes();
+        let use_graph = crate::env::CUDA_GRAPH
+            .get()
             .map(|v| v != "0")
             .unwrap_or(true);
         Ok(Self {
@@ -243,12 +288,13 @@ impl CudaEngine {
             cfg: cfg.clone(),
             w: w.clone(),
             max_ctx,
+            chunk,
             next_pos: 0,
             has_logits: false,
             memory: MemoryReport {
                 weights_bytes: dl as u64,
                 kv_cache_bytes: kv_bytes as u64,
-                scratch_bytes: scratch_bytes as u64,
+                scratch_bytes: (scratch_bytes + blas_ws) as u64,
             },
             #[cfg(feature = "test-hooks")]
             fail_next: false,
@@ -288,80 +334,23 @@ impl CudaEngine {
             let kc = self.kv.span(2 * i * layer_kv, layer_kv)?;
             let vc = self.kv.span((2 * i + 1) * layer_kv, layer_kv)?;
             let bias = |b: &Option<TensorRef>| b.as_ref().map(wt).transpose();
-            if n == 1 {
-                // Decode: RMSNorm fused into each projection (3 launches, not 4).
-                let (nw, eps) = (wt(&l.attn_norm)?, c.norm_eps);
-                g.matvec_norm(
-                    l.wq.dtype,
-                    wt(&l.wq)?,
-                    a.x.all(),
-                    nw,
-                    eps,
-                    bias(&l.bq)?,
-                    a.q.all(),
-                    nh * hd,
-                    d,
-                    false,
-                )?;
-                g.matvec_norm(
-                    l.wk.dtype,
-                    wt(&l.wk)?,
-                    a.x.all(),
-                    nw,
-                    eps,
-                    bias(&l.bk)?,
-                    a.k.all(),
-                    nkv * hd,
-                    d,
-                    false,
-                )?;
-                g.matvec_norm(
-                    l.wv.dtype,
-                    wt(&l.wv)?,
-                    a.x.all(),
-                    nw,
-                    eps,
-                    bias(&l.bv)?,
-                    a.v.all(),
-                    nkv * hd,
-                    d,
-                    false,
-                )?;
-            } else {
-                g.rmsnorm(a.x.all(), wt(&l.attn_norm)?, a.xn.all(), d, n, c.norm_eps)?;
-                g.matvec(
-                    l.wq.dtype,
-                    wt(&l.wq)?,
-                    a.xn.all(),
-                    bias(&l.bq)?,
-                    a.q.all(),
-                    nh * hd,
-                    d,
-                    n,
-                    false,
-                )?;
-                g.matvec(
-                    l.wk.dtype,
-                    wt(&l.wk)?,
-                    a.xn.all(),
-                    bias(&l.bk)?,
-                    a.k.all(),
-                    nkv * hd,
-                    d,
-                    n,
-                    false,
-                )?;
-                g.matvec(
-                    l.wv.dtype,
-                    wt(&l.wv)?,
-                    a.xn.all(),
-                    bias(&l.bv)?,
-                    a.v.all(),
-                    nkv * hd,
-                    d,
-                    n,
-                    false,
-                )?;
+            // Decode: RMSNorm fused into each projection (3 launches, not 4).
+            // Prefill: one RMSNorm over the chunk, then GEMM or batched mat-vec.
+            let (nw, eps) = (wt(&l.attn_norm)?, c.norm_eps);
+            if n > 1 {
+                g.rmsnorm(a.x.all(), nw, a.xn.all(), d, n, eps)?;
+            }
+            for (t, b, out, rows) in [
+                (&l.wq, &l.bq, a.q.all(), nh * hd),
+                (&l.wk, &l.bk, a.k.all(), nkv * hd),
+                (&l.wv, &l.bv, a.v.all(), nkv * hd),
+            ] {
+                if n == 1 {
+                    let x = a.x.all();
+                    g.matvec_norm(t.dtype, wt(t)?, x, nw, eps, bias(b)?, out, rows, d, false)?;
+                } else {
+                    self.mm(t, a.xn.all(), bias(b)?, out, rows, d, n, false)?;
+                }
             }
             g.rope_kv(
                 a.q.all(),
@@ -378,30 +367,35 @@ impl CudaEngine {
                 c.rope_base,
                 n,
             )?;
-            g.attention(
-                a.q.all(),
-                kc,
-                vc,
-                a.att.all(),
-                a.scores.all(),
-                a.pos.all(),
-                nh,
-                nkv,
-                hd,
-                self.max_ctx,
-                n,
-            )?;
-            g.matvec(
-                l.wo.dtype,
-                wt(&l.wo)?,
-                a.att.all(),
-                None,
-                a.x.all(),
-                d,
-                nh * hd,
-                n,
-                true,
-            )?;
+            if n == 1 {
+                g.attention(
+                    a.q.all(),
+                    kc,
+                    vc,
+                    a.att.all(),
+                    a.scores.all(),
+                    a.pos.all(),
+                    nh,
+                    nkv,
+                    hd,
+                    self.max_ctx,
+                    1,
+                )?;
+            } else {
+                g.attention_prefill(
+                    a.q.all(),
+                    kc,
+                    vc,
+                    a.att.all(),
+                    a.pos.all(),
+                    nh,
+                    nkv,
+                    hd,
+                    self.max_ctx,
+                    n,
+                )?;
+            }
+            self.mm(&l.wo, a.att.all(), None, a.x.all(), d, nh * hd, n, true)?;
             if n == 1 && l.w_gate.dtype == l.w_up.dtype {
                 // Decode: norm + gate + up + SwiGLU in one launch.
                 g.gate_up(
@@ -417,41 +411,11 @@ impl CudaEngine {
                 )?;
             } else {
                 g.rmsnorm(a.x.all(), wt(&l.ffn_norm)?, a.xn.all(), d, n, c.norm_eps)?;
-                g.matvec(
-                    l.w_gate.dtype,
-                    wt(&l.w_gate)?,
-                    a.xn.all(),
-                    None,
-                    a.gate.all(),
-                    ffn,
-                    d,
-                    n,
-                    false,
-                )?;
-                g.matvec(
-                    l.w_up.dtype,
-                    wt(&l.w_up)?,
-                    a.xn.all(),
-                    None,
-                    a.up.all(),
-                    ffn,
-                    d,
-                    n,
-                    false,
-                )?;
+                self.mm(&l.w_gate, a.xn.all(), None, a.gate.all(), ffn, d, n, false)?;
+                self.mm(&l.w_up, a.xn.all(), None, a.up.all(), ffn, d, n, false)?;
                 g.swiglu(a.gate.all(), a.up.all(), a.hid.all(), ffn * n)?;
             }
-            g.matvec(
-                l.w_down.dtype,
-                wt(&l.w_down)?,
-                a.hid.all(),
-                None,
-                a.x.all(),
-                d,
-                ffn,
-                n,
-                true,
-            )?;
+            self.mm(&l.w_down, a.hid.all(), None, a.x.all(), d, ffn, n, true)?;
         }
         // Only the last token's logits are needed.
         g.matvec_norm(
@@ -468,7 +432,33 @@ impl CudaEngine {
         )
     }
 
-    /// Run `tokens` (at most PREFILL_CHUNK) starting at `pos`. One token
+    /// y = x·Wᵀ (+ bias) (+ y) for `n` token rows: dequantize + cuBLAS SGEMM
+    /// for chunks of at least GEMM_MIN_TOKENS, else the (batched) mat-vec,
+    /// which is exactly the decode call when n == 1.
+    #[allow(clippy::too_many_arguments)]
+    fn mm(
+        &self,
+        t: &TensorRef,
+        x: Span,
+        bias: Option<Span>,
+        y: Span,
+        rows: usize,
+        cols: usize,
+        n: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        let w = self.weights.span(t.offset, t.n_bytes)?;
+        if n >= GEMM_MIN_TOKENS {
+            let scratch = self.act.wf.all();
+            self.gpu
+                .gemm(t.dtype, w, x, bias, y, scratch, rows, cols, n, accumulate)
+        } else {
+            self.gpu
+                .matvec(t.dtype, w, x, bias, y, rows, cols, n, accumulate)
+        }
+    }
+
+    /// Run `tokens` (at most `self.chunk`) starting at `pos`. One token
     /// replays the captured decode graph; several run the batched kernels.
     fn run_step(&mut self, tokens: &[u32], pos: usize) -> Result<()> {
         let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
@@ -509,13 +499,20 @@ impl CudaEngine {
         }
         let k = k.clamp(1, DEVICE_CANDIDATES.min(self.cfg.vocab_size));
         let a = &self.act;
-        self.gpu.topk(
-            a.logits.all(),
-            self.cfg.vocab_size,
-            k,
-            a.cand_ids.all(),
-            a.cand_vals.all(),
-        )?;
+        let (logits, n) = (a.logits.all(), self.cfg.vocab_size);
+        if k <= DEVICE_TOPK_MAX {
+            self.gpu
+                .topk(logits, n, k, a.cand_ids.all(), a.cand_vals.all())?;
+        } else {
+            self.gpu.topk_large(
+                logits,
+                n,
+                k,
+                a.topk_scratch.all(),
+                a.cand_ids.all(),
+                a.cand_vals.all(),
+            )?;
+        }
         let ids: Vec<i32> = self.gpu.download(&a.cand_ids, 0, k)?;
         let vals: Vec<f32> = self.gpu.download(&a.cand_vals, 0, k)?;
         Ok(ids
@@ -548,8 +545,10 @@ impl Engine for CudaEngine {
         self.take_fault()?;
         crate::engine::check_forward_args(&self.cfg, self.max_ctx, self.next_pos, tokens, pos)?;
         let end = pos + tokens.len();
-        for (i, chunk) in tokens.chunks(PREFILL_CHUNK).enumerate() {
-            self.run_step(chunk, pos + i * PREFILL_CHUNK)?;
+        // Fixed chunks from the request's own start: the split (and so which
+        // tokens run through GEMM or mat-vec) depends on the request alone.
+        for (i, chunk) in tokens.chunks(self.chunk).enumerate() {
+            self.run_step(chunk, pos + i * self.chunk)?;
         }
         if tokens.len() > 1 {
             // A prompt ends with a sync so a device fault surfaces here and
@@ -575,19 +574,12 @@ impl Engine for CudaEngine {
             return Ok(self.top_candidates(1)?[0].0);
         }
         let k = crate::engine::sampler::pool_size(params).min(self.cfg.vocab_size);
-        if k <= DEVICE_TOPK_MAX {
-            let cands = self.top_candidates(k)?;
-            return Ok(crate::engine::sampler::pick_from_candidates(
-                &cands, params, draw,
-            ));
-        }
-        // The device selection costs one pass over the vocabulary per
-        // candidate (~30 us each at 152k): for large pools copying the logits
-        // (~0.6 MB) and selecting on the host is faster. The same shared
-        // sampler code makes the pick either way.
-        let logits = self.logits()?;
-        Ok(crate::engine::sampler::sample_from_logits(
-            &logits, params, draw,
+        // Candidates are selected on the device (a single pass per candidate
+        // for small pools, a radix select for large ones); only k pairs cross
+        // to the host, where the shared sampler code makes the pick.
+        let cands = self.top_candidates(k)?;
+        Ok(crate::engine::sampler::pick_from_candidates(
+            &cands, params, draw,
         ))
     }
 

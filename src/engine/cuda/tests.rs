@@ -12,11 +12,11 @@ use crate::gpu::ops::row_bytes;
 use crate::model::gguf::GgufLimits;
 use crate::model::quant;
 
-fn gpu_or_skip(test: &str) -> Option<Gpu> {
+pub(super) fn gpu_or_skip(test: &str) -> Option<Gpu> {
     match Gpu::open(0) {
         Ok(g) => Some(g),
         Err(e) => {
-            if std::env::var("REQUIRE_REAL_GPU").as_deref() == Ok("1") {
+            if crate::env::REQUIRE_REAL_GPU.get().as_deref() == Some("1") {
                 panic!("{test}: REQUIRE_REAL_GPU=1 but the GPU is unusable: {e}");
             }
             println!(
@@ -29,11 +29,11 @@ fn gpu_or_skip(test: &str) -> Option<Gpu> {
 }
 
 /// xorshift64*: fresh seed per run (printed), reproducible with WORKER_ORCD_TEST_SEED.
-struct Rng(u64);
+pub(super) struct Rng(u64);
 impl Rng {
-    fn fresh(test: &str) -> Self {
-        let seed = std::env::var("WORKER_ORCD_TEST_SEED")
-            .ok()
+    pub(super) fn fresh(test: &str) -> Self {
+        let seed = crate::env::TEST_SEED
+            .get()
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| {
                 let t = std::time::SystemTime::now()
@@ -52,12 +52,12 @@ impl Rng {
         let v = self.0.wrapping_mul(0x2545F4914F6CDD1D);
         ((v >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
+    pub(super) fn vec(&mut self, n: usize) -> Vec<f32> {
         (0..n).map(|_| self.f()).collect()
     }
 }
 
-fn rel_err(got: &[f32], want: &[f64]) -> f64 {
+pub(super) fn rel_err(got: &[f32], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len());
     assert!(got.iter().all(|v| v.is_finite()), "non-finite output");
     let num: f64 = got
@@ -69,13 +69,13 @@ fn rel_err(got: &[f32], want: &[f64]) -> f64 {
     (num / den.max(1e-300)).sqrt()
 }
 
-fn buf_from(g: &Gpu, data: &[f32], what: &str) -> DeviceBuffer {
+pub(super) fn buf_from(g: &Gpu, data: &[f32], what: &str) -> DeviceBuffer {
     let mut b = g.alloc(data.len() * 4, what).expect("alloc");
     g.upload(&mut b, 0, data).expect("upload");
     b
 }
 
-fn poisoned(g: &Gpu, n: usize, what: &str) -> DeviceBuffer {
+pub(super) fn poisoned(g: &Gpu, n: usize, what: &str) -> DeviceBuffer {
     buf_from(g, &vec![f32::NAN; n], what)
 }
 
@@ -526,7 +526,8 @@ fn op_sha256_leaves_give_the_cpu_root() {
 }
 
 fn model_path() -> Option<std::path::PathBuf> {
-    let dir = std::env::var_os("WORKER_ORCD_TEST_MODELS")
+    let dir = crate::env::TEST_MODELS
+        .get()
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models"));
     let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
@@ -664,7 +665,8 @@ fn golden_greedy_smollm2_on_gpu() {
         println!("SKIPPED: golden_gpu: SmolLM2 file not under WORKER_ORCD_TEST_MODELS");
         return;
     };
-    let gdir = std::env::var_os("WORKER_ORCD_GOLDEN")
+    let gdir = crate::env::GOLDEN
+        .get()
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
             std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden")
@@ -742,7 +744,8 @@ fn golden_greedy_smollm2_on_gpu() {
     );
 }
 
-/// Device time per launch of the decode-step kernels at Qwen2.5-0.5B shapes
+/// Device time per launch of the decode-step kernels, and of the prefill
+/// GEMM (dequant + SGEMM, 512 tokens) and prefill attention, at Qwen2.5-0.5B shapes
 /// (median of 5 batches of 50 launches, CUDA events). Not a correctness test:
 /// run explicitly with `--ignored op_profile` on the GPU machine.
 #[test]
@@ -807,6 +810,47 @@ fn op_profile_qwen_shapes() {
                 false,
             )
         });
+        if rows * cols <= 4864 * 896 {
+            // Prefill path: dequantize into the f32 scratch + cuBLAS SGEMM, 512 tokens.
+            let xb = buf_from(&g, &r.vec(cols * 512), "x512");
+            let yb = g.alloc(rows * 4 * 512, "y512").unwrap();
+            let wf = g.alloc(rows * cols * 4, "wf").unwrap();
+            time(&format!("{label} gemm x512"), wq.len(), &|| {
+                g.gemm(
+                    dt,
+                    wb.all(),
+                    xb.all(),
+                    None,
+                    yb.all(),
+                    wf.all(),
+                    rows,
+                    cols,
+                    512,
+                    false,
+                )
+            });
+            time(&format!("{label} dequant only"), rows * cols * 4, &|| {
+                g.dequant(dt, wb.all(), wf.all(), rows, cols)
+            });
+            // The crossover (GEMM_MIN_TOKENS in mod.rs): both paths at 8 tokens.
+            time(&format!("{label} gemm x8"), wq.len(), &|| {
+                g.gemm(
+                    dt,
+                    wb.all(),
+                    xb.all(),
+                    None,
+                    yb.all(),
+                    wf.all(),
+                    rows,
+                    cols,
+                    8,
+                    false,
+                )
+            });
+            time(&format!("{label} matvec x8"), wq.len(), &|| {
+                g.matvec(dt, wb.all(), xb.all(), None, yb.all(), rows, cols, 8, false)
+            });
+        }
     }
     let (nh, nkv, hd, max_ctx) = (14usize, 2usize, 64usize, 1024usize);
     let kc = buf_from(&g, &r.vec(max_ctx * nkv * hd), "kc");
@@ -838,6 +882,27 @@ fn op_profile_qwen_shapes() {
             )
         },
     );
+    {
+        // Prefill attention of a 512-token chunk at position 0 (causal).
+        let (n, q512) = (512usize, buf_from(&g, &r.vec(512 * nh * hd), "q512"));
+        let o512 = g.alloc(n * nh * hd * 4, "o512").unwrap();
+        let mut p0 = g.alloc(4, "pos0").unwrap();
+        g.upload(&mut p0, 0, &[0i32]).unwrap();
+        time("attn_prefill 512 tokens at pos 0", 0, &|| {
+            g.attention_prefill(
+                q512.all(),
+                kc.all(),
+                vc.all(),
+                o512.all(),
+                p0.all(),
+                nh,
+                nkv,
+                hd,
+                max_ctx,
+                n,
+            )
+        });
+    }
     time("rope_kv", 0, &|| {
         g.rope_kv(
             qb.all(),

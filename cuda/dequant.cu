@@ -1,0 +1,62 @@
+// dequant.cu: a GGUF block matrix dequantized to f32 for the prefill GEMM,
+// and the bias add that follows it (KERNEL-GEMM-001, WORKER-4700).
+// Why: prefill multiplies every weight by a chunk of up to PREFILL_CHUNK
+// tokens; cuBLAS SGEMM does that near the FP32 peak, but only on f32
+// operands. The weights stay quantized in VRAM (issue 5 point 3); one matrix
+// at a time is expanded into a single shared transient scratch buffer, used
+// by one GEMM, then overwritten by the next matrix.
+// Uses the same Q::deq32 as the mat-vec kernels, so both paths see the same
+// dequantized values. Pure elementwise work: no reductions, deterministic.
+#include "common.cuh"
+
+// One thread per 32-element run: run i (row r = i / nsub, s = i % nsub) lands
+// at out + 32 i, since out is row-major [rows][cols]. A warp's 32 runs are
+// one contiguous 4 KB span: each lane dequantizes its run into shared memory
+// (padded to avoid bank conflicts), then the warp stores the span 128
+// contiguous bytes per instruction. grid ceil(rows * nsub / 256), block 256.
+template <class Q>
+__device__ __forceinline__ void dequant_impl(const u8* __restrict__ W, u64 row_bytes, float* __restrict__ out,
+                                             int rows, int cols) {
+    __shared__ float sh[8][32][33];
+    const int nsub = cols >> 5;
+    const u64 total = (u64)rows * nsub;
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    const u64 first = (u64)blockIdx.x * blockDim.x + (u64)wid * 32;
+    if (first >= total) return;
+    const u64 i = first + lane;
+    if (i < total) {
+        const int r = (int)(i / nsub), s = (int)(i % nsub);
+        float w[32];
+        Q::deq32(W + (u64)r * row_bytes, s, w);
+#pragma unroll
+        for (int j = 0; j < 32; j++) sh[wid][lane][j] = w[j];
+    }
+    __syncwarp();
+    const int nrun = (int)min((u64)32, total - first);
+    float* o = out + first * 32;
+    for (int k = 0; k < nrun; k++) o[k * 32 + lane] = sh[wid][k][lane];
+}
+
+#define DEQUANT(name, Q)                                                                         \
+    extern "C" __global__ void name(const u8* W, u64 row_bytes, float* out, int rows, int cols) { \
+        dequant_impl<Q>(W, row_bytes, out, rows, cols);                                          \
+    }
+
+DEQUANT(dequant_f32, QF32)
+DEQUANT(dequant_f16, QF16)
+DEQUANT(dequant_bf16, QBF16)
+DEQUANT(dequant_q4_0, Q4_0)
+DEQUANT(dequant_q4_1, Q4_1)
+DEQUANT(dequant_q5_0, Q5_0)
+DEQUANT(dequant_q5_1, Q5_1)
+DEQUANT(dequant_q8_0, Q8_0)
+DEQUANT(dequant_q4_k, Q4K)
+DEQUANT(dequant_q5_k, Q5K)
+DEQUANT(dequant_q6_k, Q6K)
+
+// y[t][r] += bias[r] for n token rows of `rows` outputs (the GEMM has no bias term).
+// grid (ceil(rows / 256), n), block 256.
+extern "C" __global__ void add_bias(float* y, const float* bias, int rows) {
+    const int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r < rows) y[(u64)blockIdx.y * rows + r] += bias[r];
+}

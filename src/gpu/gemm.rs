@@ -1,0 +1,299 @@
+//! Prefill matmuls through cuBLAS: a GGUF block matrix is dequantized into one
+//! shared f32 scratch buffer, then `cublasSgemm` multiplies a whole prefill
+//! chunk by it (issue 5 points 2, 3, 10; KERNEL-GEMM-001..005, WORKER-4700).
+//!
+//! Why: the batched mat-vec re-reads and re-dequantizes every weight once per
+//! 8 tokens and runs on the CUDA cores without tiling (~10 GB/s at 64
+//! tokens); SGEMM runs the same product near the FP32 peak. The weights stay
+//! quantized in VRAM; the f32 copy of one matrix lives only until the next
+//! matrix overwrites it (one transient buffer, reported as scratch).
+//!
+//! Numerics: the math mode is set explicitly to `CUBLAS_DEFAULT_MATH`, under
+//! which SGEMM never uses TF32 tensor cores (10-bit mantissa: ~1e-3 relative
+//! error, which the CPU-reference tests at 1e-5 would catch; TF32 needs
+//! `CUBLAS_TF32_TENSOR_OP_MATH`, and the `NVIDIA_TF32_OVERRIDE` variable can
+//! only disable it). So the product is a true FP32 GEMM within ~1e-6 of the
+//! CPU reference (KERNEL-GEMM-005: `op_gemm_every_block_format`, tolerance
+//! 1e-5). `CUBLAS_PEDANTIC_MATH` would add nothing for SGEMM but may rule out
+//! faster FP32 kernels.
+//! Determinism (WORKER-4710): cuBLAS documents bit-wise
+//! reproducible results run to run for the same architecture and SM count
+//! when one stream is used and the workspace is fixed with
+//! `cublasSetWorkspace` (cuBLAS guide, "Results reproducibility"); atomics
+//! are disallowed explicitly. This handle is created once per [`Gpu`], bound
+//! to its single stream, with a fixed 32 MiB workspace (the size cuBLAS
+//! recommends for Hopper), so no call allocates and every call picks the same
+//! kernel for the same shape. Prefill (GEMM) and decode (mat-vec) round
+//! differently; which tokens go through which is a function of the request
+//! alone (fixed chunks), so identical requests stay bit-identical.
+//! Row-major layout (KERNEL-GEMM-004): W row-major `[rows][cols]` is
+//! column-major `cols x rows`; X row-major `[n][cols]` is column-major
+//! `cols x n`; so Y (column-major `rows x n`, i.e. row-major `[n][rows]`) is
+//! `op_T(W) * X` with lda = ldb = cols and ldc = rows.
+
+use std::sync::Arc;
+
+use cudarc::cublas::{result as blas, sys as bsys};
+use cudarc::driver::{CudaStream, LaunchConfig, PushKernelArg};
+
+use super::cuda_err;
+use super::device::{DeviceBuffer, Gpu, Span};
+use super::ops::{dtype_suffix, row_bytes};
+use crate::error::{Result, WorkerError};
+use crate::model::gguf::GgmlType;
+
+/// Fixed cuBLAS workspace (cuBLAS recommends 32 MiB on Hopper).
+pub const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
+
+/// A cuBLAS handle bound to the [`Gpu`]'s stream with a fixed workspace.
+pub struct Blas {
+    handle: bsys::cublasHandle_t,
+    // The stream the handle is bound to; its context is made current before
+    // every cuBLAS call (cuBLAS uses the thread's current context, and the
+    // engine may move between threads).
+    stream: Arc<CudaStream>,
+    // Kept alive as long as the handle, which points at it.
+    workspace: DeviceBuffer,
+}
+
+// SAFETY: a cuBLAS handle may be used from any thread as long as calls on it
+// are not concurrent; the owning `Gpu` is used by one thread at a time (the
+// engine is moved between threads, never shared), like its stream.
+unsafe impl Send for Blas {}
+
+impl Drop for Blas {
+    fn drop(&mut self) {
+        if let Err(e) = self.stream.context().bind_to_thread() {
+            tracing::warn!(error = %e, "binding the CUDA context to destroy the cuBLAS handle failed");
+        }
+        // SAFETY: the handle was created by `create_handle` and is destroyed
+        // exactly once, here; the workspace is freed after this (field order).
+        if let Err(e) = unsafe { blas::destroy_handle(self.handle) } {
+            tracing::warn!(error = %e, "destroying the cuBLAS handle failed");
+        }
+    }
+}
+
+fn blas_err(what: &str) -> impl FnOnce(blas::CublasError) -> WorkerError + '_ {
+    move |e| {
+        WorkerError::cuda(format!(
+            "cuBLAS error while {what}: {e}; the worker cannot trust the device any more and will stop"
+        ))
+    }
+}
+
+/// Whether libcublas can be opened (cudarc panics on a missing library, so
+/// this is checked before any cuBLAS call).
+pub fn cublas_present() -> bool {
+    // SAFETY: only tries to dlopen libcublas by its candidate names; no symbol is called.
+    unsafe { bsys::is_culib_present() }
+}
+
+impl Blas {
+    /// Create the handle on `gpu`'s stream: fixed workspace, FP32 (no TF32)
+    /// math, no atomics. Every status is checked (KERNEL-GEMM-003).
+    pub(crate) fn new(gpu: &Gpu) -> Result<Self> {
+        if !cublas_present() {
+            return Err(super::missing(
+                "libcublas.so (cuBLAS, used for prefill matrix products)",
+                "BLAS library",
+            ));
+        }
+        let workspace = gpu.alloc(BLAS_WORKSPACE_BYTES, "cuBLAS workspace")?;
+        let stream = gpu.stream.clone();
+        stream
+            .context()
+            .bind_to_thread()
+            .map_err(cuda_err("binding the CUDA context for cuBLAS"))?;
+        let handle = blas::create_handle().map_err(blas_err("creating the cuBLAS handle"))?;
+        let b = Self {
+            handle,
+            stream,
+            workspace,
+        };
+        let stream = b.stream.cu_stream() as bsys::cudaStream_t;
+        // SAFETY: the handle is live; the stream is kept alive by `b.stream`
+        // for as long as the handle exists.
+        unsafe { blas::set_stream(b.handle, stream) }.map_err(blas_err("binding the stream"))?;
+        // After set_stream: cublasSetStream resets the workspace to cuBLAS's
+        // own pool, so the fixed workspace must be set second.
+        let ws = b.workspace.all();
+        // SAFETY: the workspace is a live device allocation of exactly
+        // BLAS_WORKSPACE_BYTES bytes owned by `b`, freed only after the handle.
+        unsafe {
+            bsys::cublasSetWorkspace_v2(b.handle, ws.ptr as *mut core::ffi::c_void, ws.bytes)
+        }
+        .result()
+        .map_err(blas_err("setting the workspace"))?;
+        // SAFETY: the handle is live; plain enum setters.
+        unsafe {
+            bsys::cublasSetMathMode(b.handle, bsys::cublasMath_t::CUBLAS_DEFAULT_MATH).result()
+        }
+        .map_err(blas_err("setting FP32 (no TF32) math"))?;
+        // SAFETY: as above.
+        unsafe {
+            bsys::cublasSetAtomicsMode(
+                b.handle,
+                bsys::cublasAtomicsMode_t::CUBLAS_ATOMICS_NOT_ALLOWED,
+            )
+            .result()
+        }
+        .map_err(blas_err("disallowing atomics"))?;
+        Ok(b)
+    }
+
+    pub fn workspace_bytes(&self) -> usize {
+        self.workspace.len()
+    }
+}
+
+fn as_i32(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| {
+        WorkerError::invalid(format!("{what} = {v} is too large for a GEMM dimension"))
+    })
+}
+
+impl Gpu {
+    /// Bytes of f32 scratch `dequant` needs for a `rows` x `cols` matrix.
+    pub fn dequant_scratch_bytes(rows: usize, cols: usize) -> usize {
+        rows * cols * 4
+    }
+
+    /// out[r][c] = W[r][c] as f32 for a `rows` x `cols` matrix in `dtype`.
+    pub fn dequant(
+        &self,
+        dtype: GgmlType,
+        w: Span,
+        out: Span,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        let name = format!("dequant_{}", dtype_suffix(dtype).unwrap_or("none"));
+        let rb = row_bytes(dtype, cols)?;
+        let wp = w.need(rb * rows, "weights")?;
+        let op = out.need(Self::dequant_scratch_bytes(rows, cols), "dequant scratch")?;
+        let (rows_i, cols_i, rb64) = (as_i32(rows, "rows")?, as_i32(cols, "cols")?, rb as u64);
+        let runs = rows * (cols / 32);
+        let grid = u32::try_from(runs.div_ceil(256))
+            .map_err(|_| WorkerError::invalid(format!("dequant of {rows}x{cols} is too large")))?;
+        let f = self.func(&name)?;
+        let cfg = LaunchConfig {
+            grid_dim: (grid.max(1), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&wp).arg(&rb64).arg(&op).arg(&rows_i).arg(&cols_i);
+        // SAFETY: windows checked above (whole rows of whole blocks in, rows*cols
+        // f32 out); types match dequant_impl in cuda/dequant.cu.
+        unsafe { l.launch(cfg) }
+            .map(|_| ())
+            .map_err(cuda_err(&format!("launching {name}")))
+    }
+
+    /// y[t][r] += bias[r] for `n` rows of `rows` values.
+    pub fn add_bias(&self, y: Span, bias: Span, rows: usize, n: usize) -> Result<()> {
+        if n == 0 || n > 65_535 {
+            return Err(WorkerError::invalid(format!(
+                "bias add over {n} rows is out of range"
+            )));
+        }
+        let yp = y.need(4 * rows * n, "y")?;
+        let bp = bias.need(4 * rows, "bias")?;
+        let rows_i = as_i32(rows, "rows")?;
+        let f = self.func("add_bias")?;
+        let cfg = LaunchConfig {
+            grid_dim: (rows.div_ceil(256) as u32, n as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&yp).arg(&bp).arg(&rows_i);
+        // SAFETY: windows checked above; types match add_bias in cuda/dequant.cu.
+        unsafe { l.launch(cfg) }
+            .map(|_| ())
+            .map_err(cuda_err("launching add_bias"))
+    }
+
+    /// Y[n][rows] = X[n][cols] · Wfᵀ (+ Y when `accumulate`) with Wf an f32
+    /// row-major `[rows][cols]` matrix, by cublasSgemm (KERNEL-GEMM-002..004).
+    #[allow(clippy::too_many_arguments)]
+    pub fn sgemm_xwt(
+        &self,
+        wf: Span,
+        x: Span,
+        y: Span,
+        rows: usize,
+        cols: usize,
+        n: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        if rows == 0 || cols == 0 || n == 0 {
+            return Err(WorkerError::invalid(format!(
+                "GEMM of {rows}x{cols} by {n} tokens has an empty dimension"
+            )));
+        }
+        let wp = wf.need(4 * rows * cols, "f32 weights")?;
+        let xp = x.need(4 * cols * n, "x")?;
+        let yp = y.need(4 * rows * n, "y")?;
+        let (m_i, n_i, k_i) = (
+            as_i32(rows, "rows")?,
+            as_i32(n, "tokens")?,
+            as_i32(cols, "cols")?,
+        );
+        let blas = self.blas()?;
+        blas.stream
+            .context()
+            .bind_to_thread()
+            .map_err(cuda_err("binding the CUDA context for cuBLAS"))?;
+        let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0f32 });
+        // SAFETY: the handle is live and bound to this Gpu's stream; A (rows*cols),
+        // B (cols*n) and C (rows*n) f32 windows were checked above against the
+        // exact extents these m, n, k and leading dimensions touch; alpha and
+        // beta are host scalars (the default pointer mode) that outlive the call,
+        // which only enqueues work.
+        unsafe {
+            blas::sgemm(
+                blas.handle,
+                bsys::cublasOperation_t::CUBLAS_OP_T,
+                bsys::cublasOperation_t::CUBLAS_OP_N,
+                m_i,
+                n_i,
+                k_i,
+                &alpha,
+                wp as *const f32,
+                k_i,
+                xp as *const f32,
+                k_i,
+                &beta,
+                yp as *mut f32,
+                m_i,
+            )
+        }
+        .map_err(blas_err("running SGEMM"))
+    }
+
+    /// y = x·Wᵀ (+ bias) (+ y) for `n` token rows, W in GGUF blocks:
+    /// dequantize W into `scratch`, SGEMM, then the bias (prefill path).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm(
+        &self,
+        dtype: GgmlType,
+        w: Span,
+        x: Span,
+        bias: Option<Span>,
+        y: Span,
+        scratch: Span,
+        rows: usize,
+        cols: usize,
+        n: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        self.dequant(dtype, w, scratch, rows, cols)?;
+        self.sgemm_xwt(scratch, x, y, rows, cols, n, accumulate)?;
+        match bias {
+            Some(b) => self.add_bias(y, b, rows, n),
+            None => Ok(()),
+        }
+    }
+}

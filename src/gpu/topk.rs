@@ -1,0 +1,140 @@
+//! Device top-k for large candidate pools (KERNEL-SAMPLE, WORKER-4700, 4710):
+//! the launcher of `topk_radix_hist` / `topk_radix_gather` in `cuda/topk.cu`.
+//!
+//! Why: the sampler's pool is the best `min(top_k, 1024)` logits in the order
+//! of `engine::sampler` (logit descending, id ascending on ties, NaN as -inf).
+//! The small-k `topk` kernel costs one vocabulary pass per candidate; this one
+//! costs four launches for any k up to 1024 (radix select in three passes,
+//! then an ordered gather and a bitonic sort), so only k ids and values cross
+//! to the host. The result is exact for any input, ties and NaN included, so
+//! there is no overflow case and no host fallback to report; it is
+//! deterministic (integer atomics only where the sum is order-independent),
+//! allocates nothing, never synchronises with the host, and takes its sizes as
+//! kernel arguments so it can be captured in a CUDA graph.
+//!
+//! The caller owns a scratch window of [`topk_large_scratch_bytes`] bytes,
+//! zero-filled once (as [`Gpu::alloc`] returns it) and used by nothing else:
+//! the kernels keep arrival counters in it and re-arm them to zero themselves.
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+use super::cuda_err;
+use super::device::{Gpu, Span};
+use crate::error::{Result, WorkerError};
+
+/// Largest k (the sampler's `MAX_CANDIDATES`; TK_MAX_K in cuda/topk.cu).
+pub const TOPK_LARGE_MAX_K: usize = 1024;
+/// Logits per block (TK_CHUNK).
+const CHUNK: usize = 4096;
+/// Threads per block (TK_THREADS).
+const THREADS: u32 = 1024;
+/// Histogram bins per block row (TK_BINS).
+const BINS: usize = 2048;
+/// Words before the per-block area (TK_BLK): counters, state, candidates.
+const HEAD_WORDS: usize = 16 + 2 * TOPK_LARGE_MAX_K;
+/// The final offsets scan runs one block per thread, so at most 1024 blocks.
+const MAX_BLOCKS: usize = 1024;
+/// Largest vocabulary this launcher accepts.
+pub const TOPK_LARGE_MAX_N: usize = CHUNK * MAX_BLOCKS;
+
+/// Kernel entry points this launcher needs loaded (for `device::KERNEL_NAMES`).
+pub const TOPK_LARGE_KERNELS: &[&str] = &["topk_radix_hist", "topk_radix_gather"];
+
+fn blocks_for(n: usize) -> usize {
+    n.div_ceil(CHUNK)
+}
+
+/// Scratch bytes [`Gpu::topk_large`] needs for `n` logits (any k).
+/// About 8 KiB per 4096 logits: 320 KB for a 151,936-token vocabulary.
+pub fn topk_large_scratch_bytes(n: usize) -> usize {
+    4 * (HEAD_WORDS + blocks_for(n) * (3 + BINS))
+}
+
+/// Check a shape; returns the grid size.
+fn check_shape(n: usize, k: usize) -> Result<usize> {
+    if n == 0 || n > TOPK_LARGE_MAX_N {
+        return Err(WorkerError::invalid(format!(
+            "top-k over {n} logits: the device selection supports 1..={TOPK_LARGE_MAX_N}"
+        )));
+    }
+    if k == 0 || k > n.min(TOPK_LARGE_MAX_K) {
+        return Err(WorkerError::invalid(format!(
+            "top-k: k = {k} must be in 1..={} for {n} logits",
+            n.min(TOPK_LARGE_MAX_K)
+        )));
+    }
+    Ok(blocks_for(n))
+}
+
+fn disjoint(a: (u64, usize), b: (u64, usize)) -> bool {
+    a.0.saturating_add(a.1 as u64) <= b.0 || b.0.saturating_add(b.1 as u64) <= a.0
+}
+
+impl Gpu {
+    /// The best `k` of `n` logits, in the sampler's order, into `ids` (i32)
+    /// and `vals` (the logits' original f32 bits, NaN kept). Queues four
+    /// launches on the engine's stream and returns without waiting; the caller
+    /// downloads `ids`/`vals` (one sync) when it needs them.
+    pub fn topk_large(
+        &self,
+        logits: Span,
+        n: usize,
+        k: usize,
+        scratch: Span,
+        ids: Span,
+        vals: Span,
+    ) -> Result<()> {
+        let grid = check_shape(n, k)?;
+        let lp = logits.need(4 * n, "logits")?;
+        let sp = scratch.need(topk_large_scratch_bytes(n), "top-k scratch")?;
+        let ip = ids.need(4 * k, "ids")?;
+        let vp = vals.need(4 * k, "vals")?;
+        if lp % 4 != 0 || sp % 8 != 0 || ip % 4 != 0 || vp % 4 != 0 {
+            return Err(WorkerError::internal(
+                "top-k: logits, ids and vals need 4-byte and the scratch 8-byte alignment",
+            ));
+        }
+        let sw = (sp, topk_large_scratch_bytes(n));
+        if ![(lp, 4 * n), (ip, 4 * k), (vp, 4 * k)]
+            .into_iter()
+            .all(|w| disjoint(sw, w))
+            || !disjoint((ip, 4 * k), (vp, 4 * k))
+        {
+            return Err(WorkerError::internal(
+                "top-k: the scratch, ids and vals windows must not overlap each other or the logits",
+            ));
+        }
+        // Both fit i32: n <= TOPK_LARGE_MAX_N and k <= 1024 (checked above).
+        let (n_i, k_i) = (n as i32, k as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (grid as u32, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let hist = self.func("topk_radix_hist")?;
+        for pass in 0i32..3 {
+            let mut l = self.stream.launch_builder(hist);
+            l.arg(&lp).arg(&n_i).arg(&k_i).arg(&pass).arg(&sp);
+            // SAFETY: `logits` holds n f32 and `scratch` the bytes
+            // topk_large_scratch_bytes(n) lays out for this grid (both checked
+            // above, disjoint); the grid is ceil(n / TK_CHUNK) <= 1024 blocks
+            // of TK_THREADS threads as the kernel requires; argument types and
+            // order match topk_radix_hist in cuda/topk.cu.
+            unsafe { l.launch(cfg) }
+                .map_err(cuda_err(&format!("launching topk_radix_hist pass {pass}")))?;
+        }
+        let gather = self.func("topk_radix_gather")?;
+        let mut l = self.stream.launch_builder(gather);
+        l.arg(&lp).arg(&n_i).arg(&k_i).arg(&sp).arg(&ip).arg(&vp);
+        // SAFETY: as above, and `ids`/`vals` hold k i32/f32 each (checked,
+        // disjoint from the scratch); the kernel writes exactly k of each and
+        // reads logits only below n; types match topk_radix_gather.
+        unsafe { l.launch(cfg) }
+            .map(|_| ())
+            .map_err(cuda_err("launching topk_radix_gather"))
+    }
+}
+
+#[cfg(test)]
+#[path = "topk_tests.rs"]
+mod tests;
