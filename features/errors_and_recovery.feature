@@ -40,6 +40,15 @@ Feature: Errors and recovery
     Then the readiness callback received a "stopped" status with error code "SEAL_VERIFICATION_FAILED"
     And the status callback has an "exit_code" of 5
 
+  @WORKER-4961 @WORKER-4950
+  Scenario: A start-up configuration failure is reported through the status callback as INVALID_CONFIG
+    Given a worker configured for the tiny test model
+    And the token file is readable by everyone
+    When the worker is started
+    Then the worker exits with code 2 within 10 seconds
+    And the readiness callback received a "stopped" status with error code "INVALID_CONFIG"
+    And the status callback has an "exit_code" of 2
+
   @WORKER-4962 @WORKER-4963 @source
   Scenario: The shipped unit restarts with backoff and stops restart storms
     Then the file "deploy/worker-orcd@.service" mentions "Restart=on-failure"

@@ -88,6 +88,66 @@ Feature: Plan, Commit, Ready and Execute over HTTP with Server-Sent Events
     Then the error code is "MODEL_LOAD_FAILED"
     And the error message mentions "digest"
 
+  @WORKER-4220 @WORKER-4221 @WORKER-4223 @WORKER-4226
+  Scenario: Commit by upload of the served model's bytes returns its sealed handle and the worker serves
+    Given a worker serving the tiny test model
+    When I GET "/worker/ready"
+    And I remember the shard handle
+    And I upload the served model for commit with its digest
+    Then the response status is 200
+    And the response JSON at "/handle/sealed" is true
+    And the response JSON at "/handle" is the remembered shard handle
+    When I execute "Hello" with max_tokens 2
+    Then the stream ends with an "end" event
+
+  @WORKER-4223 @WORKER-4314 @WORKER-4305
+  Scenario: An upload whose bytes do not match the expected digest is refused and changes nothing
+    Given a worker serving the tiny test model
+    When I GET "/worker/ready"
+    And I remember the shard handle
+    And I upload the served model for commit with a wrong digest
+    Then the response status is 422
+    And the error code is "MODEL_LOAD_FAILED"
+    And the error message mentions "expected_digest"
+    And the worker still serves the remembered shard handle
+    When I upload the served model for commit with no digest
+    Then the response status is 400
+    And the error code is "INVALID_PARAMS"
+    And the error message mentions "expected_digest"
+    When I execute "Hello" with max_tokens 2
+    Then the stream ends with an "end" event
+
+  @WORKER-4225 @WORKER-4301 @WORKER-4305
+  Scenario: An upload above max_model_bytes is refused before it is used and changes nothing
+    Given a worker configured for the tiny test model
+    And max_model_bytes is the size of the served model
+    When the worker is started
+    And I GET "/worker/ready"
+    And I remember the shard handle
+    And I upload the served model plus one byte for commit with its digest
+    Then the response status is 413
+    And the error code is "PAYLOAD_TOO_LARGE"
+    And the error message mentions "max_model_bytes"
+    When I upload the served model plus one byte as a stream for commit with its digest
+    Then the response status is 413
+    And the error code is "PAYLOAD_TOO_LARGE"
+    And the worker still serves the remembered shard handle
+    When I upload the served model as a stream for commit with its digest
+    Then the response status is 200
+    And the response JSON at "/handle" is the remembered shard handle
+    When I execute "Hello" with max_tokens 2
+    Then the stream ends with an "end" event
+
+  @WORKER-4022 @WORKER-4305
+  Scenario: An upload of a different model is refused as a conflict and changes nothing
+    Given a worker serving the tiny test model
+    When I GET "/worker/ready"
+    And I remember the shard handle
+    And I upload the second tiny model for commit with its digest
+    Then the response status is 409
+    And the error code is "MODEL_CONFLICT"
+    And the worker still serves the remembered shard handle
+
   @WORKER-4222 @WORKER-4313
   Scenario: A model whose detached signature does not verify is rejected
     Given a worker serving the tiny test model
@@ -144,6 +204,16 @@ Feature: Plan, Commit, Ready and Execute over HTTP with Server-Sent Events
     And the end event has the fields "tokens_out", "decode_time_ms", "finish_reason"
     And the end event's tokens_out equals the number of token events
     And nothing follows the final event and the stream is closed
+
+  @WORKER-4246 @WORKER-4245 @smollm2
+  Scenario: The started event predicts the start from the measured seal check
+    Given a worker serving the SmolLM2 model
+    When I execute "Hello" with max_tokens 1
+    Then the started event has queue_position 0
+    And the started event's predicted_start_ms is positive
+    When I read the metrics
+    And I execute "Hello" with max_tokens 1
+    Then the started event's predicted_start_ms equals the seal check in the metrics read before
 
   @WORKER-4241
   Scenario: The job id is returned as a header and in the started event

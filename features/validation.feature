@@ -63,6 +63,29 @@ Feature: Input validation and model security
     And the error code is "INVALID_PARAMS"
     And the error message mentions "prompt"
 
+  @WORKER-4242
+  Scenario: The prompt limit counts characters and a prompt of exactly the limit is accepted
+    Given a worker configured for the tiny test model
+    And the configuration sets "max_prompt_len" to 100
+    When the worker is started
+    And I execute a prompt of 100 two-byte characters
+    Then the stream ends with an "end" event
+    When I execute a prompt of 101 two-byte characters
+    Then the response status is 400
+    And the error code is "INVALID_PARAMS"
+    And the error message mentions "101 characters"
+
+  @WORKER-4423 @WORKER-4242
+  Scenario: A prompt within the character limit whose tokens do not fit the context is refused
+    Given a worker configured for the tiny test model
+    And the configuration sets "max_context" to 16
+    And the configuration sets "max_prompt_len" to 1000
+    When the worker is started
+    And I execute a prompt of 300 characters
+    Then the response status is 400
+    And the error code is "INVALID_PARAMS"
+    And the error message mentions "max_context"
+
   @WORKER-4244 @WORKER-4304
   Scenario: A prompt containing a NUL byte is refused
     Given a worker serving the tiny test model

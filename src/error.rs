@@ -68,6 +68,11 @@ pub enum WorkerError {
     /// A bug or an unexpected condition inside the worker.
     #[error("{message}")]
     Internal { message: String },
+    /// The configuration, credentials, privileges or listen address are
+    /// unusable, found at start-up (exit code 2). Reported through the status
+    /// callback; never the answer to a request of a running worker.
+    #[error("{message}")]
+    InvalidConfig { message: String },
 }
 
 /// The JSON body of an HTTP error and the data of an SSE `error` event.
@@ -100,6 +105,7 @@ impl WorkerError {
             Self::Timeout { .. } => "EXECUTION_TIMEOUT",
             Self::Cancelled { .. } => "CANCELLED",
             Self::Internal { .. } => "INTERNAL",
+            Self::InvalidConfig { .. } => "INVALID_CONFIG",
         }
     }
 
@@ -122,6 +128,7 @@ impl WorkerError {
         "EXECUTION_TIMEOUT",
         "CANCELLED",
         "INTERNAL",
+        "INVALID_CONFIG",
     ];
 
     /// HTTP status for this failure.
@@ -144,6 +151,7 @@ impl WorkerError {
             Self::Timeout { .. } => 504,
             Self::Cancelled { .. } => 499,
             Self::Internal { .. } => 500,
+            Self::InvalidConfig { .. } => 500,
         }
     }
 
@@ -192,7 +200,8 @@ impl WorkerError {
             | Self::Unavailable { message, .. }
             | Self::Timeout { message }
             | Self::Cancelled { message }
-            | Self::Internal { message } => message,
+            | Self::Internal { message }
+            | Self::InvalidConfig { message } => message,
         }
     }
 
@@ -228,6 +237,14 @@ impl WorkerError {
     }
 }
 
+impl From<crate::config::ConfigError> for WorkerError {
+    fn from(e: crate::config::ConfigError) -> Self {
+        Self::InvalidConfig {
+            message: e.to_string(),
+        }
+    }
+}
+
 pub type Result<T, E = WorkerError> = std::result::Result<T, E>;
 
 #[cfg(test)]
@@ -257,6 +274,19 @@ mod tests {
         for e in samples {
             assert!(WorkerError::ALL_CODES.contains(&e.code()));
         }
+    }
+
+    #[test]
+    fn invalid_config_has_its_own_code() {
+        let e = WorkerError::from(crate::config::ConfigError::new(
+            "rpc_port",
+            "is out of range",
+        ));
+        assert_eq!(e.code(), "INVALID_CONFIG");
+        assert!(WorkerError::ALL_CODES.contains(&e.code()));
+        assert!(!e.retriable());
+        assert_eq!(e.http_status(), 500);
+        assert!(e.message().contains("rpc_port"), "{}", e.message());
     }
 
     #[test]

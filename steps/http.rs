@@ -36,6 +36,27 @@ pub async fn send_full(
     auth: Auth,
     headers: &[(&str, &str)],
 ) -> Response {
+    send_with(
+        w,
+        method,
+        path,
+        body.map(reqwest::Body::from),
+        auth,
+        headers,
+    )
+    .await
+}
+
+/// As [`send_full`] with any body (a stream is sent chunked, without a
+/// Content-Length). The body is sent as JSON unless `headers` name a content type.
+pub async fn send_with(
+    w: &mut World,
+    method: &str,
+    path: &str,
+    body: Option<reqwest::Body>,
+    auth: Auth,
+    headers: &[(&str, &str)],
+) -> Response {
     let url = format!("{}{}", w.base_url(), path);
     let mut req = match method {
         "GET" => w.http.get(&url),
@@ -59,7 +80,13 @@ pub async fn send_full(
         req = req.header(*k, *v);
     }
     if let Some(b) = body {
-        req = req.header("content-type", "application/json").body(b);
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
+            req = req.header("content-type", "application/json");
+        }
+        req = req.body(b);
     }
     let resp = match req.send().await {
         Ok(r) => r,

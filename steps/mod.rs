@@ -19,5 +19,6 @@ pub mod source;
 pub mod sse;
 pub mod sse_checks;
 pub mod traceability;
+pub mod upload;
 pub mod validation;
 pub mod world;

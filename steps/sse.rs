@@ -238,6 +238,13 @@ async fn exec_len(w: &mut World, n: usize) {
     execute(w, &prompt, greedy(4)).await;
 }
 
+/// Two UTF-8 bytes per character, so a limit counted in bytes would refuse it.
+#[when(regex = r#"^I execute a prompt of (\d+) two-byte characters$"#)]
+async fn exec_len_2byte(w: &mut World, n: usize) {
+    let prompt: String = "é".repeat(n);
+    execute(w, &prompt, greedy(2)).await;
+}
+
 #[when("I execute with params:")]
 async fn exec_params(w: &mut World, step: &Step) {
     let raw = step

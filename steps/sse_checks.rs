@@ -249,3 +249,50 @@ async fn none_after_cancel(w: &mut World) {
         ),
     );
 }
+
+fn predicted_start_ms(w: &World) -> u64 {
+    let v = event_json(w, "started");
+    match v["predicted_start_ms"].as_u64() {
+        Some(n) => n,
+        None => w.fail(format!(
+            "predicted_start_ms is not a whole number: {}",
+            v["predicted_start_ms"]
+        )),
+    }
+}
+
+#[then("the started event's predicted_start_ms is positive")]
+fn predicted_positive(w: &mut World) {
+    let n = predicted_start_ms(w);
+    w.check(
+        n > 0,
+        "predicted_start_ms is 0, but a seal check of this model takes measurable time",
+    );
+}
+
+/// The prediction must be the duration of the latest seal check, which the
+/// worker also reports in `worker_orcd_seal_verification_seconds`: read
+/// after the first job (one check so far), it predicts the second job's start.
+#[then("the started event's predicted_start_ms equals the seal check in the metrics read before")]
+fn predicted_is_seal_check(w: &mut World) {
+    let n = predicted_start_ms(w);
+    let Some(m) = w.metrics_before.clone() else {
+        w.fail("no metrics were read before this job")
+    };
+    let count = m
+        .get("worker_orcd_seal_verification_seconds_count")
+        .copied();
+    let sum = m.get("worker_orcd_seal_verification_seconds_sum").copied();
+    let (Some(count), Some(sum)) = (count, sum) else {
+        w.fail("the metrics lack worker_orcd_seal_verification_seconds")
+    };
+    w.check(
+        count == 1.0,
+        format!("expected exactly one seal check before this job, the metrics count {count}"),
+    );
+    let expected_ms = sum * 1000.0;
+    w.check(
+        n > 0 && (n as f64 - expected_ms).abs() <= 1.0,
+        format!("predicted_start_ms is {n}, but the latest seal check took {expected_ms:.3} ms"),
+    );
+}

@@ -29,14 +29,15 @@ use keys::{Layer, Source};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// The daemon's command-line flags. Every config-file key has a flag of the
-/// same name with `-` for `_`; a flag beats the environment, which beats the
-/// file. Numbers are taken as text and checked by [`Config::resolve`] so the
-/// error names the field and its accepted range.
-///
-/// The per-key flags live in a boxed [`KeyFlags`] (reachable through `Deref`,
-/// e.g. `args.worker_id`) so that this struct stays small inside the CLI's
-/// subcommand enum.
+// The daemon's command-line flags. Every config-file key has a flag of the
+// same name with `-` for `_`; a flag beats the environment, which beats the
+// file. Numbers are taken as text and checked by `Config::resolve` so the
+// error names the field and its accepted range.
+//
+// The per-key flags live in a boxed `KeyFlags` (reachable through `Deref`,
+// e.g. `args.worker_id`) so that this struct stays small inside the CLI's
+// subcommand enum. Plain comments, not doc comments: clap would print a doc
+// comment of a flattened struct as the program's description in `--help`.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct ServeArgs {
     /// JSON configuration file: one object whose keys are the flag names below
@@ -60,7 +61,8 @@ impl std::ops::DerefMut for ServeArgs {
     }
 }
 
-/// One flag per configuration key (see [`KEYS`] and docs/operations.md).
+// One flag per configuration key (see `KEYS` and docs/operations.md); a plain
+// comment for the same reason as on `ServeArgs`.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct KeyFlags {
     /// Identifier of this worker, [A-Za-z0-9._-]{1,64}. Required.
@@ -94,7 +96,8 @@ pub struct KeyFlags {
     /// Largest max_tokens a request may ask for, 1..=1048576 (default 4096).
     #[arg(long, value_name = "N")]
     pub max_tokens: Option<String>,
-    /// Longest prompt in tokens, 1..=max_context (default 4096).
+    /// Longest prompt in characters (Unicode scalar values), 1..=67108864 (default 100000).
+    /// Its tokens are bounded separately: prompt tokens + 1 must fit max_context.
     #[arg(long, value_name = "N")]
     pub max_prompt_len: Option<String>,
     /// KV cache capacity in tokens (prompt + output), 16..=1048576 (default 4096).
@@ -160,7 +163,8 @@ pub struct Config {
     pub backend: BackendKind,
     pub slots_total: u32,
     pub max_tokens: u32,
-    /// In tokens, after tokenization.
+    /// In characters (Unicode scalar values), checked before tokenization
+    /// (WORKER-4242). Prompt tokens are bounded by `max_context` (4423).
     pub max_prompt_len: usize,
     pub max_context: usize,
     pub execution_timeout_ms: u64,
@@ -201,6 +205,10 @@ impl ConfigError {
 pub const DEFAULT_MODEL_ROOT: &str = "/var/lib/llorch/models";
 /// File name of the token inside `$CREDENTIALS_DIRECTORY` (systemd LoadCredential=worker-token).
 pub const CREDENTIAL_NAME: &str = "worker-token";
+/// Default `max_prompt_len`, in characters (WORKER-4242).
+pub const DEFAULT_MAX_PROMPT_LEN: u64 = 100_000;
+/// Largest accepted `max_prompt_len`: the largest request body, 64 MiB.
+pub const MAX_PROMPT_LEN_LIMIT: u64 = 64 << 20;
 /// Accepted log levels.
 pub const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
 
@@ -289,16 +297,14 @@ fn build(m: &Layer, lookup: env::Lookup<'_>) -> Result<Config, ConfigError> {
     }
     let max_tokens = keys::uint(m, "max_tokens", 1, 1 << 20, 4096)? as u32;
     let max_context = keys::uint(m, "max_context", 16, 1 << 20, 4096)? as usize;
-    let max_prompt_len = keys::uint(m, "max_prompt_len", 1, 1 << 20, 4096)? as usize;
-    if max_prompt_len > max_context {
-        return Err(m.err(
-            "max_prompt_len",
-            &format!(
-                "{max_prompt_len} tokens cannot fit in a context of max_context = {max_context} tokens; \
-                 accepted range 1..={max_context}. Lower max_prompt_len or raise max_context"
-            ),
-        ));
-    }
+    // Characters, as WORKER-4242 words it; the token bound is max_context.
+    let max_prompt_len = keys::uint(
+        m,
+        "max_prompt_len",
+        1,
+        MAX_PROMPT_LEN_LIMIT,
+        DEFAULT_MAX_PROMPT_LEN,
+    )? as usize;
     let execution_timeout_ms = keys::uint(m, "execution_timeout_ms", 100, 86_400_000, 300_000)?;
     let drain_timeout_ms = keys::uint(m, "drain_timeout_ms", 0, 3_600_000, 30_000)?;
     let max_body_bytes = keys::uint(m, "max_body_bytes", 1024, 64 << 20, 1 << 20)? as usize;

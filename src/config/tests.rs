@@ -66,6 +66,8 @@ fn file_alone_gives_defaults() {
     assert_eq!(c.slots_total, 1);
     assert_eq!(c.max_tokens, 4096);
     assert_eq!(c.max_context, 4096);
+    // Characters (WORKER-4242), so it may exceed max_context, which counts tokens.
+    assert_eq!(c.max_prompt_len, 100_000);
     assert_eq!(c.max_model_bytes, 100_000_000_000);
     assert_eq!(c.gguf_limits.max_file_bytes, 100_000_000_000);
     assert_eq!(c.gguf_limits.max_tensors, 10_000);
@@ -194,7 +196,12 @@ fn every_invalid_field_is_named_with_its_range() {
         (r#""slots_total": 0"#, "slots_total", "accepted value is 1"),
         (r#""max_tokens": 0"#, "max_tokens", "1..=1048576"),
         (r#""max_context": 8"#, "max_context", "16..=1048576"),
-        (r#""max_prompt_len": 5000"#, "max_prompt_len", "max_context"),
+        (r#""max_prompt_len": 0"#, "max_prompt_len", "1..=67108864"),
+        (
+            r#""max_prompt_len": 67108865"#,
+            "max_prompt_len",
+            "default 100000",
+        ),
         (
             r#""execution_timeout_ms": 1.5"#,
             "execution_timeout_ms",
@@ -375,31 +382,67 @@ fn operations_doc() -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).unwrap()
 }
 
+/// Every key of [`KEYS`] (the single source) has its own row in the
+/// configuration table of docs/operations.md — `| `key` | `--flag` | env |` —
+/// and every variable of `env::ALL` its own row in the environment table.
 #[test]
 fn operations_doc_lists_every_key_flag_and_env_var() {
     let doc = operations_doc();
+    let rows: Vec<Vec<&str>> = doc
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .map(|l| l.split('|').map(str::trim).collect())
+        .collect();
     for k in KEYS {
-        assert!(
-            doc.contains(&format!("`{}`", k.flag)),
-            "docs/operations.md lacks flag {}",
-            k.flag
-        );
         let json_name = k
             .name
             .strip_prefix("gguf_")
             .map_or(k.name.to_string(), |n| format!("gguf_limits.{n}"));
+        let row = rows
+            .iter()
+            .find(|r| r.get(1) == Some(&format!("`{json_name}`").as_str()))
+            .unwrap_or_else(|| {
+                panic!("docs/operations.md has no table row for config key `{json_name}`")
+            });
         assert!(
-            doc.contains(&format!("`{json_name}`")),
-            "docs/operations.md lacks key {json_name}"
+            row.get(2)
+                .is_some_and(|c| c.starts_with(&format!("`{}`", k.flag))),
+            "docs/operations.md: the row of `{json_name}` must name its flag {}",
+            k.flag
         );
+        let env_cell = row.get(3).copied().unwrap_or_default();
+        match k.env {
+            Some(v) => assert_eq!(
+                env_cell,
+                format!("`{}`", v.name),
+                "docs/operations.md: the row of `{json_name}` must name its env var"
+            ),
+            None => assert!(
+                env_cell.is_empty(),
+                "docs/operations.md: `{json_name}` has no env var, but its row names {env_cell}"
+            ),
+        }
     }
     for v in crate::env::ALL {
         assert!(
-            doc.contains(&format!("`{}`", v.name)),
-            "docs/operations.md lacks env var {}",
+            rows.iter()
+                .any(|r| r.get(1) == Some(&format!("`{}`", v.name).as_str())),
+            "docs/operations.md has no table row for env var {}",
             v.name
         );
     }
+}
+
+#[test]
+fn max_prompt_len_counts_characters_not_tokens() {
+    // 5000 characters may tokenize into fewer than max_context = 4096 tokens,
+    // so the two limits are independent (WORKER-4242 vs 4423).
+    let c = Config::from_json_str(
+        r#"{"worker_id":"w","pool_id":"p","model_path":"/m/x.gguf","readiness_callback_url":"http://127.0.0.1:9/cb",
+            "max_prompt_len": 5000, "max_context": 4096}"#,
+    )
+    .expect("a character limit above the token context is valid");
+    assert_eq!(c.max_prompt_len, 5000);
 }
 
 #[test]

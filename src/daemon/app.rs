@@ -13,6 +13,7 @@ use crate::shard::handle::ModelShardHandle;
 use crate::shard::seal::SealKey;
 use crate::telemetry::Metrics;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock, RwLock};
 
 /// Checks a presented bearer token; returns the caller's fp6 when valid.
@@ -48,6 +49,11 @@ pub struct LoadedModel {
     pub max_context: usize,
     /// The sealed handle; `sealed` turns false when a seal check fails.
     pub handle: RwLock<ModelShardHandle>,
+    /// Duration of the latest seal check (recomputing the resident digest),
+    /// in ms: measured at load, then by every job. Each job waits for one seal
+    /// check before its prefill, and with one slot and no queue nothing else
+    /// waits, so this is the `started` event's `predicted_start_ms`.
+    pub seal_check_ms: AtomicU64,
 }
 
 impl LoadedModel {

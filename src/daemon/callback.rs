@@ -8,9 +8,9 @@
 //!   waits for it.
 //! - status (fatal): `{"worker_id","pool_id","state":"stopped","error":{"code","message"},"exit_code"}`,
 //!   best effort, two attempts of at most 2 s each, then the process exits.
-//!   `error.code` is a `WorkerError` code, or `INVALID_CONFIG` for start-up
-//!   failures of configuration, credentials, privileges or the listen address
-//!   (exit code 2), which have no `WorkerError` variant.
+//!   `error.code` is always a `WorkerError` code (one source of truth);
+//!   start-up failures of configuration, credentials, privileges or the listen
+//!   address are `INVALID_CONFIG` (exit code 2).
 
 use serde_json::Value;
 use std::time::Duration;

@@ -320,8 +320,13 @@ impl EngineLoop {
         let digest = engine.resident_digest()?;
         let handle = model.handle();
         let ok = handle.sealed && handle.verify(&digest, &app.seal_key);
-        app.metrics
-            .seal_verification(ok, t0.elapsed().as_secs_f64());
+        let took = t0.elapsed();
+        app.metrics.seal_verification(ok, took.as_secs_f64());
+        // The next job's predicted_start_ms (see LoadedModel::seal_check_ms).
+        model.seal_check_ms.store(
+            took.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         if ok {
             return Ok(());
         }

@@ -32,7 +32,9 @@ pub fn for_error(e: &WorkerError) -> u8 {
         | WorkerError::ModelConflict { .. } => MODEL_LOAD,
         WorkerError::CudaError { .. } => DEVICE,
         WorkerError::SealVerificationFailed { .. } => SEAL,
-        WorkerError::InvalidParams { .. } | WorkerError::AuthFailed { .. } => CONFIG,
+        WorkerError::InvalidParams { .. }
+        | WorkerError::AuthFailed { .. }
+        | WorkerError::InvalidConfig { .. } => CONFIG,
         _ => INTERNAL,
     }
 }

@@ -65,18 +65,21 @@ pub fn run(args: ServeArgs) -> ExitCode {
     ExitCode::from(code)
 }
 
-fn status_body(cfg: &Config, code: &str, message: &str, exit_code: u8) -> serde_json::Value {
+/// The status callback body (4961); its `error.code` is always a
+/// [`WorkerError`] code, so the codes pool-managerd sees are the documented ones.
+fn status_body(cfg: &Config, e: &WorkerError, exit_code: u8) -> serde_json::Value {
     serde_json::json!({
         "worker_id": cfg.worker_id,
         "pool_id": cfg.pool_id,
         "state": "stopped",
-        "error": {"code": code, "message": message},
+        "error": {"code": e.code(), "message": e.message()},
         "exit_code": exit_code,
     })
 }
 
 /// Report a start-up failure everywhere an operator might look, then give its code.
-async fn fail_start(cfg: &Config, code: &str, message: &str, exit_code: u8) -> u8 {
+async fn fail_start(cfg: &Config, e: &WorkerError, exit_code: u8) -> u8 {
+    let (code, message) = (e.code(), e.message());
     eprintln!("worker-orcd: {message}");
     crate::narrate_error!(
         human = format!("The worker cannot start: {message}"),
@@ -84,11 +87,7 @@ async fn fail_start(cfg: &Config, code: &str, message: &str, exit_code: u8) -> u
         exit_code = exit_code,
         worker_id = %cfg.worker_id
     );
-    callback::post_status(
-        &cfg.readiness_callback_url,
-        status_body(cfg, code, message, exit_code),
-    )
-    .await;
+    callback::post_status(&cfg.readiness_callback_url, status_body(cfg, e, exit_code)).await;
     exit_code
 }
 
@@ -115,22 +114,17 @@ fn signals() -> std::io::Result<mpsc::UnboundedReceiver<&'static str>> {
 
 async fn serve(cfg: Config) -> u8 {
     if let Err(e) = crate::config::check_not_root(cfg.allow_root) {
-        return fail_start(&cfg, "INVALID_CONFIG", &e.to_string(), exit::CONFIG).await;
+        return fail_start(&cfg, &WorkerError::from(e), exit::CONFIG).await;
     }
     let creds = match crate::config::Credentials::load(&cfg) {
         Ok(c) => c,
-        Err(e) => return fail_start(&cfg, "INVALID_CONFIG", &e.to_string(), exit::CONFIG).await,
+        Err(e) => return fail_start(&cfg, &WorkerError::from(e), exit::CONFIG).await,
     };
     let mut sigs = match signals() {
         Ok(s) => s,
         Err(e) => {
-            return fail_start(
-                &cfg,
-                "INTERNAL",
-                &format!("cannot install signal handlers: {e}"),
-                exit::INTERNAL,
-            )
-            .await
+            let e = WorkerError::internal(format!("cannot install signal handlers: {e}"));
+            return fail_start(&cfg, &e, exit::INTERNAL).await;
         }
     };
     let listener = match tokio::net::TcpListener::bind(cfg.bind_addr).await {
@@ -140,12 +134,13 @@ async fn serve(cfg: Config) -> u8 {
                 "cannot listen on {} ({e}); choose a free address with bind_addr/rpc_port",
                 cfg.bind_addr
             );
-            return fail_start(&cfg, "INVALID_CONFIG", &msg, exit::CONFIG).await;
+            let e = WorkerError::InvalidConfig { message: msg };
+            return fail_start(&cfg, &e, exit::CONFIG).await;
         }
     };
     let seal_key = match crate::shard::seal::SealKey::generate() {
         Ok(k) => k,
-        Err(e) => return fail_start(&cfg, e.code(), e.message(), exit::INTERNAL).await,
+        Err(e) => return fail_start(&cfg, &e, exit::INTERNAL).await,
     };
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel();
     let app = new_app(cfg.clone(), Box::new(creds), seal_key, fatal_tx);
@@ -184,12 +179,12 @@ async fn serve(cfg: Config) -> u8 {
         Err(e) => {
             set_state(&app, Lifecycle::Stopped);
             let code = exit::for_error(&e);
-            return fail_start(&cfg, e.code(), e.message(), code).await;
+            return fail_start(&cfg, &e, code).await;
         }
     };
     if let Err(e) = start_serving(&app, model, engine) {
         set_state(&app, Lifecycle::Stopped);
-        return fail_start(&cfg, e.code(), e.message(), exit::for_error(&e)).await;
+        return fail_start(&cfg, &e, exit::for_error(&e)).await;
     }
 
     let code = tokio::select! {
@@ -277,7 +272,7 @@ async fn fatal(app: &AppState, e: &WorkerError) -> u8 {
     tokio::time::sleep(FLUSH_GRACE).await;
     callback::post_status(
         &app.cfg.readiness_callback_url,
-        status_body(&app.cfg, e.code(), e.message(), code),
+        status_body(&app.cfg, e, code),
     )
     .await;
     code
@@ -331,5 +326,30 @@ async fn drain(
             tokio::time::sleep(FLUSH_GRACE).await;
             exit::FORCED
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_up_config_failures_report_the_enum_code() {
+        let cfg = Config::from_json_str(
+            r#"{"worker_id":"w1","pool_id":"p1","model_path":"/m/x.gguf","readiness_callback_url":"http://127.0.0.1:9/cb"}"#,
+        )
+        .expect("config");
+        let e = WorkerError::from(crate::config::ConfigError::new(
+            "api_token_file",
+            "is readable by others",
+        ));
+        let body = status_body(&cfg, &e, exit::for_error(&e));
+        assert_eq!(body["error"]["code"], "INVALID_CONFIG");
+        assert_eq!(body["exit_code"], exit::CONFIG);
+        assert!(WorkerError::ALL_CODES.contains(&body["error"]["code"].as_str().unwrap()));
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("api_token_file"));
     }
 }

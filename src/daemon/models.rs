@@ -4,7 +4,10 @@
 //! One model per process: the model named by `model_path` is loaded and
 //! sealed at start-up; Commit of the same file returns its handle
 //! (idempotent, whatever shard_id the request names), Commit of another file
-//! is refused with MODEL_CONFLICT. Every path is confined to `model_root`:
+//! is refused with MODEL_CONFLICT; an upload is judged by its bytes the same
+//! way (identical to the loaded file: its handle; else MODEL_CONFLICT), after
+//! its SHA-256 was checked against `expected_digest`, and is never written to
+//! disk. Every path is confined to `model_root`:
 //! first lexically (so nothing outside the root is even looked at), then
 //! after canonicalization (so symlinks cannot leave it).
 
@@ -173,7 +176,10 @@ pub fn load(cfg: &Config, key: &SealKey) -> Result<(LoadedModel, Box<dyn Engine>
     let mut engine = crate::engine::load_engine(cfg.backend, &g, &mc, &w, &opts)?;
     // Verify before sealing (4113): the resident bytes must equal the file's data section.
     let expected = digest::resident_digest(g.data_section());
+    // Timed because every job repeats this check before it starts (predicted_start_ms).
+    let t_seal = Instant::now();
     let resident = engine.resident_digest()?;
+    let seal_check_ms = t_seal.elapsed().as_millis() as u64;
     if resident != expected {
         return Err(WorkerError::SealVerificationFailed {
             message: format!(
@@ -223,6 +229,7 @@ pub fn load(cfg: &Config, key: &SealKey) -> Result<(LoadedModel, Box<dyn Engine>
         memory,
         max_context,
         handle: RwLock::new(handle),
+        seal_check_ms: seal_check_ms.into(),
     };
     Ok((model, engine))
 }
@@ -337,20 +344,91 @@ fn oom(cfg: &Config, message: String) -> WorkerError {
     }
 }
 
+/// WORKER-4313: a supplied signature must verify before the model is used.
+/// This build has no Ed25519 verifier and no trusted key, so it cannot.
+fn check_signature(req: &CommitRequest) -> Result<()> {
+    if req.signature.is_some() {
+        return Err(WorkerError::model_load(
+            "the model's detached signature cannot be verified: this worker has no Ed25519 verifier or trusted \
+             public key configured, so a signed commit is refused rather than accepted unverified",
+        ));
+    }
+    Ok(())
+}
+
+/// The sealed handle of the loaded model, unless its seal check has failed.
+fn sealed_handle(model: &LoadedModel) -> Result<ModelShardHandle> {
+    let handle = model.handle();
+    if !handle.sealed {
+        return Err(WorkerError::SealVerificationFailed {
+            message: "the shard's seal check failed; this worker no longer serves. Restart it."
+                .into(),
+        });
+    }
+    Ok(handle)
+}
+
+/// Commit by upload (4220–4226): the HTTP layer has streamed the body,
+/// bounded by `max_model_bytes`, into its SHA-256 (`digest`, `len` bytes);
+/// nothing was written. The digest must equal `expected_digest`. One model per
+/// process, and a model's identity is its bytes: an upload byte-identical to
+/// the loaded model gives its sealed handle (idempotent, like a path commit
+/// of the same file); any other upload is refused with MODEL_CONFLICT (or the
+/// memory error when it could not fit anyway) and changes nothing.
+pub fn commit_upload(
+    app: &AppState,
+    req: &CommitRequest,
+    digest: &[u8; 32],
+    len: u64,
+) -> Result<ModelShardHandle> {
+    let cfg = &app.cfg;
+    // Before anything else (4223): a truncated or altered transfer is refused.
+    match req.expected_digest {
+        Some(expected) if expected == *digest => {}
+        Some(expected) => {
+            return Err(WorkerError::model_load(format!(
+                "the uploaded bytes ({len} bytes) have SHA-256 {}, not the expected_digest {}; the transfer is \
+                 incomplete or the file is not the one you meant. Nothing was changed",
+                hex::encode(digest),
+                hex::encode(expected)
+            )))
+        }
+        None => {
+            return Err(WorkerError::invalid(
+                "field `expected_digest` is required with an upload",
+            ))
+        }
+    }
+    check_signature(req)?;
+    let model = app.model.get().ok_or_else(|| app.unavailable())?;
+    if model.file_sha256 != *digest || model.file_len != len {
+        let avail = available_bytes(cfg)?;
+        if len > avail {
+            return Err(oom(
+                cfg,
+                memory_reason(cfg, len, avail, "the uploaded model alone"),
+            ));
+        }
+        return Err(WorkerError::ModelConflict {
+            message: format!(
+                "this worker already holds model {} (SHA-256 {}); the upload (SHA-256 {}) is a different model and \
+                 one worker serves one model. Start another worker for it",
+                model.model_ref,
+                hex::encode(model.file_sha256),
+                hex::encode(digest)
+            ),
+        });
+    }
+    sealed_handle(model)
+}
+
 /// Commit (4220–4227): the loaded model again gives its handle; anything else is refused.
 pub fn commit(app: &AppState, req: &CommitRequest) -> Result<ModelShardHandle> {
     let cfg = &app.cfg;
     let target = req.path.as_deref().unwrap_or(&req.model_ref);
     let path = resolve_model_path(&cfg.model_root, target)?;
     let file_len = check_size(&path, cfg.max_model_bytes)?;
-    if req.signature.is_some() {
-        // WORKER-4313: a supplied signature must verify before the model is used.
-        // This build has no Ed25519 verifier and no trusted key, so it cannot.
-        return Err(WorkerError::model_load(
-            "the model's detached signature cannot be verified: this worker has no Ed25519 verifier or trusted \
-             public key configured, so a signed commit is refused rather than accepted unverified",
-        ));
-    }
+    check_signature(req)?;
     let model = app.model.get().ok_or_else(|| app.unavailable())?;
     if model.path != path {
         // Before allocating anything (4103): a file that cannot fit says so first.
@@ -378,14 +456,7 @@ pub fn commit(app: &AppState, req: &CommitRequest) -> Result<ModelShardHandle> {
             )));
         }
     }
-    let handle = model.handle();
-    if !handle.sealed {
-        return Err(WorkerError::SealVerificationFailed {
-            message: "the shard's seal check failed; this worker no longer serves. Restart it."
-                .into(),
-        });
-    }
-    Ok(handle)
+    sealed_handle(model)
 }
 
 #[cfg(test)]

@@ -457,3 +457,53 @@ async fn flipped_resident_byte_fails_the_seal_and_stops() {
         .unwrap();
     assert_eq!(r.status(), 503);
 }
+
+/// Commit by upload (4220–4226): the body (here far above max_body_bytes =
+/// 4096, bounded by max_model_bytes instead) is judged by its SHA-256.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_by_upload() {
+    let rig = rig().await;
+    let model = rig.app.model.get().unwrap();
+    let bytes = std::fs::read(&model.path).unwrap();
+    assert!(bytes.len() > rig.app.cfg.max_body_bytes);
+    let sha = hex::encode(model.file_sha256);
+    let upload = |query: String, body: Vec<u8>| {
+        rig.http
+            .post(format!("{}/worker/commit?{query}", rig.base))
+            .bearer_auth(OWNER)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+    };
+    let q = |d: &str| format!("model_ref=tiny.gguf&shard_id=up-1&expected_digest={d}");
+    let r = upload(q(&sha), bytes.clone()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["handle"], serde_json::to_value(model.handle()).unwrap());
+    let r = upload(q(&"0".repeat(64)), bytes.clone()).await.unwrap();
+    assert_eq!(r.status(), 422);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "MODEL_LOAD_FAILED"
+    );
+    let mut other = bytes.clone();
+    other.push(0);
+    let other_sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&other))
+    };
+    let r = upload(q(&other_sha), other).await.unwrap();
+    assert_eq!(r.status(), 409);
+    // A JSON commit does not read the query string.
+    let r = rig
+        .post(
+            "/worker/commit?shard_id=x",
+            OWNER,
+            json!({"model_ref": "tiny.gguf", "shard_id": "s-1"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(model.handle().sealed);
+}

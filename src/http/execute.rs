@@ -1,7 +1,9 @@
 //! `POST /worker/execute`: validation → admission (one slot) → engine
 //! thread → Server-Sent Events (WORKER-4240–4253, 4420, 4421, 4423).
 //!
-//! Events: `started` {job_id, queue_position, predicted_start_ms}, `token`
+//! Events: `started` {job_id, queue_position (always 0: one slot, no
+//! queue), predicted_start_ms (ms until prefill begins: the latest measured
+//! seal check, which every job waits for)}, `token`
 //! {t, i}, `metrics` {…}, `end` {tokens_out, decode_time_ms, finish_reason},
 //! `error` (the error body). Nothing follows `end` or `error`. The stream
 //! belongs to the request that created the job, i.e. to its identity (4251).
@@ -120,8 +122,15 @@ async fn admit(app: &Arc<AppState>, caller: Caller, cid: CorrelationId, body: Bo
     }
     tracing::info!(job_id = %job_id, fp6 = %caller.fp6, human = %format!("Admitted job {job_id} for the client with token fingerprint {}.", caller.fp6), "job admitted");
 
-    let started =
-        serde_json::json!({"job_id": job_id, "queue_position": 0, "predicted_start_ms": 0});
+    // One slot and no queue: an admitted job is first in line (position 0)
+    // and waits only for the seal check that precedes every prefill (4245),
+    // predicted from the latest measured one.
+    let predicted_start_ms = model.seal_check_ms.load(Ordering::Relaxed);
+    let started = serde_json::json!({
+        "job_id": job_id,
+        "queue_position": 0,
+        "predicted_start_ms": predicted_start_ms,
+    });
     let stream = sse_stream(started, rx, ctl);
     let mut resp = Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))

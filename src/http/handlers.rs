@@ -10,8 +10,8 @@ use crate::http::auth::Caller;
 use crate::http::validate;
 use crate::http::{read_body, ApiResult};
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::json;
@@ -82,12 +82,87 @@ pub async fn plan(State(app): State<Arc<AppState>>, body: Body) -> ApiResult {
     Ok(Json(resp).into_response())
 }
 
-pub async fn commit(State(app): State<Arc<AppState>>, body: Body) -> ApiResult {
-    let bytes = read_body(body, app.cfg.max_body_bytes).await?;
-    let req = validate::commit(&bytes)?;
-    let a = Arc::clone(&app);
-    let handle = blocking(move || models::commit(&a, &req)).await?;
+/// Commit by path (a JSON body) or by upload (`Content-Type:
+/// application/octet-stream`, the fields in the query string), WORKER-4220–4226.
+pub async fn commit(
+    State(app): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let handle = if is_octet_stream(&headers) {
+        let req = validate::commit_upload(query.as_deref().unwrap_or(""))?;
+        let (digest, len) = hash_upload(&app, &headers, body).await?;
+        let a = Arc::clone(&app);
+        blocking(move || models::commit_upload(&a, &req, &digest, len)).await?
+    } else {
+        if query.is_some_and(|q| !q.is_empty()) {
+            return Err(WorkerError::invalid(
+                "query parameters are read only for an upload (Content-Type: application/octet-stream); \
+                 a JSON commit carries its fields in the body",
+            )
+            .into());
+        }
+        let bytes = read_body(body, app.cfg.max_body_bytes).await?;
+        let req = validate::commit(&bytes)?;
+        let a = Arc::clone(&app);
+        blocking(move || models::commit(&a, &req)).await?
+    };
     Ok(Json(json!({ "handle": handle })).into_response())
+}
+
+fn is_octet_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/octet-stream"))
+}
+
+fn upload_too_large(what: &str, max: u64) -> String {
+    format!(
+        "the uploaded model is {what} bytes, above the limit of {max} bytes (max_model_bytes); \
+         nothing was changed. Raise max_model_bytes or use a smaller model"
+    )
+}
+
+/// Stream an uploaded model into SHA-256 without storing it, refusing more
+/// than `max_model_bytes`: from Content-Length before reading anything, else
+/// as soon as the count passes the limit (4225, 413 PAYLOAD_TOO_LARGE).
+async fn hash_upload(
+    app: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<([u8; 32], u64)> {
+    use futures::StreamExt;
+    use sha2::Digest;
+    let max = app.cfg.max_model_bytes;
+    let too_large = |what: String| WorkerError::PayloadTooLarge {
+        message: upload_too_large(&what, max),
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(n) = declared.filter(|n| *n > max) {
+        return Err(too_large(n.to_string()).into());
+    }
+    let mut hasher = sha2::Sha256::new();
+    let mut len: u64 = 0;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            WorkerError::invalid(format!(
+                "the upload could not be read to its end ({e}); nothing was changed"
+            ))
+        })?;
+        len = len.saturating_add(chunk.len() as u64);
+        if len > max {
+            return Err(too_large(format!("more than {max}")).into());
+        }
+        hasher.update(&chunk);
+    }
+    Ok((hasher.finalize().into(), len))
 }
 
 /// WORKER-4230–4232: ready is false unless serving with a sealed shard.

@@ -1,6 +1,7 @@
 //! Request validation: raw JSON bytes become typed requests or an
 //! `INVALID_PARAMS` error naming the offending field (WORKER-4300, 4302,
-//! 4303, 4304, 4242, 4243, 4244, 4423).
+//! 4303, 4304, 4242, 4243, 4244, 4423), and the query string of a commit
+//! by upload (4221) through the same field checks.
 //!
 //! The schema is walked by hand rather than through serde derive so that
 //! every failure names its field (serde's type errors only give a line and
@@ -131,7 +132,72 @@ pub fn plan(bytes: &[u8]) -> Result<PlanRequest> {
 }
 
 pub fn commit(bytes: &[u8]) -> Result<CommitRequest> {
-    let mut o = Obj::parse(bytes, "request body")?;
+    commit_fields(Obj::parse(bytes, "request body")?)
+}
+
+/// The query string of a commit by upload (`Content-Type:
+/// application/octet-stream`, the body is the model file): the JSON fields
+/// of a commit as percent-encoded `name=value` pairs, except `path` (the
+/// body is the model); `expected_digest` is required, so that a truncated or
+/// altered transfer is caught before anything is used (4221, 4223).
+pub fn commit_upload(query: &str) -> Result<CommitRequest> {
+    let mut m = Map::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = percent_decode(k, "a query parameter name")?;
+        let v = percent_decode(v, &format!("query parameter `{k}`"))?;
+        let v = match v.parse::<u64>() {
+            Ok(n) if k == "shard_index" => Value::from(n),
+            _ => Value::String(v),
+        };
+        if m.insert(k.clone(), v).is_some() {
+            return Err(bad(format!("query parameter `{k}` is given twice")));
+        }
+    }
+    if m.contains_key("path") {
+        return Err(bad(
+            "field `path` is not accepted with an upload: the request body is the model file",
+        ));
+    }
+    let req = commit_fields(Obj::new(m, ""))?;
+    if req.expected_digest.is_none() {
+        return Err(bad(
+            "field `expected_digest` is required with an upload: give the SHA-256 of the file you send \
+             (query parameter expected_digest=<64 hex digits>)",
+        ));
+    }
+    Ok(req)
+}
+
+/// `%XX` escapes decoded (RFC 3986; `+` stays `+`); the result must be UTF-8
+/// without NUL. Lengths are bounded later by the field checks.
+fn percent_decode(s: &str, what: &str) -> Result<String> {
+    let invalid = || bad(format!("{what} is not valid percent-encoded UTF-8"));
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3).ok_or_else(invalid)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return Err(invalid());
+            }
+            let hex = std::str::from_utf8(hex).map_err(|_| invalid())?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| invalid())?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    let text = String::from_utf8(out).map_err(|_| invalid())?;
+    if text.contains('\0') {
+        return Err(invalid());
+    }
+    Ok(text)
+}
+
+fn commit_fields(mut o: Obj) -> Result<CommitRequest> {
     let model_ref = model_ref(&o.req_str("model_ref")?, "model_ref")?;
     let shard_id = ident(&o.req_str("shard_id")?, "shard_id")?;
     let shard_index = match o.opt_u64("shard_index")? {

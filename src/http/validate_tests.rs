@@ -218,3 +218,52 @@ fn fault_fields() {
     );
     assert!(err_msg(fault(br#"{"kind":"melt"}"#)).contains("`kind`"));
 }
+
+#[test]
+fn upload_query_carries_the_commit_fields() {
+    let d = "ab".repeat(32);
+    let r = commit_upload(&format!(
+        "model_ref=dir%2Fm.gguf&shard_id=s%3A1&shard_index=0&expected_digest=sha256%3A{d}"
+    ))
+    .unwrap();
+    assert_eq!(r.model_ref, "dir/m.gguf");
+    assert_eq!(r.shard_id, "s:1");
+    assert_eq!(r.expected_digest, Some([0xab; 32]));
+    assert_eq!(r.path, None);
+}
+
+#[test]
+fn upload_query_is_as_strict_as_the_json_body() {
+    let d = "ab".repeat(32);
+    let ok = format!("model_ref=m&shard_id=s&expected_digest={d}");
+    assert!(commit_upload(&ok).is_ok());
+    // The digest is required: an upload is checked before anything uses it.
+    assert!(
+        err_msg(commit_upload("model_ref=m&shard_id=s")).contains("`expected_digest` is required")
+    );
+    assert!(err_msg(commit_upload(&format!("{ok}&path=x"))).contains("`path`"));
+    assert!(err_msg(commit_upload(&format!("{ok}&colour=red"))).contains("unknown field `colour`"));
+    assert!(err_msg(commit_upload(&format!("{ok}&shard_id=t"))).contains("given twice"));
+    assert!(err_msg(commit_upload(&format!("{ok}&shard_index=1"))).contains("`shard_index`"));
+    assert!(err_msg(commit_upload(&format!("{ok}&shard_index=x"))).contains("`shard_index`"));
+    assert!(err_msg(commit_upload(&format!(
+        "model_ref=m%2&shard_id=s&expected_digest={d}"
+    )))
+    .contains("percent-encoded"));
+    assert!(err_msg(commit_upload(&format!(
+        "model_ref=m%2B%2&shard_id=s&expected_digest={d}"
+    )))
+    .contains("percent-encoded"));
+    assert!(err_msg(commit_upload(&format!(
+        "model_ref=m%00&shard_id=s&expected_digest={d}"
+    )))
+    .contains("percent-encoded"));
+    assert!(err_msg(commit_upload(&format!(
+        "model_ref=m%ff&shard_id=s&expected_digest={d}"
+    )))
+    .contains("percent-encoded"));
+    assert!(err_msg(commit_upload(&format!(
+        "model_ref=..%2F%3Cx&shard_id=s&expected_digest={d}"
+    )))
+    .contains("`model_ref`"));
+}
