@@ -76,9 +76,12 @@ __device__ __forceinline__ float block_max(float v, float* sh) {
 // into out[0..32]. K-quants (256-element super-blocks) are split into eight
 // such runs so every format parallelises over the same unit.
 // Layouts follow ggml (ggml-common.h); all multi-byte fields little-endian.
+// CHUNK: bytes of 32 consecutive runs (whole blocks), the unit one warp
+// stages into shared memory at a time in the mat-vec.
 // ---------------------------------------------------------------------------
 
 struct QF32 {
+    static constexpr int CHUNK = 4096;  // bytes of 32 runs (1024 elements)
     static __device__ __forceinline__ void deq32(const u8* row, int s, float* out) {
         const float* p = (const float*)row + s * 32;
 #pragma unroll
@@ -87,6 +90,7 @@ struct QF32 {
 };
 
 struct QF16 {
+    static constexpr int CHUNK = 2048;  // bytes of 32 runs (1024 elements)
     static __device__ __forceinline__ void deq32(const u8* row, int s, float* out) {
         const u16* p = (const u16*)row + s * 32;
 #pragma unroll
@@ -95,6 +99,7 @@ struct QF16 {
 };
 
 struct QBF16 {
+    static constexpr int CHUNK = 2048;  // bytes of 32 runs (1024 elements)
     static __device__ __forceinline__ void deq32(const u8* row, int s, float* out) {
         const u16* p = (const u16*)row + s * 32;
 #pragma unroll
@@ -104,6 +109,7 @@ struct QBF16 {
 
 // block_q4_0 { half d; u8 qs[16]; }  x = (nibble - 8) * d
 struct Q4_0 {
+    static constexpr int CHUNK = 576;  // bytes of 32 runs (1024 elements)
     static __device__ __forceinline__ void deq32(const u8* row, int s, float* out) {
         const u8* b = row + s * 18;
         const float d = f16_to_f32(ld_u16(b));
@@ -118,6 +124,7 @@ struct Q4_0 {
 
 // block_q4_1 { half d; half m; u8 qs[16]; }  x = nibble * d + m
 struct Q4_1 {
+    static constexpr int CHUNK = 640;  // bytes of 32 runs (1024 elements)
     static __device__ __forceinline__ void deq32(const u8* row, int s, float* out) {
         const u8* b = row + s * 20;
         const float d = f16_to_f32(ld_u16(b));
@@ -133,6 +140,7 @@ struct Q4_1 {
 
 // block_q5_0 { half d; u8 qh[4]; u8 qs[16]; }  x = (5-bit - 16) * d
 struct Q5_0 {
+    static constexpr int CHUNK = 704;  // bytes of 32 runs (1024 elements)
     static __device__ __forceinline__ void deq32(const u8* row, int s, float* out) {
         const u8* b = row + s * 22;
         const float d = f16_to_f32(ld_u16(b));
@@ -150,6 +158,7 @@ struct Q5_0 {
 
 // block_q5_1 { half d; half m; u8 qh[4]; u8 qs[16]; }  x = 5-bit * d + m
 struct Q5_1 {
+    static constexpr int CHUNK = 768;  // bytes of 32 runs (1024 elements)
     static __device__ __forceinline__ void deq32(const u8* row, int s, float* out) {
         const u8* b = row + s * 24;
         const float d = f16_to_f32(ld_u16(b));
@@ -168,6 +177,7 @@ struct Q5_1 {
 
 // block_q8_0 { half d; i8 qs[32]; }  x = q * d
 struct Q8_0 {
+    static constexpr int CHUNK = 1088;  // bytes of 32 runs (1024 elements)
     static __device__ __forceinline__ void deq32(const u8* row, int s, float* out) {
         const u8* b = row + s * 34;
         const float d = f16_to_f32(ld_u16(b));
@@ -191,6 +201,7 @@ __device__ __forceinline__ void scale_min_k4(int j, const u8* q, int* sc, int* m
 // block_q4_K { half d; half dmin; u8 scales[12]; u8 qs[128]; } (256 elements)
 // run j of 8: nibble half (j&1) of bytes qs[32*(j/2) ..], x = d*sc*q - dmin*m
 struct Q4K {
+    static constexpr int CHUNK = 576;  // bytes of 32 runs (1024 elements)
     static __device__ __forceinline__ void deq32(const u8* row, int s, float* out) {
         const u8* b = row + (s >> 3) * 144;
         const int j = s & 7;
@@ -208,6 +219,7 @@ struct Q4K {
 
 // block_q5_K { half d; half dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]; }
 struct Q5K {
+    static constexpr int CHUNK = 704;  // bytes of 32 runs (1024 elements)
     static __device__ __forceinline__ void deq32(const u8* row, int s, float* out) {
         const u8* b = row + (s >> 3) * 176;
         const int j = s & 7;
@@ -230,6 +242,7 @@ struct Q5K {
 // block_q6_K { u8 ql[128]; u8 qh[64]; i8 scales[16]; half d; } (256 elements)
 // run j of 8: half n = j/4, quarter k = j%4; x = d * scale * (6-bit - 32)
 struct Q6K {
+    static constexpr int CHUNK = 840;  // bytes of 32 runs (1024 elements)
     static __device__ __forceinline__ void deq32(const u8* row, int s, float* out) {
         const u8* b = row + (s >> 3) * 210;
         const int j = s & 7, n = j >> 2, k = j & 3;

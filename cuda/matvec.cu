@@ -4,6 +4,8 @@
 // Shape: one warp per output row; lane l takes 32-element runs l, l+32, ...
 // in a fixed order, then a butterfly warp sum: bit-identical run to run.
 // gridDim.y indexes independent (x, y) pairs of a batch (prefill), strides cols/rows.
+// Decode launches use the staged `_st` variants below when their shared memory
+// fits (same arithmetic and order, coalesced loads; see the comment there).
 #include "common.cuh"
 
 // Optional fused RMSNorm (decode): when nw != 0 the vector is taken as
@@ -91,6 +93,264 @@ __device__ __forceinline__ void gate_up_impl(const u8* __restrict__ Wg, const u8
     if (lane == 0) out[r] = g / (1.0f + expf(-g)) * u;
 }
 
+// ---------------------------------------------------------------------------
+// Staged decode variant (`_st`): the vector (and norm weight) is copied once
+// per block into shared memory, padded to 36 floats per 32-element run so the
+// float4 reads of lanes 128 bytes apart hit different banks; each warp then
+// walks rows in a grid-stride loop and stages a row's blocks 32 runs (CHUNK
+// bytes) at a time with coalesced 4-byte loads, requesting the next chunk
+// (or the next row's first) before consuming the current one from shared
+// memory, so loads stay in flight while it computes. Why: the plain kernel's lanes read
+// their runs byte by byte at a 18..210-byte stride, so every load instruction
+// touched ~8 cache lines and the vector reads ~28: L1-bound at a fraction of
+// HBM bandwidth. The arithmetic per run and the per-lane order of runs are
+// exactly those of row_dot, so the result is bit-identical to the plain kernel.
+// Shared bytes: 4 * (cols/32) * XPAD * (nw ? 2 : 1) + warps * (CHUNK + 8);
+// the launcher picks this variant only when that fits the 48 KB default.
+// The first/last 4-byte word of a staged chunk may hold bytes just outside the
+// row (never outside the 4-byte-aligned word holding a row byte, so never
+// outside the allocation's granularity); those bytes are never used.
+// ---------------------------------------------------------------------------
+#define XPAD 36
+
+// Copy a vector (16-byte aligned, cols % 32 == 0) into the padded layout:
+// float4 loads, four per thread issued before any is stored, so a 4864-wide
+// vector costs two memory round trips, not one per element batch.
+__device__ __forceinline__ void stage_vec(const float* __restrict__ v, float* sh, int cols) {
+    const float4* v4 = (const float4*)v;
+    const int n4 = cols >> 2;
+    for (int base = threadIdx.x; base < n4; base += 4 * blockDim.x) {
+        float4 t[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const int i = base + k * blockDim.x;
+            if (i < n4) t[k] = v4[i];
+        }
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const int i = base + k * blockDim.x;
+            if (i < n4) *(float4*)(sh + ((4 * i) >> 5) * XPAD + ((4 * i) & 31)) = t[k];
+        }
+    }
+}
+
+// warp_rms over the staged copy: the same lanes sum the same float4s in the
+// same order (so the same bits), without another trip to global memory.
+__device__ __forceinline__ float warp_rms_sh(const float* xs, int cols, float eps) {
+    const int lane = threadIdx.x & 31;
+    float ss = 0.0f;
+#pragma unroll 4
+    for (int i = lane; i < (cols >> 2); i += 32) {
+        const float4 v = *(const float4*)(xs + ((4 * i) >> 5) * XPAD + ((4 * i) & 31));
+        ss = fmaf(v.x, v.x, ss);
+        ss = fmaf(v.y, v.y, ss);
+        ss = fmaf(v.z, v.z, ss);
+        ss = fmaf(v.w, v.w, ss);
+    }
+    ss = warp_sum(ss);
+    return 1.0f / sqrtf(ss / (float)cols + eps);
+}
+
+// Registers per lane holding one staged chunk in flight: CHUNK/4 + 1 words
+// (the +1 for a chunk that does not start 4-byte aligned).
+#define NWL(Q) ((Q::CHUNK / 4 + 1 + 31) / 32)
+
+struct Staged {
+    int off;     // byte offset of the chunk inside its first word
+    int nwords;  // words covering the chunk
+};
+
+// Issue the loads of chunk c of a row into registers (all independent, so
+// they are in flight together; nothing waits on them until they are stored).
+template <class Q>
+__device__ __forceinline__ Staged fetch_chunk(const u8* row, u64 row_bytes, int c, u32 (&v)[NWL(Q)]) {
+    const int lane = threadIdx.x & 31;
+    const u8* cb = row + (u64)c * Q::CHUNK;
+    const u64 left = row_bytes - (u64)c * Q::CHUNK;
+    const int nb = left < (u64)Q::CHUNK ? (int)left : Q::CHUNK;
+    Staged st;
+    st.off = (int)((u64)cb & 3);
+    st.nwords = (st.off + nb + 3) >> 2;
+    const u32* src = (const u32*)(cb - st.off);
+#pragma unroll
+    for (int k = 0; k < NWL(Q); k++) {
+        const int i = lane + 32 * k;
+        v[k] = i < st.nwords ? __ldg(src + i) : 0u;
+    }
+    return st;
+}
+
+// Dot of one row with the staged vector. On entry v/st hold the row's chunk 0
+// (already requested); each chunk is stored to the warp's shared slot, the
+// next chunk (of this row, else chunk 0 of `next` when not null) is requested
+// at once, and the stored one is consumed meanwhile. Per lane: runs lane,
+// lane+32, ... in order, as row_dot; then the same butterfly sum.
+template <class Q>
+__device__ __forceinline__ float row_dot_st(const u8* row, u64 row_bytes, const u8* next, const float* xs,
+                                            const float* ns, u32* wsh, int nsub, u32 (&v)[NWL(Q)], Staged& st) {
+    const int lane = threadIdx.x & 31;
+    const int nch = (nsub + 31) >> 5;
+    float acc = 0.0f;
+    for (int c = 0; c < nch; c++) {
+        __syncwarp();  // every lane is done reading the previous chunk
+#pragma unroll
+        for (int k = 0; k < NWL(Q); k++) {
+            const int i = lane + 32 * k;
+            if (i < st.nwords) wsh[i] = v[k];
+        }
+        __syncwarp();
+        const int off = st.off;
+        if (c + 1 < nch) {
+            st = fetch_chunk<Q>(row, row_bytes, c + 1, v);
+        } else if (next) {
+            st = fetch_chunk<Q>(next, row_bytes, 0, v);
+        }
+        const int s = c * 32 + lane;
+        if (s < nsub) {
+            float w[32];
+            Q::deq32((const u8*)wsh + off, lane, w);
+            const float4* xv = (const float4*)(xs + s * XPAD);
+            if (ns) {
+                const float4* nv = (const float4*)(ns + s * XPAD);
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    const float4 n = nv[i];
+                    w[4 * i + 0] *= n.x;
+                    w[4 * i + 1] *= n.y;
+                    w[4 * i + 2] *= n.z;
+                    w[4 * i + 3] *= n.w;
+                }
+            }
+            float p = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                const float4 xx = xv[i];
+                p = fmaf(w[4 * i + 0], xx.x, p);
+                p = fmaf(w[4 * i + 1], xx.y, p);
+                p = fmaf(w[4 * i + 2], xx.z, p);
+                p = fmaf(w[4 * i + 3], xx.w, p);
+            }
+            acc += p;
+        }
+    }
+    return warp_sum(acc);
+}
+
+// The first weight chunk is requested before the vector is staged, so the
+// two memory round trips overlap.
+template <class Q>
+__device__ __forceinline__ void matvec_st_impl(const u8* __restrict__ W, u64 row_bytes,
+                                               const float* __restrict__ x, const float* __restrict__ bias,
+                                               float* __restrict__ y, int rows, int cols, int accumulate,
+                                               const float* __restrict__ nw, float eps) {
+    extern __shared__ __align__(16) float smem[];
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nwarp = blockDim.x >> 5;
+    const int nsub = cols >> 5;
+    const int r0 = blockIdx.x * nwarp + wid, stride = gridDim.x * nwarp;
+    float* xs = smem;
+    float* ns = nw ? smem + nsub * XPAD : nullptr;
+    u32* wsh = (u32*)(smem + nsub * XPAD * (nw ? 2 : 1)) + wid * (Q::CHUNK / 4 + 2);
+    u32 v[NWL(Q)];
+    Staged st = {0, 0};
+    if (r0 < rows) st = fetch_chunk<Q>(W + (u64)r0 * row_bytes, row_bytes, 0, v);
+    stage_vec(x, xs, cols);
+    if (nw) stage_vec(nw, ns, cols);
+    __syncthreads();
+    const float scale = nw ? warp_rms_sh(xs, cols, eps) : 1.0f;
+    for (int r = r0; r < rows; r += stride) {
+        const u8* next = (long long)r + stride < rows ? W + (u64)(r + stride) * row_bytes : nullptr;
+        float acc = row_dot_st<Q>(W + (u64)r * row_bytes, row_bytes, next, xs, ns, wsh, nsub, v, st) * scale;
+        if (lane == 0) {
+            if (bias) acc += bias[r];
+            if (accumulate) acc += y[r];
+            y[r] = acc;
+        }
+    }
+}
+
+template <class Q>
+__device__ __forceinline__ void gate_up_st_impl(const u8* __restrict__ Wg, const u8* __restrict__ Wu, u64 row_bytes,
+                                                const float* __restrict__ x, const float* __restrict__ nw, float eps,
+                                                float* __restrict__ out, int rows, int cols) {
+    extern __shared__ __align__(16) float smem[];
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nwarp = blockDim.x >> 5;
+    const int nsub = cols >> 5;
+    const int r0 = blockIdx.x * nwarp + wid, stride = gridDim.x * nwarp;
+    float* xs = smem;
+    float* ns = smem + nsub * XPAD;
+    u32* wsh = (u32*)(smem + nsub * XPAD * 2) + wid * (Q::CHUNK / 4 + 2);
+    u32 v[NWL(Q)];
+    Staged st = {0, 0};
+    if (r0 < rows) st = fetch_chunk<Q>(Wg + (u64)r0 * row_bytes, row_bytes, 0, v);
+    stage_vec(x, xs, cols);
+    stage_vec(nw, ns, cols);
+    __syncthreads();
+    const float scale = warp_rms_sh(xs, cols, eps);
+    for (int r = r0; r < rows; r += stride) {
+        const u8* gr = Wg + (u64)r * row_bytes;
+        const u8* ur = Wu + (u64)r * row_bytes;
+        const u8* next = (long long)r + stride < rows ? Wg + (u64)(r + stride) * row_bytes : nullptr;
+        const float g = row_dot_st<Q>(gr, row_bytes, ur, xs, ns, wsh, nsub, v, st) * scale;
+        const float u = row_dot_st<Q>(ur, row_bytes, next, xs, ns, wsh, nsub, v, st) * scale;
+        if (lane == 0) out[r] = g / (1.0f + expf(-g)) * u;
+    }
+}
+
+// Decode q, k, v projections in one launch (same format and width, one
+// normed input): row r of the concatenation [Wq; Wk; Wv] goes to yq/yk/yv by
+// range. Each row's value is computed exactly as matvec_st_impl computes it
+// for its own matrix (bit-identical to three fused-norm launches); it saves
+// two launches per layer and runs the three small matrices as one grid.
+template <class Q>
+__device__ __forceinline__ void qkv_st_impl(const u8* __restrict__ Wq, const u8* __restrict__ Wk,
+                                            const u8* __restrict__ Wv, u64 row_bytes, const float* __restrict__ x,
+                                            const float* __restrict__ nw, float eps, const float* __restrict__ bq,
+                                            const float* __restrict__ bk, const float* __restrict__ bv,
+                                            float* __restrict__ yq, float* __restrict__ yk, float* __restrict__ yv,
+                                            int rq, int rk, int rv, int cols) {
+    extern __shared__ __align__(16) float smem[];
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nwarp = blockDim.x >> 5;
+    const int nsub = cols >> 5;
+    const int rows = rq + rk + rv;
+    const int r0 = blockIdx.x * nwarp + wid, stride = gridDim.x * nwarp;
+    float* xs = smem;
+    float* ns = smem + nsub * XPAD;
+    u32* wsh = (u32*)(smem + nsub * XPAD * 2) + wid * (Q::CHUNK / 4 + 2);
+    auto row_ptr = [&](int r) -> const u8* {
+        if (r < rq) return Wq + (u64)r * row_bytes;
+        if (r < rq + rk) return Wk + (u64)(r - rq) * row_bytes;
+        return Wv + (u64)(r - rq - rk) * row_bytes;
+    };
+    u32 v[NWL(Q)];
+    Staged st = {0, 0};
+    if (r0 < rows) st = fetch_chunk<Q>(row_ptr(r0), row_bytes, 0, v);
+    stage_vec(x, xs, cols);
+    stage_vec(nw, ns, cols);
+    __syncthreads();
+    const float scale = warp_rms_sh(xs, cols, eps);
+    for (int r = r0; r < rows; r += stride) {
+        const u8* next = (long long)r + stride < rows ? row_ptr(r + stride) : nullptr;
+        float acc = row_dot_st<Q>(row_ptr(r), row_bytes, next, xs, ns, wsh, nsub, v, st) * scale;
+        if (lane == 0) {
+            int i = r;
+            const float* b = bq;
+            float* y = yq;
+            if (i >= rq) {
+                i -= rq;
+                b = bk;
+                y = yk;
+                if (i >= rk) {
+                    i -= rk;
+                    b = bv;
+                    y = yv;
+                }
+            }
+            if (b) acc += b[i];
+            y[i] = acc;
+        }
+    }
+}
+
 // Batched variant for prefill: each warp dequantizes a 32-element run once
 // and applies it to NT token vectors, so the weights are read once per NT
 // tokens. gridDim.y = ceil(batch / NT); each token's sum keeps the same
@@ -156,6 +416,21 @@ __device__ __forceinline__ void matmul_impl(const u8* __restrict__ W, u64 row_by
     extern "C" __global__ void name##_b8(const u8* W, u64 row_bytes, const float* x, const float* bias, \
                                          float* y, int rows, int cols, int accumulate, int batch) { \
         matmul_impl<Q, 8>(W, row_bytes, x, bias, y, rows, cols, accumulate, batch);             \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(256, 4) name##_st(const u8* W, u64 row_bytes, const float* x, const float* bias, \
+                                         float* y, int rows, int cols, int accumulate, const float* nw, \
+                                         float eps) {                                           \
+        matvec_st_impl<Q>(W, row_bytes, x, bias, y, rows, cols, accumulate, nw, eps);           \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(256, 3) name##_gu_st(const u8* Wg, const u8* Wu, u64 row_bytes, const float* x, \
+                                            const float* nw, float eps, float* out, int rows, int cols) { \
+        gate_up_st_impl<Q>(Wg, Wu, row_bytes, x, nw, eps, out, rows, cols);                     \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(256, 4)                                        \
+        name##_qkv_st(const u8* Wq, const u8* Wk, const u8* Wv, u64 row_bytes, const float* x,  \
+                      const float* nw, float eps, const float* bq, const float* bk, const float* bv, \
+                      float* yq, float* yk, float* yv, int rq, int rk, int rv, int cols) {     \
+        qkv_st_impl<Q>(Wq, Wk, Wv, row_bytes, x, nw, eps, bq, bk, bv, yq, yk, yv, rq, rk, rv, cols); \
     }
 
 MATVEC(matvec_f32, QF32)

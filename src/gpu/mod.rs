@@ -13,7 +13,9 @@
 pub mod compile;
 pub mod device;
 pub mod gemm;
+pub mod launch_shape;
 pub mod ops;
+pub mod qkv;
 pub mod topk;
 
 pub use device::{DeviceBuffer, Gpu, GpuGraph, Span};

@@ -9,6 +9,7 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::cuda_err;
 use super::device::{Gpu, Span};
+use super::launch_shape::decode_launch;
 use crate::error::{Result, WorkerError};
 use crate::model::gguf::GgmlType;
 
@@ -45,7 +46,7 @@ pub fn row_bytes(t: GgmlType, cols: usize) -> Result<usize> {
 /// Rows per split-KV chunk; must equal ATT_CHUNK in cuda/attention.cu.
 pub const ATT_CHUNK: usize = 32;
 
-fn blocks(n: usize, per: usize) -> u32 {
+pub(super) fn blocks(n: usize, per: usize) -> u32 {
     n.div_ceil(per) as u32
 }
 
@@ -70,14 +71,38 @@ impl Gpu {
         batch: usize,
         accumulate: bool,
     ) -> Result<()> {
+        let a = (dtype, w, x, bias, y, rows, cols, batch, accumulate);
+        self.matvec_variant(a, true)
+    }
+
+    /// `matvec`, optionally barring the staged single-vector kernel, so tests
+    /// can check that both variants give bit-identical results.
+    #[allow(clippy::type_complexity)]
+    pub fn matvec_variant(
+        &self,
+        a: (
+            GgmlType,
+            Span,
+            Span,
+            Option<Span>,
+            Span,
+            usize,
+            usize,
+            usize,
+            bool,
+        ),
+        allow_staged: bool,
+    ) -> Result<()> {
+        let (dtype, w, x, bias, y, rows, cols, batch, accumulate) = a;
         if batch == 0 || batch > 65_535 * 8 {
             return Err(WorkerError::invalid(format!(
                 "matvec batch {batch} out of range"
             )));
         }
         let base = format!("matvec_{}", dtype_suffix(dtype).unwrap_or("none"));
+        let (st, st_cfg) = decode_launch(dtype, rows, cols, usize::from(allow_staged));
         let name = if batch == 1 {
-            base
+            format!("{base}{st}")
         } else {
             format!("{base}_b8")
         };
@@ -97,11 +122,14 @@ impl Gpu {
         let rb64 = rb as u64;
         let acc = accumulate as i32;
         let f = self.func(&name)?;
-        let gy = if batch == 1 { 1 } else { blocks(batch, 8) };
-        let cfg = LaunchConfig {
-            grid_dim: (blocks(rows, 4), gy, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
+        let cfg = if batch == 1 {
+            st_cfg
+        } else {
+            LaunchConfig {
+                grid_dim: (blocks(rows, 4), blocks(batch, 8), 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            }
         };
         let (nw, eps) = (0u64, 0f32);
         let mut l = self.stream.launch_builder(f);
@@ -120,7 +148,8 @@ impl Gpu {
         }
         // SAFETY: every pointer lies in a live allocation with at least the
         // bytes this shape reads or writes (checked above); argument types and
-        // order match `matvec_impl` / `matmul_impl` in cuda/matvec.cu.
+        // order match `matvec_impl` / `matvec_st_impl` / `matmul_impl` in
+        // cuda/matvec.cu; the staged shared size comes from `staged_smem`.
         unsafe { l.launch(cfg) }
             .map(|_| ())
             .map_err(cuda_err(&format!("launching {name}")))
@@ -142,7 +171,8 @@ impl Gpu {
         cols: usize,
         accumulate: bool,
     ) -> Result<()> {
-        let name = format!("matvec_{}", dtype_suffix(dtype).unwrap_or("none"));
+        let (st, cfg) = decode_launch(dtype, rows, cols, 2);
+        let name = format!("matvec_{}{st}", dtype_suffix(dtype).unwrap_or("none"));
         let rb = row_bytes(dtype, cols)?;
         let wp = w.need(rb * rows, "weights")?;
         let xp = x.need(4 * cols, "x")?;
@@ -159,11 +189,6 @@ impl Gpu {
             rb as u64,
         );
         let f = self.func(&name)?;
-        let cfg = LaunchConfig {
-            grid_dim: (blocks(rows, 4), 1, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
         let mut l = self.stream.launch_builder(f);
         l.arg(&wp)
             .arg(&rb64)
@@ -175,7 +200,8 @@ impl Gpu {
             .arg(&acc)
             .arg(&nw)
             .arg(&eps);
-        // SAFETY: windows checked above; types match matvec_impl in cuda/matvec.cu.
+        // SAFETY: windows checked above; types match matvec_impl /
+        // matvec_st_impl in cuda/matvec.cu; shared size from `staged_smem`.
         unsafe { l.launch(cfg) }
             .map(|_| ())
             .map_err(cuda_err(&format!("launching {name}")))
@@ -196,7 +222,8 @@ impl Gpu {
         rows: usize,
         cols: usize,
     ) -> Result<()> {
-        let name = format!("matvec_{}_gu", dtype_suffix(dtype).unwrap_or("none"));
+        let (st, cfg) = decode_launch(dtype, rows, cols, 2);
+        let name = format!("matvec_{}_gu{st}", dtype_suffix(dtype).unwrap_or("none"));
         let rb = row_bytes(dtype, cols)?;
         let gp = wg.need(rb * rows, "gate weights")?;
         let up = wu.need(rb * rows, "up weights")?;
@@ -205,11 +232,6 @@ impl Gpu {
         let op = out.need(4 * rows, "out")?;
         let (rows_i, cols_i, rb64) = (as_i32(rows, "rows")?, as_i32(cols, "cols")?, rb as u64);
         let f = self.func(&name)?;
-        let cfg = LaunchConfig {
-            grid_dim: (blocks(rows, 4), 1, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
         let mut l = self.stream.launch_builder(f);
         l.arg(&gp)
             .arg(&up)
@@ -220,7 +242,8 @@ impl Gpu {
             .arg(&op)
             .arg(&rows_i)
             .arg(&cols_i);
-        // SAFETY: windows checked above; types match gate_up_impl in cuda/matvec.cu.
+        // SAFETY: windows checked above; types match gate_up_impl /
+        // gate_up_st_impl in cuda/matvec.cu; shared size from `staged_smem`.
         unsafe { l.launch(cfg) }
             .map(|_| ())
             .map_err(cuda_err(&format!("launching {name}")))

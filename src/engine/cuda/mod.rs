@@ -18,39 +18,32 @@
 //! by mat-vec), then SGEMM; shorter chunks use the batched mat-vec. Every
 //! prefill chunk's attention is `attn_prefill` (one block per head and
 //! token, online softmax, no scratch, so a 512-token chunk needs none).
-//! Decode (one token) is unchanged: fused mat-vecs and split-KV attention,
+//! Decode (one token): fused mat-vecs (q, k, v in one launch when they share
+//! a format) and split-KV attention,
 //! captured as a graph; no cuBLAS call on the decode path.
 //! GEMM and mat-vec round differently, so a token's logits depend on which
 //! path ran it; the chunking is a function of the request alone (prompt
 //! length and start), so identical requests stay bit-identical (WORKER-4710).
 
 #[cfg(test)]
+mod matvec_tests;
+#[cfg(test)]
 mod prefill_tests;
+#[cfg(test)]
+mod profile_tests;
 #[cfg(test)]
 mod tests;
 
+mod checks;
+pub use checks::supported_quant;
+use checks::{check_f32_vec, check_tensor};
+
 use crate::engine::{BackendKind, Engine, LoadOptions, MemoryReport, SamplingParams};
 use crate::error::{Result, WorkerError};
+use crate::gpu::qkv::Proj;
 use crate::gpu::{DeviceBuffer, Gpu, GpuGraph, Span};
 use crate::model::arch::{ModelConfig, ModelWeights, RopeStyle, TensorRef};
-use crate::model::gguf::{GgmlType, GgufFile};
-
-/// Block formats the mat-vec and embedding kernels read directly (for the ECP).
-pub fn supported_quant() -> Vec<GgmlType> {
-    vec![
-        GgmlType::F32,
-        GgmlType::F16,
-        GgmlType::BF16,
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-        GgmlType::Q8_0,
-        GgmlType::Q4K,
-        GgmlType::Q5K,
-        GgmlType::Q6K,
-    ]
-}
+use crate::model::gguf::GgufFile;
 
 /// Activation buffers, allocated once.
 struct Act {
@@ -116,40 +109,6 @@ pub struct CudaEngine {
     memory: MemoryReport,
     #[cfg(feature = "test-hooks")]
     fail_next: bool,
-}
-
-fn check_tensor(t: &TensorRef, rows: usize, cols: usize, data_len: usize) -> Result<()> {
-    let (r, c) = t.rows_cols();
-    if r != rows || c != cols {
-        return Err(WorkerError::model_load(format!(
-            "tensor {} has shape {r}x{c}, the CUDA engine expected {rows}x{cols}",
-            t.name
-        )));
-    }
-    if crate::gpu::ops::dtype_suffix(t.dtype).is_none()
-        || t.offset.checked_add(t.n_bytes).is_none_or(|e| e > data_len)
-    {
-        return Err(WorkerError::model_load(format!(
-            "tensor {} is unsupported or outside the data section",
-            t.name
-        )));
-    }
-    crate::gpu::ops::row_bytes(t.dtype, cols)
-        .map_err(|e| WorkerError::model_load(format!("tensor {}: {}", t.name, e.message())))?;
-    Ok(())
-}
-
-fn check_f32_vec(t: &TensorRef, n: usize, data_len: usize) -> Result<()> {
-    if t.dtype != GgmlType::F32 {
-        return Err(WorkerError::CapabilityMismatch {
-            message: format!(
-                "tensor {} is {}; the CUDA engine reads norm weights and biases as f32 only",
-                t.name,
-                t.dtype.name()
-            ),
-        });
-    }
-    check_tensor(t, 1, n, data_len)
 }
 
 impl CudaEngine {
@@ -334,22 +293,42 @@ impl CudaEngine {
             let kc = self.kv.span(2 * i * layer_kv, layer_kv)?;
             let vc = self.kv.span((2 * i + 1) * layer_kv, layer_kv)?;
             let bias = |b: &Option<TensorRef>| b.as_ref().map(wt).transpose();
-            // Decode: RMSNorm fused into each projection (3 launches, not 4).
+            // Decode: RMSNorm fused into the projections (one launch for q, k, v
+            // when they share a format, else three; not four).
             // Prefill: one RMSNorm over the chunk, then GEMM or batched mat-vec.
             let (nw, eps) = (wt(&l.attn_norm)?, c.norm_eps);
             if n > 1 {
                 g.rmsnorm(a.x.all(), nw, a.xn.all(), d, n, eps)?;
             }
-            for (t, b, out, rows) in [
-                (&l.wq, &l.bq, a.q.all(), nh * hd),
-                (&l.wk, &l.bk, a.k.all(), nkv * hd),
-                (&l.wv, &l.bv, a.v.all(), nkv * hd),
-            ] {
-                if n == 1 {
-                    let x = a.x.all();
-                    g.matvec_norm(t.dtype, wt(t)?, x, nw, eps, bias(b)?, out, rows, d, false)?;
-                } else {
-                    self.mm(t, a.xn.all(), bias(b)?, out, rows, d, n, false)?;
+            let one_format = l.wk.dtype == l.wq.dtype && l.wv.dtype == l.wq.dtype;
+            if n == 1 && one_format {
+                // Decode, one format: q, k, v in one launch (bit-identical to three).
+                let p = |t: &TensorRef, b: &Option<TensorRef>, out, rows| -> Result<Proj<'_>> {
+                    Ok(Proj {
+                        w: wt(t)?,
+                        bias: bias(b)?,
+                        out,
+                        rows,
+                    })
+                };
+                let qkv = [
+                    p(&l.wq, &l.bq, a.q.all(), nh * hd)?,
+                    p(&l.wk, &l.bk, a.k.all(), nkv * hd)?,
+                    p(&l.wv, &l.bv, a.v.all(), nkv * hd)?,
+                ];
+                g.qkv_norm(l.wq.dtype, qkv, a.x.all(), nw, eps, d)?;
+            } else {
+                for (t, b, out, rows) in [
+                    (&l.wq, &l.bq, a.q.all(), nh * hd),
+                    (&l.wk, &l.bk, a.k.all(), nkv * hd),
+                    (&l.wv, &l.bv, a.v.all(), nkv * hd),
+                ] {
+                    if n == 1 {
+                        let x = a.x.all();
+                        g.matvec_norm(t.dtype, wt(t)?, x, nw, eps, bias(b)?, out, rows, d, false)?;
+                    } else {
+                        self.mm(t, a.xn.all(), bias(b)?, out, rows, d, n, false)?;
+                    }
                 }
             }
             g.rope_kv(

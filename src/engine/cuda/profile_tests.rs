@@ -1,0 +1,261 @@
+//! Device time of the decode-step and prefill kernels at Qwen2.5-0.5B shapes
+//! (issue 5 point 10): an ignored test that prints one `profile` line per
+//! op, run explicitly on the GPU machine. Not a correctness test.
+
+use super::tests::{buf_from, gpu_or_skip, Rng};
+use super::*;
+use crate::model::gguf::GgmlType;
+use crate::model::quant;
+
+/// Device time per launch of the decode-step kernels, and of the prefill
+/// GEMM (dequant + SGEMM, 512 tokens) and prefill attention, at Qwen2.5-0.5B shapes
+/// (median of 5 batches of 50 launches, CUDA events). Not a correctness test:
+/// run explicitly with `--ignored op_profile` on the GPU machine.
+#[test]
+#[ignore]
+fn op_profile_qwen_shapes() {
+    let Some(g) = gpu_or_skip("op_profile") else {
+        return;
+    };
+    let mut r = Rng::fresh("op_profile");
+    let time = |name: &str, bytes: usize, f: &dyn Fn() -> Result<()>| {
+        f().unwrap();
+        g.sync().unwrap();
+        let mut v = Vec::new();
+        for _ in 0..5 {
+            let a = g.event().unwrap();
+            for _ in 0..50 {
+                f().unwrap();
+            }
+            let b = g.event().unwrap();
+            b.synchronize().unwrap();
+            v.push(a.elapsed_ms(&b).unwrap() as f64 * 1000.0 / 50.0);
+        }
+        v.sort_by(f64::total_cmp);
+        let us = v[2];
+        println!(
+            "profile {name:<34} {us:>8.2} us  {:>7.1} GB/s",
+            bytes as f64 / us / 1e3
+        );
+    };
+    for (dt, rows, cols, label) in [
+        (
+            GgmlType::Q8_0,
+            151_936usize,
+            896usize,
+            "lm_head q8_0 151936x896",
+        ),
+        (GgmlType::Q5_0, 4864, 896, "ffn gate/up q5_0 4864x896"),
+        (GgmlType::Q4K, 896, 4864, "ffn down q4_K 896x4864"),
+        (GgmlType::Q6K, 896, 4864, "ffn down q6_K 896x4864"),
+        (GgmlType::Q5_0, 896, 896, "attn q/o q5_0 896x896"),
+        (GgmlType::Q4_1, 1536, 576, "smol ffn q4_1 1536x576"),
+    ] {
+        let mut wq = Vec::new();
+        quant::quantize(dt, &r.vec(rows * cols), &mut wq).unwrap();
+        let mut wb = g.alloc(wq.len(), "w").unwrap();
+        g.upload(&mut wb, 0, &wq).unwrap();
+        let xb = buf_from(&g, &r.vec(cols * 64), "x");
+        let yb = g.alloc(rows * 4 * 64, "y").unwrap();
+        time(label, wq.len(), &|| {
+            g.matvec(dt, wb.all(), xb.all(), None, yb.all(), rows, cols, 1, false)
+        });
+        // The plain one-warp-per-row kernel the staged one replaces on decode.
+        time(&format!("{label} (plain)"), wq.len(), &|| {
+            let a = (dt, wb.all(), xb.all(), None, yb.all(), rows, cols, 1, false);
+            g.matvec_variant(a, false)
+        });
+        if cols == 896 {
+            // Decode shapes with the fused RMSNorm (q/k/v) and fused gate/up +
+            // SwiGLU (two matrices of this shape; bytes counted for both).
+            let nb = buf_from(&g, &r.vec(cols), "nw");
+            time(&format!("{label} +rmsnorm"), wq.len(), &|| {
+                let (x, n, y) = (xb.all(), nb.all(), yb.all());
+                g.matvec_norm(dt, wb.all(), x, n, 1e-6, None, y, rows, cols, false)
+            });
+            time(&format!("{label} gate_up fused"), 2 * wq.len(), &|| {
+                let (x, n, y) = (xb.all(), nb.all(), yb.all());
+                g.gate_up(dt, wb.all(), wb.all(), x, n, 1e-6, y, rows, cols)
+            });
+        }
+        time(&format!("{label} x64 tokens"), wq.len(), &|| {
+            g.matvec(
+                dt,
+                wb.all(),
+                xb.all(),
+                None,
+                yb.all(),
+                rows,
+                cols,
+                64,
+                false,
+            )
+        });
+        if rows * cols <= 4864 * 896 {
+            // Prefill path: dequantize into the f32 scratch + cuBLAS SGEMM, 512 tokens.
+            let xb = buf_from(&g, &r.vec(cols * 512), "x512");
+            let yb = g.alloc(rows * 4 * 512, "y512").unwrap();
+            let wf = g.alloc(rows * cols * 4, "wf").unwrap();
+            time(&format!("{label} gemm x512"), wq.len(), &|| {
+                g.gemm(
+                    dt,
+                    wb.all(),
+                    xb.all(),
+                    None,
+                    yb.all(),
+                    wf.all(),
+                    rows,
+                    cols,
+                    512,
+                    false,
+                )
+            });
+            time(&format!("{label} dequant only"), rows * cols * 4, &|| {
+                g.dequant(dt, wb.all(), wf.all(), rows, cols)
+            });
+            // The crossover (GEMM_MIN_TOKENS in mod.rs): both paths at 8 tokens.
+            time(&format!("{label} gemm x8"), wq.len(), &|| {
+                g.gemm(
+                    dt,
+                    wb.all(),
+                    xb.all(),
+                    None,
+                    yb.all(),
+                    wf.all(),
+                    rows,
+                    cols,
+                    8,
+                    false,
+                )
+            });
+            time(&format!("{label} matvec x8"), wq.len(), &|| {
+                g.matvec(dt, wb.all(), xb.all(), None, yb.all(), rows, cols, 8, false)
+            });
+        }
+    }
+    // Decode q/k/v at Qwen shapes (q5_0, 896 wide, biases): one fused launch
+    // against the three fused-norm launches it replaces.
+    {
+        let (dt, cols, rows) = (GgmlType::Q5_0, 896usize, [896usize, 128, 128]);
+        let mut bufs = Vec::new();
+        let mut bytes = 0;
+        for &n in &rows {
+            let mut wq = Vec::new();
+            quant::quantize(dt, &r.vec(n * cols), &mut wq).unwrap();
+            let mut wb = g.alloc(wq.len(), "w").unwrap();
+            g.upload(&mut wb, 0, &wq).unwrap();
+            bytes += wq.len();
+            let bb = buf_from(&g, &r.vec(n), "b");
+            let yb = g.alloc(4 * n, "y").unwrap();
+            bufs.push((wb, bb, yb));
+        }
+        let (xb, nb) = (
+            buf_from(&g, &r.vec(cols), "x"),
+            buf_from(&g, &r.vec(cols), "nw"),
+        );
+        let p = |i: usize| crate::gpu::qkv::Proj {
+            w: bufs[i].0.all(),
+            bias: Some(bufs[i].1.all()),
+            out: bufs[i].2.all(),
+            rows: rows[i],
+        };
+        time("attn qkv q5_0 fused, 1 launch", bytes, &|| {
+            g.qkv_norm(dt, [p(0), p(1), p(2)], xb.all(), nb.all(), 1e-6, cols)
+        });
+        time("attn qkv q5_0 as 3 launches", bytes, &|| {
+            for i in 0..3 {
+                let q = p(i);
+                let (x, n) = (xb.all(), nb.all());
+                g.matvec_norm(dt, q.w, x, n, 1e-6, q.bias, q.out, q.rows, cols, false)?;
+            }
+            Ok(())
+        });
+    }
+    let (nh, nkv, hd, max_ctx) = (14usize, 2usize, 64usize, 1024usize);
+    let kc = buf_from(&g, &r.vec(max_ctx * nkv * hd), "kc");
+    let vc = buf_from(&g, &r.vec(max_ctx * nkv * hd), "vc");
+    let qb = buf_from(&g, &r.vec(nh * hd), "q");
+    let kb = buf_from(&g, &r.vec(nkv * hd), "k");
+    let ob = g.alloc(nh * hd * 4, "o").unwrap();
+    let part = g
+        .alloc(Gpu::attn_scratch_floats(nh, hd, max_ctx, 1) * 4, "part")
+        .unwrap();
+    let mut pb = g.alloc(4, "pos").unwrap();
+    g.upload(&mut pb, 0, &[600i32]).unwrap();
+    time(
+        "attention pos 600 (14q/2kv, hd 64)",
+        2 * 601 * nkv * hd * 4,
+        &|| {
+            g.attention(
+                qb.all(),
+                kc.all(),
+                vc.all(),
+                ob.all(),
+                part.all(),
+                pb.all(),
+                nh,
+                nkv,
+                hd,
+                max_ctx,
+                1,
+            )
+        },
+    );
+    {
+        // Prefill attention of a 512-token chunk at position 0 (causal).
+        let (n, q512) = (512usize, buf_from(&g, &r.vec(512 * nh * hd), "q512"));
+        let o512 = g.alloc(n * nh * hd * 4, "o512").unwrap();
+        let mut p0 = g.alloc(4, "pos0").unwrap();
+        g.upload(&mut p0, 0, &[0i32]).unwrap();
+        time("attn_prefill 512 tokens at pos 0", 0, &|| {
+            g.attention_prefill(
+                q512.all(),
+                kc.all(),
+                vc.all(),
+                o512.all(),
+                p0.all(),
+                nh,
+                nkv,
+                hd,
+                max_ctx,
+                n,
+            )
+        });
+    }
+    time("rope_kv", 0, &|| {
+        g.rope_kv(
+            qb.all(),
+            kb.all(),
+            kb.all(),
+            kc.all(),
+            vc.all(),
+            pb.all(),
+            nh,
+            nkv,
+            hd,
+            max_ctx,
+            true,
+            1e6,
+            1,
+        )
+    });
+    let xb = buf_from(&g, &r.vec(896), "x");
+    time("rmsnorm 896", 896 * 8, &|| {
+        g.rmsnorm(xb.all(), xb.all(), ob.all(), 896, 1, 1e-6)
+    });
+    let lb = buf_from(&g, &r.vec(151_936), "logits");
+    let ib = g.alloc(4 * 1024, "ids").unwrap();
+    let vb = g.alloc(4 * 1024, "vals").unwrap();
+    time("topk k=1 over 151936", 151_936 * 4, &|| {
+        g.topk(lb.all(), 151_936, 1, ib.all(), vb.all())
+    });
+    time("topk k=40 over 151936", 151_936 * 4, &|| {
+        g.topk(lb.all(), 151_936, 40, ib.all(), vb.all())
+    });
+    let big = g.alloc(489 << 20, "digest data").unwrap();
+    let leaves = g.alloc(32 * 489, "leaves").unwrap();
+    time("sha256 leaves 489 MiB", 489 << 20, &|| {
+        g.sha256_leaves(big.all(), crate::shard::digest::CHUNK_BYTES, leaves.all())
+            .map(|_| ())
+    });
+}

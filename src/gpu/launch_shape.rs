@@ -1,0 +1,108 @@
+//! Launch shapes of the single-vector decode mat-vec kernels (KERNEL-MATVEC,
+//! WORKER-4700, issue 5 point 10).
+//!
+//! Why a module of its own: the staged variant's shared-memory size must
+//! agree byte for byte with the layout in cuda/matvec.cu (`matvec_st_impl`)
+//! and the per-format CHUNK constants in cuda/common.cuh; keeping the
+//! arithmetic here, next to a test that reads those constants back from the
+//! kernel source, makes a drift a CPU test failure, not a GPU fault.
+
+use cudarc::driver::LaunchConfig;
+
+use super::ops::blocks;
+use crate::model::gguf::GgmlType;
+
+/// Warps per block and most blocks of the staged decode mat-vec (`_st` in
+/// cuda/matvec.cu): warps walk rows with a grid stride, so the vector is
+/// staged into shared memory once per block rather than once per 4 rows.
+/// ST_WARPS * 32 must not exceed the kernels' `__launch_bounds__(256, ..)`.
+const ST_WARPS: usize = 8;
+const ST_MAX_BLOCKS: usize = 1024;
+/// Dynamic shared memory a launch may use without an opt-in attribute.
+const ST_SMEM_MAX: usize = 48 * 1024;
+
+/// Shared bytes of a staged single-vector mat-vec staging `vectors` cols-long
+/// vectors (x, and the norm weight when fused); None when over the default
+/// limit, and the plain kernel runs instead. Must match matvec_st_impl: XPAD
+/// = 36 floats per 32-element run, CHUNK + 8 bytes per warp.
+pub fn staged_smem(t: GgmlType, cols: usize, vectors: usize) -> Option<usize> {
+    let chunk = 1024 / t.block_size() * t.type_size();
+    let bytes = 4 * (cols / 32) * 36 * vectors + ST_WARPS * (chunk + 8);
+    (bytes <= ST_SMEM_MAX).then_some(bytes)
+}
+
+/// Kernel-name suffix and launch shape of a single-vector decode mat-vec:
+/// the staged variant when its shared memory fits, else (and for
+/// `vectors == 0`) the plain one.
+pub(super) fn decode_launch(
+    t: GgmlType,
+    rows: usize,
+    cols: usize,
+    vectors: usize,
+) -> (&'static str, LaunchConfig) {
+    match staged_smem(t, cols, vectors).filter(|_| vectors > 0) {
+        Some(smem) => (
+            "_st",
+            LaunchConfig {
+                grid_dim: (blocks(rows, ST_WARPS).min(ST_MAX_BLOCKS as u32), 1, 1),
+                block_dim: (32 * ST_WARPS as u32, 1, 1),
+                shared_mem_bytes: smem as u32,
+            },
+        ),
+        None => (
+            "",
+            LaunchConfig {
+                grid_dim: (blocks(rows, 4), 1, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            },
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every format's CHUNK in cuda/common.cuh is the byte size of 1024
+    /// elements that `staged_smem` assumes, and the Qwen decode shapes fit.
+    #[test]
+    fn chunk_constants_match_the_kernel_source() {
+        let src = include_str!("../../cuda/common.cuh");
+        for (name, t) in [
+            ("QF32", GgmlType::F32),
+            ("QF16", GgmlType::F16),
+            ("QBF16", GgmlType::BF16),
+            ("Q4_0", GgmlType::Q4_0),
+            ("Q4_1", GgmlType::Q4_1),
+            ("Q5_0", GgmlType::Q5_0),
+            ("Q5_1", GgmlType::Q5_1),
+            ("Q8_0", GgmlType::Q8_0),
+            ("Q4K", GgmlType::Q4K),
+            ("Q5K", GgmlType::Q5K),
+            ("Q6K", GgmlType::Q6K),
+        ] {
+            let at = src
+                .find(&format!("struct {name} {{"))
+                .unwrap_or_else(|| panic!("struct {name} not in common.cuh"));
+            let rest = &src[at..];
+            let k = rest.find("CHUNK = ").expect("CHUNK constant") + "CHUNK = ".len();
+            let end = rest[k..].find(';').expect("CHUNK ends with ;");
+            let chunk: usize = rest[k..k + end].trim().parse().expect("CHUNK is a number");
+            assert_eq!(chunk, 1024 / t.block_size() * t.type_size(), "{name}");
+        }
+        // Qwen2.5-0.5B decode shapes take the staged path; a 4864-wide f32 row
+        // with a fused norm does not fit and falls back to the plain kernel.
+        assert_eq!(
+            staged_smem(GgmlType::Q8_0, 896, 1),
+            Some(4 * 28 * 36 + 8 * 1096)
+        );
+        assert!(staged_smem(GgmlType::Q6K, 4864, 1).is_some());
+        assert!(staged_smem(GgmlType::Q5_0, 896, 2).is_some());
+        assert!(staged_smem(GgmlType::F32, 4864, 2).is_none());
+        assert_eq!(decode_launch(GgmlType::Q8_0, 151_936, 896, 1).0, "_st");
+        assert_eq!(decode_launch(GgmlType::Q8_0, 151_936, 896, 0).0, "");
+        let cfg = decode_launch(GgmlType::Q8_0, 151_936, 896, 1).1;
+        assert_eq!((cfg.grid_dim.0, cfg.block_dim.0), (1024, 256));
+    }
+}
