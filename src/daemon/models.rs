@@ -109,12 +109,24 @@ pub fn check_size(path: &Path, max: u64) -> Result<u64> {
     Ok(len)
 }
 
-/// Bytes an engine will hold for `mc` with a KV cache of `ctx` tokens.
-pub fn memory_estimate(weights: u64, mc: &ModelConfig, ctx: usize) -> MemoryReport {
-    let ctx = ctx.min(mc.context_length) as u64;
+/// Bytes the `backend` engine will hold for `mc` with a KV cache of `ctx`
+/// tokens (clamped, as both engines clamp it, to the trained context).
+pub fn memory_estimate(
+    backend: BackendKind,
+    weights: u64,
+    mc: &ModelConfig,
+    ctx: usize,
+) -> MemoryReport {
+    let ctx = ctx.min(mc.context_length);
+    if backend == BackendKind::Cuda {
+        // The CUDA engine's own allocation list: weights, KV cache, every
+        // fixed scratch buffer and the cuBLAS workspace.
+        return crate::engine::cuda::planned_memory(mc, weights as usize, ctx.max(1));
+    }
+    let ctx = ctx as u64;
     let kv_dim = (mc.n_kv_heads * mc.head_dim) as u64;
     let q_dim = (mc.n_heads * mc.head_dim) as u64;
-    // f32 keys and values per layer (the larger of the two backends' layouts).
+    // f32 keys and values per layer.
     let kv = 2 * mc.n_layers as u64 * ctx * kv_dim * 4;
     // Logits plus the activations of a whole-context prefill.
     let per_tok = 2 * mc.d_model as u64 + 2 * mc.ffn_dim as u64 + q_dim + 2 * kv_dim;
@@ -294,7 +306,13 @@ pub fn plan(app: &AppState, req: &PlanRequest) -> Result<PlanResponse> {
     let (mc, _) = arch::from_gguf(&g)?;
     let mcd = capability::mcd(&g, &path)?;
     let ecp = capability::ecp(cfg)?;
-    let need = memory_estimate(g.data_section().len() as u64, &mc, cfg.max_context).total();
+    let need = memory_estimate(
+        cfg.backend,
+        g.data_section().len() as u64,
+        &mc,
+        cfg.max_context,
+    )
+    .total();
     let mut reason = None;
     if req.shard_layout == ShardLayout::TensorParallel && req.tp_degree.unwrap_or(1) > 1 {
         reason = Some(

@@ -82,9 +82,8 @@ fn size_limit_is_checked_from_metadata() {
     assert!(e.message().contains("max_model_bytes"));
 }
 
-#[test]
-fn memory_estimate_counts_kv_for_the_planned_context() {
-    let mc = ModelConfig {
+fn tiny_config() -> ModelConfig {
+    ModelConfig {
         arch: crate::model::arch::Arch::Llama,
         n_layers: 2,
         d_model: 8,
@@ -99,16 +98,43 @@ fn memory_estimate_counts_kv_for_the_planned_context() {
         context_length: 100,
         tied_output: true,
         qkv_bias: false,
-    };
-    let m = memory_estimate(1000, &mc, 50);
+    }
+}
+
+#[test]
+fn memory_estimate_counts_kv_for_the_planned_context() {
+    let mc = tiny_config();
+    let m = memory_estimate(BackendKind::Cpu, 1000, &mc, 50);
     assert_eq!(m.weights_bytes, 1000);
     assert_eq!(m.kv_cache_bytes, 2 * 2 * 50 * 4 * 4);
     // The context is clamped to what the model was trained for.
     assert_eq!(
-        memory_estimate(1000, &mc, 1000).kv_cache_bytes,
+        memory_estimate(BackendKind::Cpu, 1000, &mc, 1000).kv_cache_bytes,
         2 * 2 * 100 * 4 * 4
     );
     assert!(m.scratch_bytes > 0);
+}
+
+/// The CUDA Plan must count what the CUDA engine allocates besides weights
+/// and KV: the per-matrix dequant scratch of prefill, the top-k scratch and
+/// the fixed cuBLAS workspace (the GPU test checks equality with `memory()`).
+#[test]
+fn cuda_estimate_counts_every_device_buffer() {
+    let mc = tiny_config();
+    let m = memory_estimate(BackendKind::Cuda, 1000, &mc, 50);
+    assert_eq!(m.weights_bytes, 1000);
+    assert_eq!(m.kv_cache_bytes, 2 * 2 * 50 * 4 * 4);
+    let dequant = (mc.n_heads * mc.head_dim).max(mc.ffn_dim) * mc.d_model * 4;
+    assert!(
+        m.scratch_bytes >= (crate::gpu::gemm::BLAS_WORKSPACE_BYTES + dequant) as u64,
+        "scratch {} misses the cuBLAS workspace or the dequant scratch",
+        m.scratch_bytes
+    );
+    // Clamped to the trained context like the engine.
+    assert_eq!(
+        memory_estimate(BackendKind::Cuda, 1000, &mc, 1000).kv_cache_bytes,
+        2 * 2 * 100 * 4 * 4
+    );
 }
 
 #[test]

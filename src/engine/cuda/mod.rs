@@ -25,6 +25,9 @@
 //! path ran it; the chunking is a function of the request alone (prompt
 //! length and start), so identical requests stay bit-identical (WORKER-4710).
 
+mod plan;
+pub use plan::planned_memory;
+use plan::{kv_cache_bytes, scratch_plan};
 #[cfg(test)]
 mod matvec_tests;
 #[cfg(test)]
@@ -154,46 +157,16 @@ impl CudaEngine {
                 opts.max_context
             )));
         }
-        let max_ctx = opts.max_context;
+        // Like the reference path: never plan past the context the model was trained for.
+        let max_ctx = opts.max_context.min(cfg.context_length.max(1));
         let gpu = Gpu::open(opts.gpu_device)?;
         let info = gpu.info().clone();
         tracing::info!(gpu = %info.name, cc = ?info.compute_capability, driver = %info.driver_version,
             nvrtc = %info.nvrtc_version, libraries = ?info.libraries, cached_kernels = gpu.cached_modules, "CUDA backend opened");
 
-        let kv_bytes = 2 * cfg.n_layers * max_ctx * nkv * hd * 4;
-        // A chunk never exceeds the context, so activations need no more rows.
+        let kv_bytes = kv_cache_bytes(cfg, max_ctx);
         let chunk = PREFILL_CHUNK.min(max_ctx);
-        let f = |n: usize| n * 4 * chunk;
-        // Split-KV scratch for decode only: every prefill chunk uses attn_prefill.
-        let part = Gpu::attn_scratch_floats(nh, hd, max_ctx, 1) * 4;
-        // Every layer matrix is (nh*hd | nkv*hd | ffn) x d or its transpose.
-        let wf = Gpu::dequant_scratch_bytes((nh * hd).max(ffn), d);
-        let scratch: [(usize, &str); 18] = [
-            (f(d), "x"),
-            (f(d), "xn"),
-            (f(nh * hd), "q"),
-            (f(nkv * hd), "k"),
-            (f(nkv * hd), "v"),
-            (f(nh * hd), "att"),
-            (f(ffn), "gate"),
-            (f(ffn), "up"),
-            (f(ffn), "hid"),
-            (4 * vocab, "logits"),
-            (part, "attention scratch"),
-            (4 * chunk, "tok"),
-            (4, "pos"),
-            (4 * DEVICE_CANDIDATES, "cand_ids"),
-            (4 * DEVICE_CANDIDATES, "cand_vals"),
-            (
-                32 * dl.div_ceil(crate::shard::digest::CHUNK_BYTES).max(1),
-                "leaves",
-            ),
-            (wf, "prefill dequant scratch"),
-            (
-                crate::gpu::topk::topk_large_scratch_bytes(vocab),
-                "top-k scratch",
-            ),
-        ];
+        let scratch = scratch_plan(cfg, max_ctx, dl);
         let scratch_bytes: usize = scratch.iter().map(|s| s.0).sum();
         let (free, _) = gpu.mem_info()?;
         let need = dl + kv_bytes + scratch_bytes;

@@ -1,10 +1,12 @@
 //! GPU-vs-CPU checks (issue 5 point 6, `test-backend-ops` style): every op on
 //! fresh random inputs against a host reference with a stated tolerance,
 //! then the whole engine against `CpuEngine`, and llama.cpp's golden greedy
-//! tokens. Without a usable GPU each test prints `SKIPPED:` and returns,
-//! except with `REQUIRE_REAL_GPU=1`, where that is a failure.
-//! Env: WORKER_ORCD_TEST_MODELS (folder with SmolLM2-135M-Instruct.Q4_1.gguf),
-//! WORKER_ORCD_GOLDEN (folder with smol-greedy.jsonl; default ../shared/golden).
+//! tokens with the float64 reference (`engine::conformance`, the body the
+//! reference path runs too). Without a usable GPU each test prints `SKIPPED:`
+//! and returns, except with `REQUIRE_REAL_GPU=1`, where that is a failure.
+//! Env: WORKER_ORCD_TEST_MODELS (folder with the SmolLM2 and Qwen2.5-Coder
+//! files), WORKER_ORCD_GOLDEN (folder with the golden and f64 files; the
+//! committed tests/golden_data is searched last).
 
 use super::*;
 use crate::engine::cpu::CpuEngine;
@@ -378,12 +380,13 @@ fn op_sha256_leaves_give_the_cpu_root() {
     println!("sha256 leaves: roots identical to shard::digest for 12 lengths incl. padding edges");
 }
 
-fn model_path() -> Option<std::path::PathBuf> {
+/// A real model file under `$WORKER_ORCD_TEST_MODELS` (default `<repo>/models`), when present.
+fn real_model(file: &str) -> Option<std::path::PathBuf> {
     let dir = crate::env::TEST_MODELS
         .get()
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models"));
-    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let p = dir.join(file);
     p.exists().then_some(p)
 }
 
@@ -418,12 +421,20 @@ fn engine_logits_and_greedy_tokens_match_cpu() {
         crate::cli::make_model::write_test_model(&spec, &p).expect("make model");
         paths.push(p);
     }
-    match model_path() {
-        Some(p) => paths.push(p),
-        None => println!("SKIPPED part: SmolLM2 file not under WORKER_ORCD_TEST_MODELS"),
+    for (file, _, _) in crate::engine::conformance::REAL_MODELS {
+        match real_model(file) {
+            Some(p) => paths.push(p),
+            None => println!("SKIPPED part: {file} not under WORKER_ORCD_TEST_MODELS"),
+        }
     }
     for p in paths {
         let (mut cuda, mut cpu, g) = load_both(&p);
+        // Plan's estimate (computed without a GPU) is what load really holds.
+        assert_eq!(
+            planned_memory(cuda.config(), g.data_section().len(), 512),
+            cuda.memory(),
+            "planned_memory differs from the loaded engine's report"
+        );
         let digest = cuda.resident_digest().unwrap();
         assert_eq!(
             digest,
@@ -507,92 +518,44 @@ fn engine_logits_and_greedy_tokens_match_cpu() {
     }
 }
 
-#[allow(clippy::explicit_counter_loop)]
-/// llama.cpp's golden greedy tokens, teacher-forced on the GPU (rule in shared/golden/README.md).
+/// The golden conformance body (`engine::conformance`, the same one the
+/// reference path runs in tests/golden.rs) on the GPU, for every real model
+/// file present: teacher-forced decode against llama.cpp's greedy tokens and
+/// the float64 reference's argmax and logits.
 #[test]
-fn golden_greedy_smollm2_on_gpu() {
+fn golden_real_models_on_gpu() {
+    use crate::engine::conformance;
     if gpu_or_skip("golden_gpu").is_none() {
         return;
     }
-    let Some(p) = model_path() else {
-        println!("SKIPPED: golden_gpu: SmolLM2 file not under WORKER_ORCD_TEST_MODELS");
-        return;
-    };
-    let gdir = crate::env::GOLDEN
-        .get()
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden")
-        });
-    let Ok(text) = std::fs::read_to_string(gdir.join("smol-greedy.jsonl")) else {
-        println!(
-            "SKIPPED: golden_gpu: no smol-greedy.jsonl under {}",
-            gdir.display()
-        );
-        return;
-    };
-    let g = GgufFile::open(&p, &GgufLimits::default()).unwrap();
-    let (cfg, w) = crate::model::arch::from_gguf(&g).unwrap();
-    let opts = LoadOptions {
-        max_context: 1024,
-        gpu_device: 0,
-        threads: 0,
-    };
-    let mut e = CudaEngine::load(&g, &cfg, &w, &opts).unwrap();
-    let mut cpu = CpuEngine::load(&g, &cfg, &w, &opts).unwrap();
-    // Rule (the reference path's, tests/golden.rs): an exact-f32 engine may
-    // differ from llama.cpp where llama.cpp's 8-bit activation rounding flips
-    // a close pair, so the GPU must (1) pick the CPU reference's token at
-    // every teacher-forced position where the reference's own top-2 margin
-    // exceeds 1e-3, and (2) agree with llama.cpp at >= 95% of positions.
-    let (mut must, mut must_ok, mut all, mut all_ok, mut vs_cpu) = (0, 0, 0, 0, 0);
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let ids = |k: &str| -> Vec<u32> {
-            v[k].as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as u32)
-                .collect()
+    let mut ran = 0;
+    for (file, golden, f64_name) in conformance::REAL_MODELS {
+        let Some(p) = real_model(file) else {
+            println!("SKIPPED part: golden_gpu: {file} not under WORKER_ORCD_TEST_MODELS");
+            continue;
         };
-        let (prompt, gold) = (ids("prompt_tokens"), ids("greedy_tokens"));
-        let gaps: Vec<f64> = v["top1_minus_top2_logit"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect();
-        e.reset();
-        cpu.reset();
-        e.forward(&prompt, 0).unwrap();
-        cpu.forward(&prompt, 0).unwrap();
-        let mut pos = prompt.len();
-        for (i, &t) in gold.iter().enumerate() {
-            let got = e.sample(&SamplingParams::GREEDY, 0.0).unwrap();
-            let top = crate::engine::sampler::top_candidates(&cpu.logits().unwrap(), 2);
-            let (cpu_tok, margin) = (top[0].0, top[0].1 - top[1].1);
-            if margin > 1e-3 {
-                assert_eq!(
-                    got, cpu_tok,
-                    "GPU and CPU reference differ at position {i} (reference margin {margin})"
-                );
-                vs_cpu += 1;
-            }
-            all += 1;
-            all_ok += (got == t) as usize;
-            if gaps.get(i).copied().unwrap_or(0.0) >= 0.1 {
-                must += 1;
-                must_ok += (got == t) as usize;
-            }
-            e.forward(&[t], pos).unwrap();
-            cpu.forward(&[t], pos).unwrap();
-            pos += 1;
+        let sha = conformance::file_sha256(&p).unwrap();
+        let Some(cases) = conformance::load(golden, f64_name, &sha).unwrap() else {
+            println!("SKIPPED part: golden_gpu: {golden} or {f64_name} not found (set WORKER_ORCD_GOLDEN)");
+            continue;
+        };
+        let g = GgufFile::open(&p, &GgufLimits::default()).unwrap();
+        let (cfg, w) = crate::model::arch::from_gguf(&g).unwrap();
+        let opts = LoadOptions {
+            max_context: 1024,
+            gpu_device: 0,
+            threads: 0,
+        };
+        let mut e = CudaEngine::load(&g, &cfg, &w, &opts).unwrap();
+        let report = conformance::run(&mut e, &cases).unwrap();
+        println!("golden {file} on GPU: {}", report.summary());
+        if let Err(why) = report.check() {
+            panic!("{file} on the GPU breaks the golden rule:\n{why}");
         }
+        ran += 1;
     }
-    println!("golden SmolLM2 on GPU: {must_ok}/{must} positions with llama.cpp gap >= 0.1 agree with llama.cpp; {all_ok}/{all} overall; \
-              GPU == CPU reference at all {vs_cpu} positions with a reference margin > 1e-3");
     assert!(
-        all_ok * 100 >= all * 95,
-        "agreement with llama.cpp below 95%: {all_ok}/{all}"
+        ran > 0 || crate::env::REQUIRE_REAL_GPU.get().as_deref() != Some("1"),
+        "REQUIRE_REAL_GPU=1 but no real model with a golden set was found for the GPU golden test"
     );
 }

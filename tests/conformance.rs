@@ -1,0 +1,69 @@
+//! The golden conformance body (`worker_orcd::engine::conformance`) on the CPU
+//! reference path, driven through the `Engine` trait exactly as the CUDA
+//! backend's `golden_real_models_on_gpu` drives it: prefill, then one
+//! teacher-forced decode step per golden token, scored against llama.cpp's
+//! greedy tokens and the float64 reference (issue 5 point 6: one test body
+//! over both backends). tests/golden.rs holds the deeper reference-path
+//! analysis (tokenizer, llama.cpp rounding mimicked, free-running greedy).
+//!
+//! Models come from `$WORKER_ORCD_TEST_MODELS` (default `<repo>/models`); an
+//! absent file prints `SKIPPED:`, except SmolLM2 when `CI=true`, which fails.
+
+use std::path::PathBuf;
+use worker_orcd::engine::conformance;
+use worker_orcd::engine::cpu::CpuEngine;
+use worker_orcd::engine::LoadOptions;
+use worker_orcd::model::arch;
+use worker_orcd::model::gguf::{GgufFile, GgufLimits};
+
+fn models_dir() -> PathBuf {
+    std::env::var_os("WORKER_ORCD_TEST_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models"))
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+fn check(file: &str, golden: &str, f64_name: &str, required_in_ci: bool) {
+    let path = models_dir().join(file);
+    if !path.is_file() {
+        assert!(
+            !(required_in_ci && in_ci()),
+            "{} not found, and CI=true requires it (run ci/fetch-models.sh)",
+            path.display()
+        );
+        println!("SKIPPED: {} not found", path.display());
+        return;
+    }
+    let sha = conformance::file_sha256(&path).expect("hash model");
+    let cases = conformance::load(golden, f64_name, &sha)
+        .expect("golden files")
+        .expect("the golden and f64 files are committed under tests/golden_data");
+    let g = GgufFile::open(&path, &GgufLimits::default()).expect("open model");
+    let (cfg, w) = arch::from_gguf(&g).expect("architecture");
+    let opts = LoadOptions {
+        max_context: 1024,
+        gpu_device: 0,
+        threads: 0,
+    };
+    let mut engine = CpuEngine::load(&g, &cfg, &w, &opts).expect("engine");
+    let report = conformance::run(&mut engine, &cases).expect("teacher-forced run");
+    println!("golden {file} on the reference path: {}", report.summary());
+    if let Err(why) = report.check() {
+        panic!("{file} on the reference path breaks the golden rule:\n{why}");
+    }
+}
+
+#[test]
+fn smollm2_reference_path_meets_the_golden_rule() {
+    let (file, golden, f64_name) = conformance::REAL_MODELS[0];
+    check(file, golden, f64_name, true);
+}
+
+#[test]
+fn qwen25_coder_reference_path_meets_the_golden_rule() {
+    let (file, golden, f64_name) = conformance::REAL_MODELS[1];
+    check(file, golden, f64_name, false);
+}
