@@ -149,12 +149,14 @@ Feature: Plan, Commit, Ready and Execute over HTTP with Server-Sent Events
     And the worker still serves the remembered shard handle
 
   @WORKER-4222 @WORKER-4313
-  Scenario: A model whose detached signature does not verify is rejected
+  Scenario: A signed commit to a worker without a trusted key is rejected, never accepted unverified
     Given a worker serving the tiny test model
     And a second tiny model in the model root
     When I commit the second tiny model with a bad Ed25519 signature
-    Then the error code is "MODEL_LOAD_FAILED"
-    And the error message mentions "signature"
+    Then the response status is 422
+    And the error code is "MODEL_SIGNATURE_INVALID"
+    And the error message mentions "cannot be verified"
+    And the worker process is still running
 
   @WORKER-4224 @WORKER-4310 @WORKER-4312
   Scenario: A truncated GGUF file is refused before anything is allocated

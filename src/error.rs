@@ -32,6 +32,11 @@ pub enum WorkerError {
     /// The model needs a capability this engine does not provide (MCD ⊄ ECP).
     #[error("{message}")]
     CapabilityMismatch { message: String },
+    /// A model's detached Ed25519 signature is missing (a trusted key is
+    /// configured), does not verify, or cannot be verified (no trusted key)
+    /// (WORKER-4222, 4313).
+    #[error("{message}")]
+    ModelSignatureInvalid { message: String },
     /// A different model is already committed to this worker (one model per process).
     #[error("{message}")]
     ModelConflict { message: String },
@@ -95,6 +100,7 @@ impl WorkerError {
             Self::NotFound { .. } => "NOT_FOUND",
             Self::ModelLoadFailed { .. } => "MODEL_LOAD_FAILED",
             Self::CapabilityMismatch { .. } => "CAPABILITY_MISMATCH",
+            Self::ModelSignatureInvalid { .. } => "MODEL_SIGNATURE_INVALID",
             Self::ModelConflict { .. } => "MODEL_CONFLICT",
             Self::VramOom { .. } => "VRAM_OOM",
             Self::HostOom { .. } => "HOST_OOM",
@@ -118,6 +124,7 @@ impl WorkerError {
         "NOT_FOUND",
         "MODEL_LOAD_FAILED",
         "CAPABILITY_MISMATCH",
+        "MODEL_SIGNATURE_INVALID",
         "MODEL_CONFLICT",
         "VRAM_OOM",
         "HOST_OOM",
@@ -141,6 +148,7 @@ impl WorkerError {
             Self::NotFound { .. } => 404,
             Self::ModelLoadFailed { .. } => 422,
             Self::CapabilityMismatch { .. } => 422,
+            Self::ModelSignatureInvalid { .. } => 422,
             Self::ModelConflict { .. } => 409,
             Self::VramOom { .. } => 507,
             Self::HostOom { .. } => 507,
@@ -191,6 +199,7 @@ impl WorkerError {
             | Self::NotFound { message }
             | Self::ModelLoadFailed { message }
             | Self::CapabilityMismatch { message }
+            | Self::ModelSignatureInvalid { message }
             | Self::ModelConflict { message }
             | Self::VramOom { message }
             | Self::HostOom { message }
@@ -287,6 +296,17 @@ mod tests {
         assert!(!e.retriable());
         assert_eq!(e.http_status(), 500);
         assert!(e.message().contains("rpc_port"), "{}", e.message());
+    }
+
+    #[test]
+    fn a_bad_signature_is_its_own_permanent_client_error() {
+        let e = WorkerError::ModelSignatureInvalid {
+            message: "x".into(),
+        };
+        assert_eq!(e.code(), "MODEL_SIGNATURE_INVALID");
+        assert!(WorkerError::ALL_CODES.contains(&e.code()));
+        assert_eq!(e.http_status(), 422);
+        assert!(!e.retriable() && !e.is_fatal());
     }
 
     #[test]

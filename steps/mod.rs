@@ -14,6 +14,7 @@ pub mod proof;
 pub mod run;
 pub mod seal;
 pub mod security;
+pub mod signature;
 pub mod snapshot;
 pub mod source;
 pub mod sse;

@@ -134,7 +134,7 @@ pub fn check_root(allow_root: bool) -> Result<()> {
 pub fn exit_code_for(e: &WorkerError) -> ExitCode {
     ExitCode::from(match e.code() {
         "INVALID_PARAMS" => 2,
-        "MODEL_LOAD_FAILED" | "HOST_OOM" => 3,
+        "MODEL_LOAD_FAILED" | "MODEL_SIGNATURE_INVALID" | "HOST_OOM" => 3,
         "CUDA_ERROR" | "VRAM_OOM" => 4,
         "SEAL_VERIFICATION_FAILED" => 5,
         _ => 1,

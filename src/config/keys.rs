@@ -72,6 +72,18 @@ pub const KEYS: &[KeyDef] = &[
         Some(env::API_TOKEN_FILE),
         false,
     ),
+    key(
+        "model_signing_pubkey_file",
+        "--model-signing-pubkey-file",
+        None,
+        false,
+    ),
+    key(
+        "model_signature_file",
+        "--model-signature-file",
+        None,
+        false,
+    ),
     key("log_level", "--log-level", Some(env::LOG_LEVEL), false),
     key("ready_requires_auth", "--ready-requires-auth", None, false),
     key("allow_root", "--allow-root", None, false),
@@ -316,7 +328,7 @@ pub fn env_layer(lookup: Lookup<'_>) -> Result<Layer, ConfigError> {
 /// The flag layer: every flag that was given.
 pub fn flag_layer(a: &KeyFlags) -> Layer {
     let mut layer = Layer::default();
-    let given: [(&'static str, &Option<String>); 26] = [
+    let given: [(&'static str, &Option<String>); 28] = [
         ("worker_id", &a.worker_id),
         ("pool_id", &a.pool_id),
         ("model_path", &a.model_path),
@@ -335,6 +347,8 @@ pub fn flag_layer(a: &KeyFlags) -> Layer {
         ("max_body_bytes", &a.max_body_bytes),
         ("max_model_bytes", &a.max_model_bytes),
         ("api_token_file", &a.api_token_file),
+        ("model_signing_pubkey_file", &a.model_signing_pubkey_file),
+        ("model_signature_file", &a.model_signature_file),
         ("log_level", &a.log_level),
         ("ready_requires_auth", &a.ready_requires_auth),
         ("gguf_max_tensors", &a.gguf_max_tensors),

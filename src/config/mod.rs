@@ -118,6 +118,14 @@ pub struct KeyFlags {
     #[arg(long, value_name = "PATH", help = env::API_TOKEN_FILE.flag_help(
         "Token file (mode 0600, one token per line, # comments)."))]
     pub api_token_file: Option<String>,
+    /// Trusted Ed25519 public key for model signatures: 64 hex digits, 32 raw bytes or PEM
+    /// (`openssl pkey -pubout`). When set, every model must be signed (see --model-signature-file).
+    #[arg(long, value_name = "PATH")]
+    pub model_signing_pubkey_file: Option<String>,
+    /// Detached Ed25519 signature of the --model-path file's SHA-256 digest: 128 hex digits or
+    /// 64 raw bytes. Required with --model-signing-pubkey-file, refused without it.
+    #[arg(long, value_name = "PATH")]
+    pub model_signature_file: Option<String>,
     #[arg(long, value_name = "LEVEL", help = env::LOG_LEVEL.flag_help("trace, debug, info, warn or error."))]
     pub log_level: Option<String>,
     /// Whether GET /worker/ready needs the bearer token: true (default) or false.
@@ -172,6 +180,12 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub max_model_bytes: u64,
     pub api_token_file: PathBuf,
+    /// Trusted Ed25519 key for model signatures (WORKER-4222, 4313); read
+    /// and checked at start-up by `shard::signature::ModelSigning::load`.
+    /// When set, every model must carry a signature that verifies.
+    pub model_signing_pubkey_file: Option<PathBuf>,
+    /// The signature of `model_path`; present exactly when the key is.
+    pub model_signature_file: Option<PathBuf>,
     pub allow_root: bool,
     pub log_level: String,
     pub ready_requires_auth: bool,
@@ -326,6 +340,7 @@ fn build(m: &Layer, lookup: env::Lookup<'_>) -> Result<Config, ConfigError> {
             }
         }
     };
+    let (model_signing_pubkey_file, model_signature_file) = signing_files(m)?;
     let log_level = m
         .text_or("log_level", env::LOG_LEVEL.default.unwrap_or("info"))?
         .to_ascii_lowercase();
@@ -384,9 +399,40 @@ fn build(m: &Layer, lookup: env::Lookup<'_>) -> Result<Config, ConfigError> {
         max_body_bytes,
         max_model_bytes,
         api_token_file,
+        model_signing_pubkey_file,
+        model_signature_file,
         allow_root,
         log_level,
         ready_requires_auth,
         gguf_limits,
     })
+}
+
+/// The two signing files go together (WORKER-4222, 4313): a key without a
+/// start-up signature would load an unverified model, a signature without a
+/// key could not be checked. Their contents are read by the daemon.
+fn signing_files(m: &Layer) -> Result<(Option<PathBuf>, Option<PathBuf>), ConfigError> {
+    let path = |k: &str| -> Result<Option<PathBuf>, ConfigError> {
+        match m.get(k) {
+            None => Ok(None),
+            Some(_) => Ok(Some(PathBuf::from(m.required_text(k)?))),
+        }
+    };
+    match (
+        path("model_signing_pubkey_file")?,
+        path("model_signature_file")?,
+    ) {
+        (Some(_), None) => Err(ConfigError::new(
+            "model_signature_file",
+            "is required when model_signing_pubkey_file is set: with a trusted key every model must be signed, \
+             the one loaded at start-up too. Name the file holding the signature of model_path \
+             (see docs/operations.md), or remove model_signing_pubkey_file",
+        )),
+        (None, Some(_)) => Err(m.err(
+            "model_signature_file",
+            "is set but model_signing_pubkey_file is not: without a trusted key the signature cannot be \
+             verified. Set model_signing_pubkey_file to the signer's public key, or remove model_signature_file",
+        )),
+        files => Ok(files),
+    }
 }

@@ -376,6 +376,40 @@ fn clap_parses_every_flag() {
     }
 }
 
+/// The signing files go together (WORKER-4222, 4313); the flags set them too.
+#[test]
+fn signing_key_and_startup_signature_come_together() {
+    let e = file_err(r#""model_signing_pubkey_file": "/etc/llorch/model-signing.pub""#);
+    assert_eq!(e.field, "model_signature_file");
+    assert!(
+        e.message.contains("model_signing_pubkey_file"),
+        "{}",
+        e.message
+    );
+    let e = file_err(r#""model_signature_file": "/m/smol.gguf.sig""#);
+    assert_eq!(e.field, "model_signature_file");
+    assert!(
+        e.message.contains("model_signing_pubkey_file"),
+        "{}",
+        e.message
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = base_args(&dir);
+    args.model_signing_pubkey_file = Some("/k.pub".into());
+    args.model_signature_file = Some("/m/smol.gguf.sig".into());
+    let c = resolve(&args, &HashMap::new()).unwrap();
+    assert_eq!(c.model_signing_pubkey_file, Some(PathBuf::from("/k.pub")));
+    assert_eq!(
+        c.model_signature_file,
+        Some(PathBuf::from("/m/smol.gguf.sig"))
+    );
+    let plain = resolve(&base_args(&dir), &HashMap::new()).unwrap();
+    assert_eq!(
+        (plain.model_signing_pubkey_file, plain.model_signature_file),
+        (None, None)
+    );
+}
+
 // ---- documentation stays in step with the code ----
 
 fn operations_doc() -> String {

@@ -11,6 +11,7 @@ use crate::error::WorkerError;
 use crate::model::tokenizer::Tokenizer;
 use crate::shard::handle::ModelShardHandle;
 use crate::shard::seal::SealKey;
+use crate::shard::signature::ModelSigning;
 use crate::telemetry::Metrics;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -81,6 +82,8 @@ pub struct AppState {
     pub auth: Box<dyn Authenticator>,
     pub metrics: Arc<Metrics>,
     pub seal_key: SealKey,
+    /// The trusted model-signing key, if any, and the start-up signature (4222, 4313).
+    pub signing: ModelSigning,
     pub scheduler: Arc<Scheduler>,
     pub model: OnceLock<Arc<LoadedModel>>,
     pub engine: OnceLock<EngineHandle>,

@@ -7,7 +7,7 @@
 //! | 0 | clean shutdown (SIGTERM/SIGINT, drained) | none |
 //! | 1 | internal error (a bug) | restart with backoff |
 //! | 2 | invalid configuration, credentials or privileges | fix config; do not restart blindly |
-//! | 3 | model load failed (file, GGUF, MCD/ECP, memory) | fix the model or the plan |
+//! | 3 | model load failed (file, GGUF, MCD/ECP, memory, signature) | fix the model or the plan |
 //! | 4 | CUDA / device error | restart; check the GPU |
 //! | 5 | seal verification failed (resident bytes changed) | restart; investigate the host |
 //! | 6 | drain timeout or forced shutdown (second signal) | none; the job was cut short |
@@ -27,6 +27,7 @@ pub fn for_error(e: &WorkerError) -> u8 {
     match e {
         WorkerError::ModelLoadFailed { .. }
         | WorkerError::CapabilityMismatch { .. }
+        | WorkerError::ModelSignatureInvalid { .. }
         | WorkerError::HostOom { .. }
         | WorkerError::VramOom { .. }
         | WorkerError::ModelConflict { .. } => MODEL_LOAD,
@@ -50,6 +51,10 @@ mod tests {
             message: "x".into(),
         });
         let load = for_error(&WorkerError::model_load("x"));
+        let unsigned = for_error(&WorkerError::ModelSignatureInvalid {
+            message: "x".into(),
+        });
+        assert_eq!(unsigned, MODEL_LOAD);
         let oom = for_error(&WorkerError::VramOom {
             message: "x".into(),
         });

@@ -2,8 +2,9 @@
 //! 4961, 4970–4972). Exit codes: see [`exit`].
 //!
 //! Start-up order: resolve config → logging → refuse root → credentials →
-//! bind the listener (so /health answers "loading" during the load) → load,
-//! verify and seal the model on a blocking thread → Ready → readiness
+//! model-signing key and start-up signature → bind the listener (so /health
+//! answers "loading" during the load) → load, verify (signature, then
+//! resident bytes) and seal the model on a blocking thread → Ready → readiness
 //! callback in the background. Fatal errors POST a status callback and exit
 //! with their code. SIGTERM/SIGINT drain: no new jobs (503), the running job
 //! may finish within `drain_timeout_ms`, then the engine is released and the
@@ -120,6 +121,22 @@ async fn serve(cfg: Config) -> u8 {
         Ok(c) => c,
         Err(e) => return fail_start(&cfg, &WorkerError::from(e), exit::CONFIG).await,
     };
+    // Read like the credentials: a bad key or signature file is a
+    // configuration error (exit 2), found before anything is loaded.
+    let signing = match crate::shard::signature::ModelSigning::load(&cfg) {
+        Ok(s) => s,
+        Err(e) => return fail_start(&cfg, &WorkerError::from(e), exit::CONFIG).await,
+    };
+    if let Some(k) = &signing.key {
+        crate::narrate!(
+            human = format!(
+                "Models must be signed: only models whose SHA-256 is signed by the Ed25519 key {} \
+                 (model_signing_pubkey_file) are accepted.",
+                k.hex()
+            ),
+            model_signing_key = %k.hex()
+        );
+    }
     let mut sigs = match signals() {
         Ok(s) => s,
         Err(e) => {
@@ -143,7 +160,7 @@ async fn serve(cfg: Config) -> u8 {
         Err(e) => return fail_start(&cfg, &e, exit::INTERNAL).await,
     };
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel();
-    let app = new_app(cfg.clone(), Box::new(creds), seal_key, fatal_tx);
+    let app = new_app(cfg.clone(), Box::new(creds), seal_key, signing, fatal_tx);
     set_state(&app, Lifecycle::Loading);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
@@ -165,7 +182,8 @@ async fn serve(cfg: Config) -> u8 {
 
     let load_cfg = cfg.clone();
     let key = app.seal_key.clone();
-    let mut load = tokio::task::spawn_blocking(move || models::load(&load_cfg, &key));
+    let signing = app.signing.clone();
+    let mut load = tokio::task::spawn_blocking(move || models::load(&load_cfg, &key, &signing));
     let loaded = tokio::select! {
         r = &mut load => r.unwrap_or_else(|e| Err(WorkerError::internal(format!("the load task failed: {e}")))),
         sig = sigs.recv() => {
@@ -209,6 +227,7 @@ pub fn new_app(
     cfg: Config,
     auth: Box<dyn app::Authenticator>,
     seal_key: crate::shard::seal::SealKey,
+    signing: crate::shard::signature::ModelSigning,
     fatal: app::FatalTx,
 ) -> Arc<AppState> {
     Arc::new(AppState {
@@ -217,6 +236,7 @@ pub fn new_app(
         auth,
         metrics: Arc::new(crate::telemetry::Metrics::new()),
         seal_key,
+        signing,
         scheduler: Default::default(),
         model: Default::default(),
         engine: Default::default(),

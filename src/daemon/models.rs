@@ -1,5 +1,5 @@
 //! Model admission: path confinement, the start-up load and seal, Plan and
-//! Commit (WORKER-4022, 4031, 4113, 4210–4227, 4320–4323, 4422).
+//! Commit (WORKER-4022, 4031, 4113, 4210–4227, 4313, 4320–4323, 4422).
 //!
 //! One model per process: the model named by `model_path` is loaded and
 //! sealed at start-up; Commit of the same file returns its handle
@@ -7,7 +7,10 @@
 //! is refused with MODEL_CONFLICT; an upload is judged by its bytes the same
 //! way (identical to the loaded file: its handle; else MODEL_CONFLICT), after
 //! its SHA-256 was checked against `expected_digest`, and is never written to
-//! disk. Every path is confined to `model_root`:
+//! disk. With a trusted model-signing key every model, the start-up one
+//! included, must carry an Ed25519 signature of its SHA-256 that verifies
+//! before it is loaded or its handle given out (4222, 4313; see
+//! `shard::signature`). Every path is confined to `model_root`:
 //! first lexically (so nothing outside the root is even looked at), then
 //! after canonicalization (so symlinks cannot leave it).
 
@@ -23,6 +26,7 @@ use crate::model::tokenizer::Tokenizer;
 use crate::shard::digest;
 use crate::shard::handle::{ModelShardHandle, ShardSpec};
 use crate::shard::seal::SealKey;
+use crate::shard::signature::{self, ModelSigning};
 use serde::Serialize;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -148,8 +152,12 @@ fn available_bytes(cfg: &Config) -> Result<u64> {
     }
 }
 
-/// The start-up load: everything up to a sealed handle (4031, 4113).
-pub fn load(cfg: &Config, key: &SealKey) -> Result<(LoadedModel, Box<dyn Engine>)> {
+/// The start-up load: everything up to a sealed handle (4031, 4113, 4222).
+pub fn load(
+    cfg: &Config,
+    key: &SealKey,
+    signing: &ModelSigning,
+) -> Result<(LoadedModel, Box<dyn Engine>)> {
     let t0 = Instant::now();
     let raw = cfg.model_path.to_string_lossy().into_owned();
     let path = resolve_model_path(&cfg.model_root, &raw)?;
@@ -175,6 +183,16 @@ pub fn load(cfg: &Config, key: &SealKey) -> Result<(LoadedModel, Box<dyn Engine>
         ),
         model_ref = %model_ref, file_sha256 = %hex::encode(g.file_sha256)
     );
+    // 4222: before the model is interpreted further, let alone loaded.
+    signing.verify_startup(&g.file_sha256, &model_ref)?;
+    if signing.key.is_some() {
+        crate::narrate!(
+            human = format!(
+                "The signature of {model_ref} verifies against the trusted model-signing key; loading it."
+            ),
+            model_ref = %model_ref
+        );
+    }
     let (mc, w) = arch::from_gguf(&g)?;
     let tokenizer = Tokenizer::from_gguf(&g)?;
     let mcd = capability::mcd(&g, &path)?;
@@ -362,18 +380,6 @@ fn oom(cfg: &Config, message: String) -> WorkerError {
     }
 }
 
-/// WORKER-4313: a supplied signature must verify before the model is used.
-/// This build has no Ed25519 verifier and no trusted key, so it cannot.
-fn check_signature(req: &CommitRequest) -> Result<()> {
-    if req.signature.is_some() {
-        return Err(WorkerError::model_load(
-            "the model's detached signature cannot be verified: this worker has no Ed25519 verifier or trusted \
-             public key configured, so a signed commit is refused rather than accepted unverified",
-        ));
-    }
-    Ok(())
-}
-
 /// The sealed handle of the loaded model, unless its seal check has failed.
 fn sealed_handle(model: &LoadedModel) -> Result<ModelShardHandle> {
     let handle = model.handle();
@@ -417,7 +423,9 @@ pub fn commit_upload(
             ))
         }
     }
-    check_signature(req)?;
+    // 4313: after the transfer is known intact, so a refusal names the right cause.
+    app.signing
+        .verify_commit(req.signature.as_deref(), &req.model_ref, || Ok(*digest))?;
     let model = app.model.get().ok_or_else(|| app.unavailable())?;
     if model.file_sha256 != *digest || model.file_len != len {
         let avail = available_bytes(cfg)?;
@@ -446,7 +454,16 @@ pub fn commit(app: &AppState, req: &CommitRequest) -> Result<ModelShardHandle> {
     let target = req.path.as_deref().unwrap_or(&req.model_ref);
     let path = resolve_model_path(&cfg.model_root, target)?;
     let file_len = check_size(&path, cfg.max_model_bytes)?;
-    check_signature(req)?;
+    // 4313: before the conflict check, so a bad signature is reported as
+    // such. The loaded model's digest is known (and is what the handle
+    // stands for); any other file is hashed, bounded by max_model_bytes.
+    app.signing
+        .verify_commit(req.signature.as_deref(), target, || {
+            match app.model.get().filter(|m| m.path == path) {
+                Some(m) => Ok(m.file_sha256),
+                None => signature::file_sha256(&path, cfg.max_model_bytes),
+            }
+        })?;
     let model = app.model.get().ok_or_else(|| app.unavailable())?;
     if model.path != path {
         // Before allocating anything (4103): a file that cannot fit says so first.

@@ -53,9 +53,16 @@ async fn rig() -> Rig {
     let creds = crate::config::Credentials::load(&cfg).unwrap();
     let (ftx, frx) = tokio::sync::mpsc::unbounded_channel();
     let key = SealKey::generate().unwrap();
-    let app = new_app(cfg.clone(), Box::new(creds), key.clone(), ftx);
+    let signing = crate::shard::signature::ModelSigning::load(&cfg).unwrap();
+    let app = new_app(
+        cfg.clone(),
+        Box::new(creds),
+        key.clone(),
+        signing.clone(),
+        ftx,
+    );
     app.state.transition(Lifecycle::Loading).unwrap();
-    let (model, engine) = tokio::task::spawn_blocking(move || models::load(&cfg, &key))
+    let (model, engine) = tokio::task::spawn_blocking(move || models::load(&cfg, &key, &signing))
         .await
         .unwrap()
         .unwrap();
