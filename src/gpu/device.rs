@@ -108,6 +108,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "attn_partial",
     "attn_combine",
     "attn_prefill",
+    "attn_prefill_tile",
     "dequant_f32",
     "dequant_f16",
     "dequant_bf16",

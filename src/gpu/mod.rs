@@ -10,6 +10,7 @@
 //! return a `CUDA_ERROR` that names the missing library and points at
 //! `backend: "cpu"`: the crate builds and its CPU paths run with no CUDA at all.
 
+pub mod attention;
 pub mod compile;
 pub mod device;
 pub mod gemm;

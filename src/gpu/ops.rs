@@ -43,14 +43,11 @@ pub fn row_bytes(t: GgmlType, cols: usize) -> Result<usize> {
     Ok(cols / bs * t.type_size())
 }
 
-/// Rows per split-KV chunk; must equal ATT_CHUNK in cuda/attention.cu.
-pub const ATT_CHUNK: usize = 32;
-
 pub(super) fn blocks(n: usize, per: usize) -> u32 {
     n.div_ceil(per) as u32
 }
 
-fn as_i32(v: usize, what: &str) -> Result<i32> {
+pub(super) fn as_i32(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v)
         .map_err(|_| WorkerError::invalid(format!("{what} = {v} is too large for a kernel index")))
 }
@@ -371,152 +368,6 @@ impl Gpu {
         unsafe { l.launch(cfg) }
             .map(|_| ())
             .map_err(cuda_err("launching rope_kv"))
-    }
-
-    /// Scratch floats the split-KV attention needs for `n_tok` queries.
-    pub fn attn_scratch_floats(n_heads: usize, hd: usize, max_ctx: usize, n_tok: usize) -> usize {
-        n_tok * n_heads * max_ctx.div_ceil(ATT_CHUNK) * (hd + 2)
-    }
-
-    /// Attention of `n_tok` queries (token t at position *pos + t) over cache
-    /// rows 0..=*pos+t: split-KV partials, then an in-order combine.
-    #[allow(clippy::too_many_arguments)]
-    pub fn attention(
-        &self,
-        q: Span,
-        kc: Span,
-        vc: Span,
-        out: Span,
-        part: Span,
-        pos: Span,
-        n_heads: usize,
-        n_kv: usize,
-        hd: usize,
-        max_ctx: usize,
-        n_tok: usize,
-    ) -> Result<()> {
-        if hd == 0
-            || hd > 256
-            || hd % 4 != 0
-            || n_kv == 0
-            || n_heads % n_kv != 0
-            || n_tok == 0
-            || n_tok > 65_535
-        {
-            return Err(WorkerError::invalid(format!("attention: head_dim {hd} must be a multiple of 4 up to 256, n_heads {n_heads} a multiple of n_kv {n_kv}, tokens {n_tok} in 1..=65535")));
-        }
-        let n_chunks = max_ctx.div_ceil(ATT_CHUNK);
-        let qp = q.need(4 * n_heads * hd * n_tok, "q")?;
-        let kcp = kc.need(4 * max_ctx * n_kv * hd, "k cache")?;
-        let vcp = vc.need(4 * max_ctx * n_kv * hd, "v cache")?;
-        let op = out.need(4 * n_heads * hd * n_tok, "out")?;
-        let pp_ = part.need(
-            4 * Self::attn_scratch_floats(n_heads, hd, max_ctx, n_tok),
-            "attention scratch",
-        )?;
-        let pp = pos.need(4, "pos")?;
-        let (nh, nk, hdi, nc) = (
-            as_i32(n_heads, "n_heads")?,
-            as_i32(n_kv, "n_kv")?,
-            as_i32(hd, "hd")?,
-            as_i32(n_chunks, "chunks")?,
-        );
-        let scale = 1.0f32 / (hd as f32).sqrt();
-        let f = self.func("attn_partial")?;
-        let cfg = LaunchConfig {
-            grid_dim: (n_heads as u32, n_chunks as u32, n_tok as u32),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&qp)
-            .arg(&kcp)
-            .arg(&vcp)
-            .arg(&pp_)
-            .arg(&pp)
-            .arg(&nh)
-            .arg(&nk)
-            .arg(&hdi)
-            .arg(&nc)
-            .arg(&scale);
-        // SAFETY: windows checked above; *pos + n_tok <= max_ctx is kept by the
-        // caller, so every cache row read is inside the cache window; types
-        // match attn_partial in cuda/attention.cu.
-        unsafe { l.launch(cfg) }.map_err(cuda_err("launching attn_partial"))?;
-        let f = self.func("attn_combine")?;
-        let cfg = LaunchConfig {
-            grid_dim: (n_heads as u32, n_tok as u32, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&pp_).arg(&op).arg(&pp).arg(&nh).arg(&hdi).arg(&nc);
-        // SAFETY: as above; types match attn_combine in cuda/attention.cu.
-        unsafe { l.launch(cfg) }
-            .map(|_| ())
-            .map_err(cuda_err("launching attn_combine"))
-    }
-
-    /// Prefill attention of `n_tok` queries (token t at position *pos + t)
-    /// over cache rows 0..=*pos+t, one block per (head, token) with an
-    /// online softmax: no scratch, so the chunk can be large.
-    #[allow(clippy::too_many_arguments)]
-    pub fn attention_prefill(
-        &self,
-        q: Span,
-        kc: Span,
-        vc: Span,
-        out: Span,
-        pos: Span,
-        n_heads: usize,
-        n_kv: usize,
-        hd: usize,
-        max_ctx: usize,
-        n_tok: usize,
-    ) -> Result<()> {
-        if hd == 0
-            || hd > 256
-            || hd % 4 != 0
-            || n_kv == 0
-            || n_heads % n_kv != 0
-            || n_tok == 0
-            || n_tok > 65_535
-        {
-            return Err(WorkerError::invalid(format!("prefill attention: head_dim {hd} must be a multiple of 4 up to 256, n_heads {n_heads} a multiple of n_kv {n_kv}, tokens {n_tok} in 1..=65535")));
-        }
-        let qp = q.need(4 * n_heads * hd * n_tok, "q")?;
-        let kcp = kc.need(4 * max_ctx * n_kv * hd, "k cache")?;
-        let vcp = vc.need(4 * max_ctx * n_kv * hd, "v cache")?;
-        let op = out.need(4 * n_heads * hd * n_tok, "out")?;
-        let pp = pos.need(4, "pos")?;
-        let (nh, nk, hdi) = (
-            as_i32(n_heads, "n_heads")?,
-            as_i32(n_kv, "n_kv")?,
-            as_i32(hd, "hd")?,
-        );
-        let scale = 1.0f32 / (hd as f32).sqrt();
-        let f = self.func("attn_prefill")?;
-        let cfg = LaunchConfig {
-            grid_dim: (n_heads as u32, n_tok as u32, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&qp)
-            .arg(&kcp)
-            .arg(&vcp)
-            .arg(&op)
-            .arg(&pp)
-            .arg(&nh)
-            .arg(&nk)
-            .arg(&hdi)
-            .arg(&scale);
-        // SAFETY: windows checked above; *pos + n_tok <= max_ctx is kept by the
-        // caller, so every cache row read is inside the cache windows; types
-        // match attn_prefill in cuda/attention.cu (128 threads cover hd <= 256).
-        unsafe { l.launch(cfg) }
-            .map(|_| ())
-            .map_err(cuda_err("launching attn_prefill"))
     }
 
     /// out = silu(gate) * up over n elements.

@@ -16,8 +16,9 @@
 //! the matrix is dequantized into one shared f32 scratch buffer (`wf`, sized
 //! for the largest layer matrix; the LM head runs for the last token only,
 //! by mat-vec), then SGEMM; shorter chunks use the batched mat-vec. Every
-//! prefill chunk's attention is `attn_prefill` (one block per head and
-//! token, online softmax, no scratch, so a 512-token chunk needs none).
+//! prefill chunk's attention is the prefill attention (`gpu::attention`:
+//! tiled per KV head so a GQA group and several tokens share each cache
+//! chunk in shared memory; online softmax, no scratch).
 //! Decode (one token): fused mat-vecs (q, k, v in one launch when they share
 //! a format) and split-KV attention,
 //! captured as a graph; no cuBLAS call on the decode path.

@@ -151,8 +151,9 @@ fn cpu_attention(
     out
 }
 
-/// attn_prefill vs a CPU attention: GQA, pos0 > 0, up to 300 queries, head
-/// sizes using one and two output dims per thread. Cache rows past the causal
+/// Prefill attention vs a CPU attention: GQA, pos0 > 0, up to 512 queries,
+/// the tiled kernel (groups of 1, 3, 6, 7 heads; hd 16, 64, 80, 128) and the
+/// untiled one (hd 256). Cache rows past the causal
 /// limit are NaN, so reading one would show. Twice: bit-identical.
 #[test]
 fn op_attn_prefill() {
@@ -162,6 +163,9 @@ fn op_attn_prefill() {
     let mut r = Rng::fresh("op_attn_prefill");
     for (nh, nkv, hd, pos0, n) in [
         (14usize, 2usize, 64usize, 37usize, 300usize),
+        (9, 3, 64, 0, 512),
+        (9, 3, 64, 3, 1),
+        (12, 2, 128, 20, 45),
         (4, 1, 256, 5, 40),
         (6, 3, 80, 100, 7),
         (2, 2, 16, 0, 33),

@@ -1,0 +1,244 @@
+//! Attention launchers (KERNEL-ATTN-*): split-KV decode attention with an
+//! in-order combine, and prefill attention, tiled per KV head so the query
+//! heads of a GQA group and several tokens share each cache chunk loaded into
+//! shared memory (the one-block-per-(head, token) kernel remains for shapes
+//! the tile does not cover). Same validation rules as `ops`: every window is
+//! checked before the `unsafe` launch.
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+use super::cuda_err;
+use super::device::{Gpu, Span};
+use super::ops::{as_i32, blocks};
+use crate::error::{Result, WorkerError};
+
+/// Rows per split-KV chunk; must equal ATT_CHUNK in cuda/attention.cu.
+pub const ATT_CHUNK: usize = 32;
+/// Cache rows per chunk and query rows per block of attn_prefill_tile
+/// (PT_KC and PT_ROWS in cuda/attention.cu).
+const PT_KC: usize = 32;
+const PT_ROWS: usize = 32;
+/// Shared memory a block may use without an opt-in attribute.
+const SMEM_MAX: usize = 48 * 1024;
+
+/// Tokens per block and dynamic shared-memory bytes of attn_prefill_tile, or
+/// None when the shape needs the untiled kernel (hd > 128, a query group
+/// larger than a block's rows, or no room in 48 KiB).
+pub fn prefill_tile_shape(n_heads: usize, n_kv: usize, hd: usize) -> Option<(usize, usize)> {
+    if hd == 0 || hd > 128 || hd % 4 != 0 || n_kv == 0 || n_heads % n_kv != 0 {
+        return None;
+    }
+    let grp = n_heads / n_kv;
+    let smem =
+        |rows: usize| 4 * (PT_KC * hd + rows * (hd + 1) + PT_KC * (hd + 1) + rows * (PT_KC + 1));
+    let rows = (1..=PT_ROWS).rev().find(|&r| smem(r) <= SMEM_MAX)?;
+    let tq = rows / grp;
+    (tq >= 1).then(|| (tq, smem(tq * grp)))
+}
+
+impl Gpu {
+    /// Scratch floats the split-KV attention needs for `n_tok` queries.
+    pub fn attn_scratch_floats(n_heads: usize, hd: usize, max_ctx: usize, n_tok: usize) -> usize {
+        n_tok * n_heads * max_ctx.div_ceil(ATT_CHUNK) * (hd + 2)
+    }
+
+    /// Attention of `n_tok` queries (token t at position *pos + t) over cache
+    /// rows 0..=*pos+t: split-KV partials, then an in-order combine.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
+        &self,
+        q: Span,
+        kc: Span,
+        vc: Span,
+        out: Span,
+        part: Span,
+        pos: Span,
+        n_heads: usize,
+        n_kv: usize,
+        hd: usize,
+        max_ctx: usize,
+        n_tok: usize,
+    ) -> Result<()> {
+        if hd == 0
+            || hd > 256
+            || hd % 4 != 0
+            || n_kv == 0
+            || n_heads % n_kv != 0
+            || n_tok == 0
+            || n_tok > 65_535
+        {
+            return Err(WorkerError::invalid(format!("attention: head_dim {hd} must be a multiple of 4 up to 256, n_heads {n_heads} a multiple of n_kv {n_kv}, tokens {n_tok} in 1..=65535")));
+        }
+        let n_chunks = max_ctx.div_ceil(ATT_CHUNK);
+        let qp = q.need(4 * n_heads * hd * n_tok, "q")?;
+        let kcp = kc.need(4 * max_ctx * n_kv * hd, "k cache")?;
+        let vcp = vc.need(4 * max_ctx * n_kv * hd, "v cache")?;
+        let op = out.need(4 * n_heads * hd * n_tok, "out")?;
+        let pp_ = part.need(
+            4 * Self::attn_scratch_floats(n_heads, hd, max_ctx, n_tok),
+            "attention scratch",
+        )?;
+        let pp = pos.need(4, "pos")?;
+        let (nh, nk, hdi, nc) = (
+            as_i32(n_heads, "n_heads")?,
+            as_i32(n_kv, "n_kv")?,
+            as_i32(hd, "hd")?,
+            as_i32(n_chunks, "chunks")?,
+        );
+        let scale = 1.0f32 / (hd as f32).sqrt();
+        let f = self.func("attn_partial")?;
+        let cfg = LaunchConfig {
+            grid_dim: (n_heads as u32, n_chunks as u32, n_tok as u32),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&qp)
+            .arg(&kcp)
+            .arg(&vcp)
+            .arg(&pp_)
+            .arg(&pp)
+            .arg(&nh)
+            .arg(&nk)
+            .arg(&hdi)
+            .arg(&nc)
+            .arg(&scale);
+        // SAFETY: windows checked above; *pos + n_tok <= max_ctx is kept by the
+        // caller, so every cache row read is inside the cache window; types
+        // match attn_partial in cuda/attention.cu.
+        unsafe { l.launch(cfg) }.map_err(cuda_err("launching attn_partial"))?;
+        let f = self.func("attn_combine")?;
+        let cfg = LaunchConfig {
+            grid_dim: (n_heads as u32, n_tok as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&pp_).arg(&op).arg(&pp).arg(&nh).arg(&hdi).arg(&nc);
+        // SAFETY: as above; types match attn_combine in cuda/attention.cu.
+        unsafe { l.launch(cfg) }
+            .map(|_| ())
+            .map_err(cuda_err("launching attn_combine"))
+    }
+
+    /// Prefill attention of `n_tok` queries (token t at position *pos + t)
+    /// over cache rows 0..=*pos+t with an online softmax and no scratch, so
+    /// the chunk can be large: tiled per KV head (`attn_prefill_tile`) when
+    /// the shape allows, else one block per (head, token).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_prefill(
+        &self,
+        q: Span,
+        kc: Span,
+        vc: Span,
+        out: Span,
+        pos: Span,
+        n_heads: usize,
+        n_kv: usize,
+        hd: usize,
+        max_ctx: usize,
+        n_tok: usize,
+    ) -> Result<()> {
+        if hd == 0
+            || hd > 256
+            || hd % 4 != 0
+            || n_kv == 0
+            || n_heads % n_kv != 0
+            || n_tok == 0
+            || n_tok > 65_535
+        {
+            return Err(WorkerError::invalid(format!("prefill attention: head_dim {hd} must be a multiple of 4 up to 256, n_heads {n_heads} a multiple of n_kv {n_kv}, tokens {n_tok} in 1..=65535")));
+        }
+        let qp = q.need(4 * n_heads * hd * n_tok, "q")?;
+        let kcp = kc.need(4 * max_ctx * n_kv * hd, "k cache")?;
+        let vcp = vc.need(4 * max_ctx * n_kv * hd, "v cache")?;
+        let op = out.need(4 * n_heads * hd * n_tok, "out")?;
+        let pp = pos.need(4, "pos")?;
+        let (nh, nk, hdi) = (
+            as_i32(n_heads, "n_heads")?,
+            as_i32(n_kv, "n_kv")?,
+            as_i32(hd, "hd")?,
+        );
+        let scale = 1.0f32 / (hd as f32).sqrt();
+        // The tiled kernel when a KV head's query group fits its rows and
+        // shared memory; the one-block-per-(head, token) kernel otherwise.
+        if let Some((tq, smem)) = prefill_tile_shape(n_heads, n_kv, hd) {
+            let (nt, tqi) = (as_i32(n_tok, "n_tok")?, as_i32(tq, "tq")?);
+            let f = self.func("attn_prefill_tile")?;
+            let cfg = LaunchConfig {
+                grid_dim: (n_kv as u32, blocks(n_tok, tq), 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: smem as u32,
+            };
+            let mut l = self.stream.launch_builder(f);
+            l.arg(&qp)
+                .arg(&kcp)
+                .arg(&vcp)
+                .arg(&op)
+                .arg(&pp)
+                .arg(&nh)
+                .arg(&nk)
+                .arg(&hdi)
+                .arg(&nt)
+                .arg(&tqi)
+                .arg(&scale);
+            // SAFETY: windows checked above; *pos + n_tok <= max_ctx is kept by
+            // the caller, so every cache row read (< *pos + n_tok) is inside
+            // the cache windows; tq * (n_heads / n_kv) <= PT_ROWS and hd <= 128
+            // (prefill_tile_shape), smem sized by the same formula as the
+            // kernel's layout; types match attn_prefill_tile in cuda/attention.cu.
+            return unsafe { l.launch(cfg) }
+                .map(|_| ())
+                .map_err(cuda_err("launching attn_prefill_tile"));
+        }
+        let f = self.func("attn_prefill")?;
+        let cfg = LaunchConfig {
+            grid_dim: (n_heads as u32, n_tok as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&qp)
+            .arg(&kcp)
+            .arg(&vcp)
+            .arg(&op)
+            .arg(&pp)
+            .arg(&nh)
+            .arg(&nk)
+            .arg(&hdi)
+            .arg(&scale);
+        // SAFETY: windows checked above; *pos + n_tok <= max_ctx is kept by the
+        // caller, so every cache row read is inside the cache windows; types
+        // match attn_prefill in cuda/attention.cu (128 threads cover hd <= 256).
+        unsafe { l.launch(cfg) }
+            .map(|_| ())
+            .map_err(cuda_err("launching attn_prefill"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The models' shapes take the tiled kernel, and every tile fits.
+    #[test]
+    fn prefill_tile_shapes() {
+        // Qwen2.5-0.5B: 14 q / 2 kv heads of 64; SmolLM2: 9 / 3 of 64.
+        assert_eq!(prefill_tile_shape(14, 2, 64).map(|s| s.0), Some(4));
+        assert_eq!(prefill_tile_shape(9, 3, 64).map(|s| s.0), Some(10));
+        // Qwen2.5-1.5B: 12 / 2 heads of 128.
+        assert!(prefill_tile_shape(12, 2, 128).is_some());
+        assert_eq!(prefill_tile_shape(4, 1, 256), None);
+        assert_eq!(prefill_tile_shape(64, 1, 64), None);
+        for (nh, nkv, hd) in [
+            (14, 2, 64),
+            (9, 3, 64),
+            (12, 2, 128),
+            (6, 3, 80),
+            (2, 2, 16),
+        ] {
+            let (tq, smem) = prefill_tile_shape(nh, nkv, hd).unwrap();
+            assert!(tq * (nh / nkv) <= PT_ROWS && smem <= SMEM_MAX);
+        }
+    }
+}
