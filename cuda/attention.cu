@@ -160,45 +160,48 @@ extern "C" __global__ void attn_prefill(const float* q, const float* kc, const f
 }
 
 // Tiled prefill (GQA-shared): grid (n_kv, ceil(n_tok / tq)), block 128
-// threads = 8 teams of 16 lanes; hd <= 128, hd % 4 == 0.
+// threads = 8 teams of 16 lanes; HD (the head size) is 64 or 128, a
+// compile-time constant so every loop over it unrolls and its shared-memory
+// loads issue back to back (one instantiation per size, below).
 // A block takes one KV head and tq query tokens: its R = tq * (n_heads /
 // n_kv) <= 32 query rows (row r = token r / grp, head g * grp + r % grp) all
 // read the same cache rows, so each chunk of PT_KC keys and values is loaded
 // into shared memory once for R rows instead of once per (head, token).
 // Team k owns rows k, k+8, k+16, k+24. For every row and chunk, lane l scores
-// columns l and l+16 (its dot over hd in order), the team folds max and sum
-// by a fixed xor butterfly (every lane gets the same bits), the online
-// softmax rescales, and lane l accumulates output float4s l and l+16 over the
-// chunk's columns in order. Fixed order everywhere, no atomics (WORKER-4710).
-// Rows past the causal limit or the last token contribute exactly zero.
-// Dynamic shared memory: 4 * (PT_KC*hd + R*(hd+1) + PT_KC*(hd+1) + R*(PT_KC+1)).
+// columns l and l+16 (its dot over HD as two interleaved partial sums added
+// at the end), the team folds max and sum by a fixed xor butterfly (every
+// lane gets the same bits), the online softmax rescales, and lane l
+// accumulates output float4s l and l+16 over the chunk's columns in order.
+// Fixed order everywhere, no atomics (WORKER-4710). Rows past the causal
+// limit or the last token contribute exactly zero.
+// Dynamic shared memory: 4 * (PT_KC*HD + R*(HD+1) + PT_KC*(HD+1) + R*(PT_KC+1)).
 #define PT_KC 32
-#define PT_ROWS 32
-extern "C" __global__ void attn_prefill_tile(const float* q, const float* kc, const float* vc, float* out,
-                                             const int* pos_ptr, int n_heads, int n_kv, int hd, int n_tok,
-                                             int tq, float scale) {
+template <int HD>
+__device__ __forceinline__ void attn_prefill_tile_body(const float* q, const float* kc, const float* vc, float* out,
+                                                       const int* pos_ptr, int n_heads, int n_kv, int n_tok, int tq,
+                                                       float scale) {
+    constexpr int HP = HD + 1, HD4 = HD / 4, NV = (HD4 + 15) / 16;
     extern __shared__ __align__(16) float sm[];
     const int g = blockIdx.x;
     const int grp = n_heads / n_kv;
     const int R = tq * grp;
     const int tile0 = blockIdx.y * tq;
     const int pos0 = *pos_ptr;
-    const int hp = hd + 1, hd4 = hd >> 2;
-    const int kv_stride = n_kv * hd;
-    float* Vs = sm;                  // PT_KC x hd, float4-aligned
-    float* Qs = Vs + PT_KC * hd;     // R x (hd + 1)
-    float* Ks = Qs + R * hp;         // PT_KC x (hd + 1)
-    float* Ps = Ks + PT_KC * hp;     // R x (PT_KC + 1)
+    const int kv_stride = n_kv * HD;
+    float* Vs = sm;                  // PT_KC x HD, float4-aligned
+    float* Qs = Vs + PT_KC * HD;     // R x (HD + 1)
+    float* Ks = Qs + R * HP;         // PT_KC x (HD + 1)
+    float* Ps = Ks + PT_KC * HP;     // R x (PT_KC + 1)
     const int tid = threadIdx.x, team = tid >> 4, lane = tid & 15;
-    for (int i = tid; i < R * hd; i += blockDim.x) {
-        const int r = i / hd, d = i - r * hd;
+    for (int i = tid; i < R * HD; i += blockDim.x) {
+        const int r = i / HD, d = i % HD;
         const int t = tile0 + r / grp, h = g * grp + r % grp;
-        Qs[r * hp + d] = t < n_tok ? q[((u64)t * n_heads + h) * hd + d] : 0.0f;
+        Qs[r * HP + d] = t < n_tok ? q[((u64)t * n_heads + h) * HD + d] : 0.0f;
     }
     const int t_last = min(tile0 + tq, n_tok) - 1;
     const int n_max = pos0 + t_last + 1;
     float m[4], s[4];
-    float4 o[4][2];
+    float4 o[4][NV];
     int n_r[4];
 #pragma unroll
     for (int p = 0; p < 4; p++) {
@@ -207,40 +210,48 @@ extern "C" __global__ void attn_prefill_tile(const float* q, const float* kc, co
         n_r[p] = (r < R && t < n_tok) ? pos0 + t + 1 : 0;
         m[p] = -3.402823466e38f;
         s[p] = 0.0f;
-        o[p][0] = make_float4(0.f, 0.f, 0.f, 0.f);
-        o[p][1] = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+        for (int v = 0; v < NV; v++) o[p][v] = make_float4(0.f, 0.f, 0.f, 0.f);
     }
     const float4* V4 = (const float4*)Vs;
     for (int kv0 = 0; kv0 < n_max; kv0 += PT_KC) {
         // The previous chunk's Ks, Vs and Ps are no longer read.
         __syncthreads();
-        for (int i = tid; i < PT_KC * hd; i += blockDim.x) {
-            const int c = i / hd, d = i - c * hd;
+#pragma unroll
+        for (int i = tid; i < PT_KC * HD4; i += 128) {
+            const int c = i / HD4, d4 = i % HD4;
             const int row = kv0 + c;
-            Ks[c * hp + d] = row < n_max ? kc[(u64)row * kv_stride + g * hd + d] : 0.0f;
-        }
-        for (int i = tid; i < PT_KC * hd4; i += blockDim.x) {
-            const int c = i / hd4, d4 = i - c * hd4;
-            const int row = kv0 + c;
-            ((float4*)Vs)[i] = row < n_max ? ((const float4*)(vc + (u64)row * kv_stride + g * hd))[d4]
-                                           : make_float4(0.f, 0.f, 0.f, 0.f);
+            float4 kv = make_float4(0.f, 0.f, 0.f, 0.f), vv = kv;
+            if (row < n_max) {
+                kv = ((const float4*)(kc + (u64)row * kv_stride + g * HD))[d4];
+                vv = ((const float4*)(vc + (u64)row * kv_stride + g * HD))[d4];
+            }
+            float* kd = Ks + c * HP + 4 * d4;
+            kd[0] = kv.x;
+            kd[1] = kv.y;
+            kd[2] = kv.z;
+            kd[3] = kv.w;
+            ((float4*)Vs)[i] = vv;
         }
         __syncthreads();
 #pragma unroll
         for (int p = 0; p < 4; p++) {
             // Rows past R score row 0's query; n_r = 0 masks every column.
             const int r = team + 8 * p;
-            const float* qr = Qs + (r < R ? r : 0) * hp;
-            const float* k0 = Ks + lane * hp;
-            const float* k1 = Ks + (lane + 16) * hp;
-            float d0 = 0.0f, d1 = 0.0f;
-            for (int d = 0; d < hd; d++) {
-                const float qv = qr[d];
-                d0 = fmaf(qv, k0[d], d0);
-                d1 = fmaf(qv, k1[d], d1);
+            const float* qr = Qs + (r < R ? r : 0) * HP;
+            const float* k0 = Ks + lane * HP;
+            const float* k1 = Ks + (lane + 16) * HP;
+            float a0 = 0.0f, a1 = 0.0f, b0 = 0.0f, b1 = 0.0f;
+#pragma unroll
+            for (int d = 0; d < HD; d += 2) {
+                const float q0 = qr[d], q1 = qr[d + 1];
+                a0 = fmaf(q0, k0[d], a0);
+                a1 = fmaf(q1, k0[d + 1], a1);
+                b0 = fmaf(q0, k1[d], b0);
+                b1 = fmaf(q1, k1[d + 1], b1);
             }
             const bool ok0 = kv0 + lane < n_r[p], ok1 = kv0 + lane + 16 < n_r[p];
-            const float s0 = d0 * scale, s1 = d1 * scale;
+            const float s0 = (a0 + a1) * scale, s1 = (b0 + b1) * scale;
             float cm = fmaxf(ok0 ? s0 : -3.402823466e38f, ok1 ? s1 : -3.402823466e38f);
 #pragma unroll
             for (int off = 8; off > 0; off >>= 1) cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, off, 16));
@@ -254,13 +265,13 @@ extern "C" __global__ void attn_prefill_tile(const float* q, const float* kc, co
             s[p] = s[p] * corr + es;
             m[p] = mn;
 #pragma unroll
-            for (int v = 0; v < 2; v++) {
+            for (int v = 0; v < NV; v++) {
                 o[p][v].x *= corr;
                 o[p][v].y *= corr;
                 o[p][v].z *= corr;
                 o[p][v].w *= corr;
             }
-            if (team + 8 * p < R) {
+            if (r < R) {
                 Ps[r * (PT_KC + 1) + lane] = e0;
                 Ps[r * (PT_KC + 1) + lane + 16] = e1;
             }
@@ -273,13 +284,14 @@ extern "C" __global__ void attn_prefill_tile(const float* q, const float* kc, co
             if (r >= R) continue;
             const float* pr = Ps + r * (PT_KC + 1);
 #pragma unroll
-            for (int v = 0; v < 2; v++) {
+            for (int v = 0; v < NV; v++) {
                 const int d4 = lane + 16 * v;
-                if (d4 >= hd4) continue;
+                if (d4 >= HD4) continue;
                 float4 acc = o[p][v];
+#pragma unroll
                 for (int j = 0; j < PT_KC; j++) {
                     const float e = pr[j];
-                    const float4 vv = V4[j * hd4 + d4];
+                    const float4 vv = V4[j * HD4 + d4];
                     acc.x = fmaf(e, vv.x, acc.x);
                     acc.y = fmaf(e, vv.y, acc.y);
                     acc.z = fmaf(e, vv.z, acc.z);
@@ -294,15 +306,29 @@ extern "C" __global__ void attn_prefill_tile(const float* q, const float* kc, co
         const int r = team + 8 * p;
         const int t = tile0 + r / grp;
         if (r >= R || t >= n_tok) continue;
-        float* oh = out + ((u64)t * n_heads + g * grp + r % grp) * hd;
+        float* oh = out + ((u64)t * n_heads + g * grp + r % grp) * HD;
 #pragma unroll
-        for (int v = 0; v < 2; v++) {
+        for (int v = 0; v < NV; v++) {
             const int d4 = lane + 16 * v;
-            if (d4 >= hd4) continue;
+            if (d4 >= HD4) continue;
             oh[4 * d4 + 0] = o[p][v].x / s[p];
             oh[4 * d4 + 1] = o[p][v].y / s[p];
             oh[4 * d4 + 2] = o[p][v].z / s[p];
             oh[4 * d4 + 3] = o[p][v].w / s[p];
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_prefill_tile_64(const float* q, const float* kc,
+                                                                      const float* vc, float* out,
+                                                                      const int* pos_ptr, int n_heads, int n_kv,
+                                                                      int n_tok, int tq, float scale) {
+    attn_prefill_tile_body<64>(q, kc, vc, out, pos_ptr, n_heads, n_kv, n_tok, tq, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_prefill_tile_128(const float* q, const float* kc,
+                                                                       const float* vc, float* out,
+                                                                       const int* pos_ptr, int n_heads, int n_kv,
+                                                                       int n_tok, int tq, float scale) {
+    attn_prefill_tile_body<128>(q, kc, vc, out, pos_ptr, n_heads, n_kv, n_tok, tq, scale);
 }

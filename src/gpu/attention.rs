@@ -21,11 +21,11 @@ const PT_ROWS: usize = 32;
 /// Shared memory a block may use without an opt-in attribute.
 const SMEM_MAX: usize = 48 * 1024;
 
-/// Tokens per block and dynamic shared-memory bytes of attn_prefill_tile, or
-/// None when the shape needs the untiled kernel (hd > 128, a query group
-/// larger than a block's rows, or no room in 48 KiB).
+/// Tokens per block and dynamic shared-memory bytes of attn_prefill_tile_<hd>,
+/// or None when the shape needs the untiled kernel (a head size without an
+/// instantiation, i.e. not 64 or 128, or a query group larger than a block's rows).
 pub fn prefill_tile_shape(n_heads: usize, n_kv: usize, hd: usize) -> Option<(usize, usize)> {
-    if hd == 0 || hd > 128 || hd % 4 != 0 || n_kv == 0 || n_heads % n_kv != 0 {
+    if !(hd == 64 || hd == 128) || n_kv == 0 || n_heads % n_kv != 0 {
         return None;
     }
     let grp = n_heads / n_kv;
@@ -164,7 +164,11 @@ impl Gpu {
         // shared memory; the one-block-per-(head, token) kernel otherwise.
         if let Some((tq, smem)) = prefill_tile_shape(n_heads, n_kv, hd) {
             let (nt, tqi) = (as_i32(n_tok, "n_tok")?, as_i32(tq, "tq")?);
-            let f = self.func("attn_prefill_tile")?;
+            let f = self.func(if hd == 64 {
+                "attn_prefill_tile_64"
+            } else {
+                "attn_prefill_tile_128"
+            })?;
             let cfg = LaunchConfig {
                 grid_dim: (n_kv as u32, blocks(n_tok, tq), 1),
                 block_dim: (128, 1, 1),
@@ -178,18 +182,18 @@ impl Gpu {
                 .arg(&pp)
                 .arg(&nh)
                 .arg(&nk)
-                .arg(&hdi)
                 .arg(&nt)
                 .arg(&tqi)
                 .arg(&scale);
             // SAFETY: windows checked above; *pos + n_tok <= max_ctx is kept by
             // the caller, so every cache row read (< *pos + n_tok) is inside
-            // the cache windows; tq * (n_heads / n_kv) <= PT_ROWS and hd <= 128
-            // (prefill_tile_shape), smem sized by the same formula as the
-            // kernel's layout; types match attn_prefill_tile in cuda/attention.cu.
+            // the cache windows; tq * (n_heads / n_kv) <= PT_ROWS and hd is the
+            // kernel's HD (prefill_tile_shape), smem sized by the same formula
+            // as the kernel's layout; types match attn_prefill_tile_<HD> in
+            // cuda/attention.cu.
             return unsafe { l.launch(cfg) }
                 .map(|_| ())
-                .map_err(cuda_err("launching attn_prefill_tile"));
+                .map_err(cuda_err("launching attn_prefill_tile_<hd>"));
         }
         let f = self.func("attn_prefill")?;
         let cfg = LaunchConfig {
@@ -229,13 +233,14 @@ mod tests {
         // Qwen2.5-1.5B: 12 / 2 heads of 128.
         assert!(prefill_tile_shape(12, 2, 128).is_some());
         assert_eq!(prefill_tile_shape(4, 1, 256), None);
+        assert_eq!(prefill_tile_shape(6, 3, 80), None);
         assert_eq!(prefill_tile_shape(64, 1, 64), None);
         for (nh, nkv, hd) in [
             (14, 2, 64),
             (9, 3, 64),
             (12, 2, 128),
-            (6, 3, 80),
-            (2, 2, 16),
+            (2, 2, 64),
+            (32, 8, 128),
         ] {
             let (tq, smem) = prefill_tile_shape(nh, nkv, hd).unwrap();
             assert!(tq * (nh / nkv) <= PT_ROWS && smem <= SMEM_MAX);

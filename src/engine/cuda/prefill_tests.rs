@@ -152,8 +152,8 @@ fn cpu_attention(
 }
 
 /// Prefill attention vs a CPU attention: GQA, pos0 > 0, up to 512 queries,
-/// the tiled kernel (groups of 1, 3, 6, 7 heads; hd 16, 64, 80, 128) and the
-/// untiled one (hd 256). Cache rows past the causal
+/// the tiled kernels (groups of 3, 6, 7 heads; hd 64 and 128) and the
+/// untiled one (hd 256, 80, 16). Cache rows past the causal
 /// limit are NaN, so reading one would show. Twice: bit-identical.
 #[test]
 fn op_attn_prefill() {
