@@ -253,7 +253,12 @@ fn op_profile_qwen_shapes() {
         g.topk(lb.all(), 151_936, 40, ib.all(), vb.all())
     });
     let big = g.alloc(489 << 20, "digest data").unwrap();
-    let leaves = g.alloc(32 * 489, "leaves").unwrap();
+    let leaves = g
+        .alloc(
+            32 * (489usize << 20).div_ceil(crate::shard::digest::CHUNK_BYTES),
+            "leaves",
+        )
+        .unwrap();
     time("sha256 leaves 489 MiB", 489 << 20, &|| {
         g.sha256_leaves(big.all(), crate::shard::digest::CHUNK_BYTES, leaves.all())
             .map(|_| ())
