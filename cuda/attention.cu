@@ -16,12 +16,20 @@
 
 #define ATT_CHUNK 32
 
-// grid (n_heads, n_chunks, n_tok), block 128 threads; hd <= 256.
+// Split-KV decode attention in one launch: grid (n_heads, n_chunks, n_tok),
+// block 128 threads; hd <= 256. Each block scores one chunk of ATT_CHUNK cache
+// rows for one (token, head) and writes its partial (hd weighted values, max,
+// sum). The block that finishes a (token, head) last, found by an integer
+// ticket (atomicAdd on a counter; no floating-point atomics), folds all its
+// partials in chunk order, so the result does not depend on which block
+// finished last (WORKER-4710), and resets the counter for the next launch or
+// graph replay. Counters start at zero (the scratch is allocated zeroed).
 extern "C" __global__ void attn_partial(const float* q, const float* kc, const float* vc, float* part,
-                                        const int* pos_ptr, int n_heads, int n_kv, int hd, int n_chunks,
-                                        float scale) {
+                                        int* counters, float* att_out, const int* pos_ptr, int n_heads, int n_kv,
+                                        int hd, int n_chunks, float scale) {
     __shared__ __align__(16) float qs[256];
     __shared__ float sc[ATT_CHUNK];
+    __shared__ int is_last;
     const int h = blockIdx.x, c = blockIdx.y, t = blockIdx.z;
     const int n = *pos_ptr + t + 1;
     const int t0 = c * ATT_CHUNK;
@@ -55,7 +63,8 @@ extern "C" __global__ void attn_partial(const float* q, const float* kc, const f
     for (int j = 1; j < tn; j++) m = fmaxf(m, sc[j]);
     float s = 0.0f;
     for (int j = 0; j < tn; j++) s += expf(sc[j] - m);
-    float* out = part + (((u64)t * n_heads + h) * n_chunks + c) * (hd + 2);
+    float* base = part + ((u64)t * n_heads + h) * n_chunks * (hd + 2);
+    float* out = base + (u64)c * (hd + 2);
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         const float* vr = vc + (u64)t0 * kv_stride + kvh * hd + d;
         float o = 0.0f;
@@ -67,29 +76,33 @@ extern "C" __global__ void attn_partial(const float* q, const float* kc, const f
         out[hd] = m;
         out[hd + 1] = s;
     }
-}
-
-// grid (n_heads, n_tok), block 128 threads: fold the chunks of each (token, head) in order.
-extern "C" __global__ void attn_combine(const float* part, float* out, const int* pos_ptr, int n_heads,
-                                        int hd, int n_chunks) {
-    const int h = blockIdx.x, t = blockIdx.y;
-    const int n = *pos_ptr + t + 1;
+    // Publish this partial device-wide before taking a ticket.
+    __threadfence();
+    __syncthreads();
     const int nc = (n + ATT_CHUNK - 1) / ATT_CHUNK;
-    const float* base = part + ((u64)t * n_heads + h) * n_chunks * (hd + 2);
-    float M = base[hd];
-    for (int c = 1; c < nc; c++) M = fmaxf(M, base[(u64)c * (hd + 2) + hd]);
+    if (threadIdx.x == 0) {
+        int* ctr = counters + (u64)t * n_heads + h;
+        is_last = atomicAdd(ctr, 1) == nc - 1;
+        if (is_last) *ctr = 0;
+    }
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    // Fold the chunks in order; loads bypass L1 (other blocks wrote them).
+    float M = __ldcg(base + hd);
+    for (int k = 1; k < nc; k++) M = fmaxf(M, __ldcg(base + (u64)k * (hd + 2) + hd));
     float S = 0.0f;
-    for (int c = 0; c < nc; c++) {
-        const float* p = base + (u64)c * (hd + 2);
-        S += p[hd + 1] * expf(p[hd] - M);
+    for (int k = 0; k < nc; k++) {
+        const float* p = base + (u64)k * (hd + 2);
+        S += __ldcg(p + hd + 1) * expf(__ldcg(p + hd) - M);
     }
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float o = 0.0f;
-        for (int c = 0; c < nc; c++) {
-            const float* p = base + (u64)c * (hd + 2);
-            o = fmaf(p[d], expf(p[hd] - M), o);
+        for (int k = 0; k < nc; k++) {
+            const float* p = base + (u64)k * (hd + 2);
+            o = fmaf(__ldcg(p + d), expf(__ldcg(p + hd) - M), o);
         }
-        out[((u64)t * n_heads + h) * hd + d] = o / S;
+        att_out[((u64)t * n_heads + h) * hd + d] = o / S;
     }
 }
 
@@ -167,14 +180,16 @@ extern "C" __global__ void attn_prefill(const float* q, const float* kc, const f
 // n_kv) <= 32 query rows (row r = token r / grp, head g * grp + r % grp) all
 // read the same cache rows, so each chunk of PT_KC keys and values is loaded
 // into shared memory once for R rows instead of once per (head, token).
-// Team k owns rows k, k+8, k+16, k+24. For every row and chunk, lane l scores
-// columns l and l+16 (its dot over HD as two interleaved partial sums added
-// at the end), the team folds max and sum by a fixed xor butterfly (every
-// lane gets the same bits), the online softmax rescales, and lane l
-// accumulates output float4s l and l+16 over the chunk's columns in order.
+// Team k owns rows k, k+8, k+16, k+24. For every chunk, lane l scores
+// columns l and l+16 for all four of its rows at once (each key value loaded
+// once serves four rows; each dot runs over HD in order), the team folds max
+// and sum by a fixed xor butterfly (every lane gets the same bits), the
+// online softmax rescales, and lane l accumulates output float4s l and l+16
+// of its four rows over the chunk's columns in order (each value float4
+// loaded once). Tiles run longest first for a better balance over the SMs.
 // Fixed order everywhere, no atomics (WORKER-4710). Rows past the causal
 // limit or the last token contribute exactly zero.
-// Dynamic shared memory: 4 * (PT_KC*HD + R*(HD+1) + PT_KC*(HD+1) + R*(PT_KC+1)).
+// Dynamic shared memory: 4 * (PT_KC*HD + R*(HD+1) + PT_KC*(HD+1) + (R+1)*(PT_KC+1)).
 #define PT_KC 32
 template <int HD>
 __device__ __forceinline__ void attn_prefill_tile_body(const float* q, const float* kc, const float* vc, float* out,
@@ -185,19 +200,21 @@ __device__ __forceinline__ void attn_prefill_tile_body(const float* q, const flo
     const int g = blockIdx.x;
     const int grp = n_heads / n_kv;
     const int R = tq * grp;
-    const int tile0 = blockIdx.y * tq;
+    // The longest (last) tiles are dispatched first, so the short ones fill in behind them.
+    const int tile0 = (gridDim.y - 1 - blockIdx.y) * tq;
     const int pos0 = *pos_ptr;
     const int kv_stride = n_kv * HD;
     float* Vs = sm;                  // PT_KC x HD, float4-aligned
     float* Qs = Vs + PT_KC * HD;     // R x (HD + 1)
     float* Ks = Qs + R * HP;         // PT_KC x (HD + 1)
-    float* Ps = Ks + PT_KC * HP;     // R x (PT_KC + 1)
+    float* Ps = Ks + PT_KC * HP;     // (R + 1) x (PT_KC + 1); row R stays zero
     const int tid = threadIdx.x, team = tid >> 4, lane = tid & 15;
     for (int i = tid; i < R * HD; i += blockDim.x) {
         const int r = i / HD, d = i % HD;
         const int t = tile0 + r / grp, h = g * grp + r % grp;
         Qs[r * HP + d] = t < n_tok ? q[((u64)t * n_heads + h) * HD + d] : 0.0f;
     }
+    for (int j = tid; j < PT_KC + 1; j += blockDim.x) Ps[R * (PT_KC + 1) + j] = 0.0f;
     const int t_last = min(tile0 + tq, n_tok) - 1;
     const int n_max = pos0 + t_last + 1;
     float m[4], s[4];
@@ -234,24 +251,33 @@ __device__ __forceinline__ void attn_prefill_tile_body(const float* q, const flo
             ((float4*)Vs)[i] = vv;
         }
         __syncthreads();
+        // Scores of the team's four rows against columns lane and lane + 16:
+        // each key value loaded once serves four rows (eight independent
+        // sums, each over d in order). Rows past R score row 0's query;
+        // n_r = 0 masks every column.
+        const float* qr[4];
+#pragma unroll
+        for (int p = 0; p < 4; p++) qr[p] = Qs + (team + 8 * p < R ? team + 8 * p : 0) * HP;
+        const float* k0 = Ks + lane * HP;
+        const float* k1 = Ks + (lane + 16) * HP;
+        float a[4], b[4];
+#pragma unroll
+        for (int p = 0; p < 4; p++) a[p] = b[p] = 0.0f;
+#pragma unroll
+        for (int d = 0; d < HD; d++) {
+            const float kv0v = k0[d], kv1v = k1[d];
+#pragma unroll
+            for (int p = 0; p < 4; p++) {
+                const float qv = qr[p][d];
+                a[p] = fmaf(qv, kv0v, a[p]);
+                b[p] = fmaf(qv, kv1v, b[p]);
+            }
+        }
 #pragma unroll
         for (int p = 0; p < 4; p++) {
-            // Rows past R score row 0's query; n_r = 0 masks every column.
             const int r = team + 8 * p;
-            const float* qr = Qs + (r < R ? r : 0) * HP;
-            const float* k0 = Ks + lane * HP;
-            const float* k1 = Ks + (lane + 16) * HP;
-            float a0 = 0.0f, a1 = 0.0f, b0 = 0.0f, b1 = 0.0f;
-#pragma unroll
-            for (int d = 0; d < HD; d += 2) {
-                const float q0 = qr[d], q1 = qr[d + 1];
-                a0 = fmaf(q0, k0[d], a0);
-                a1 = fmaf(q1, k0[d + 1], a1);
-                b0 = fmaf(q0, k1[d], b0);
-                b1 = fmaf(q1, k1[d + 1], b1);
-            }
             const bool ok0 = kv0 + lane < n_r[p], ok1 = kv0 + lane + 16 < n_r[p];
-            const float s0 = (a0 + a1) * scale, s1 = (b0 + b1) * scale;
+            const float s0 = a[p] * scale, s1 = b[p] * scale;
             float cm = fmaxf(ok0 ? s0 : -3.402823466e38f, ok1 ? s1 : -3.402823466e38f);
 #pragma unroll
             for (int off = 8; off > 0; off >>= 1) cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, off, 16));
@@ -278,26 +304,26 @@ __device__ __forceinline__ void attn_prefill_tile_body(const float* q, const flo
         }
         // A row's weights are written and read by its own team (one warp).
         __syncwarp();
+        // Each value float4 loaded once serves the team's four rows. Rows past
+        // R read the all-zero row R of Ps.
+        const float* pr[4];
 #pragma unroll
-        for (int p = 0; p < 4; p++) {
-            const int r = team + 8 * p;
-            if (r >= R) continue;
-            const float* pr = Ps + r * (PT_KC + 1);
+        for (int p = 0; p < 4; p++) pr[p] = Ps + (team + 8 * p < R ? team + 8 * p : R) * (PT_KC + 1);
 #pragma unroll
-            for (int v = 0; v < NV; v++) {
-                const int d4 = lane + 16 * v;
-                if (d4 >= HD4) continue;
-                float4 acc = o[p][v];
+        for (int v = 0; v < NV; v++) {
+            const int d4 = lane + 16 * v;
+            if (d4 >= HD4) continue;
 #pragma unroll
-                for (int j = 0; j < PT_KC; j++) {
-                    const float e = pr[j];
-                    const float4 vv = V4[j * HD4 + d4];
-                    acc.x = fmaf(e, vv.x, acc.x);
-                    acc.y = fmaf(e, vv.y, acc.y);
-                    acc.z = fmaf(e, vv.z, acc.z);
-                    acc.w = fmaf(e, vv.w, acc.w);
+            for (int j = 0; j < PT_KC; j++) {
+                const float4 vv = V4[j * HD4 + d4];
+#pragma unroll
+                for (int p = 0; p < 4; p++) {
+                    const float e = pr[p][j];
+                    o[p][v].x = fmaf(e, vv.x, o[p][v].x);
+                    o[p][v].y = fmaf(e, vv.y, o[p][v].y);
+                    o[p][v].z = fmaf(e, vv.z, o[p][v].z);
+                    o[p][v].w = fmaf(e, vv.w, o[p][v].w);
                 }
-                o[p][v] = acc;
             }
         }
     }

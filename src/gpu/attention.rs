@@ -29,21 +29,26 @@ pub fn prefill_tile_shape(n_heads: usize, n_kv: usize, hd: usize) -> Option<(usi
         return None;
     }
     let grp = n_heads / n_kv;
-    let smem =
-        |rows: usize| 4 * (PT_KC * hd + rows * (hd + 1) + PT_KC * (hd + 1) + rows * (PT_KC + 1));
+    let smem = |rows: usize| {
+        4 * (PT_KC * hd + rows * (hd + 1) + PT_KC * (hd + 1) + (rows + 1) * (PT_KC + 1))
+    };
     let rows = (1..=PT_ROWS).rev().find(|&r| smem(r) <= SMEM_MAX)?;
     let tq = rows / grp;
     (tq >= 1).then(|| (tq, smem(tq * grp)))
 }
 
 impl Gpu {
-    /// Scratch floats the split-KV attention needs for `n_tok` queries.
+    /// Scratch floats the split-KV attention needs for `n_tok` queries: the
+    /// partials, then one 4-byte ticket counter per (token, head). The
+    /// counters must start at zero (`Gpu::alloc` zeroes) and are left at zero
+    /// by every launch.
     pub fn attn_scratch_floats(n_heads: usize, hd: usize, max_ctx: usize, n_tok: usize) -> usize {
-        n_tok * n_heads * max_ctx.div_ceil(ATT_CHUNK) * (hd + 2)
+        n_tok * n_heads * max_ctx.div_ceil(ATT_CHUNK) * (hd + 2) + n_tok * n_heads
     }
 
     /// Attention of `n_tok` queries (token t at position *pos + t) over cache
-    /// rows 0..=*pos+t: split-KV partials, then an in-order combine.
+    /// rows 0..=*pos+t in one launch: split-KV partials, and the last block of
+    /// each (token, head) folds them in chunk order.
     #[allow(clippy::too_many_arguments)]
     pub fn attention(
         &self,
@@ -79,6 +84,8 @@ impl Gpu {
             "attention scratch",
         )?;
         let pp = pos.need(4, "pos")?;
+        // The counters follow the partials inside the same scratch window.
+        let counters = pp_ + 4 * (n_tok * n_heads * n_chunks * (hd + 2)) as u64;
         let (nh, nk, hdi, nc) = (
             as_i32(n_heads, "n_heads")?,
             as_i32(n_kv, "n_kv")?,
@@ -97,28 +104,21 @@ impl Gpu {
             .arg(&kcp)
             .arg(&vcp)
             .arg(&pp_)
+            .arg(&counters)
+            .arg(&op)
             .arg(&pp)
             .arg(&nh)
             .arg(&nk)
             .arg(&hdi)
             .arg(&nc)
             .arg(&scale);
-        // SAFETY: windows checked above; *pos + n_tok <= max_ctx is kept by the
-        // caller, so every cache row read is inside the cache window; types
-        // match attn_partial in cuda/attention.cu.
-        unsafe { l.launch(cfg) }.map_err(cuda_err("launching attn_partial"))?;
-        let f = self.func("attn_combine")?;
-        let cfg = LaunchConfig {
-            grid_dim: (n_heads as u32, n_tok as u32, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&pp_).arg(&op).arg(&pp).arg(&nh).arg(&hdi).arg(&nc);
-        // SAFETY: as above; types match attn_combine in cuda/attention.cu.
+        // SAFETY: windows checked above (the scratch window holds the partials
+        // and the n_tok * n_heads counters after them); *pos + n_tok <= max_ctx
+        // is kept by the caller, so every cache row read is inside the cache
+        // window; types match attn_partial in cuda/attention.cu.
         unsafe { l.launch(cfg) }
             .map(|_| ())
-            .map_err(cuda_err("launching attn_combine"))
+            .map_err(cuda_err("launching attn_partial"))
     }
 
     /// Prefill attention of `n_tok` queries (token t at position *pos + t)

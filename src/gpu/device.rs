@@ -106,7 +106,6 @@ pub const KERNEL_NAMES: &[&str] = &[
     "rmsnorm",
     "rope_kv",
     "attn_partial",
-    "attn_combine",
     "attn_prefill",
     "attn_prefill_tile_64",
     "attn_prefill_tile_128",
