@@ -59,9 +59,14 @@ pub async fn post_ready(url: String, body: Value) -> bool {
                 return true;
             }
             Err(e) => {
+                let next = if n + 1 < READY_ATTEMPTS {
+                    "retrying"
+                } else {
+                    "that was the last attempt"
+                };
                 crate::narrate_warn!(
                     human = format!(
-                        "The readiness callback failed (attempt {} of {READY_ATTEMPTS}: {e}); retrying. \
+                        "The readiness callback failed (attempt {} of {READY_ATTEMPTS}: {e}); {next}. \
                          The worker serves meanwhile.",
                         n + 1
                     ),
