@@ -60,3 +60,24 @@ extern "C" __global__ void add_bias(float* y, const float* bias, int rows) {
     const int r = blockIdx.x * blockDim.x + threadIdx.x;
     if (r < rows) y[(u64)blockIdx.y * rows + r] += bias[r];
 }
+
+// 3xTF32 split for the prefill GEMM (tensor cores at about FP32 accuracy):
+// v = big + small, big = v rounded to TF32 (round to nearest, 10-bit
+// mantissa), small = the remainder rounded to TF32. Then
+// x·w ≈ big(x)·big(w) + big(x)·small(w) + small(x)·big(w); the dropped
+// small·small term is below f32 rounding. Elementwise, so big may alias x.
+// grid ceil(n / 256), block 256.
+__device__ __forceinline__ float to_tf32(float v) {
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(v));
+    return __uint_as_float(r);
+}
+
+extern "C" __global__ void split_tf32(const float* x, float* big, float* small, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float v = x[i];
+    const float b = to_tf32(v);
+    big[i] = b;
+    small[i] = to_tf32(v - b);
+}

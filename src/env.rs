@@ -85,6 +85,15 @@ pub const CUDA_GRAPH: EnvVar = EnvVar {
     doc: "`0` disables CUDA graph capture/replay of the decode step (debugging); anything else keeps it.",
 };
 
+/// Prefill GEMM numerics on the CUDA backend.
+pub const PREFILL_GEMM: EnvVar = EnvVar {
+    name: "WORKER_ORCD_PREFILL_GEMM",
+    default: Some("f32"),
+    doc: "`f32` (default): prefill matrix products as one FP32 SGEMM on the CUDA cores; `tf32x3`: three \
+          TF32 tensor-core GEMMs over operands split into TF32 parts and remainders (about FP32 accuracy; \
+          faster for large matrices, slower for small ones, see README).",
+};
+
 /// Read by the CUDA driver itself, not by worker-orcd.
 pub const CUDA_DEVICE_ORDER: EnvVar = EnvVar {
     name: "CUDA_DEVICE_ORDER",
@@ -188,6 +197,7 @@ pub const ALL: &[EnvVar] = &[
     KERNEL_CACHE,
     XDG_CACHE_HOME,
     CUDA_GRAPH,
+    PREFILL_GEMM,
     CUDA_DEVICE_ORDER,
     TEST_MODELS,
     CI,

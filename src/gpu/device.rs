@@ -121,6 +121,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "dequant_q5_k",
     "dequant_q6_k",
     "add_bias",
+    "split_tf32",
     "swiglu",
     "add_inplace",
     "topk",

@@ -44,6 +44,7 @@ use checks::{check_f32_vec, check_tensor};
 
 use crate::engine::{BackendKind, Engine, LoadOptions, MemoryReport, SamplingParams};
 use crate::error::{Result, WorkerError};
+use crate::gpu::gemm::Tf32Split;
 use crate::gpu::qkv::Proj;
 use crate::gpu::{DeviceBuffer, Gpu, GpuGraph, Span};
 use crate::model::arch::{ModelConfig, ModelWeights, RopeStyle, TensorRef};
@@ -65,6 +66,10 @@ struct Act {
     /// One weight matrix dequantized to f32 for the prefill GEMM (transient:
     /// each matrix overwrites the previous one; issue 5 point 3).
     wf: DeviceBuffer,
+    /// 3xTF32: the TF32 remainder of `wf`, and the GEMM input split in two.
+    wf_small: DeviceBuffer,
+    x_big: DeviceBuffer,
+    x_small: DeviceBuffer,
     tok: DeviceBuffer,
     pos: DeviceBuffer,
     cand_ids: DeviceBuffer,
@@ -111,6 +116,8 @@ pub struct CudaEngine {
     next_pos: usize,
     has_logits: bool,
     memory: MemoryReport,
+    /// Prefill GEMMs as 3xTF32 (WORKER_ORCD_PREFILL_GEMM).
+    tf32x3: bool,
     #[cfg(feature = "test-hooks")]
     fail_next: bool,
 }
@@ -203,10 +210,22 @@ impl CudaEngine {
             leaves: a(15)?,
             wf: a(16)?,
             topk_scratch: a(17)?,
+            wf_small: a(18)?,
+            x_big: a(19)?,
+            x_small: a(20)?,
         };
         gpu.sync()?;
         // The cuBLAS workspace (allocated at open) is scratch too.
         let blas_ws = gpu.blas_workspace_bytes();
+        let tf32x3 = match crate::env::PREFILL_GEMM.get().as_deref() {
+            None | Some("f32") => false,
+            Some("tf32x3") => true,
+            Some(other) => {
+                return Err(WorkerError::invalid(format!(
+                "WORKER_ORCD_PREFILL_GEMM is \"{other}\"; use \"f32\" (the default) or \"tf32x3\""
+            )))
+            }
+        };
         let use_graph = crate::env::CUDA_GRAPH
             .get()
             .map(|v| v != "0")
@@ -224,6 +243,7 @@ impl CudaEngine {
             chunk,
             next_pos: 0,
             has_logits: false,
+            tf32x3,
             memory: MemoryReport {
                 weights_bytes: dl as u64,
                 kv_cache_bytes: kv_bytes as u64,
@@ -403,8 +423,14 @@ impl CudaEngine {
         let w = self.weights.span(t.offset, t.n_bytes)?;
         if n >= GEMM_MIN_TOKENS {
             let scratch = self.act.wf.all();
-            self.gpu
-                .gemm(t.dtype, w, x, bias, y, scratch, rows, cols, n, accumulate)
+            let split = self.tf32x3.then(|| Tf32Split {
+                w_small: self.act.wf_small.all(),
+                x_big: self.act.x_big.all(),
+                x_small: self.act.x_small.all(),
+            });
+            self.gpu.gemm(
+                t.dtype, w, x, bias, y, scratch, split, rows, cols, n, accumulate,
+            )
         } else {
             self.gpu
                 .matvec(t.dtype, w, x, bias, y, rows, cols, n, accumulate)

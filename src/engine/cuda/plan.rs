@@ -19,7 +19,7 @@ pub(super) fn scratch_plan(
     cfg: &ModelConfig,
     max_ctx: usize,
     weight_bytes: usize,
-) -> [(usize, &'static str); 18] {
+) -> [(usize, &'static str); 21] {
     let (d, hd, nh, nkv, ffn, vocab) = (
         cfg.d_model,
         cfg.head_dim,
@@ -62,6 +62,10 @@ pub(super) fn scratch_plan(
             crate::gpu::topk::topk_large_scratch_bytes(vocab),
             "top-k scratch",
         ),
+        // 3xTF32 prefill GEMM: the weight's TF32 remainder and the split input.
+        (wf, "prefill tf32 weight remainder"),
+        (f(d.max(nh * hd).max(ffn)), "prefill tf32 input part"),
+        (f(d.max(nh * hd).max(ffn)), "prefill tf32 input remainder"),
     ]
 }
 

@@ -9,6 +9,7 @@
 use super::tests::{buf_from, gpu_or_skip, poisoned, rel_err, Rng};
 use super::*;
 use crate::engine::cpu::CpuEngine;
+use crate::gpu::gemm::Tf32Split;
 use crate::model::gguf::GgufLimits;
 use crate::model::quant;
 
@@ -18,9 +19,10 @@ fn upload_bytes(g: &Gpu, data: &[u8], what: &str) -> DeviceBuffer {
     b
 }
 
-/// y = x·Wᵀ (+ bias) (+ y) through dequant + SGEMM, every format, rows that
+/// y = x·Wᵀ (+ bias) (+ y) through dequant + SGEMM and through dequant +
+/// 3xTF32 (split operands, three tensor-core GEMMs), every format, rows that
 /// are not a multiple of any tile, several token counts; y starts as NaN when
-/// not accumulating (beta = 0 must not read it).
+/// not accumulating (beta = 0 must not read it), the split buffers too.
 #[test]
 fn op_gemm_every_block_format() {
     let Some(g) = gpu_or_skip("op_gemm") else {
@@ -60,7 +62,23 @@ fn op_gemm_every_block_format() {
                             .sum()
                     })
                     .collect();
-                for (acc, with_bias) in [(false, true), (true, false), (true, true)] {
+                let (w_small, x_big, x_small) = (
+                    poisoned(&g, rows * cols, "w small"),
+                    poisoned(&g, cols * n, "x big"),
+                    poisoned(&g, cols * n, "x small"),
+                );
+                let split = Tf32Split {
+                    w_small: w_small.all(),
+                    x_big: x_big.all(),
+                    x_small: x_small.all(),
+                };
+                for (acc, with_bias, tf32) in [
+                    (false, true, false),
+                    (true, false, false),
+                    (true, true, false),
+                    (false, true, true),
+                    (true, true, true),
+                ] {
                     let y0 = r.vec(rows * n);
                     let yb = if acc {
                         buf_from(&g, &y0, "y")
@@ -74,6 +92,7 @@ fn op_gemm_every_block_format() {
                         with_bias.then(|| bb.all()),
                         yb.all(),
                         scratch.all(),
+                        tf32.then_some(split),
                         rows,
                         cols,
                         n,
@@ -93,11 +112,12 @@ fn op_gemm_every_block_format() {
                         })
                         .collect();
                     let e = rel_err(&got, &want);
+                    let how = if tf32 { "3xtf32" } else { "sgemm " };
                     println!(
-                        "gemm {:>5} {rows}x{cols} n {n:>3} acc {acc:<5} bias {with_bias:<5}: rel err {e:.2e} (tol 1e-5)",
+                        "gemm {how} {:>5} {rows}x{cols} n {n:>3} acc {acc:<5} bias {with_bias:<5}: rel err {e:.2e} (tol 1e-5)",
                         dt.name()
                     );
-                    assert!(e < 1e-5, "gemm {} n {n} rel err {e}", dt.name());
+                    assert!(e < 1e-5, "gemm {how} {} n {n} rel err {e}", dt.name());
                 }
             }
         }

@@ -96,20 +96,33 @@ fn op_profile_qwen_shapes() {
             let xb = buf_from(&g, &r.vec(cols * 512), "x512");
             let yb = g.alloc(rows * 4 * 512, "y512").unwrap();
             let wf = g.alloc(rows * cols * 4, "wf").unwrap();
-            time(&format!("{label} gemm x512"), wq.len(), &|| {
-                g.gemm(
-                    dt,
-                    wb.all(),
-                    xb.all(),
-                    None,
-                    yb.all(),
-                    wf.all(),
-                    rows,
-                    cols,
-                    512,
-                    false,
-                )
-            });
+            let (ws, xbig, xsmall) = (
+                g.alloc(rows * cols * 4, "w small").unwrap(),
+                g.alloc(cols * 512 * 4, "x big").unwrap(),
+                g.alloc(cols * 512 * 4, "x small").unwrap(),
+            );
+            let split = crate::gpu::gemm::Tf32Split {
+                w_small: ws.all(),
+                x_big: xbig.all(),
+                x_small: xsmall.all(),
+            };
+            for (name, sp) in [("gemm x512", None), ("3xtf32 x512", Some(split))] {
+                time(&format!("{label} {name}"), wq.len(), &|| {
+                    g.gemm(
+                        dt,
+                        wb.all(),
+                        xb.all(),
+                        None,
+                        yb.all(),
+                        wf.all(),
+                        sp,
+                        rows,
+                        cols,
+                        512,
+                        false,
+                    )
+                });
+            }
             time(&format!("{label} dequant only"), rows * cols * 4, &|| {
                 g.dequant(dt, wb.all(), wf.all(), rows, cols)
             });
@@ -122,6 +135,7 @@ fn op_profile_qwen_shapes() {
                     None,
                     yb.all(),
                     wf.all(),
+                    None,
                     rows,
                     cols,
                     8,
