@@ -37,6 +37,22 @@ pub fn prefill_tile_shape(n_heads: usize, n_kv: usize, hd: usize) -> Option<(usi
     (tq >= 1).then(|| (tq, smem(tq * grp)))
 }
 
+/// The shapes both attention kernels take: head size a multiple of 4 up to
+/// 256, whole GQA groups, 1..=65535 query tokens (one grid dimension).
+fn check_shape(what: &str, n_heads: usize, n_kv: usize, hd: usize, n_tok: usize) -> Result<()> {
+    if hd == 0
+        || hd > 256
+        || hd % 4 != 0
+        || n_kv == 0
+        || n_heads % n_kv != 0
+        || n_tok == 0
+        || n_tok > 65_535
+    {
+        return Err(WorkerError::invalid(format!("{what}: head_dim {hd} must be a multiple of 4 up to 256, n_heads {n_heads} a multiple of n_kv {n_kv}, tokens {n_tok} in 1..=65535")));
+    }
+    Ok(())
+}
+
 impl Gpu {
     /// Scratch floats the split-KV attention needs for `n_tok` queries: the
     /// partials, then one 4-byte ticket counter per (token, head). The
@@ -64,16 +80,7 @@ impl Gpu {
         max_ctx: usize,
         n_tok: usize,
     ) -> Result<()> {
-        if hd == 0
-            || hd > 256
-            || hd % 4 != 0
-            || n_kv == 0
-            || n_heads % n_kv != 0
-            || n_tok == 0
-            || n_tok > 65_535
-        {
-            return Err(WorkerError::invalid(format!("attention: head_dim {hd} must be a multiple of 4 up to 256, n_heads {n_heads} a multiple of n_kv {n_kv}, tokens {n_tok} in 1..=65535")));
-        }
+        check_shape("attention", n_heads, n_kv, hd, n_tok)?;
         let n_chunks = max_ctx.div_ceil(ATT_CHUNK);
         let qp = q.need(4 * n_heads * hd * n_tok, "q")?;
         let kcp = kc.need(4 * max_ctx * n_kv * hd, "k cache")?;
@@ -139,16 +146,7 @@ impl Gpu {
         max_ctx: usize,
         n_tok: usize,
     ) -> Result<()> {
-        if hd == 0
-            || hd > 256
-            || hd % 4 != 0
-            || n_kv == 0
-            || n_heads % n_kv != 0
-            || n_tok == 0
-            || n_tok > 65_535
-        {
-            return Err(WorkerError::invalid(format!("prefill attention: head_dim {hd} must be a multiple of 4 up to 256, n_heads {n_heads} a multiple of n_kv {n_kv}, tokens {n_tok} in 1..=65535")));
-        }
+        check_shape("prefill attention", n_heads, n_kv, hd, n_tok)?;
         let qp = q.need(4 * n_heads * hd * n_tok, "q")?;
         let kcp = kc.need(4 * max_ctx * n_kv * hd, "k cache")?;
         let vcp = vc.need(4 * max_ctx * n_kv * hd, "v cache")?;

@@ -170,6 +170,19 @@ pub struct Tf32Split<'a> {
     pub x_small: Span<'a>,
 }
 
+/// What every GEMM launch here needs once its windows are checked: the
+/// handle (its context bound to this thread), the three device pointers and
+/// the cuBLAS dimensions m = rows, n = tokens, k = cols.
+struct GemmArgs<'b> {
+    blas: &'b Blas,
+    wp: u64,
+    xp: u64,
+    yp: u64,
+    m_i: i32,
+    n_i: i32,
+    k_i: i32,
+}
+
 impl Gpu {
     /// Bytes of f32 scratch `dequant` needs for a `rows` x `cols` matrix.
     pub fn dequant_scratch_bytes(rows: usize, cols: usize) -> usize {
@@ -232,10 +245,9 @@ impl Gpu {
             .map_err(cuda_err("launching add_bias"))
     }
 
-    /// Y[n][rows] = X[n][cols] · Wfᵀ (+ Y when `accumulate`) with Wf an f32
-    /// row-major `[rows][cols]` matrix, by cublasSgemm (KERNEL-GEMM-002..004).
-    #[allow(clippy::too_many_arguments)]
-    pub fn sgemm_xwt(
+    /// Check a GEMM's windows (W `rows`x`cols`, X `n`x`cols`, Y `n`x`rows`,
+    /// all f32) and dimensions, and bind the cuBLAS handle's context.
+    fn gemm_args(
         &self,
         wf: Span,
         x: Span,
@@ -243,8 +255,7 @@ impl Gpu {
         rows: usize,
         cols: usize,
         n: usize,
-        accumulate: bool,
-    ) -> Result<()> {
+    ) -> Result<GemmArgs<'_>> {
         if rows == 0 || cols == 0 || n == 0 {
             return Err(WorkerError::invalid(format!(
                 "GEMM of {rows}x{cols} by {n} tokens has an empty dimension"
@@ -263,6 +274,39 @@ impl Gpu {
             .context()
             .bind_to_thread()
             .map_err(cuda_err("binding the CUDA context for cuBLAS"))?;
+        Ok(GemmArgs {
+            blas,
+            wp,
+            xp,
+            yp,
+            m_i,
+            n_i,
+            k_i,
+        })
+    }
+
+    /// Y[n][rows] = X[n][cols] · Wfᵀ (+ Y when `accumulate`) with Wf an f32
+    /// row-major `[rows][cols]` matrix, by cublasSgemm (KERNEL-GEMM-002..004).
+    #[allow(clippy::too_many_arguments)]
+    pub fn sgemm_xwt(
+        &self,
+        wf: Span,
+        x: Span,
+        y: Span,
+        rows: usize,
+        cols: usize,
+        n: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        let GemmArgs {
+            blas,
+            wp,
+            xp,
+            yp,
+            m_i,
+            n_i,
+            k_i,
+        } = self.gemm_args(wf, x, y, rows, cols, n)?;
         let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0f32 });
         // SAFETY: the handle is live and bound to this Gpu's stream; A (rows*cols),
         // B (cols*n) and C (rows*n) f32 windows were checked above against the
@@ -326,19 +370,15 @@ impl Gpu {
         n: usize,
         accumulate: bool,
     ) -> Result<()> {
-        let wp = wf.need(4 * rows * cols, "f32 weights")?;
-        let xp = x.need(4 * cols * n, "x")?;
-        let yp = y.need(4 * rows * n, "y")?;
-        let (m_i, n_i, k_i) = (
-            as_i32(rows, "rows")?,
-            as_i32(n, "tokens")?,
-            as_i32(cols, "cols")?,
-        );
-        let blas = self.blas()?;
-        blas.stream
-            .context()
-            .bind_to_thread()
-            .map_err(cuda_err("binding the CUDA context for cuBLAS"))?;
+        let GemmArgs {
+            blas,
+            wp,
+            xp,
+            yp,
+            m_i,
+            n_i,
+            k_i,
+        } = self.gemm_args(wf, x, y, rows, cols, n)?;
         let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0f32 });
         let f32t = bsys::cudaDataType::CUDA_R_32F;
         // SAFETY: as in sgemm_xwt: live handle on this Gpu's stream, windows
