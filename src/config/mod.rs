@@ -268,6 +268,26 @@ impl Config {
     }
 }
 
+/// The CUDA engine's numerics switch (`WORKER_ORCD_PREFILL_GEMM`) accepts
+/// only its documented values.
+fn check_engine_env(lookup: env::Lookup<'_>) -> Result<(), ConfigError> {
+    let name = env::PREFILL_GEMM.name;
+    match env::PREFILL_GEMM
+        .read_with(lookup)
+        .map_err(|e| ConfigError::new(name, e))?
+        .as_deref()
+    {
+        None | Some("f32") | Some("tf32x3") => Ok(()),
+        Some(other) => Err(ConfigError::new(
+            name,
+            format!(
+                "\"{other}\" is not a prefill GEMM mode; use \"f32\" (the default, FP32 SGEMM) or \"tf32x3\" \
+                 (3xTF32 tensor-core GEMMs), or unset it"
+            ),
+        )),
+    }
+}
+
 fn build(m: &Layer, lookup: env::Lookup<'_>) -> Result<Config, ConfigError> {
     let worker_id = keys::id(m, "worker_id")?;
     let pool_id = keys::id(m, "pool_id")?;
@@ -380,6 +400,10 @@ fn build(m: &Layer, lookup: env::Lookup<'_>) -> Result<Config, ConfigError> {
         max_array_len: keys::uint(m, "gguf_max_array_len", 1, 64 << 20, defaults.max_array_len)?,
         max_dims: keys::uint(m, "gguf_max_dims", 1, 8, u64::from(defaults.max_dims))? as u32,
     };
+
+    // Read by the CUDA engine at load; checked here so that a typo stops the
+    // worker at start-up on either backend, naming the variable.
+    check_engine_env(lookup)?;
 
     Ok(Config {
         worker_id,

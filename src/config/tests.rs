@@ -150,6 +150,20 @@ fn bind_addr_validated() {
     }
 }
 
+/// The CUDA engine's numerics switch is checked at start-up on every backend.
+#[test]
+fn prefill_gemm_mode_is_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = base_args(&dir);
+    for ok in ["f32", "tf32x3"] {
+        resolve(&args, &env_of(&[("WORKER_ORCD_PREFILL_GEMM", ok)])).unwrap();
+    }
+    let e = resolve(&args, &env_of(&[("WORKER_ORCD_PREFILL_GEMM", "fast")])).unwrap_err();
+    assert_eq!(e.field, "WORKER_ORCD_PREFILL_GEMM");
+    assert!(e.to_string().contains("\"fast\""), "{e}");
+    assert!(e.to_string().contains("tf32x3"), "{e}");
+}
+
 #[test]
 fn credentials_directory_used_when_no_path_configured() {
     let dir = tempfile::tempdir().unwrap();
