@@ -163,14 +163,5 @@ async fn commit_bad_sig(w: &mut World) {
         .that_model
         .clone()
         .unwrap_or_else(|| w.fail("no second model was placed"));
-    let sig = "00".repeat(64);
-    let body = json!({"model_ref": m, "shard_id": "signed", "shard_index": 0, "signature": sig});
-    send(
-        w,
-        "POST",
-        "/worker/commit",
-        Some(body.to_string()),
-        Auth::Token,
-    )
-    .await;
+    super::signature::commit_with_signature(w, &m, &"00".repeat(64)).await;
 }

@@ -101,7 +101,12 @@ async fn commit_signed(w: &mut World, which: String, how: String) {
         (w.that_model.clone().unwrap_or_default(), p)
     };
     let sig = hex::encode(signature_of(w, &path, &how));
-    let body = json!({"model_ref": name, "shard_id": "signed", "shard_index": 0, "signature": sig});
+    commit_with_signature(w, &name, &sig).await;
+}
+
+/// A path commit of `model_ref` carrying `signature_hex`.
+pub async fn commit_with_signature(w: &mut World, model_ref: &str, signature_hex: &str) {
+    let body = json!({"model_ref": model_ref, "shard_id": "signed", "shard_index": 0, "signature": signature_hex});
     send(
         w,
         "POST",

@@ -37,11 +37,10 @@ fn check(file: &str, golden: &str, f64_name: &str, required_in_ci: bool) {
         println!("SKIPPED: {} not found", path.display());
         return;
     }
-    let sha = conformance::file_sha256(&path).expect("hash model");
-    let cases = conformance::load(golden, f64_name, &sha)
+    let g = GgufFile::open(&path, &GgufLimits::default()).expect("open model");
+    let cases = conformance::load(golden, f64_name, &hex::encode(g.file_sha256))
         .expect("golden files")
         .expect("the golden and f64 files are committed under tests/golden_data");
-    let g = GgufFile::open(&path, &GgufLimits::default()).expect("open model");
     let (cfg, w) = arch::from_gguf(&g).expect("architecture");
     let opts = LoadOptions {
         max_context: 1024,

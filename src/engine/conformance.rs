@@ -258,22 +258,6 @@ pub fn run(engine: &mut dyn Engine, cases: &[GoldenCase]) -> crate::error::Resul
     Ok(c)
 }
 
-/// SHA-256 of a whole file, hex (to tie a golden set to the exact bytes).
-pub fn file_sha256(path: &Path) -> std::io::Result<String> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            return Ok(hex::encode(h.finalize()));
-        }
-        h.update(&buf[..n]);
-    }
-}
-
 /// The real models with committed golden sets: (file, golden, f64).
 pub const REAL_MODELS: [(&str, &str, &str); 2] = [
     (

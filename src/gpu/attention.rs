@@ -130,7 +130,7 @@ impl Gpu {
 
     /// Prefill attention of `n_tok` queries (token t at position *pos + t)
     /// over cache rows 0..=*pos+t with an online softmax and no scratch, so
-    /// the chunk can be large: tiled per KV head (`attn_prefill_tile`) when
+    /// the chunk can be large: tiled per KV head (`attn_prefill_tile_<hd>`) when
     /// the shape allows, else one block per (head, token).
     #[allow(clippy::too_many_arguments)]
     pub fn attention_prefill(

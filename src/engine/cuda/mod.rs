@@ -167,6 +167,16 @@ impl CudaEngine {
         }
         // Like the reference path: never plan past the context the model was trained for.
         let max_ctx = opts.max_context.min(cfg.context_length.max(1));
+        // Before any allocation: a bad mode changes nothing on the device.
+        let tf32x3 = match crate::env::PREFILL_GEMM.get().as_deref() {
+            None | Some("f32") => false,
+            Some("tf32x3") => true,
+            Some(other) => {
+                return Err(WorkerError::invalid(format!(
+                "WORKER_ORCD_PREFILL_GEMM is \"{other}\"; use \"f32\" (the default) or \"tf32x3\""
+            )))
+            }
+        };
         let gpu = Gpu::open(opts.gpu_device)?;
         let info = gpu.info().clone();
         tracing::info!(gpu = %info.name, cc = ?info.compute_capability, driver = %info.driver_version,
@@ -217,15 +227,6 @@ impl CudaEngine {
         gpu.sync()?;
         // The cuBLAS workspace (allocated at open) is scratch too.
         let blas_ws = gpu.blas_workspace_bytes();
-        let tf32x3 = match crate::env::PREFILL_GEMM.get().as_deref() {
-            None | Some("f32") => false,
-            Some("tf32x3") => true,
-            Some(other) => {
-                return Err(WorkerError::invalid(format!(
-                "WORKER_ORCD_PREFILL_GEMM is \"{other}\"; use \"f32\" (the default) or \"tf32x3\""
-            )))
-            }
-        };
         let use_graph = crate::env::CUDA_GRAPH
             .get()
             .map(|v| v != "0")

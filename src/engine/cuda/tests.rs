@@ -534,12 +534,12 @@ fn golden_real_models_on_gpu() {
             println!("SKIPPED part: golden_gpu: {file} not under WORKER_ORCD_TEST_MODELS");
             continue;
         };
-        let sha = conformance::file_sha256(&p).unwrap();
-        let Some(cases) = conformance::load(golden, f64_name, &sha).unwrap() else {
+        let g = GgufFile::open(&p, &GgufLimits::default()).unwrap();
+        let Some(cases) = conformance::load(golden, f64_name, &hex::encode(g.file_sha256)).unwrap()
+        else {
             println!("SKIPPED part: golden_gpu: {golden} or {f64_name} not found (set WORKER_ORCD_GOLDEN)");
             continue;
         };
-        let g = GgufFile::open(&p, &GgufLimits::default()).unwrap();
         let (cfg, w) = crate::model::arch::from_gguf(&g).unwrap();
         let opts = LoadOptions {
             max_context: 1024,
