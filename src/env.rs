@@ -187,6 +187,14 @@ pub const RUN_ID: EnvVar = EnvVar {
     doc: "Tests only: run id naming the proof bundle folder (default derived from the git sha and time).",
 };
 
+/// Tests only: the planted bug a test-hooks build runs with (issue 10).
+pub const WORKER_ORCD_MUTANT: EnvVar = EnvVar {
+    name: "WORKER_ORCD_MUTANT",
+    default: None,
+    doc: "Tests only: in a test-hooks build, the name of one planted bug from `src/mutants.rs` to \
+          turn on, so the BDD suite can show that its scenarios notice it. Release builds ignore it.",
+};
+
 /// Every variable, in the order `docs/operations.md` lists them.
 pub const ALL: &[EnvVar] = &[
     API_TOKEN_FILE,
@@ -211,6 +219,7 @@ pub const ALL: &[EnvVar] = &[
     H1_BENCH,
     PROOF_DIR,
     RUN_ID,
+    WORKER_ORCD_MUTANT,
 ];
 
 /// How configuration code looks a variable up. Tests pass a map instead of the

@@ -24,5 +24,6 @@ pub mod error;
 pub mod gpu;
 pub mod http;
 pub mod model;
+pub mod mutants;
 pub mod shard;
 pub mod telemetry;

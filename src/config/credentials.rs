@@ -191,6 +191,12 @@ impl Credentials {
     /// against every stored token (no early exit).
     pub fn verify(&self, presented: &str) -> Option<Identity> {
         let d = sha256(presented.as_bytes());
+        if crate::mutants::active(crate::mutants::Mutant::TokenCompareEarlyExit) {
+            // Planted bug: stops at the first match, so the time tells which token matched.
+            return self.digests.iter().find(|s| **s == d).map(|s| Identity {
+                fp6: fp6_of_digest(s),
+            });
+        }
         let mut found = subtle::Choice::from(0u8);
         let mut index = 0u32;
         for (i, stored) in self.digests.iter().enumerate() {

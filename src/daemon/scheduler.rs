@@ -9,7 +9,7 @@
 
 use crate::error::{Result, WorkerError};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -25,11 +25,19 @@ pub struct JobCtl {
     /// Set once; read before every decode step and every token send (4252).
     pub cancel: AtomicBool,
     pub started: Instant,
+    /// Only the planted `cancel_lags_five_steps` bug reads this.
+    pub lagged_checks: AtomicU32,
 }
 
 impl JobCtl {
     pub fn is_cancelled(&self) -> bool {
-        self.cancel.load(Ordering::SeqCst)
+        let cancelled = self.cancel.load(Ordering::SeqCst);
+        if cancelled && crate::mutants::active(crate::mutants::Mutant::CancelLagsFiveSteps) {
+            // Planted bug: each decode step asks twice (before the step and
+            // before its token), so ten unheeded answers are five steps.
+            return self.lagged_checks.fetch_add(1, Ordering::SeqCst) >= 10;
+        }
+        cancelled
     }
 }
 
@@ -77,6 +85,7 @@ impl Scheduler {
             owner_fp6,
             cancel: AtomicBool::new(false),
             started: Instant::now(),
+            lagged_checks: AtomicU32::new(0),
         });
         g.active = Some(Arc::clone(&ctl));
         Ok(SlotGuard {

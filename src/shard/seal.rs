@@ -50,8 +50,13 @@ impl SealKey {
     }
 
     fn mac(&self, shard_id: &str, digest: &[u8; 32], sealed_at: &str) -> HmacSha256 {
+        let key: &[u8; 32] = if crate::mutants::active(crate::mutants::Mutant::SealZeroKey) {
+            &[0u8; 32]
+        } else {
+            &self.0
+        };
         // HMAC accepts keys of any length, so this cannot fail for 32 bytes.
-        let mut m = <HmacSha256 as KeyInit>::new_from_slice(&self.0)
+        let mut m = <HmacSha256 as KeyInit>::new_from_slice(key)
             .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
         for field in [shard_id.as_bytes(), &digest[..], sealed_at.as_bytes()] {
             m.update(&(field.len() as u64).to_le_bytes());

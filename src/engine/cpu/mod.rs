@@ -96,7 +96,11 @@ impl CpuEngine {
         if opts.max_context == 0 {
             return Err(WorkerError::invalid("max_context must be at least 1 token"));
         }
-        let max_context = opts.max_context.min(cfg.context_length);
+        let max_context = if crate::mutants::active(crate::mutants::Mutant::KvIgnoresMaxContext) {
+            cfg.context_length
+        } else {
+            opts.max_context.min(cfg.context_length)
+        };
         let src = g.data_section();
         // Linux overcommits: a reservation larger than memory "succeeds" and the
         // kernel kills the process while the cache is zeroed. Refuse up front.

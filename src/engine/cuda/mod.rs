@@ -166,7 +166,11 @@ impl CudaEngine {
             )));
         }
         // Like the reference path: never plan past the context the model was trained for.
-        let max_ctx = opts.max_context.min(cfg.context_length.max(1));
+        let max_ctx = if crate::mutants::active(crate::mutants::Mutant::KvIgnoresMaxContext) {
+            cfg.context_length.max(1)
+        } else {
+            opts.max_context.min(cfg.context_length.max(1))
+        };
         // Before any allocation: a bad mode changes nothing on the device.
         let tf32x3 = match crate::env::PREFILL_GEMM.get().as_deref() {
             None | Some("f32") => false,
