@@ -25,15 +25,15 @@ Feature: VRAM residency and sealed shards
     And no worker log line contains something that looks like a memory address
 
   @WORKER-4113 @WORKER-4314
-  Scenario: The shard digest is the SHA-256 of the model's resident bytes
+  Scenario: The shard digest is the documented SHA-256 digest of the model's tensor data
     Given a worker serving the tiny test model
     When I GET "/worker/ready"
     Then the response JSON at "/handles/0/digest" is a SHA-256 in hex
-    And the response JSON at "/handles/0/digest" is the tiny model's tensor-data digest
+    And the response JSON at "/handles/0/digest" is the documented digest of the served file's tensor data
     And the worker log mentions the tiny model's file digest
 
   @WORKER-4120 @serial
-  Scenario: The seal is keyed per process while the digest stays the same
+  Scenario: Without a seal key file the seal is keyed per process while the digest stays the same
     Given a worker serving the tiny test model
     When I GET "/worker/ready"
     Then the response JSON at "/handles/0/seal" is a SHA-256 in hex
@@ -42,18 +42,66 @@ Feature: VRAM residency and sealed shards
     And I GET "/worker/ready"
     Then the shard handle's digest is unchanged and its seal is different
 
-  @WORKER-4120 @source
-  Scenario: The seal is an HMAC-SHA256 over shard id, digest and sealed_at
-    Given a worker serving the tiny test model
-    Then the file "src/shard/seal.rs" mentions "Hmac<Sha256>"
-    And the file "src/shard/seal.rs" mentions "shard_id"
-    And the file "src/shard/seal.rs" mentions "sealed_at"
-    And the source files "src/shard/seal.rs" have unit tests
+  @WORKER-4120
+  Scenario: The seal is an HMAC-SHA256 over shard id, digest and sealed_at that the key holder can verify
+    Given a worker configured for the tiny test model
+    And the worker is given a seal key file
+    When the worker is started
+    Then the handle's seal is the HMAC-SHA256 under the seal key of its shard_id, digest and sealed_at
+    When I execute "Hello" with max_tokens 2
+    Then the stream ends with an "end" event
+
+  @WORKER-4120
+  Scenario: A seal key file other users can read stops start-up as a configuration error
+    Given a worker configured for the tiny test model
+    And the worker is given a seal key file
+    And the seal key file can be read by other users
+    When the worker is started
+    Then the worker exits with code 2 within 10 seconds
+    And the worker log mentions "seal_key_file"
+    And the readiness callback received a "stopped" status with error code "INVALID_CONFIG"
+
+  @WORKER-4120 @WORKER-4122 @serial
+  Scenario: A seal made with another key is refused before the next job
+    Given a worker configured for the tiny test model
+    And the worker is given a seal key file
+    When the worker is started
+    And I replace the handle's seal with one made with the all-zero key
+    And I execute "Hello" with max_tokens 2
+    Then the execution is refused with code "SEAL_VERIFICATION_FAILED"
+    And the worker exits with code 5 within 15 seconds
 
   @WORKER-4121 @WORKER-4245 @WORKER-4122 @WORKER-4232 @serial
-  Scenario: A flipped resident byte is detected before the next job and stops the worker
+  Scenario: A flipped resident byte in the first leaf of the shard is detected before the next job and stops the worker
     Given a worker serving the tiny test model
-    When I inject the fault "flip_resident_byte" at offset 100
+    When I flip the resident byte at the first byte
+    And I execute "Hello" with max_tokens 4
+    Then the execution is refused with code "SEAL_VERIFICATION_FAILED"
+    And the worker exits with code 5 within 15 seconds
+    And the readiness callback received a "stopped" status with error code "SEAL_VERIFICATION_FAILED"
+
+  @WORKER-4121 @WORKER-4245 @serial
+  Scenario: A flipped resident byte at the very end of the shard is detected before the next job and stops the worker
+    Given a worker serving the tiny test model
+    When I flip the resident byte at the last byte
+    And I execute "Hello" with max_tokens 4
+    Then the execution is refused with code "SEAL_VERIFICATION_FAILED"
+    And the worker exits with code 5 within 15 seconds
+    And the readiness callback received a "stopped" status with error code "SEAL_VERIFICATION_FAILED"
+
+  @WORKER-4121 @WORKER-4245 @serial
+  Scenario: A flipped resident byte in the last leaf of the shard is detected before the next job and stops the worker
+    Given a worker serving the tiny test model
+    When I flip the resident byte at a random byte of the last leaf
+    And I execute "Hello" with max_tokens 4
+    Then the execution is refused with code "SEAL_VERIFICATION_FAILED"
+    And the worker exits with code 5 within 15 seconds
+    And the readiness callback received a "stopped" status with error code "SEAL_VERIFICATION_FAILED"
+
+  @WORKER-4121 @WORKER-4245 @serial
+  Scenario: A flipped resident byte between the first and the last leaf of the shard is detected before the next job and stops the worker
+    Given a worker serving the tiny test model
+    When I flip the resident byte at a random byte between the first and the last leaf
     And I execute "Hello" with max_tokens 4
     Then the execution is refused with code "SEAL_VERIFICATION_FAILED"
     And the worker exits with code 5 within 15 seconds

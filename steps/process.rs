@@ -316,6 +316,7 @@ pub async fn spawn(w: &mut World) {
         cmd.env_remove(var);
     }
     cmd.env("WORKER_LOG_LEVEL", "debug");
+    crate::steps::world::apply_mutant(&mut cmd);
     if w.config.contains_key("rpc_port") {
         cmd.env("WORKER_BIND_ADDR", format!("127.0.0.1:{}", w.port));
     }

@@ -31,6 +31,7 @@ fn env_path(var: &str) -> Option<PathBuf> {
 }
 
 pub fn main() -> ExitCode {
+    crate::steps::mutant::clear_from_harness();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -103,6 +104,20 @@ async fn run() -> ExitCode {
         .prefix("worker-orcd-bdd-")
         .tempdir()
         .expect("scratch dir");
+    let mutant = match crate::steps::mutant::request() {
+        Ok(crate::steps::mutant::Request::List) => {
+            for e in worker_orcd::mutants::CATALOGUE {
+                println!("{}", e.name);
+            }
+            return ExitCode::SUCCESS;
+        }
+        Ok(crate::steps::mutant::Request::Run(e)) => Some(e),
+        Ok(crate::steps::mutant::Request::None) => None,
+        Err(e) => {
+            eprintln!("BDD: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let bundle = Bundle::new(repo.as_deref());
 
     println!("BDD: binary {}", bin.display());
@@ -131,6 +146,7 @@ async fn run() -> ExitCode {
         seeds: Mutex::default(),
         model_digests: Mutex::default(),
         models: Mutex::default(),
+        mutant: mutant.map(|e| e.name),
     });
     let c = ctx();
 
@@ -161,6 +177,10 @@ async fn run() -> ExitCode {
     let mut status: BTreeMap<Key, Status> = BTreeMap::new();
     let mut runnable = std::collections::BTreeSet::new();
     for s in &scenarios {
+        if mutant.is_some_and(|e| !crate::steps::mutant::selects(e, s)) {
+            status.insert((s.file.clone(), s.line), Status::NotSelected);
+            continue;
+        }
         match gate(s, &gates) {
             Some(st) => {
                 status.insert((s.file.clone(), s.line), st);
@@ -219,6 +239,9 @@ async fn run() -> ExitCode {
     let collected = std::mem::take(&mut *shared.lock().expect("collector lock"));
     for (k, st) in collected.status {
         status.insert(k, st);
+    }
+    if let Some(e) = mutant {
+        return crate::steps::mutant::verdict(e, &scenarios, &status);
     }
     let (md, totals) = traceability::matrix(&reqs, &scenarios, &status, &collected.failures);
     let mut md = md;

@@ -40,6 +40,32 @@ pub struct RunCtx {
     pub model_digests: Mutex<BTreeMap<String, String>>,
     /// Generated models by name, generated once per run.
     pub models: Mutex<BTreeMap<String, Result<PathBuf, String>>>,
+    /// `BDD_MUTANT`: the planted bug every child process is started with.
+    pub mutant: Option<&'static str>,
+}
+
+/// Start a child of the worker binary under this run's mutant, if any (see `mutant`).
+pub fn apply_mutant<C: ChildEnv>(cmd: &mut C) {
+    if let Some(m) = ctx().mutant {
+        cmd.set_env(worker_orcd::env::WORKER_ORCD_MUTANT.name, m);
+    }
+}
+
+/// The one thing `apply_mutant` needs of std's and tokio's `Command`.
+pub trait ChildEnv {
+    fn set_env(&mut self, k: &str, v: &str);
+}
+
+impl ChildEnv for std::process::Command {
+    fn set_env(&mut self, k: &str, v: &str) {
+        self.env(k, v);
+    }
+}
+
+impl ChildEnv for tokio::process::Command {
+    fn set_env(&mut self, k: &str, v: &str) {
+        self.env(k, v);
+    }
 }
 
 static CTX: OnceLock<RunCtx> = OnceLock::new();

@@ -84,6 +84,7 @@ pub const KEYS: &[KeyDef] = &[
         None,
         false,
     ),
+    key("seal_key_file", "--seal-key-file", None, false),
     key("log_level", "--log-level", Some(env::LOG_LEVEL), false),
     key("ready_requires_auth", "--ready-requires-auth", None, false),
     key("allow_root", "--allow-root", None, false),
@@ -328,7 +329,7 @@ pub fn env_layer(lookup: Lookup<'_>) -> Result<Layer, ConfigError> {
 /// The flag layer: every flag that was given.
 pub fn flag_layer(a: &KeyFlags) -> Layer {
     let mut layer = Layer::default();
-    let given: [(&'static str, &Option<String>); 28] = [
+    let given: [(&'static str, &Option<String>); 29] = [
         ("worker_id", &a.worker_id),
         ("pool_id", &a.pool_id),
         ("model_path", &a.model_path),
@@ -349,6 +350,7 @@ pub fn flag_layer(a: &KeyFlags) -> Layer {
         ("api_token_file", &a.api_token_file),
         ("model_signing_pubkey_file", &a.model_signing_pubkey_file),
         ("model_signature_file", &a.model_signature_file),
+        ("seal_key_file", &a.seal_key_file),
         ("log_level", &a.log_level),
         ("ready_requires_auth", &a.ready_requires_auth),
         ("gguf_max_tensors", &a.gguf_max_tensors),

@@ -126,6 +126,10 @@ pub struct KeyFlags {
     /// 64 raw bytes. Required with --model-signing-pubkey-file, refused without it.
     #[arg(long, value_name = "PATH")]
     pub model_signature_file: Option<String>,
+    /// Seal key: 64 hex digits (32 bytes), mode 0600 like the token file. Lets a pool manager
+    /// verify shard seals. Without it the worker seals with a random per-process key.
+    #[arg(long, value_name = "PATH")]
+    pub seal_key_file: Option<String>,
     #[arg(long, value_name = "LEVEL", help = env::LOG_LEVEL.flag_help("trace, debug, info, warn or error."))]
     pub log_level: Option<String>,
     /// Whether GET /worker/ready needs the bearer token: true (default) or false.
@@ -186,6 +190,9 @@ pub struct Config {
     pub model_signing_pubkey_file: Option<PathBuf>,
     /// The signature of `model_path`; present exactly when the key is.
     pub model_signature_file: Option<PathBuf>,
+    /// The HMAC seal key (WORKER-4120), read by `shard::seal::SealKey::from_file`;
+    /// `None`: a random key per process.
+    pub seal_key_file: Option<PathBuf>,
     pub allow_root: bool,
     pub log_level: String,
     pub ready_requires_auth: bool,
@@ -361,6 +368,10 @@ fn build(m: &Layer, lookup: env::Lookup<'_>) -> Result<Config, ConfigError> {
         }
     };
     let (model_signing_pubkey_file, model_signature_file) = signing_files(m)?;
+    let seal_key_file = match m.get("seal_key_file") {
+        None => None,
+        Some(_) => Some(PathBuf::from(m.required_text("seal_key_file")?)),
+    };
     let log_level = m
         .text_or("log_level", env::LOG_LEVEL.default.unwrap_or("info"))?
         .to_ascii_lowercase();
@@ -425,6 +436,7 @@ fn build(m: &Layer, lookup: env::Lookup<'_>) -> Result<Config, ConfigError> {
         api_token_file,
         model_signing_pubkey_file,
         model_signature_file,
+        seal_key_file,
         allow_root,
         log_level,
         ready_requires_auth,

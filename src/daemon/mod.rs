@@ -155,9 +155,16 @@ async fn serve(cfg: Config) -> u8 {
             return fail_start(&cfg, &e, exit::CONFIG).await;
         }
     };
-    let seal_key = match crate::shard::seal::SealKey::generate() {
-        Ok(k) => k,
-        Err(e) => return fail_start(&cfg, &e, exit::INTERNAL).await,
+    let seal_key = match &cfg.seal_key_file {
+        // Read like the token file: a bad key file is a configuration error (exit 2).
+        Some(path) => match crate::shard::seal::SealKey::from_file(path) {
+            Ok(k) => k,
+            Err(e) => return fail_start(&cfg, &WorkerError::from(e), exit::CONFIG).await,
+        },
+        None => match crate::shard::seal::SealKey::generate() {
+            Ok(k) => k,
+            Err(e) => return fail_start(&cfg, &e, exit::INTERNAL).await,
+        },
     };
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel();
     let app = new_app(cfg.clone(), Box::new(creds), seal_key, signing, fatal_tx);

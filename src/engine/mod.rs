@@ -93,6 +93,9 @@ pub enum Fault {
     FlipResidentByte { offset: u64 },
     /// Make the next device operation fail as a CUDA error would.
     DeviceError,
+    /// Replace the shard handle's seal with these bytes (a forgery made with
+    /// another key); handled by the daemon, not the engine.
+    ReplaceSeal { seal: [u8; 32] },
 }
 
 /// A loaded, resident model that can run one sequence at a time.

@@ -199,11 +199,17 @@ pub async fn debug_fault(State(app): State<Arc<AppState>>, body: Body) -> ApiRes
     use crate::daemon::engine_thread::Cmd;
     let bytes = read_body(body, app.cfg.max_body_bytes).await?;
     let fault = validate::fault(&bytes)?;
-    let engine = app.engine.get().ok_or_else(|| app.unavailable())?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    engine.send(Cmd::Fault(fault, tx))?;
-    rx.await
-        .map_err(|_| WorkerError::internal("the engine thread ended before answering"))??;
+    if let crate::engine::Fault::ReplaceSeal { seal } = fault {
+        // The handle, not the engine, holds the seal.
+        let model = app.model.get().ok_or_else(|| app.unavailable())?;
+        model.handle.write().unwrap_or_else(|p| p.into_inner()).seal = hex::encode(seal);
+    } else {
+        let engine = app.engine.get().ok_or_else(|| app.unavailable())?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        engine.send(Cmd::Fault(fault, tx))?;
+        rx.await
+            .map_err(|_| WorkerError::internal("the engine thread ended before answering"))??;
+    }
     tracing::warn!(fault = ?fault, human = "Injected a test fault into the engine (test-hooks build).", "fault injected");
     Ok(Json(json!({ "injected": true })).into_response())
 }

@@ -86,9 +86,16 @@ pub fn fault(bytes: &[u8]) -> Result<crate::engine::Fault> {
     let f = match kind.as_str() {
         "flip_resident_byte" => Fault::FlipResidentByte { offset: o.opt_u64("offset")?.unwrap_or(0) },
         "device_error" => Fault::DeviceError,
+        "replace_seal" => {
+            let text = o.req_str("seal")?;
+            Fault::ReplaceSeal {
+                seal: crate::shard::seal::parse_hex_digest(&text)
+                    .ok_or_else(|| bad("field `seal`: 64 hex digits expected".to_string()))?,
+            }
+        }
         _ => {
             return Err(bad(format!(
-                "field `kind`: unknown fault {kind:?}; accepted: \"flip_resident_byte\", \"device_error\""
+                "field `kind`: unknown fault {kind:?}; accepted: \"flip_resident_byte\", \"device_error\", \"replace_seal\""
             )))
         }
     };

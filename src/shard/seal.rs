@@ -5,8 +5,12 @@
 //! prefixes make the encoding injective: no choice of shard_id can shift bytes
 //! into the digest or the timestamp and produce the same MAC input.
 //!
-//! Key choice: a **per-process random key** (32 bytes from the OS via
-//! `getrandom`), never written anywhere. Why not a key derived from the worker
+//! Key choice: by default a **per-process random key** (32 bytes from the OS
+//! via `getrandom`), never written anywhere. An operator whose pool manager
+//! verifies seals gives the worker the key instead (`seal_key_file`: 64 hex
+//! digits, read with the token file's rules — a regular file no other user
+//! can read, bounded size — and never logged; an all-zero key is refused,
+//! since it is the first key a forger tries). Why not a key derived from the worker
 //! token: the token is shared with every client, so anyone holding it could
 //! forge a seal; and tokens rotate independently of the model. The seal's job
 //! is to prove that *this process* verified the resident bytes at `sealed_at`
@@ -15,9 +19,11 @@
 //! compare across workers and restarts) stays the same, the seal changes. A
 //! client therefore compares `digest`, never `seal`, across processes.
 
+use crate::config::ConfigError;
 use crate::error::{Result, WorkerError};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
+use std::path::Path;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -42,6 +48,53 @@ impl SealKey {
             ))
         })?;
         Ok(Self(k))
+    }
+
+    /// The key in `path` (`seal_key_file`): 64 hex digits, surrounding
+    /// whitespace ignored; the file must be a regular file of at most
+    /// [`MAX_KEY_FILE_BYTES`] that neither group nor others can access.
+    pub fn from_file(path: &Path) -> std::result::Result<Self, ConfigError> {
+        use std::os::unix::fs::PermissionsExt;
+        let shown = path.display();
+        let err = |what: String| ConfigError::new("seal_key_file", what);
+        let meta = std::fs::metadata(path).map_err(|e| {
+            err(format!(
+                "cannot open the seal key file {shown}: {e}; create it with \
+                 `head -c 32 /dev/urandom | xxd -p -c 64 > {shown}; chmod 600 {shown}` or remove seal_key_file \
+                 to seal with a random per-process key"
+            ))
+        })?;
+        if !meta.is_file() {
+            return Err(err(format!(
+                "{shown} is not a regular file; point seal_key_file at the key file"
+            )));
+        }
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(err(format!(
+                "the seal key file {shown} has mode {:o}, so other users can read the key and forge seals; \
+                 run `chmod 600 {shown}`",
+                mode & 0o777
+            )));
+        }
+        if meta.len() > MAX_KEY_FILE_BYTES {
+            return Err(err(format!(
+                "the seal key file {shown} is {} bytes; it holds 64 hex digits (at most {MAX_KEY_FILE_BYTES} bytes)",
+                meta.len()
+            )));
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err(format!("cannot read the seal key file {shown}: {e}")))?;
+        let key =
+            parse_key_text(&text).map_err(|why| err(format!("the seal key file {shown} {why}")))?;
+        tracing::info!(
+            human = %format!(
+                "Shard seals are keyed with the key from {shown} (seal_key_file), so whoever holds that key can verify them."
+            ),
+            seal_key_file = %shown,
+            "seal key read"
+        );
+        Ok(key)
     }
 
     /// A fixed key (tests only need this; production uses [`SealKey::generate`]).
@@ -82,6 +135,27 @@ impl SealKey {
             .verify_slice(seal)
             .is_ok()
     }
+}
+
+/// Largest seal key file: 64 hex digits plus a line ending and some slack.
+pub const MAX_KEY_FILE_BYTES: u64 = 256;
+
+/// The key in a seal key file's text; `Err` says what is wrong with it.
+fn parse_key_text(text: &str) -> std::result::Result<SealKey, String> {
+    let t = text.trim();
+    if t.len() != 64 {
+        return Err(format!(
+            "must hold exactly 64 hex digits (32 bytes), found {} characters",
+            t.len()
+        ));
+    }
+    let mut k = [0u8; 32];
+    hex::decode_to_slice(t, &mut k)
+        .map_err(|_| "must hold only hex digits (0-9, a-f)".to_string())?;
+    if k == [0u8; 32] {
+        return Err("holds the all-zero key, which anyone can guess; write a random key".into());
+    }
+    Ok(SealKey(k))
 }
 
 /// Parse a 64-hex-digit SHA-256 (optionally prefixed `sha256:`).
@@ -163,6 +237,39 @@ mod tests {
         let b = SealKey::generate().unwrap();
         assert_ne!(a.0, b.0);
         assert_eq!(format!("{a:?}"), "SealKey(<redacted>)");
+    }
+
+    #[test]
+    fn key_file_rules() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("seal.key");
+        let write = |text: &str, mode: u32| {
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        write(&format!("{}\n", "07".repeat(32)), 0o600);
+        let k = SealKey::from_file(&p).expect("a good key file");
+        assert_eq!(k.0, [7u8; 32]);
+        write(&"07".repeat(32), 0o640);
+        let e = SealKey::from_file(&p).unwrap_err();
+        assert!(
+            e.field == "seal_key_file" && e.message.contains("chmod 600"),
+            "{e:?}"
+        );
+        for (bad, why) in [
+            ("07".repeat(31), "64 hex digits"),
+            ("zz".repeat(32), "hex digits"),
+            ("00".repeat(32), "all-zero"),
+            ("07".repeat(200), "bytes"),
+        ] {
+            write(&bad, 0o600);
+            let e = SealKey::from_file(&p).unwrap_err();
+            assert!(e.message.contains(why), "{bad:?}: {e:?}");
+            assert!(!e.message.contains(&bad), "the key text must not be echoed");
+        }
+        assert!(SealKey::from_file(&dir.path().join("missing")).is_err());
+        assert!(SealKey::from_file(dir.path()).is_err());
     }
 
     #[test]

@@ -442,6 +442,11 @@ impl Engine for CpuEngine {
                 *b ^= 0x01;
             }
             super::Fault::DeviceError => self.fail_next = true,
+            super::Fault::ReplaceSeal { .. } => {
+                return Err(WorkerError::internal(
+                    "a seal fault is applied to the shard handle, not the engine",
+                ))
+            }
         }
         Ok(())
     }

@@ -597,6 +597,9 @@ impl Engine for CudaEngine {
                 self.fail_next = true;
                 Ok(())
             }
+            crate::engine::Fault::ReplaceSeal { .. } => Err(WorkerError::internal(
+                "a seal fault is applied to the shard handle, not the engine",
+            )),
             crate::engine::Fault::FlipResidentByte { offset } => {
                 let off = usize::try_from(offset)
                     .ok()

@@ -1,0 +1,91 @@
+//! Mutant mode of the BDD run (issue 10, point 2): proof that the suite
+//! notices the bugs planted in `src/mutants.rs`.
+//!
+//! `BDD_MUTANT=<name>` runs only the scenarios tagged with the requirement IDs
+//! the catalogue says must kill that mutant, with every worker (and every CLI
+//! command the steps run) started under `WORKER_ORCD_MUTANT=<name>`. The run
+//! passes when at least one of those scenarios fails, and fails, naming the
+//! mutant, when all of them pass: a surviving mutant means a requirement whose
+//! scenarios do not notice it breaking. `BDD_MUTANT=list` prints the names.
+//!
+//! The harness process itself never runs with a mutant: it links the worker's
+//! library (a test-hooks build), so a mutant switched on here would bend the
+//! harness's own checks the same way as the worker's. Only children get it.
+
+use crate::steps::traceability::{Key, ScenarioInfo, Status};
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use worker_orcd::mutants::{self, Entry};
+
+/// What `BDD_MUTANT` asks for.
+pub enum Request {
+    /// The normal run.
+    None,
+    /// Print the catalogue's names, one per line, and stop.
+    List,
+    /// Run the killing scenarios of this mutant.
+    Run(&'static Entry),
+}
+
+/// Read `BDD_MUTANT`; an unknown name is an error naming the known ones.
+pub fn request() -> Result<Request, String> {
+    let Some(name) = std::env::var("BDD_MUTANT").ok().filter(|s| !s.is_empty()) else {
+        return Ok(Request::None);
+    };
+    if name == "list" {
+        return Ok(Request::List);
+    }
+    mutants::by_name(&name).map(Request::Run).ok_or_else(|| {
+        let known: Vec<&str> = mutants::CATALOGUE.iter().map(|e| e.name).collect();
+        format!("BDD_MUTANT={name:?} names no mutant of src/mutants.rs; known: {known:?}")
+    })
+}
+
+/// Keep `WORKER_ORCD_MUTANT` out of the harness process (see the header).
+pub fn clear_from_harness() {
+    if std::env::var_os(worker_orcd::env::WORKER_ORCD_MUTANT.name).is_some() {
+        eprintln!(
+            "BDD: ignoring WORKER_ORCD_MUTANT in the harness's own environment; \
+             use BDD_MUTANT=<name> to run a mutant against its scenarios"
+        );
+        std::env::remove_var(worker_orcd::env::WORKER_ORCD_MUTANT.name);
+    }
+}
+
+/// Does scenario `s` carry one of the requirement tags that must kill `e`?
+pub fn selects(e: &Entry, s: &ScenarioInfo) -> bool {
+    s.ids().any(|id| e.killed_by.contains(&id.as_str()))
+}
+
+/// Print which scenarios killed the mutant; success only when one did.
+pub fn verdict(e: &Entry, scenarios: &[ScenarioInfo], status: &BTreeMap<Key, Status>) -> ExitCode {
+    let mut ran = 0;
+    let mut killers = Vec::new();
+    for s in scenarios.iter().filter(|s| selects(e, s)) {
+        match status.get(&(s.file.clone(), s.line)) {
+            Some(Status::Failed) => {
+                ran += 1;
+                killers.push(format!("{}:{} {:?}", s.file, s.line, s.name));
+            }
+            Some(Status::Passed) => ran += 1,
+            _ => {}
+        }
+    }
+    if killers.is_empty() {
+        eprintln!(
+            "BDD: mutant {} ({}) SURVIVED: all {ran} scenario(s) tagged {:?} passed with it",
+            e.name, e.breaks, e.killed_by
+        );
+        println!("mutants: 0 killed, 1 survived");
+        return ExitCode::FAILURE;
+    }
+    println!(
+        "BDD: mutant {} ({}) killed by {} of {ran} scenario(s): {}",
+        e.name,
+        e.breaks,
+        killers.len(),
+        killers.join("; ")
+    );
+    println!("mutants: 1 killed, 0 survived");
+    ExitCode::SUCCESS
+}
