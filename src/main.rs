@@ -30,6 +30,9 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// Write a GGUF test model with seeded weights and a tokenizer.
     MakeModel(cli::make_model::MakeModelArgs),
+    /// Check that the token comparison's time does not tell which token
+    /// matched (dudect-style t-test); prints a table, writes JSON.
+    BenchAuth(cli::bench_auth::BenchAuthArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,5 +43,6 @@ fn main() -> ExitCode {
         Some(Command::Generate(args)) => cli::generate::run(args),
         Some(Command::Bench(args)) => cli::bench::run(args),
         Some(Command::MakeModel(args)) => cli::make_model::run(args),
+        Some(Command::BenchAuth(args)) => cli::bench_auth::run(args),
     }
 }
