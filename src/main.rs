@@ -1,5 +1,5 @@
 //! The `worker-orcd` binary: thin argument dispatch. With no subcommand it runs
-//! the daemon (`serve`); `generate`, `bench` and `make-model` are tools for
+//! the daemon (`serve`); `generate`, `bench`, `make-model` and `build-info` are tools for
 //! people and for the GPU machine.
 
 use clap::{Parser, Subcommand};
@@ -30,6 +30,8 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// Write a GGUF test model with seeded weights and a tokenizer.
     MakeModel(cli::make_model::MakeModelArgs),
+    /// Print the version, the compiled-in features and the SHA-256 of the sources.
+    BuildInfo,
 }
 
 fn main() -> ExitCode {
@@ -40,5 +42,9 @@ fn main() -> ExitCode {
         Some(Command::Generate(args)) => cli::generate::run(args),
         Some(Command::Bench(args)) => cli::bench::run(args),
         Some(Command::MakeModel(args)) => cli::make_model::run(args),
+        Some(Command::BuildInfo) => {
+            print!("{}", cli::build_info());
+            ExitCode::SUCCESS
+        }
     }
 }
