@@ -4,7 +4,7 @@ Feature: Architecture and process model
   and is supervised by pool-managerd. These scenarios show the shape of the
   process from the outside and the boundaries of the code from the inside.
 
-  @WORKER-4011 @WORKER-4030
+  @WORKER-4030
   Scenario: A freshly started worker answers its health check
     Given a worker serving the tiny test model
     When I GET "/health" without a token
@@ -56,6 +56,14 @@ Feature: Architecture and process model
     Then only the files under "src/gpu" and "src/model/mapped.rs" allow unsafe code
     And the crate root denies unsafe code
 
+  @WORKER-4011 @source
+  Scenario: HTTP, lifecycle, residency, telemetry and scheduling are Rust modules
+    Then the file "src/http/mod.rs" mentions "axum"
+    And the file "src/daemon/mod.rs" mentions "//!"
+    And the file "src/shard/mod.rs" mentions "//!"
+    And the file "src/telemetry/mod.rs" mentions "//!"
+    And the file "src/daemon/engine_thread.rs" mentions "//!"
+
   @WORKER-4012 @source
   Scenario: Compute kernels are CUDA sources, one operation per file
     Then the folder "cuda" holds the kernel sources "rmsnorm", "rope", "attention", "topk"
@@ -103,14 +111,24 @@ Feature: Architecture and process model
     And the announcement JSON at "/handles/0/sealed" is true
     And the announcement JSON at "/fp6" is a non-empty array
 
-  @WORKER-4032 @WORKER-4960 @WORKER-4961 @KERNEL-SAFE-004 @gpu @serial
-  Scenario: A CUDA error stops the worker with its own exit code and tells the supervisor
+  # The engine's device-error path is backend-independent: the cpu engine's
+  # test hook fails the next forward pass exactly as a CUDA error would.
+  @WORKER-4032 @WORKER-4960 @WORKER-4961 @serial
+  Scenario: A device error stops the worker with its own exit code and tells the supervisor
     Given a worker serving the tiny test model
     When I inject a device error
     And I execute "Hello" with max_tokens 4
     Then the stream ends with an "error" event with code "CUDA_ERROR"
     And the worker exits with code 4 within 15 seconds
     And the readiness callback received a "stopped" status with error code "CUDA_ERROR"
+
+  @KERNEL-SAFE-004 @gpu @serial
+  Scenario: A device error injected on the GPU fails the job with CUDA_ERROR and stops the worker
+    Given a worker serving the tiny test model
+    When I inject a device error
+    And I execute "Hello" with max_tokens 4
+    Then the stream ends with an "error" event with code "CUDA_ERROR"
+    And the worker exits with code 4 within 15 seconds
 
   @WORKER-4000 @WORKER-4100 @gpu
   Scenario: Decode runs from device memory only

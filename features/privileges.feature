@@ -14,7 +14,7 @@ Feature: Privileges and credentials
     Given a worker serving the tiny test model
     Then when running as root the worker log warns about "allow-root"
 
-  @WORKER-4901 @gpu
+  @WORKER-4901
   Scenario: Capabilities are dropped after the GPU is initialised
     Given a worker serving the tiny test model
     Then the worker process has no effective capabilities

@@ -8,12 +8,12 @@ Feature: Testing and proof bundles
   Scenario: Unit tests cover parsing, matching, validation, sealing and the boundary
     Then the source files "src/model/gguf.rs", "src/model/mcd.rs", "src/shard/seal.rs", "src/gpu/mod.rs" have unit tests
 
-  @WORKER-4996 @PB-1001 @PB-1003
+  @WORKER-4996 @PB-1001 @PB-1003 @unit
   Scenario: The run writes its proof bundle under the proof root
     Then this run's proof bundle is a folder "bdd/<run id>" under the proof root
     And the proof root is LLORCH_PROOF_DIR when set, else the repository's proof-bundles folder
 
-  @PB-1002
+  @PB-1002 @unit
   Scenario: The run id comes from LLORCH_RUN_ID, else the time and git sha, else epoch seconds
     Then the run id is LLORCH_RUN_ID when set
     And without LLORCH_RUN_ID the run id looks like "YYYYMMDD-HHMMSS-<sha8>" or epoch seconds
@@ -26,7 +26,7 @@ Feature: Testing and proof bundles
     And its first line is the proof-bundle meta record
     And each following line is one JSON event
 
-  @PB-1004 @PB-1012
+  @PB-1004 @PB-1012 @unit
   Scenario: The run configuration is pretty JSON with generated_by
     Then the bundle's "run_config.json" is pretty JSON with "generated_by"
     And the bundle's "run_config.json" names the binary version, the git sha, the model digests, the seeds and the GPU
@@ -37,10 +37,30 @@ Feature: Testing and proof bundles
     When I execute "Hello" with max_tokens 4
     Then no file of the proof bundle contains a token of this run
 
-  @WORKER-4998
+  @WORKER-4998 @unit
   Scenario: REQUIRE_REAL_GPU makes the GPU scenarios mandatory
     Then with REQUIRE_REAL_GPU=1 the harness runs @gpu scenarios on the cuda backend
-    And without it the harness skips @gpu scenarios and counts them as skipped
+    And with REQUIRE_REAL_GPU=1 a scenario whose model file is missing runs and fails instead of skipping
+    And without it the harness skips @gpu scenarios and counts them as not applicable
+
+  @HARNESS-BINARY @unit
+  Scenario: The harness refuses a worker built without test hooks or from other sources
+    Then the harness accepts the worker binary under test
+    And the harness refuses a worker whose build-info lacks the test-hooks feature
+    And the harness refuses a worker whose build-info names other sources
+
+  @HARNESS-TRACE @unit
+  Scenario: A passing source check never makes a behavioural requirement pass nor hides its skipped scenario
+    Then a requirement whose behavioural scenario is GPU only and whose source check passed is reported GPU only
+    And a requirement with only a passing source check is reported as static evidence only
+    And a requirement flagged STATIC passes on its source check
+    And a requirement whose only scenario needs 2 GPUs is neither passing nor failing
+
+  @HARNESS-TRACE @unit
+  Scenario: Markers that disagree with the index flags are catalogue problems
+    Then a requirement not flagged GPU whose every scenario is @gpu is a catalogue problem
+    And a requirement flagged GPU named by a scenario without @gpu is a catalogue problem
+    And a @post-m0 scenario naming a requirement not flagged POST-M0 is a catalogue problem
 
   @WORKER-4997 @snapshot
   Scenario: The shapes of the API answers match their reviewed snapshots

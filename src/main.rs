@@ -1,5 +1,5 @@
 //! The `worker-orcd` binary: thin argument dispatch. With no subcommand it runs
-//! the daemon (`serve`); `generate`, `bench` and `make-model` are tools for
+//! the daemon (`serve`); `generate`, `bench`, `make-model` and `build-info` are tools for
 //! people and for the GPU machine.
 
 use clap::{Parser, Subcommand};
@@ -33,6 +33,8 @@ enum Command {
     /// Check that the token comparison's time does not tell which token
     /// matched (dudect-style t-test); prints a table, writes JSON.
     BenchAuth(cli::bench_auth::BenchAuthArgs),
+    /// Print the version, the compiled-in features and the SHA-256 of the sources.
+    BuildInfo,
 }
 
 fn main() -> ExitCode {
@@ -44,5 +46,9 @@ fn main() -> ExitCode {
         Some(Command::Bench(args)) => cli::bench::run(args),
         Some(Command::MakeModel(args)) => cli::make_model::run(args),
         Some(Command::BenchAuth(args)) => cli::bench_auth::run(args),
+        Some(Command::BuildInfo) => {
+            print!("{}", cli::build_info());
+            ExitCode::SUCCESS
+        }
     }
 }

@@ -2,10 +2,16 @@
 //! in the same scenario — the CPU reference path on the same model, or the
 //! same backend on another GPU — and the device's free memory around a
 //! worker's life. Only @gpu scenarios use these; they run with REQUIRE_REAL_GPU=1.
+//!
+//! Also the backend-dependent expectations of backend-independent scenarios
+//! (WORKER-4100, 4103, 4702, 4952): the memory a run's backend reports and its
+//! out-of-memory code (VRAM_OOM on cuda, HOST_OOM on cpu), fixed by the run,
+//! so one scenario shows the behaviour on either backend without an either/or.
 
+use crate::steps::http::{send, Auth};
 use crate::steps::process::{prepare, start_ready};
 use crate::steps::sse::execute;
-use crate::steps::world::World;
+use crate::steps::world::{ctx, World};
 use cucumber::{given, then, when};
 use serde_json::{json, Value};
 
@@ -143,5 +149,83 @@ fn free_back(w: &mut World, gpu: u32, slack: u64) {
     w.check(
         now + slack >= before,
         format!("GPU {gpu} had {before} MiB free before the worker, {now} MiB after it exited"),
+    );
+}
+
+/// The out-of-memory code of this run's backend (WORKER-4952).
+fn backend_oom_code() -> &'static str {
+    if ctx().backend() == "cuda" {
+        "VRAM_OOM"
+    } else {
+        "HOST_OOM"
+    }
+}
+
+#[then(
+    "the readiness callback received a \"stopped\" status with the backend's out-of-memory code"
+)]
+async fn stopped_with_oom(w: &mut World) {
+    let code = backend_oom_code();
+    let Some(cb) = &w.callback else {
+        w.fail("no callback receiver")
+    };
+    let Some(c) = cb.wait_for_state("stopped", 20).await else {
+        let all = cb.all();
+        w.fail(format!(
+            "expected a stopped status callback with {code} within 20 s; received: {all:?}"
+        ))
+    };
+    let got = c
+        .body
+        .pointer("/error/code")
+        .cloned()
+        .unwrap_or(Value::Null);
+    w.check(
+        got == json!(code),
+        format!(
+            "expected error code {code} on the {} backend, the status callback says {got}: {}",
+            ctx().backend(),
+            c.body
+        ),
+    );
+}
+
+#[then("the worker's out-of-memory log line names the bytes needed and the bytes available")]
+fn oom_line_bytes(w: &mut World) {
+    let code = backend_oom_code();
+    let log = w.log_text();
+    let line = log.lines().find(|l| l.contains(code));
+    let Some(line) = line else {
+        w.fail(format!(
+            "expected a log line with {code} on the {} backend; none",
+            ctx().backend()
+        ))
+    };
+    // "need…" and "available", and two byte counts (integers of 7+ digits) in the line.
+    let counts = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|t| t.len() >= 7)
+        .count();
+    w.check(
+        line.contains("need") && line.contains("available") && counts >= 2,
+        format!("expected the {code} line to name the bytes needed and available (two byte counts), saw: {line}"),
+    );
+}
+
+#[then(regex = r#"^the metrics have a positive "([a-z_]+)" memory sample on device "([a-z]+)"$"#)]
+async fn memory_on_device(w: &mut World, kind: String, device: String) {
+    let r = send(w, "GET", "/metrics", None, Auth::None).await;
+    let want = "worker_orcd_memory_bytes{";
+    let sample = r.text.lines().find(|l| {
+        l.starts_with(want)
+            && l.contains(&format!("kind=\"{kind}\""))
+            && l.contains(&format!("device=\"{device}\""))
+    });
+    let value = sample
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    w.check(
+        value.is_some_and(|v| v > 0.0),
+        format!("expected a positive worker_orcd_memory_bytes{{kind=\"{kind}\",device=\"{device}\"}}, saw {sample:?}"),
     );
 }

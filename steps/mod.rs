@@ -1,13 +1,16 @@
 //! Step definitions of the BDD suite, one module per domain. `run` wires them
 //! into cucumber; `traceability` and `proof` turn a run into evidence.
 
+pub mod build_check;
 pub mod callback;
 pub mod config;
 pub mod determinism;
 pub mod digest;
 pub mod gpu;
+pub mod harness_checks;
 pub mod http;
 pub mod logs;
+pub mod matrix;
 pub mod metrics;
 pub mod models;
 pub mod mutant;

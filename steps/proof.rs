@@ -439,7 +439,33 @@ fn gpu_mandatory(w: &mut World) {
     }
 }
 
-#[then("without it the harness skips @gpu scenarios and counts them as skipped")]
+#[then("with REQUIRE_REAL_GPU=1 a scenario whose model file is missing runs and fails instead of skipping")]
+fn gpu_missing_model(w: &mut World) {
+    use crate::steps::run::gate;
+    use crate::steps::traceability::Status;
+    let smollm2 = sample_scenario(&["WORKER-4998", "smollm2"]);
+    let mut g = gates(true);
+    g.have_smollm2 = false;
+    g.ci = false;
+    w.check(
+        gate(&smollm2, &g).is_none(),
+        "with REQUIRE_REAL_GPU=1 a @smollm2 scenario without its model file is skipped; expected it to run (and fail)",
+    );
+    let mut dev = gates(false);
+    dev.have_smollm2 = false;
+    dev.ci = false;
+    w.check(
+        gate(&smollm2, &dev) == Some(Status::NoModel),
+        "on a developer's CPU run a missing SmolLM2 is not reported as not applicable (model not installed)",
+    );
+    let two = sample_scenario(&["WORKER-5000", "gpu", "gpu2"]);
+    w.check(
+        gate(&two, &gates(true)) == Some(Status::NeedsTwoGpus),
+        "with REQUIRE_REAL_GPU=1 on one GPU a @gpu2 scenario is not reported as needing 2 GPUs",
+    );
+}
+
+#[then("without it the harness skips @gpu scenarios and counts them as not applicable")]
 fn gpu_skipped(w: &mut World) {
     use crate::steps::run::gate;
     use crate::steps::traceability::Status;

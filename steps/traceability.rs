@@ -1,13 +1,39 @@
-//! Requirement traceability (issue 2, item 5): which scenarios show which
-//! requirement, and what they showed in this run.
+//! Requirement traceability (issues 2 and 10): which scenarios show which
+//! requirement, by what kind of evidence, and what they showed in this run.
 //!
-//! The catalogue is `requirements/index.tsv`. Scenarios name requirements by
-//! tag (`@WORKER-4210`). The run fails when an ID has no scenario, when a tag
-//! names an unknown ID, or when a tag is neither an ID nor one of the known
-//! markers. Statuses come from cucumber's own events (a [`Collector`] writer):
-//! a scenario is *passed* only when every step passed; a step with no matching
-//! definition makes it *not implemented*; scenarios not run are counted with
-//! the reason (GPU-only, post-M0, no source tree, model absent).
+//! The catalogue is `requirements/index.tsv` (format in `requirements/README.md`).
+//! Scenarios name requirements by tag (`@WORKER-4210`). The run fails when an
+//! ID has no scenario, when a tag names an unknown ID, when a tag is neither an
+//! ID nor one of the known markers, or when the markers disagree with the
+//! index flags (rules below). Statuses come from cucumber's own events (a
+//! [`Collector`] writer): a scenario is *passed* only when every step passed; a
+//! step with no matching definition makes it *not implemented*; scenarios not
+//! run are *not applicable here*, with the reason, and never count as passed.
+//!
+//! Evidence buckets (decided by explicit markers, never guessed):
+//! - `@source`: **static** evidence — the steps read files (source, docs,
+//!   deploy units) or print help text; no worker is asked to do anything.
+//! - `@unit`: **unit** evidence — in-process checks of code (the harness's own
+//!   functions); no worker is spawned.
+//! - anything else: **behavioural** evidence — the scenario spawns the worker
+//!   binary (the harness checks that each passed one did).
+//!
+//! Consistency of markers and index flags (each breach fails the run):
+//! 1. `@source` never goes with `@gpu`, `@gpu2`, `@smollm2`, `@snapshot` or
+//!    `@unit`: a static check reads files and runs anywhere.
+//! 2. `@gpu2` implies `@gpu`.
+//! 3. A scenario is `@post-m0` exactly when every ID it names is flagged
+//!    `POST-M0`: a deferred requirement leaves the deferred bucket, in the
+//!    index and in its tags, in the same change that builds it.
+//! 4. A requirement flagged `GPU` is shown on the GPU only: every behavioural
+//!    or unit scenario naming it carries `@gpu`.
+//! 5. A requirement not flagged `GPU` (and not `STATIC`) that has behavioural
+//!    or unit scenarios has at least one without `@gpu`: a backend-independent
+//!    behaviour is shown on the cpu backend too, so it is never "GPU only
+//!    skipped" on a CPU run. A `@gpu` scenario may still name it, to show its
+//!    device side (e.g. shutdown giving VRAM back, WORKER-4972).
+//! 6. `STATIC` in the flags carries a one-line reason in the fifth column, and
+//!    only then is there a fifth column.
 
 use crate::steps::world::World;
 use cucumber::{event, gherkin, parser, Event, Writer};
@@ -17,8 +43,11 @@ use std::sync::{Arc, Mutex};
 
 /// Tags that are not requirement IDs but mark how a scenario runs.
 pub const MARKERS: &[&str] = &[
-    "gpu", "gpu2", "post-m0", "serial", "smollm2", "source", "snapshot",
+    "gpu", "gpu2", "post-m0", "serial", "smollm2", "source", "snapshot", "unit",
 ];
+
+/// Flags the index may carry (comma-separated, or `-` for none).
+pub const FLAGS: &[&str] = &["GPU", "POST-M0", "STATIC"];
 
 #[derive(Debug, Clone)]
 pub struct Req {
@@ -26,6 +55,45 @@ pub struct Req {
     pub level: String,
     pub flags: String,
     pub statement: String,
+    /// Why static evidence is the right evidence (only for `STATIC`).
+    pub static_reason: Option<String>,
+}
+
+impl Req {
+    pub fn has_flag(&self, flag: &str) -> bool {
+        self.flags.split(',').any(|f| f.trim() == flag)
+    }
+}
+
+/// One index line, or why it is malformed.
+fn parse_req(line: &str) -> Result<Req, String> {
+    let cols: Vec<&str> = line.split('\t').collect();
+    if cols.len() != 4 && cols.len() != 5 {
+        return Err(format!(
+            "expected 4 tab-separated columns (5 with STATIC), found {}",
+            cols.len()
+        ));
+    }
+    let req = Req {
+        id: cols[0].into(),
+        level: cols[1].into(),
+        flags: cols[2].into(),
+        statement: cols[3].into(),
+        static_reason: cols.get(4).map(|s| s.trim().to_string()),
+    };
+    if req.flags != "-" {
+        for f in req.flags.split(',') {
+            if !FLAGS.contains(&f.trim()) {
+                return Err(format!("unknown flag {f:?} (known: {FLAGS:?} or -)"));
+            }
+        }
+    }
+    match (req.has_flag("STATIC"), &req.static_reason) {
+        (true, None) => Err("STATIC needs a one-line reason in a fifth column".into()),
+        (true, Some(r)) if r.is_empty() => Err("the STATIC reason is empty".into()),
+        (false, Some(_)) => Err("a fifth column is only for the reason of a STATIC flag".into()),
+        _ => Ok(req),
+    }
 }
 
 pub fn load_index(path: &Path) -> Result<Vec<Req>, String> {
@@ -37,30 +105,36 @@ pub fn load_index(path: &Path) -> Result<Vec<Req>, String> {
         if line.starts_with('#') || line.trim().is_empty() {
             continue;
         }
-        let cols: Vec<&str> = line.split('\t').collect();
-        if cols.len() != 4 {
-            return Err(format!(
-                "{}:{}: expected 4 tab-separated columns",
-                path.display(),
-                n + 1
-            ));
-        }
-        if !seen.insert(cols[0].to_string()) {
+        let req = parse_req(line).map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?;
+        if !seen.insert(req.id.clone()) {
             return Err(format!(
                 "{}:{}: duplicate ID {}",
                 path.display(),
                 n + 1,
-                cols[0]
+                req.id
             ));
         }
-        out.push(Req {
-            id: cols[0].into(),
-            level: cols[1].into(),
-            flags: cols[2].into(),
-            statement: cols[3].into(),
-        });
+        out.push(req);
     }
     Ok(out)
+}
+
+/// What kind of evidence a scenario gives (see the module header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Evidence {
+    Behavioural,
+    Unit,
+    Static,
+}
+
+impl Evidence {
+    pub fn label(self) -> &'static str {
+        match self {
+            Evidence::Behavioural => "behavioural",
+            Evidence::Unit => "unit",
+            Evidence::Static => "static",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +153,18 @@ impl ScenarioInfo {
     }
     pub fn ids(&self) -> impl Iterator<Item = &String> {
         self.tags.iter().filter(|t| !MARKERS.contains(&t.as_str()))
+    }
+    pub fn evidence(&self) -> Evidence {
+        if self.has("source") {
+            Evidence::Static
+        } else if self.has("unit") {
+            Evidence::Unit
+        } else {
+            Evidence::Behavioural
+        }
+    }
+    pub fn key(&self) -> Key {
+        (self.file.clone(), self.line)
     }
 }
 
@@ -165,17 +251,87 @@ pub fn check_tags(reqs: &[Req], scenarios: &[ScenarioInfo]) -> Vec<String> {
     problems
 }
 
+/// Marker and flag rules 1-5 of the module header; each breach is one line.
+pub fn check_flags(reqs: &[Req], scenarios: &[ScenarioInfo]) -> Vec<String> {
+    let by_id: BTreeMap<&str, &Req> = reqs.iter().map(|r| (r.id.as_str(), r)).collect();
+    let mut problems = Vec::new();
+    for s in scenarios {
+        let at = format!("{}:{} ({:?})", s.file, s.line, s.name);
+        if s.has("source") {
+            for m in ["gpu", "gpu2", "smollm2", "snapshot", "unit"] {
+                if s.has(m) {
+                    problems.push(format!("{at}: a @source scenario reads files and runs anywhere; drop @{m} or make it behavioural"));
+                }
+            }
+        }
+        if s.has("gpu2") && !s.has("gpu") {
+            problems.push(format!("{at}: @gpu2 without @gpu"));
+        }
+        let reqs: Vec<&Req> = s
+            .ids()
+            .filter_map(|id| by_id.get(id.as_str()).copied())
+            .collect();
+        let deferred = reqs.iter().filter(|r| r.has_flag("POST-M0")).count();
+        if s.has("post-m0") && deferred < reqs.len() {
+            let now: Vec<&str> = reqs
+                .iter()
+                .filter(|r| !r.has_flag("POST-M0"))
+                .map(|r| r.id.as_str())
+                .collect();
+            problems.push(format!(
+                "{at}: tagged @post-m0 but {now:?} are not flagged POST-M0 in the index"
+            ));
+        }
+        if !s.has("post-m0") && deferred > 0 {
+            let later: Vec<&str> = reqs
+                .iter()
+                .filter(|r| r.has_flag("POST-M0"))
+                .map(|r| r.id.as_str())
+                .collect();
+            problems.push(format!(
+                "{at}: names {later:?}, flagged POST-M0 in the index, without @post-m0"
+            ));
+        }
+        if s.evidence() != Evidence::Static && !s.has("gpu") {
+            for r in reqs.iter().filter(|r| r.has_flag("GPU")) {
+                problems.push(format!(
+                    "{at}: {} is flagged GPU in the index but this scenario runs without @gpu",
+                    r.id
+                ));
+            }
+        }
+    }
+    for r in reqs
+        .iter()
+        .filter(|r| !r.has_flag("GPU") && !r.has_flag("STATIC"))
+    {
+        let shown: Vec<&ScenarioInfo> = scenarios
+            .iter()
+            .filter(|s| s.evidence() != Evidence::Static && s.ids().any(|id| *id == r.id))
+            .collect();
+        if !shown.is_empty() && shown.iter().all(|s| s.has("gpu")) {
+            problems.push(format!(
+                "{} is not flagged GPU in the index but every scenario showing it is @gpu: show its backend-independent part on the cpu backend, or flag it GPU",
+                r.id
+            ));
+        }
+    }
+    problems
+}
+
+/// What one scenario showed in this run. Everything after `NotImplemented` is
+/// "not applicable here" with its reason: never passed, never failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Status {
     Failed,
     Passed,
     NotImplemented,
     GpuSkipped,
+    NeedsTwoGpus,
     Deferred,
     NoSource,
     NoModel,
     CpuOnly,
-    NeedsTwoGpus,
     NotSelected,
     NotRun,
 }
@@ -186,12 +342,12 @@ impl Status {
             Status::Failed => "failed",
             Status::Passed => "passed",
             Status::NotImplemented => "not implemented",
-            Status::GpuSkipped => "skipped (GPU only)",
-            Status::Deferred => "skipped (post-M0)",
-            Status::NoSource => "skipped (no source tree)",
-            Status::NoModel => "skipped (model not installed)",
-            Status::CpuOnly => "skipped (CPU-path snapshot)",
-            Status::NeedsTwoGpus => "skipped (needs 2 GPUs)",
+            Status::GpuSkipped => "not applicable here (GPU only)",
+            Status::NeedsTwoGpus => "needs 2 GPUs",
+            Status::Deferred => "deferred (post-M0)",
+            Status::NoSource => "not applicable here (no source tree)",
+            Status::NoModel => "not applicable here (model not installed)",
+            Status::CpuOnly => "not applicable here (CPU-path snapshot)",
             Status::NotSelected => "not selected",
             Status::NotRun => "not run",
         }
@@ -281,107 +437,4 @@ impl Writer<World> for Collector {
             }
         }
     }
-}
-
-#[derive(Debug, Default, Clone)]
-pub struct Totals {
-    pub requirements: usize,
-    pub passing: usize,
-    pub failing: usize,
-    pub gpu_skipped: usize,
-    pub deferred: usize,
-    pub not_implemented: usize,
-    pub other_skipped: usize,
-}
-
-impl Totals {
-    pub fn line(&self) -> String {
-        format!(
-            "requirements: {}, with passing scenarios: {}, failing: {}, GPU-only skipped: {}, deferred (post-M0): {}, not yet implemented: {}, other skipped: {}",
-            self.requirements, self.passing, self.failing, self.gpu_skipped, self.deferred, self.not_implemented, self.other_skipped
-        )
-    }
-}
-
-/// The matrix as Markdown and the totals. Each requirement lands in exactly
-/// one bucket: failing beats passing beats not-implemented beats the skips.
-pub fn matrix(
-    reqs: &[Req],
-    scenarios: &[ScenarioInfo],
-    status: &BTreeMap<Key, Status>,
-    failures: &BTreeMap<Key, String>,
-) -> (String, Totals) {
-    let mut t = Totals {
-        requirements: reqs.len(),
-        ..Totals::default()
-    };
-    let mut md = String::from("\n# Requirement traceability\n\n");
-    let mut rows = String::from("| requirement | level | flags | statement | verdict | scenarios |\n|---|---|---|---|---|---|\n");
-    let mut fails = String::new();
-    for r in reqs {
-        let mine: Vec<(&ScenarioInfo, Status)> = scenarios
-            .iter()
-            .filter(|s| s.ids().any(|id| *id == r.id))
-            .map(|s| {
-                (
-                    s,
-                    status
-                        .get(&(s.file.clone(), s.line))
-                        .copied()
-                        .unwrap_or(Status::NotRun),
-                )
-            })
-            .collect();
-        let best = mine
-            .iter()
-            .map(|(_, st)| *st)
-            .min()
-            .unwrap_or(Status::NotRun);
-        match best {
-            Status::Failed => t.failing += 1,
-            Status::Passed => t.passing += 1,
-            Status::NotImplemented => t.not_implemented += 1,
-            Status::GpuSkipped => t.gpu_skipped += 1,
-            Status::Deferred => t.deferred += 1,
-            _ => t.other_skipped += 1,
-        }
-        let list: Vec<String> = mine
-            .iter()
-            .map(|(s, st)| {
-                format!(
-                    "{} › {} ({}:{}): **{}**",
-                    s.feature,
-                    s.name,
-                    s.file,
-                    s.line,
-                    st.label()
-                )
-            })
-            .collect();
-        rows.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
-            r.id,
-            r.level,
-            r.flags,
-            r.statement.replace('|', "\\|"),
-            best.label(),
-            list.join("<br>").replace('|', "\\|")
-        ));
-    }
-    for (k, m) in failures {
-        let first = m.lines().take(6).collect::<Vec<_>>().join(" / ");
-        fails.push_str(&format!(
-            "- {}:{} — {}\n",
-            k.0,
-            k.1,
-            first.replace('|', "\\|")
-        ));
-    }
-    md.push_str(&format!("Totals: {}\n\n", t.line()));
-    md.push_str(&rows);
-    if !fails.is_empty() {
-        md.push_str("\n## Failures\n\n");
-        md.push_str(&fails);
-    }
-    (md, t)
 }

@@ -157,6 +157,8 @@ pub struct World {
     pub other: Option<Box<World>>,
     /// Free MiB of a GPU recorded before a scenario's worker started.
     pub gpu_free_before: Option<u64>,
+    /// A step ran a `worker-orcd` subcommand (behavioural evidence without a daemon).
+    pub ran_cli: bool,
 }
 
 impl std::fmt::Debug for World {
@@ -215,6 +217,7 @@ impl World {
             prev_json: None,
             other: None,
             gpu_free_before: None,
+            ran_cli: false,
         })
     }
 
