@@ -33,11 +33,17 @@ Feature: Capability matching between model and engine
     And the announcement JSON at "/ecp" has the fields "worker_id", "supports_positional", "supports_attention", "supports_quant", "max_context", "vram_bytes"
 
   @WORKER-4613
-  Scenario: The engine profile lists what this build really supports
-    Given a worker serving the tiny test model
-    Then the readiness callback received a "ready" announcement
-    And the announcement JSON at "/ecp/supports_quant" contains "q8_0"
-    And the announcement JSON at "/ecp/max_context" is the configured max_context
+  Scenario: The engine profile is computed from the configuration the worker was started with
+    Given a worker configured for the tiny test model
+    And the configuration sets "worker_id" to "ecp-first"
+    And the configuration sets "max_context" to 96
+    When the worker is started
+    Then ready announcement 1 carries an engine profile built from the configuration
+    Given the configuration sets "worker_id" to "ecp-second"
+    And the configuration sets "max_context" to 200
+    When the worker is restarted
+    Then ready announcement 2 carries an engine profile built from the configuration
+    And the engine profiles of ready announcements 1 and 2 differ exactly in worker_id and max_context
 
   @WORKER-4620 @WORKER-4621 @WORKER-4622 @WORKER-4623
   Scenario: A model needing a capability outside the profile is refused, naming both sides

@@ -34,11 +34,11 @@ Feature: Memory safety, CUDA boundary and resource limits
   Scenario: Context positions beyond the KV cache are refused, not written
     Given a worker configured for the tiny test model
     And the configuration sets "max_context" to 16
-    And the configuration sets "max_prompt_len" to 8
+    And the configuration sets "max_prompt_len" to 1000
     When the worker is started
-    And I execute "Hello" with max_tokens 64
-    Then the execution ends with "length" or is refused with "INVALID_PARAMS"
-    And the stream has at most 16 token events
+    And I execute a prompt of exactly 10 tokens with max_tokens 64
+    Then the 10 prompt tokens and the generated tokens fill the configured max_context exactly
+    And a prompt of exactly 16 tokens is refused with INVALID_PARAMS naming max_context
 
   @WORKER-4420 @SCHEDULER-M0-001 @SCHEDULER-M0-003 @serial
   Scenario: A busy worker refuses a second job at once with a retry hint
@@ -61,8 +61,11 @@ Feature: Memory safety, CUDA boundary and resource limits
   Scenario: The KV cache is planned at load from the configured context
     Given a worker configured for the tiny test model
     And the configuration sets "max_context" to 64
-    And the configuration sets "max_prompt_len" to 32
+    And the configuration sets "max_prompt_len" to 1000
     When the worker is started
-    And I execute a prompt of 300 characters
-    Then the execution ends with "length" or is refused with "INVALID_PARAMS"
-    And the metrics have a positive "worker_orcd_memory_bytes" sample labelled "kv_cache"
+    Then the KV cache memory in the metrics is exactly what the configured max_context needs
+    When I execute a prompt of exactly 40 tokens with max_tokens 1000
+    Then the 40 prompt tokens and the generated tokens fill the configured max_context exactly
+    When I execute a prompt of exactly 63 tokens with max_tokens 1000
+    Then the 63 prompt tokens and the generated tokens fill the configured max_context exactly
+    And a prompt of exactly 64 tokens is refused with INVALID_PARAMS naming max_context

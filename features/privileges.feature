@@ -26,13 +26,20 @@ Feature: Privileges and credentials
     Then the stream ends with an "end" event
     And the worker process has no effective capabilities
 
-  @WORKER-4903 @WORKER-4912 @WORKER-4921 @source
-  Scenario: A systemd unit and an AppArmor profile ship with the worker
-    Then the file "deploy/worker-orcd@.service" mentions "LoadCredential=worker-token"
-    And the file "deploy/worker-orcd@.service" mentions "User=worker-orcd"
-    And the file "deploy/worker-orcd@.service" mentions "NoNewPrivileges=yes"
-    And the file "deploy/worker-orcd@.service" mentions "CapabilityBoundingSet="
-    And the folder "deploy" holds a file mentioning "apparmor"
+  @WORKER-4903 @source
+  Scenario: The shipped systemd unit starts the worker unprivileged
+    Given the systemd unit "deploy/worker-orcd@.service" and the AppArmor profile "deploy/apparmor/usr.local.bin.worker-orcd"
+    Then the unit runs the worker as the non-root user "worker-orcd" with no capabilities and no way to gain any
+    And the unit delivers the token as the systemd credential "worker-token"
+
+  @WORKER-4921 @source
+  Scenario: The shipped AppArmor profile confines the worker's file access
+    Given the systemd unit "deploy/worker-orcd@.service" and the AppArmor profile "deploy/apparmor/usr.local.bin.worker-orcd"
+    Then the profile is enforced and attaches to the binary the unit starts
+    And under the profile the model root, the configuration and the token are readable but not writable
+    And under the profile the worker may write only where the unit gives it a writable directory or device
+    And the profile denies capabilities, ptrace, mount and the execution of other programs
+    And the profile allows TCP over IPv4 and IPv6 and no raw sockets
 
   @WORKER-4910
   Scenario: A token in the environment is not accepted in place of the file

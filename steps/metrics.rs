@@ -116,3 +116,56 @@ async fn labelled_positive(w: &mut World, name: String, label: String) {
     });
     w.check(ok, format!("no positive {name} sample labelled {label:?}"));
 }
+
+/// The value of the one `name` sample whose labels include `label="value"`.
+fn labelled_sample(w: &World, text: &str, name: &str, label: &str, value: &str) -> f64 {
+    let want = format!("{label}=\"{value}\"");
+    let hits: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| {
+            let labels = l.split_once('{').and_then(|(_, r)| r.split_once('}'));
+            labels.is_some_and(|(ls, _)| ls.split(',').any(|kv| kv.trim() == want))
+        })
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .collect();
+    match hits.as_slice() {
+        [v] => *v,
+        other => w.fail(format!(
+            "expected exactly one {name} sample with {want}, found {}: {other:?}",
+            other.len()
+        )),
+    }
+}
+
+/// WORKER-4422: the KV cache is planned from the configured `max_context`.
+/// The expectation is the harness's own arithmetic over the model's shape,
+/// read from the served GGUF file by `gguf_meta` (not from the worker): f32
+/// keys and values, `2 * n_layers * max_context * n_kv_heads * head_dim * 4`
+/// bytes, as both engines allocate them (`engine/cpu`, `engine/cuda/plan.rs`).
+#[then("the KV cache memory in the metrics is exactly what the configured max_context needs")]
+async fn kv_bytes_exact(w: &mut World) {
+    let path = w.model_root().join(&w.model_name);
+    let s = crate::steps::gguf_meta::shape(&path).unwrap_or_else(|e| w.fail(e));
+    let Some(ctx) = w.config.get("max_context").and_then(|v| v.as_u64()) else {
+        w.fail("this step needs max_context set in the configuration")
+    };
+    w.check(
+        ctx < s.context_length,
+        format!(
+            "max_context {ctx} must be below the model's trained context {} for this check to mean anything",
+            s.context_length
+        ),
+    );
+    let want = 2 * s.n_layers * ctx * s.n_kv_heads * s.head_dim * 4;
+    let r = send(w, "GET", "/metrics", None, Auth::None).await;
+    let got = labelled_sample(w, &r.text, "worker_orcd_memory_bytes", "kind", "kv_cache");
+    w.check(
+        got == want as f64,
+        format!(
+            "worker_orcd_memory_bytes{{kind=\"kv_cache\"}} is {got}, expected {want} \
+             (2 x {} layers x {ctx} positions x {} KV heads x {} head dims x 4 bytes)",
+            s.n_layers, s.n_kv_heads, s.head_dim
+        ),
+    );
+}

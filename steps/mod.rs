@@ -1,11 +1,14 @@
 //! Step definitions of the BDD suite, one module per domain. `run` wires them
 //! into cucumber; `traceability` and `proof` turn a run into evidence.
 
+pub mod apparmor;
 pub mod build_check;
 pub mod callback;
+pub mod capability;
 pub mod config;
 pub mod determinism;
 pub mod digest;
+pub mod gguf_meta;
 pub mod gpu;
 pub mod harness_checks;
 pub mod http;

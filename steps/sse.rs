@@ -301,15 +301,29 @@ fn job_id(w: &World) -> String {
     }
 }
 
-#[when(regex = r"^I cancel the job\s*(with the second token)?$")]
-#[then(regex = r"^I cancel the job\s*(with the second token)?$")]
-async fn cancel(w: &mut World, who: String) {
-    let job = job_id(w);
-    let auth = if who.is_empty() {
-        Auth::Token
-    } else {
-        Auth::Second
+/// What the client saw around a cancel it sent: how many token events had
+/// arrived when it sent the request, whether the stream was still running
+/// then, and the acknowledgement's own `tokens_sent` (WORKER-4252).
+#[derive(Debug, Clone)]
+pub struct CancelRecord {
+    pub tokens_at_send: usize,
+    /// The stream had not ended when the cancel was sent.
+    pub running_at_send: bool,
+    pub acked: bool,
+    pub tokens_sent: Option<u64>,
+}
+
+fn tokens_so_far(w: &World) -> (usize, bool) {
+    let Some(bg) = &w.background else {
+        w.fail("no job was started in the background")
     };
+    let s = bg.shared.lock().expect("stream lock");
+    (s.tokens().len(), s.terminal().is_none() && !s.closed)
+}
+
+async fn send_cancel(w: &mut World, auth: Auth) {
+    let job = job_id(w);
+    let (tokens_at_send, running_at_send) = tokens_so_far(w);
     let r = http::send(
         w,
         "POST",
@@ -318,9 +332,48 @@ async fn cancel(w: &mut World, who: String) {
         auth,
     )
     .await;
-    if r.status == 200 {
-        w.cancel_acked_at = Some(Instant::now());
+    w.cancel = Some(CancelRecord {
+        tokens_at_send,
+        running_at_send,
+        acked: r.status == 200 && r.json.as_ref().is_some_and(|j| j["cancelled"] == true),
+        tokens_sent: r.json.as_ref().and_then(|j| j["tokens_sent"].as_u64()),
+    });
+}
+
+#[when(regex = r"^I cancel the job\s*(with the second token)?$")]
+#[then(regex = r"^I cancel the job\s*(with the second token)?$")]
+async fn cancel(w: &mut World, who: String) {
+    let auth = if who.is_empty() {
+        Auth::Token
+    } else {
+        Auth::Second
+    };
+    send_cancel(w, auth).await;
+}
+
+/// Cancel only once `n` token events have arrived, so the cancel races a
+/// running decode loop rather than landing before the first token.
+#[when(regex = r"^I cancel the job after (\d+) token events have streamed$")]
+async fn cancel_after(w: &mut World, n: usize) {
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (got, running) = tokens_so_far(w);
+        if got >= n {
+            break;
+        }
+        if !running {
+            w.fail(format!(
+                "the stream ended after {got} token events, before {n} had streamed"
+            ));
+        }
+        if Instant::now() > until {
+            w.fail(format!(
+                "only {got} of {n} token events arrived within 60 s"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
+    send_cancel(w, Auth::Token).await;
 }
 
 pub async fn finish_background(w: &mut World) {

@@ -174,3 +174,106 @@ async fn unchanged_after(w: &mut World, path: String, ptr: String) {
         format!("{path} {ptr} changed: {a:?} then {b:?}"),
     );
 }
+
+/// The control token the context scenarios build prompts from: the tokenizer
+/// parses it as exactly one token wherever it appears, so a prompt of `n`
+/// copies is `n` tokens, known without asking the worker.
+const ONE_TOKEN: &str = "<|im_start|>";
+
+/// A prompt of exactly `n` tokens for the served model, checked against the
+/// model file: [`ONE_TOKEN`] must be in its vocabulary as a control token.
+fn prompt_of_tokens(w: &World, n: usize) -> String {
+    let path = w.model_root().join(&w.model_name);
+    let (_, ty) = crate::steps::gguf_meta::token(&path, ONE_TOKEN).unwrap_or_else(|e| w.fail(e));
+    w.check(
+        ty == 3,
+        format!("{ONE_TOKEN} has token type {ty} in the model, expected 3 (control)"),
+    );
+    ONE_TOKEN.repeat(n)
+}
+
+#[when(regex = r"^I execute a prompt of exactly (\d+) tokens with max_tokens (\d+)$")]
+async fn exec_n_tokens(w: &mut World, n: usize, max: u64) {
+    let prompt = prompt_of_tokens(w, n);
+    crate::steps::sse::execute(w, &prompt, crate::steps::sse::greedy(max)).await;
+}
+
+fn configured_context(w: &World) -> u64 {
+    match w.config.get("max_context").and_then(Value::as_u64) {
+        Some(c) => c,
+        None => w.fail("this step needs max_context set in the configuration"),
+    }
+}
+
+/// WORKER-4422/4413: generation runs up to the last position of the
+/// configured context and stops there: prompt tokens + generated tokens ==
+/// max_context, finish_reason "length", and the worker's own count of the
+/// prompt agrees with the harness's.
+#[then(
+    regex = r"^the (\d+) prompt tokens and the generated tokens fill the configured max_context exactly$"
+)]
+fn fills_context(w: &mut World, n_prompt: u64) {
+    let ctx = configured_context(w);
+    let s = w.stream().clone();
+    w.check(
+        s.status == 200,
+        format!(
+            "the execute call answered HTTP {}: {}",
+            s.status,
+            w.last().text
+        ),
+    );
+    let n_out = s.tokens().len() as u64;
+    let ev = |name: &str| s.events.iter().find(|e| e.name == name).map(|e| e.json());
+    let end = ev("end").unwrap_or_else(|| {
+        w.fail(format!(
+            "the stream has no end event: {:?}",
+            s.terminal().map(|(_, e)| e.data.clone())
+        ))
+    });
+    w.check(
+        n_prompt + n_out == ctx,
+        format!(
+            "{n_prompt} prompt tokens + {n_out} generated = {}, expected the configured max_context {ctx}",
+            n_prompt + n_out
+        ),
+    );
+    w.check(
+        end["finish_reason"] == "length",
+        format!(
+            "finish_reason is {}, expected \"length\"",
+            end["finish_reason"]
+        ),
+    );
+    w.check(
+        end["tokens_out"].as_u64() == Some(n_out),
+        format!(
+            "tokens_out is {}, but {n_out} token events arrived",
+            end["tokens_out"]
+        ),
+    );
+    let tokens_in = ev("metrics").map(|m| m["tokens_in"].clone());
+    w.check(
+        tokens_in.as_ref().and_then(Value::as_u64) == Some(n_prompt),
+        format!("the worker counted {tokens_in:?} prompt tokens, the harness {n_prompt}"),
+    );
+}
+
+/// A prompt that leaves no room for one generated token is refused before
+/// any work: HTTP 400, INVALID_PARAMS, naming the context limit.
+#[then(
+    regex = r"^a prompt of exactly (\d+) tokens is refused with INVALID_PARAMS naming max_context$"
+)]
+async fn too_long_refused(w: &mut World, n: usize) {
+    let prompt = prompt_of_tokens(w, n);
+    let handle = w.handle_id().await;
+    let r = send(
+        w,
+        "POST",
+        "/worker/execute",
+        Some(exec_body(&handle, &prompt, crate::steps::sse::greedy(4))),
+        Auth::Token,
+    )
+    .await;
+    check_refusal(w, &r, "max_context", &format!("a prompt of {n} tokens"));
+}

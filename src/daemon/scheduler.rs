@@ -27,6 +27,11 @@ pub struct JobCtl {
     pub started: Instant,
     /// Only the planted `cancel_lags_five_steps` bug reads this.
     pub lagged_checks: AtomicU32,
+    /// Token events the stream has committed to send. The stream's
+    /// check-and-count and the cancel's set-and-read hold this lock, so the
+    /// count a cancel reports is exactly the number of token events the
+    /// client will ever receive (4252).
+    pub tokens_sent: Mutex<u64>,
 }
 
 impl JobCtl {
@@ -38,6 +43,24 @@ impl JobCtl {
             return self.lagged_checks.fetch_add(1, Ordering::SeqCst) >= 10;
         }
         cancelled
+    }
+
+    /// May the stream send one more token event? Counts it when it may.
+    pub fn admit_token(&self) -> bool {
+        let mut sent = self.tokens_sent.lock().unwrap_or_else(|p| p.into_inner());
+        if self.is_cancelled() {
+            return false;
+        }
+        *sent += 1;
+        true
+    }
+
+    /// Set the cancel flag; returns the token events sent before it, which
+    /// are all the token events this job will ever send.
+    fn cancel_and_count(&self) -> u64 {
+        let sent = self.tokens_sent.lock().unwrap_or_else(|p| p.into_inner());
+        self.cancel.store(true, Ordering::SeqCst);
+        *sent
     }
 }
 
@@ -56,8 +79,9 @@ pub struct Scheduler {
 /// Outcome of a cancel request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum CancelOutcome {
-    /// The running job will stop; no further token event goes out.
-    Cancelled,
+    /// The running job will stop; no further token event goes out. The
+    /// stream has sent exactly `tokens_sent` token events, and sends no more.
+    Cancelled { tokens_sent: u64 },
     /// The job already ended.
     AlreadyFinished,
 }
@@ -86,6 +110,7 @@ impl Scheduler {
             cancel: AtomicBool::new(false),
             started: Instant::now(),
             lagged_checks: AtomicU32::new(0),
+            tokens_sent: Mutex::new(0),
         });
         g.active = Some(Arc::clone(&ctl));
         Ok(SlotGuard {
@@ -116,8 +141,8 @@ impl Scheduler {
             if a.owner_fp6 != caller_fp6 {
                 return Err(forbidden());
             }
-            a.cancel.store(true, Ordering::SeqCst);
-            return Ok(CancelOutcome::Cancelled);
+            let tokens_sent = a.cancel_and_count();
+            return Ok(CancelOutcome::Cancelled { tokens_sent });
         }
         match g.recent.iter().find(|(id, _)| id == job_id) {
             Some((_, owner)) if owner != caller_fp6 => Err(forbidden()),
@@ -212,8 +237,16 @@ mod tests {
         assert_eq!(s.cancel("j1", "bbbbbb").unwrap_err().code(), "FORBIDDEN");
         assert!(!g.ctl().is_cancelled(), "a refused cancel changes nothing");
         assert_eq!(s.cancel("nope", "aaaaaa").unwrap_err().code(), "NOT_FOUND");
-        assert_eq!(s.cancel("j1", "aaaaaa").unwrap(), CancelOutcome::Cancelled);
+        assert!(g.ctl().admit_token() && g.ctl().admit_token());
+        assert_eq!(
+            s.cancel("j1", "aaaaaa").unwrap(),
+            CancelOutcome::Cancelled { tokens_sent: 2 }
+        );
         assert!(g.ctl().is_cancelled());
+        assert!(
+            !g.ctl().admit_token(),
+            "no token is admitted after a cancel"
+        );
         drop(g);
         assert_eq!(
             s.cancel("j1", "aaaaaa").unwrap(),

@@ -267,15 +267,16 @@ async fn busy_slot_owner_only_cancel_and_no_tokens_after_cancel() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        r.json::<Value>().await.unwrap(),
-        json!({"job_id": job_id, "cancelled": true})
-    );
+    let ack = r.json::<Value>().await.unwrap();
+    assert_eq!(ack["job_id"], job_id.as_str());
+    assert_eq!(ack["cancelled"], true);
+    let sent = ack["tokens_sent"].as_u64().expect("tokens_sent in the ack");
     let ev = events(&first.text().await.unwrap());
     let last = ev.last().unwrap();
     assert_eq!(last.0, "error");
     assert_eq!(last.1["code"], "CANCELLED");
     let n_tokens = ev.iter().filter(|(n, _)| n == "token").count();
+    assert_eq!(n_tokens as u64, sent, "tokens after the acknowledgement");
     assert!(n_tokens < 240, "the job stopped early ({n_tokens} tokens)");
     // The slot is free again within a step.
     tokio::time::timeout(

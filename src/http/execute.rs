@@ -7,8 +7,10 @@
 //! {t, i}, `metrics` {…}, `end` {tokens_out, decode_time_ms, finish_reason},
 //! `error` (the error body). Nothing follows `end` or `error`. The stream
 //! belongs to the request that created the job, i.e. to its identity (4251).
-//! A cancel flag is checked before each token is forwarded, so no token
-//! event leaves after a cancel was acknowledged (4252); dropping the stream
+//! A cancel flag is checked (and the token counted, under one lock with the
+//! cancel) before each token is forwarded, so no token event leaves after a
+//! cancel was acknowledged and the acknowledgement's `tokens_sent` is the
+//! stream's exact token count (4252); dropping the stream
 //! (client gone) sets the same flag so the engine stops within one step.
 
 use crate::daemon::app::AppState;
@@ -186,7 +188,15 @@ fn sse_stream(
         }
         let ev = match st.rx.recv().await {
             // Cancelled: whatever the engine queued is dropped, the stream ends with CANCELLED.
-            Some(JobEvent::Token { .. } | JobEvent::Metrics(_)) if st.guard.0.is_cancelled() => {
+            // A token is checked and counted in one step, so the count a cancel
+            // reports is every token event this stream sends (4252).
+            Some(JobEvent::Token { .. }) if !st.guard.0.admit_token() => {
+                st.done = true;
+                error_event(&WorkerError::Cancelled {
+                    message: "the job was cancelled".into(),
+                })
+            }
+            Some(JobEvent::Metrics(_)) if st.guard.0.is_cancelled() => {
                 st.done = true;
                 error_event(&WorkerError::Cancelled {
                     message: "the job was cancelled".into(),

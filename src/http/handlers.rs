@@ -185,12 +185,21 @@ pub async fn cancel(
     let bytes = read_body(body, app.cfg.max_body_bytes).await?;
     let req = validate::cancel(&bytes)?;
     let outcome = app.scheduler.cancel(&req.job_id, &caller.fp6)?;
-    let cancelled = outcome == CancelOutcome::Cancelled;
-    tracing::info!(job_id = %req.job_id, fp6 = %caller.fp6, cancelled,
-        human = %if cancelled { format!("Cancelled job {} at its owner's request; no further tokens are sent.", req.job_id) }
-                 else { format!("A cancel for job {} arrived after it had finished; nothing to do.", req.job_id) },
-        "cancel");
-    Ok(Json(json!({ "job_id": req.job_id, "cancelled": cancelled })).into_response())
+    let body = match outcome {
+        CancelOutcome::Cancelled { tokens_sent } => {
+            tracing::info!(job_id = %req.job_id, fp6 = %caller.fp6, cancelled = true, tokens_sent,
+                human = %format!("Cancelled job {} at its owner's request after {tokens_sent} tokens were sent; no further tokens are sent.", req.job_id),
+                "cancel");
+            json!({ "job_id": req.job_id, "cancelled": true, "tokens_sent": tokens_sent })
+        }
+        CancelOutcome::AlreadyFinished => {
+            tracing::info!(job_id = %req.job_id, fp6 = %caller.fp6, cancelled = false,
+                human = %format!("A cancel for job {} arrived after it had finished; nothing to do.", req.job_id),
+                "cancel");
+            json!({ "job_id": req.job_id, "cancelled": false })
+        }
+    };
+    Ok(Json(body).into_response())
 }
 
 /// Test builds only: inject a fault into the engine (seal and CUDA-error scenarios).
