@@ -28,6 +28,7 @@ pub mod snapshot;
 pub mod source;
 pub mod sse;
 pub mod sse_checks;
+pub mod timing;
 pub mod traceability;
 pub mod upload;
 pub mod validation;

@@ -121,6 +121,22 @@ fn verify_accepts_each_token_and_nothing_else() {
     assert_ne!(c.key_material("seal"), c.key_material("other"));
 }
 
+#[test]
+fn verify_finds_every_one_of_64_tokens_and_only_them() {
+    // The constant-time scan must still pick the right identity wherever the
+    // match is: first, last, anywhere between (4201's comparison function).
+    let tokens: Vec<String> = (0..64)
+        .map(|i| format!("token-number-{i:02}-abcdefgh"))
+        .collect();
+    let c = Credentials::from_text(&tokens.join("\n"), "test").unwrap();
+    for t in &tokens {
+        assert_eq!(c.verify(t).map(|id| id.fp6), Some(fp6(t)), "{t}");
+    }
+    for wrong in ["token-number-64-abcdefgh", "token-number-00-abcdefg", ""] {
+        assert_eq!(c.verify(wrong), None, "{wrong:?}");
+    }
+}
+
 // ---- privileges ----
 
 #[test]
