@@ -119,7 +119,7 @@ pub fn measure(n_tokens: usize, samples: usize) -> Report {
         samples,
         |t| {
             let d = sha256(t.as_bytes());
-            digests.iter().any(|s| *s == d)
+            digests.contains(&d)
         },
         first,
         last,
