@@ -81,6 +81,13 @@ Feature: Architecture and process model
     Then the response JSON at "/shard_plan" is an array of 1
     And the response JSON at "/shard_plan/0/gpu_device" is 0
 
+  @WORKER-4021
+  Scenario: The worker stays the process its supervisor started, with no children, through start-up and a job
+    Given a worker serving the tiny test model
+    When I execute "Hello" with max_tokens 4
+    Then the stream ends with an "end" event
+    And the worker process is still the one the harness started, in the harness's session, with no child processes
+
   @WORKER-4021 @source
   Scenario: The worker never spawns or daemonizes itself
     Then the source under "src" never calls "fork("

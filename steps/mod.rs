@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod models;
 pub mod mutant;
 pub mod process;
+pub mod procfs;
 pub mod proof;
 pub mod run;
 pub mod seal;
