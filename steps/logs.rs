@@ -148,17 +148,21 @@ fn log_before(w: &mut World, a: String, b: String) {
     );
 }
 
+/// The states appear in this order among the structured lifecycle events
+/// (other states may come between them).
 #[then(regex = r#"^the worker log shows the states (.+) in that order$"#)]
-fn states_in_order(w: &mut World, list: String) {
+async fn states_in_order(w: &mut World, list: String) {
     let states = crate::steps::http::quoted_list(&list);
-    let log = w.log_text().to_lowercase();
-    let mut pos = 0usize;
+    let last = states.last().cloned().unwrap_or_default();
+    let lines = lines_once_logged(w, &[("event", "lifecycle"), ("state", &last)]).await;
+    let got = lifecycle_states(&lines);
+    let mut rest = got.iter();
     for s in &states {
-        match log[pos..].find(&s.to_lowercase()) {
-            Some(i) => pos += i + s.len(),
-            None => w.fail(format!(
-                "the log does not mention the state {s:?} after the earlier ones (wanted in order: {states:?})"
-            )),
+        if !rest.any(|g| g == s) {
+            w.fail(format!(
+                "the lifecycle events do not show the state {s:?} after the earlier ones (wanted in order: \
+                 {states:?}; logged: {got:?})"
+            ));
         }
     }
 }

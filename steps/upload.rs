@@ -3,8 +3,9 @@
 //! commit fields travel in the query string. One model per process, so an
 //! upload succeeds only with the bytes the worker already serves; the
 //! refusals must leave the sealed handle and the service untouched. Unless a
-//! step names a shard id, the upload asks for the id the worker serves under
-//! (a new id is a re-seal, checked by the steps of `models.rs`).
+//! step names a shard id, the upload asks for the id of the remembered handle,
+//! the one the worker serves under (a new id is a re-seal, checked by the
+//! steps of `models.rs`).
 
 use crate::steps::http::{send, send_with, Auth};
 use crate::steps::process::test_model;
@@ -14,6 +15,20 @@ use serde_json::json;
 
 fn served_path(w: &World) -> std::path::PathBuf {
     w.model_root().join(&w.model_name)
+}
+
+/// The shard id of the handle remembered by an earlier step. Taken from
+/// there, not from a fresh GET, so that the upload is the only request this
+/// step sends (a request sent just after a refused upload is not this step's
+/// concern).
+fn remembered_shard_id(w: &World) -> String {
+    let Some(h) = w.prev_json.as_ref() else {
+        w.fail("an upload under the served shard id needs the shard handle remembered first")
+    };
+    match h["shard_id"].as_str() {
+        Some(s) => s.to_string(),
+        None => w.fail(format!("the remembered handle has no shard_id: {h}")),
+    }
 }
 
 #[given("max_model_bytes is the size of the served model")]
@@ -39,7 +54,7 @@ async fn upload(w: &mut World, what: String, stream: String, shard: String, dige
         bytes.push(0);
     }
     let shard = if shard.is_empty() {
-        w.handle_id().await
+        remembered_shard_id(w)
     } else {
         shard
     };
