@@ -138,6 +138,17 @@ mod tests {
     }
 
     #[test]
+    fn every_state_has_its_own_operator_sentence() {
+        let all = [Starting, Loading, Ready, Executing, Draining, Stopped];
+        let mut seen = std::collections::BTreeSet::new();
+        for st in all {
+            let d = st.describe();
+            assert!(d.starts_with("The worker") && d.ends_with('.'), "{d}");
+            assert!(seen.insert(d), "{st:?} shares its sentence");
+        }
+    }
+
+    #[test]
     fn serving_states() {
         let serving: Vec<_> = [Starting, Loading, Ready, Executing, Draining, Stopped]
             .into_iter()
