@@ -11,11 +11,11 @@ Feature: Architecture and process model
     Then the response status is 200
     And the response JSON at "/state" is "ready"
 
-  @WORKER-4030 @WORKER-4031 @WORKER-4227
-  Scenario: The worker walks through its lifecycle states and is Ready only after sealing
+  @WORKER-4030 @WORKER-4031 @WORKER-4227 @WORKER-4113
+  Scenario: The worker walks through its lifecycle states and is Ready only after its start-up commit is verified and sealed
     Given a worker serving the tiny test model
-    Then the worker log shows the states "loading", "ready" in that order
-    And the worker log mentions "seal" before it mentions "ready"
+    Then the worker's lifecycle states so far are "starting", "loading", "ready"
+    And the worker log shows, in order, the start-up commit, its verified digest, its seal and the state "ready"
 
   @WORKER-4030 @SCHEDULER-M0-005
   Scenario: While a job runs the health check says executing

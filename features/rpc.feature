@@ -68,26 +68,78 @@ Feature: Plan, Commit, Ready and Execute over HTTP with Server-Sent Events
     Then the response JSON at "/feasible" is false
     And the response JSON at "/reason" mentions "positional"
 
-  @WORKER-4220 @WORKER-4221 @WORKER-4226
-  Scenario: Commit by path loads and seals the shard
+  # Commit (WORKER-4220-4227): the start-up load of model_path is the first
+  # commit; a later commit of the same bytes (by path, copy, hard link or
+  # upload) under the served shard id returns that handle, under a new shard id
+  # re-verifies the resident bytes and seals them afresh, retiring the old id.
+  @WORKER-4220 @WORKER-4221 @WORKER-4226 @WORKER-4227 @WORKER-4113
+  Scenario: Commit by path under a new shard id seals the served model afresh and retires the old id
     Given a worker serving the tiny test model
-    When I POST to "/worker/commit" with body:
+    When I GET "/worker/ready"
+    And I remember the shard handle
+    And I commit the served model as shard "shard-a" with its file digest
+    Then the commit sealed shard "shard-a" afresh over the served model and the worker lists exactly that handle
+    And the worker log shows the resident digest verified before the seal of shard "shard-a"
+    And a job naming handle "shard-a" streams to its end
+    And a job naming the remembered handle is refused with HTTP 410 and "HANDLE_SUPERSEDED", naming shard "shard-a"
+
+  @WORKER-4220 @WORKER-4221 @WORKER-4226
+  Scenario: Commit by path under the served shard id returns the sealed handle unchanged
+    Given a worker serving the tiny test model
+    When I GET "/worker/ready"
+    And I remember the shard handle
+    And I POST to "/worker/commit" with body:
       """
-      {"model_ref": "{tiny_model}", "shard_id": "shard-a", "shard_index": 0, "expected_digest": "{tiny_file_digest}"}
+      {"model_ref": "{tiny_model}", "shard_id": "{handle_id}", "shard_index": 0, "expected_digest": "{tiny_file_digest}"}
       """
     Then the response status is 200
-    And the response JSON at "/handle/sealed" is true
-    And the response JSON at "/handle/digest" is a SHA-256 in hex
+    And the response JSON at "/handle" is the remembered shard handle
+
+  @WORKER-4022 @WORKER-4220 @WORKER-4223
+  Scenario: A byte-identical copy or a hard link of the served model under another name is the same model
+    Given a worker serving the tiny test model
+    And a byte-identical copy of the served model named "copy.gguf" in the model root
+    And a hard link to the served model named "link.gguf" in the model root
+    When I GET "/worker/ready"
+    And I remember the shard handle
+    And I commit "copy.gguf" as shard "copy-1" with its file digest
+    Then the commit sealed shard "copy-1" afresh over the served model and the worker lists exactly that handle
+    When I commit "link.gguf" as shard "link-1" with its file digest
+    Then the commit sealed shard "link-1" afresh over the served model and the worker lists exactly that handle
+    And a job naming handle "link-1" streams to its end
 
   @WORKER-4223 @WORKER-4314
-  Scenario: Commit with a wrong expected digest is refused
+  Scenario: Commit of the served model with a wrong expected digest is refused and changes nothing
     Given a worker serving the tiny test model
-    When I POST to "/worker/commit" with body:
-      """
-      {"model_ref": "{tiny_model}", "shard_id": "shard-b", "shard_index": 0, "expected_digest": "0000000000000000000000000000000000000000000000000000000000000000"}
-      """
-    Then the error code is "MODEL_LOAD_FAILED"
-    And the error message mentions "digest"
+    When I GET "/worker/ready"
+    And I remember the shard handle
+    And I commit the served model as shard "shard-b" with a wrong digest
+    Then the response status is 422
+    And the error code is "MODEL_LOAD_FAILED"
+    And the error message mentions "expected_digest"
+    And the worker still serves the remembered shard handle
+    And no worker log event "sealed" names shard "shard-b"
+
+  @WORKER-4113 @WORKER-4122 @serial
+  Scenario: A commit under a new shard id re-verifies the resident bytes and never seals altered ones
+    Given a worker serving the tiny test model
+    When I inject the fault "flip_resident_byte" at offset 100
+    And I commit the served model as shard "after-flip" with its file digest
+    Then the response status is 500
+    And the error code is "SEAL_VERIFICATION_FAILED"
+    And no worker log event "sealed" names shard "after-flip"
+    And the worker exits with code 5 within 15 seconds
+
+  @WORKER-4220 @WORKER-4221 @WORKER-4226 @WORKER-4227 @WORKER-4113
+  Scenario: Commit by upload under a new shard id seals the served model afresh and retires the old id
+    Given a worker serving the tiny test model
+    When I GET "/worker/ready"
+    And I remember the shard handle
+    And I upload the served model as shard "upload-a" for commit with its digest
+    Then the commit sealed shard "upload-a" afresh over the served model and the worker lists exactly that handle
+    And the worker log shows the resident digest verified before the seal of shard "upload-a"
+    And a job naming handle "upload-a" streams to its end
+    And a job naming the remembered handle is refused with HTTP 410 and "HANDLE_SUPERSEDED", naming shard "upload-a"
 
   @WORKER-4220 @WORKER-4221 @WORKER-4223 @WORKER-4226
   Scenario: Commit by upload of the served model's bytes returns its sealed handle and the worker serves

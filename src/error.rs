@@ -29,6 +29,10 @@ pub enum WorkerError {
     /// The model file could not be read, validated or parsed.
     #[error("{message}")]
     ModelLoadFailed { message: String },
+    /// The addressed handle was this worker's shard until a commit re-sealed
+    /// the same model under a new shard id; the message names the new id (WORKER-4227).
+    #[error("{message}")]
+    HandleSuperseded { message: String },
     /// The model needs a capability this engine does not provide (MCD ⊄ ECP).
     #[error("{message}")]
     CapabilityMismatch { message: String },
@@ -99,6 +103,7 @@ impl WorkerError {
             Self::Forbidden { .. } => "FORBIDDEN",
             Self::NotFound { .. } => "NOT_FOUND",
             Self::ModelLoadFailed { .. } => "MODEL_LOAD_FAILED",
+            Self::HandleSuperseded { .. } => "HANDLE_SUPERSEDED",
             Self::CapabilityMismatch { .. } => "CAPABILITY_MISMATCH",
             Self::ModelSignatureInvalid { .. } => "MODEL_SIGNATURE_INVALID",
             Self::ModelConflict { .. } => "MODEL_CONFLICT",
@@ -123,6 +128,7 @@ impl WorkerError {
         "FORBIDDEN",
         "NOT_FOUND",
         "MODEL_LOAD_FAILED",
+        "HANDLE_SUPERSEDED",
         "CAPABILITY_MISMATCH",
         "MODEL_SIGNATURE_INVALID",
         "MODEL_CONFLICT",
@@ -147,6 +153,7 @@ impl WorkerError {
             Self::Forbidden { .. } => 403,
             Self::NotFound { .. } => 404,
             Self::ModelLoadFailed { .. } => 422,
+            Self::HandleSuperseded { .. } => 410,
             Self::CapabilityMismatch { .. } => 422,
             Self::ModelSignatureInvalid { .. } => 422,
             Self::ModelConflict { .. } => 409,
@@ -198,6 +205,7 @@ impl WorkerError {
             | Self::Forbidden { message }
             | Self::NotFound { message }
             | Self::ModelLoadFailed { message }
+            | Self::HandleSuperseded { message }
             | Self::CapabilityMismatch { message }
             | Self::ModelSignatureInvalid { message }
             | Self::ModelConflict { message }

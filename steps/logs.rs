@@ -1,7 +1,10 @@
-//! Assertions over the worker's own log file (WORKER-4030, 4800-4803, 4820-4822,
-//! 4111). The harness sends stdout and stderr to a file; these steps read it.
-//! Log lines are JSON objects; nested objects (tracing's `fields`, `span`) are
-//! flattened so a field is found wherever the subscriber put it.
+//! Assertions over the worker's own log file (WORKER-4030, 4031, 4113, 4227,
+//! 4800-4803, 4820-4822, 4111). The harness sends stdout and stderr to a
+//! file; these steps read it. Log lines are JSON objects; nested objects
+//! (tracing's `fields`, `span`) are flattened so a field is found wherever the
+//! subscriber put it. Ordered lifecycle checks read the structured `event`
+//! lines (`lifecycle` with `state`, `commit_started`, `digest_verified`,
+//! `sealed`), never words in free text.
 
 use crate::steps::world::World;
 use cucumber::then;
@@ -34,6 +37,53 @@ pub fn json_lines(w: &World) -> Vec<Map<String, Value>> {
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .map(|v| flat(&v))
+        .collect()
+}
+
+/// The string value of field `k` of a log line ("" when absent or not a string).
+pub fn field<'a>(m: &'a Map<String, Value>, k: &str) -> &'a str {
+    m.get(k).and_then(Value::as_str).unwrap_or_default()
+}
+
+/// Whether a log line has every `(field, value)` of `want`.
+pub fn line_has(m: &Map<String, Value>, want: &[(&str, &str)]) -> bool {
+    want.iter().all(|(k, v)| field(m, k) == *v)
+}
+
+/// Index of the first line at or after `from` that has every `(field, value)` of `want`.
+pub fn find_line(
+    lines: &[Map<String, Value>],
+    from: usize,
+    want: &[(&str, &str)],
+) -> Option<usize> {
+    lines
+        .iter()
+        .enumerate()
+        .skip(from)
+        .find(|(_, m)| line_has(m, want))
+        .map(|(i, _)| i)
+}
+
+/// The log lines, read again (up to 3 s) until one has every `(field, value)`
+/// of `want`: the worker writes an event just after the state it reports
+/// becomes visible over HTTP.
+pub async fn lines_once_logged(w: &World, want: &[(&str, &str)]) -> Vec<Map<String, Value>> {
+    for _ in 0..60 {
+        let lines = json_lines(w);
+        if find_line(&lines, 0, want).is_some() {
+            return lines;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    json_lines(w)
+}
+
+/// The `state` of every `lifecycle` event, in log order.
+pub fn lifecycle_states(lines: &[Map<String, Value>]) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|m| field(m, "event") == "lifecycle")
+        .map(|m| field(m, "state").to_string())
         .collect()
 }
 
@@ -98,17 +148,21 @@ fn log_before(w: &mut World, a: String, b: String) {
     );
 }
 
+/// The states appear in this order among the structured lifecycle events
+/// (other states may come between them).
 #[then(regex = r#"^the worker log shows the states (.+) in that order$"#)]
-fn states_in_order(w: &mut World, list: String) {
+async fn states_in_order(w: &mut World, list: String) {
     let states = crate::steps::http::quoted_list(&list);
-    let log = w.log_text().to_lowercase();
-    let mut pos = 0usize;
+    let last = states.last().cloned().unwrap_or_default();
+    let lines = lines_once_logged(w, &[("event", "lifecycle"), ("state", &last)]).await;
+    let got = lifecycle_states(&lines);
+    let mut rest = got.iter();
     for s in &states {
-        match log[pos..].find(&s.to_lowercase()) {
-            Some(i) => pos += i + s.len(),
-            None => w.fail(format!(
-                "the log does not mention the state {s:?} after the earlier ones (wanted in order: {states:?})"
-            )),
+        if !rest.any(|g| g == s) {
+            w.fail(format!(
+                "the lifecycle events do not show the state {s:?} after the earlier ones (wanted in order: \
+                 {states:?}; logged: {got:?})"
+            ));
         }
     }
 }
@@ -240,4 +294,179 @@ fn oom_line_numbers(w: &mut World, code: String) {
         numbers >= 2
     });
     w.check(ok, format!("no {code} log line names both byte counts"));
+}
+
+/// `event[:state] shard_id` of every structured event, for failure messages.
+fn event_summary(lines: &[Map<String, Value>]) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|m| !field(m, "event").is_empty())
+        .map(|m| {
+            let mut s = field(m, "event").to_string();
+            for k in ["state", "commit_source", "shard_id"] {
+                if !field(m, k).is_empty() {
+                    s.push_str(&format!(" {k}={}", field(m, k)));
+                }
+            }
+            s
+        })
+        .collect()
+}
+
+/// The resident digest the harness computes from the served model file.
+fn served_data_digest(w: &World) -> String {
+    let path = w.model_root().join(&w.model_name);
+    crate::steps::models::resident_digest_of_file(&path).unwrap_or_else(|e| w.fail(e))
+}
+
+#[then(regex = r#"^the worker's lifecycle states so far are (.+)$"#)]
+async fn lifecycle_so_far(w: &mut World, list: String) {
+    let want = crate::steps::http::quoted_list(&list);
+    let last = want.last().cloned().unwrap_or_default();
+    let lines = lines_once_logged(w, &[("event", "lifecycle"), ("state", &last)]).await;
+    let got = lifecycle_states(&lines);
+    w.check(
+        got == want,
+        format!("expected the lifecycle events {want:?} in this order, the worker logged {got:?}"),
+    );
+}
+
+/// 4031, 4113, 4227: the start-up load is a commit whose resident bytes are
+/// verified against the file's tensor data (digest computed here from the
+/// file) before they are sealed under the handle /worker/ready reports, and
+/// the worker enters Ready only after that seal.
+#[then(
+    "the worker log shows, in order, the start-up commit, its verified digest, its seal and the state \"ready\""
+)]
+async fn startup_commit_order(w: &mut World) {
+    use crate::steps::http::{send, Auth};
+    let r = send(w, "GET", "/worker/ready", None, Auth::Token).await;
+    let Some(h) = r
+        .json
+        .as_ref()
+        .and_then(|j| j.pointer("/handles/0"))
+        .cloned()
+    else {
+        w.fail(format!(
+            "GET /worker/ready lists no handle: {} {}",
+            r.status, r.text
+        ))
+    };
+    let shard = h["shard_id"].as_str().unwrap_or_default().to_string();
+    let sealed_at = h["sealed_at"].as_str().unwrap_or_default().to_string();
+    let want = served_data_digest(w);
+    let model = w.model_name.clone();
+    let lines = lines_once_logged(w, &[("event", "lifecycle"), ("state", "ready")]).await;
+    let seen = event_summary(&lines);
+    let started = find_line(
+        &lines,
+        0,
+        &[
+            ("event", "commit_started"),
+            ("commit_source", "startup"),
+            ("model_ref", &model),
+            ("shard_id", &shard),
+        ],
+    )
+    .unwrap_or_else(|| {
+        w.fail(format!(
+            "no commit_started event of the start-up commit of {model} as shard {shard}; events: {seen:?}"
+        ))
+    });
+    let verified = find_line(
+        &lines,
+        started + 1,
+        &[
+            ("event", "digest_verified"),
+            ("commit_source", "startup"),
+            ("shard_id", &shard),
+            ("expected_digest", &want),
+            ("resident_digest", &want),
+        ],
+    )
+    .unwrap_or_else(|| {
+        w.fail(format!(
+            "after the start-up commit began (line {started}) no digest_verified event shows expected and \
+             resident digest both equal to {want}, the digest of the file's tensor data; events: {seen:?}"
+        ))
+    });
+    let sealed = find_line(
+        &lines,
+        verified + 1,
+        &[
+            ("event", "sealed"),
+            ("commit_source", "startup"),
+            ("shard_id", &shard),
+            ("digest", &want),
+            ("sealed_at", &sealed_at),
+        ],
+    )
+    .unwrap_or_else(|| {
+        w.fail(format!(
+            "after the digest was verified (line {verified}) no sealed event names shard {shard}, digest {want} \
+             and sealed_at {sealed_at} (the handle /worker/ready reports); events: {seen:?}"
+        ))
+    });
+    let loading = find_line(&lines, 0, &[("event", "lifecycle"), ("state", "loading")]);
+    let ready = find_line(&lines, 0, &[("event", "lifecycle"), ("state", "ready")]);
+    w.check(
+        loading.is_some_and(|l| l < started),
+        format!("the state \"loading\" (line {loading:?}) should come before the start-up commit (line {started})"),
+    );
+    w.check(
+        ready.is_some_and(|r| r > sealed),
+        format!("the first state \"ready\" (line {ready:?}) should come after the seal (line {sealed}); events: {seen:?}"),
+    );
+}
+
+/// 4113 on every commit: the seal of `shard` follows a digest_verified event
+/// of that shard whose digests equal the file's tensor-data digest, computed
+/// here, with no other seal between them.
+#[then(
+    regex = r#"^the worker log shows the resident digest verified before the seal of shard "([^"]+)"$"#
+)]
+async fn verified_before_seal(w: &mut World, shard: String) {
+    let want = served_data_digest(w);
+    let lines = lines_once_logged(w, &[("event", "sealed"), ("shard_id", &shard)]).await;
+    let seen = event_summary(&lines);
+    let Some(sealed) = find_line(&lines, 0, &[("event", "sealed"), ("shard_id", &shard)]) else {
+        w.fail(format!(
+            "no sealed event names shard {shard}; events: {seen:?}"
+        ))
+    };
+    let verified = lines[..sealed].iter().rposition(|m| {
+        line_has(
+            m,
+            &[
+                ("event", "digest_verified"),
+                ("shard_id", &shard),
+                ("expected_digest", &want),
+                ("resident_digest", &want),
+            ],
+        )
+    });
+    let previous_seal = lines[..sealed]
+        .iter()
+        .rposition(|m| field(m, "event") == "sealed");
+    w.check(
+        verified.is_some_and(|v| previous_seal.is_none_or(|p| p < v)),
+        format!(
+            "the seal of shard {shard} (line {sealed}) is not preceded by its own digest_verified event with \
+             expected and resident digest {want} (found at {verified:?}, previous seal at {previous_seal:?}); \
+             events: {seen:?}"
+        ),
+    );
+}
+
+#[then(regex = r#"^no worker log event "([a-z_]+)" names shard "([^"]+)"$"#)]
+fn no_event_for_shard(w: &mut World, event: String, shard: String) {
+    let lines = json_lines(w);
+    let hit = find_line(&lines, 0, &[("event", &event), ("shard_id", &shard)]);
+    w.check(
+        hit.is_none(),
+        format!(
+            "the worker logged a {event} event for shard {shard} (line {hit:?}); events: {:?}",
+            event_summary(&lines)
+        ),
+    );
 }

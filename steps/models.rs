@@ -1,6 +1,8 @@
 //! Model files for scenarios that need a bad, foreign or extra model
 //! (WORKER-4022, 4224, 4310-4323, 4602-4623). Copies are made from the tiny
 //! generated model and then damaged at known places of the GGUF layout.
+//! Also the commit-by-path steps (WORKER-4220-4227): a model is its bytes, a
+//! new shard id is a fresh seal, and the old id is refused naming the new one.
 
 use crate::steps::http::{assert_error_body, send, Auth};
 use crate::steps::process::{place_in_root, test_model};
@@ -164,4 +166,170 @@ async fn commit_bad_sig(w: &mut World) {
         .clone()
         .unwrap_or_else(|| w.fail("no second model was placed"));
     super::signature::commit_with_signature(w, &m, &"00".repeat(64)).await;
+}
+
+/// SHA-256 of a file in the model root, computed by the harness.
+fn root_file_sha256(w: &World, name: &str) -> String {
+    let p = w.model_root().join(name);
+    w.check(
+        p.is_file(),
+        format!("{} is not in the model root", p.display()),
+    );
+    crate::steps::world::file_sha256(&p)
+}
+
+#[given(regex = r#"^a byte-identical copy of the served model named "([^"]+)" in the model root$"#)]
+fn copy_of_served(w: &mut World, name: String) {
+    let root = w.model_root();
+    std::fs::copy(root.join(&w.model_name), root.join(&name))
+        .unwrap_or_else(|e| w.fail(format!("copy the served model to {name}: {e}")));
+    let (a, b) = (
+        root_file_sha256(w, &w.model_name),
+        root_file_sha256(w, &name),
+    );
+    w.check(
+        a == b,
+        format!("the copy {name} has SHA-256 {b}, the served model {a}"),
+    );
+}
+
+#[given(regex = r#"^a hard link to the served model named "([^"]+)" in the model root$"#)]
+fn link_to_served(w: &mut World, name: String) {
+    use std::os::unix::fs::MetadataExt;
+    let root = w.model_root();
+    let (src, dst) = (root.join(&w.model_name), root.join(&name));
+    std::fs::hard_link(&src, &dst)
+        .unwrap_or_else(|e| w.fail(format!("hard-link the served model as {name}: {e}")));
+    let ino = |p: &Path| std::fs::metadata(p).map(|m| m.ino()).unwrap_or(0);
+    w.check(
+        ino(&src) == ino(&dst),
+        format!("{name} is not a hard link of the served model (inodes differ)"),
+    );
+}
+
+/// A path commit of `name` (the served model or a file in the model root)
+/// under `shard`, with the file's SHA-256 as expected_digest or a wrong one.
+#[when(
+    regex = r#"^I commit (the served model|"[^"]+") as shard "([^"]+)" with (its file digest|a wrong digest)$"#
+)]
+async fn commit_as_shard(w: &mut World, which: String, shard: String, digest: String) {
+    let name = match which.as_str() {
+        "the served model" => w.model_name.clone(),
+        quoted => quoted.trim_matches('"').to_string(),
+    };
+    let expected = match digest.as_str() {
+        "its file digest" => root_file_sha256(w, &name),
+        _ => "ab".repeat(32),
+    };
+    let body = json!({"model_ref": name, "shard_id": shard, "shard_index": 0, "expected_digest": expected});
+    send(
+        w,
+        "POST",
+        "/worker/commit",
+        Some(body.to_string()),
+        Auth::Token,
+    )
+    .await;
+}
+
+/// 4220, 4226, 4227: the commit answered a fresh seal of the served model
+/// under `shard` (compared with the handle remembered before it: another
+/// shard id, another seal, a later sealed_at, the same resident bytes, whose
+/// digest the harness computes from the file), and /worker/ready lists
+/// exactly that handle.
+#[then(
+    regex = r#"^the commit sealed shard "([^"]+)" afresh over the served model and the worker lists exactly that handle$"#
+)]
+async fn sealed_afresh(w: &mut World, shard: String) {
+    let Some(before) = w.prev_json.clone() else {
+        w.fail("no shard handle was remembered before the commit")
+    };
+    let r = w.last().clone();
+    w.check(
+        r.status == 200,
+        format!("the commit answered HTTP {}: {}", r.status, r.text),
+    );
+    let h = w.last_json()["handle"].clone();
+    let want =
+        resident_digest_of_file(&w.model_root().join(&w.model_name)).unwrap_or_else(|e| w.fail(e));
+    let checks = [
+        (h["shard_id"] == shard.as_str(), format!("shard_id {} (asked for {shard:?})", h["shard_id"])),
+        (h["sealed"] == true, format!("sealed {}", h["sealed"])),
+        (h["digest"] == want.as_str(), format!("digest {} (the file's tensor data: {want})", h["digest"])),
+        (h["seal"] != before["seal"], format!("seal {} unchanged from before the commit", h["seal"])),
+        (
+            h["sealed_at"].as_str().unwrap_or_default() > before["sealed_at"].as_str().unwrap_or("~"),
+            format!("sealed_at {} not after the earlier seal's {}", h["sealed_at"], before["sealed_at"]),
+        ),
+        (
+            h["model_ref"] == before["model_ref"] && h["vram_bytes"] == before["vram_bytes"],
+            format!(
+                "model_ref/vram_bytes {}/{} differ from the resident model's {}/{}: no second copy may be loaded",
+                h["model_ref"], h["vram_bytes"], before["model_ref"], before["vram_bytes"]
+            ),
+        ),
+    ];
+    for (ok, what) in checks {
+        w.check(
+            ok,
+            format!("the committed handle is wrong: {what}; handle {h}"),
+        );
+    }
+    let ready = send(w, "GET", "/worker/ready", None, Auth::Token).await;
+    let j = ready.json.clone().unwrap_or_default();
+    w.check(
+        j["ready"] == true && j["handles"] == json!([h]),
+        format!(
+            "after the commit /worker/ready should list exactly {h}, it answered {}",
+            ready.text
+        ),
+    );
+}
+
+/// A two-token job naming `handle_id`, read to its end.
+async fn job_on(w: &mut World, handle_id: &str) -> crate::steps::world::Response {
+    let body = crate::steps::sse::exec_body(handle_id, "Hello", crate::steps::sse::greedy(2));
+    send(w, "POST", "/worker/execute", Some(body), Auth::Token).await
+}
+
+#[then(regex = r#"^a job naming handle "([^"]+)" streams to its end$"#)]
+async fn job_streams(w: &mut World, handle_id: String) {
+    let r = job_on(w, &handle_id).await;
+    w.check(
+        r.status == 200 && r.text.contains("event: end") && !r.text.contains("event: error"),
+        format!(
+            "a job on handle {handle_id:?} should stream to an end event; HTTP {}: {}",
+            r.status, r.text
+        ),
+    );
+}
+
+/// 4227: the id a re-seal retired is refused with a stable code and a
+/// message naming the new id (and the old one).
+#[then(
+    regex = r#"^a job naming the remembered handle is refused with HTTP (\d+) and "([A-Z_]+)", naming shard "([^"]+)"$"#
+)]
+async fn old_handle_refused(w: &mut World, status: u16, code: String, shard: String) {
+    let Some(before) = w.prev_json.clone() else {
+        w.fail("no shard handle was remembered")
+    };
+    let old = before["shard_id"].as_str().unwrap_or_default().to_string();
+    let r = job_on(w, &old).await;
+    w.check(
+        r.status == status,
+        format!(
+            "a job on the retired handle {old:?}: expected HTTP {status}, got {}: {}",
+            r.status, r.text
+        ),
+    );
+    assert_error_body(w, &r, &code);
+    let msg = r
+        .json
+        .as_ref()
+        .and_then(|j| j["message"].as_str())
+        .unwrap_or_default();
+    w.check(
+        msg.contains(&format!("{shard:?}")) && msg.contains(&format!("{old:?}")),
+        format!("the refusal should name the new shard {shard:?} and the old {old:?}: {msg:?}"),
+    );
 }

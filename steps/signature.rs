@@ -105,8 +105,11 @@ async fn commit_signed(w: &mut World, which: String, how: String) {
 }
 
 /// A path commit of `model_ref` carrying `signature_hex`.
+/// Under the shard id the worker serves: a commit that changes nothing but
+/// the signature check (a new id would re-seal, see rpc.feature).
 pub async fn commit_with_signature(w: &mut World, model_ref: &str, signature_hex: &str) {
-    let body = json!({"model_ref": model_ref, "shard_id": "signed", "shard_index": 0, "signature": signature_hex});
+    let shard = w.handle_id().await;
+    let body = json!({"model_ref": model_ref, "shard_id": shard, "shard_index": 0, "signature": signature_hex});
     send(
         w,
         "POST",
@@ -122,8 +125,9 @@ pub async fn commit_with_signature(w: &mut World, model_ref: &str, signature_hex
 )]
 async fn upload_signed(w: &mut World, how: String) {
     let bytes = std::fs::read(served_path(w)).expect("read the served model");
+    let shard = w.handle_id().await;
     let mut query = format!(
-        "model_ref={}&shard_id=upload-1&shard_index=0&expected_digest={}",
+        "model_ref={}&shard_id={shard}&shard_index=0&expected_digest={}",
         w.model_name,
         hex::encode(Sha256::digest(&bytes))
     );

@@ -1,8 +1,11 @@
-//! Commit by upload (WORKER-4220-4226, 4305): the model file is the body of
+//! Commit by upload (WORKER-4220-4227, 4305): the model file is the body of
 //! `POST /worker/commit` (`Content-Type: application/octet-stream`), the
 //! commit fields travel in the query string. One model per process, so an
 //! upload succeeds only with the bytes the worker already serves; the
-//! refusals must leave the sealed handle and the service untouched.
+//! refusals must leave the sealed handle and the service untouched. Unless a
+//! step names a shard id, the upload asks for the id of the remembered handle,
+//! the one the worker serves under (a new id is a re-seal, checked by the
+//! steps of `models.rs`).
 
 use crate::steps::http::{send, send_with, Auth};
 use crate::steps::process::test_model;
@@ -14,6 +17,20 @@ fn served_path(w: &World) -> std::path::PathBuf {
     w.model_root().join(&w.model_name)
 }
 
+/// The shard id of the handle remembered by an earlier step. Taken from
+/// there, not from a fresh GET, so that the upload is the only request this
+/// step sends (a request sent just after a refused upload is not this step's
+/// concern).
+fn remembered_shard_id(w: &World) -> String {
+    let Some(h) = w.prev_json.as_ref() else {
+        w.fail("an upload under the served shard id needs the shard handle remembered first")
+    };
+    match h["shard_id"].as_str() {
+        Some(s) => s.to_string(),
+        None => w.fail(format!("the remembered handle has no shard_id: {h}")),
+    }
+}
+
 #[given("max_model_bytes is the size of the served model")]
 fn max_is_size(w: &mut World) {
     let n = std::fs::metadata(served_path(w))
@@ -23,9 +40,9 @@ fn max_is_size(w: &mut World) {
 }
 
 #[when(
-    regex = r"^I upload (the served model|the second tiny model|the served model plus one byte)( as a stream)? for commit with (its digest|a wrong digest|no digest)$"
+    regex = r#"^I upload (the served model|the second tiny model|the served model plus one byte)( as a stream)?(?: as shard "([^"]+)")? for commit with (its digest|a wrong digest|no digest)$"#
 )]
-async fn upload(w: &mut World, what: String, stream: String, digest: String) {
+async fn upload(w: &mut World, what: String, stream: String, shard: String, digest: String) {
     let mut bytes = match what.as_str() {
         "the second tiny model" => {
             let p = test_model("tiny2").unwrap_or_else(|e| w.fail(e));
@@ -36,7 +53,12 @@ async fn upload(w: &mut World, what: String, stream: String, digest: String) {
     if what.ends_with("plus one byte") {
         bytes.push(0);
     }
-    let mut query = format!("model_ref={}&shard_id=upload-1&shard_index=0", w.model_name);
+    let shard = if shard.is_empty() {
+        remembered_shard_id(w)
+    } else {
+        shard
+    };
+    let mut query = format!("model_ref={}&shard_id={shard}&shard_index=0", w.model_name);
     match digest.as_str() {
         "its digest" => {
             use sha2::{Digest, Sha256};

@@ -13,9 +13,10 @@ use crate::shard::handle::ModelShardHandle;
 use crate::shard::seal::SealKey;
 use crate::shard::signature::ModelSigning;
 use crate::telemetry::Metrics;
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 /// Checks a presented bearer token; returns the caller's fp6 when valid.
 pub trait Authenticator: Send + Sync {
@@ -33,6 +34,10 @@ impl Authenticator for crate::config::Credentials {
     }
 }
 
+/// How many retired shard ids are remembered (so a client holding an old
+/// handle is told the new id); older ones get the plain NOT_FOUND.
+pub const RETIRED_IDS: usize = 64;
+
 /// The model this process serves (one per process, WORKER-4022).
 #[derive(Debug)]
 pub struct LoadedModel {
@@ -48,8 +53,17 @@ pub struct LoadedModel {
     pub memory: MemoryReport,
     /// Tokens one sequence may hold (prompt + generated), planned at load.
     pub max_context: usize,
+    /// Digest of the file's tensor data (`shard::digest` over the GGUF data
+    /// section): what the resident bytes must equal before any seal (4113).
+    pub data_digest: [u8; 32],
     /// The sealed handle; `sealed` turns false when a seal check fails.
     pub handle: RwLock<ModelShardHandle>,
+    /// Shard ids this model was sealed under before a commit re-sealed it
+    /// under a new one, newest last, at most [`RETIRED_IDS`] (4227).
+    pub retired: Mutex<VecDeque<String>>,
+    /// Held by a commit from its identity check to its seal, so two commits
+    /// cannot re-seal at once.
+    pub commit_lock: Mutex<()>,
     /// Duration of the latest seal check (recomputing the resident digest),
     /// in ms: measured at load, then by every job. Each job waits for one seal
     /// check before its prefill, and with one slot and no queue nothing else
@@ -63,6 +77,31 @@ impl LoadedModel {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Replace the handle with `new` (a fresh seal of the same resident
+    /// bytes) and retire the old shard id; returns the old handle.
+    pub fn reseal(&self, new: ModelShardHandle) -> ModelShardHandle {
+        let old = std::mem::replace(
+            &mut *self.handle.write().unwrap_or_else(|p| p.into_inner()),
+            new,
+        );
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|id| *id != old.shard_id);
+        if retired.len() >= RETIRED_IDS {
+            retired.pop_front();
+        }
+        retired.push_back(old.shard_id.clone());
+        old
+    }
+
+    /// Whether `shard_id` was this model's id before a re-seal.
+    pub fn is_retired(&self, shard_id: &str) -> bool {
+        self.retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|id| id == shard_id)
     }
 
     pub fn mark_unsealed(&self) {
@@ -95,13 +134,37 @@ impl AppState {
         self.state.get()
     }
 
-    /// Move the lifecycle (if the graph allows) and keep the state gauge in step.
+    /// Move the lifecycle (if the graph allows), keep the state gauge in
+    /// step and log the transition as a structured event (4030, 4031, 4227).
     pub fn set_state(&self, s: Lifecycle) -> bool {
-        let ok = self.state.transition(s).is_ok();
-        if ok {
-            self.metrics.set_state(s.as_str());
+        match self.state.transition(s) {
+            Ok(prev) => {
+                self.metrics.set_state(s.as_str());
+                if prev != s {
+                    crate::narrate!(
+                        human = s.describe(),
+                        event = "lifecycle",
+                        state = s.as_str(),
+                        from = prev.as_str(),
+                        worker_id = %self.cfg.worker_id
+                    );
+                }
+                true
+            }
+            Err(_) => false,
         }
-        ok
+    }
+
+    /// Log the state the worker starts in; it is entered without a transition.
+    pub fn announce_start(&self) {
+        let s = self.state.get();
+        self.metrics.set_state(s.as_str());
+        crate::narrate!(
+            human = s.describe(),
+            event = "lifecycle",
+            state = s.as_str(),
+            worker_id = %self.cfg.worker_id
+        );
     }
 
     /// Executing → Ready after a job, unless draining or stopped meanwhile.

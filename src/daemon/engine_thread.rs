@@ -76,6 +76,9 @@ pub enum Cmd {
     Run(Box<Job>),
     #[cfg(feature = "test-hooks")]
     Fault(crate::engine::Fault, oneshot::Sender<Result<()>>),
+    /// Recompute the resident digest, for a commit that re-seals the
+    /// resident model under a new shard id (WORKER-4113, 4227).
+    ResidentDigest(oneshot::Sender<Result<[u8; 32]>>),
     /// Drop the engine (releasing its memory, WORKER-4972) and end the thread.
     Shutdown(oneshot::Sender<()>),
 }
@@ -119,6 +122,15 @@ impl EngineHandle {
             .unwrap_or_else(|p| p.into_inner())
             .send(cmd)
             .map_err(|_| WorkerError::internal("the engine thread is no longer running"))
+    }
+
+    /// The resident digest, recomputed by the engine thread after any job
+    /// ahead of it. Blocking: call it off the async threads.
+    pub fn resident_digest_blocking(&self) -> Result<[u8; 32]> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::ResidentDigest(tx))?;
+        rx.blocking_recv()
+            .map_err(|_| WorkerError::internal("the engine thread ended before answering"))?
     }
 
     /// False once the thread has ended (shut down or panicked): /health turns 503.
@@ -188,6 +200,13 @@ impl EngineLoop {
                 Cmd::Fault(f, reply) => {
                     let r = match self.engine.as_mut() {
                         Some(e) => e.inject_fault(f),
+                        None => Err(WorkerError::internal("the engine was already released")),
+                    };
+                    let _ = reply.send(r);
+                }
+                Cmd::ResidentDigest(reply) => {
+                    let r = match self.engine.as_mut() {
+                        Some(e) => e.resident_digest(),
                         None => Err(WorkerError::internal("the engine was already released")),
                     };
                     let _ = reply.send(r);

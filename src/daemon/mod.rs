@@ -3,9 +3,11 @@
 //!
 //! Start-up order: resolve config → logging → refuse root → credentials →
 //! model-signing key and start-up signature → bind the listener (so /health
-//! answers "loading" during the load) → load, verify (signature, then
-//! resident bytes) and seal the model on a blocking thread → Ready → readiness
-//! callback in the background. Fatal errors POST a status callback and exit
+//! answers "loading" during the load) → the start-up commit of `model_path`
+//! (read, verify the signature, load, verify the resident bytes, seal; see
+//! [`commit`]) on a blocking thread → Ready → readiness callback in the
+//! background. Every lifecycle transition is a structured log event
+//! (`event` = "lifecycle", `state`). Fatal errors POST a status callback and exit
 //! with their code. SIGTERM/SIGINT drain: no new jobs (503), the running job
 //! may finish within `drain_timeout_ms`, then the engine is released and the
 //! process exits 0; a second signal or the timeout cancels the job (exit 6).
@@ -14,6 +16,7 @@
 pub mod app;
 pub mod callback;
 pub mod capability;
+pub mod commit;
 pub mod engine_thread;
 pub mod exit;
 pub mod models;
@@ -168,6 +171,7 @@ async fn serve(cfg: Config) -> u8 {
     };
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel();
     let app = new_app(cfg.clone(), Box::new(creds), seal_key, signing, fatal_tx);
+    app.announce_start();
     set_state(&app, Lifecycle::Loading);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
@@ -190,7 +194,7 @@ async fn serve(cfg: Config) -> u8 {
     let load_cfg = cfg.clone();
     let key = app.seal_key.clone();
     let signing = app.signing.clone();
-    let mut load = tokio::task::spawn_blocking(move || models::load(&load_cfg, &key, &signing));
+    let mut load = tokio::task::spawn_blocking(move || commit::load(&load_cfg, &key, &signing));
     let loaded = tokio::select! {
         r = &mut load => r.unwrap_or_else(|e| Err(WorkerError::internal(format!("the load task failed: {e}")))),
         sig = sigs.recv() => {

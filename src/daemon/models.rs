@@ -1,36 +1,21 @@
-//! Model admission: path confinement, the start-up load and seal, Plan and
-//! Commit (WORKER-4022, 4031, 4113, 4210–4227, 4313, 4320–4323, 4422).
+//! Model admission: path confinement, size limits, memory planning and Plan
+//! (WORKER-4210–4214, 4225, 4320–4323, 4422). Loading and sealing, at
+//! start-up and by Commit, is one code path in [`super::commit`].
 //!
-//! One model per process: the model named by `model_path` is loaded and
-//! sealed at start-up; Commit of the same file returns its handle
-//! (idempotent, whatever shard_id the request names), Commit of another file
-//! is refused with MODEL_CONFLICT; an upload is judged by its bytes the same
-//! way (identical to the loaded file: its handle; else MODEL_CONFLICT), after
-//! its SHA-256 was checked against `expected_digest`, and is never written to
-//! disk. With a trusted model-signing key every model, the start-up one
-//! included, must carry an Ed25519 signature of its SHA-256 that verifies
-//! before it is loaded or its handle given out (4222, 4313; see
-//! `shard::signature`). Every path is confined to `model_root`:
-//! first lexically (so nothing outside the root is even looked at), then
-//! after canonicalization (so symlinks cannot leave it).
+//! Every path is confined to `model_root`: first lexically (so nothing
+//! outside the root is even looked at), then after canonicalization (so
+//! symlinks cannot leave it).
 
 use crate::config::Config;
-use crate::daemon::app::{AppState, LoadedModel};
+use crate::daemon::app::AppState;
 use crate::daemon::capability;
-use crate::engine::{BackendKind, Engine, LoadOptions, MemoryReport};
+use crate::engine::{BackendKind, MemoryReport};
 use crate::error::{Result, WorkerError};
-use crate::http::validate::{CommitRequest, PlanRequest, ShardLayout};
+use crate::http::validate::{PlanRequest, ShardLayout};
 use crate::model::arch::{self, ModelConfig};
 use crate::model::gguf::GgufFile;
-use crate::model::tokenizer::Tokenizer;
-use crate::shard::digest;
-use crate::shard::handle::{ModelShardHandle, ShardSpec};
-use crate::shard::seal::SealKey;
-use crate::shard::signature::{self, ModelSigning};
 use serde::Serialize;
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use std::time::Instant;
 
 /// Resolve `r` (absolute, or relative to `root`) to a canonical file path
 /// under the canonical root (4320–4323).
@@ -145,124 +130,11 @@ pub fn memory_estimate(
 pub use crate::engine::cpu::host_available_bytes;
 
 /// Free memory where the model would live, for the configured backend.
-fn available_bytes(cfg: &Config) -> Result<u64> {
+pub(crate) fn available_bytes(cfg: &Config) -> Result<u64> {
     match cfg.backend {
         BackendKind::Cpu => host_available_bytes(),
         BackendKind::Cuda => Ok(crate::gpu::probe(cfg.gpu_device)?.free_bytes),
     }
-}
-
-/// The start-up load: everything up to a sealed handle (4031, 4113, 4222).
-pub fn load(
-    cfg: &Config,
-    key: &SealKey,
-    signing: &ModelSigning,
-) -> Result<(LoadedModel, Box<dyn Engine>)> {
-    let t0 = Instant::now();
-    let raw = cfg.model_path.to_string_lossy().into_owned();
-    let path = resolve_model_path(&cfg.model_root, &raw)?;
-    let model_ref = model_ref_of(&cfg.model_root, &path);
-    check_size(&path, cfg.max_model_bytes)?;
-    if cfg.backend == BackendKind::Cuda {
-        // Fail fast, before reading gigabytes, when there is no usable GPU.
-        crate::gpu::probe(cfg.gpu_device).map_err(|e| {
-            WorkerError::cuda(format!(
-                "backend \"cuda\" was requested but GPU {} is not usable: {} \
-                 (to run on the CPU reference path set backend: \"cpu\")",
-                cfg.gpu_device,
-                e.message()
-            ))
-        })?;
-    }
-    let g = GgufFile::open(&path, &cfg.gguf_limits)?;
-    crate::narrate!(
-        human = format!(
-            "Read model file {model_ref} ({}); its SHA-256 is {}.",
-            crate::telemetry::human_bytes(g.file_len),
-            hex::encode(g.file_sha256)
-        ),
-        model_ref = %model_ref, file_sha256 = %hex::encode(g.file_sha256)
-    );
-    // 4222: before the model is interpreted further, let alone loaded.
-    signing.verify_startup(&g.file_sha256, &model_ref)?;
-    if signing.key.is_some() {
-        crate::narrate!(
-            human = format!(
-                "The signature of {model_ref} verifies against the trusted model-signing key; loading it."
-            ),
-            model_ref = %model_ref
-        );
-    }
-    let (mc, w) = arch::from_gguf(&g)?;
-    let tokenizer = Tokenizer::from_gguf(&g)?;
-    let mcd = capability::mcd(&g, &path)?;
-    let ecp = capability::ecp(cfg)?;
-    capability::check(&mcd, &ecp)?;
-    let opts = LoadOptions {
-        max_context: cfg.max_context,
-        gpu_device: cfg.gpu_device,
-        threads: 0,
-    };
-    let mut engine = crate::engine::load_engine(cfg.backend, &g, &mc, &w, &opts)?;
-    // Verify before sealing (4113): the resident bytes must equal the file's data section.
-    let expected = digest::resident_digest(g.data_section());
-    // Timed because every job repeats this check before it starts (predicted_start_ms).
-    let t_seal = Instant::now();
-    let resident = engine.resident_digest()?;
-    let seal_check_ms = t_seal.elapsed().as_millis() as u64;
-    let skip_check = crate::mutants::active(crate::mutants::Mutant::NoVerifyBeforeSeal);
-    if resident != expected && !skip_check {
-        return Err(WorkerError::SealVerificationFailed {
-            message: format!(
-                "the bytes resident after loading differ from the model file (file {}, resident {}); \
-                 the upload was corrupted. Restart the worker; if it repeats, check the host or GPU memory",
-                hex::encode(expected),
-                hex::encode(resident)
-            ),
-        });
-    }
-    let memory = engine.memory();
-    let shard_id = default_shard_id(&cfg.worker_id);
-    let spec = ShardSpec {
-        shard_id,
-        gpu_device: cfg.gpu_device,
-        vram_bytes: memory.total(),
-        model_ref: model_ref.clone(),
-        backend: cfg.backend,
-    };
-    let handle = ModelShardHandle::seal(spec, &resident, key);
-    crate::narrate!(
-        human = format!(
-            "Loaded {model_ref} ({} layers, {} resident in {}) on the {} backend in {} and sealed it as shard {}; \
-             the worker can now serve.",
-            mc.n_layers,
-            crate::telemetry::human_bytes(memory.total()),
-            match cfg.backend {
-                BackendKind::Cpu => "host memory",
-                BackendKind::Cuda => "plain device memory",
-            },
-            cfg.backend.as_str(),
-            crate::telemetry::human_duration(t0.elapsed().as_secs_f64()),
-            handle.shard_id
-        ),
-        model_ref = %model_ref, digest = %handle.digest, shard_id = %handle.shard_id,
-        vram_bytes = memory.total(), worker_id = %cfg.worker_id, gpu_device = cfg.gpu_device
-    );
-    let max_context = engine.max_context();
-    let model = LoadedModel {
-        path,
-        model_ref,
-        file_sha256: g.file_sha256,
-        file_len: g.file_len,
-        tokenizer: Arc::new(tokenizer),
-        mcd: serde_json::to_value(&mcd).unwrap_or_default(),
-        ecp: serde_json::to_value(&ecp).unwrap_or_default(),
-        memory,
-        max_context,
-        handle: RwLock::new(handle),
-        seal_check_ms: seal_check_ms.into(),
-    };
-    Ok((model, engine))
 }
 
 /// `<worker_id>-shard-0`, restricted to the identifier charset.
@@ -362,7 +234,7 @@ pub fn plan(app: &AppState, req: &PlanRequest) -> Result<PlanResponse> {
 }
 
 /// "needed N bytes ... available M bytes", naming VRAM (or host memory standing in for it).
-fn memory_reason(cfg: &Config, need: u64, avail: u64, what: &str) -> String {
+pub(crate) fn memory_reason(cfg: &Config, need: u64, avail: u64, what: &str) -> String {
     let mem = match cfg.backend {
         BackendKind::Cpu => "host memory (standing in for VRAM on the cpu backend)",
         BackendKind::Cuda => "free VRAM",
@@ -374,125 +246,11 @@ fn memory_reason(cfg: &Config, need: u64, avail: u64, what: &str) -> String {
 }
 
 /// The memory error of the configured backend (VRAM_OOM and HOST_OOM differ, 4952).
-fn oom(cfg: &Config, message: String) -> WorkerError {
+pub(crate) fn oom(cfg: &Config, message: String) -> WorkerError {
     match cfg.backend {
         BackendKind::Cpu => WorkerError::HostOom { message },
         BackendKind::Cuda => WorkerError::VramOom { message },
     }
-}
-
-/// The sealed handle of the loaded model, unless its seal check has failed.
-fn sealed_handle(model: &LoadedModel) -> Result<ModelShardHandle> {
-    let handle = model.handle();
-    if !handle.sealed {
-        return Err(WorkerError::SealVerificationFailed {
-            message: "the shard's seal check failed; this worker no longer serves. Restart it."
-                .into(),
-        });
-    }
-    Ok(handle)
-}
-
-/// Commit by upload (4220–4226): the HTTP layer has streamed the body,
-/// bounded by `max_model_bytes`, into its SHA-256 (`digest`, `len` bytes);
-/// nothing was written. The digest must equal `expected_digest`. One model per
-/// process, and a model's identity is its bytes: an upload byte-identical to
-/// the loaded model gives its sealed handle (idempotent, like a path commit
-/// of the same file); any other upload is refused with MODEL_CONFLICT (or the
-/// memory error when it could not fit anyway) and changes nothing.
-pub fn commit_upload(
-    app: &AppState,
-    req: &CommitRequest,
-    digest: &[u8; 32],
-    len: u64,
-) -> Result<ModelShardHandle> {
-    let cfg = &app.cfg;
-    // Before anything else (4223): a truncated or altered transfer is refused.
-    match req.expected_digest {
-        Some(expected) if expected == *digest => {}
-        Some(expected) => {
-            return Err(WorkerError::model_load(format!(
-                "the uploaded bytes ({len} bytes) have SHA-256 {}, not the expected_digest {}; the transfer is \
-                 incomplete or the file is not the one you meant. Nothing was changed",
-                hex::encode(digest),
-                hex::encode(expected)
-            )))
-        }
-        None => {
-            return Err(WorkerError::invalid(
-                "field `expected_digest` is required with an upload",
-            ))
-        }
-    }
-    // 4313: after the transfer is known intact, so a refusal names the right cause.
-    app.signing
-        .verify_commit(req.signature.as_deref(), &req.model_ref, || Ok(*digest))?;
-    let model = app.model.get().ok_or_else(|| app.unavailable())?;
-    if model.file_sha256 != *digest || model.file_len != len {
-        let avail = available_bytes(cfg)?;
-        if len > avail {
-            return Err(oom(
-                cfg,
-                memory_reason(cfg, len, avail, "the uploaded model alone"),
-            ));
-        }
-        return Err(WorkerError::ModelConflict {
-            message: format!(
-                "this worker already holds model {} (SHA-256 {}); the upload (SHA-256 {}) is a different model and \
-                 one worker serves one model. Start another worker for it",
-                model.model_ref,
-                hex::encode(model.file_sha256),
-                hex::encode(digest)
-            ),
-        });
-    }
-    sealed_handle(model)
-}
-
-/// Commit (4220–4227): the loaded model again gives its handle; anything else is refused.
-pub fn commit(app: &AppState, req: &CommitRequest) -> Result<ModelShardHandle> {
-    let cfg = &app.cfg;
-    let target = req.path.as_deref().unwrap_or(&req.model_ref);
-    let path = resolve_model_path(&cfg.model_root, target)?;
-    let file_len = check_size(&path, cfg.max_model_bytes)?;
-    // 4313: before the conflict check, so a bad signature is reported as
-    // such. The loaded model's digest is known (and is what the handle
-    // stands for); any other file is hashed, bounded by max_model_bytes.
-    app.signing
-        .verify_commit(req.signature.as_deref(), target, || {
-            match app.model.get().filter(|m| m.path == path) {
-                Some(m) => Ok(m.file_sha256),
-                None => signature::file_sha256(&path, cfg.max_model_bytes),
-            }
-        })?;
-    let model = app.model.get().ok_or_else(|| app.unavailable())?;
-    if model.path != path {
-        // Before allocating anything (4103): a file that cannot fit says so first.
-        let avail = available_bytes(cfg)?;
-        if file_len > avail {
-            return Err(oom(
-                cfg,
-                memory_reason(cfg, file_len, avail, "the model file alone"),
-            ));
-        }
-        return Err(WorkerError::ModelConflict {
-            message: format!(
-                "this worker already holds model {}; one worker serves one model. Start another worker for {target:?}",
-                model.model_ref
-            ),
-        });
-    }
-    if let Some(expected) = req.expected_digest {
-        if expected != model.file_sha256 {
-            return Err(WorkerError::model_load(format!(
-                "expected_digest {} does not match the SHA-256 of {} ({}); the file is not the one you expect",
-                hex::encode(expected),
-                model.model_ref,
-                hex::encode(model.file_sha256)
-            )));
-        }
-    }
-    sealed_handle(model)
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 //! Starting → Loading → Ready ⇄ Executing; Ready/Executing → Draining →
 //! Stopped; any state → Stopped on a fatal error. Transitions outside this
 //! graph are refused so that, for instance, a finished job cannot flip a
-//! draining worker back to Ready.
+//! draining worker back to Ready. Every transition is logged as a structured
+//! event (`event` = "lifecycle", `state`, `from`; see `AppState::set_state`),
+//! so the order of states can be read from the log, not guessed from prose.
 
 use serde::Serialize;
 use std::sync::Mutex;
@@ -28,6 +30,19 @@ impl Lifecycle {
             Self::Executing => "executing",
             Self::Draining => "draining",
             Self::Stopped => "stopped",
+        }
+    }
+
+    /// The operator's sentence for entering this state (the `human` field of
+    /// its lifecycle event).
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Starting => "The worker is starting: it reads its configuration and credentials and serves nothing yet.",
+            Self::Loading => "The worker is loading its model: it reads, verifies and seals it, and refuses jobs until that is done.",
+            Self::Ready => "The worker is ready: its model is verified and sealed, and it accepts a job.",
+            Self::Executing => "The worker is running a job; a second job is refused as busy until it ends.",
+            Self::Draining => "The worker is draining: it refuses new jobs and stops when the running one ends.",
+            Self::Stopped => "The worker has stopped serving; its supervisor decides whether to restart it.",
         }
     }
 
@@ -119,6 +134,17 @@ mod tests {
     fn fatal_from_anywhere() {
         for st in [Starting, Loading, Ready, Executing, Draining] {
             assert!(st.can_go_to(Stopped));
+        }
+    }
+
+    #[test]
+    fn every_state_has_its_own_operator_sentence() {
+        let all = [Starting, Loading, Ready, Executing, Draining, Stopped];
+        let mut seen = std::collections::BTreeSet::new();
+        for st in all {
+            let d = st.describe();
+            assert!(d.starts_with("The worker") && d.ends_with('.'), "{d}");
+            assert!(seen.insert(d), "{st:?} shares its sentence");
         }
     }
 

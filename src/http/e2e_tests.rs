@@ -7,7 +7,7 @@
 use crate::config::{Config, ServeArgs};
 use crate::daemon::app::AppState;
 use crate::daemon::state::Lifecycle;
-use crate::daemon::{models, new_app, start_serving};
+use crate::daemon::{commit, new_app, start_serving};
 use crate::shard::seal::SealKey;
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
@@ -62,7 +62,7 @@ async fn rig() -> Rig {
         ftx,
     );
     app.state.transition(Lifecycle::Loading).unwrap();
-    let (model, engine) = tokio::task::spawn_blocking(move || models::load(&cfg, &key, &signing))
+    let (model, engine) = tokio::task::spawn_blocking(move || commit::load(&cfg, &key, &signing))
         .await
         .unwrap()
         .unwrap();
@@ -413,8 +413,11 @@ async fn plan_and_commit() {
         r.json::<Value>().await.unwrap()["code"],
         "MODEL_LOAD_FAILED"
     );
+    // A model is its bytes: a different model, not a copy (a copy is the same model).
     let root = rig.app.cfg.model_root.clone();
-    std::fs::copy(root.join("tiny.gguf"), root.join("other.gguf")).unwrap();
+    let mut other = std::fs::read(root.join("tiny.gguf")).unwrap();
+    other.push(0);
+    std::fs::write(root.join("other.gguf"), other).unwrap();
     let r = rig
         .post(
             "/worker/commit",
@@ -514,4 +517,47 @@ async fn commit_by_upload() {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert!(model.handle().sealed);
+}
+
+/// Commit under a new shard id (4220, 4227): a fresh seal of the resident
+/// model, the old id refused with HANDLE_SUPERSEDED naming the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_under_a_new_shard_id_reseals_and_retires_the_old_id() {
+    let rig = rig().await;
+    let before = rig.app.model.get().unwrap().handle();
+    let r = rig
+        .post(
+            "/worker/commit",
+            OWNER,
+            json!({"model_ref": "tiny.gguf", "shard_id": "s-new"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["handle"]["shard_id"], "s-new");
+    assert_eq!(v["handle"]["digest"], before.digest.as_str());
+    assert_ne!(v["handle"]["seal"], before.seal.as_str());
+    assert_eq!(rig.shard_id(), "s-new");
+    let r = rig
+        .post(
+            "/worker/execute",
+            OWNER,
+            json!({"handle_id": before.shard_id, "prompt": "hi"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 410);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["code"], "HANDLE_SUPERSEDED");
+    assert!(e["message"].as_str().unwrap().contains("\"s-new\""), "{e}");
+    let ev = events(
+        &rig.execute_text(
+            json!({"handle_id": "s-new", "prompt": "hi", "params": {"max_tokens": 2}}),
+        )
+        .await,
+    );
+    assert_eq!(ev.last().unwrap().0, "end");
 }

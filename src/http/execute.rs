@@ -61,6 +61,15 @@ async fn admit(app: &Arc<AppState>, caller: Caller, cid: CorrelationId, body: Bo
     let req = validate::execute(&bytes, &lim)?;
     let model = app.model.get().cloned().ok_or_else(|| app.unavailable())?;
     let handle = model.handle();
+    if req.handle_id != handle.shard_id && model.is_retired(&req.handle_id) {
+        return Err(WorkerError::HandleSuperseded {
+            message: format!(
+                "handle_id {:?} was retired when a commit sealed the same model as shard {:?}; send the job                  with handle_id {:?} (see GET /worker/ready)",
+                req.handle_id, handle.shard_id, handle.shard_id
+            ),
+        }
+        .into());
+    }
     if req.handle_id != handle.shard_id {
         return Err(WorkerError::NotFound {
             message: format!(

@@ -3,8 +3,8 @@
 //! 4210–4233, 4251, 4812).
 
 use crate::daemon::app::AppState;
-use crate::daemon::models;
 use crate::daemon::scheduler::CancelOutcome;
+use crate::daemon::{commit as commits, models};
 use crate::error::WorkerError;
 use crate::http::auth::Caller;
 use crate::http::validate;
@@ -83,7 +83,8 @@ pub async fn plan(State(app): State<Arc<AppState>>, body: Body) -> ApiResult {
 }
 
 /// Commit by path (a JSON body) or by upload (`Content-Type:
-/// application/octet-stream`, the fields in the query string), WORKER-4220–4226.
+/// application/octet-stream`, the fields in the query string), WORKER-4220–4227;
+/// both go through `daemon::commit`, the code path of the start-up load.
 pub async fn commit(
     State(app): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
@@ -94,7 +95,7 @@ pub async fn commit(
         let req = validate::commit_upload(query.as_deref().unwrap_or(""))?;
         let (digest, len) = hash_upload(&app, &headers, body).await?;
         let a = Arc::clone(&app);
-        blocking(move || models::commit_upload(&a, &req, &digest, len)).await?
+        blocking(move || commits::commit_upload(&a, &req, &digest, len)).await?
     } else {
         if query.is_some_and(|q| !q.is_empty()) {
             return Err(WorkerError::invalid(
@@ -106,7 +107,7 @@ pub async fn commit(
         let bytes = read_body(body, app.cfg.max_body_bytes).await?;
         let req = validate::commit(&bytes)?;
         let a = Arc::clone(&app);
-        blocking(move || models::commit(&a, &req)).await?
+        blocking(move || commits::commit(&a, &req)).await?
     };
     Ok(Json(json!({ "handle": handle })).into_response())
 }

@@ -167,7 +167,7 @@ pub fn verify(key: &TrustedKey, digest: &[u8; 32], sig: &[u8]) -> bool {
 pub fn file_sha256(path: &Path, max: u64) -> Result<[u8; 32]> {
     let fail = |e: std::io::Error| {
         WorkerError::model_load(format!(
-            "cannot read model file {} to check its signature ({e})",
+            "cannot read model file {} to compute its SHA-256 ({e})",
             path.display()
         ))
     };
