@@ -15,12 +15,11 @@ use worker_orcd::model::gguf::{GgufFile, GgufLimits};
 
 /// The digest the worker must report for a model: the resident digest over
 /// the GGUF data section (the bytes that become resident).
+/// Computed by the harness's own arithmetic (`steps::digest`), not the worker's.
 pub fn resident_digest_of_file(path: &Path) -> Result<String, String> {
-    let g = GgufFile::open(path, &GgufLimits::default())
-        .map_err(|e| format!("parse {}: {e}", path.display()))?;
-    Ok(hex::encode(worker_orcd::shard::digest::resident_digest(
-        g.data_section(),
-    )))
+    let file = std::fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    let data = crate::steps::digest::tensor_data(&file)?;
+    Ok(hex::encode(crate::steps::digest::resident_digest(data)))
 }
 
 fn tiny_bytes(w: &World) -> Vec<u8> {
