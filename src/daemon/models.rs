@@ -209,7 +209,7 @@ pub fn load(
     // Timed because every job repeats this check before it starts (predicted_start_ms).
     let t_seal = Instant::now();
     let resident = engine.resident_digest()?;
-    let seal_check_ms = t_seal.elapsed().as_millis() as u64;
+    let seal_check_ms = crate::telemetry::whole_ms_up(t_seal.elapsed());
     let skip_check = crate::mutants::active(crate::mutants::Mutant::NoVerifyBeforeSeal);
     if resident != expected && !skip_check {
         return Err(WorkerError::SealVerificationFailed {
