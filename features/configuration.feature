@@ -27,7 +27,9 @@ Feature: Configuration
       | worker_id              |
       | pool_id                |
       | model_path             |
+      | rpc_port               |
       | readiness_callback_url |
+      | gpu_device             |
 
   @WORKER-4983
   Scenario: An invalid value stops start-up naming the field and the accepted range
@@ -56,6 +58,14 @@ Feature: Configuration
     When the worker is started
     Then the worker exits with code 2 within 10 seconds
     And the worker log mentions "max_tokenz"
+
+  @WORKER-4981 @WORKER-4990
+  Scenario: WORKER_GPU_DEVICE gives the required gpu_device
+    Given a worker configured for the tiny test model
+    And the configuration omits "gpu_device"
+    And the environment sets "WORKER_GPU_DEVICE" to "0"
+    When the worker is started
+    Then the worker becomes ready
 
   @WORKER-4990
   Scenario: WORKER_BIND_ADDR sets where the worker listens

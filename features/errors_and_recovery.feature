@@ -49,12 +49,50 @@ Feature: Errors and recovery
     And the readiness callback received a "stopped" status with error code "INVALID_CONFIG"
     And the status callback has an "exit_code" of 2
 
-  @WORKER-4962 @WORKER-4963 @source
+  @WORKER-4962 @source
   Scenario: The shipped unit restarts with backoff and stops restart storms
     Then the file "deploy/worker-orcd@.service" mentions "Restart=on-failure"
     And the file "deploy/worker-orcd@.service" mentions "StartLimitBurst=5"
     And the file "deploy/worker-orcd@.service" mentions "StartLimitIntervalSec=300"
     And the file "deploy/worker-orcd@.service" mentions "RestartSteps="
+
+  @WORKER-4963
+  Scenario: A sixth start within five minutes trips the restart circuit breaker
+    Given a worker configured for the tiny test model
+    And the configuration sets "max_model_bytes" to 1024
+    When the worker is started 5 times, each exiting with code 3 within 15 seconds
+    Then the restart breaker's state file records 5 starts
+    When the worker is started
+    Then the worker exits with code 7 within 10 seconds
+    And the last start's log narrates the restart circuit breaker tripping after 5 starts
+    And the restart breaker's state file records 5 starts
+    When the configuration sets "worker_id" to "another-worker"
+    And the worker is started 1 time, each exiting with code 3 within 15 seconds
+
+  @WORKER-4963
+  Scenario: A clean exit resets the restart circuit breaker
+    Given a worker configured for the tiny test model
+    And the configuration sets "max_model_bytes" to 1024
+    When the worker is started 4 times, each exiting with code 3 within 15 seconds
+    And the configuration omits "max_model_bytes"
+    And the worker is started
+    Then the worker becomes ready
+    When the worker receives SIGTERM
+    Then the worker exits with code 0 within 20 seconds
+    And the restart breaker's state file records 0 starts
+    When the configuration sets "max_model_bytes" to 1024
+    And the worker is started 5 times, each exiting with code 3 within 15 seconds
+    And the worker is started
+    Then the worker exits with code 7 within 10 seconds
+
+  @WORKER-4963
+  Scenario: A malformed restart breaker state file is reported and treated as empty
+    Given a worker configured for the tiny test model
+    And the restart breaker's state file holds "{not json"
+    When the worker is started
+    Then the worker becomes ready
+    And a warning in the worker log names the restart breaker's state file
+    And the restart breaker's state file records 1 start
 
   @WORKER-4970 @WORKER-4971 @serial
   Scenario: SIGTERM mid-stream lets the job finish, then the worker exits cleanly

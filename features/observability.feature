@@ -3,13 +3,30 @@ Feature: Observability
   Operators read JSON logs with a plain-language narration, follow a request
   by its correlation id, and scrape Prometheus metrics without a token.
 
-  @WORKER-4800 @WORKER-4803
+  @WORKER-4800
   Scenario: Job logs are JSON with the job's fields and a human narration
     Given a worker serving the tiny test model
     When I execute "Hello" with max_tokens 4
     Then every worker log line is a JSON object
     And a worker log line has the fields "job_id", "worker_id", "gpu_device", "model_ref", "tokens_in", "tokens_out", "decode_time_ms"
     And every worker log line with a "job_id" also has a "human" field
+
+  @WORKER-4803
+  Scenario: Every log line of a worker's life, from start to shutdown, carries a human narration
+    Given a worker serving the larger test model
+    When I GET "/worker/ready" without a token
+    And I POST to "/worker/plan" with body:
+      """
+      {"model_ref": "no-such-model.gguf", "shard_layout": "single"}
+      """
+    And I execute "Hello" with max_tokens 2
+    And I start executing "Once upon a time" with max_tokens 2000
+    And I cancel the job
+    And I wait for the stream to finish
+    And the worker receives SIGTERM
+    Then the worker exits with code 0 within 20 seconds
+    And the worker log has lines at level "debug", "info", "warn"
+    And every worker log line is a JSON object with a non-empty human field
 
   @WORKER-4801
   Scenario: A correlation id is taken from the request, echoed and logged

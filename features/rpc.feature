@@ -15,6 +15,16 @@ Feature: Plan, Commit, Ready and Execute over HTTP with Server-Sent Events
     Given a worker serving the tiny test model
     Then every protected endpoint answers 401 "AUTH_FAILED" to a wrong token
 
+  @WORKER-4200
+  Scenario: The API description needs the token like every other endpoint
+    Given a worker serving the tiny test model
+    When I GET "/openapi.json" without a token
+    Then the response status is 401
+    And the error code is "AUTH_FAILED"
+    When I GET "/openapi.json"
+    Then the response status is 200
+    And the response JSON at "/openapi" is "3.1.0"
+
   @WORKER-4200 @WORKER-4812
   Scenario: Health and metrics answer without a token
     Given a worker serving the tiny test model

@@ -54,6 +54,25 @@ pub const LOG_LEVEL: EnvVar = EnvVar {
         "Log level: trace, debug, info, warn or error. Overrides `log_level` from the config file.",
 };
 
+/// Directory of the restart circuit breaker's state (WORKER-4963).
+pub const STATE_DIR: EnvVar = EnvVar {
+    name: "WORKER_STATE_DIR",
+    default: None,
+    doc:
+        "Absolute directory where the restart circuit breaker records this worker's recent starts \
+          (`restart-breaker-<worker_id>.json`). Overrides `state_dir` from the config file; the \
+          `--state-dir` flag overrides it. Unset: `$STATE_DIRECTORY`, else `/var/lib/worker-orcd`.",
+};
+
+/// Set by systemd for units with `StateDirectory=` (WORKER-4963).
+pub const STATE_DIRECTORY: EnvVar = EnvVar {
+    name: "STATE_DIRECTORY",
+    default: None,
+    doc: "Set by systemd when the unit uses StateDirectory=. When set and no state_dir is \
+          configured, the restart circuit breaker keeps its state there (the first entry when \
+          several are listed).",
+};
+
 /// Set by systemd for units with `LoadCredential=` (WORKER-4912).
 pub const CREDENTIALS_DIRECTORY: EnvVar = EnvVar {
     name: "CREDENTIALS_DIRECTORY",
@@ -201,6 +220,8 @@ pub const ALL: &[EnvVar] = &[
     BIND_ADDR,
     GPU_DEVICE,
     LOG_LEVEL,
+    STATE_DIR,
+    STATE_DIRECTORY,
     CREDENTIALS_DIRECTORY,
     KERNEL_CACHE,
     XDG_CACHE_HOME,

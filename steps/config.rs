@@ -4,10 +4,11 @@
 use crate::steps::process::{prepare, spawn, wait_exit};
 use crate::steps::world::{ctx, World};
 use cucumber::gherkin::Step;
-use cucumber::{given, then};
+use cucumber::{given, then, when};
 use serde_json::Value;
 
 #[given(regex = r#"^the configuration sets "([^"]+)" to (.+)$"#)]
+#[when(regex = r#"^the configuration sets "([^"]+)" to (.+)$"#)]
 fn set_key(w: &mut World, key: String, lit: String) {
     let v: Value = serde_json::from_str(&lit)
         .unwrap_or_else(|e| panic!("bad JSON literal {lit} in the feature: {e}"));
@@ -15,6 +16,7 @@ fn set_key(w: &mut World, key: String, lit: String) {
 }
 
 #[given(regex = r#"^the configuration omits "([^"]+)"$"#)]
+#[when(regex = r#"^the configuration omits "([^"]+)"$"#)]
 fn omit_key(w: &mut World, key: String) {
     w.config.remove(&key);
 }

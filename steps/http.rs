@@ -438,8 +438,9 @@ fn header_present(w: &mut World, name: String) {
 
 #[then(regex = r#"^every protected endpoint answers 401 "([A-Z_]+)" to a wrong token$"#)]
 async fn all_protected(w: &mut World, code: String) {
-    let calls: [(&str, &str, Option<&str>); 5] = [
+    let calls: [(&str, &str, Option<&str>); 6] = [
         ("GET", "/worker/ready", None),
+        ("GET", "/openapi.json", None),
         (
             "POST",
             "/worker/plan",

@@ -5,6 +5,11 @@
 //! subscriber put it. Ordered lifecycle checks read the structured `event`
 //! lines (`lifecycle` with `state`, `commit_started`, `digest_verified`,
 //! `sealed`), never words in free text.
+//!
+//! WORKER-4803 is also checked over the whole run: after every scenario,
+//! [`scan_human`] reads every line of every worker it started, and the run
+//! fails ([`narration_gaps`]) when one is not a JSON object with a non-empty
+//! `human` string.
 
 use crate::steps::world::World;
 use cucumber::then;
@@ -469,4 +474,94 @@ fn no_event_for_shard(w: &mut World, event: String, shard: String) {
             event_summary(&lines)
         ),
     );
+}
+
+/// Why a worker log line breaks WORKER-4803, or None when it carries a
+/// non-empty `human` string at its top level.
+pub fn human_gap(line: &str) -> Option<&'static str> {
+    match serde_json::from_str::<Value>(line) {
+        Ok(Value::Object(m)) => match m.get("human") {
+            Some(Value::String(h)) if !h.trim().is_empty() => None,
+            Some(Value::String(_)) => Some("its human field is empty"),
+            Some(_) => Some("its human field is not a string"),
+            None => Some("it has no human field"),
+        },
+        _ => Some("it is not a JSON object"),
+    }
+}
+
+/// Every log line of this scenario's workers that breaks 4803, labelled.
+fn gaps_of(w: &World) -> Vec<String> {
+    let mut out = Vec::new();
+    for l in w.log_text().lines().filter(|l| !l.trim().is_empty()) {
+        if let Some(why) = human_gap(l) {
+            let shown: String = crate::steps::world::redact(l).chars().take(240).collect();
+            out.push(format!("{why}: {shown}"));
+        }
+    }
+    out
+}
+
+static GAPS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Record the lines without `human` of every worker this scenario started
+/// (run from the `after` hook; the run fails on any, see [`narration_gaps`]).
+pub fn scan_human(w: &World) {
+    let found = gaps_of(w);
+    if found.is_empty() {
+        return;
+    }
+    let mut g = GAPS.lock().unwrap_or_else(|e| e.into_inner());
+    // A few lines per scenario say enough; the count says the rest.
+    for f in found.iter().take(3) {
+        g.push(format!("{} › {}: {f}", w.feature, w.scenario));
+    }
+    if found.len() > 3 {
+        g.push(format!(
+            "{} › {}: … and {} more lines",
+            w.feature,
+            w.scenario,
+            found.len() - 3
+        ));
+    }
+}
+
+/// The lines without `human` found in the whole run so far.
+pub fn narration_gaps() -> Vec<String> {
+    GAPS.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+#[then("every worker log line is a JSON object with a non-empty human field")]
+fn every_line_human(w: &mut World) {
+    let text = w.log_text();
+    let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
+    w.check(lines > 0, "the worker log is empty");
+    let gaps = gaps_of(w);
+    w.check(
+        gaps.is_empty(),
+        format!(
+            "expected every one of the {lines} log lines to carry a non-empty human field (WORKER-4803); {} do not:\n{}",
+            gaps.len(),
+            gaps.join("\n")
+        ),
+    );
+}
+
+#[then(regex = r#"^the worker log has lines at level (.+)$"#)]
+fn has_levels(w: &mut World, list: String) {
+    let lines = json_lines(w);
+    for level in crate::steps::http::quoted_list(&list) {
+        let n = lines
+            .iter()
+            .filter(|m| {
+                m.get("level")
+                    .and_then(Value::as_str)
+                    .is_some_and(|l| l.eq_ignore_ascii_case(&level))
+            })
+            .count();
+        w.check(
+            n > 0,
+            format!("expected at least one log line at level {level:?}, found none"),
+        );
+    }
 }

@@ -265,6 +265,9 @@ pub async fn prepare(w: &mut World, model: &str) {
         "gpu_device": 0,
         "backend": ctx().backend(),
         "api_token_file": w.token_file.display().to_string(),
+        // Each worker its own restart-breaker state (WORKER-4963), so the
+        // scenarios' starts never count against each other.
+        "state_dir": w.dir.path().join("state").display().to_string(),
     });
     if let Value::Object(m) = cfg {
         w.config = m;
@@ -312,6 +315,8 @@ pub async fn spawn(w: &mut World) {
         "WORKER_GPU_DEVICE",
         "WORKER_LOG_LEVEL",
         "CREDENTIALS_DIRECTORY",
+        "WORKER_STATE_DIR",
+        "STATE_DIRECTORY",
     ] {
         cmd.env_remove(var);
     }
@@ -600,4 +605,127 @@ fn huge_model(w: &mut World) {
     let src = test_model("huge-kv").unwrap_or_else(|e| w.fail(e));
     place_in_root(&src, &w.model_root(), "huge-kv.gguf");
     w.that_model = Some("huge-kv.gguf".into());
+}
+
+// ---- the restart circuit breaker (WORKER-4963) ----
+
+/// The breaker's state file of the configured worker, as the operations
+/// guide documents it: `<state_dir>/restart-breaker-<worker_id>.json`.
+fn breaker_file(w: &World) -> PathBuf {
+    let dir = w.config.get("state_dir").and_then(Value::as_str);
+    let id = w.config.get("worker_id").and_then(Value::as_str);
+    match (dir, id) {
+        (Some(d), Some(i)) => Path::new(d).join(format!("restart-breaker-{i}.json")),
+        _ => w.fail("the configuration names no state_dir or worker_id"),
+    }
+}
+
+#[when(
+    regex = r"^the worker is started (\d+) times?, each exiting with code (\d+) within (\d+) seconds$"
+)]
+async fn started_n_times(w: &mut World, n: usize, code: i32, secs: u64) {
+    for i in 1..=n {
+        spawn(w).await;
+        let got = wait_exit(w, secs).await;
+        w.check(
+            got == Some(code),
+            format!("start {i} of {n}: expected exit code {code}, got {got:?}"),
+        );
+    }
+}
+
+#[given(regex = r#"^the restart breaker's state file holds "([^"]*)"$"#)]
+fn breaker_file_holds(w: &mut World, text: String) {
+    let p = breaker_file(w);
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d).expect("create the state dir");
+    }
+    std::fs::write(&p, text).expect("write the breaker state file");
+}
+
+#[then(regex = r"^the restart breaker's state file records (\d+) starts?$")]
+fn breaker_records(w: &mut World, n: usize) {
+    let p = breaker_file(w);
+    let got = match std::fs::read_to_string(&p) {
+        Err(_) => 0,
+        Ok(text) => serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["starts_unix_ms"].as_array().map(Vec::len))
+            .unwrap_or_else(|| {
+                w.fail(format!(
+                    "{} is not the documented JSON: {text}",
+                    p.display()
+                ))
+            }),
+    };
+    w.check(
+        got == n,
+        format!(
+            "expected {} to record {n} starts, it records {got}",
+            p.display()
+        ),
+    );
+}
+
+/// The refusal is one `error` line with the documented exit code, the count
+/// the harness itself made and the state file it configured; the refused
+/// start never got as far as listening (no line carries `bind_addr`).
+#[then(
+    regex = r"^the last start's log narrates the restart circuit breaker tripping after (\d+) starts$"
+)]
+fn breaker_narrated(w: &mut World, n: u64) {
+    let Some(log) = w.worker.as_ref().map(|x| x.log.clone()) else {
+        w.fail("no worker was started")
+    };
+    let lines: Vec<serde_json::Map<String, Value>> = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| crate::steps::logs::flat(&v))
+        .collect();
+    let file = breaker_file(w).display().to_string();
+    let trip = lines.iter().find(|m| {
+        m.get("level").and_then(Value::as_str) == Some("error")
+            && m.get("exit_code").and_then(Value::as_u64) == Some(7)
+    });
+    let Some(trip) = trip else {
+        w.fail("the last start's log has no error line with exit_code 7")
+    };
+    let human = trip
+        .get("human")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    w.check(
+        trip.get("starts_in_window").and_then(Value::as_u64) == Some(n),
+        format!(
+            "expected starts_in_window {n}, the line says {:?}",
+            trip.get("starts_in_window")
+        ),
+    );
+    w.check(
+        trip.get("breaker_state").and_then(Value::as_str) == Some(file.as_str())
+            && human.contains(&file),
+        format!("expected the line to name the state file {file}: {human:?}"),
+    );
+    w.check(
+        human.contains(&format!("{n} times")) && human.contains("exit code 7"),
+        format!("expected the narration to say \"{n} times\" and \"exit code 7\": {human:?}"),
+    );
+    w.check(
+        !lines.iter().any(|m| m.contains_key("bind_addr")),
+        "the refused start went on to listen; the breaker must stop it before anything else",
+    );
+}
+
+#[then("a warning in the worker log names the restart breaker's state file")]
+fn breaker_warned(w: &mut World) {
+    let file = breaker_file(w).display().to_string();
+    let ok = crate::steps::logs::json_lines(w).iter().any(|m| {
+        m.get("level").and_then(Value::as_str) == Some("warn")
+            && m.get("breaker_state").and_then(Value::as_str) == Some(file.as_str())
+    });
+    w.check(
+        ok,
+        format!("expected a warn line with breaker_state = {file}"),
+    );
 }

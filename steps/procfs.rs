@@ -33,17 +33,25 @@ fn no_fork(w: &mut World) {
     let pid = worker.pid;
     let me = std::process::id();
     let Some((ppid, sid)) = ppid_and_session(pid) else {
-        w.fail(format!("process {pid} (the worker the harness started) no longer exists"))
+        w.fail(format!(
+            "process {pid} (the worker the harness started) no longer exists"
+        ))
     };
-    let (_, my_sid) = ppid_and_session(me).unwrap_or_else(|| w.fail("cannot read the harness's own /proc entry"));
+    let (_, my_sid) =
+        ppid_and_session(me).unwrap_or_else(|| w.fail("cannot read the harness's own /proc entry"));
     w.check(
         ppid == me,
-        format!("the worker {pid} has parent {ppid}, expected the harness {me}: it re-parented itself"),
+        format!(
+            "the worker {pid} has parent {ppid}, expected the harness {me}: it re-parented itself"
+        ),
     );
     w.check(
         sid == my_sid,
         format!("the worker {pid} is in session {sid}, the harness in {my_sid}: it called setsid (daemonized)"),
     );
     let kids = children_of(pid);
-    w.check(kids.is_empty(), format!("the worker {pid} has child processes {kids:?}: it forked or spawned"));
+    w.check(
+        kids.is_empty(),
+        format!("the worker {pid} has child processes {kids:?}: it forked or spawned"),
+    );
 }

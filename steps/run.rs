@@ -247,8 +247,10 @@ async fn run() -> ExitCode {
                         spawned.lock().expect("spawned lock").insert(key);
                     }
                     crate::steps::security::scan_logs(w);
+                    crate::steps::logs::scan_human(w);
                     if let Some(o) = w.other.as_ref() {
                         crate::steps::security::scan_logs(o);
+                        crate::steps::logs::scan_human(o);
                     }
                     if w.background.is_some() {
                         crate::steps::sse::finish_background_quietly(w).await;
@@ -314,6 +316,10 @@ async fn run() -> ExitCode {
     let leaks = c.leaks.lock().expect("leaks lock").clone();
     for l in &leaks {
         eprintln!("BDD: a worker log leaked a secret or a prompt: {l}");
+        failed = true;
+    }
+    for g in crate::steps::logs::narration_gaps() {
+        eprintln!("BDD: a worker log line lacks human narration (WORKER-4803): {g}");
         failed = true;
     }
     let failed_scenarios = status.values().filter(|s| **s == Status::Failed).count();

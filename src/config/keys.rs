@@ -13,7 +13,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// One configuration key: its JSON name, flag, environment variable (if any)
-/// and whether the worker refuses to start without it.
+/// and whether the worker refuses to start without it (WORKER-4981). A
+/// required key with an environment variable is given when that variable is
+/// set (WORKER-4990); `rpc_port` is also given by the port of `bind_addr`
+/// (`WORKER_BIND_ADDR`), see `Config::resolve`.
 #[derive(Debug, Clone, Copy)]
 pub struct KeyDef {
     pub name: &'static str,
@@ -43,7 +46,7 @@ pub const KEYS: &[KeyDef] = &[
     key("pool_id", "--pool-id", None, true),
     key("model_path", "--model-path", None, true),
     key("model_root", "--model-root", None, false),
-    key("rpc_port", "--rpc-port", None, false),
+    key("rpc_port", "--rpc-port", None, true),
     key("bind_addr", "--bind-addr", Some(env::BIND_ADDR), false),
     key(
         "readiness_callback_url",
@@ -51,7 +54,7 @@ pub const KEYS: &[KeyDef] = &[
         None,
         true,
     ),
-    key("gpu_device", "--gpu-device", Some(env::GPU_DEVICE), false),
+    key("gpu_device", "--gpu-device", Some(env::GPU_DEVICE), true),
     key("backend", "--backend", None, false),
     key("slots_total", "--slots-total", None, false),
     key("max_tokens", "--max-tokens", None, false),
@@ -86,6 +89,7 @@ pub const KEYS: &[KeyDef] = &[
     ),
     key("seal_key_file", "--seal-key-file", None, false),
     key("log_level", "--log-level", Some(env::LOG_LEVEL), false),
+    key("state_dir", "--state-dir", Some(env::STATE_DIR), false),
     key("ready_requires_auth", "--ready-requires-auth", None, false),
     key("allow_root", "--allow-root", None, false),
     key("gguf_max_tensors", "--gguf-max-tensors", None, false),
@@ -166,14 +170,13 @@ impl Layer {
             }
             Some((v, _)) if !v.is_empty() => Ok(v.clone()),
             Some(_) => Err(self.err(key, "must not be empty")),
-            None => {
-                let flag = def(key).map_or("", |d| d.flag);
-                Err(ConfigError::new(
-                    key,
-                    format!("is required; set \"{key}\" in the --config file or pass {flag}"),
-                ))
-            }
+            None => Err(ConfigError::new(key, missing(key))),
         }
+    }
+
+    /// Whether `key` was given by any layer.
+    pub fn has(&self, key: &str) -> bool {
+        self.values.contains_key(key)
     }
 
     pub fn text_or(&self, key: &str, default: &str) -> Result<String, ConfigError> {
@@ -182,6 +185,25 @@ impl Layer {
             Some(_) => self.required_text(key),
         }
     }
+}
+
+/// "is required; set ..." naming every way to give `key`: the file, the flag,
+/// and the environment variable when the key has one (WORKER-4981, 4990).
+pub fn missing(key: &str) -> String {
+    let Some(d) = def(key) else {
+        return "is required".into();
+    };
+    let mut ways = format!("set \"{key}\" in the --config file, pass {}", d.flag);
+    if let Some(v) = d.env {
+        ways.push_str(&format!(" or set {}", v.name));
+    }
+    if key == "rpc_port" {
+        ways.push_str(&format!(
+            " or set {} (or bind_addr) to IP:PORT",
+            env::BIND_ADDR.name
+        ));
+    }
+    format!("is required; {ways}")
 }
 
 /// Values are quoted Rust-style (control characters escaped) and cut short,
@@ -329,7 +351,7 @@ pub fn env_layer(lookup: Lookup<'_>) -> Result<Layer, ConfigError> {
 /// The flag layer: every flag that was given.
 pub fn flag_layer(a: &KeyFlags) -> Layer {
     let mut layer = Layer::default();
-    let given: [(&'static str, &Option<String>); 29] = [
+    let given: [(&'static str, &Option<String>); 30] = [
         ("worker_id", &a.worker_id),
         ("pool_id", &a.pool_id),
         ("model_path", &a.model_path),
@@ -352,6 +374,7 @@ pub fn flag_layer(a: &KeyFlags) -> Layer {
         ("model_signature_file", &a.model_signature_file),
         ("seal_key_file", &a.seal_key_file),
         ("log_level", &a.log_level),
+        ("state_dir", &a.state_dir),
         ("ready_requires_auth", &a.ready_requires_auth),
         ("gguf_max_tensors", &a.gguf_max_tensors),
         ("gguf_max_file_bytes", &a.gguf_max_file_bytes),

@@ -7,6 +7,13 @@
 //! "`rpc_port` = \"80\" (from flag --rpc-port): ..." and says what is accepted.
 //! Environment variables are read only through [`crate::env`].
 //!
+//! Required keys (WORKER-4981): worker_id, pool_id, model_path, rpc_port,
+//! readiness_callback_url, gpu_device. The environment of WORKER-4990 counts
+//! as giving them: `WORKER_GPU_DEVICE` gives `gpu_device`, and
+//! `WORKER_BIND_ADDR` (or `bind_addr`) gives the port, so `rpc_port` may then
+//! be left out. Nothing else falls back to a default port or device: a worker
+//! started without them would silently take 8001 or GPU 0.
+//!
 //! Credentials (token file) live in [`credentials`], privilege checks in
 //! [`privileges`]; both report failures as [`ConfigError`] (exit code 2).
 
@@ -78,6 +85,7 @@ pub struct KeyFlags {
     #[arg(long, value_name = "DIR")]
     pub model_root: Option<String>,
     /// Port of the RPC server, 1024..=65535; replaces the port of the bind address.
+    /// Required unless WORKER_BIND_ADDR (or --bind-addr) gives IP:PORT.
     #[arg(long, value_name = "PORT")]
     pub rpc_port: Option<String>,
     #[arg(long, value_name = "IP:PORT", help = env::BIND_ADDR.flag_help("Address the RPC server listens on."))]
@@ -85,7 +93,7 @@ pub struct KeyFlags {
     /// http:// URL the worker POSTs its readiness (and fatal status) to. Required.
     #[arg(long, value_name = "URL")]
     pub readiness_callback_url: Option<String>,
-    #[arg(long, value_name = "N", help = env::GPU_DEVICE.flag_help("CUDA device index, 0..=63."))]
+    #[arg(long, value_name = "N", help = env::GPU_DEVICE.flag_help("CUDA device index, 0..=63. Required (here, in the file or in the environment)."))]
     pub gpu_device: Option<String>,
     /// Compute backend: cuda (default; fails fast without a usable GPU) or cpu (reference path).
     #[arg(long, value_name = "cuda|cpu")]
@@ -132,6 +140,9 @@ pub struct KeyFlags {
     pub seal_key_file: Option<String>,
     #[arg(long, value_name = "LEVEL", help = env::LOG_LEVEL.flag_help("trace, debug, info, warn or error."))]
     pub log_level: Option<String>,
+    #[arg(long, value_name = "DIR", help = env::STATE_DIR.flag_help(
+        "Absolute directory of the restart circuit breaker's state (default $STATE_DIRECTORY, else /var/lib/worker-orcd)."))]
+    pub state_dir: Option<String>,
     /// Whether GET /worker/ready needs the bearer token: true (default) or false.
     #[arg(long, value_name = "true|false")]
     pub ready_requires_auth: Option<String>,
@@ -197,6 +208,12 @@ pub struct Config {
     pub log_level: String,
     pub ready_requires_auth: bool,
     pub gguf_limits: GgufLimits,
+    /// Where the restart circuit breaker keeps its state (WORKER-4963).
+    pub state_dir: PathBuf,
+    /// False when `state_dir` is the built-in default: then an unusable
+    /// directory turns the breaker off with a warning instead of stopping
+    /// the worker (a configured one that is unusable is a config error).
+    pub state_dir_configured: bool,
 }
 
 /// A configuration, credential or privilege problem found at start-up. The
@@ -230,6 +247,8 @@ pub const CREDENTIAL_NAME: &str = "worker-token";
 pub const DEFAULT_MAX_PROMPT_LEN: u64 = 100_000;
 /// Largest accepted `max_prompt_len`: the largest request body, 64 MiB.
 pub const MAX_PROMPT_LEN_LIMIT: u64 = 64 << 20;
+/// Default `state_dir` when neither it nor systemd's `$STATE_DIRECTORY` is set.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/worker-orcd";
 /// Accepted log levels.
 pub const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
 
@@ -309,11 +328,17 @@ fn build(m: &Layer, lookup: env::Lookup<'_>) -> Result<Config, ConfigError> {
     };
 
     let mut bind_addr = keys::bind_addr(m)?;
-    if m.get("rpc_port").is_some() {
+    if m.has("rpc_port") {
         bind_addr.set_port(keys::port(m, "rpc_port")?);
+    } else if !m.has("bind_addr") {
+        // 4981 with 4990: an explicit address names the port; nothing else does.
+        return Err(ConfigError::new("rpc_port", keys::missing("rpc_port")));
     }
 
     let readiness_callback_url = keys::callback_url(m, "readiness_callback_url")?;
+    if !m.has("gpu_device") {
+        return Err(ConfigError::new("gpu_device", keys::missing("gpu_device")));
+    }
     let gpu_device = keys::uint(m, "gpu_device", 0, 63, 0)? as u32;
     let backend = match m.text_or("backend", "cuda")?.as_str() {
         "cuda" => BackendKind::Cuda,
@@ -382,6 +407,7 @@ fn build(m: &Layer, lookup: env::Lookup<'_>) -> Result<Config, ConfigError> {
         ));
     }
     let ready_requires_auth = keys::boolean(m, "ready_requires_auth", true)?;
+    let (state_dir, state_dir_configured) = state_dir(m, lookup)?;
     let allow_root = keys::boolean(m, "allow_root", false)?;
 
     let defaults = GgufLimits::default();
@@ -441,7 +467,40 @@ fn build(m: &Layer, lookup: env::Lookup<'_>) -> Result<Config, ConfigError> {
         log_level,
         ready_requires_auth,
         gguf_limits,
+        state_dir,
+        state_dir_configured,
     })
+}
+
+/// `state_dir` (flag, `WORKER_STATE_DIR`, file), else systemd's
+/// `$STATE_DIRECTORY` (its first entry), else [`DEFAULT_STATE_DIR`].
+/// The flag is `true` unless the built-in default was taken.
+fn state_dir(m: &Layer, lookup: env::Lookup<'_>) -> Result<(PathBuf, bool), ConfigError> {
+    if m.has("state_dir") {
+        let p = PathBuf::from(m.required_text("state_dir")?);
+        if !p.is_absolute() {
+            return Err(m.err(
+                "state_dir",
+                "must be an absolute path, such as /var/lib/worker-orcd",
+            ));
+        }
+        return Ok((p, true));
+    }
+    let systemd = env::STATE_DIRECTORY
+        .read_with(lookup)
+        .map_err(|e| ConfigError::new("state_dir", e))?;
+    // systemd joins several StateDirectory= entries with ':'; the first is ours.
+    match systemd.as_deref().and_then(|v| v.split(':').next()) {
+        Some(first) if PathBuf::from(first).is_absolute() => Ok((PathBuf::from(first), true)),
+        Some(other) => Err(ConfigError::new(
+            "state_dir",
+            format!(
+                "{} is {other:?}, not an absolute path; fix the unit's StateDirectory= or set state_dir",
+                env::STATE_DIRECTORY.name
+            ),
+        )),
+        None => Ok((PathBuf::from(DEFAULT_STATE_DIR), false)),
+    }
 }
 
 /// The two signing files go together (WORKER-4222, 4313): a key without a

@@ -299,6 +299,110 @@ fn missing_required_key_says_how_to_set_it() {
     assert!(e.message.contains("--pool-id"), "{e}");
 }
 
+/// WORKER-4981 with 4990: every required key stops start-up when absent,
+/// naming every way to give it; the environment variables of 4990 give
+/// `gpu_device` (WORKER_GPU_DEVICE) and the port (WORKER_BIND_ADDR).
+#[test]
+fn required_keys_are_enforced_and_the_environment_gives_them() {
+    let full = serde_json::json!({
+        "worker_id": "w", "pool_id": "p", "model_path": "/m/x.gguf", "rpc_port": 8100,
+        "readiness_callback_url": "http://127.0.0.1:9/cb", "gpu_device": 1
+    });
+    let required: Vec<&str> = KEYS.iter().filter(|k| k.required).map(|k| k.name).collect();
+    assert_eq!(
+        required,
+        [
+            "worker_id",
+            "pool_id",
+            "model_path",
+            "rpc_port",
+            "readiness_callback_url",
+            "gpu_device"
+        ],
+        "the required keys of WORKER-4981"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for key in &required {
+        let mut j = full.clone();
+        j.as_object_mut().unwrap().remove(*key);
+        let args = ServeArgs {
+            config: Some(write_json(&dir, &j.to_string())),
+            ..ServeArgs::default()
+        };
+        let e = resolve(&args, &HashMap::new()).unwrap_err();
+        assert_eq!(e.field, *key, "{e}");
+        assert!(e.message.contains("is required"), "{e}");
+    }
+    let without = |key: &str| {
+        let mut j = full.clone();
+        j.as_object_mut().unwrap().remove(key);
+        ServeArgs {
+            config: Some(write_json(&dir, &j.to_string())),
+            ..ServeArgs::default()
+        }
+    };
+    let e = resolve(&without("rpc_port"), &HashMap::new()).unwrap_err();
+    assert!(
+        e.message.contains("WORKER_BIND_ADDR") && e.message.contains("--rpc-port"),
+        "{e}"
+    );
+    let env = env_of(&[("WORKER_BIND_ADDR", "127.0.0.1:9123")]);
+    let c = resolve(&without("rpc_port"), &env).unwrap();
+    assert_eq!(c.bind_addr.to_string(), "127.0.0.1:9123");
+    let mut flagged = without("rpc_port");
+    flagged.bind_addr = Some("127.0.0.1:9124".into());
+    assert_eq!(
+        resolve(&flagged, &HashMap::new()).unwrap().bind_addr.port(),
+        9124
+    );
+    let e = resolve(&without("gpu_device"), &HashMap::new()).unwrap_err();
+    assert!(e.message.contains("WORKER_GPU_DEVICE"), "{e}");
+    let env = env_of(&[("WORKER_GPU_DEVICE", "3")]);
+    assert_eq!(resolve(&without("gpu_device"), &env).unwrap().gpu_device, 3);
+    // An empty variable is unset, so it gives nothing.
+    let env = env_of(&[("WORKER_GPU_DEVICE", " ")]);
+    assert_eq!(
+        resolve(&without("gpu_device"), &env).unwrap_err().field,
+        "gpu_device"
+    );
+}
+
+/// WORKER-4963: the breaker's directory is state_dir, else systemd's
+/// $STATE_DIRECTORY, else the documented default (which alone may be unusable).
+#[test]
+fn state_dir_from_key_then_systemd_then_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = base_args(&dir);
+    let c = resolve(&args, &HashMap::new()).unwrap();
+    assert_eq!(
+        (c.state_dir, c.state_dir_configured),
+        (PathBuf::from(DEFAULT_STATE_DIR), false)
+    );
+    let env = env_of(&[("STATE_DIRECTORY", "/var/lib/worker-orcd/0:/var/lib/other")]);
+    let c = resolve(&args, &env).unwrap();
+    assert_eq!(
+        (c.state_dir, c.state_dir_configured),
+        (PathBuf::from("/var/lib/worker-orcd/0"), true)
+    );
+    let env = env_of(&[
+        ("STATE_DIRECTORY", "/var/lib/worker-orcd/0"),
+        ("WORKER_STATE_DIR", "/srv/state"),
+    ]);
+    assert_eq!(
+        resolve(&args, &env).unwrap().state_dir,
+        PathBuf::from("/srv/state")
+    );
+    args.state_dir = Some("/flag/state".into());
+    assert_eq!(
+        resolve(&args, &env).unwrap().state_dir,
+        PathBuf::from("/flag/state")
+    );
+    args.state_dir = Some("relative/state".into());
+    let e = resolve(&args, &env).unwrap_err();
+    assert_eq!(e.field, "state_dir");
+    assert!(e.message.contains("absolute"), "{e}");
+}
+
 #[test]
 fn flag_errors_name_the_flag_and_file_errors_the_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -345,6 +449,8 @@ fn flags_alone_suffice_and_from_json_str_works() {
         model_path: Some("/m/x.gguf".into()),
         readiness_callback_url: Some("http://localhost:1/cb".into()),
         backend: Some("cpu".into()),
+        rpc_port: Some("8005".into()),
+        gpu_device: Some("0".into()),
         ..KeyFlags::default()
     };
     let args = ServeArgs {
@@ -354,7 +460,8 @@ fn flags_alone_suffice_and_from_json_str_works() {
     let c = resolve(&args, &HashMap::new()).unwrap();
     assert_eq!(c.backend, crate::engine::BackendKind::Cpu);
     assert_eq!(c.model_path, PathBuf::from("/m/x.gguf"));
-    assert_eq!(c.bind_addr.to_string(), "127.0.0.1:8001");
+    // The host of WORKER_BIND_ADDR's default, the port given.
+    assert_eq!(c.bind_addr.to_string(), "127.0.0.1:8005");
     let j = Config::from_json_str(BASE).unwrap();
     assert_eq!(j.worker_id, "w-1");
 }
@@ -487,7 +594,7 @@ fn max_prompt_len_counts_characters_not_tokens() {
     // so the two limits are independent (WORKER-4242 vs 4423).
     let c = Config::from_json_str(
         r#"{"worker_id":"w","pool_id":"p","model_path":"/m/x.gguf","readiness_callback_url":"http://127.0.0.1:9/cb",
-            "max_prompt_len": 5000, "max_context": 4096}"#,
+            "rpc_port": 8001, "gpu_device": 0, "max_prompt_len": 5000, "max_context": 4096}"#,
     )
     .expect("a character limit above the token context is valid");
     assert_eq!(c.max_prompt_len, 5000);
@@ -515,7 +622,8 @@ fn systemd_unit_keeps_its_hardening() {
         "ReadOnlyPaths=/var/lib/llorch/models",
         "DevicePolicy=closed",
         "DeviceAllow=/dev/nvidia%i rw",
-        "RestartPreventExitStatus=2",
+        "RestartPreventExitStatus=2 7",
+        "StateDirectory=worker-orcd/%i",
     ] {
         assert!(
             lines.contains(&want),

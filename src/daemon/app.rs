@@ -65,7 +65,7 @@ pub struct LoadedModel {
     /// cannot re-seal at once.
     pub commit_lock: Mutex<()>,
     /// Duration of the latest seal check (recomputing the resident digest),
-    /// in ms: measured at load, then by every job. Each job waits for one seal
+    /// in ms rounded up (a sub-ms GPU check reads 1, never 0): measured at load, then by every job. Each job waits for one seal
     /// check before its prefill, and with one slot and no queue nothing else
     /// waits, so this is the `started` event's `predicted_start_ms`.
     pub seal_check_ms: AtomicU64,

@@ -205,7 +205,7 @@ pub fn load(
     // Timed because every job repeats this digest before it starts (predicted_start_ms).
     let t_seal = Instant::now();
     let resident = engine.resident_digest()?;
-    let seal_check_ms = t_seal.elapsed().as_millis() as u64;
+    let seal_check_ms = crate::telemetry::whole_ms_up(t_seal.elapsed());
     let memory = engine.memory();
     let spec = ShardSpec {
         shard_id,

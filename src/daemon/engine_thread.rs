@@ -18,6 +18,7 @@ use crate::engine::sampler::StopMatcher;
 use crate::engine::Engine;
 use crate::error::{Result, WorkerError};
 use crate::http::validate::ExecuteParams;
+use crate::telemetry::whole_ms_up;
 use serde::Serialize;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -343,7 +344,7 @@ impl EngineLoop {
         app.metrics.seal_verification(ok, took.as_secs_f64());
         // The next job's predicted_start_ms (see LoadedModel::seal_check_ms).
         model.seal_check_ms.store(
-            took.as_millis() as u64,
+            crate::telemetry::whole_ms_up(took),
             std::sync::atomic::Ordering::Relaxed,
         );
         if ok {
@@ -492,10 +493,11 @@ impl EngineLoop {
         let m = JobMetrics {
             tokens_in: n_in as u64,
             tokens_out: n_out,
-            queue_time_ms: queue.as_millis() as u64,
-            prefill_time_ms: prefill.as_millis() as u64,
-            time_to_first_token_ms: ttft.map(|d| d.as_millis() as u64).unwrap_or(0),
-            decode_time_ms: decode.as_millis() as u64,
+            // Rounded up: a client never reads 0 ms for a sub-ms time (issue 10).
+            queue_time_ms: whole_ms_up(queue),
+            prefill_time_ms: whole_ms_up(prefill),
+            time_to_first_token_ms: ttft.map(whole_ms_up).unwrap_or(0),
+            decode_time_ms: whole_ms_up(decode),
             tokens_per_second: if decode.as_secs_f64() > 0.0 {
                 n_out as f64 / decode.as_secs_f64()
             } else {

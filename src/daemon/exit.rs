@@ -1,4 +1,4 @@
-//! Process exit codes of the daemon (WORKER-4032, 4961, 4970–4972).
+//! Process exit codes of the daemon (WORKER-4032, 4961, 4963, 4970–4972).
 //!
 //! The supervisor (pool-managerd) reads these to decide what to do:
 //!
@@ -11,6 +11,7 @@
 //! | 4 | CUDA / device error | restart; check the GPU |
 //! | 5 | seal verification failed (resident bytes changed) | restart; investigate the host |
 //! | 6 | drain timeout or forced shutdown (second signal) | none; the job was cut short |
+//! | 7 | restart circuit breaker tripped: 5 starts of this worker_id in 5 minutes (4963) | do not restart; find the real error in the earlier starts' logs |
 
 use crate::error::WorkerError;
 
@@ -21,6 +22,8 @@ pub const MODEL_LOAD: u8 = 3;
 pub const DEVICE: u8 = 4;
 pub const SEAL: u8 = 5;
 pub const FORCED: u8 = 6;
+/// The restart circuit breaker refused this start ([`super::breaker`]).
+pub const RESTART_STORM: u8 = 7;
 
 /// The exit code for a start-up or fatal runtime error.
 pub fn for_error(e: &WorkerError) -> u8 {
@@ -63,7 +66,16 @@ mod tests {
             (DEVICE, SEAL, MODEL_LOAD, MODEL_LOAD)
         );
         assert_eq!(for_error(&WorkerError::internal("x")), INTERNAL);
-        let codes = [OK, INTERNAL, CONFIG, MODEL_LOAD, DEVICE, SEAL, FORCED];
+        let codes = [
+            OK,
+            INTERNAL,
+            CONFIG,
+            MODEL_LOAD,
+            DEVICE,
+            SEAL,
+            FORCED,
+            RESTART_STORM,
+        ];
         let set: std::collections::BTreeSet<_> = codes.iter().collect();
         assert_eq!(set.len(), codes.len());
     }

@@ -11,9 +11,13 @@
 //! with their code. SIGTERM/SIGINT drain: no new jobs (503), the running job
 //! may finish within `drain_timeout_ms`, then the engine is released and the
 //! process exits 0; a second signal or the timeout cancels the job (exit 6).
-//! The worker never forks or daemonizes itself (4021).
+//! The worker never forks or daemonizes itself (4021). Right after the
+//! configuration, the restart circuit breaker ([`breaker`], 4963) counts the
+//! start or refuses it (exit 7); exit 0 resets it. Every line the daemon
+//! writes is a JSON log event with `human` (4803), errors before start-up too.
 
 pub mod app;
+pub mod breaker;
 pub mod callback;
 pub mod capability;
 pub mod commit;
@@ -43,7 +47,6 @@ pub fn run(args: ServeArgs) -> ExitCode {
     let cfg = match Config::resolve(&args) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("worker-orcd: {e}");
             crate::telemetry::init_logging("info");
             crate::narrate_error!(human = format!("The worker cannot start: {e}"), field = %e.field, exit_code = exit::CONFIG);
             return ExitCode::from(exit::CONFIG);
@@ -53,6 +56,10 @@ pub fn run(args: ServeArgs) -> ExitCode {
     // Before any thread exists, so that every thread (runtime, engine, CUDA
     // driver) inherits empty capability sets (WORKER-4901).
     crate::config::drop_capabilities();
+    let breaker = match breaker::admit(&cfg) {
+        Ok(b) => b,
+        Err(breaker::Refused(code)) => return ExitCode::from(code),
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("worker-rt")
@@ -60,12 +67,18 @@ pub fn run(args: ServeArgs) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("worker-orcd: cannot start the async runtime: {e}");
+            crate::narrate_error!(
+                human = format!("The worker cannot start its async runtime ({e}); this is a bug or a host out of threads or memory."),
+                exit_code = exit::INTERNAL
+            );
             return ExitCode::from(exit::INTERNAL);
         }
     };
     let code = rt.block_on(serve(cfg));
     rt.shutdown_timeout(Duration::from_secs(1));
+    if code == exit::OK {
+        breaker.clean_exit();
+    }
     ExitCode::from(code)
 }
 
@@ -84,7 +97,6 @@ fn status_body(cfg: &Config, e: &WorkerError, exit_code: u8) -> serde_json::Valu
 /// Report a start-up failure everywhere an operator might look, then give its code.
 async fn fail_start(cfg: &Config, e: &WorkerError, exit_code: u8) -> u8 {
     let (code, message) = (e.code(), e.message());
-    eprintln!("worker-orcd: {message}");
     crate::narrate_error!(
         human = format!("The worker cannot start: {message}"),
         code = code,
@@ -367,7 +379,7 @@ mod tests {
     #[test]
     fn start_up_config_failures_report_the_enum_code() {
         let cfg = Config::from_json_str(
-            r#"{"worker_id":"w1","pool_id":"p1","model_path":"/m/x.gguf","readiness_callback_url":"http://127.0.0.1:9/cb"}"#,
+            r#"{"worker_id":"w1","pool_id":"p1","model_path":"/m/x.gguf","rpc_port":8001,"readiness_callback_url":"http://127.0.0.1:9/cb","gpu_device":0}"#,
         )
         .expect("config");
         let e = WorkerError::from(crate::config::ConfigError::new(

@@ -296,7 +296,8 @@ impl Gpu {
         };
         gpu.blas = Some(Blas::new(&gpu)?);
         gpu.info.libraries = super::loaded_library_paths();
-        tracing::info!(libraries = ?gpu.info.libraries, "cuBLAS handle ready (prefill GEMM)");
+        tracing::info!(human = "The cuBLAS library is ready for the prefill matrix products.",
+            libraries = ?gpu.info.libraries, "cuBLAS handle ready (prefill GEMM)");
         Ok(gpu)
     }
 

@@ -72,12 +72,14 @@ unsafe impl Send for Blas {}
 impl Drop for Blas {
     fn drop(&mut self) {
         if let Err(e) = self.stream.context().bind_to_thread() {
-            tracing::warn!(error = %e, "binding the CUDA context to destroy the cuBLAS handle failed");
+            tracing::warn!(error = %e, human = %format!("Could not bind the CUDA context to release the cuBLAS handle ({e}); the driver frees it when the process exits."),
+                "binding the CUDA context to destroy the cuBLAS handle failed");
         }
         // SAFETY: the handle was created by `create_handle` and is destroyed
         // exactly once, here; the workspace is freed after this (field order).
         if let Err(e) = unsafe { blas::destroy_handle(self.handle) } {
-            tracing::warn!(error = %e, "destroying the cuBLAS handle failed");
+            tracing::warn!(error = %e, human = %format!("Could not release the cuBLAS handle ({e}); the driver frees it when the process exits."),
+                "destroying the cuBLAS handle failed");
         }
     }
 }

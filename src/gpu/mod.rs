@@ -132,7 +132,9 @@ pub fn probe(device: u32) -> Result<DeviceInfo> {
     }
     let ctx = CudaContext::new(device as usize).map_err(cuda_err("creating a CUDA context"))?;
     let info = device_info(&ctx, device)?;
-    tracing::info!(device = device, name = %info.name, cc = ?info.compute_capability, driver = %info.driver_version,
+    tracing::info!(human = %format!("Found GPU {device}: {} with compute capability {}.{}, driver {}.",
+            info.name, info.compute_capability.0, info.compute_capability.1, info.driver_version),
+        device = device, name = %info.name, cc = ?info.compute_capability, driver = %info.driver_version,
         nvrtc = %info.nvrtc_version, libraries = ?info.libraries, "CUDA device probed");
     Ok(info)
 }

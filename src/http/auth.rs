@@ -1,9 +1,10 @@
 //! Bearer-token authentication (WORKER-4200–4203, 4233, 4250, 4812).
 //!
-//! `/health`, `/metrics` and `/openapi.json` are public; `/worker/ready` is
-//! public only when `ready_requires_auth` is false. Everything else (unknown
-//! paths included, so the route table is not probed for free) needs a valid
-//! bearer token. The token is compared in constant time by the credentials
+//! `/health` and `/metrics` are public (WORKER-4200, 4812); `/worker/ready`
+//! is public only when `ready_requires_auth` is false (4233). Everything else
+//! needs a valid bearer token: `/openapi.json` too, because 4200 names no
+//! exception for it and the pool manager that drives the API holds a token
+//! anyway; unknown paths too, so the route table is not probed for free. The token is compared in constant time by the credentials
 //! store; only its fp6 fingerprint is ever logged.
 
 use crate::daemon::app::AppState;
@@ -21,8 +22,7 @@ pub struct Caller {
 }
 
 pub fn is_public(path: &str, ready_requires_auth: bool) -> bool {
-    matches!(path, "/health" | "/metrics" | "/openapi.json")
-        || (path == "/worker/ready" && !ready_requires_auth)
+    matches!(path, "/health" | "/metrics") || (path == "/worker/ready" && !ready_requires_auth)
 }
 
 /// The token after `Bearer ` (scheme case-insensitive), if any.
@@ -95,7 +95,7 @@ mod tests {
 
     #[test]
     fn public_routes() {
-        for p in ["/health", "/metrics", "/openapi.json"] {
+        for p in ["/health", "/metrics"] {
             assert!(is_public(p, true));
         }
         assert!(!is_public("/worker/ready", true));
@@ -105,6 +105,7 @@ mod tests {
             "/worker/plan",
             "/worker/commit",
             "/worker/cancel",
+            "/openapi.json",
             "/debug/fault",
             "/nope",
             "/health/",

@@ -41,6 +41,7 @@ async fn rig() -> Rig {
     let cfg_json = json!({
         "worker_id": "w-test", "pool_id": "p-test", "model_path": "tiny.gguf",
         "model_root": root, "readiness_callback_url": "http://127.0.0.1:9/cb",
+        "rpc_port": 8001, "gpu_device": 0, "state_dir": dir.path().join("state"),
         "backend": "cpu", "api_token_file": tok, "max_context": 256, "max_prompt_len": 200,
         "max_body_bytes": 4096
     });
@@ -149,6 +150,24 @@ async fn auth_correlation_and_public_routes() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401, "ready needs auth by default");
+    // WORKER-4200: only /health and /metrics are public; the API description too needs the token.
+    let r = rig
+        .http
+        .get(format!("{}/openapi.json", rig.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "openapi.json needs the token");
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "AUTH_FAILED");
+    let r = rig
+        .http
+        .get(format!("{}/openapi.json", rig.base))
+        .bearer_auth(OWNER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["openapi"], "3.1.0");
     let r = rig
         .http
         .post(format!("{}/worker/plan", rig.base))
@@ -560,4 +579,52 @@ async fn commit_under_a_new_shard_id_reseals_and_retires_the_old_id() {
         .await,
     );
     assert_eq!(ev.last().unwrap().0, "end");
+}
+
+/// Issue 10 (the flaky oversized upload): a request refused before its body
+/// has arrived still gets its answer. Each round sends a body far above
+/// max_body_bytes (4096 here), without a token (refused by auth, body
+/// unread), with a token to plan (refused at the limit, rest unread), and as
+/// a chunked stream; every one must come back as the error, never as a reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_refusals_reach_the_client() {
+    let rig = rig().await;
+    let big = vec![b'x'; 2 << 20];
+    for round in 0..20 {
+        let r = rig
+            .http
+            .post(format!("{}/worker/plan", rig.base))
+            .body(big.clone())
+            .send()
+            .await
+            .unwrap_or_else(|e| {
+                panic!("round {round}: no answer to an unauthenticated big body: {e}")
+            });
+        assert_eq!(r.status(), 401, "round {round}");
+        assert_eq!(r.json::<Value>().await.unwrap()["code"], "AUTH_FAILED");
+        let r = rig
+            .http
+            .post(format!("{}/worker/plan", rig.base))
+            .bearer_auth(OWNER)
+            .body(big.clone())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: no answer to an oversized body: {e}"));
+        assert_eq!(r.status(), 413, "round {round}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["code"],
+            "PAYLOAD_TOO_LARGE"
+        );
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+            big.chunks(16 * 1024).map(|c| Ok(c.to_vec())).collect();
+        let r = rig
+            .http
+            .post(format!("{}/worker/plan", rig.base))
+            .bearer_auth(OWNER)
+            .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: no answer to an oversized stream: {e}"));
+        assert_eq!(r.status(), 413, "round {round}");
+    }
 }

@@ -2,11 +2,20 @@
 //! WorkerError → HTTP response mapping (WORKER-4200–4253, 4300, 4301, 4801,
 //! 4812, 4951).
 //!
-//! Every request passes, outermost first: correlation id (read or generated,
-//! echoed, attached to a tracing span so every log line of the request
-//! carries it) → auth (bearer token, fp6 logged, public routes exempt) →
-//! handler. Handlers read bodies through [`read_body`], which enforces
-//! `max_body_bytes` before parsing (413).
+//! Every request passes, outermost first: unread-body drain (below) →
+//! correlation id (read or generated, echoed, attached to a tracing span so
+//! every log line of the request carries it) → auth (bearer token, fp6
+//! logged, public routes exempt) → handler. Handlers read bodies through
+//! [`read_body`], which enforces `max_body_bytes` before parsing (413).
+//!
+//! Refusing early must still reach the client: a 401, 413 or 400 is often
+//! decided before the body has arrived, and a server that closes with unread
+//! bytes in its socket makes the kernel reset the connection, which can
+//! destroy the answer before the client reads it (issue 10: the flaky
+//! oversized upload). So what a handler leaves unread is read and discarded
+//! after it answers, up to [`DRAIN_MAX_BYTES`] and [`DRAIN_MAX_TIME`]; a body
+//! declared larger than that is not drained (the connection is closed, as
+//! HTTP allows).
 
 pub mod auth;
 pub mod execute;
@@ -78,6 +87,98 @@ pub async fn read_body(body: Body, limit: usize) -> ApiResult<axum::body::Bytes>
     })
 }
 
+/// Most unread request body drained after a response (see the module doc).
+pub const DRAIN_MAX_BYTES: u64 = 64 << 20;
+/// Longest time spent draining one unread request body.
+pub const DRAIN_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A request body whose unread rest is handed back, when the handler drops
+/// it, through `rest` (the handler cannot drain it itself: it has answered).
+struct Tracked {
+    inner: Option<axum::body::BodyDataStream>,
+    done: bool,
+    rest: Arc<std::sync::Mutex<Option<axum::body::BodyDataStream>>>,
+}
+
+impl futures::Stream for Tracked {
+    type Item = Result<axum::body::Bytes, axum::Error>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        let r = std::pin::Pin::new(inner).poll_next(cx);
+        if matches!(
+            r,
+            std::task::Poll::Ready(None) | std::task::Poll::Ready(Some(Err(_)))
+        ) {
+            self.done = true;
+        }
+        r
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if !self.done {
+            if let (Some(inner), Ok(mut slot)) = (self.inner.take(), self.rest.lock()) {
+                *slot = Some(inner);
+            }
+        }
+    }
+}
+
+/// Run the request, then read and discard whatever the handler left of its
+/// body, bounded, so the client can finish sending and read the answer.
+async fn drain_unread_body(req: Request, next: Next) -> Response {
+    use futures::StreamExt;
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let (parts, body) = req.into_parts();
+    let rest = Arc::new(std::sync::Mutex::new(None));
+    let tracked = Tracked {
+        inner: Some(body.into_data_stream()),
+        done: false,
+        rest: Arc::clone(&rest),
+    };
+    let req = Request::from_parts(parts, Body::from_stream(tracked));
+    let resp = next.run(req).await;
+    let unread = rest.lock().ok().and_then(|mut s| s.take());
+    let Some(mut unread) = unread else {
+        return resp;
+    };
+    if declared.is_some_and(|n| n > DRAIN_MAX_BYTES) {
+        return resp;
+    }
+    let mut seen: u64 = 0;
+    let drained = tokio::time::timeout(DRAIN_MAX_TIME, async {
+        while let Some(Ok(chunk)) = unread.next().await {
+            seen = seen.saturating_add(chunk.len() as u64);
+            if seen > DRAIN_MAX_BYTES {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    if !matches!(drained, Ok(true)) {
+        tracing::debug!(
+            human = %format!(
+                "Stopped reading the rest of a refused request body after {seen} bytes; the connection is closed, \
+                 so the client may see a reset instead of the answer."
+            ),
+            drained_bytes = seen,
+            "unread body not drained"
+        );
+    }
+    resp
+}
+
 pub fn router(app: Arc<AppState>) -> Router {
     let r = Router::new()
         .route("/health", get(handlers::health))
@@ -96,6 +197,7 @@ pub fn router(app: Arc<AppState>) -> Router {
             auth::require_auth,
         ))
         .layer(axum::middleware::from_fn(correlation))
+        .layer(axum::middleware::from_fn(drain_unread_body))
         .with_state(app)
 }
 

@@ -301,6 +301,12 @@ impl GgufFile {
         }
         let g = Self::parse(bytes, limits, &shown)?;
         tracing::info!(
+            human = %format!(
+                "Read model file {shown}: {} in {} tensors, SHA-256 {}; its header passed every parser limit.",
+                crate::telemetry::human_bytes(g.file_len),
+                g.tensors.len(),
+                hex::encode(g.file_sha256)
+            ),
             path = %shown,
             sha256 = %hex::encode(g.file_sha256),
             bytes = g.file_len,

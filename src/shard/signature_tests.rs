@@ -240,7 +240,7 @@ fn load_reads_both_files_and_names_the_field_at_fault() {
     std::fs::write(&sig, hex::encode(k.sign(&sha(b"x")).to_bytes())).unwrap();
     let cfg = |extra: &str| {
         crate::config::Config::from_json_str(&format!(
-            r#"{{"worker_id":"w","pool_id":"p","model_path":"/m/x.gguf",
+            r#"{{"worker_id":"w","pool_id":"p","model_path":"/m/x.gguf","rpc_port":8001,"gpu_device":0,
                 "readiness_callback_url":"http://127.0.0.1:9/cb"{extra}}}"#
         ))
         .unwrap()

@@ -8,6 +8,13 @@
 //! fields are merged (inner spans win, the event wins over spans) and every
 //! field whose name is sensitive is replaced by `"[REDACTED]"` — the one place
 //! redaction is enforced for logs (see [`super::redaction`]).
+//!
+//! Every line carries `human` (4803). The worker's own events set it
+//! themselves (a worker event without one is a bug that the BDD run's
+//! whole-log scan reports); events of the libraries underneath (hyper,
+//! reqwest, ... at `debug`) cannot, so the formatter words theirs as "The
+//! <library> library reported: <message>". A panic is logged the same way,
+//! as one JSON line, by the hook [`init_logging`] installs.
 
 use super::redaction::{is_sensitive_field, REDACTED};
 use serde_json::{Map, Value};
@@ -123,7 +130,10 @@ where
         }
         event.record(&mut FieldVisitor(&mut fields));
         // `human` next, then the structured fields in name order.
-        if let Some(h) = fields.remove("human") {
+        if let Some(h) = fields
+            .remove("human")
+            .or_else(|| library_human(meta.target(), &fields))
+        {
             ordered.push(("human".into(), h));
         }
         for (k, v) in fields {
@@ -147,6 +157,26 @@ where
         line.push('}');
         writeln!(writer, "{line}")
     }
+}
+
+/// The crate that owns this code; events from other targets come from libraries.
+const OWN_TARGET: &str = "worker_orcd";
+
+/// The `human` of a library's event, which cannot set one itself. None for
+/// the worker's own events: they must carry their own.
+fn library_human(target: &str, fields: &Map<String, Value>) -> Option<Value> {
+    let lib = target.split("::").next().unwrap_or(target);
+    if lib == OWN_TARGET {
+        return None;
+    }
+    let message = match fields.get("message") {
+        Some(Value::String(m)) => m.clone(),
+        Some(other) => other.to_string(),
+        None => "an event without a message".to_string(),
+    };
+    Some(Value::String(format!(
+        "The {lib} library reported: {message}."
+    )))
 }
 
 /// The filter for a level name (`trace`..`error`); anything else means `info`.
@@ -184,6 +214,33 @@ where
 pub fn init_logging(level: &str) {
     use tracing_subscriber::util::SubscriberInitExt;
     let _ = subscriber(level, std::io::stderr).try_init();
+    std::panic::set_hook(Box::new(log_panic));
+}
+
+/// A panic as one JSON log line with `human`, instead of the plain text the
+/// default hook prints (4803: every line an operator reads is narrated).
+fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let what = info
+        .payload()
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| info.payload().downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_string());
+    let at = info
+        .location()
+        .map_or_else(String::new, |l| format!("{}:{}", l.file(), l.line()));
+    let thread = std::thread::current()
+        .name()
+        .unwrap_or("unnamed")
+        .to_string();
+    crate::narrate_error!(
+        human = format!(
+            "The worker hit a bug: thread {thread} panicked ({what}) at {at}. Report it with this log; \
+             if the process stops, its supervisor restarts it."
+        ),
+        panic_location = %at,
+        thread = %thread
+    );
 }
 
 #[cfg(test)]
@@ -270,6 +327,21 @@ mod tests {
         assert!(!text.contains("private prompt"), "{text}");
         assert_eq!(lines[0]["prompt"], REDACTED);
         assert_eq!(lines[0]["authorization"], REDACTED);
+    }
+
+    /// 4803: library events get a worded `human`; the worker's own events
+    /// are left as they are, so one without `human` shows up in the scan.
+    #[test]
+    fn library_events_are_narrated_own_events_are_not_invented() {
+        let lines = capture("debug", || {
+            tracing::debug!(target: "hyper::proto::h1", "parsed 3 headers");
+            tracing::info!("an own event that forgot its human field");
+        });
+        assert_eq!(
+            lines[0]["human"],
+            "The hyper library reported: parsed 3 headers."
+        );
+        assert!(lines[1].get("human").is_none(), "{:?}", lines[1]);
     }
 
     #[test]

@@ -19,6 +19,15 @@ pub use metrics::Metrics;
 pub use narration::{human_bytes, human_duration};
 pub use redaction::{redact_token, Redacted};
 
+/// A duration in whole milliseconds, rounded up: where a client or a
+/// scenario reads milliseconds, a sub-millisecond time reads 1, never 0
+/// (issue 10: a GPU seal check takes well under a millisecond). Only a
+/// duration of exactly zero gives 0. Rounding up, like Retry-After, never
+/// predicts earlier than measured.
+pub fn whole_ms_up(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+}
+
 /// Longest accepted `X-Correlation-Id`.
 pub const MAX_CORRELATION_ID_LEN: usize = 64;
 
@@ -59,6 +68,16 @@ pub fn new_correlation_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn milliseconds_round_up_so_sub_ms_is_never_zero() {
+        use std::time::Duration;
+        assert_eq!(whole_ms_up(Duration::ZERO), 0);
+        assert_eq!(whole_ms_up(Duration::from_nanos(1)), 1);
+        assert_eq!(whole_ms_up(Duration::from_micros(412)), 1);
+        assert_eq!(whole_ms_up(Duration::from_millis(3)), 3);
+        assert_eq!(whole_ms_up(Duration::from_micros(3_001)), 4);
+    }
 
     #[test]
     fn correlation_id_kept_when_valid_else_generated() {

@@ -183,7 +183,9 @@ impl CudaEngine {
         };
         let gpu = Gpu::open(opts.gpu_device)?;
         let info = gpu.info().clone();
-        tracing::info!(gpu = %info.name, cc = ?info.compute_capability, driver = %info.driver_version,
+        tracing::info!(human = %format!("Opened GPU {} ({}) for the CUDA backend; {} compiled kernels came from the on-disk cache.",
+                opts.gpu_device, info.name, gpu.cached_modules),
+            gpu = %info.name, cc = ?info.compute_capability, driver = %info.driver_version,
             nvrtc = %info.nvrtc_version, libraries = ?info.libraries, cached_kernels = gpu.cached_modules, "CUDA backend opened");
 
         let kv_bytes = kv_cache_bytes(cfg, max_ctx);
