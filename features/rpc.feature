@@ -37,7 +37,7 @@ Feature: Plan, Commit, Ready and Execute over HTTP with Server-Sent Events
   Scenario: The time of a token check does not tell which of 64 tokens matched
     When I run the token-check timing benchmark with 64 tokens
     Then the early-exit control comparison leaks visibly (|t| above 10)
-    And the worker's token check does not (|t| below 10)
+    And the worker's token check does not (|t| below 10, or a median gap under 0.25 of the control's)
 
   @WORKER-4202 @WORKER-4822
   Scenario: Authenticated requests are logged with the token fingerprint only
