@@ -197,7 +197,7 @@ impl CudaEngine {
         if need > free {
             return Err(WorkerError::VramOom {
                 message: format!(
-                    "the model needs {need} bytes of VRAM on GPU {} ({dl} weights + {kv_bytes} KV cache for {max_ctx} tokens + {scratch_bytes} scratch) but {free} bytes are free; \
+                    "the model needs {need} bytes of VRAM on GPU {} ({dl} weights + {kv_bytes} KV cache for {max_ctx} tokens + {scratch_bytes} scratch) but only {free} bytes are available (free VRAM); \
                      lower max_context or use a larger GPU",
                     info.ordinal
                 ),
