@@ -297,10 +297,10 @@ Feature: Plan, Commit, Ready and Execute over HTTP with Server-Sent Events
 
   @WORKER-4248
   Scenario: Reaching max_tokens ends generation with finish reason length
-    Given a worker serving the tiny test model
-    When I execute "Hello" with max_tokens 3
-    Then the end event's finish_reason is one of "length", "eos"
-    And the stream has at most 3 token events
+    Given a worker serving the larger test model
+    When I execute "Once upon a time" with max_tokens 3
+    Then the end event's finish_reason is "length"
+    And the stream has exactly 3 token events
 
   @WORKER-4250
   Scenario: Streaming requires the bearer token

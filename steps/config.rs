@@ -67,32 +67,6 @@ async fn each_required(w: &mut World, step: &Step) {
     }
 }
 
-#[then(regex = r#"^the worker either exits with code 2 or warns, naming "([^"]+)"$"#)]
-async fn exit_or_warn(w: &mut World, text: String) {
-    let log = w.log_text();
-    match w.start_exit {
-        Some(2) => w.check(
-            log.contains(&text),
-            format!("the refusal does not mention {text:?}"),
-        ),
-        Some(c) => w.fail(format!(
-            "the worker exited with {c}, expected 2 or a warning"
-        )),
-        None => {
-            let warned = crate::steps::logs::json_lines(w).iter().any(|m| {
-                m.get("level")
-                    .and_then(Value::as_str)
-                    .is_some_and(|l| l.eq_ignore_ascii_case("warn"))
-                    && serde_json::to_string(m).unwrap_or_default().contains(&text)
-            });
-            w.check(
-                warned,
-                format!("the worker started without a warning mentioning {text:?}"),
-            );
-        }
-    }
-}
-
 #[then(regex = r#"^"worker-orcd --help" mentions (.+)$"#)]
 fn help_mentions(w: &mut World, list: String) {
     let out = std::process::Command::new(&ctx().bin)
