@@ -45,7 +45,17 @@ Feature: Capability matching between model and engine
     Then ready announcement 2 carries an engine profile built from the configuration
     And the engine profiles of ready announcements 1 and 2 differ exactly in worker_id and max_context
 
-  @WORKER-4620 @WORKER-4621 @WORKER-4622 @WORKER-4623
+  @WORKER-4003
+  Scenario: A model whose needs exceed the engine profile is never admitted, not even at start-up
+    Given a worker configured for the tiny test model
+    And a tiny model whose architecture needs an unsupported positional encoding
+    And the worker is told to load that model at start-up
+    When the worker is started
+    Then the worker exits with a non-zero code within 30 seconds
+    And the readiness callback received a "stopped" status with error code "CAPABILITY_MISMATCH"
+    And the worker log mentions "alibi"
+
+  @WORKER-4003 @WORKER-4620 @WORKER-4621 @WORKER-4622 @WORKER-4623
   Scenario: A model needing a capability outside the profile is refused, naming both sides
     Given a worker serving the tiny test model
     And a tiny model whose architecture needs an unsupported positional encoding

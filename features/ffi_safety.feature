@@ -22,7 +22,7 @@ Feature: Memory safety, CUDA boundary and resource limits
     Then the source under "src/gpu" maps driver errors to "CUDA_ERROR"
     And the source under "src/gpu" maps allocation failures to "VRAM_OOM"
 
-  @WORKER-4410 @WORKER-4411 @WORKER-4412 @WORKER-4224
+  @WORKER-4412 @WORKER-4224
   Scenario: A tensor whose data lies outside the file is refused
     Given a worker serving the tiny test model
     And a copy of the tiny model whose last tensor points past the end of the file

@@ -145,6 +145,20 @@ Feature: Input validation and model security
       | tensor offset past end   |
       | string length past end   |
 
+  @WORKER-4410
+  Scenario: A tensor whose shape does not fit the architecture is refused before anything is launched
+    Given a worker serving the tiny test model
+    Then each malformed copy of the tiny model is refused by plan with "MODEL_LOAD_FAILED" and the worker keeps running:
+      | corruption               |
+      | first tensor reshaped    |
+
+  @WORKER-4411
+  Scenario: Tensor sizes whose arithmetic overflows are refused, never wrapped
+    Given a worker serving the tiny test model
+    Then each malformed copy of the tiny model is refused by plan with "MODEL_LOAD_FAILED" and the worker keeps running:
+      | corruption                 |
+      | first tensor dims overflow |
+
   @WORKER-4320 @WORKER-4322 @WORKER-4323
   Scenario: A model path outside the model root is refused naming the root
     Given a worker serving the tiny test model

@@ -40,6 +40,7 @@ pub fn gguf_data_offset(b: &[u8]) -> Result<usize, String> {
             r.skip_value(ty)?;
         }
     }
+    let tensors_at = r.at;
     for _ in 0..n_tensors {
         r.string()?;
         let n_dims = r.u32()?;
@@ -47,11 +48,29 @@ pub fn gguf_data_offset(b: &[u8]) -> Result<usize, String> {
         r.u32()?;
         r.u64()?;
     }
+    FIRST_TENSOR.with(|c| c.set(Some(tensors_at)));
     if alignment == 0 {
         return Err("general.alignment is 0".into());
     }
     let at = r.at as u64;
     Ok(at.div_ceil(alignment).saturating_mul(alignment) as usize)
+}
+
+thread_local! {
+    /// Where the last file read by [`gguf_data_offset`] lists its tensors.
+    static FIRST_TENSOR: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Byte offset of the first tensor's dimension array and its dimension count.
+pub fn first_tensor_dims(b: &[u8]) -> Result<(usize, usize), String> {
+    gguf_data_offset(b)?;
+    let at = FIRST_TENSOR
+        .with(|c| c.get())
+        .ok_or("the file lists no tensors")?;
+    let mut r = Reader { b, at };
+    r.string()?;
+    let n_dims = r.u32()? as usize;
+    Ok((r.at, n_dims))
 }
 
 struct Reader<'a> {

@@ -47,6 +47,26 @@ fn corrupt(w: &World, how: &str) -> Vec<u8> {
             let keep = off + (b.len() - off) / 2;
             b.truncate(keep);
         }
+        // Same element count, other shape: only a shape check can catch it (4410).
+        "first tensor reshaped" | "first tensor dims overflow" => {
+            let (at, n) = crate::steps::digest::first_tensor_dims(&b).unwrap_or_else(|e| w.fail(e));
+            w.check(
+                n >= 2,
+                format!("the tiny model's first tensor has {n} dimensions, need 2"),
+            );
+            let dim = |b: &[u8], i: usize| {
+                u64::from_le_bytes(b[at + 8 * i..at + 8 * i + 8].try_into().unwrap())
+            };
+            let (d0, d1) = (dim(&b, 0), dim(&b, 1));
+            let (n0, n1) = if how == "first tensor reshaped" {
+                (d0 / 2, d1 * 2)
+            } else {
+                // 2^33 x 2^33 elements: the byte size overflows 64 bits (4411).
+                (1u64 << 33, 1u64 << 33)
+            };
+            b[at..at + 8].copy_from_slice(&n0.to_le_bytes());
+            b[at + 8..at + 16].copy_from_slice(&n1.to_le_bytes());
+        }
         other => w.fail(format!("unknown corruption {other:?}")),
     }
     b
@@ -156,6 +176,17 @@ fn unsupported_positional(w: &mut World) {
     place_in_root(&src, &w.model_root(), "alibi.gguf");
     write_sidecar(w, "alibi.gguf", &json!({"positional": "alibi"}).to_string());
     w.that_model = Some("alibi.gguf".into());
+}
+
+#[given("the worker is told to load that model at start-up")]
+fn load_that_at_startup(w: &mut World) {
+    let m = w
+        .that_model
+        .clone()
+        .unwrap_or_else(|| w.fail("no other model was placed"));
+    let path = w.model_root().join(m);
+    w.config
+        .insert("model_path".into(), json!(path.display().to_string()));
 }
 
 #[when("I commit the second tiny model with a bad Ed25519 signature")]

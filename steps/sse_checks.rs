@@ -167,7 +167,10 @@ fn finish_reason_any(w: &mut World, list: String) {
 #[then(regex = r"^the stream has exactly (\d+) token events$")]
 fn exactly_tokens(w: &mut World, n: usize) {
     let got = w.stream().tokens().len();
-    w.check(got == n, format!("{got} token events, expected exactly {n}"));
+    w.check(
+        got == n,
+        format!("{got} token events, expected exactly {n}"),
+    );
 }
 
 #[then(regex = r"^the stream has at most (\d+) token events$")]
