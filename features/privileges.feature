@@ -3,18 +3,18 @@ Feature: Privileges and credentials
   The worker runs unprivileged, reads its API token only from a protected
   file, and refuses to start when the token cannot be trusted.
 
-  @WORKER-4900
+  @WORKER-4900 @root
   Scenario: As root the worker refuses to start unless explicitly overridden
     Given a worker configured for the tiny test model
     And the worker is started without the root override
     Then as root the worker exits with code 2 and explains the override, otherwise it becomes ready
 
-  @WORKER-4900
+  @WORKER-4900 @root
   Scenario: The root override is logged as a warning
     Given a worker serving the tiny test model
     Then when running as root the worker log warns about "allow-root"
 
-  @WORKER-4901
+  @WORKER-4901 @root
   Scenario: Capabilities are dropped after the GPU is initialised
     Given a worker serving the tiny test model
     Then the worker process has no effective capabilities

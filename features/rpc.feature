@@ -33,7 +33,7 @@ Feature: Plan, Commit, Ready and Execute over HTTP with Server-Sent Events
     When I GET "/metrics" without a token
     Then the response status is 200
 
-  @WORKER-4201
+  @WORKER-4201 @serial
   Scenario: The time of a token check does not tell which of 64 tokens matched
     When I run the token-check timing benchmark with 64 tokens
     Then the early-exit control comparison leaks visibly (|t| above 10)
@@ -295,12 +295,13 @@ Feature: Plan, Commit, Ready and Execute over HTTP with Server-Sent Events
       """
     Then the end event's finish_reason is "stop"
 
-  @WORKER-4248
+  @WORKER-4241 @WORKER-4248
   Scenario: Reaching max_tokens ends generation with finish reason length
     Given a worker serving the larger test model
     When I execute "Once upon a time" with max_tokens 3
     Then the end event's finish_reason is "length"
     And the stream has exactly 3 token events
+    And the end event's tokens_out equals the number of token events
 
   @WORKER-4250
   Scenario: Streaming requires the bearer token

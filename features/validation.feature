@@ -149,15 +149,15 @@ Feature: Input validation and model security
   Scenario: A tensor whose shape does not fit the architecture is refused before anything is launched
     Given a worker serving the tiny test model
     Then each malformed copy of the tiny model is refused by plan with "MODEL_LOAD_FAILED" and the worker keeps running:
-      | corruption               |
-      | first tensor reshaped    |
+      | corruption               | reason |
+      | first tensor reshaped    | shape  |
 
   @WORKER-4411
   Scenario: Tensor sizes whose arithmetic overflows are refused, never wrapped
     Given a worker serving the tiny test model
     Then each malformed copy of the tiny model is refused by plan with "MODEL_LOAD_FAILED" and the worker keeps running:
-      | corruption                 |
-      | first tensor dims overflow |
+      | corruption                 | reason   |
+      | first tensor dims overflow | overflow |
 
   @WORKER-4320 @WORKER-4322 @WORKER-4323
   Scenario: A model path outside the model root is refused naming the root

@@ -111,6 +111,21 @@ async fn each_malformed(w: &mut World, code: String, step: &Step) {
         )
         .await;
         assert_error_body(w, &r, &code);
+        // An optional second column names what the refusal must be about.
+        if let Some(why) = row.get(1).filter(|s| !s.is_empty()) {
+            let msg = r
+                .json
+                .as_ref()
+                .and_then(|j| j["message"].as_str())
+                .unwrap_or_default();
+            w.check(
+                msg.contains(why.as_str()),
+                format!(
+                    "the {:?} model was refused, but the message does not mention {why:?}: {msg}",
+                    row[0]
+                ),
+            );
+        }
         let h = send(w, "GET", "/health", None, Auth::None).await;
         w.check(
             h.status == 200,

@@ -408,6 +408,7 @@ fn gates(require_gpu: bool) -> crate::steps::run::Gates {
         have_repo: true,
         have_smollm2: true,
         ci: true,
+        root: true,
         only: None,
     }
 }

@@ -58,6 +58,8 @@ pub struct Gates {
     pub have_repo: bool,
     pub have_smollm2: bool,
     pub ci: bool,
+    /// The harness runs as root (CI does): @root scenarios apply.
+    pub root: bool,
     pub only: Option<String>,
 }
 
@@ -88,6 +90,9 @@ pub fn gate(s: &traceability::ScenarioInfo, g: &Gates) -> Option<Status> {
     // In CI and on the GPU machine SmolLM2 must be there: a missing file fails, never skips.
     if s.has("smollm2") && !g.have_smollm2 && !g.ci && !g.require_gpu {
         return Some(Status::NoModel);
+    }
+    if s.has("root") && !g.root {
+        return Some(Status::NeedsRoot);
     }
     match &g.only {
         Some(o) if !s.name.contains(o.as_str()) => Some(Status::NotSelected),
@@ -190,6 +195,7 @@ async fn run() -> ExitCode {
         have_repo: c.repo.is_some(),
         have_smollm2: c.smollm2.is_some(),
         ci: std::env::var("CI").as_deref() == Ok("true"),
+        root: crate::steps::process::running_as_root(),
         only: std::env::var("BDD_NAME").ok().filter(|s| !s.is_empty()),
     };
     let mut status: BTreeMap<Key, Status> = BTreeMap::new();

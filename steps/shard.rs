@@ -103,7 +103,19 @@ async fn seal_verifies(w: &mut World) {
         h["shard_id"].as_str().unwrap_or_default(),
         h["sealed_at"].as_str().unwrap_or_default(),
     );
-    let want = hex::encode(digest::seal(&key, id, &digest_bytes(w, &h), at));
+    // The digest sealed must be the file's own, computed here, not only the one the handle reports.
+    let file = served_file(w);
+    let data = digest::tensor_data(&file).unwrap_or_else(|e| w.fail(e));
+    let documented = digest::resident_digest(data);
+    w.check(
+        digest_bytes(w, &h) == documented,
+        format!(
+            "the handle's digest {} is not the documented digest {} of the served file",
+            h["digest"],
+            hex::encode(documented)
+        ),
+    );
+    let want = hex::encode(digest::seal(&key, id, &documented, at));
     w.check(
         h["seal"] == want.as_str(),
         format!(

@@ -43,7 +43,7 @@ use std::sync::{Arc, Mutex};
 
 /// Tags that are not requirement IDs but mark how a scenario runs.
 pub const MARKERS: &[&str] = &[
-    "gpu", "gpu2", "post-m0", "serial", "smollm2", "source", "snapshot", "unit",
+    "gpu", "gpu2", "post-m0", "root", "serial", "smollm2", "source", "snapshot", "unit",
 ];
 
 /// Flags the index may carry (comma-separated, or `-` for none).
@@ -332,6 +332,8 @@ pub enum Status {
     NoSource,
     NoModel,
     CpuOnly,
+    /// `@root`: privilege handling that only a root-started worker shows.
+    NeedsRoot,
     NotSelected,
     NotRun,
 }
@@ -348,6 +350,7 @@ impl Status {
             Status::NoSource => "not applicable here (no source tree)",
             Status::NoModel => "not applicable here (model not installed)",
             Status::CpuOnly => "not applicable here (CPU-path snapshot)",
+            Status::NeedsRoot => "not applicable here (needs root)",
             Status::NotSelected => "not selected",
             Status::NotRun => "not run",
         }
