@@ -689,7 +689,11 @@ fn breaker_narrated(w: &mut World, n: u64) {
             && m.get("exit_code").and_then(Value::as_u64) == Some(7)
     });
     let Some(trip) = trip else {
-        w.fail("the last start's log has no error line with exit_code 7")
+        let seen: Vec<String> = lines.iter().map(|m| format!("{m:?}")).take(20).collect();
+        w.fail(format!(
+            "expected an error line with exit_code 7 in the last start's log; it holds:\n{}",
+            seen.join("\n")
+        ))
     };
     let human = trip
         .get("human")
@@ -724,8 +728,16 @@ fn breaker_warned(w: &mut World) {
         m.get("level").and_then(Value::as_str) == Some("warn")
             && m.get("breaker_state").and_then(Value::as_str) == Some(file.as_str())
     });
+    let warns: Vec<String> = crate::steps::logs::json_lines(w)
+        .iter()
+        .filter(|m| m.get("level").and_then(Value::as_str) == Some("warn"))
+        .map(|m| format!("{m:?}"))
+        .collect();
     w.check(
         ok,
-        format!("expected a warn line with breaker_state = {file}"),
+        format!(
+            "expected a warn line with breaker_state = {file}; the warn lines are:\n{}",
+            warns.join("\n")
+        ),
     );
 }
