@@ -57,15 +57,33 @@ pub fn selects(e: &Entry, s: &ScenarioInfo) -> bool {
     s.ids().any(|id| e.killed_by.contains(&id.as_str()))
 }
 
-/// Print which scenarios killed the mutant; success only when one did.
-pub fn verdict(e: &Entry, scenarios: &[ScenarioInfo], status: &BTreeMap<Key, Status>) -> ExitCode {
+/// Print which scenarios killed the mutant, each with the first line of the
+/// check that failed (so a kill by an unrelated or environmental failure is
+/// visible as such); success only when one did.
+pub fn verdict(
+    e: &Entry,
+    scenarios: &[ScenarioInfo],
+    status: &BTreeMap<Key, Status>,
+    failures: &BTreeMap<Key, String>,
+) -> ExitCode {
     let mut ran = 0;
     let mut killers = Vec::new();
     for s in scenarios.iter().filter(|s| selects(e, s)) {
         match status.get(&(s.file.clone(), s.line)) {
             Some(Status::Failed) => {
                 ran += 1;
-                killers.push(format!("{}:{} {:?}", s.file, s.line, s.name));
+                let why = failures
+                    .get(&(s.file.clone(), s.line))
+                    .and_then(|m| m.lines().find(|l| !l.trim().is_empty()))
+                    .unwrap_or("(no message)")
+                    .trim()
+                    .chars()
+                    .take(200)
+                    .collect::<String>();
+                killers.push(format!(
+                    "{}:{} {:?} [failed: {why}]",
+                    s.file, s.line, s.name
+                ));
             }
             Some(Status::Passed) => ran += 1,
             _ => {}

@@ -282,7 +282,7 @@ async fn run() -> ExitCode {
         status.insert(k, st);
     }
     if let Some(e) = mutant {
-        return crate::steps::mutant::verdict(e, &scenarios, &status);
+        return crate::steps::mutant::verdict(e, &scenarios, &status, &collected.failures);
     }
     let spawned = std::mem::take(&mut *spawned.lock().expect("spawned lock"));
     for s in &scenarios {
