@@ -74,7 +74,20 @@ fn control_leaks(w: &mut World, threshold: f64) {
 )]
 fn product_constant(w: &mut World, threshold: f64, ratio: f64) {
     let t = abs_t(w, "product");
-    let gap = report(w)["gap_ratio"].as_f64().unwrap_or(f64::INFINITY);
+    // The ratio is recomputed here from the reported medians, not taken from the report.
+    let median_gap = |which: &str| {
+        let r = &report(w)[which];
+        match (r["median_ns_first"].as_f64(), r["median_ns_last"].as_f64()) {
+            (Some(a), Some(b)) => (a - b).abs(),
+            _ => w.fail(format!("the report has no {which} medians: {}", report(w))),
+        }
+    };
+    let control_gap = median_gap("control");
+    let gap = if control_gap > 0.0 {
+        median_gap("product") / control_gap
+    } else {
+        f64::INFINITY
+    };
     w.check(
         t < threshold || gap < ratio,
         format!(
