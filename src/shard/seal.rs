@@ -261,7 +261,7 @@ mod tests {
             ("07".repeat(31), "64 hex digits"),
             ("zz".repeat(32), "hex digits"),
             ("00".repeat(32), "all-zero"),
-            ("07".repeat(200), "bytes"),
+            ("07".repeat(200), "at most 256 bytes"),
         ] {
             write(&bad, 0o600);
             let e = SealKey::from_file(&p).unwrap_err();
