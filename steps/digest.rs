@@ -20,6 +20,11 @@ const DOMAIN: &[u8] = b"worker-orcd/resident-digest/v2-16KiB";
 /// metadata pairs and the tensor infos are walked, then the position is
 /// rounded up to `general.alignment` (32 when absent).
 pub fn gguf_data_offset(b: &[u8]) -> Result<usize, String> {
+    Ok(gguf_layout(b)?.1)
+}
+
+/// (where the tensor infos start, where the aligned tensor data starts).
+fn gguf_layout(b: &[u8]) -> Result<(usize, usize), String> {
     let mut r = Reader { b, at: 0 };
     if r.take(4)? != b"GGUF" {
         return Err("not a GGUF file (bad magic)".into());
@@ -48,25 +53,19 @@ pub fn gguf_data_offset(b: &[u8]) -> Result<usize, String> {
         r.u32()?;
         r.u64()?;
     }
-    FIRST_TENSOR.with(|c| c.set(Some(tensors_at)));
     if alignment == 0 {
         return Err("general.alignment is 0".into());
     }
     let at = r.at as u64;
-    Ok(at.div_ceil(alignment).saturating_mul(alignment) as usize)
-}
-
-thread_local! {
-    /// Where the last file read by [`gguf_data_offset`] lists its tensors.
-    static FIRST_TENSOR: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+    Ok((
+        tensors_at,
+        at.div_ceil(alignment).saturating_mul(alignment) as usize,
+    ))
 }
 
 /// Byte offset of the first tensor's dimension array and its dimension count.
 pub fn first_tensor_dims(b: &[u8]) -> Result<(usize, usize), String> {
-    gguf_data_offset(b)?;
-    let at = FIRST_TENSOR
-        .with(|c| c.get())
-        .ok_or("the file lists no tensors")?;
+    let (at, _) = gguf_layout(b)?;
     let mut r = Reader { b, at };
     r.string()?;
     let n_dims = r.u32()? as usize;
