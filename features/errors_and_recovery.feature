@@ -86,6 +86,22 @@ Feature: Errors and recovery
     Then the worker exits with code 7 within 10 seconds
 
   @WORKER-4963
+  Scenario: Starts older than five minutes do not count towards the restart circuit breaker
+    Given a worker configured for the tiny test model
+    And the restart breaker's state file records 5 starts 310 seconds ago and 3 starts 240 seconds ago
+    When the worker is started
+    Then the worker becomes ready
+    And the restart breaker's state file records 4 starts
+
+  @WORKER-4963
+  Scenario: Five starts just inside the five-minute window trip the restart circuit breaker
+    Given a worker configured for the tiny test model
+    And the restart breaker's state file records 5 starts 290 seconds ago
+    When the worker is started
+    Then the worker exits with code 7 within 10 seconds
+    And the restart breaker's state file records 5 starts
+
+  @WORKER-4963
   Scenario: A malformed restart breaker state file is reported and treated as empty
     Given a worker configured for the tiny test model
     And the restart breaker's state file holds "{not json"

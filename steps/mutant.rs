@@ -4,7 +4,8 @@
 //! `BDD_MUTANT=<name>` runs only the scenarios tagged with the requirement IDs
 //! the catalogue says must kill that mutant, with every worker (and every CLI
 //! command the steps run) started under `WORKER_ORCD_MUTANT=<name>`. The run
-//! passes when at least one of those scenarios fails, and fails, naming the
+//! passes when at least one of those scenarios fails under the mutant and
+//! passes again in a control run without it, and fails, naming the
 //! mutant, when all of them pass: a surviving mutant means a requirement whose
 //! scenarios do not notice it breaking. `BDD_MUTANT=list` prints the names.
 //!
@@ -58,47 +59,53 @@ pub fn selects(e: &Entry, s: &ScenarioInfo) -> bool {
 }
 
 /// Print which scenarios killed the mutant, each with the first line of the
-/// check that failed (so a kill by an unrelated or environmental failure is
-/// visible as such); success only when one did.
+/// check that failed; success only when one did. A kill counts only when the
+/// scenario failed under the mutant and passed in the control run without it
+/// (`control`): a scenario that fails either way (flaky, broken environment)
+/// proves nothing about the mutant and is reported as inconclusive.
 pub fn verdict(
     e: &Entry,
     scenarios: &[ScenarioInfo],
     status: &BTreeMap<Key, Status>,
     failures: &BTreeMap<Key, String>,
+    control: &BTreeMap<Key, Status>,
 ) -> ExitCode {
     let mut ran = 0;
     let mut killers = Vec::new();
+    let mut inconclusive = Vec::new();
     for s in scenarios.iter().filter(|s| selects(e, s)) {
-        match status.get(&(s.file.clone(), s.line)) {
+        let key = (s.file.clone(), s.line);
+        match status.get(&key) {
             Some(Status::Failed) => {
                 ran += 1;
-                let why = failures
-                    .get(&(s.file.clone(), s.line))
-                    .and_then(|m| m.lines().find(|l| !l.trim().is_empty()))
-                    .unwrap_or("(no message)")
-                    .trim()
-                    .chars()
-                    .take(200)
-                    .collect::<String>();
-                killers.push(format!(
-                    "{}:{} {:?} [failed: {why}]",
-                    s.file, s.line, s.name
-                ));
+                let why = first_line(failures.get(&key));
+                let line = format!("{}:{} {:?} [failed: {why}]", s.file, s.line, s.name);
+                if control.get(&key) == Some(&Status::Passed) {
+                    killers.push(line);
+                } else {
+                    inconclusive.push(line);
+                }
             }
             Some(Status::Passed) => ran += 1,
             _ => {}
         }
     }
+    for i in &inconclusive {
+        eprintln!(
+            "BDD: mutant {}: not counted as a kill, the scenario fails without the mutant too: {i}",
+            e.name
+        );
+    }
     if killers.is_empty() {
         eprintln!(
-            "BDD: mutant {} ({}) SURVIVED: all {ran} scenario(s) tagged {:?} passed with it",
+            "BDD: mutant {} ({}) SURVIVED: of {ran} scenario(s) tagged {:?}, none failed with it and passed without it",
             e.name, e.breaks, e.killed_by
         );
         println!("mutants: 0 killed, 1 survived");
         return ExitCode::FAILURE;
     }
     println!(
-        "BDD: mutant {} ({}) killed by {} of {ran} scenario(s): {}",
+        "BDD: mutant {} ({}) killed by {} of {ran} scenario(s), each passing without it: {}",
         e.name,
         e.breaks,
         killers.len(),
@@ -106,4 +113,15 @@ pub fn verdict(
     );
     println!("mutants: 1 killed, 0 survived");
     ExitCode::SUCCESS
+}
+
+/// The first non-empty line of a failure message, at most 200 characters.
+fn first_line(message: Option<&String>) -> String {
+    message
+        .and_then(|m| m.lines().find(|l| !l.trim().is_empty()))
+        .unwrap_or("(no message)")
+        .trim()
+        .chars()
+        .take(200)
+        .collect()
 }

@@ -643,6 +643,40 @@ fn breaker_file_holds(w: &mut World, text: String) {
     std::fs::write(&p, text).expect("write the breaker state file");
 }
 
+/// Starts recorded `age` seconds before now, in the documented format, so
+/// that the five-minute window itself is exercised (the harness's own clock).
+#[given(regex = r"^the restart breaker's state file records (\d+) starts? (\d+) seconds ago$")]
+fn breaker_file_aged(w: &mut World, n: usize, age: u64) {
+    write_aged_starts(w, &[(n, age)]);
+}
+
+#[given(
+    regex = r"^the restart breaker's state file records (\d+) starts? (\d+) seconds ago and (\d+) starts? (\d+) seconds ago$"
+)]
+fn breaker_file_aged_two(w: &mut World, n: usize, age: u64, m: usize, age2: u64) {
+    write_aged_starts(w, &[(n, age), (m, age2)]);
+}
+
+/// Write `count` starts `age_s` seconds old for each pair (a millisecond apart).
+fn write_aged_starts(w: &mut World, groups: &[(usize, u64)]) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64;
+    let starts: Vec<u64> = groups
+        .iter()
+        .flat_map(|&(count, age_s)| (0..count as u64).map(move |i| now_ms - age_s * 1000 - i))
+        .collect();
+    let id = w
+        .config
+        .get("worker_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let body = serde_json::json!({ "worker_id": id, "starts_unix_ms": starts }).to_string();
+    breaker_file_holds(w, body);
+}
+
 #[then(regex = r"^the restart breaker's state file records (\d+) starts?$")]
 fn breaker_records(w: &mut World, n: usize) {
     let p = breaker_file(w);

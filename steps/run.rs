@@ -169,6 +169,7 @@ async fn run() -> ExitCode {
         model_digests: Mutex::default(),
         models: Mutex::default(),
         mutant: mutant.map(|e| e.name),
+        mutant_on: std::sync::atomic::AtomicBool::new(true),
     });
     let c = ctx();
 
@@ -219,72 +220,38 @@ async fn run() -> ExitCode {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2usize);
-    let collector = Collector::default();
-    let shared = collector.shared.clone();
-    // Scenarios whose World spawned a worker: a passed behavioural scenario must be one.
-    let spawned: Arc<Mutex<BTreeSet<Key>>> = Arc::default();
-    let spawned_in_hook = spawned.clone();
-    let out = writer::Basic::raw(std::io::stdout(), writer::Coloring::Never, 0)
-        .summarized()
-        .tee::<World, _>(collector.discard_stats_writes().discard_arbitrary_writes())
-        .normalized();
-    let result = World::cucumber()
-        .max_concurrent_scenarios(concurrency)
-        .with_writer(out)
-        .before(|feature, _rule, scenario, world| {
-            Box::pin(async move {
-                world.feature = feature.name.clone();
-                world.scenario = scenario.name.clone();
-            })
-        })
-        .after(move |feature, _rule, scenario, _ev, world| {
-            let spawned = spawned_in_hook.clone();
-            let key = (
-                traceability::file_key(feature.path.as_deref()),
-                scenario.position.line,
-            );
-            Box::pin(async move {
-                if let Some(w) = world {
-                    if w.worker.is_some()
-                        || !w.old_logs.is_empty()
-                        || w.other.is_some()
-                        || w.ran_cli
-                    {
-                        spawned.lock().expect("spawned lock").insert(key);
-                    }
-                    crate::steps::security::scan_logs(w);
-                    crate::steps::logs::scan_human(w);
-                    if let Some(o) = w.other.as_ref() {
-                        crate::steps::security::scan_logs(o);
-                        crate::steps::logs::scan_human(o);
-                    }
-                    if w.background.is_some() {
-                        crate::steps::sse::finish_background_quietly(w).await;
-                    }
-                    crate::steps::process::stop(w, std::time::Duration::from_secs(10)).await;
-                    if let Some(o) = w.other.as_mut() {
-                        crate::steps::process::stop(o, std::time::Duration::from_secs(10)).await;
-                    }
-                }
-            })
-        })
-        .filter_run(features.clone(), move |feat, _rule, sc| {
-            runnable.contains(&(
-                traceability::file_key(feat.path.as_deref()),
-                sc.position.line,
-            ))
-        })
-        .await;
-    drop(result);
-
-    let collected = std::mem::take(&mut *shared.lock().expect("collector lock"));
-    for (k, st) in collected.status {
-        status.insert(k, st);
+    let (collected, spawned) = run_pass(&features, runnable, concurrency).await;
+    for (k, st) in &collected.status {
+        status.insert(k.clone(), *st);
     }
     if let Some(e) = mutant {
-        return crate::steps::mutant::verdict(e, &scenarios, &status, &collected.failures);
+        // A failure under the mutant is a kill only when the same scenario
+        // passes without it: rerun the failed ones with the mutant off.
+        let failed: BTreeSet<Key> = collected
+            .status
+            .iter()
+            .filter(|(_, st)| **st == Status::Failed)
+            .map(|(k, _)| k.clone())
+            .collect();
+        c.mutant_on
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let (control, _) = if failed.is_empty() {
+            (traceability::Collected::default(), BTreeSet::new())
+        } else {
+            println!(
+                "BDD: control run: the {} failed scenario(s) again without the mutant",
+                failed.len()
+            );
+            run_pass(&features, failed, concurrency).await
+        };
+        return crate::steps::mutant::verdict(
+            e,
+            &scenarios,
+            &status,
+            &collected.failures,
+            &control.status,
+        );
     }
-    let spawned = std::mem::take(&mut *spawned.lock().expect("spawned lock"));
     for s in &scenarios {
         if s.evidence() == Evidence::Behavioural
             && status.get(&s.key()) == Some(&Status::Passed)
@@ -357,6 +324,77 @@ async fn run() -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// One cucumber pass over the `runnable` scenarios: their statuses and
+/// failures, and which of them spawned a worker (a passed behavioural
+/// scenario must have).
+async fn run_pass(
+    features: &PathBuf,
+    runnable: BTreeSet<Key>,
+    concurrency: usize,
+) -> (traceability::Collected, BTreeSet<Key>) {
+    let collector = Collector::default();
+    let shared = collector.shared.clone();
+    // Scenarios whose World spawned a worker: a passed behavioural scenario must be one.
+    let spawned: Arc<Mutex<BTreeSet<Key>>> = Arc::default();
+    let spawned_in_hook = spawned.clone();
+    let out = writer::Basic::raw(std::io::stdout(), writer::Coloring::Never, 0)
+        .summarized()
+        .tee::<World, _>(collector.discard_stats_writes().discard_arbitrary_writes())
+        .normalized();
+    let result = World::cucumber()
+        .max_concurrent_scenarios(concurrency)
+        .with_writer(out)
+        .before(|feature, _rule, scenario, world| {
+            Box::pin(async move {
+                world.feature = feature.name.clone();
+                world.scenario = scenario.name.clone();
+            })
+        })
+        .after(move |feature, _rule, scenario, _ev, world| {
+            let spawned = spawned_in_hook.clone();
+            let key = (
+                traceability::file_key(feature.path.as_deref()),
+                scenario.position.line,
+            );
+            Box::pin(async move {
+                if let Some(w) = world {
+                    if w.worker.is_some()
+                        || !w.old_logs.is_empty()
+                        || w.other.is_some()
+                        || w.ran_cli
+                    {
+                        spawned.lock().expect("spawned lock").insert(key);
+                    }
+                    crate::steps::security::scan_logs(w);
+                    crate::steps::logs::scan_human(w);
+                    if let Some(o) = w.other.as_ref() {
+                        crate::steps::security::scan_logs(o);
+                        crate::steps::logs::scan_human(o);
+                    }
+                    if w.background.is_some() {
+                        crate::steps::sse::finish_background_quietly(w).await;
+                    }
+                    crate::steps::process::stop(w, std::time::Duration::from_secs(10)).await;
+                    if let Some(o) = w.other.as_mut() {
+                        crate::steps::process::stop(o, std::time::Duration::from_secs(10)).await;
+                    }
+                }
+            })
+        })
+        .filter_run(features.clone(), move |feat, _rule, sc| {
+            runnable.contains(&(
+                traceability::file_key(feat.path.as_deref()),
+                sc.position.line,
+            ))
+        })
+        .await;
+    drop(result);
+
+    let collected = std::mem::take(&mut *shared.lock().expect("collector lock"));
+    let spawned = std::mem::take(&mut *spawned.lock().expect("spawned lock"));
+    (collected, spawned)
 }
 
 fn count_scenarios(status: &BTreeMap<Key, Status>) -> BTreeMap<&'static str, usize> {

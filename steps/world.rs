@@ -40,13 +40,19 @@ pub struct RunCtx {
     pub model_digests: Mutex<BTreeMap<String, String>>,
     /// Generated models by name, generated once per run.
     pub models: Mutex<BTreeMap<String, Result<PathBuf, String>>>,
-    /// `BDD_MUTANT`: the planted bug every child process is started with.
+    /// `BDD_MUTANT`: the planted bug every child process is started with
+    /// while `mutant_on` holds.
     pub mutant: Option<&'static str>,
+    /// Cleared for the control run, which repeats the scenarios that failed
+    /// under the mutant without it (a kill must be the mutant's doing).
+    pub mutant_on: std::sync::atomic::AtomicBool,
 }
 
 /// Start a child of the worker binary under this run's mutant, if any (see `mutant`).
 pub fn apply_mutant<C: ChildEnv>(cmd: &mut C) {
-    if let Some(m) = ctx().mutant {
+    let c = ctx();
+    let on = c.mutant_on.load(std::sync::atomic::Ordering::SeqCst);
+    if let Some(m) = c.mutant.filter(|_| on) {
         cmd.set_env(worker_orcd::env::WORKER_ORCD_MUTANT.name, m);
     }
 }
