@@ -2,7 +2,8 @@
 //! (WORKER-4422, 4413). Scenarios that compute an expected value from a
 //! model's shape (KV cache bytes, token ids) read the file themselves here,
 //! so the expectation never comes from the worker's own parser. Only the
-//! key/value section is read; every length is bounded by the file size.
+//! header is read (metadata, tensor infos, where the data starts); every
+//! length is bounded by the file size. `digest` uses it for the resident bytes.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -123,24 +124,44 @@ pub fn tensor_types(path: &Path) -> Result<std::collections::BTreeSet<String>, S
 /// The metadata and the type id of every tensor.
 fn read_all(path: &Path) -> Result<(BTreeMap<String, Meta>, Vec<u32>), String> {
     let b = std::fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))?;
-    let mut c = Cursor { b: &b, at: 0 };
+    let p = parse(&b).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((p.meta, p.tensor_types))
+}
+
+/// What the harness knows of a GGUF file after one walk over its header.
+pub struct Parsed {
+    pub meta: BTreeMap<String, Meta>,
+    /// The ggml type id of every tensor, in file order.
+    pub tensor_types: Vec<u32>,
+    /// Where the tensor infos start (the first tensor's name).
+    pub tensors_at: usize,
+    /// Where the aligned tensor data starts: the end of the tensor infos
+    /// rounded up to `general.alignment` (32 when absent).
+    pub data_at: usize,
+}
+
+/// Walk a GGUF v2/v3 header: magic, version, the metadata pairs and the
+/// tensor infos; every length is bounded by the file's size.
+pub fn parse(b: &[u8]) -> Result<Parsed, String> {
+    let mut c = Cursor { b, at: 0 };
     if c.take(4)? != b"GGUF" {
-        return Err(format!("{} is not a GGUF file", path.display()));
+        return Err("not a GGUF file (bad magic)".into());
     }
     let version = c.u32()?;
-    if version < 2 {
-        return Err(format!("GGUF version {version} is not supported here"));
+    if !(2..=3).contains(&version) {
+        return Err(format!("GGUF version {version} is not 2 or 3"));
     }
     let n_tensors = c.len()?;
     let n_kv = c.len()?;
-    let mut m = BTreeMap::new();
+    let mut meta = BTreeMap::new();
     for _ in 0..n_kv {
         let k = c.string()?;
         let ty = c.u32()?;
         let v = c.value(ty)?;
-        m.insert(k, v);
+        meta.insert(k, v);
     }
-    let mut types = Vec::with_capacity(n_tensors.min(1 << 16));
+    let tensors_at = c.at;
+    let mut tensor_types = Vec::with_capacity(n_tensors.min(1 << 16));
     for _ in 0..n_tensors {
         let _name = c.string()?;
         let n_dims = c.u32()? as usize;
@@ -148,10 +169,31 @@ fn read_all(path: &Path) -> Result<(BTreeMap<String, Meta>, Vec<u32>), String> {
             return Err(format!("a tensor has {n_dims} dimensions; GGUF allows 4"));
         }
         c.take(8 * n_dims)?;
-        types.push(c.u32()?);
+        tensor_types.push(c.u32()?);
         c.take(8)?;
     }
-    Ok((m, types))
+    let alignment = match meta.get("general.alignment") {
+        None => 32,
+        Some(Meta::Int(n)) if *n > 0 && *n <= 1 << 20 => *n as usize,
+        Some(other) => return Err(format!("general.alignment is {other:?}")),
+    };
+    Ok(Parsed {
+        meta,
+        tensor_types,
+        tensors_at,
+        data_at: c.at.div_ceil(alignment) * alignment,
+    })
+}
+
+/// Byte offset of the first tensor's dimension array and its dimension count.
+pub fn first_tensor_dims(b: &[u8]) -> Result<(usize, usize), String> {
+    let mut c = Cursor {
+        b,
+        at: parse(b)?.tensors_at,
+    };
+    c.string()?;
+    let n_dims = c.u32()? as usize;
+    Ok((c.at, n_dims))
 }
 
 /// A whole-number key, e.g. `llama.block_count`.

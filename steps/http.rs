@@ -211,8 +211,11 @@ async fn commit_named(w: &mut World, which: String, shard: String) {
             .clone()
             .unwrap_or_else(|| w.fail("no second model was placed"))
     };
-    let body = json!({"model_ref": m, "shard_id": shard, "shard_index": 0}).to_string();
-    send(w, "POST", "/worker/commit", Some(body), Auth::Token).await;
+    post_commit(
+        w,
+        json!({"model_ref": m, "shard_id": shard, "shard_index": 0}),
+    )
+    .await;
 }
 
 #[when(regex = r#"^I commit that model as shard "([^"]+)"$"#)]
@@ -220,8 +223,11 @@ async fn commit_that(w: &mut World, shard: String) {
     let Some(m) = w.that_model.clone() else {
         w.fail("no earlier step named a model")
     };
-    let body = json!({"model_ref": m, "shard_id": shard, "shard_index": 0}).to_string();
-    send(w, "POST", "/worker/commit", Some(body), Auth::Token).await;
+    post_commit(
+        w,
+        json!({"model_ref": m, "shard_id": shard, "shard_index": 0}),
+    )
+    .await;
 }
 
 #[then(regex = r"^the response status is (\d+)$")]
@@ -231,6 +237,26 @@ fn status_is(w: &mut World, code: u16) {
         r.status == code,
         format!("expected HTTP {code}, got {}: {}", r.status, r.text),
     );
+}
+
+/// POST /worker/commit with the token: the request of every commit step.
+pub async fn post_commit(w: &mut World, body: Value) -> Response {
+    send(
+        w,
+        "POST",
+        "/worker/commit",
+        Some(body.to_string()),
+        Auth::Token,
+    )
+    .await
+}
+
+/// The `message` of an error body ("" when there is none).
+pub fn error_message(r: &Response) -> &str {
+    r.json
+        .as_ref()
+        .and_then(|j| j["message"].as_str())
+        .unwrap_or_default()
 }
 
 pub fn assert_error_body(w: &World, r: &Response, code: &str) {

@@ -4,7 +4,7 @@
 //! Also the commit-by-path steps (WORKER-4220-4227): a model is its bytes, a
 //! new shard id is a fresh seal, and the old id is refused naming the new one.
 
-use crate::steps::http::{assert_error_body, send, Auth};
+use crate::steps::http::{assert_error_body, post_commit, send, Auth};
 use crate::steps::process::{place_in_root, test_model};
 use crate::steps::world::World;
 use cucumber::gherkin::Step;
@@ -49,7 +49,8 @@ fn corrupt(w: &World, how: &str) -> Vec<u8> {
         }
         // Same element count, other shape: only a shape check can catch it (4410).
         "first tensor reshaped" | "first tensor dims overflow" => {
-            let (at, n) = crate::steps::digest::first_tensor_dims(&b).unwrap_or_else(|e| w.fail(e));
+            let (at, n) =
+                crate::steps::gguf_meta::first_tensor_dims(&b).unwrap_or_else(|e| w.fail(e));
             w.check(
                 n >= 2,
                 format!("the tiny model's first tensor has {n} dimensions, need 2"),
@@ -113,11 +114,7 @@ async fn each_malformed(w: &mut World, code: String, step: &Step) {
         assert_error_body(w, &r, &code);
         // An optional second column names what the refusal must be about.
         if let Some(why) = row.get(1).filter(|s| !s.is_empty()) {
-            let msg = r
-                .json
-                .as_ref()
-                .and_then(|j| j["message"].as_str())
-                .unwrap_or_default();
+            let msg = crate::steps::http::error_message(&r);
             w.check(
                 msg.contains(why.as_str()),
                 format!(
@@ -267,14 +264,7 @@ async fn commit_as_shard(w: &mut World, which: String, shard: String, digest: St
         _ => "ab".repeat(32),
     };
     let body = json!({"model_ref": name, "shard_id": shard, "shard_index": 0, "expected_digest": expected});
-    send(
-        w,
-        "POST",
-        "/worker/commit",
-        Some(body.to_string()),
-        Auth::Token,
-    )
-    .await;
+    post_commit(w, body).await;
 }
 
 /// 4220, 4226, 4227: the commit answered a fresh seal of the served model
@@ -368,11 +358,7 @@ async fn old_handle_refused(w: &mut World, status: u16, code: String, shard: Str
         ),
     );
     assert_error_body(w, &r, &code);
-    let msg = r
-        .json
-        .as_ref()
-        .and_then(|j| j["message"].as_str())
-        .unwrap_or_default();
+    let msg = crate::steps::http::error_message(&r);
     w.check(
         msg.contains(&format!("{shard:?}")) && msg.contains(&format!("{old:?}")),
         format!("the refusal should name the new shard {shard:?} and the old {old:?}: {msg:?}"),

@@ -201,6 +201,7 @@ pub fn write_run_config(extra: Value) {
         "gpu": gpu,
         "model_digests": *c.model_digests.lock().expect("digests lock"),
         "seeds": *c.seeds.lock().expect("seeds lock"),
+        "bdd_seed": c.random_seed,
     });
     if let (Value::Object(a), Value::Object(b)) = (&mut v, extra) {
         a.extend(b);

@@ -21,6 +21,8 @@
 //! - `REQUIRE_REAL_GPU=1`: cuda backend, @gpu scenarios run and must pass.
 //! - `LLORCH_PROOF_DIR`, `LLORCH_RUN_ID`: see `proof`.
 //! - `BDD_CONCURRENCY` (default 2), `BDD_NAME` (run only scenarios whose name contains it).
+//! - `BDD_SEED`: the seed of the scenarios' random choices (default: random,
+//!   printed at the start and recorded in run_config.json).
 
 use crate::steps::matrix;
 use crate::steps::proof::{self, Bundle};
@@ -134,6 +136,21 @@ async fn run() -> ExitCode {
         }
     };
     let bundle = Bundle::new(repo.as_deref());
+    let random_seed = match std::env::var("BDD_SEED").ok().filter(|s| !s.is_empty()) {
+        Some(s) => match s.parse::<u64>() {
+            Ok(v) => v,
+            Err(_) => {
+                eprintln!("BDD: BDD_SEED={s:?} is not a whole number");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => {
+            let mut r = [0u8; 8];
+            getrandom::fill(&mut r).expect("random bytes for the run's seed");
+            u64::from_le_bytes(r)
+        }
+    };
+    println!("BDD: random choices from BDD_SEED={random_seed} (set it to replay them)");
 
     println!("BDD: binary {}", bin.display());
     println!("BDD: features {}", features.display());
@@ -170,6 +187,7 @@ async fn run() -> ExitCode {
         models: Mutex::default(),
         mutant: mutant.map(|e| e.name),
         mutant_on: std::sync::atomic::AtomicBool::new(true),
+        random_seed,
     });
     let c = ctx();
 

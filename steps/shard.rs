@@ -154,9 +154,7 @@ fn offset_of(w: &World, place: &str) -> u64 {
         format!("the served tensor data is {len} bytes; these scenarios need more than two 16 KiB leaves"),
     );
     let last_leaf = (len - 1) / digest::LEAF_BYTES * digest::LEAF_BYTES;
-    let mut r = [0u8; 8];
-    getrandom::fill(&mut r).expect("random bytes");
-    let rnd = u64::from_le_bytes(r) as usize;
+    let rnd = crate::steps::world::replayable_random(&w.scenario, place) as usize;
     let off = match place {
         "the first byte" => 0,
         "the last byte" => len - 1,
@@ -166,7 +164,7 @@ fn offset_of(w: &World, place: &str) -> u64 {
         }
         other => w.fail(format!("unknown place {other:?}")),
     };
-    println!("flipping resident byte {off} of {len} ({place})");
+    println!("flipping resident byte {off} of {len} ({place}; replay with the run's BDD_SEED)");
     off as u64
 }
 

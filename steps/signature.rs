@@ -4,7 +4,7 @@
 //! recipe of docs/operations.md does. Key and signature files go into the
 //! scenario's own folder; commits carry the signature as 128 hex digits.
 
-use crate::steps::http::{send, send_with, Auth};
+use crate::steps::http::{send_with, Auth};
 use crate::steps::process::{prepare, start_ready};
 use crate::steps::world::World;
 use cucumber::{given, when};
@@ -110,14 +110,7 @@ async fn commit_signed(w: &mut World, which: String, how: String) {
 pub async fn commit_with_signature(w: &mut World, model_ref: &str, signature_hex: &str) {
     let shard = w.handle_id().await;
     let body = json!({"model_ref": model_ref, "shard_id": shard, "shard_index": 0, "signature": signature_hex});
-    send(
-        w,
-        "POST",
-        "/worker/commit",
-        Some(body.to_string()),
-        Auth::Token,
-    )
-    .await;
+    crate::steps::http::post_commit(w, body).await;
 }
 
 #[when(

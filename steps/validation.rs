@@ -22,11 +22,7 @@ fn check_refusal(w: &World, r: &crate::steps::world::Response, field: &str, what
         format!("{what}: expected HTTP 400, got {}: {}", r.status, r.text),
     );
     assert_error_body(w, r, "INVALID_PARAMS");
-    let msg = r
-        .json
-        .as_ref()
-        .and_then(|j| j["message"].as_str())
-        .unwrap_or_default();
+    let msg = crate::steps::http::error_message(&r);
     w.check(
         msg.contains(field),
         format!("{what}: the message {msg:?} does not name {field:?}"),
@@ -58,14 +54,7 @@ async fn bad_ids(w: &mut World, field: String, step: &Step) {
     let model = w.model_name.clone();
     for row in rows(w, step) {
         let body = json!({"model_ref": model, "shard_id": row[0], "shard_index": 0});
-        let r = send(
-            w,
-            "POST",
-            "/worker/commit",
-            Some(body.to_string()),
-            Auth::Token,
-        )
-        .await;
+        let r = crate::steps::http::post_commit(w, body).await;
         check_refusal(w, &r, &field, &row[0]);
     }
 }

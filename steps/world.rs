@@ -46,6 +46,22 @@ pub struct RunCtx {
     /// Cleared for the control run, which repeats the scenarios that failed
     /// under the mutant without it (a kill must be the mutant's doing).
     pub mutant_on: std::sync::atomic::AtomicBool,
+    /// `BDD_SEED`: where the scenarios' random choices (flip offsets) come
+    /// from; printed and recorded so that a failing run can be replayed.
+    pub random_seed: u64,
+}
+
+/// A replayable random number for `what` in the scenario `scenario`: the
+/// run's seed and both names, mixed (SplitMix64 over an FNV-1a hash).
+pub fn replayable_random(scenario: &str, what: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in scenario.bytes().chain([0]).chain(what.bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+    }
+    let mut z = (ctx().random_seed ^ h).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Start a child of the worker binary under this run's mutant, if any (see `mutant`).
