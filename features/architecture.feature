@@ -17,6 +17,16 @@ Feature: Architecture and process model
     Then the worker's lifecycle states so far are "starting", "loading", "ready"
     And the worker log shows, in order, the start-up commit, its verified digest, its seal and the state "ready"
 
+  @WORKER-4031 @WORKER-4113 @WORKER-4227
+  Scenario: A start-up load whose resident bytes differ from the file is never sealed and the worker never turns Ready
+    Given a worker configured for the tiny test model
+    And the start-up load will flip resident byte 100
+    When the worker is started
+    Then the worker exits with code 5 within 30 seconds
+    And the worker log has no "digest_verified" event
+    And the worker log has no "sealed" event
+    And the worker's lifecycle states never include "ready"
+
   @WORKER-4030 @SCHEDULER-M0-005
   Scenario: While a job runs the health check says executing
     Given a worker serving the larger test model

@@ -214,6 +214,15 @@ pub const WORKER_ORCD_MUTANT: EnvVar = EnvVar {
           turn on, so the BDD suite can show that its scenarios notice it. Release builds ignore it.",
 };
 
+/// Tests only: a fault injected into the start-up commit (issue 10).
+pub const WORKER_ORCD_STARTUP_FAULT: EnvVar = EnvVar {
+    name: "WORKER_ORCD_STARTUP_FAULT",
+    default: None,
+    doc: "Tests only: in a test-hooks build, `flip_resident_byte:<offset>` flips one resident byte \
+          after the start-up load and before its digest is verified, so the BDD suite can show that \
+          a corrupted load is never sealed. Release builds ignore it.",
+};
+
 /// Every variable, in the order `docs/operations.md` lists them.
 pub const ALL: &[EnvVar] = &[
     API_TOKEN_FILE,
@@ -241,6 +250,7 @@ pub const ALL: &[EnvVar] = &[
     PROOF_DIR,
     RUN_ID,
     WORKER_ORCD_MUTANT,
+    WORKER_ORCD_STARTUP_FAULT,
 ];
 
 /// How configuration code looks a variable up. Tests pass a map instead of the

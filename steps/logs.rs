@@ -463,6 +463,28 @@ async fn verified_before_seal(w: &mut World, shard: String) {
     );
 }
 
+#[then(regex = r#"^the worker's lifecycle states never include "([a-z]+)"$"#)]
+fn lifecycle_never(w: &mut World, state: String) {
+    let got = lifecycle_states(&json_lines(w));
+    w.check(
+        !got.is_empty() && !got.contains(&state),
+        format!("expected lifecycle events without {state:?}, the worker logged {got:?}"),
+    );
+}
+
+#[then(regex = r#"^the worker log has no "([a-z_]+)" event$"#)]
+fn no_event(w: &mut World, event: String) {
+    let lines = json_lines(w);
+    let hit = find_line(&lines, 0, &[("event", &event)]);
+    w.check(
+        hit.is_none(),
+        format!(
+            "the worker logged a {event} event (line {hit:?}); events: {:?}",
+            event_summary(&lines)
+        ),
+    );
+}
+
 #[then(regex = r#"^no worker log event "([a-z_]+)" names shard "([^"]+)"$"#)]
 fn no_event_for_shard(w: &mut World, event: String, shard: String) {
     let lines = json_lines(w);

@@ -183,3 +183,13 @@ async fn flip_at(w: &mut World, place: String) {
         ),
     );
 }
+
+/// 4031/4113 at start-up: the test build corrupts one resident byte after the
+/// load and before the digest check (`WORKER_ORCD_STARTUP_FAULT`).
+#[given(regex = r"^the start-up load will flip resident byte (\d+)$")]
+fn startup_flip(w: &mut World, offset: u64) {
+    w.env.push((
+        worker_orcd::env::WORKER_ORCD_STARTUP_FAULT.name.to_string(),
+        Some(format!("flip_resident_byte:{offset}")),
+    ));
+}

@@ -200,6 +200,8 @@ pub fn load(
         threads: 0,
     };
     let mut engine = crate::engine::load_engine(cfg.backend, &g, &mc, &w, &opts)?;
+    #[cfg(feature = "test-hooks")]
+    inject_startup_fault(engine.as_mut())?;
     // Steps 4 and 5.
     let expected = digest::resident_digest(g.data_section());
     // Timed because every job repeats this digest before it starts (predicted_start_ms).
@@ -250,6 +252,31 @@ pub fn load(
         seal_check_ms: seal_check_ms.into(),
     };
     Ok((model, engine))
+}
+
+/// Test builds: corrupt the freshly loaded bytes as `WORKER_ORCD_STARTUP_FAULT`
+/// asks, so that a scenario can show the start-up commit refuses to seal them.
+#[cfg(feature = "test-hooks")]
+fn inject_startup_fault(engine: &mut dyn Engine) -> Result<()> {
+    let Some(spec) = crate::env::WORKER_ORCD_STARTUP_FAULT.get() else {
+        return Ok(());
+    };
+    let offset = spec
+        .strip_prefix("flip_resident_byte:")
+        .and_then(|o| o.parse::<u64>().ok())
+        .ok_or_else(|| WorkerError::InvalidConfig {
+            message: format!(
+                "WORKER_ORCD_STARTUP_FAULT={spec:?} is not flip_resident_byte:<offset>"
+            ),
+        })?;
+    tracing::warn!(
+        offset,
+        human = %format!(
+            "Test build: flipping resident byte {offset} after the start-up load, as WORKER_ORCD_STARTUP_FAULT asks."
+        ),
+        "startup fault injected"
+    );
+    engine.inject_fault(crate::engine::Fault::FlipResidentByte { offset })
 }
 
 /// Commit by path (4220–4227): the file named by `path`, else `model_ref`,
