@@ -45,6 +45,43 @@ fn token_file_modes() {
     }
 }
 
+/// The documented bounds, each at the limit and one past it: a file of at
+/// most 64 KiB, at most 64 distinct tokens, tokens of at most 4096 bytes.
+#[test]
+fn token_file_bounds_hold_exactly_at_their_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    // 64 KiB exactly: one token, then comment lines padding the file.
+    let sized = |len: usize| {
+        let mut text = String::from("secret-token-aaaaaaaa\n");
+        while text.len() < len {
+            let room = len - text.len();
+            let line = "#".repeat(room.min(100).saturating_sub(1));
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text.truncate(len);
+        text
+    };
+    let p = token_file(&dir, &sized(64 * 1024), 0o600);
+    assert!(Credentials::from_file(&p).is_ok(), "a 64 KiB token file is allowed");
+    let p = token_file(&dir, &sized(64 * 1024 + 1), 0o600);
+    let e = Credentials::from_file(&p).unwrap_err();
+    assert!(e.message.contains("at most 65536 bytes"), "{e}");
+
+    let tokens = |n: usize| -> String { (0..n).map(|i| format!("token-number-{i:04}\n")).collect() };
+    assert_eq!(Credentials::from_text(&tokens(64), "t").unwrap().fp6_list().len(), 64);
+    let e = Credentials::from_text(&tokens(65), "t").unwrap_err();
+    assert!(e.message.contains("more than 64 tokens"), "{e}");
+    // A repeated token is one token: 64 distinct plus a repeat is allowed.
+    let repeated = tokens(64) + "token-number-0000\n";
+    assert_eq!(Credentials::from_text(&repeated, "t").unwrap().fp6_list().len(), 64);
+
+    let long = "a".repeat(4096);
+    assert!(Credentials::from_text(&long, "t").is_ok(), "a 4096-byte token is allowed");
+    let e = Credentials::from_text(&"a".repeat(4097), "t").unwrap_err();
+    assert!(e.message.contains("longer than 4096 bytes"), "{e}");
+}
+
 #[test]
 fn missing_empty_and_unreadable_token_files_fail() {
     let dir = tempfile::tempdir().unwrap();
