@@ -77,6 +77,15 @@ Feature: Privileges and credentials
     Then the worker exits with code 2 within 10 seconds
     And the worker log mentions "token"
 
+  @WORKER-4913 @root
+  Scenario: A token file the worker's user cannot reach stops start-up with advice on its ownership
+    Given a worker configured for the tiny test model
+    And the token file lies in a folder only root can enter
+    When the worker is started as an unprivileged user
+    Then the worker exits with code 2 within 10 seconds
+    And the worker log mentions "cannot reach it"
+    And the worker log mentions "chown worker-orcd"
+
   @WORKER-4913
   Scenario: An empty token file stops start-up at once
     Given a worker configured for the tiny test model

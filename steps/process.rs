@@ -493,6 +493,20 @@ const NOBODY: u32 = 65534;
 #[given("a worker serving the tiny test model as an unprivileged user")]
 async fn serving_unprivileged(w: &mut World) {
     prepare(w, "tiny").await;
+    hand_to_nobody(w);
+    start_ready(w).await;
+}
+
+/// A folder inside the scenario folder that stays root's alone when the
+/// folder is handed to `nobody` (see `hand_to_nobody`).
+pub fn root_only_dir(w: &World) -> PathBuf {
+    w.dir.path().join("root-only")
+}
+
+/// As root: the next start runs the worker as `nobody`, owning the scenario
+/// folder (but not `root_only_dir`). As another user: nothing to do, the
+/// worker already runs unprivileged.
+fn hand_to_nobody(w: &mut World) {
     if running_as_root() {
         // The worker must reach its files as `nobody`: open the path to the
         // scenario folder and hand the folder over.
@@ -510,9 +524,29 @@ async fn serving_unprivileged(w: &mut World) {
             ok,
             "could not hand the scenario folder to the unprivileged user",
         );
+        let locked = root_only_dir(w);
+        if locked.is_dir() {
+            let ok = std::process::Command::new("chown")
+                .args(["-R", "0:0"])
+                .arg(&locked)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            w.check(ok, "could not give the root-only folder back to root");
+            std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700))
+                .expect("chmod the root-only folder");
+        }
         w.run_as = Some(NOBODY);
     }
-    start_ready(w).await;
+}
+
+#[when("the worker is started as an unprivileged user")]
+async fn started_unprivileged(w: &mut World) {
+    hand_to_nobody(w);
+    spawn(w).await;
+    if let Err(code) = wait_ready_or_exit(w, start_deadline()).await {
+        w.start_exit = Some(code.unwrap_or(-1));
+    }
 }
 
 #[then(regex = r"^the worker exits with a non-zero code within (\d+) seconds$")]

@@ -37,6 +37,21 @@ fn token_file_state(w: &mut World, state: String) {
     }
 }
 
+/// The token file moves into a folder only root may enter (mode 0700): the
+/// worker, started as another user, cannot even look at it.
+#[given("the token file lies in a folder only root can enter")]
+fn token_file_root_only(w: &mut World) {
+    let d = crate::steps::process::root_only_dir(w);
+    std::fs::create_dir_all(&d).expect("create the root-only folder");
+    let moved = d.join("worker-token");
+    write_token_file(&moved, &format!("{}\n", w.token), 0o600);
+    let _ = std::fs::remove_file(&w.token_file);
+    w.config.insert(
+        "api_token_file".into(),
+        serde_json::Value::String(moved.display().to_string()),
+    );
+}
+
 #[given(
     regex = r#"^the token file is placed as "worker-token" in a directory named by CREDENTIALS_DIRECTORY$"#
 )]
