@@ -38,6 +38,22 @@ Feature: Inference kernels and determinism
     And I execute "Once upon a time" with seed 11, temperature 0.7 and max_tokens 16
     Then the token stream equals the remembered one
 
+  @WORKER-4710
+  Scenario: The generate command and the daemon give the same text and count the same tokens for a request that ends with end-of-sequence
+    Given a worker serving the tiny test model
+    When I execute "Once upon a time" with seed 3, temperature 1.5 and max_tokens 40
+    And I run generate on the served model with "Once upon a time", seed 3, temperature 1.5 and max_tokens 40
+    Then the end event's finish_reason is "eos"
+    And generate printed exactly the stream's text and counted its tokens and finish reason
+
+  @WORKER-4710
+  Scenario: The generate command and the daemon agree on a greedy request that ends at its token limit
+    Given a worker serving the tiny test model
+    When I execute "Hello" with seed 0, temperature 0 and max_tokens 12
+    And I run generate on the served model with "Hello", seed 0, temperature 0 and max_tokens 12
+    Then the end event's finish_reason is "length"
+    And generate printed exactly the stream's text and counted its tokens and finish reason
+
   @WORKER-4710 @snapshot
   Scenario: The greedy stream of the tiny test model matches its reviewed snapshot
     Given a worker serving the tiny test model

@@ -42,6 +42,18 @@ Feature: Input validation and model security
       | {"max_tokens": 4, "top_k": -1}        | top_k       |
       | {"max_tokens": 0}                     | max_tokens  |
 
+  @WORKER-4243 @WORKER-4242
+  Scenario: The generate command refuses what Execute refuses, naming the same field
+    Given a worker serving the tiny test model
+    Then generate and Execute both refuse each of these, naming the same field:
+      | prompt  | generate flags          | params                                | field       |
+      | "Hello" | --max-tokens 0          | {"max_tokens": 0}                     | max_tokens  |
+      | "Hello" | --max-tokens 5000       | {"max_tokens": 5000}                  | max_tokens  |
+      | "Hello" | --temperature 2.5       | {"temperature": 2.5}                  | temperature |
+      | "Hello" | --top-p 0               | {"top_p": 0}                          | top_p       |
+      | "Hello" | --top-k 2000000         | {"top_k": 2000000}                    | top_k       |
+      | ""      | --chat                  | {}                                    | prompt      |
+
   @WORKER-4243
   Scenario: max_tokens above the configured limit is refused
     Given a worker serving the tiny test model

@@ -5,6 +5,7 @@ pub mod apparmor;
 pub mod build_check;
 pub mod callback;
 pub mod capability;
+pub mod cli;
 pub mod config;
 pub mod determinism;
 pub mod digest;

@@ -161,6 +161,8 @@ pub struct World {
     /// Every response body seen, for the no-pointer scan.
     pub bodies: Vec<String>,
     pub streams: Vec<Stream>,
+    /// What each `generate` run of the scenario printed (steps/cli.rs).
+    pub generate_runs: Vec<crate::steps::cli::GenerateRun>,
     pub background: Option<BackgroundStream>,
     pub cancel: Option<crate::steps::sse::CancelRecord>,
     pub deploy: Option<crate::steps::apparmor::Deploy>,
@@ -227,6 +229,7 @@ impl World {
             last: None,
             bodies: Vec::new(),
             streams: Vec::new(),
+            generate_runs: Vec::new(),
             background: None,
             cancel: None,
             deploy: None,

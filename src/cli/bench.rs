@@ -12,6 +12,7 @@
 //! attention reads a longer cache) is reported beside it, not compared.
 
 use super::generate::{check_root, exit_code_for, make_engine, open_model, BackendArg};
+use crate::engine::sequence::{EventSink, GenerationParams, Sequence};
 use crate::engine::{BackendKind, LoadOptions, SamplingParams};
 use crate::error::{Result, WorkerError};
 use serde::Serialize;
@@ -156,7 +157,9 @@ fn bench(a: &BenchArgs) -> Result<()> {
         a.threads
     };
     let opts = LoadOptions {
-        max_context: need,
+        // One position more than the tokens forwarded: the sequence samples
+        // its last token where a further one would still fit.
+        max_context: need + 1,
         gpu_device: a.gpu_device,
         threads: a.threads,
     };
@@ -172,31 +175,43 @@ fn bench(a: &BenchArgs) -> Result<()> {
         .map(|i| ((i * 7919 + 1000) % vocab) as u32)
         .collect();
     let (mut pre, mut dec, mut dec0) = (Vec::new(), Vec::new(), Vec::new());
+    // Greedy sequences through the daemon's decode loop (engine::sequence),
+    // through end-of-generation tokens so that every run has the same length.
     // Each phase ends with a sample, which waits for the device: prefill is
     // the prompt's forward plus choosing the first token, a decode step is one
     // forward plus choosing the next. Sampling stays on the engine (on the
     // GPU for cuda) so no full logits vector crosses to the host per token.
+    let greedy = |max_tokens: usize| GenerationParams {
+        max_tokens: max_tokens as u32,
+        sampling: SamplingParams::GREEDY,
+        seed: 0,
+        stop: Vec::new(),
+    };
+    let max_ctx = eng.max_context();
     for _ in 0..a.reps {
-        eng.reset();
-        let t = Instant::now();
-        eng.forward(&prompt, 0)?;
-        let mut next = eng.sample(&SamplingParams::GREEDY, 0.0)?;
-        pre.push(a.prompt_tokens as f64 / t.elapsed().as_secs_f64().max(1e-9));
-        let t = Instant::now();
-        for i in 0..a.gen_tokens {
-            eng.forward(&[next], a.prompt_tokens + i)?;
-            next = eng.sample(&SamplingParams::GREEDY, 0.0)?;
-        }
-        dec.push(a.gen_tokens as f64 / t.elapsed().as_secs_f64().max(1e-9));
+        // pp512, then 128 decode steps after the prompt.
+        let mut seq = Sequence::new(
+            &m.tokenizer,
+            prompt.clone(),
+            greedy(a.gen_tokens + 1),
+            max_ctx,
+            Discard,
+        )?
+        .ignoring_eos();
+        let (_, t) = seq.run(eng.as_mut())?;
+        pre.push(a.prompt_tokens as f64 / t.first_token.as_secs_f64().max(1e-9));
+        dec.push(a.gen_tokens as f64 / (t.end - t.first_token).as_secs_f64().max(1e-9));
         // tg128: generation from an empty context, one token per step from position 0.
-        eng.reset();
-        let mut next = prompt[0];
-        let t = Instant::now();
-        for i in 0..a.gen_tokens {
-            eng.forward(&[next], i)?;
-            next = eng.sample(&SamplingParams::GREEDY, 0.0)?;
-        }
-        dec0.push(a.gen_tokens as f64 / t.elapsed().as_secs_f64().max(1e-9));
+        let mut seq = Sequence::new(
+            &m.tokenizer,
+            vec![prompt[0]],
+            greedy(a.gen_tokens),
+            max_ctx,
+            Discard,
+        )?
+        .ignoring_eos();
+        let (_, t) = seq.run(eng.as_mut())?;
+        dec0.push(a.gen_tokens as f64 / t.end.as_secs_f64().max(1e-9));
     }
     let (prefill_tok_s, decode_tok_s, decode_after_prompt_tok_s) =
         (median(pre), median(dec0), median(dec));
@@ -243,6 +258,19 @@ fn bench(a: &BenchArgs) -> Result<()> {
     };
     print_table(&r);
     write_files(a, &r)
+}
+
+/// A benchmark's tokens go nowhere, and nothing stops it.
+struct Discard;
+
+impl EventSink for Discard {
+    fn check(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn token(&mut self, _index: u64, _text: String) -> Result<()> {
+        Ok(())
+    }
 }
 
 fn print_table(r: &BenchResult) {

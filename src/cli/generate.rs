@@ -6,18 +6,24 @@
 //! tokens/s, seed) ends on stderr. Like the daemon it refuses to run as root
 //! unless `--allow-root` is given. The model loading helpers here are shared
 //! with `bench`.
+//!
+//! It accepts and refuses what the daemon's Execute does (issue 11 point 2):
+//! the prompt and the parameters go through the same validation
+//! (`http::validate::prompt_text`, `generation_params`, with the
+//! configuration's default limits), the same default seed, and the same
+//! decode loop (`engine::sequence`), so the same request counts the same
+//! tokens here and in the daemon's `end` event.
 
-use crate::engine::rng::SamplerRng;
-use crate::engine::sampler::StopMatcher;
-use crate::engine::{BackendKind, Engine, LoadOptions, SamplingParams};
+use crate::engine::sequence::{EventSink, Sequence};
+use crate::engine::{BackendKind, Engine, LoadOptions};
 use crate::error::{Result, WorkerError};
+use crate::http::validate::{self, Limits};
 use crate::model::arch::{self, ModelConfig, ModelWeights};
 use crate::model::gguf::{GgufFile, GgufLimits};
 use crate::model::tokenizer::Tokenizer;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendArg {
@@ -42,21 +48,22 @@ pub struct GenerateArgs {
     /// Prompt text; special tokens such as `<|im_start|>` are recognised.
     #[arg(long)]
     pub prompt: String,
-    /// Most tokens to generate.
-    #[arg(long, default_value_t = 128)]
-    pub max_tokens: usize,
-    /// Sampling seed (default: random, printed in the summary).
+    /// Most tokens to generate, 1..=4096 (Execute's `max_tokens`; its
+    /// default when absent is 256).
+    #[arg(long)]
+    pub max_tokens: Option<u64>,
+    /// Sampling seed (Execute's `seed`; default 0, like the daemon's).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// 0 = greedy.
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f32,
+    /// 0 = greedy; at most 2.
+    #[arg(long)]
+    pub temperature: Option<f64>,
     /// 0 = no top-k filter (the candidate pool is still capped at 1024).
-    #[arg(long, default_value_t = 0)]
-    pub top_k: u32,
+    #[arg(long)]
+    pub top_k: Option<u64>,
     /// Nucleus sampling mass in (0, 1].
-    #[arg(long, default_value_t = 1.0)]
-    pub top_p: f32,
+    #[arg(long)]
+    pub top_p: Option<f64>,
     /// Stop when this text is generated (repeatable); it is not printed.
     #[arg(long)]
     pub stop: Vec<String>,
@@ -156,30 +163,51 @@ pub fn run(args: GenerateArgs) -> ExitCode {
     }
 }
 
-fn generate(args: &GenerateArgs) -> Result<()> {
-    check_root(args.allow_root)?;
-    if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
-        return Err(WorkerError::invalid(
-            "--temperature must be a finite number >= 0",
-        ));
-    }
-    if !(args.top_p > 0.0 && args.top_p <= 1.0) {
-        return Err(WorkerError::invalid("--top-p must be in (0, 1]"));
-    }
-    let params = SamplingParams {
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-    };
-    let seed = match args.seed {
-        Some(s) => s,
-        None => {
-            let mut b = [0u8; 8];
-            getrandom::fill(&mut b)
-                .map_err(|e| WorkerError::internal(format!("no random seed: {e}")))?;
-            u64::from_le_bytes(b)
+/// The flags as the `params` object of an Execute request: absent flags are
+/// absent fields, so the daemon's defaults apply to both.
+fn params_json(args: &GenerateArgs) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    let mut put = |k: &str, v: Option<serde_json::Value>| {
+        if let Some(v) = v {
+            m.insert(k.to_string(), v);
         }
     };
+    put("max_tokens", args.max_tokens.map(Into::into));
+    put("seed", args.seed.map(Into::into));
+    put("temperature", args.temperature.map(Into::into));
+    put("top_k", args.top_k.map(Into::into));
+    put("top_p", args.top_p.map(Into::into));
+    if !args.stop.is_empty() {
+        put("stop", Some(args.stop.clone().into()));
+    }
+    serde_json::Value::Object(m)
+}
+
+/// Generated text goes to stdout as it arrives.
+struct StdoutSink<'a> {
+    out: std::io::StdoutLock<'a>,
+}
+
+impl EventSink for StdoutSink<'_> {
+    fn check(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn token(&mut self, _index: u64, text: String) -> Result<()> {
+        self.out
+            .write_all(text.as_bytes())
+            .and_then(|()| self.out.flush())
+            .map_err(|e| WorkerError::internal(format!("could not write to stdout: {e}")))
+    }
+}
+
+fn generate(args: &GenerateArgs) -> Result<()> {
+    check_root(args.allow_root)?;
+    let lim = Limits::default();
+    // The prompt as the user wrote it, before any template: an empty
+    // question is refused even though its chat wrapping is not empty.
+    validate::prompt_text(&args.prompt, &lim)?;
+    let params = validate::generation_params(params_json(args), &lim)?;
     let m = open_model(&args.model)?;
     let text = if args.chat {
         chat_wrap(&args.prompt)
@@ -187,78 +215,29 @@ fn generate(args: &GenerateArgs) -> Result<()> {
         args.prompt.clone()
     };
     let prompt = m.tokenizer.encode(&text, true)?;
-    if prompt.is_empty() {
-        return Err(WorkerError::invalid(
-            "the prompt is empty after tokenization",
-        ));
-    }
-    let need = prompt.len() + args.max_tokens;
-    if prompt.len() >= m.cfg.context_length {
-        return Err(WorkerError::invalid(format!(
-            "the prompt has {} tokens; the model's context holds {}",
-            prompt.len(),
-            m.cfg.context_length
-        )));
-    }
+    crate::engine::sequence::check_prompt_fits(prompt.len(), m.cfg.context_length)?;
+    let need = prompt.len() + params.max_tokens as usize;
     let opts = LoadOptions {
         max_context: need.min(m.cfg.context_length),
         gpu_device: args.gpu_device,
         threads: args.threads,
     };
     let mut eng = make_engine(args.backend.into(), &m, &opts)?;
-    let max_new = args.max_tokens.min(eng.max_context() - prompt.len());
-
-    let mut rng = SamplerRng::new(seed);
-    let mut stream = m.tokenizer.stream();
-    let mut stops = StopMatcher::new(&args.stop);
-    let mut out = std::io::stdout().lock();
-    let write = |out: &mut std::io::StdoutLock<'_>, s: &str| -> Result<()> {
-        out.write_all(s.as_bytes())
-            .and_then(|()| out.flush())
-            .map_err(|e| WorkerError::internal(format!("could not write to stdout: {e}")))
+    let seed = params.seed;
+    let sink = StdoutSink {
+        out: std::io::stdout().lock(),
     };
-
-    let t0 = Instant::now();
-    eng.forward(&prompt, 0)?;
-    let prefill_s = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
-    let mut produced = 0usize;
-    let mut reason = "length";
-    for i in 0..max_new {
-        let draw = rng.next_draw();
-        let id = eng.sample(&params, draw)?;
-        produced += 1;
-        if m.tokenizer.is_eog(id) {
-            reason = "eos";
-            break;
-        }
-        let piece = stream.push(id)?;
-        let s = stops.push(&piece);
-        write(&mut out, &s.emit)?;
-        if s.stopped {
-            reason = "stop";
-            break;
-        }
-        if i + 1 < max_new {
-            eng.forward(&[id], prompt.len() + i)?;
-        }
-    }
-    if reason != "stop" {
-        let tail = stream.finish();
-        let s = stops.push(&tail);
-        write(&mut out, &s.emit)?;
-        if !s.stopped {
-            write(&mut out, &stops.finish())?;
-        }
-    }
-    let decode_s = t1.elapsed().as_secs_f64();
+    let mut seq = Sequence::new(&m.tokenizer, prompt, params, eng.max_context(), sink)?;
+    let (finish, times) = seq.run(eng.as_mut())?;
+    let decode_s = times.end.saturating_sub(times.prefill).as_secs_f64();
     eprintln!(
-        "\n[{}] tokens in {} out {} ({reason}); prefill {:.1} tok/s, decode {:.1} tok/s; seed {seed}",
+        "\n[{}] tokens in {} out {} ({}); prefill {:.1} tok/s, decode {:.1} tok/s; seed {seed}",
         eng.backend().as_str(),
-        prompt.len(),
-        produced,
-        prompt.len() as f64 / prefill_s.max(1e-9),
-        produced as f64 / decode_s.max(1e-9),
+        seq.tokens_in(),
+        seq.tokens_out(),
+        finish.as_str(),
+        seq.tokens_in() as f64 / times.prefill.as_secs_f64().max(1e-9),
+        seq.tokens_out() as f64 / decode_s.max(1e-9),
     );
     Ok(())
 }

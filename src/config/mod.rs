@@ -245,6 +245,8 @@ pub const DEFAULT_MODEL_ROOT: &str = "/var/lib/llorch/models";
 pub const CREDENTIAL_NAME: &str = "worker-token";
 /// Default `max_prompt_len`, in characters (WORKER-4242).
 pub const DEFAULT_MAX_PROMPT_LEN: u64 = 100_000;
+/// Default `max_tokens` limit of a request (WORKER-4243).
+pub const DEFAULT_MAX_TOKENS_LIMIT: u32 = 4096;
 /// Largest accepted `max_prompt_len`: the largest request body, 64 MiB.
 pub const MAX_PROMPT_LEN_LIMIT: u64 = 64 << 20;
 /// Default `state_dir` when neither it nor systemd's `$STATE_DIRECTORY` is set.
@@ -361,7 +363,13 @@ fn build(m: &Layer, lookup: env::Lookup<'_>) -> Result<Config, ConfigError> {
             "accepted value is 1: this build runs exactly one job at a time (milestone M0); set slots_total to 1 or leave it out",
         ));
     }
-    let max_tokens = keys::uint(m, "max_tokens", 1, 1 << 20, 4096)? as u32;
+    let max_tokens = keys::uint(
+        m,
+        "max_tokens",
+        1,
+        1 << 20,
+        u64::from(DEFAULT_MAX_TOKENS_LIMIT),
+    )? as u32;
     let max_context = keys::uint(m, "max_context", 16, 1 << 20, 4096)? as usize;
     // Characters, as WORKER-4242 words it; the token bound is max_context.
     let max_prompt_len = keys::uint(

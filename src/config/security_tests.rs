@@ -63,21 +63,40 @@ fn token_file_bounds_hold_exactly_at_their_limits() {
         text
     };
     let p = token_file(&dir, &sized(64 * 1024), 0o600);
-    assert!(Credentials::from_file(&p).is_ok(), "a 64 KiB token file is allowed");
+    assert!(
+        Credentials::from_file(&p).is_ok(),
+        "a 64 KiB token file is allowed"
+    );
     let p = token_file(&dir, &sized(64 * 1024 + 1), 0o600);
     let e = Credentials::from_file(&p).unwrap_err();
     assert!(e.message.contains("at most 65536 bytes"), "{e}");
 
-    let tokens = |n: usize| -> String { (0..n).map(|i| format!("token-number-{i:04}\n")).collect() };
-    assert_eq!(Credentials::from_text(&tokens(64), "t").unwrap().fp6_list().len(), 64);
+    let tokens =
+        |n: usize| -> String { (0..n).map(|i| format!("token-number-{i:04}\n")).collect() };
+    assert_eq!(
+        Credentials::from_text(&tokens(64), "t")
+            .unwrap()
+            .fp6_list()
+            .len(),
+        64
+    );
     let e = Credentials::from_text(&tokens(65), "t").unwrap_err();
     assert!(e.message.contains("more than 64 tokens"), "{e}");
     // A repeated token is one token: 64 distinct plus a repeat is allowed.
     let repeated = tokens(64) + "token-number-0000\n";
-    assert_eq!(Credentials::from_text(&repeated, "t").unwrap().fp6_list().len(), 64);
+    assert_eq!(
+        Credentials::from_text(&repeated, "t")
+            .unwrap()
+            .fp6_list()
+            .len(),
+        64
+    );
 
     let long = "a".repeat(4096);
-    assert!(Credentials::from_text(&long, "t").is_ok(), "a 4096-byte token is allowed");
+    assert!(
+        Credentials::from_text(&long, "t").is_ok(),
+        "a 4096-byte token is allowed"
+    );
     let e = Credentials::from_text(&"a".repeat(4097), "t").unwrap_err();
     assert!(e.message.contains("longer than 4096 bytes"), "{e}");
 }

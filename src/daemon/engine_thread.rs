@@ -13,11 +13,9 @@
 use crate::daemon::app::AppState;
 use crate::daemon::scheduler::{JobCtl, SlotGuard};
 use crate::daemon::state::Lifecycle;
-use crate::engine::rng::SamplerRng;
-use crate::engine::sampler::StopMatcher;
+use crate::engine::sequence::{self, EventSink, Finish, GenerationParams, Sequence};
 use crate::engine::Engine;
 use crate::error::{Result, WorkerError};
-use crate::http::validate::ExecuteParams;
 use crate::telemetry::whole_ms_up;
 use serde::Serialize;
 use std::sync::mpsc;
@@ -57,7 +55,7 @@ pub struct Job {
     pub id: String,
     pub correlation_id: String,
     pub prompt_ids: Vec<u32>,
-    pub params: ExecuteParams,
+    pub params: GenerationParams,
     pub slot: SlotGuard,
     pub events: tmpsc::Sender<JobEvent>,
     pub deadline: Instant,
@@ -67,7 +65,7 @@ pub struct Job {
 /// What `generate` needs of a job (the slot stays with `run_job`).
 struct JobRef<'a> {
     prompt_ids: &'a [u32],
-    params: &'a ExecuteParams,
+    params: &'a GenerationParams,
     deadline: Instant,
     events: &'a tmpsc::Sender<JobEvent>,
     enqueued: Instant,
@@ -169,23 +167,6 @@ impl Drop for EngineLoop {
     }
 }
 
-/// How a job ended without error.
-enum Finish {
-    Eos,
-    Length,
-    Stop,
-}
-
-impl Finish {
-    fn as_str(&self) -> &'static str {
-        match self {
-            Self::Eos => "eos",
-            Self::Length => "length",
-            Self::Stop => "stop",
-        }
-    }
-}
-
 fn cancelled() -> WorkerError {
     WorkerError::Cancelled {
         message: "the job was cancelled by its owner or its client disconnected".into(),
@@ -270,7 +251,7 @@ impl EngineLoop {
                     decode_time_ms, finish_reason = finish.as_str(),
                     human = %format!(
                         "Finished a job: generated {tokens_out} tokens in {decode_time_ms} ms, stopped because of {}.",
-                        match finish { Finish::Eos => "the end-of-sequence token", Finish::Length => "the token limit", Finish::Stop => "a stop sequence" }
+                        finish.phrase()
                     ),
                     "job finished"
                 );
@@ -376,11 +357,7 @@ impl EngineLoop {
         let p = &job.params;
         let n_in = job.prompt_ids.len();
         let max_ctx = engine.max_context();
-        if n_in == 0 || n_in >= max_ctx {
-            return Err(WorkerError::invalid(format!(
-                "the prompt is {n_in} tokens; this worker's context holds {max_ctx} tokens"
-            )));
-        }
+        sequence::check_prompt_fits(n_in, max_ctx)?;
         let queue = job.enqueued.elapsed();
         app.metrics.queue(queue.as_secs_f64());
         tracing::info!(
@@ -392,111 +369,35 @@ impl EngineLoop {
             ),
             "job started"
         );
-        let check = |ctl: &JobCtl| -> Result<()> {
-            if ctl.is_cancelled() {
-                return Err(cancelled());
-            }
-            if Instant::now() >= job.deadline {
-                return Err(WorkerError::Timeout {
-                    message: "the job ran past execution_timeout_ms and was stopped; ask for fewer tokens \
-                              or raise the timeout"
-                        .into(),
-                });
-            }
-            Ok(())
+        let sink = JobSink {
+            ctl,
+            events: job.events,
+            deadline: job.deadline,
+            app: &app,
+            queue,
+            started: Instant::now(),
+            first: None,
+            last: Instant::now(),
         };
-        let send = |ev: JobEvent| -> Result<()> {
-            // Checked right before the send so that no token follows an acknowledged cancel (4252).
-            if ctl.is_cancelled() {
-                return Err(cancelled());
-            }
-            job.events.blocking_send(ev).map_err(|_| {
-                ctl.cancel.store(true, std::sync::atomic::Ordering::SeqCst);
-                cancelled()
-            })
-        };
-
-        let t0 = Instant::now();
-        check(ctl)?;
-        engine.reset();
-        engine.forward(job.prompt_ids, 0)?;
-        let prefill = t0.elapsed();
-        let t_decode = Instant::now();
-        let mut rng = SamplerRng::new(p.seed);
-        let mut dec = tok.stream();
-        let mut stop = StopMatcher::new(&p.stop);
-        let mut pos = n_in;
-        let mut i: u64 = 0;
-        let mut ttft = None;
-        let mut last_tok = Instant::now();
-        // One token event per generated token (its text may be empty while a
-        // UTF-8 character or a possible stop sequence is incomplete), so that
-        // `tokens_out` equals the number of token events. The last event
-        // carries whatever was held back; an end-of-sequence token gets an
-        // event only when there is held-back text to deliver.
-        let finish = loop {
-            check(ctl)?;
-            let draw = rng.next_draw();
-            let id = engine.sample(&p.sampling, draw)?;
-            let eog = tok.is_eog(id);
-            let now = Instant::now();
-            match ttft {
-                None => {
-                    let d = t0.elapsed() + queue;
-                    ttft = Some(d);
-                    app.metrics.ttft(d.as_secs_f64());
-                }
-                Some(_) => app.metrics.itl((now - last_tok).as_secs_f64()),
-            }
-            last_tok = now;
-            let (text, done) = if eog {
-                let (t, stopped) = flush(&mut dec, &mut stop);
-                (t, Some(if stopped { Finish::Stop } else { Finish::Eos }))
-            } else {
-                let piece = dec.push(id).map_err(|e| {
-                    WorkerError::internal(format!(
-                        "the engine produced token {id} that the tokenizer cannot decode: {}",
-                        e.message()
-                    ))
-                })?;
-                let out = stop.push(&piece);
-                if out.stopped {
-                    (out.emit, Some(Finish::Stop))
-                } else if i + 1 >= u64::from(p.max_tokens) || pos + 1 >= max_ctx {
-                    let (rest, stopped) = flush(&mut dec, &mut stop);
-                    (
-                        out.emit + &rest,
-                        Some(if stopped {
-                            Finish::Stop
-                        } else {
-                            Finish::Length
-                        }),
-                    )
-                } else {
-                    (out.emit, None)
-                }
-            };
-            if !(eog && text.is_empty()) {
-                send(JobEvent::Token { t: text, i })?;
-                i += 1;
-            }
-            if let Some(f) = done {
-                break f;
-            }
-            engine.forward(&[id], pos)?;
-            pos += 1;
-        };
-        let n_out = i;
+        let mut seq = Sequence::new(
+            &tok,
+            job.prompt_ids.to_vec(),
+            job.params.clone(),
+            max_ctx,
+            sink,
+        )?;
+        let (finish, times) = seq.run(engine.as_mut())?;
+        let n_out = seq.tokens_out();
         app.metrics.prompt_tokens(n_in as u64);
         app.metrics.tokens(n_out);
-        let decode = t_decode.elapsed();
+        let decode = times.end.saturating_sub(times.prefill);
         let m = JobMetrics {
             tokens_in: n_in as u64,
             tokens_out: n_out,
             // Rounded up: a client never reads 0 ms for a sub-ms time (issue 10).
             queue_time_ms: whole_ms_up(queue),
-            prefill_time_ms: whole_ms_up(prefill),
-            time_to_first_token_ms: ttft.map(whole_ms_up).unwrap_or(0),
+            prefill_time_ms: whole_ms_up(times.prefill),
+            time_to_first_token_ms: whole_ms_up(times.first_token + queue),
             decode_time_ms: whole_ms_up(decode),
             tokens_per_second: if decode.as_secs_f64() > 0.0 {
                 n_out as f64 / decode.as_secs_f64()
@@ -508,16 +409,63 @@ impl EngineLoop {
     }
 }
 
-/// Release what the decoder and the stop matcher still hold at the end of
-/// generation; true when that text completes a stop sequence (then the stop
-/// text and anything after it are dropped).
-fn flush(
-    dec: &mut crate::model::tokenizer::StreamDecoder<'_>,
-    stop: &mut StopMatcher,
-) -> (String, bool) {
-    let out = stop.push(&dec.finish());
-    if out.stopped {
-        return (out.emit, true);
+/// Where a daemon job's tokens go: its SSE stream, through a bounded
+/// channel. The job stops at the next step when it is cancelled, its client
+/// is gone or its deadline has passed (4252, 4421).
+struct JobSink<'a> {
+    ctl: &'a JobCtl,
+    events: &'a tmpsc::Sender<JobEvent>,
+    deadline: Instant,
+    app: &'a AppState,
+    /// Time the job waited before it started, part of its time to first token.
+    queue: Duration,
+    started: Instant,
+    first: Option<Instant>,
+    last: Instant,
+}
+
+impl EventSink for JobSink<'_> {
+    fn check(&mut self) -> Result<()> {
+        if self.ctl.is_cancelled() {
+            return Err(cancelled());
+        }
+        if Instant::now() >= self.deadline {
+            return Err(WorkerError::Timeout {
+                message:
+                    "the job ran past execution_timeout_ms and was stopped; ask for fewer tokens \
+                          or raise the timeout"
+                        .into(),
+            });
+        }
+        Ok(())
     }
-    (out.emit + &stop.finish(), false)
+
+    fn token(&mut self, index: u64, text: String) -> Result<()> {
+        // Checked right before the send so that no token follows an acknowledged cancel (4252).
+        if self.ctl.is_cancelled() {
+            return Err(cancelled());
+        }
+        self.events
+            .blocking_send(JobEvent::Token { t: text, i: index })
+            .map_err(|_| {
+                self.ctl
+                    .cancel
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                cancelled()
+            })
+    }
+
+    fn sampled(&mut self) {
+        let now = Instant::now();
+        match self.first {
+            None => {
+                self.first = Some(now);
+                self.app
+                    .metrics
+                    .ttft((now - self.started + self.queue).as_secs_f64());
+            }
+            Some(_) => self.app.metrics.itl((now - self.last).as_secs_f64()),
+        }
+        self.last = now;
+    }
 }

@@ -13,6 +13,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod rng;
 pub mod sampler;
+pub mod sequence;
 
 use crate::error::Result;
 use crate::model::arch::ModelConfig;

@@ -64,7 +64,7 @@ async fn admit(app: &Arc<AppState>, caller: Caller, cid: CorrelationId, body: Bo
     if req.handle_id != handle.shard_id && model.is_retired(&req.handle_id) {
         return Err(WorkerError::HandleSuperseded {
             message: format!(
-                "handle_id {:?} was retired when a commit sealed the same model as shard {:?}; send the job                  with handle_id {:?} (see GET /worker/ready)",
+                "handle_id {:?} was retired when a commit sealed the same model as shard {:?}; send the job with handle_id {:?} (see GET /worker/ready)",
                 req.handle_id, handle.shard_id, handle.shard_id
             ),
         }
@@ -90,15 +90,7 @@ async fn admit(app: &Arc<AppState>, caller: Caller, cid: CorrelationId, body: Bo
     let ids = tokio::task::spawn_blocking(move || tok.encode(&prompt, true))
         .await
         .map_err(|e| WorkerError::internal(format!("tokenizer task failed: {e}")))??;
-    if ids.is_empty() || ids.len() >= model.max_context {
-        return Err(WorkerError::invalid(format!(
-            "field `prompt` is {} tokens; this worker's context holds {} tokens (max_context), leaving room for at \
-             least one generated token",
-            ids.len(),
-            model.max_context
-        ))
-        .into());
-    }
+    crate::engine::sequence::check_prompt_fits(ids.len(), model.max_context)?;
 
     let job_id = random_id("job-");
     let slot = app

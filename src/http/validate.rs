@@ -9,6 +9,7 @@
 //! `deny_unknown_fields`. Nothing here touches worker state, so a rejected
 //! request changes nothing (4305).
 
+use crate::engine::sequence::GenerationParams;
 use crate::engine::SamplingParams;
 use crate::error::{Result, WorkerError};
 use serde_json::{Map, Value};
@@ -31,6 +32,17 @@ pub const DEFAULT_SEED: u64 = 0;
 pub struct Limits {
     pub max_prompt_len: usize,
     pub max_tokens: u32,
+}
+
+impl Default for Limits {
+    /// The configuration's defaults (WORKER-4242, 4243): what `generate`
+    /// enforces, and the daemon when its configuration changes neither.
+    fn default() -> Self {
+        Self {
+            max_prompt_len: crate::config::DEFAULT_MAX_PROMPT_LEN as usize,
+            max_tokens: crate::config::DEFAULT_MAX_TOKENS_LIMIT,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,18 +70,10 @@ pub struct CommitRequest {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct ExecuteParams {
-    pub max_tokens: u32,
-    pub sampling: SamplingParams,
-    pub seed: u64,
-    pub stop: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
 pub struct ExecuteRequest {
     pub handle_id: String,
     pub prompt: String,
-    pub params: ExecuteParams,
+    pub params: GenerationParams,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,6 +262,20 @@ pub fn execute(bytes: &[u8], lim: &Limits) -> Result<ExecuteRequest> {
     let mut o = Obj::parse(bytes, "request body")?;
     let handle_id = ident(&o.req_str("handle_id")?, "handle_id")?;
     let prompt = o.req_str("prompt")?;
+    prompt_text(&prompt, lim)?;
+    let params = o.take("params").unwrap_or(Value::Null);
+    let params = generation_params(params, lim)?;
+    o.finish()?;
+    Ok(ExecuteRequest {
+        handle_id,
+        prompt,
+        params,
+    })
+}
+
+/// The checks of a prompt's text, for Execute and `generate` alike
+/// (WORKER-4242, 4244): not empty, no NUL, at most `max_prompt_len` characters.
+pub fn prompt_text(prompt: &str, lim: &Limits) -> Result<()> {
     if prompt.is_empty() {
         return Err(bad("field `prompt` must not be empty"));
     }
@@ -273,26 +291,26 @@ pub fn execute(bytes: &[u8], lim: &Limits) -> Result<ExecuteRequest> {
             lim.max_prompt_len
         )));
     }
-    let params = match o.take("params") {
-        None | Some(Value::Null) => Obj::new(Map::new(), "params"),
-        Some(Value::Object(m)) => Obj::new(m, "params"),
-        Some(v) => {
+    Ok(())
+}
+
+/// The `params` object of an Execute request (absent or null: every
+/// default), for Execute and `generate` alike (WORKER-4243, 4423).
+pub fn generation_params(params: Value, lim: &Limits) -> Result<GenerationParams> {
+    let p = match params {
+        Value::Null => Obj::new(Map::new(), "params"),
+        Value::Object(m) => Obj::new(m, "params"),
+        v => {
             return Err(bad(format!(
                 "field `params` must be an object, got {}",
                 kind(&v)
             )))
         }
     };
-    let params = execute_params(params, lim)?;
-    o.finish()?;
-    Ok(ExecuteRequest {
-        handle_id,
-        prompt,
-        params,
-    })
+    checked_params(p, lim)
 }
 
-fn execute_params(mut p: Obj, lim: &Limits) -> Result<ExecuteParams> {
+fn checked_params(mut p: Obj, lim: &Limits) -> Result<GenerationParams> {
     let max_tokens = match p.opt_u64("max_tokens")? {
         None => DEFAULT_MAX_TOKENS.min(lim.max_tokens),
         Some(n) if n >= 1 && n <= u64::from(lim.max_tokens) => n as u32,
@@ -354,7 +372,7 @@ fn execute_params(mut p: Obj, lim: &Limits) -> Result<ExecuteParams> {
         }
     };
     p.finish()?;
-    Ok(ExecuteParams {
+    Ok(GenerationParams {
         max_tokens,
         sampling: SamplingParams {
             temperature: temperature as f32,

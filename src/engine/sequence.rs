@@ -1,0 +1,254 @@
+//! One request and the one decode loop (issue 11 point 2; WORKER-4252,
+//! 4413, 4423, 4710, 4712).
+//!
+//! A [`Sequence`] owns everything a single request owns: its prompt ids, its
+//! validated [`GenerationParams`], its sampler RNG (seeded from the request's
+//! seed), its stream detokenizer and stop matcher, its limits (`max_tokens`
+//! and the engine's context) and its [`EventSink`], which also answers
+//! whether the request was cancelled, disconnected or ran out of time.
+//! [`Sequence::run`] is the only decode loop: the daemon, `generate` and
+//! `bench` all drive their requests through it, so they count tokens,
+//! end-of-sequence and stop text the same way.
+//!
+//! The counting rule (the daemon's contract since the first version): one
+//! token event per generated token, whose text may be empty while a UTF-8
+//! character or a possible stop sequence is incomplete, so `tokens_out` is
+//! the number of token events. The last event carries whatever was held
+//! back. An end-of-sequence token gets an event only when there is held-back
+//! text to deliver; it is never printed.
+
+use crate::engine::rng::SamplerRng;
+use crate::engine::sampler::StopMatcher;
+use crate::engine::{Engine, SamplingParams};
+use crate::error::{Result, WorkerError};
+use crate::model::tokenizer::{StreamDecoder, Tokenizer};
+use std::time::{Duration, Instant};
+
+/// What a request asks of generation, after validation
+/// (`http::validate::generation_params`, shared by Execute and `generate`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationParams {
+    /// Most tokens to generate, at least 1.
+    pub max_tokens: u32,
+    pub sampling: SamplingParams,
+    /// Seeds the sampler's RNG (WORKER-4712).
+    pub seed: u64,
+    /// Generation stops when the text contains one of these; it is not sent.
+    pub stop: Vec<String>,
+}
+
+/// Where a sequence's output goes, and whether it may go on.
+pub trait EventSink {
+    /// Asked before every engine step: an error ends the sequence with it
+    /// (cancelled, client gone, deadline passed).
+    fn check(&mut self) -> Result<()>;
+    /// Deliver token event `index` (0, 1, 2, ...) carrying `text`.
+    fn token(&mut self, index: u64, text: String) -> Result<()>;
+    /// A token was just sampled (for latency metrics); nothing by default.
+    fn sampled(&mut self) {}
+}
+
+/// How a sequence ended without error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// The model produced an end-of-generation token.
+    Eos,
+    /// `max_tokens` were generated, or the context is full.
+    Length,
+    /// A stop sequence appeared.
+    Stop,
+}
+
+impl Finish {
+    /// The `finish_reason` of the `end` event.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Eos => "eos",
+            Self::Length => "length",
+            Self::Stop => "stop",
+        }
+    }
+
+    /// The reason in words, for narration.
+    pub fn phrase(self) -> &'static str {
+        match self {
+            Self::Eos => "the end-of-sequence token",
+            Self::Length => "the token limit",
+            Self::Stop => "a stop sequence",
+        }
+    }
+}
+
+/// When the phases of a run ended, measured from the start of [`Sequence::run`].
+#[derive(Debug, Clone, Copy)]
+pub struct Timeline {
+    /// The prompt's forward pass is done.
+    pub prefill: Duration,
+    /// The first token is sampled.
+    pub first_token: Duration,
+    /// The last token is sampled (the run is over).
+    pub end: Duration,
+}
+
+/// Refuse a prompt that is empty or leaves no room in the context for one
+/// generated token (WORKER-4413, 4423): checked at admission and again here.
+pub fn check_prompt_fits(prompt_tokens: usize, max_context: usize) -> Result<()> {
+    if prompt_tokens == 0 || prompt_tokens >= max_context {
+        return Err(WorkerError::invalid(format!(
+            "field `prompt` is {prompt_tokens} tokens; this worker's context holds {max_context} tokens \
+             (max_context), leaving room for at least one generated token"
+        )));
+    }
+    Ok(())
+}
+
+/// One request: see the module header.
+pub struct Sequence<'t, S: EventSink> {
+    prompt: Vec<u32>,
+    params: GenerationParams,
+    tokenizer: &'t Tokenizer,
+    rng: SamplerRng,
+    decoder: StreamDecoder<'t>,
+    stop: StopMatcher,
+    max_context: usize,
+    /// Benchmarks only: an end-of-generation token is an ordinary token.
+    ignore_eos: bool,
+    sink: S,
+    events: u64,
+}
+
+impl<'t, S: EventSink> Sequence<'t, S> {
+    /// A sequence of `prompt` for an engine whose context holds `max_context` tokens.
+    pub fn new(
+        tokenizer: &'t Tokenizer,
+        prompt: Vec<u32>,
+        params: GenerationParams,
+        max_context: usize,
+        sink: S,
+    ) -> Result<Self> {
+        check_prompt_fits(prompt.len(), max_context)?;
+        if params.max_tokens == 0 {
+            return Err(WorkerError::invalid("max_tokens must be at least 1"));
+        }
+        Ok(Self {
+            rng: SamplerRng::new(params.seed),
+            decoder: tokenizer.stream(),
+            stop: StopMatcher::new(&params.stop),
+            prompt,
+            params,
+            tokenizer,
+            max_context,
+            ignore_eos: false,
+            sink,
+            events: 0,
+        })
+    }
+
+    /// Generate through end-of-generation tokens (fixed-length benchmarks).
+    pub fn ignoring_eos(mut self) -> Self {
+        self.ignore_eos = true;
+        self
+    }
+
+    pub fn tokens_in(&self) -> usize {
+        self.prompt.len()
+    }
+
+    /// Token events delivered so far (the `tokens_out` of the `end` event).
+    pub fn tokens_out(&self) -> u64 {
+        self.events
+    }
+
+    pub fn sink(&self) -> &S {
+        &self.sink
+    }
+
+    /// Prefill the prompt, then sample, deliver and feed back one token per
+    /// step until the sequence finishes or the sink stops it.
+    pub fn run(&mut self, engine: &mut dyn Engine) -> Result<(Finish, Timeline)> {
+        let t0 = Instant::now();
+        self.sink.check()?;
+        engine.reset();
+        engine.forward(&self.prompt, 0)?;
+        let prefill = t0.elapsed();
+        let mut first_token = None;
+        let mut pos = self.prompt.len();
+        let finish = loop {
+            self.sink.check()?;
+            let draw = self.rng.next_draw();
+            let id = engine.sample(&self.params.sampling, draw)?;
+            first_token.get_or_insert_with(|| t0.elapsed());
+            self.sink.sampled();
+            let (text, done) = self.accept(id, pos)?;
+            if let Some(text) = text {
+                self.sink.token(self.events, text)?;
+                self.events += 1;
+            }
+            if let Some(f) = done {
+                break f;
+            }
+            engine.forward(&[id], pos)?;
+            pos += 1;
+        };
+        let end = t0.elapsed();
+        Ok((
+            finish,
+            Timeline {
+                prefill,
+                first_token: first_token.unwrap_or(end),
+                end,
+            },
+        ))
+    }
+
+    /// Take sampled token `id` (to be written at position `pos`): the text of
+    /// its event, if it gets one, and whether the sequence ends with it.
+    fn accept(&mut self, id: u32, pos: usize) -> Result<(Option<String>, Option<Finish>)> {
+        let eog = self.tokenizer.is_eog(id);
+        if eog && !self.ignore_eos {
+            let (text, stopped) = self.flush();
+            let finish = if stopped { Finish::Stop } else { Finish::Eos };
+            return Ok(((!text.is_empty()).then_some(text), Some(finish)));
+        }
+        let piece = if eog {
+            String::new()
+        } else {
+            self.decoder.push(id).map_err(|e| {
+                WorkerError::internal(format!(
+                    "the engine produced token {id} that the tokenizer cannot decode: {}",
+                    e.message()
+                ))
+            })?
+        };
+        let out = self.stop.push(&piece);
+        if out.stopped {
+            return Ok((Some(out.emit), Some(Finish::Stop)));
+        }
+        let last =
+            self.events + 1 >= u64::from(self.params.max_tokens) || pos + 1 >= self.max_context;
+        if !last {
+            return Ok((Some(out.emit), None));
+        }
+        let (rest, stopped) = self.flush();
+        let finish = if stopped {
+            Finish::Stop
+        } else {
+            Finish::Length
+        };
+        Ok((Some(out.emit + &rest), Some(finish)))
+    }
+
+    /// Release what the decoder and the stop matcher still hold; true when
+    /// that text completes a stop sequence (then it and what follows are dropped).
+    fn flush(&mut self) -> (String, bool) {
+        let out = self.stop.push(&self.decoder.finish());
+        if out.stopped {
+            return (out.emit, true);
+        }
+        (out.emit + &self.stop.finish(), false)
+    }
+}
+
+#[cfg(test)]
+#[path = "sequence_tests.rs"]
+mod tests;

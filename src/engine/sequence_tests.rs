@@ -1,0 +1,287 @@
+//! Tests of the one decode loop: what a sequence emits, when it ends and
+//! what it feeds back, driven by a scripted engine over the test tokenizer,
+//! so every expectation is written down here rather than taken from a model.
+
+use super::*;
+use crate::engine::{BackendKind, MemoryReport};
+use crate::model::arch::ModelConfig;
+use crate::model::gguf::{GgufFile, GgufLimits};
+
+/// The tiny test model's tokenizer and config (written once per test).
+fn tiny() -> (Tokenizer, ModelConfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("tiny.gguf");
+    crate::cli::make_model::write_test_model(
+        &crate::cli::make_model::TestModelSpec::tiny_llama(),
+        &p,
+    )
+    .unwrap();
+    let g = GgufFile::open(&p, &GgufLimits::default()).unwrap();
+    let (cfg, _) = crate::model::arch::from_gguf(&g).unwrap();
+    (Tokenizer::from_gguf(&g).unwrap(), cfg)
+}
+
+/// An engine that samples a fixed script of ids and records what it is fed.
+struct Scripted {
+    cfg: ModelConfig,
+    script: Vec<u32>,
+    next: usize,
+    max_context: usize,
+    /// Every forward call: (ids, first position).
+    fed: Vec<(Vec<u32>, usize)>,
+    resets: usize,
+}
+
+impl Engine for Scripted {
+    fn backend(&self) -> BackendKind {
+        BackendKind::Cpu
+    }
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+    fn max_context(&self) -> usize {
+        self.max_context
+    }
+    fn reset(&mut self) {
+        self.resets += 1;
+    }
+    fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<()> {
+        self.fed.push((tokens.to_vec(), pos));
+        Ok(())
+    }
+    fn logits(&mut self) -> Result<Vec<f32>> {
+        Ok(Vec::new())
+    }
+    fn sample(&mut self, _params: &SamplingParams, _draw: f32) -> Result<u32> {
+        let id = *self.script.get(self.next).expect("the script ran out");
+        self.next += 1;
+        Ok(id)
+    }
+    fn resident_digest(&mut self) -> Result<[u8; 32]> {
+        Ok([0; 32])
+    }
+    fn memory(&self) -> MemoryReport {
+        MemoryReport::default()
+    }
+    #[cfg(feature = "test-hooks")]
+    fn inject_fault(&mut self, _fault: crate::engine::Fault) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Collects the events; `stop_after` makes `check` fail as a cancel would.
+#[derive(Default)]
+struct Collect {
+    events: Vec<(u64, String)>,
+    checks: usize,
+    stop_after: Option<usize>,
+}
+
+impl EventSink for Collect {
+    fn check(&mut self) -> Result<()> {
+        self.checks += 1;
+        match self.stop_after {
+            Some(n) if self.events.len() >= n => Err(WorkerError::Cancelled {
+                message: "cancelled by the test".into(),
+            }),
+            _ => Ok(()),
+        }
+    }
+    fn token(&mut self, index: u64, text: String) -> Result<()> {
+        self.events.push((index, text));
+        Ok(())
+    }
+}
+
+fn params(max_tokens: u32, stop: &[&str]) -> GenerationParams {
+    GenerationParams {
+        max_tokens,
+        sampling: SamplingParams::GREEDY,
+        seed: 0,
+        stop: stop.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn engine(cfg: &ModelConfig, script: Vec<u32>, max_context: usize) -> Scripted {
+    Scripted {
+        cfg: cfg.clone(),
+        script,
+        next: 0,
+        max_context,
+        fed: Vec::new(),
+        resets: 0,
+    }
+}
+
+fn eos(tok: &Tokenizer) -> u32 {
+    (0..tok.vocab_size() as u32)
+        .find(|&i| tok.is_eog(i))
+        .expect("an end-of-generation token")
+}
+
+fn texts(events: &[(u64, String)]) -> String {
+    events.iter().map(|(_, t)| t.as_str()).collect()
+}
+
+#[test]
+fn text_tokens_and_eos_are_counted_the_one_way() {
+    let (tok, cfg) = tiny();
+    let words = tok.encode("Hello there", false).unwrap();
+    let mut script = words.clone();
+    script.push(eos(&tok));
+    let mut eng = engine(&cfg, script, 64);
+    let prompt = tok.encode("Say", false).unwrap();
+    let mut seq = Sequence::new(
+        &tok,
+        prompt.clone(),
+        params(50, &[]),
+        64,
+        Collect::default(),
+    )
+    .unwrap();
+    let (finish, _) = seq.run(&mut eng).unwrap();
+    assert_eq!(finish, Finish::Eos);
+    // One event per text token, numbered from 0; the EOS has nothing held back, so no event.
+    assert_eq!(seq.tokens_out(), words.len() as u64);
+    let ev = &seq.sink().events;
+    assert_eq!(
+        ev.iter().map(|e| e.0).collect::<Vec<_>>(),
+        (0..words.len() as u64).collect::<Vec<_>>()
+    );
+    assert_eq!(texts(ev), "Hello there");
+    // The prompt once from position 0, then each text token at the next position; never the EOS.
+    let mut want = vec![(prompt.clone(), 0)];
+    for (k, &id) in words.iter().enumerate() {
+        want.push((vec![id], prompt.len() + k));
+    }
+    assert_eq!(eng.fed, want);
+    assert_eq!(eng.resets, 1);
+}
+
+#[test]
+fn max_tokens_ends_with_length_after_exactly_that_many_events() {
+    let (tok, cfg) = tiny();
+    let script = tok.encode("abcdefghijklmnop", false).unwrap();
+    assert!(script.len() > 4);
+    let mut eng = engine(&cfg, script.clone(), 64);
+    let prompt = tok.encode("x", false).unwrap();
+    let mut seq =
+        Sequence::new(&tok, prompt.clone(), params(4, &[]), 64, Collect::default()).unwrap();
+    let (finish, _) = seq.run(&mut eng).unwrap();
+    assert_eq!(finish, Finish::Length);
+    assert_eq!(seq.tokens_out(), 4);
+    // The fourth token is sampled and sent but never fed back.
+    assert_eq!(eng.fed.len(), 1 + 3);
+    assert_eq!(eng.next, 4);
+}
+
+#[test]
+fn a_full_context_ends_with_length_and_fills_it_exactly() {
+    let (tok, cfg) = tiny();
+    let script = tok.encode("abcdefghijklmnop", false).unwrap();
+    let prompt = tok.encode("x", false).unwrap();
+    let ctx = prompt.len() + 3;
+    let mut eng = engine(&cfg, script, ctx);
+    let mut seq = Sequence::new(
+        &tok,
+        prompt.clone(),
+        params(100, &[]),
+        ctx,
+        Collect::default(),
+    )
+    .unwrap();
+    let (finish, _) = seq.run(&mut eng).unwrap();
+    assert_eq!(finish, Finish::Length);
+    assert_eq!(seq.tokens_out(), 3);
+    // Prompt plus generated tokens equal the context; the last position written is ctx - 2.
+    let last_pos = eng.fed.last().unwrap().1;
+    assert_eq!(last_pos, ctx - 2);
+}
+
+#[test]
+fn a_stop_sequence_across_tokens_is_never_sent_and_ends_the_sequence() {
+    let (tok, cfg) = tiny();
+    let script = tok.encode("one two STOP three", false).unwrap();
+    let mut eng = engine(&cfg, script, 64);
+    let prompt = tok.encode("x", false).unwrap();
+    let mut seq =
+        Sequence::new(&tok, prompt, params(100, &["STOP"]), 64, Collect::default()).unwrap();
+    let (finish, _) = seq.run(&mut eng).unwrap();
+    assert_eq!(finish, Finish::Stop);
+    let sent = texts(&seq.sink().events);
+    assert_eq!(sent, "one two ");
+}
+
+#[test]
+fn held_back_text_rides_on_the_eos_event() {
+    let (tok, cfg) = tiny();
+    // "ST" could start the stop sequence "STOP", so it is held until the EOS decides it.
+    let mut script = tok.encode("ab ST", false).unwrap();
+    let n_text = script.len() as u64;
+    script.push(eos(&tok));
+    let mut eng = engine(&cfg, script, 64);
+    let prompt = tok.encode("x", false).unwrap();
+    let mut seq =
+        Sequence::new(&tok, prompt, params(100, &["STOP"]), 64, Collect::default()).unwrap();
+    let (finish, _) = seq.run(&mut eng).unwrap();
+    assert_eq!(finish, Finish::Eos);
+    assert_eq!(texts(&seq.sink().events), "ab ST");
+    assert_eq!(
+        seq.tokens_out(),
+        n_text + 1,
+        "the EOS carries the held-back text in one more event"
+    );
+    assert!(seq.sink().events.last().unwrap().1.ends_with("ST"));
+}
+
+#[test]
+fn a_sink_that_stops_ends_the_run_before_the_next_step() {
+    let (tok, cfg) = tiny();
+    let script = tok.encode("abcdefghijklmnop", false).unwrap();
+    let mut eng = engine(&cfg, script, 64);
+    let prompt = tok.encode("x", false).unwrap();
+    let sink = Collect {
+        stop_after: Some(2),
+        ..Collect::default()
+    };
+    let mut seq = Sequence::new(&tok, prompt, params(100, &[]), 64, sink).unwrap();
+    let e = seq.run(&mut eng).unwrap_err();
+    assert_eq!(e.code(), "CANCELLED");
+    assert_eq!(seq.tokens_out(), 2);
+    assert_eq!(eng.next, 2, "no token is sampled after the sink said stop");
+}
+
+#[test]
+fn ignoring_eos_generates_through_it() {
+    let (tok, cfg) = tiny();
+    let e = eos(&tok);
+    let mut eng = engine(&cfg, vec![e, e, e, e], 64);
+    let prompt = tok.encode("x", false).unwrap();
+    let mut seq = Sequence::new(&tok, prompt, params(4, &[]), 64, Collect::default())
+        .unwrap()
+        .ignoring_eos();
+    let (finish, _) = seq.run(&mut eng).unwrap();
+    assert_eq!(finish, Finish::Length);
+    assert_eq!(seq.tokens_out(), 4);
+    assert_eq!(texts(&seq.sink().events), "");
+}
+
+#[test]
+fn empty_prompts_full_contexts_and_zero_max_tokens_are_refused() {
+    let (tok, _) = tiny();
+    let refuse = |prompt: Vec<u32>, max_tokens: u32, ctx: usize| match Sequence::new(
+        &tok,
+        prompt,
+        params(max_tokens, &[]),
+        ctx,
+        Collect::default(),
+    ) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e,
+    };
+    assert_eq!(refuse(vec![], 4, 64).code(), "INVALID_PARAMS");
+    let e = refuse(vec![1; 64], 4, 64);
+    assert!(e.message().contains("max_context"), "{}", e.message());
+    assert!(Sequence::new(&tok, vec![1; 63], params(4, &[]), 64, Collect::default()).is_ok());
+    assert_eq!(refuse(vec![1], 0, 64).code(), "INVALID_PARAMS");
+}
