@@ -348,7 +348,7 @@ async fn run() -> ExitCode {
 /// failures, and which of them spawned a worker (a passed behavioural
 /// scenario must have).
 async fn run_pass(
-    features: &PathBuf,
+    features: &std::path::Path,
     runnable: BTreeSet<Key>,
     concurrency: usize,
 ) -> (traceability::Collected, BTreeSet<Key>) {
@@ -401,7 +401,7 @@ async fn run_pass(
                 }
             })
         })
-        .filter_run(features.clone(), move |feat, _rule, sc| {
+        .filter_run(features.to_path_buf(), move |feat, _rule, sc| {
             runnable.contains(&(
                 traceability::file_key(feat.path.as_deref()),
                 sc.position.line,

@@ -22,7 +22,7 @@ fn check_refusal(w: &World, r: &crate::steps::world::Response, field: &str, what
         format!("{what}: expected HTTP 400, got {}: {}", r.status, r.text),
     );
     assert_error_body(w, r, "INVALID_PARAMS");
-    let msg = crate::steps::http::error_message(&r);
+    let msg = crate::steps::http::error_message(r);
     w.check(
         msg.contains(field),
         format!("{what}: the message {msg:?} does not name {field:?}"),

@@ -11,6 +11,7 @@
 pub mod conformance;
 pub mod cpu;
 pub mod cuda;
+pub mod kernels;
 pub mod rng;
 pub mod sampler;
 pub mod sequence;

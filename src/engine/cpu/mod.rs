@@ -17,6 +17,7 @@
 //! digest over exactly these bytes) and what a test-hooks fault flips.
 
 pub mod ops;
+mod step;
 
 use super::{BackendKind, Engine, LoadOptions, MemoryReport};
 use crate::error::{Result, WorkerError};
@@ -256,111 +257,16 @@ impl CpuEngine {
         ops::matmul(t.dtype, self.tbytes(t), rows, cols, x, n_tok, y)
     }
 
-    /// The forward pass; returns logits of every position when `all`, else of the last.
+    /// The forward pass (`model::block` over [`step::CpuStep`]); returns
+    /// logits of every position when `all`, else of the last.
     fn run(&mut self, tokens: &[u32], pos: usize, all: bool) -> Result<Vec<Vec<f32>>> {
-        use rayon::prelude::*;
-        let c = self.cfg.clone();
-        let (n, d, hd) = (tokens.len(), c.d_model, c.head_dim);
-        let (qd, kvd) = (c.n_heads * hd, c.n_kv_heads * hd);
-        let mut x = vec![0f32; n * d];
-        let embd = &self.w.token_embd;
-        let erb = crate::model::quant::row_bytes(embd.dtype, d)?;
-        for (t, &id) in tokens.iter().enumerate() {
-            let row = &self.tbytes(embd)[id as usize * erb..(id as usize + 1) * erb];
-            crate::model::quant::dequantize(embd.dtype, row, &mut x[t * d..(t + 1) * d])?;
-        }
-        let mut xn = vec![0f32; n * d];
-        let (mut q, mut k, mut v) = (vec![0f32; n * qd], vec![0f32; n * kvd], vec![0f32; n * kvd]);
-        let mut att = vec![0f32; n * qd];
-        let mut tmp = vec![0f32; n * d];
-        let (mut g, mut u) = (vec![0f32; n * c.ffn_dim], vec![0f32; n * c.ffn_dim]);
-        for li in 0..c.n_layers {
-            let lw: LayerWeights = self.w.layers[li].clone();
-            let s = &self.small[li];
-            for t in 0..n {
-                ops::rmsnorm(
-                    &x[t * d..(t + 1) * d],
-                    &s.attn_norm,
-                    c.norm_eps,
-                    &mut xn[t * d..(t + 1) * d],
-                );
-            }
-            self.mm(&lw.wq, &xn, n, &mut q)?;
-            self.mm(&lw.wk, &xn, n, &mut k)?;
-            self.mm(&lw.wv, &xn, n, &mut v)?;
-            for (buf, bias, dim) in [
-                (&mut q, &s.bq, qd),
-                (&mut k, &s.bk, kvd),
-                (&mut v, &s.bv, kvd),
-            ] {
-                if let Some(b) = bias {
-                    for row in buf.chunks_exact_mut(dim) {
-                        row.iter_mut().zip(b).for_each(|(a, bb)| *a += bb);
-                    }
-                }
-            }
-            for t in 0..n {
-                ops::rope(
-                    &mut q[t * qd..(t + 1) * qd],
-                    hd,
-                    pos + t,
-                    c.rope_base,
-                    c.rope_style,
-                );
-                ops::rope(
-                    &mut k[t * kvd..(t + 1) * kvd],
-                    hd,
-                    pos + t,
-                    c.rope_base,
-                    c.rope_style,
-                );
-            }
-            if self.llamacpp_rounding {
-                ops::round_f16(&mut q);
-                ops::round_f16(&mut k);
-                ops::round_f16(&mut v);
-            }
-            let base = pos * kvd;
-            self.k_cache[li][base..base + n * kvd].copy_from_slice(&k);
-            self.v_cache[li][base..base + n * kvd].copy_from_slice(&v);
-            let (kc, vc) = (&self.k_cache[li], &self.v_cache[li]);
-            att.par_chunks_mut(hd).enumerate().for_each(|(idx, out)| {
-                let (t, h) = (idx / c.n_heads, idx % c.n_heads);
-                let qh = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
-                ops::attention_head(qh, kc, vc, pos + t + 1, h, c.n_heads, c.n_kv_heads, hd, out);
-            });
-            self.mm(&lw.wo, &att, n, &mut tmp)?;
-            x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
-            for t in 0..n {
-                ops::rmsnorm(
-                    &x[t * d..(t + 1) * d],
-                    &s.ffn_norm,
-                    c.norm_eps,
-                    &mut xn[t * d..(t + 1) * d],
-                );
-            }
-            self.mm(&lw.w_gate, &xn, n, &mut g)?;
-            self.mm(&lw.w_up, &xn, n, &mut u)?;
-            ops::swiglu(&mut g, &u);
-            self.mm(&lw.w_down, &g, n, &mut tmp)?;
-            x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
-        }
-        self.n_past = pos + n;
-        let first = if all { 0 } else { n - 1 };
-        let m = n - first;
-        for t in first..n {
-            ops::rmsnorm(
-                &x[t * d..(t + 1) * d],
-                &self.output_norm,
-                c.norm_eps,
-                &mut xn[t * d..(t + 1) * d],
-            );
-        }
-        let mut logits = vec![0f32; m * c.vocab_size];
-        let out = self.w.output.clone();
-        self.mm(&out, &xn[first * d..n * d], m, &mut logits)?;
+        let cfg = self.cfg.clone();
+        let mut step = step::CpuStep::new(self, tokens, pos, all);
+        crate::model::block::forward(&mut step, &cfg)?;
+        let logits = std::mem::take(&mut step.logits);
+        self.n_past = pos + tokens.len();
         Ok(logits
-            .chunks_exact(c.vocab_size)
+            .chunks_exact(cfg.vocab_size)
             .map(<[f32]>::to_vec)
             .collect())
     }

@@ -39,15 +39,15 @@ mod profile_tests;
 mod tests;
 
 mod checks;
+mod step;
 pub use checks::supported_quant;
 use checks::{check_f32_vec, check_tensor};
 
 use crate::engine::{BackendKind, Engine, LoadOptions, MemoryReport, SamplingParams};
 use crate::error::{Result, WorkerError};
 use crate::gpu::gemm::Tf32Split;
-use crate::gpu::qkv::Proj;
 use crate::gpu::{DeviceBuffer, Gpu, GpuGraph, Span};
-use crate::model::arch::{ModelConfig, ModelWeights, RopeStyle, TensorRef};
+use crate::model::arch::{ModelConfig, ModelWeights, TensorRef};
 use crate::model::gguf::GgufFile;
 
 /// Activation buffers, allocated once.
@@ -267,149 +267,10 @@ impl CudaEngine {
     }
 
     /// Enqueue the forward pass of `n` tokens whose ids and first position
-    /// are already in device memory; leaves the last token's logits.
+    /// are already in device memory (`model::block` over [`step::CudaStep`]);
+    /// leaves the last token's logits.
     fn enqueue_step(&self, n: usize) -> Result<()> {
-        let (g, c, a, w) = (&self.gpu, &self.cfg, &self.act, &self.w);
-        let (d, hd, nh, nkv, ffn, vocab) = (
-            c.d_model,
-            c.head_dim,
-            c.n_heads,
-            c.n_kv_heads,
-            c.ffn_dim,
-            c.vocab_size,
-        );
-        let wt = |t: &TensorRef| self.weights.span(t.offset, t.n_bytes);
-        let layer_kv = nkv * hd * self.max_ctx * 4;
-        let neox = c.rope_style == RopeStyle::Neox;
-        g.embed(
-            w.token_embd.dtype,
-            wt(&w.token_embd)?,
-            vocab,
-            a.tok.all(),
-            a.x.all(),
-            d,
-            n,
-        )?;
-        for (i, l) in w.layers.iter().enumerate() {
-            let kc = self.kv.span(2 * i * layer_kv, layer_kv)?;
-            let vc = self.kv.span((2 * i + 1) * layer_kv, layer_kv)?;
-            let bias = |b: &Option<TensorRef>| b.as_ref().map(wt).transpose();
-            // Decode: RMSNorm fused into the projections (one launch for q, k, v
-            // when they share a format, else three; not four).
-            // Prefill: one RMSNorm over the chunk, then GEMM or batched mat-vec.
-            let (nw, eps) = (wt(&l.attn_norm)?, c.norm_eps);
-            if n > 1 {
-                g.rmsnorm(a.x.all(), nw, a.xn.all(), d, n, eps)?;
-            }
-            let one_format = l.wk.dtype == l.wq.dtype && l.wv.dtype == l.wq.dtype;
-            if n == 1 && one_format {
-                // Decode, one format: q, k, v in one launch (bit-identical to three).
-                let p = |t: &TensorRef, b: &Option<TensorRef>, out, rows| -> Result<Proj<'_>> {
-                    Ok(Proj {
-                        w: wt(t)?,
-                        bias: bias(b)?,
-                        out,
-                        rows,
-                    })
-                };
-                let qkv = [
-                    p(&l.wq, &l.bq, a.q.all(), nh * hd)?,
-                    p(&l.wk, &l.bk, a.k.all(), nkv * hd)?,
-                    p(&l.wv, &l.bv, a.v.all(), nkv * hd)?,
-                ];
-                g.qkv_norm(l.wq.dtype, qkv, a.x.all(), nw, eps, d)?;
-            } else {
-                for (t, b, out, rows) in [
-                    (&l.wq, &l.bq, a.q.all(), nh * hd),
-                    (&l.wk, &l.bk, a.k.all(), nkv * hd),
-                    (&l.wv, &l.bv, a.v.all(), nkv * hd),
-                ] {
-                    if n == 1 {
-                        let x = a.x.all();
-                        g.matvec_norm(t.dtype, wt(t)?, x, nw, eps, bias(b)?, out, rows, d, false)?;
-                    } else {
-                        self.mm(t, a.xn.all(), bias(b)?, out, rows, d, n, false)?;
-                    }
-                }
-            }
-            g.rope_kv(
-                a.q.all(),
-                a.k.all(),
-                a.v.all(),
-                kc,
-                vc,
-                a.pos.all(),
-                nh,
-                nkv,
-                hd,
-                self.max_ctx,
-                neox,
-                c.rope_base,
-                n,
-            )?;
-            if n == 1 {
-                g.attention(
-                    a.q.all(),
-                    kc,
-                    vc,
-                    a.att.all(),
-                    a.scores.all(),
-                    a.pos.all(),
-                    nh,
-                    nkv,
-                    hd,
-                    self.max_ctx,
-                    1,
-                )?;
-            } else {
-                g.attention_prefill(
-                    a.q.all(),
-                    kc,
-                    vc,
-                    a.att.all(),
-                    a.pos.all(),
-                    nh,
-                    nkv,
-                    hd,
-                    self.max_ctx,
-                    n,
-                )?;
-            }
-            self.mm(&l.wo, a.att.all(), None, a.x.all(), d, nh * hd, n, true)?;
-            if n == 1 && l.w_gate.dtype == l.w_up.dtype {
-                // Decode: norm + gate + up + SwiGLU in one launch.
-                g.gate_up(
-                    l.w_gate.dtype,
-                    wt(&l.w_gate)?,
-                    wt(&l.w_up)?,
-                    a.x.all(),
-                    wt(&l.ffn_norm)?,
-                    c.norm_eps,
-                    a.hid.all(),
-                    ffn,
-                    d,
-                )?;
-            } else {
-                g.rmsnorm(a.x.all(), wt(&l.ffn_norm)?, a.xn.all(), d, n, c.norm_eps)?;
-                self.mm(&l.w_gate, a.xn.all(), None, a.gate.all(), ffn, d, n, false)?;
-                self.mm(&l.w_up, a.xn.all(), None, a.up.all(), ffn, d, n, false)?;
-                g.swiglu(a.gate.all(), a.up.all(), a.hid.all(), ffn * n)?;
-            }
-            self.mm(&l.w_down, a.hid.all(), None, a.x.all(), d, ffn, n, true)?;
-        }
-        // Only the last token's logits are needed.
-        g.matvec_norm(
-            w.output.dtype,
-            wt(&w.output)?,
-            a.x.f32s((n - 1) * d, d)?,
-            wt(&w.output_norm)?,
-            c.norm_eps,
-            None,
-            a.logits.all(),
-            vocab,
-            d,
-            false,
-        )
+        crate::model::block::forward(&mut step::CudaStep { e: self, n }, &self.cfg)
     }
 
     /// y = x·Wᵀ (+ bias) (+ y) for `n` token rows: dequantize + cuBLAS SGEMM

@@ -1,0 +1,206 @@
+//! The CPU reference engine's [`BlockKernels`]: one step of `tokens` at
+//! positions `pos..`, in f32, in the fixed reduction orders of [`ops`]
+//! (issue 11 point 1). The order of the operations is `model::block`'s.
+
+use super::{ops, CpuEngine};
+use crate::engine::kernels::BlockKernels;
+use crate::error::Result;
+use rayon::prelude::*;
+
+/// One step's buffers, `n` token rows each.
+pub(super) struct CpuStep<'a> {
+    e: &'a mut CpuEngine,
+    tokens: &'a [u32],
+    pos: usize,
+    /// Logits of every token (teacher forcing) rather than the last one only.
+    all: bool,
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    tmp: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    /// Row-major `[tokens][vocab]`, filled by `lm_head`.
+    pub(super) logits: Vec<f32>,
+}
+
+impl<'a> CpuStep<'a> {
+    pub(super) fn new(e: &'a mut CpuEngine, tokens: &'a [u32], pos: usize, all: bool) -> Self {
+        let c = &e.cfg;
+        let n = tokens.len();
+        let (qd, kvd) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        let (d, ffn) = (c.d_model, c.ffn_dim);
+        Self {
+            tokens,
+            pos,
+            all,
+            x: vec![0f32; n * d],
+            xn: vec![0f32; n * d],
+            q: vec![0f32; n * qd],
+            k: vec![0f32; n * kvd],
+            v: vec![0f32; n * kvd],
+            att: vec![0f32; n * qd],
+            tmp: vec![0f32; n * d],
+            gate: vec![0f32; n * ffn],
+            up: vec![0f32; n * ffn],
+            logits: Vec::new(),
+            e,
+        }
+    }
+
+    fn n(&self) -> usize {
+        self.tokens.len()
+    }
+}
+
+/// xn ← RMSNorm(x) row by row (`d` values a row) with `weight`.
+fn norm_rows(x: &[f32], weight: &[f32], eps: f32, d: usize, xn: &mut [f32]) {
+    for (x, xn) in x.chunks_exact(d).zip(xn.chunks_exact_mut(d)) {
+        ops::rmsnorm(x, weight, eps, xn);
+    }
+}
+
+impl BlockKernels for CpuStep<'_> {
+    fn embed(&mut self) -> Result<()> {
+        let d = self.e.cfg.d_model;
+        let embd = &self.e.w.token_embd;
+        let erb = crate::model::quant::row_bytes(embd.dtype, d)?;
+        let table = self.e.tbytes(embd);
+        for (t, &id) in self.tokens.iter().enumerate() {
+            let row = &table[id as usize * erb..(id as usize + 1) * erb];
+            crate::model::quant::dequantize(embd.dtype, row, &mut self.x[t * d..(t + 1) * d])?;
+        }
+        Ok(())
+    }
+
+    fn norm_qkv(&mut self, layer: usize) -> Result<()> {
+        let (d, eps) = (self.e.cfg.d_model, self.e.cfg.norm_eps);
+        norm_rows(
+            &self.x,
+            &self.e.small[layer].attn_norm,
+            eps,
+            d,
+            &mut self.xn,
+        );
+        let n = self.n();
+        let lw = &self.e.w.layers[layer];
+        self.e.mm(&lw.wq, &self.xn, n, &mut self.q)?;
+        self.e.mm(&lw.wk, &self.xn, n, &mut self.k)?;
+        self.e.mm(&lw.wv, &self.xn, n, &mut self.v)?;
+        let s = &self.e.small[layer];
+        for (buf, bias) in [
+            (&mut self.q, &s.bq),
+            (&mut self.k, &s.bk),
+            (&mut self.v, &s.bv),
+        ] {
+            if let Some(b) = bias {
+                for row in buf.chunks_exact_mut(b.len()) {
+                    row.iter_mut().zip(b).for_each(|(a, bb)| *a += bb);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn rope_kv_store(&mut self, layer: usize) -> Result<()> {
+        let c = &self.e.cfg;
+        let hd = c.head_dim;
+        let (qd, kvd) = (c.n_heads * hd, c.n_kv_heads * hd);
+        for t in 0..self.n() {
+            let p = self.pos + t;
+            ops::rope(
+                &mut self.q[t * qd..(t + 1) * qd],
+                hd,
+                p,
+                c.rope_base,
+                c.rope_style,
+            );
+            ops::rope(
+                &mut self.k[t * kvd..(t + 1) * kvd],
+                hd,
+                p,
+                c.rope_base,
+                c.rope_style,
+            );
+        }
+        if self.e.llamacpp_rounding {
+            ops::round_f16(&mut self.q);
+            ops::round_f16(&mut self.k);
+            ops::round_f16(&mut self.v);
+        }
+        let base = self.pos * kvd;
+        let end = base + self.n() * kvd;
+        self.e.k_cache[layer][base..end].copy_from_slice(&self.k);
+        self.e.v_cache[layer][base..end].copy_from_slice(&self.v);
+        Ok(())
+    }
+
+    fn attention(&mut self, layer: usize) -> Result<()> {
+        let c = &self.e.cfg;
+        let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
+        let qd = nh * hd;
+        let (kc, vc) = (&self.e.k_cache[layer], &self.e.v_cache[layer]);
+        let (q, pos) = (&self.q, self.pos);
+        self.att
+            .par_chunks_mut(hd)
+            .enumerate()
+            .for_each(|(idx, out)| {
+                let (t, h) = (idx / nh, idx % nh);
+                let qh = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
+                ops::attention_head(qh, kc, vc, pos + t + 1, h, nh, nkv, hd, out);
+            });
+        Ok(())
+    }
+
+    fn attn_out(&mut self, layer: usize) -> Result<()> {
+        let n = self.n();
+        self.e
+            .mm(&self.e.w.layers[layer].wo, &self.att, n, &mut self.tmp)?;
+        self.x.iter_mut().zip(&self.tmp).for_each(|(a, b)| *a += b);
+        Ok(())
+    }
+
+    fn norm_gate_up(&mut self, layer: usize) -> Result<()> {
+        let (d, eps) = (self.e.cfg.d_model, self.e.cfg.norm_eps);
+        norm_rows(&self.x, &self.e.small[layer].ffn_norm, eps, d, &mut self.xn);
+        let n = self.n();
+        let lw = &self.e.w.layers[layer];
+        self.e.mm(&lw.w_gate, &self.xn, n, &mut self.gate)?;
+        self.e.mm(&lw.w_up, &self.xn, n, &mut self.up)?;
+        ops::swiglu(&mut self.gate, &self.up);
+        Ok(())
+    }
+
+    fn ffn_down(&mut self, layer: usize) -> Result<()> {
+        let n = self.n();
+        self.e
+            .mm(&self.e.w.layers[layer].w_down, &self.gate, n, &mut self.tmp)?;
+        self.x.iter_mut().zip(&self.tmp).for_each(|(a, b)| *a += b);
+        Ok(())
+    }
+
+    fn lm_head(&mut self) -> Result<()> {
+        let (d, vocab) = (self.e.cfg.d_model, self.e.cfg.vocab_size);
+        let n = self.n();
+        let first = if self.all { 0 } else { n - 1 };
+        let rows = first * d..n * d;
+        let eps = self.e.cfg.norm_eps;
+        norm_rows(
+            &self.x[rows.clone()],
+            &self.e.output_norm,
+            eps,
+            d,
+            &mut self.xn[rows],
+        );
+        self.logits = vec![0f32; (n - first) * vocab];
+        self.e.mm(
+            &self.e.w.output,
+            &self.xn[first * d..n * d],
+            n - first,
+            &mut self.logits,
+        )
+    }
+}
