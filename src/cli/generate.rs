@@ -137,15 +137,10 @@ pub fn check_root(allow_root: bool) -> Result<()> {
     Ok(())
 }
 
-/// Exit status for a failure, matching the daemon's table where one applies.
+/// Exit status for a failure: the daemon's table (`daemon::exit`), so a
+/// script reads the same code from the command line as from the daemon.
 pub fn exit_code_for(e: &WorkerError) -> ExitCode {
-    ExitCode::from(match e.code() {
-        "INVALID_PARAMS" => 2,
-        "MODEL_LOAD_FAILED" | "MODEL_SIGNATURE_INVALID" | "HOST_OOM" => 3,
-        "CUDA_ERROR" | "VRAM_OOM" => 4,
-        "SEAL_VERIFICATION_FAILED" => 5,
-        _ => 1,
-    })
+    ExitCode::from(crate::daemon::exit::for_error(e))
 }
 
 /// The ChatML wrapping used by SmolLM2 and Qwen2 instruct models.
@@ -262,5 +257,10 @@ mod tests {
         );
         assert_eq!(exit_code_for(&WorkerError::invalid("x")), ExitCode::from(2));
         assert_eq!(exit_code_for(&WorkerError::cuda("x")), ExitCode::from(4));
+        // Out of VRAM is a model that does not fit (3), as in the daemon, not a device fault.
+        let oom = WorkerError::VramOom {
+            message: "x".into(),
+        };
+        assert_eq!(exit_code_for(&oom), ExitCode::from(3));
     }
 }

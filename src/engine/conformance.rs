@@ -271,3 +271,77 @@ pub const REAL_MODELS: [(&str, &str, &str); 2] = [
         "qwen-f64.jsonl",
     ),
 ];
+
+/// The engine contract's edge cases, held the same on every backend (issue
+/// 11, "make the engines agree"): logits or a sample before any forward, an
+/// empty forward, a position that does not continue the sequence, a token
+/// outside the vocabulary and a step past the context are each refused with
+/// INVALID_PARAMS and change nothing, so a valid step still works after them.
+/// Returns every broken rule, in words; empty when the engine holds them all.
+pub fn edge_cases(e: &mut dyn Engine) -> Vec<String> {
+    use crate::engine::SamplingParams;
+    let mut bad = Vec::new();
+    fn expect_invalid(bad: &mut Vec<String>, what: &str, r: crate::error::Result<()>) {
+        match r {
+            Err(err) if err.code() == "INVALID_PARAMS" => {}
+            Err(err) => bad.push(format!(
+                "{what}: refused with {} instead of INVALID_PARAMS",
+                err.code()
+            )),
+            Ok(()) => bad.push(format!("{what}: accepted")),
+        }
+    }
+    let vocab = e.config().vocab_size;
+    let ctx = e.max_context();
+    e.reset();
+    expect_invalid(&mut bad, "logits before any forward", e.logits().map(drop));
+    expect_invalid(
+        &mut bad,
+        "a sample before any forward",
+        e.sample(&SamplingParams::GREEDY, 0.0).map(drop),
+    );
+    expect_invalid(&mut bad, "an empty forward", e.forward(&[], 0));
+    expect_invalid(
+        &mut bad,
+        "a forward at position 1 of an empty sequence",
+        e.forward(&[1], 1),
+    );
+    expect_invalid(
+        &mut bad,
+        "a token id equal to the vocabulary size",
+        e.forward(&[vocab as u32], 0),
+    );
+    let past: Vec<u32> = vec![1; ctx + 1];
+    expect_invalid(
+        &mut bad,
+        "a forward longer than the context",
+        e.forward(&past, 0),
+    );
+    // Nothing above changed the sequence: a valid step still starts at 0.
+    match e.forward(&[1, 2], 0).and_then(|()| e.forward(&[3], 2)) {
+        Ok(()) => {}
+        Err(err) => bad.push(format!(
+            "a valid step after the refusals failed: {}",
+            err.message()
+        )),
+    }
+    match e.logits() {
+        Ok(l) if l.len() == vocab => {}
+        Ok(l) => bad.push(format!(
+            "logits have {} values for a vocabulary of {vocab}",
+            l.len()
+        )),
+        Err(err) => bad.push(format!(
+            "logits after a valid step failed: {}",
+            err.message()
+        )),
+    }
+    expect_invalid(
+        &mut bad,
+        "a forward that skips a position",
+        e.forward(&[4], 4),
+    );
+    e.reset();
+    expect_invalid(&mut bad, "logits after a reset", e.logits().map(drop));
+    bad
+}

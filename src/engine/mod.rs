@@ -140,6 +140,12 @@ pub trait Engine: Send {
 /// The bounds every engine enforces before a forward pass (WORKER-4413):
 /// positions continue the sequence, ids are inside the vocabulary, and the
 /// sequence stays within the KV cache planned at load.
+/// What every engine answers when asked for logits or a sample before any
+/// forward pass since the last reset.
+pub fn no_logits_yet() -> crate::error::WorkerError {
+    crate::error::WorkerError::invalid("no logits yet: run forward first")
+}
+
 pub fn check_forward_args(
     config: &ModelConfig,
     max_context: usize,
@@ -148,6 +154,9 @@ pub fn check_forward_args(
     pos: usize,
 ) -> Result<()> {
     use crate::error::WorkerError;
+    if tokens.is_empty() {
+        return Err(WorkerError::invalid("forward needs at least one token"));
+    }
     if pos != n_past {
         return Err(WorkerError::invalid(format!(
             "position {pos} does not continue the sequence, which holds {n_past} tokens; reset first"

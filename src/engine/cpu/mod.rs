@@ -235,9 +235,6 @@ impl CpuEngine {
                 "injected device fault (test-hooks): the engine failed as a device would",
             ));
         }
-        if tokens.is_empty() {
-            return Err(WorkerError::invalid("forward needs at least one token"));
-        }
         super::check_forward_args(&self.cfg, self.max_context, self.n_past, tokens, pos)
     }
 
@@ -306,7 +303,7 @@ impl Engine for CpuEngine {
 
     fn logits(&mut self) -> Result<Vec<f32>> {
         if self.logits.is_empty() {
-            return Err(WorkerError::invalid("no logits yet: run forward first"));
+            return Err(super::no_logits_yet());
         }
         Ok(self.logits.clone())
     }

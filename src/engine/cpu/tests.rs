@@ -150,6 +150,17 @@ fn batch_and_incremental_decoding_give_identical_logits() {
     }
 }
 
+/// The edge cases every backend holds the same way (the CUDA engine runs the
+/// same body in engine::cuda::tests).
+#[test]
+fn engine_edge_cases_are_the_shared_contract() {
+    let g = open(&TestModelSpec::tiny_llama());
+    let (c, w) = arch::from_gguf(&g).expect("arch");
+    let mut e = CpuEngine::load(&g, &c, &w, &opts(8)).expect("load");
+    let bad = crate::engine::conformance::edge_cases(&mut e);
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
 #[test]
 fn bad_tokens_and_positions_are_invalid_params() {
     let g = open(&TestModelSpec::tiny_llama());

@@ -342,7 +342,7 @@ impl CudaEngine {
     /// The k best (id, logit) pairs of the last logits, in the sampler's order.
     pub fn top_candidates(&mut self, k: usize) -> Result<Vec<(u32, f32)>> {
         if !self.has_logits {
-            return Err(WorkerError::internal("no logits yet: call forward first"));
+            return Err(crate::engine::no_logits_yet());
         }
         let k = k.clamp(1, DEVICE_CANDIDATES.min(self.cfg.vocab_size));
         let a = &self.act;
@@ -404,13 +404,13 @@ impl Engine for CudaEngine {
             self.gpu.sync()?;
         }
         self.next_pos = end;
-        self.has_logits = self.has_logits || !tokens.is_empty();
+        self.has_logits = true;
         Ok(())
     }
 
     fn logits(&mut self) -> Result<Vec<f32>> {
         if !self.has_logits {
-            return Err(WorkerError::internal("no logits yet: call forward first"));
+            return Err(crate::engine::no_logits_yet());
         }
         self.gpu.download(&self.act.logits, 0, self.cfg.vocab_size)
     }

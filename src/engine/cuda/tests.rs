@@ -403,6 +403,29 @@ fn load_both(path: &std::path::Path) -> (CudaEngine, CpuEngine, GgufFile) {
     (cuda, cpu, g)
 }
 
+/// The edge cases every backend holds the same way (the CPU engine runs the
+/// same body in engine::cpu::tests).
+#[test]
+fn engine_edge_cases_are_the_shared_contract() {
+    if gpu_or_skip("engine_edge_cases").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("tiny.gguf");
+    let spec = crate::cli::make_model::TestModelSpec::tiny_llama();
+    crate::cli::make_model::write_test_model(&spec, &p).expect("make model");
+    let g = GgufFile::open(&p, &GgufLimits::default()).expect("open model");
+    let (cfg, w) = crate::model::arch::from_gguf(&g).expect("arch");
+    let opts = LoadOptions {
+        max_context: 8,
+        gpu_device: 0,
+        threads: 0,
+    };
+    let mut e = CudaEngine::load(&g, &cfg, &w, &opts).expect("cuda load");
+    let bad = crate::engine::conformance::edge_cases(&mut e);
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
 #[allow(clippy::explicit_counter_loop)]
 /// Logits of the prompt and the first decode steps, GPU vs CPU reference, on
 /// generated tiny llama/qwen2 models and (when present) the real SmolLM2 file.
