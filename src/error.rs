@@ -254,14 +254,6 @@ impl WorkerError {
     }
 }
 
-impl From<crate::config::ConfigError> for WorkerError {
-    fn from(e: crate::config::ConfigError) -> Self {
-        Self::InvalidConfig {
-            message: e.to_string(),
-        }
-    }
-}
-
 pub type Result<T, E = WorkerError> = std::result::Result<T, E>;
 
 #[cfg(test)]
@@ -291,19 +283,6 @@ mod tests {
         for e in samples {
             assert!(WorkerError::ALL_CODES.contains(&e.code()));
         }
-    }
-
-    #[test]
-    fn invalid_config_has_its_own_code() {
-        let e = WorkerError::from(crate::config::ConfigError::new(
-            "rpc_port",
-            "is out of range",
-        ));
-        assert_eq!(e.code(), "INVALID_CONFIG");
-        assert!(WorkerError::ALL_CODES.contains(&e.code()));
-        assert!(!e.retriable());
-        assert_eq!(e.http_status(), 500);
-        assert!(e.message().contains("rpc_port"), "{}", e.message());
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`cli`]: the `generate`, `bench` and `make-model` commands.
 #![deny(unsafe_code)]
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;

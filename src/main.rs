@@ -4,7 +4,7 @@
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
-use worker_orcd::{cli, config, daemon};
+use worker_orcd::{cli, config, daemon, http};
 
 #[derive(Parser)]
 #[command(
@@ -40,8 +40,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        None => daemon::run(cli.serve),
-        Some(Command::Serve(args)) => daemon::run(args),
+        None => daemon::run(cli.serve, http::router),
+        Some(Command::Serve(args)) => daemon::run(args, http::router),
         Some(Command::Generate(args)) => cli::generate::run(args),
         Some(Command::Bench(args)) => cli::bench::run(args),
         Some(Command::MakeModel(args)) => cli::make_model::run(args),

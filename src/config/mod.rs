@@ -239,6 +239,17 @@ impl ConfigError {
     }
 }
 
+/// A configuration error is the worker's INVALID_CONFIG (exit code 2). The
+/// conversion lives here, above the error type, so `error` imports nothing
+/// of the configuration.
+impl From<ConfigError> for crate::error::WorkerError {
+    fn from(e: ConfigError) -> Self {
+        Self::InvalidConfig {
+            message: e.to_string(),
+        }
+    }
+}
+
 /// Default model directory (WORKER-4322).
 pub const DEFAULT_MODEL_ROOT: &str = "/var/lib/llorch/models";
 /// File name of the token inside `$CREDENTIALS_DIRECTORY` (systemd LoadCredential=worker-token).

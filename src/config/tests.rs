@@ -650,3 +650,13 @@ fn systemd_unit_keeps_its_hardening() {
         profile.contains("deny capability,") && profile.contains("/var/lib/llorch/models/** r,")
     );
 }
+
+#[test]
+fn invalid_config_has_its_own_code() {
+    let e = crate::error::WorkerError::from(ConfigError::new("rpc_port", "is out of range"));
+    assert_eq!(e.code(), "INVALID_CONFIG");
+    assert!(crate::error::WorkerError::ALL_CODES.contains(&e.code()));
+    assert!(!e.retriable());
+    assert_eq!(e.http_status(), 500);
+    assert!(e.message().contains("rpc_port"), "{}", e.message());
+}

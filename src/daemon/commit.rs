@@ -26,13 +26,13 @@
 //!
 //! The worker turns Ready only after the start-up commit (4031, 4227).
 
+use crate::api::CommitRequest;
 use crate::config::Config;
 use crate::daemon::app::{AppState, LoadedModel};
 use crate::daemon::capability;
 use crate::daemon::models::{self, check_size, default_shard_id, model_ref_of, resolve_model_path};
 use crate::engine::{BackendKind, Engine, LoadOptions};
 use crate::error::{Result, WorkerError};
-use crate::http::validate::CommitRequest;
 use crate::model::arch;
 use crate::model::gguf::GgufFile;
 use crate::model::tokenizer::Tokenizer;

@@ -43,7 +43,12 @@ const FLUSH_GRACE: Duration = Duration::from_millis(300);
 /// Bound on the HTTP server's graceful shutdown.
 const SERVER_STOP: Duration = Duration::from_secs(2);
 
-pub fn run(args: ServeArgs) -> ExitCode {
+/// Builds the HTTP API over the worker's state. The daemon is handed it (by
+/// `main`, which passes `http::router`) rather than importing the layer
+/// above it.
+pub type RouterFor = fn(Arc<AppState>) -> axum::Router;
+
+pub fn run(args: ServeArgs, router: RouterFor) -> ExitCode {
     let cfg = match Config::resolve(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -74,7 +79,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::from(exit::INTERNAL);
         }
     };
-    let code = rt.block_on(serve(cfg));
+    let code = rt.block_on(serve(cfg, router));
     rt.shutdown_timeout(Duration::from_secs(1));
     if code == exit::OK {
         breaker.clean_exit();
@@ -128,7 +133,7 @@ fn signals() -> std::io::Result<mpsc::UnboundedReceiver<&'static str>> {
     Ok(rx)
 }
 
-async fn serve(cfg: Config) -> u8 {
+async fn serve(cfg: Config, router: RouterFor) -> u8 {
     if let Err(e) = crate::config::check_not_root(cfg.allow_root) {
         return fail_start(&cfg, &WorkerError::from(e), exit::CONFIG).await;
     }
@@ -187,7 +192,7 @@ async fn serve(cfg: Config) -> u8 {
     set_state(&app, Lifecycle::Loading);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
-        axum::serve(listener, crate::http::router(Arc::clone(&app)))
+        axum::serve(listener, router(Arc::clone(&app)))
             .with_graceful_shutdown(async move {
                 let _ = stop_rx.await;
             })

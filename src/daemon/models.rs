@@ -6,12 +6,12 @@
 //! outside the root is even looked at), then after canonicalization (so
 //! symlinks cannot leave it).
 
+use crate::api::{PlanRequest, ShardLayout};
 use crate::config::Config;
 use crate::daemon::app::AppState;
 use crate::daemon::capability;
 use crate::engine::{BackendKind, MemoryReport};
 use crate::error::{Result, WorkerError};
-use crate::http::validate::{PlanRequest, ShardLayout};
 use crate::model::arch::{self, ModelConfig};
 use crate::model::gguf::GgufFile;
 use serde::Serialize;

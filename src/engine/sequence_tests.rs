@@ -11,8 +11,8 @@ use crate::model::gguf::{GgufFile, GgufLimits};
 fn tiny() -> (Tokenizer, ModelConfig) {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("tiny.gguf");
-    crate::cli::make_model::write_test_model(
-        &crate::cli::make_model::TestModelSpec::tiny_llama(),
+    crate::model::test_model::write_test_model(
+        &crate::model::test_model::TestModelSpec::tiny_llama(),
         &p,
     )
     .unwrap();

@@ -29,8 +29,8 @@ async fn rig() -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("models");
     std::fs::create_dir_all(&root).unwrap();
-    crate::cli::make_model::write_test_model(
-        &crate::cli::make_model::TestModelSpec::tiny_llama(),
+    crate::model::test_model::write_test_model(
+        &crate::model::test_model::TestModelSpec::tiny_llama(),
         &root.join("tiny.gguf"),
     )
     .unwrap();

@@ -9,6 +9,7 @@
 //! `deny_unknown_fields`. Nothing here touches worker state, so a rejected
 //! request changes nothing (4305).
 
+pub use crate::api::{CommitRequest, PlanRequest, ShardLayout};
 use crate::engine::sequence::GenerationParams;
 use crate::engine::SamplingParams;
 use crate::error::{Result, WorkerError};
@@ -43,30 +44,6 @@ impl Default for Limits {
             max_tokens: crate::config::DEFAULT_MAX_TOKENS_LIMIT,
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShardLayout {
-    Single,
-    TensorParallel,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct PlanRequest {
-    pub model_ref: String,
-    pub shard_layout: ShardLayout,
-    pub tp_degree: Option<u32>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct CommitRequest {
-    pub model_ref: String,
-    pub shard_id: String,
-    pub shard_index: u32,
-    pub path: Option<String>,
-    pub expected_digest: Option<[u8; 32]>,
-    /// Detached Ed25519 signature over the model file (64 bytes, hex).
-    pub signature: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -13,10 +13,6 @@ use crate::error::{Result, WorkerError};
 use crate::model::gguf::{GgmlType, MetaValue};
 use crate::model::quant;
 
-/// Whole test models (shape, quant mix, seeded weights, tokenizer) are written
-/// by the make-model command's library half.
-pub use crate::cli::make_model::{write_test_model, TestModelSpec};
-
 struct PendingTensor {
     name: String,
     dims: Vec<u64>,

@@ -6,4 +6,5 @@ pub mod gguf;
 pub mod gguf_write;
 pub mod mcd;
 pub mod quant;
+pub mod test_model;
 pub mod tokenizer;

@@ -2,11 +2,11 @@
 //! (the make-model generator), so they run in every build without real files.
 
 use super::CpuEngine;
-use crate::cli::make_model::{write_test_model, TestModelSpec};
 use crate::engine::{sampler, Engine, LoadOptions};
 use crate::model::arch::{self, Arch, RopeStyle};
 use crate::model::gguf::{GgufFile, GgufLimits, MetaValue};
 use crate::model::gguf_write::GgufWriter;
+use crate::model::test_model::{write_test_model, TestModelSpec};
 use crate::model::tokenizer::Tokenizer;
 
 fn open(spec: &TestModelSpec) -> GgufFile {

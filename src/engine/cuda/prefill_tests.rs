@@ -246,20 +246,20 @@ fn engine_prefill_longer_than_a_chunk_matches_cpu() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let llama = crate::cli::make_model::TestModelSpec {
+    let llama = crate::model::test_model::TestModelSpec {
         ctx: 1024,
-        ..crate::cli::make_model::TestModelSpec::tiny_llama()
+        ..crate::model::test_model::TestModelSpec::tiny_llama()
     };
     // d = 256 so the Q4_K_M rules really produce K-quant matrices.
-    let qwen = crate::cli::make_model::TestModelSpec {
+    let qwen = crate::model::test_model::TestModelSpec {
         ctx: 1024,
         d_model: 256,
         ffn: 512,
-        ..crate::cli::make_model::TestModelSpec::tiny_qwen2()
+        ..crate::model::test_model::TestModelSpec::tiny_qwen2()
     };
     for spec in [llama, qwen] {
         let p = dir.path().join(format!("{}.gguf", spec.name));
-        crate::cli::make_model::write_test_model(&spec, &p).expect("make model");
+        crate::model::test_model::write_test_model(&spec, &p).expect("make model");
         let gg = GgufFile::open(&p, &GgufLimits::default()).expect("open model");
         let (cfg, w) = crate::model::arch::from_gguf(&gg).expect("arch");
         let opts = LoadOptions {

@@ -412,8 +412,8 @@ fn engine_edge_cases_are_the_shared_contract() {
     }
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("tiny.gguf");
-    let spec = crate::cli::make_model::TestModelSpec::tiny_llama();
-    crate::cli::make_model::write_test_model(&spec, &p).expect("make model");
+    let spec = crate::model::test_model::TestModelSpec::tiny_llama();
+    crate::model::test_model::write_test_model(&spec, &p).expect("make model");
     let g = GgufFile::open(&p, &GgufLimits::default()).expect("open model");
     let (cfg, w) = crate::model::arch::from_gguf(&g).expect("arch");
     let opts = LoadOptions {
@@ -437,11 +437,11 @@ fn engine_logits_and_greedy_tokens_match_cpu() {
     let dir = tempfile::tempdir().unwrap();
     let mut paths = Vec::new();
     for spec in [
-        crate::cli::make_model::TestModelSpec::tiny_llama(),
-        crate::cli::make_model::TestModelSpec::tiny_qwen2(),
+        crate::model::test_model::TestModelSpec::tiny_llama(),
+        crate::model::test_model::TestModelSpec::tiny_qwen2(),
     ] {
         let p = dir.path().join(format!("{}.gguf", spec.name));
-        crate::cli::make_model::write_test_model(&spec, &p).expect("make model");
+        crate::model::test_model::write_test_model(&spec, &p).expect("make model");
         paths.push(p);
     }
     for (file, _, _) in crate::engine::conformance::REAL_MODELS {

@@ -1,4 +1,4 @@
-//! make-model: determinism, shapes, presets against the real files, bad specs.
+//! Generated test models: determinism, shapes, presets against the real files, bad specs.
 
 use super::*;
 use crate::model::gguf::{GgufFile, GgufLimits};
