@@ -101,6 +101,46 @@ fn token_file_bounds_hold_exactly_at_their_limits() {
     assert!(e.message.contains("longer than 4096 bytes"), "{e}");
 }
 
+/// An error names the line of the file it is about, counting from 1 and
+/// counting comment and blank lines.
+#[test]
+fn token_errors_name_their_line() {
+    let e = Credentials::from_text("# a comment\n\nnot a token", "tf").unwrap_err();
+    assert!(e.message.contains("tf line 3:"), "{e}");
+    let long = format!("{}\n{}", "b".repeat(20), "a".repeat(4097));
+    let e = Credentials::from_text(&long, "tf").unwrap_err();
+    assert!(e.message.contains("tf line 2:"), "{e}");
+}
+
+/// A token shorter than 16 characters is accepted with a warning naming its
+/// line; one of 16 or more gets none.
+#[test]
+fn short_tokens_are_accepted_with_a_warning() {
+    use crate::telemetry::logging::test_capture::capture;
+    let warnings = |text: &str| -> Vec<String> {
+        capture("warn", || {
+            Credentials::from_text(text, "tf").unwrap();
+        })
+        .iter()
+        .filter(|l| l["level"] == "warn")
+        .map(|l| l["human"].as_str().unwrap_or_default().to_string())
+        .collect()
+    };
+    let (sixteen, fifteen) = ("token-of-16-char", "token-of-15-cha");
+    assert_eq!((sixteen.len(), fifteen.len()), (16, 15));
+    let w = warnings(&format!("# header\n{sixteen}"));
+    assert!(w.is_empty(), "16 characters are enough: {w:?}");
+    let w = warnings(&format!("# header\n{fifteen}"));
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("line 2") && w[0].contains("shorter than 16"),
+        "{w:?}"
+    );
+    assert!(!w[0].contains(fifteen), "never the token itself: {w:?}");
+    let w = warnings(&"x".repeat(40));
+    assert!(w.is_empty(), "a long token gets no warning: {w:?}");
+}
+
 #[test]
 fn missing_empty_and_unreadable_token_files_fail() {
     let dir = tempfile::tempdir().unwrap();

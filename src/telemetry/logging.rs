@@ -243,13 +243,14 @@ fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
     );
 }
 
+/// Tests anywhere in the crate read what the worker logs through this.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_capture {
     use super::*;
     use std::sync::{Arc, Mutex};
 
     #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
+    pub struct Buf(pub Arc<Mutex<Vec<u8>>>);
     impl std::io::Write for Buf {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
             self.0
@@ -269,7 +270,8 @@ mod tests {
         }
     }
 
-    fn capture(level: &str, f: impl FnOnce()) -> Vec<Value> {
+    /// Every log line `f` writes at `level`, as the JSON objects the worker logs.
+    pub fn capture(level: &str, f: impl FnOnce()) -> Vec<Value> {
         let buf = Buf::default();
         tracing::subscriber::with_default(subscriber(level, buf.clone()), f);
         let bytes = buf.0.lock().unwrap().clone();
@@ -279,6 +281,12 @@ mod tests {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_capture::{capture, Buf};
+    use super::*;
 
     #[test]
     fn one_flat_json_object_per_event_with_span_fields() {
