@@ -214,16 +214,6 @@ impl Credentials {
         }
     }
 
-    /// Every accepted identity, in file order.
-    pub fn identities(&self) -> Vec<Identity> {
-        self.digests
-            .iter()
-            .map(|d| Identity {
-                fp6: fp6_of_digest(d),
-            })
-            .collect()
-    }
-
     /// fp6 of every accepted token, in file order (for logs and the readiness callback).
     pub fn fp6_list(&self) -> Vec<String> {
         self.digests.iter().map(fp6_of_digest).collect()

@@ -460,3 +460,31 @@ fn reseal(
     );
     Ok(new)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `commit_started` narration says in words where the commit came
+    /// from, beside the machine-readable `commit_source` (WORKER-4803).
+    #[test]
+    fn commit_started_names_its_source_in_words() {
+        use crate::telemetry::logging::test_capture::capture;
+        for (source, words) in [
+            (Source::Startup, "the start-up commit of model_path"),
+            (Source::Path, "a commit by path"),
+            (Source::Upload, "a commit by upload"),
+        ] {
+            let lines = capture("info", || announce(source, "m.gguf", "s1"));
+            assert_eq!(lines.len(), 1, "{lines:?}");
+            let l = &lines[0];
+            assert_eq!(l["event"], "commit_started");
+            assert_eq!(l["commit_source"], source.as_str());
+            let human = l["human"].as_str().unwrap_or_default();
+            assert!(
+                human.contains(words) && human.contains("m.gguf") && human.contains("s1"),
+                "{human}"
+            );
+        }
+    }
+}
