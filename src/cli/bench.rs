@@ -12,7 +12,7 @@
 //! attention reads a longer cache) is reported beside it, not compared.
 
 use super::generate::{check_root, exit_code_for, make_engine, open_model, BackendArg};
-use crate::engine::sequence::{EventSink, GenerationParams, Sequence};
+use crate::engine::sequence::{EventSink, GenerationParams, Prompt, Sequence};
 use crate::engine::{BackendKind, LoadOptions, SamplingParams};
 use crate::error::{Result, WorkerError};
 use serde::Serialize;
@@ -192,9 +192,8 @@ fn bench(a: &BenchArgs) -> Result<()> {
         // pp512, then 128 decode steps after the prompt.
         let mut seq = Sequence::new(
             &m.tokenizer,
-            prompt.clone(),
+            Prompt::new(prompt.clone(), max_ctx)?,
             greedy(a.gen_tokens + 1),
-            max_ctx,
             Discard,
         )?
         .ignoring_eos();
@@ -204,9 +203,8 @@ fn bench(a: &BenchArgs) -> Result<()> {
         // tg128: generation from an empty context, one token per step from position 0.
         let mut seq = Sequence::new(
             &m.tokenizer,
-            vec![prompt[0]],
+            Prompt::new(vec![prompt[0]], max_ctx)?,
             greedy(a.gen_tokens),
-            max_ctx,
             Discard,
         )?
         .ignoring_eos();

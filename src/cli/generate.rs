@@ -14,7 +14,7 @@
 //! decode loop (`engine::sequence`), so the same request counts the same
 //! tokens here and in the daemon's `end` event.
 
-use crate::engine::sequence::{EventSink, Sequence};
+use crate::engine::sequence::{EventSink, Prompt, Sequence};
 use crate::engine::{BackendKind, Engine, LoadOptions};
 use crate::error::{Result, WorkerError};
 use crate::http::validate::{self, Limits};
@@ -209,8 +209,7 @@ fn generate(args: &GenerateArgs) -> Result<()> {
     } else {
         args.prompt.clone()
     };
-    let prompt = m.tokenizer.encode(&text, true)?;
-    crate::engine::sequence::check_prompt_fits(prompt.len(), m.cfg.context_length)?;
+    let prompt = Prompt::new(m.tokenizer.encode(&text, true)?, m.cfg.context_length)?;
     let need = prompt.len() + params.max_tokens as usize;
     let opts = LoadOptions {
         max_context: need.min(m.cfg.context_length),
@@ -222,7 +221,9 @@ fn generate(args: &GenerateArgs) -> Result<()> {
     let sink = StdoutSink {
         out: std::io::stdout().lock(),
     };
-    let mut seq = Sequence::new(&m.tokenizer, prompt, params, eng.max_context(), sink)?;
+    // The engine holds prompt + max_tokens (less than the model's context
+    // when that is larger), so max_tokens ends the sequence before it fills.
+    let mut seq = Sequence::new(&m.tokenizer, prompt, params, sink)?;
     let (finish, times) = seq.run(eng.as_mut())?;
     let decode_s = times.end.saturating_sub(times.prefill).as_secs_f64();
     eprintln!(

@@ -13,7 +13,7 @@
 use crate::daemon::app::AppState;
 use crate::daemon::scheduler::{JobCtl, SlotGuard};
 use crate::daemon::state::Lifecycle;
-use crate::engine::sequence::{self, EventSink, Finish, GenerationParams, Sequence};
+use crate::engine::sequence::{EventSink, Finish, GenerationParams, Prompt, Sequence};
 use crate::engine::Engine;
 use crate::error::{Result, WorkerError};
 use crate::telemetry::whole_ms_up;
@@ -54,7 +54,7 @@ pub struct JobMetrics {
 pub struct Job {
     pub id: String,
     pub correlation_id: String,
-    pub prompt_ids: Vec<u32>,
+    pub prompt: Prompt,
     pub params: GenerationParams,
     pub slot: SlotGuard,
     pub events: tmpsc::Sender<JobEvent>,
@@ -64,7 +64,7 @@ pub struct Job {
 
 /// What `generate` needs of a job (the slot stays with `run_job`).
 struct JobRef<'a> {
-    prompt_ids: &'a [u32],
+    prompt: &'a Prompt,
     params: &'a GenerationParams,
     deadline: Instant,
     events: &'a tmpsc::Sender<JobEvent>,
@@ -216,7 +216,7 @@ impl EngineLoop {
         let Job {
             slot,
             events,
-            prompt_ids,
+            prompt,
             enqueued,
             params,
             deadline,
@@ -227,7 +227,7 @@ impl EngineLoop {
         self.app.metrics.set_running(1);
         let result = self.generate(
             &JobRef {
-                prompt_ids: &prompt_ids,
+                prompt: &prompt,
                 params: &params,
                 deadline,
                 events: &events,
@@ -247,7 +247,7 @@ impl EngineLoop {
                     .e2e((started - enqueued).as_secs_f64() + started.elapsed().as_secs_f64());
                 tracing::info!(
                     worker_id = %app.cfg.worker_id, gpu_device = app.cfg.gpu_device,
-                    model_ref = %self.model_ref(), tokens_in = prompt_ids.len(), tokens_out,
+                    model_ref = %self.model_ref(), tokens_in = prompt.len(), tokens_out,
                     decode_time_ms, finish_reason = finish.as_str(),
                     human = %format!(
                         "Finished a job: generated {tokens_out} tokens in {decode_time_ms} ms, stopped because of {}.",
@@ -355,9 +355,7 @@ impl EngineLoop {
             .as_mut()
             .ok_or_else(|| WorkerError::internal("the engine was released"))?;
         let p = &job.params;
-        let n_in = job.prompt_ids.len();
-        let max_ctx = engine.max_context();
-        sequence::check_prompt_fits(n_in, max_ctx)?;
+        let n_in = job.prompt.len();
         let queue = job.enqueued.elapsed();
         app.metrics.queue(queue.as_secs_f64());
         tracing::info!(
@@ -379,13 +377,7 @@ impl EngineLoop {
             first: None,
             last: Instant::now(),
         };
-        let mut seq = Sequence::new(
-            &tok,
-            job.prompt_ids.to_vec(),
-            job.params.clone(),
-            max_ctx,
-            sink,
-        )?;
+        let mut seq = Sequence::new(&tok, job.prompt.clone(), job.params.clone(), sink)?;
         let (finish, times) = seq.run(engine.as_mut())?;
         let n_out = seq.tokens_out();
         app.metrics.prompt_tokens(n_in as u64);

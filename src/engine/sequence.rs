@@ -90,21 +90,50 @@ pub struct Timeline {
     pub end: Duration,
 }
 
-/// Refuse a prompt that is empty or leaves no room in the context for one
-/// generated token (WORKER-4413, 4423): checked at admission and again here.
-pub fn check_prompt_fits(prompt_tokens: usize, max_context: usize) -> Result<()> {
-    if prompt_tokens == 0 || prompt_tokens >= max_context {
-        return Err(WorkerError::invalid(format!(
-            "field `prompt` is {prompt_tokens} tokens; this worker's context holds {max_context} tokens \
-             (max_context), leaving room for at least one generated token"
-        )));
+/// A prompt's token ids, checked once against the context they will run in
+/// (WORKER-4413, 4423): not empty, and leaving room for at least one
+/// generated token. Admission makes one; a [`Sequence`] takes it as is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prompt {
+    ids: Vec<u32>,
+    max_context: usize,
+}
+
+impl Prompt {
+    /// The one length check of a prompt.
+    pub fn new(ids: Vec<u32>, max_context: usize) -> Result<Self> {
+        let n = ids.len();
+        if n == 0 || n >= max_context {
+            return Err(WorkerError::invalid(format!(
+                "field `prompt` is {n} tokens; this worker's context holds {max_context} tokens \
+                 (max_context), leaving room for at least one generated token"
+            )));
+        }
+        Ok(Self { ids, max_context })
     }
-    Ok(())
+
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Never true: a `Prompt` holds at least one token.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The context the prompt was checked against.
+    pub fn max_context(&self) -> usize {
+        self.max_context
+    }
 }
 
 /// One request: see the module header.
 pub struct Sequence<'t, S: EventSink> {
-    prompt: Vec<u32>,
+    prompt: Prompt,
     params: GenerationParams,
     tokenizer: &'t Tokenizer,
     rng: SamplerRng,
@@ -118,15 +147,13 @@ pub struct Sequence<'t, S: EventSink> {
 }
 
 impl<'t, S: EventSink> Sequence<'t, S> {
-    /// A sequence of `prompt` for an engine whose context holds `max_context` tokens.
+    /// A sequence of `prompt` (already checked against its context).
     pub fn new(
         tokenizer: &'t Tokenizer,
-        prompt: Vec<u32>,
+        prompt: Prompt,
         params: GenerationParams,
-        max_context: usize,
         sink: S,
     ) -> Result<Self> {
-        check_prompt_fits(prompt.len(), max_context)?;
         if params.max_tokens == 0 {
             return Err(WorkerError::invalid("max_tokens must be at least 1"));
         }
@@ -134,10 +161,10 @@ impl<'t, S: EventSink> Sequence<'t, S> {
             rng: SamplerRng::new(params.seed),
             decoder: tokenizer.stream(),
             stop: StopMatcher::new(&params.stop),
+            max_context: prompt.max_context(),
             prompt,
             params,
             tokenizer,
-            max_context,
             ignore_eos: false,
             sink,
             events: 0,
@@ -169,7 +196,7 @@ impl<'t, S: EventSink> Sequence<'t, S> {
         let t0 = Instant::now();
         self.sink.check()?;
         engine.reset();
-        engine.forward(&self.prompt, 0)?;
+        engine.forward(self.prompt.ids(), 0)?;
         let prefill = t0.elapsed();
         let mut first_token = None;
         let mut pos = self.prompt.len();

@@ -133,9 +133,8 @@ fn text_tokens_and_eos_are_counted_the_one_way() {
     let prompt = tok.encode("Say", false).unwrap();
     let mut seq = Sequence::new(
         &tok,
-        prompt.clone(),
+        Prompt::new(prompt.clone(), 64).unwrap(),
         params(50, &[]),
-        64,
         Collect::default(),
     )
     .unwrap();
@@ -165,8 +164,13 @@ fn max_tokens_ends_with_length_after_exactly_that_many_events() {
     assert!(script.len() > 4);
     let mut eng = engine(&cfg, script.clone(), 64);
     let prompt = tok.encode("x", false).unwrap();
-    let mut seq =
-        Sequence::new(&tok, prompt.clone(), params(4, &[]), 64, Collect::default()).unwrap();
+    let mut seq = Sequence::new(
+        &tok,
+        Prompt::new(prompt.clone(), 64).unwrap(),
+        params(4, &[]),
+        Collect::default(),
+    )
+    .unwrap();
     let (finish, _) = seq.run(&mut eng).unwrap();
     assert_eq!(finish, Finish::Length);
     assert_eq!(seq.tokens_out(), 4);
@@ -184,9 +188,8 @@ fn a_full_context_ends_with_length_and_fills_it_exactly() {
     let mut eng = engine(&cfg, script, ctx);
     let mut seq = Sequence::new(
         &tok,
-        prompt.clone(),
+        Prompt::new(prompt.clone(), ctx).unwrap(),
         params(100, &[]),
-        ctx,
         Collect::default(),
     )
     .unwrap();
@@ -204,8 +207,13 @@ fn a_stop_sequence_across_tokens_is_never_sent_and_ends_the_sequence() {
     let script = tok.encode("one two STOP three", false).unwrap();
     let mut eng = engine(&cfg, script, 64);
     let prompt = tok.encode("x", false).unwrap();
-    let mut seq =
-        Sequence::new(&tok, prompt, params(100, &["STOP"]), 64, Collect::default()).unwrap();
+    let mut seq = Sequence::new(
+        &tok,
+        Prompt::new(prompt, 64).unwrap(),
+        params(100, &["STOP"]),
+        Collect::default(),
+    )
+    .unwrap();
     let (finish, _) = seq.run(&mut eng).unwrap();
     assert_eq!(finish, Finish::Stop);
     let sent = texts(&seq.sink().events);
@@ -221,8 +229,13 @@ fn held_back_text_rides_on_the_eos_event() {
     script.push(eos(&tok));
     let mut eng = engine(&cfg, script, 64);
     let prompt = tok.encode("x", false).unwrap();
-    let mut seq =
-        Sequence::new(&tok, prompt, params(100, &["STOP"]), 64, Collect::default()).unwrap();
+    let mut seq = Sequence::new(
+        &tok,
+        Prompt::new(prompt, 64).unwrap(),
+        params(100, &["STOP"]),
+        Collect::default(),
+    )
+    .unwrap();
     let (finish, _) = seq.run(&mut eng).unwrap();
     assert_eq!(finish, Finish::Eos);
     assert_eq!(texts(&seq.sink().events), "ab ST");
@@ -244,7 +257,13 @@ fn a_sink_that_stops_ends_the_run_before_the_next_step() {
         stop_after: Some(2),
         ..Collect::default()
     };
-    let mut seq = Sequence::new(&tok, prompt, params(100, &[]), 64, sink).unwrap();
+    let mut seq = Sequence::new(
+        &tok,
+        Prompt::new(prompt, 64).unwrap(),
+        params(100, &[]),
+        sink,
+    )
+    .unwrap();
     let e = seq.run(&mut eng).unwrap_err();
     assert_eq!(e.code(), "CANCELLED");
     assert_eq!(seq.tokens_out(), 2);
@@ -257,9 +276,14 @@ fn ignoring_eos_generates_through_it() {
     let e = eos(&tok);
     let mut eng = engine(&cfg, vec![e, e, e, e], 64);
     let prompt = tok.encode("x", false).unwrap();
-    let mut seq = Sequence::new(&tok, prompt, params(4, &[]), 64, Collect::default())
-        .unwrap()
-        .ignoring_eos();
+    let mut seq = Sequence::new(
+        &tok,
+        Prompt::new(prompt, 64).unwrap(),
+        params(4, &[]),
+        Collect::default(),
+    )
+    .unwrap()
+    .ignoring_eos();
     let (finish, _) = seq.run(&mut eng).unwrap();
     assert_eq!(finish, Finish::Length);
     assert_eq!(seq.tokens_out(), 4);
@@ -269,19 +293,17 @@ fn ignoring_eos_generates_through_it() {
 #[test]
 fn empty_prompts_full_contexts_and_zero_max_tokens_are_refused() {
     let (tok, _) = tiny();
-    let refuse = |prompt: Vec<u32>, max_tokens: u32, ctx: usize| match Sequence::new(
-        &tok,
-        prompt,
-        params(max_tokens, &[]),
-        ctx,
-        Collect::default(),
-    ) {
-        Ok(_) => panic!("accepted"),
+    assert_eq!(
+        Prompt::new(vec![], 64).unwrap_err().code(),
+        "INVALID_PARAMS"
+    );
+    let e = Prompt::new(vec![1; 64], 64).unwrap_err();
+    assert!(e.message().contains("max_context"), "{}", e.message());
+    let fits = Prompt::new(vec![1; 63], 64).unwrap();
+    assert_eq!((fits.len(), fits.max_context()), (63, 64));
+    let e = match Sequence::new(&tok, fits, params(0, &[]), Collect::default()) {
+        Ok(_) => panic!("max_tokens 0 accepted"),
         Err(e) => e,
     };
-    assert_eq!(refuse(vec![], 4, 64).code(), "INVALID_PARAMS");
-    let e = refuse(vec![1; 64], 4, 64);
-    assert!(e.message().contains("max_context"), "{}", e.message());
-    assert!(Sequence::new(&tok, vec![1; 63], params(4, &[]), 64, Collect::default()).is_ok());
-    assert_eq!(refuse(vec![1], 0, 64).code(), "INVALID_PARAMS");
+    assert_eq!(e.code(), "INVALID_PARAMS");
 }

@@ -90,7 +90,7 @@ async fn admit(app: &Arc<AppState>, caller: Caller, cid: CorrelationId, body: Bo
     let ids = tokio::task::spawn_blocking(move || tok.encode(&prompt, true))
         .await
         .map_err(|e| WorkerError::internal(format!("tokenizer task failed: {e}")))??;
-    crate::engine::sequence::check_prompt_fits(ids.len(), model.max_context)?;
+    let prompt = crate::engine::sequence::Prompt::new(ids, model.max_context)?;
 
     let job_id = random_id("job-");
     let slot = app
@@ -106,7 +106,7 @@ async fn admit(app: &Arc<AppState>, caller: Caller, cid: CorrelationId, body: Bo
     let job = Job {
         id: job_id.clone(),
         correlation_id: cid.0.clone(),
-        prompt_ids: ids,
+        prompt,
         params: req.params,
         slot,
         events: tx,
