@@ -12,6 +12,7 @@ pub mod conformance;
 pub mod cpu;
 pub mod cuda;
 pub mod kernels;
+pub mod kv;
 pub mod rng;
 pub mod sampler;
 pub mod sequence;
