@@ -28,7 +28,7 @@
 
 mod plan;
 pub use plan::planned_memory;
-use plan::{kv_cache_bytes, scratch_plan};
+use plan::{kv_cache_bytes, scratch_plan, Buf};
 #[cfg(test)]
 mod matvec_tests;
 #[cfg(test)]
@@ -50,32 +50,21 @@ use crate::gpu::{DeviceBuffer, Gpu, GpuGraph, Span};
 use crate::model::arch::{ModelConfig, ModelWeights, TensorRef};
 use crate::model::gguf::GgufFile;
 
-/// Activation buffers, allocated once.
-struct Act {
-    x: DeviceBuffer,
-    xn: DeviceBuffer,
-    q: DeviceBuffer,
-    k: DeviceBuffer,
-    v: DeviceBuffer,
-    att: DeviceBuffer,
-    gate: DeviceBuffer,
-    up: DeviceBuffer,
-    hid: DeviceBuffer,
-    logits: DeviceBuffer,
-    scores: DeviceBuffer,
-    /// One weight matrix dequantized to f32 for the prefill GEMM (transient:
-    /// each matrix overwrites the previous one; issue 5 point 3).
-    wf: DeviceBuffer,
-    /// 3xTF32: the TF32 remainder of `wf`, and the GEMM input split in two.
-    wf_small: DeviceBuffer,
-    x_big: DeviceBuffer,
-    x_small: DeviceBuffer,
-    tok: DeviceBuffer,
-    pos: DeviceBuffer,
-    cand_ids: DeviceBuffer,
-    cand_vals: DeviceBuffer,
-    topk_scratch: DeviceBuffer,
-    leaves: DeviceBuffer,
+/// The fixed scratch buffers, allocated once in [`Buf::ALL`]'s order and
+/// reached by name: `act[Buf::X]`.
+struct Act(Vec<DeviceBuffer>);
+
+impl std::ops::Index<Buf> for Act {
+    type Output = DeviceBuffer;
+    fn index(&self, b: Buf) -> &DeviceBuffer {
+        &self.0[b as usize]
+    }
+}
+
+impl std::ops::IndexMut<Buf> for Act {
+    fn index_mut(&mut self, b: Buf) -> &mut DeviceBuffer {
+        &mut self.0[b as usize]
+    }
 }
 
 /// Prompt tokens per prefill launch sequence: activations are sized for this
@@ -206,30 +195,10 @@ impl CudaEngine {
         let mut weights = gpu.alloc(dl, "model weights")?;
         gpu.upload(&mut weights, 0, data)?;
         let kv = gpu.alloc(kv_bytes, "KV cache")?;
-        let a = |i: usize| gpu.alloc(scratch[i].0, scratch[i].1);
-        let act = Act {
-            x: a(0)?,
-            xn: a(1)?,
-            q: a(2)?,
-            k: a(3)?,
-            v: a(4)?,
-            att: a(5)?,
-            gate: a(6)?,
-            up: a(7)?,
-            hid: a(8)?,
-            logits: a(9)?,
-            scores: a(10)?,
-            tok: a(11)?,
-            pos: a(12)?,
-            cand_ids: a(13)?,
-            cand_vals: a(14)?,
-            leaves: a(15)?,
-            wf: a(16)?,
-            topk_scratch: a(17)?,
-            wf_small: a(18)?,
-            x_big: a(19)?,
-            x_small: a(20)?,
-        };
+        let act = Act(scratch
+            .iter()
+            .map(|&(bytes, what)| gpu.alloc(bytes, what))
+            .collect::<Result<Vec<_>>>()?);
         gpu.sync()?;
         // The cuBLAS workspace (allocated at open) is scratch too.
         let blas_ws = gpu.blas_workspace_bytes();
@@ -290,11 +259,11 @@ impl CudaEngine {
     ) -> Result<()> {
         let w = self.weights.span(t.offset, t.n_bytes)?;
         if n >= GEMM_MIN_TOKENS {
-            let scratch = self.act.wf.all();
+            let scratch = self.act[Buf::Wf].all();
             let split = self.tf32x3.then(|| Tf32Split {
-                w_small: self.act.wf_small.all(),
-                x_big: self.act.x_big.all(),
-                x_small: self.act.x_small.all(),
+                w_small: self.act[Buf::WfSmall].all(),
+                x_big: self.act[Buf::XBig].all(),
+                x_small: self.act[Buf::XSmall].all(),
             });
             self.gpu.gemm(
                 t.dtype, w, x, bias, y, scratch, split, rows, cols, n, accumulate,
@@ -309,8 +278,8 @@ impl CudaEngine {
     /// replays the captured decode graph; several run the batched kernels.
     fn run_step(&mut self, tokens: &[u32], pos: usize) -> Result<()> {
         let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-        self.gpu.upload(&mut self.act.tok, 0, &ids)?;
-        self.gpu.upload(&mut self.act.pos, 0, &[pos as i32])?;
+        self.gpu.upload(&mut self.act[Buf::Tok], 0, &ids)?;
+        self.gpu.upload(&mut self.act[Buf::Pos], 0, &[pos as i32])?;
         if !self.use_graph || tokens.len() > 1 {
             return self.enqueue_step(tokens.len());
         }
@@ -346,22 +315,22 @@ impl CudaEngine {
         }
         let k = k.clamp(1, DEVICE_CANDIDATES.min(self.cfg.vocab_size));
         let a = &self.act;
-        let (logits, n) = (a.logits.all(), self.cfg.vocab_size);
+        let (logits, n) = (a[Buf::Logits].all(), self.cfg.vocab_size);
         if k <= DEVICE_TOPK_MAX {
             self.gpu
-                .topk(logits, n, k, a.cand_ids.all(), a.cand_vals.all())?;
+                .topk(logits, n, k, a[Buf::CandIds].all(), a[Buf::CandVals].all())?;
         } else {
             self.gpu.topk_large(
                 logits,
                 n,
                 k,
-                a.topk_scratch.all(),
-                a.cand_ids.all(),
-                a.cand_vals.all(),
+                a[Buf::TopkScratch].all(),
+                a[Buf::CandIds].all(),
+                a[Buf::CandVals].all(),
             )?;
         }
-        let ids: Vec<i32> = self.gpu.download(&a.cand_ids, 0, k)?;
-        let vals: Vec<f32> = self.gpu.download(&a.cand_vals, 0, k)?;
+        let ids: Vec<i32> = self.gpu.download(&a[Buf::CandIds], 0, k)?;
+        let vals: Vec<f32> = self.gpu.download(&a[Buf::CandVals], 0, k)?;
         Ok(ids
             .into_iter()
             .zip(vals)
@@ -412,7 +381,8 @@ impl Engine for CudaEngine {
         if !self.has_logits {
             return Err(crate::engine::no_logits_yet());
         }
-        self.gpu.download(&self.act.logits, 0, self.cfg.vocab_size)
+        self.gpu
+            .download(&self.act[Buf::Logits], 0, self.cfg.vocab_size)
     }
 
     fn sample(&mut self, params: &SamplingParams, draw: f32) -> Result<u32> {
@@ -435,9 +405,9 @@ impl Engine for CudaEngine {
         let n = self.gpu.sha256_leaves(
             self.weights.all(),
             crate::shard::digest::CHUNK_BYTES,
-            self.act.leaves.all(),
+            self.act[Buf::Leaves].all(),
         )?;
-        let raw: Vec<u8> = self.gpu.download(&self.act.leaves, 0, 32 * n)?;
+        let raw: Vec<u8> = self.gpu.download(&self.act[Buf::Leaves], 0, 32 * n)?;
         let leaves: Vec<[u8; 32]> = raw
             .chunks_exact(32)
             .map(|c| {

@@ -9,7 +9,7 @@
 //! attention is the split-KV decode kernel. A prefill chunk normalises once
 //! and multiplies through `CudaEngine::mm` (GEMM or batched mat-vec).
 
-use super::CudaEngine;
+use super::{Buf, CudaEngine};
 use crate::engine::kernels::BlockKernels;
 use crate::error::Result;
 use crate::gpu::qkv::Proj;
@@ -49,8 +49,8 @@ impl BlockKernels for CudaStep<'_> {
             w.token_embd.dtype,
             self.wt(&w.token_embd)?,
             c.vocab_size,
-            a.tok.all(),
-            a.x.all(),
+            a[Buf::Tok].all(),
+            a[Buf::X].all(),
             c.d_model,
             self.n,
         )
@@ -62,7 +62,7 @@ impl BlockKernels for CudaStep<'_> {
         let (d, hd, nh, nkv, n) = (c.d_model, c.head_dim, c.n_heads, c.n_kv_heads, self.n);
         let (nw, eps) = (self.wt(&l.attn_norm)?, c.norm_eps);
         if n > 1 {
-            g.rmsnorm(a.x.all(), nw, a.xn.all(), d, n, eps)?;
+            g.rmsnorm(a[Buf::X].all(), nw, a[Buf::Xn].all(), d, n, eps)?;
         }
         let one_format = l.wk.dtype == l.wq.dtype && l.wv.dtype == l.wq.dtype;
         if n == 1 && one_format {
@@ -76,19 +76,19 @@ impl BlockKernels for CudaStep<'_> {
                 })
             };
             let qkv = [
-                p(&l.wq, &l.bq, a.q.all(), nh * hd)?,
-                p(&l.wk, &l.bk, a.k.all(), nkv * hd)?,
-                p(&l.wv, &l.bv, a.v.all(), nkv * hd)?,
+                p(&l.wq, &l.bq, a[Buf::Q].all(), nh * hd)?,
+                p(&l.wk, &l.bk, a[Buf::K].all(), nkv * hd)?,
+                p(&l.wv, &l.bv, a[Buf::V].all(), nkv * hd)?,
             ];
-            return g.qkv_norm(l.wq.dtype, qkv, a.x.all(), nw, eps, d);
+            return g.qkv_norm(l.wq.dtype, qkv, a[Buf::X].all(), nw, eps, d);
         }
         for (t, b, out, rows) in [
-            (&l.wq, &l.bq, a.q.all(), nh * hd),
-            (&l.wk, &l.bk, a.k.all(), nkv * hd),
-            (&l.wv, &l.bv, a.v.all(), nkv * hd),
+            (&l.wq, &l.bq, a[Buf::Q].all(), nh * hd),
+            (&l.wk, &l.bk, a[Buf::K].all(), nkv * hd),
+            (&l.wv, &l.bv, a[Buf::V].all(), nkv * hd),
         ] {
             if n == 1 {
-                let x = a.x.all();
+                let x = a[Buf::X].all();
                 g.matvec_norm(
                     t.dtype,
                     self.wt(t)?,
@@ -103,7 +103,7 @@ impl BlockKernels for CudaStep<'_> {
                 )?;
             } else {
                 self.e
-                    .mm(t, a.xn.all(), self.bias(b)?, out, rows, d, n, false)?;
+                    .mm(t, a[Buf::Xn].all(), self.bias(b)?, out, rows, d, n, false)?;
             }
         }
         Ok(())
@@ -113,12 +113,12 @@ impl BlockKernels for CudaStep<'_> {
         let (c, a) = (&self.e.cfg, &self.e.act);
         let (kc, vc) = self.kv(layer)?;
         self.e.gpu.rope_kv(
-            a.q.all(),
-            a.k.all(),
-            a.v.all(),
+            a[Buf::Q].all(),
+            a[Buf::K].all(),
+            a[Buf::V].all(),
             kc,
             vc,
-            a.pos.all(),
+            a[Buf::Pos].all(),
             c.n_heads,
             c.n_kv_heads,
             c.head_dim,
@@ -135,12 +135,12 @@ impl BlockKernels for CudaStep<'_> {
         let (nh, nkv, hd, ctx) = (c.n_heads, c.n_kv_heads, c.head_dim, self.e.max_ctx);
         if self.n == 1 {
             g.attention(
-                a.q.all(),
+                a[Buf::Q].all(),
                 kc,
                 vc,
-                a.att.all(),
-                a.scores.all(),
-                a.pos.all(),
+                a[Buf::Att].all(),
+                a[Buf::Scores].all(),
+                a[Buf::Pos].all(),
                 nh,
                 nkv,
                 hd,
@@ -149,11 +149,11 @@ impl BlockKernels for CudaStep<'_> {
             )
         } else {
             g.attention_prefill(
-                a.q.all(),
+                a[Buf::Q].all(),
                 kc,
                 vc,
-                a.att.all(),
-                a.pos.all(),
+                a[Buf::Att].all(),
+                a[Buf::Pos].all(),
                 nh,
                 nkv,
                 hd,
@@ -167,8 +167,16 @@ impl BlockKernels for CudaStep<'_> {
         let (c, a) = (&self.e.cfg, &self.e.act);
         let wo = &self.e.w.layers[layer].wo;
         let (d, qd) = (c.d_model, c.n_heads * c.head_dim);
-        self.e
-            .mm(wo, a.att.all(), None, a.x.all(), d, qd, self.n, true)
+        self.e.mm(
+            wo,
+            a[Buf::Att].all(),
+            None,
+            a[Buf::X].all(),
+            d,
+            qd,
+            self.n,
+            true,
+        )
     }
 
     fn norm_gate_up(&mut self, layer: usize) -> Result<()> {
@@ -181,20 +189,48 @@ impl BlockKernels for CudaStep<'_> {
                 l.w_gate.dtype,
                 self.wt(&l.w_gate)?,
                 self.wt(&l.w_up)?,
-                a.x.all(),
+                a[Buf::X].all(),
                 self.wt(&l.ffn_norm)?,
                 eps,
-                a.hid.all(),
+                a[Buf::Hid].all(),
                 ffn,
                 d,
             );
         }
-        g.rmsnorm(a.x.all(), self.wt(&l.ffn_norm)?, a.xn.all(), d, n, eps)?;
-        self.e
-            .mm(&l.w_gate, a.xn.all(), None, a.gate.all(), ffn, d, n, false)?;
-        self.e
-            .mm(&l.w_up, a.xn.all(), None, a.up.all(), ffn, d, n, false)?;
-        g.swiglu(a.gate.all(), a.up.all(), a.hid.all(), ffn * n)
+        g.rmsnorm(
+            a[Buf::X].all(),
+            self.wt(&l.ffn_norm)?,
+            a[Buf::Xn].all(),
+            d,
+            n,
+            eps,
+        )?;
+        self.e.mm(
+            &l.w_gate,
+            a[Buf::Xn].all(),
+            None,
+            a[Buf::Gate].all(),
+            ffn,
+            d,
+            n,
+            false,
+        )?;
+        self.e.mm(
+            &l.w_up,
+            a[Buf::Xn].all(),
+            None,
+            a[Buf::Up].all(),
+            ffn,
+            d,
+            n,
+            false,
+        )?;
+        g.swiglu(
+            a[Buf::Gate].all(),
+            a[Buf::Up].all(),
+            a[Buf::Hid].all(),
+            ffn * n,
+        )
     }
 
     fn ffn_down(&mut self, layer: usize) -> Result<()> {
@@ -202,9 +238,9 @@ impl BlockKernels for CudaStep<'_> {
         let w_down = &self.e.w.layers[layer].w_down;
         self.e.mm(
             w_down,
-            a.hid.all(),
+            a[Buf::Hid].all(),
             None,
-            a.x.all(),
+            a[Buf::X].all(),
             c.d_model,
             c.ffn_dim,
             self.n,
@@ -219,11 +255,11 @@ impl BlockKernels for CudaStep<'_> {
         self.e.gpu.matvec_norm(
             w.output.dtype,
             self.wt(&w.output)?,
-            a.x.f32s((self.n - 1) * d, d)?,
+            a[Buf::X].f32s((self.n - 1) * d, d)?,
             self.wt(&w.output_norm)?,
             c.norm_eps,
             None,
-            a.logits.all(),
+            a[Buf::Logits].all(),
             c.vocab_size,
             d,
             false,
