@@ -15,6 +15,7 @@
 #![deny(unsafe_code)]
 
 pub mod api;
+pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod daemon;

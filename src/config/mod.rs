@@ -29,7 +29,7 @@ pub use credentials::{Credentials, Identity};
 pub use keys::{KeyDef, KEYS};
 pub use privileges::{check_not_root, drop_capabilities, CapabilityReport};
 
-use crate::engine::BackendKind;
+use crate::backend::BackendKind;
 use crate::env;
 use crate::model::gguf::GgufLimits;
 use keys::{Layer, Source};

@@ -5,7 +5,7 @@
 //! Why this coarse: a backend must be free to fuse inside an operation (the
 //! CUDA decode step folds the RMSNorm into the q/k/v mat-vec and runs gate,
 //! up and SwiGLU in one launch) while the order of the operations, and so
-//! the model's arithmetic, is written in one place (`model::block`).
+//! the model's arithmetic, is written in one place (`engine::block`).
 //!
 //! An implementation is one step's view of an engine: it knows the step's
 //! tokens (how many, at which positions) and owns or borrows the buffers the

@@ -8,6 +8,7 @@
 //! gives the same tokens on any machine and either backend.
 
 #[cfg(any(test, feature = "test-hooks"))]
+pub mod block;
 pub mod conformance;
 pub mod cpu;
 pub mod cuda;
@@ -21,24 +22,9 @@ use crate::error::Result;
 use crate::model::arch::ModelConfig;
 use serde::Serialize;
 
-/// Which implementation computes the forward pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendKind {
-    /// The f32 reference path on the host CPU.
-    Cpu,
-    /// The CUDA backend: weights quantized in VRAM.
-    Cuda,
-}
-
-impl BackendKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Cpu => "cpu",
-            Self::Cuda => "cuda",
-        }
-    }
-}
+/// Which implementation computes the forward pass (defined below the
+/// configuration, which names it, and re-exported here).
+pub use crate::backend::BackendKind;
 
 /// Validated sampling parameters (ranges checked at the API edge, WORKER-4302).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

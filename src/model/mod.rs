@@ -1,7 +1,6 @@
 //! Model files: GGUF parsing, tensor block formats, architectures, tokenizer,
 //! capability descriptor (MCD) and the test-model generator.
 pub mod arch;
-pub mod block;
 pub mod gguf;
 pub mod gguf_write;
 pub mod mcd;

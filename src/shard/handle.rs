@@ -5,7 +5,7 @@
 //! never a device or host pointer (4111). `handle_id` in an execute request is
 //! the handle's `shard_id`.
 
-use crate::engine::BackendKind;
+use crate::backend::BackendKind;
 use crate::shard::seal::SealKey;
 use serde::Serialize;
 use std::time::{SystemTime, UNIX_EPOCH};

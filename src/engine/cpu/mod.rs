@@ -254,12 +254,12 @@ impl CpuEngine {
         ops::matmul(t.dtype, self.tbytes(t), rows, cols, x, n_tok, y)
     }
 
-    /// The forward pass (`model::block` over [`step::CpuStep`]); returns
+    /// The forward pass (`engine::block` over [`step::CpuStep`]); returns
     /// logits of every position when `all`, else of the last.
     fn run(&mut self, tokens: &[u32], pos: usize, all: bool) -> Result<Vec<Vec<f32>>> {
         let cfg = self.cfg.clone();
         let mut step = step::CpuStep::new(self, tokens, pos, all);
-        crate::model::block::forward(&mut step, &cfg)?;
+        crate::engine::block::forward(&mut step, &cfg)?;
         let logits = std::mem::take(&mut step.logits);
         self.n_past = pos + tokens.len();
         Ok(logits

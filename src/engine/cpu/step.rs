@@ -1,6 +1,6 @@
 //! The CPU reference engine's [`BlockKernels`]: one step of `tokens` at
 //! positions `pos..`, in f32, in the fixed reduction orders of [`ops`]
-//! (issue 11 point 1). The order of the operations is `model::block`'s.
+//! (issue 11 point 1). The order of the operations is `engine::block`'s.
 
 use super::{ops, CpuEngine};
 use crate::engine::kernels::BlockKernels;

@@ -236,10 +236,10 @@ impl CudaEngine {
     }
 
     /// Enqueue the forward pass of `n` tokens whose ids and first position
-    /// are already in device memory (`model::block` over [`step::CudaStep`]);
+    /// are already in device memory (`engine::block` over [`step::CudaStep`]);
     /// leaves the last token's logits.
     fn enqueue_step(&self, n: usize) -> Result<()> {
-        crate::model::block::forward(&mut step::CudaStep { e: self, n }, &self.cfg)
+        crate::engine::block::forward(&mut step::CudaStep { e: self, n }, &self.cfg)
     }
 
     /// y = x·Wᵀ (+ bias) (+ y) for `n` token rows: dequantize + cuBLAS SGEMM

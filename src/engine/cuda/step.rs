@@ -1,7 +1,7 @@
 //! The CUDA engine's [`BlockKernels`] (issue 11 point 1): each operation
 //! enqueues its kernels on the engine's stream for the `n` tokens whose ids
 //! and first position are already in device memory. The order of the
-//! operations is `model::block`'s.
+//! operations is `engine::block`'s.
 //!
 //! Inside an operation the decode step (n == 1) fuses what it can: the
 //! RMSNorm runs inside the q/k/v mat-vecs (one launch for all three when
