@@ -22,6 +22,25 @@ fn paths_inside_the_root_resolve() {
     assert_eq!(model_ref_of(&root, &a), "a.gguf");
 }
 
+/// A model root configured through a symbolic link (as a deployment may
+/// point `model_root` at a mounted volume): relative names and absolute
+/// paths written through the link both resolve, to the canonical file.
+#[test]
+fn a_root_reached_through_a_symlink_accepts_paths_under_it_either_way() {
+    let (d, root) = tree();
+    let link = d.path().join("models-link");
+    std::os::unix::fs::symlink(&root, &link).unwrap();
+    let want = root.canonicalize().unwrap().join("sub/b.gguf");
+    assert_eq!(resolve_model_path(&link, "sub/b.gguf").unwrap(), want);
+    let through_link = link.join("sub/b.gguf");
+    assert_eq!(
+        resolve_model_path(&link, through_link.to_str().unwrap()).unwrap(),
+        want
+    );
+    let outside = d.path().join("outside.gguf");
+    assert!(resolve_model_path(&link, outside.to_str().unwrap()).is_err());
+}
+
 #[test]
 fn traversal_and_outside_paths_are_refused_naming_the_root() {
     let (d, root) = tree();
