@@ -49,14 +49,9 @@ impl fmt::Debug for Credentials {
     }
 }
 
-/// fp6 of a token: the first 6 hex digits of its SHA-256.
-pub fn fp6(token: &str) -> String {
-    fp6_of_digest(&sha256(token.as_bytes()))
-}
-
-fn fp6_of_digest(d: &[u8; 32]) -> String {
-    hex::encode(&d[..3])
-}
+/// fp6 of a token: the first 6 hex digits of its SHA-256 (defined with
+/// the log redaction, which shows tokens only this way).
+pub use crate::telemetry::redaction::{fp6, fp6_of_digest};
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];

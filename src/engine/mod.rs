@@ -60,19 +60,9 @@ pub struct LoadOptions {
     pub threads: usize,
 }
 
-/// Bytes the engine holds, by purpose (reported in metrics and by Plan).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct MemoryReport {
-    pub weights_bytes: u64,
-    pub kv_cache_bytes: u64,
-    pub scratch_bytes: u64,
-}
-
-impl MemoryReport {
-    pub fn total(&self) -> u64 {
-        self.weights_bytes + self.kv_cache_bytes + self.scratch_bytes
-    }
-}
+/// Bytes the engine holds, by purpose (defined beside [`BackendKind`] so
+/// that telemetry need not import the engine).
+pub use crate::backend::MemoryReport;
 
 /// Faults a test build can inject to prove that detection works.
 #[cfg(feature = "test-hooks")]

@@ -13,7 +13,7 @@
 //! reasons, lifecycle states); anything else is counted as `other` so a bug
 //! cannot explode the series count.
 
-use crate::engine::MemoryReport;
+use crate::backend::MemoryReport;
 use crate::error::WorkerError;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
