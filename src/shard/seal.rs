@@ -268,6 +268,17 @@ mod tests {
             assert!(e.message.contains(why), "{bad:?}: {e:?}");
             assert!(!e.message.contains(&bad), "the key text must not be echoed");
         }
+        // The size limit holds exactly at 256 bytes: the key and trailing
+        // whitespace up to 256 bytes are read; one byte more is refused for its size.
+        let padded = |len: usize| format!("{}{}", "07".repeat(32), "\n".repeat(len - 64));
+        write(&padded(256), 0o600);
+        assert_eq!(
+            SealKey::from_file(&p).expect("256 bytes are allowed").0,
+            [7u8; 32]
+        );
+        write(&padded(257), 0o600);
+        let e = SealKey::from_file(&p).unwrap_err();
+        assert!(e.message.contains("at most 256 bytes"), "{e:?}");
         assert!(SealKey::from_file(&dir.path().join("missing")).is_err());
         assert!(SealKey::from_file(dir.path()).is_err());
     }
