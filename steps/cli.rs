@@ -136,10 +136,7 @@ fn generate_matches_stream(w: &mut World) {
 /// INVALID_PARAMS line naming it.
 #[then("generate and Execute both refuse each of these, naming the same field:")]
 async fn both_refuse(w: &mut World, step: &Step) {
-    let rows: Vec<Vec<String>> = match step.table.as_ref() {
-        Some(t) => t.rows.iter().skip(1).cloned().collect(),
-        None => w.fail("this step needs a table"),
-    };
+    let rows = crate::steps::validation::rows(w, step);
     let handle = w.handle_id().await;
     for row in rows {
         let [prompt, flags, params, field] = &row[..] else {

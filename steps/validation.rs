@@ -9,7 +9,8 @@ use cucumber::gherkin::Step;
 use cucumber::{then, when};
 use serde_json::{json, Value};
 
-fn rows(w: &World, step: &Step) -> Vec<Vec<String>> {
+/// The rows of the step's table, its header left out.
+pub fn rows(w: &World, step: &Step) -> Vec<Vec<String>> {
     match step.table.as_ref() {
         Some(t) => t.rows.iter().skip(1).cloned().collect(),
         None => w.fail("this step needs a table"),

@@ -64,7 +64,8 @@ pub struct Job {
 
 /// What `generate` needs of a job (the slot stays with `run_job`).
 struct JobRef<'a> {
-    prompt: &'a Prompt,
+    /// Moved into the job's sequence.
+    prompt: Prompt,
     params: &'a GenerationParams,
     deadline: Instant,
     events: &'a tmpsc::Sender<JobEvent>,
@@ -223,11 +224,12 @@ impl EngineLoop {
             ..
         } = job;
         let ctl = Arc::clone(slot.ctl());
+        let tokens_in = prompt.len();
         let started = Instant::now();
         self.app.metrics.set_running(1);
         let result = self.generate(
-            &JobRef {
-                prompt: &prompt,
+            JobRef {
+                prompt,
                 params: &params,
                 deadline,
                 events: &events,
@@ -247,7 +249,7 @@ impl EngineLoop {
                     .e2e((started - enqueued).as_secs_f64() + started.elapsed().as_secs_f64());
                 tracing::info!(
                     worker_id = %app.cfg.worker_id, gpu_device = app.cfg.gpu_device,
-                    model_ref = %self.model_ref(), tokens_in = prompt.len(), tokens_out,
+                    model_ref = %self.model_ref(), tokens_in, tokens_out,
                     decode_time_ms, finish_reason = finish.as_str(),
                     human = %format!(
                         "Finished a job: generated {tokens_out} tokens in {decode_time_ms} ms, stopped because of {}.",
@@ -342,7 +344,7 @@ impl EngineLoop {
         })
     }
 
-    fn generate(&mut self, job: &JobRef<'_>, ctl: &JobCtl) -> Result<(Finish, JobMetrics)> {
+    fn generate(&mut self, job: JobRef<'_>, ctl: &JobCtl) -> Result<(Finish, JobMetrics)> {
         self.verify_seal()?;
         let app = Arc::clone(&self.app);
         let model = app
@@ -377,7 +379,7 @@ impl EngineLoop {
             first: None,
             last: Instant::now(),
         };
-        let mut seq = Sequence::new(&tok, job.prompt.clone(), job.params.clone(), sink)?;
+        let mut seq = Sequence::new(&tok, job.prompt, job.params.clone(), sink)?;
         let (finish, times) = seq.run(engine.as_mut())?;
         let n_out = seq.tokens_out();
         app.metrics.prompt_tokens(n_in as u64);

@@ -119,6 +119,23 @@ fn eos(tok: &Tokenizer) -> u32 {
         .expect("an end-of-generation token")
 }
 
+/// A sequence of `prompt`, checked against a context of `ctx`, into `sink`.
+fn sequence<'t>(
+    tok: &'t Tokenizer,
+    prompt: &[u32],
+    ctx: usize,
+    params: GenerationParams,
+    sink: Collect,
+) -> Sequence<'t, Collect> {
+    Sequence::new(
+        tok,
+        Prompt::new(prompt.to_vec(), ctx).unwrap(),
+        params,
+        sink,
+    )
+    .unwrap()
+}
+
 fn texts(events: &[(u64, String)]) -> String {
     events.iter().map(|(_, t)| t.as_str()).collect()
 }
@@ -131,13 +148,7 @@ fn text_tokens_and_eos_are_counted_the_one_way() {
     script.push(eos(&tok));
     let mut eng = engine(&cfg, script, 64);
     let prompt = tok.encode("Say", false).unwrap();
-    let mut seq = Sequence::new(
-        &tok,
-        Prompt::new(prompt.clone(), 64).unwrap(),
-        params(50, &[]),
-        Collect::default(),
-    )
-    .unwrap();
+    let mut seq = sequence(&tok, &prompt, 64, params(50, &[]), Collect::default());
     let (finish, _) = seq.run(&mut eng).unwrap();
     assert_eq!(finish, Finish::Eos);
     // One event per text token, numbered from 0; the EOS has nothing held back, so no event.
@@ -164,13 +175,7 @@ fn max_tokens_ends_with_length_after_exactly_that_many_events() {
     assert!(script.len() > 4);
     let mut eng = engine(&cfg, script.clone(), 64);
     let prompt = tok.encode("x", false).unwrap();
-    let mut seq = Sequence::new(
-        &tok,
-        Prompt::new(prompt.clone(), 64).unwrap(),
-        params(4, &[]),
-        Collect::default(),
-    )
-    .unwrap();
+    let mut seq = sequence(&tok, &prompt, 64, params(4, &[]), Collect::default());
     let (finish, _) = seq.run(&mut eng).unwrap();
     assert_eq!(finish, Finish::Length);
     assert_eq!(seq.tokens_out(), 4);
@@ -186,13 +191,7 @@ fn a_full_context_ends_with_length_and_fills_it_exactly() {
     let prompt = tok.encode("x", false).unwrap();
     let ctx = prompt.len() + 3;
     let mut eng = engine(&cfg, script, ctx);
-    let mut seq = Sequence::new(
-        &tok,
-        Prompt::new(prompt.clone(), ctx).unwrap(),
-        params(100, &[]),
-        Collect::default(),
-    )
-    .unwrap();
+    let mut seq = sequence(&tok, &prompt, ctx, params(100, &[]), Collect::default());
     let (finish, _) = seq.run(&mut eng).unwrap();
     assert_eq!(finish, Finish::Length);
     assert_eq!(seq.tokens_out(), 3);
@@ -207,13 +206,13 @@ fn a_stop_sequence_across_tokens_is_never_sent_and_ends_the_sequence() {
     let script = tok.encode("one two STOP three", false).unwrap();
     let mut eng = engine(&cfg, script, 64);
     let prompt = tok.encode("x", false).unwrap();
-    let mut seq = Sequence::new(
+    let mut seq = sequence(
         &tok,
-        Prompt::new(prompt, 64).unwrap(),
+        &prompt,
+        64,
         params(100, &["STOP"]),
         Collect::default(),
-    )
-    .unwrap();
+    );
     let (finish, _) = seq.run(&mut eng).unwrap();
     assert_eq!(finish, Finish::Stop);
     let sent = texts(&seq.sink().events);
@@ -229,13 +228,13 @@ fn held_back_text_rides_on_the_eos_event() {
     script.push(eos(&tok));
     let mut eng = engine(&cfg, script, 64);
     let prompt = tok.encode("x", false).unwrap();
-    let mut seq = Sequence::new(
+    let mut seq = sequence(
         &tok,
-        Prompt::new(prompt, 64).unwrap(),
+        &prompt,
+        64,
         params(100, &["STOP"]),
         Collect::default(),
-    )
-    .unwrap();
+    );
     let (finish, _) = seq.run(&mut eng).unwrap();
     assert_eq!(finish, Finish::Eos);
     assert_eq!(texts(&seq.sink().events), "ab ST");
@@ -257,13 +256,7 @@ fn a_sink_that_stops_ends_the_run_before_the_next_step() {
         stop_after: Some(2),
         ..Collect::default()
     };
-    let mut seq = Sequence::new(
-        &tok,
-        Prompt::new(prompt, 64).unwrap(),
-        params(100, &[]),
-        sink,
-    )
-    .unwrap();
+    let mut seq = sequence(&tok, &prompt, 64, params(100, &[]), sink);
     let e = seq.run(&mut eng).unwrap_err();
     assert_eq!(e.code(), "CANCELLED");
     assert_eq!(seq.tokens_out(), 2);
@@ -276,14 +269,7 @@ fn ignoring_eos_generates_through_it() {
     let e = eos(&tok);
     let mut eng = engine(&cfg, vec![e, e, e, e], 64);
     let prompt = tok.encode("x", false).unwrap();
-    let mut seq = Sequence::new(
-        &tok,
-        Prompt::new(prompt, 64).unwrap(),
-        params(4, &[]),
-        Collect::default(),
-    )
-    .unwrap()
-    .ignoring_eos();
+    let mut seq = sequence(&tok, &prompt, 64, params(4, &[]), Collect::default()).ignoring_eos();
     let (finish, _) = seq.run(&mut eng).unwrap();
     assert_eq!(finish, Finish::Length);
     assert_eq!(seq.tokens_out(), 4);

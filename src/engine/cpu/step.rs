@@ -56,6 +56,21 @@ impl<'a> CpuStep<'a> {
     }
 }
 
+/// x ← x + input·Wᵀ for `n` rows, through `tmp` (the residual after a
+/// projection: attention-out and down share it).
+fn add_linear(
+    e: &CpuEngine,
+    w: &crate::model::arch::TensorRef,
+    input: &[f32],
+    n: usize,
+    tmp: &mut [f32],
+    x: &mut [f32],
+) -> Result<()> {
+    e.mm(w, input, n, tmp)?;
+    x.iter_mut().zip(tmp.iter()).for_each(|(a, b)| *a += b);
+    Ok(())
+}
+
 /// xn ← RMSNorm(x) row by row (`d` values a row) with `weight`.
 fn norm_rows(x: &[f32], weight: &[f32], eps: f32, d: usize, xn: &mut [f32]) {
     for (x, xn) in x.chunks_exact(d).zip(xn.chunks_exact_mut(d)) {
@@ -157,10 +172,8 @@ impl BlockKernels for CpuStep<'_> {
 
     fn attn_out(&mut self, layer: usize) -> Result<()> {
         let n = self.n();
-        self.e
-            .mm(&self.e.w.layers[layer].wo, &self.att, n, &mut self.tmp)?;
-        self.x.iter_mut().zip(&self.tmp).for_each(|(a, b)| *a += b);
-        Ok(())
+        let wo = &self.e.w.layers[layer].wo;
+        add_linear(self.e, wo, &self.att, n, &mut self.tmp, &mut self.x)
     }
 
     fn norm_gate_up(&mut self, layer: usize) -> Result<()> {
@@ -176,10 +189,8 @@ impl BlockKernels for CpuStep<'_> {
 
     fn ffn_down(&mut self, layer: usize) -> Result<()> {
         let n = self.n();
-        self.e
-            .mm(&self.e.w.layers[layer].w_down, &self.gate, n, &mut self.tmp)?;
-        self.x.iter_mut().zip(&self.tmp).for_each(|(a, b)| *a += b);
-        Ok(())
+        let w_down = &self.e.w.layers[layer].w_down;
+        add_linear(self.e, w_down, &self.gate, n, &mut self.tmp, &mut self.x)
     }
 
     fn lm_head(&mut self) -> Result<()> {
