@@ -7,8 +7,8 @@
 //! portable [`rng::SamplerRng`] seeded by the request, so the same request
 //! gives the same tokens on any machine and either backend.
 
-#[cfg(any(test, feature = "test-hooks"))]
 pub mod block;
+#[cfg(any(test, feature = "test-hooks"))]
 pub mod conformance;
 pub mod cpu;
 pub mod cuda;
