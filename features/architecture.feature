@@ -33,6 +33,7 @@ Feature: Architecture and process model
     When I start executing "Once upon a time" with max_tokens 2000
     And I GET "/health" without a token
     Then the response JSON at "/state" is "executing"
+    When I cancel the job
     And I wait for the stream to finish
 
   @WORKER-4001 @WORKER-4112

@@ -320,8 +320,12 @@ Feature: Plan, Commit, Ready and Execute over HTTP with Server-Sent Events
     And I cancel the job with the second token
     Then the response status is 403
     And the error code is "FORBIDDEN"
+    # The refused cancel left the job running: its owner can still cancel it.
+    When I cancel the job
+    Then the response status is 200
+    And the response JSON at "/cancelled" is true
     And I wait for the stream to finish
-    And the stream ends with an "end" event
+    And the stream ends with an "error" event with code "CANCELLED"
 
   @WORKER-4252 @SCHEDULER-M0-004
   Scenario: No token follows an acknowledged cancel and the slot is freed

@@ -44,6 +44,7 @@ fn check(file: &str, golden: &str, f64_name: &str, required_in_ci: bool) {
     let (cfg, w) = arch::from_gguf(&g).expect("architecture");
     let opts = LoadOptions {
         max_context: 1024,
+        kv_pool_tokens: 0,
         gpu_device: 0,
         threads: 0,
     };

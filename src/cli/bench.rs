@@ -160,6 +160,7 @@ fn bench(a: &BenchArgs) -> Result<()> {
         // One position more than the tokens forwarded: the sequence samples
         // its last token where a further one would still fit.
         max_context: need + 1,
+        kv_pool_tokens: 0,
         gpu_device: a.gpu_device,
         threads: a.threads,
     };

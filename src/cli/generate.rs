@@ -213,6 +213,7 @@ fn generate(args: &GenerateArgs) -> Result<()> {
     let need = prompt.len() + params.max_tokens as usize;
     let opts = LoadOptions {
         max_context: need.min(m.cfg.context_length),
+        kv_pool_tokens: 0,
         gpu_device: args.gpu_device,
         threads: args.threads,
     };

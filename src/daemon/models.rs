@@ -112,11 +112,13 @@ pub fn memory_estimate(
         // fixed scratch buffer and the cuBLAS workspace.
         return crate::engine::cuda::planned_memory(mc, weights as usize, ctx.max(1));
     }
+    // The CPU engine's KV pool: whole pages for the context.
+    let pool = crate::engine::kv::pool_tokens(ctx, crate::engine::cpu::PAGE_TOKENS) as u64;
     let ctx = ctx as u64;
     let kv_dim = (mc.n_kv_heads * mc.head_dim) as u64;
     let q_dim = (mc.n_heads * mc.head_dim) as u64;
     // f32 keys and values per layer.
-    let kv = 2 * mc.n_layers as u64 * ctx * kv_dim * 4;
+    let kv = 2 * mc.n_layers as u64 * pool * kv_dim * 4;
     // Logits plus the activations of a whole-context prefill.
     let per_tok = 2 * mc.d_model as u64 + 2 * mc.ffn_dim as u64 + q_dim + 2 * kv_dim;
     let scratch = 4 * (mc.vocab_size as u64 + ctx * per_tok);

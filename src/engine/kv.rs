@@ -15,9 +15,16 @@
 //! arithmetic never depends on where a row lives.
 
 use crate::error::{Result, WorkerError};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 
 /// How long a client should wait before retrying when the pool is full.
 pub const FULL_RETRY_AFTER_MS: u64 = 250;
+
+/// Positions a pool holds when asked for at least `tokens`: whole pages.
+pub fn pool_tokens(tokens: usize, page_tokens: usize) -> usize {
+    tokens.div_ceil(page_tokens.max(1)) * page_tokens.max(1)
+}
 
 /// The pages one sequence holds, in position order.
 #[derive(Debug, PartialEq, Eq)]
@@ -48,8 +55,8 @@ impl PageTable {
 #[derive(Debug)]
 pub struct KvPool {
     page_tokens: usize,
-    /// Free pages, highest id first, so `pop` hands out the lowest.
-    free: Vec<u32>,
+    /// Free pages; `pop` hands out the lowest id.
+    free: BinaryHeap<Reverse<u32>>,
     total: usize,
 }
 
@@ -64,7 +71,7 @@ impl KvPool {
         }
         Ok(Self {
             page_tokens,
-            free: (0..total_pages as u32).rev().collect(),
+            free: (0..total_pages as u32).map(Reverse).collect(),
             total: total_pages,
         })
     }
@@ -126,7 +133,9 @@ impl KvPool {
                 retry_after_ms: FULL_RETRY_AFTER_MS,
             });
         }
-        let pages = (0..need).filter_map(|_| self.free.pop()).collect();
+        let pages = (0..need)
+            .filter_map(|_| self.free.pop().map(|p| p.0))
+            .collect();
         Ok(PageTable {
             pages,
             page_tokens: self.page_tokens,
@@ -135,9 +144,7 @@ impl KvPool {
 
     /// Give a sequence's pages back (end, cancel, disconnect or timeout).
     pub fn release(&mut self, table: PageTable) {
-        self.free.extend(table.pages);
-        // Highest first again, so the next reservation takes the lowest ids.
-        self.free.sort_unstable_by(|a, b| b.cmp(a));
+        self.free.extend(table.pages.into_iter().map(Reverse));
     }
 }
 

@@ -6,7 +6,13 @@
 //! { `sample` → `forward([token], pos)` }. Sampling draws come from the
 //! portable [`rng::SamplerRng`] seeded by the request, so the same request
 //! gives the same tokens on any machine and either backend.
+//!
+//! Many sequences (issue 11): `admit` reserves a sequence's KV pages,
+//! `step` runs a ragged batch of them ([`batch`]), `seq_logits` reads one
+//! sequence's result and `release` returns its pages. The single-sequence
+//! calls above drive one such sequence.
 
+pub mod batch;
 pub mod block;
 #[cfg(any(test, feature = "test-hooks"))]
 pub mod conformance;
@@ -52,8 +58,11 @@ impl SamplingParams {
 /// What an engine needs to know at load time besides the model itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadOptions {
-    /// KV cache capacity in tokens for the one sequence slot (WORKER-4422).
+    /// Positions one sequence may hold, prompt and output (WORKER-4422).
     pub max_context: usize,
+    /// Positions the KV pool holds for all sequences together, rounded up
+    /// to whole pages; at least `max_context` (0 means exactly that).
+    pub kv_pool_tokens: usize,
     /// CUDA device ordinal (ignored by the CPU engine).
     pub gpu_device: u32,
     /// Host threads for the CPU engine (0 = all cores).
@@ -104,6 +113,26 @@ pub trait Engine: Send {
         let logits = self.logits()?;
         Ok(sampler::sample_from_logits(&logits, params, draw))
     }
+
+    /// The KV pool's page size and use.
+    fn kv_usage(&self) -> batch::KvUsage;
+
+    /// Admit a sequence that may hold up to `positions` tokens (prompt +
+    /// output) and reserve its pages now: INVALID_PARAMS when it can never
+    /// fit (more than `max_context`, or than the whole pool), WORKER_BUSY
+    /// while other sequences hold the pages it needs.
+    fn admit(&mut self, positions: usize) -> Result<batch::SeqSlot>;
+
+    /// Give a sequence's pages back (end, cancel, disconnect, timeout). A
+    /// sequence that is not admitted is ignored.
+    fn release(&mut self, seq: batch::SeqSlot);
+
+    /// One step over a ragged batch: each chunk's tokens continue its
+    /// sequence, and each sequence keeps the logits of its chunk's last token.
+    fn step(&mut self, chunks: &[batch::StepChunk<'_>]) -> Result<()>;
+
+    /// The logits of `seq`'s last computed position, copied to the host.
+    fn seq_logits(&mut self, seq: batch::SeqSlot) -> Result<Vec<f32>>;
 
     /// Recompute the digest of the resident weight bytes (see `shard::digest`).
     fn resident_digest(&mut self) -> Result<[u8; 32]>;

@@ -57,6 +57,21 @@ impl Engine for Scripted {
         self.next += 1;
         Ok(id)
     }
+    fn kv_usage(&self) -> crate::engine::batch::KvUsage {
+        crate::engine::batch::KvUsage::default()
+    }
+    // The decode loop drives the single-sequence calls; the batched ones
+    // are never reached from it.
+    fn admit(&mut self, _positions: usize) -> Result<crate::engine::batch::SeqSlot> {
+        unreachable!("the scripted engine has no batched interface")
+    }
+    fn release(&mut self, _seq: crate::engine::batch::SeqSlot) {}
+    fn step(&mut self, _chunks: &[crate::engine::batch::StepChunk<'_>]) -> Result<()> {
+        unreachable!("the scripted engine has no batched interface")
+    }
+    fn seq_logits(&mut self, _seq: crate::engine::batch::SeqSlot) -> Result<Vec<f32>> {
+        unreachable!("the scripted engine has no batched interface")
+    }
     fn resident_digest(&mut self) -> Result<[u8; 32]> {
         Ok([0; 32])
     }

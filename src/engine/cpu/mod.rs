@@ -3,8 +3,16 @@
 //!
 //! It exists to be *right*, so every GPU kernel can be checked against it:
 //! f32 arithmetic on weights decoded row by row from the GGUF blocks (never
-//! the whole model at once), fixed reduction orders (see [`ops`]), a KV cache
-//! in f32 sized at load, rayon threads over output rows.
+//! the whole model at once), fixed reduction orders (see [`ops`]), a paged
+//! KV pool in f32 allocated once at load (`engine::kv`), rayon threads over
+//! output rows.
+//!
+//! Many sequences share the pool: each is admitted with the positions it
+//! may ever hold and gets its pages then; a step runs a ragged batch of
+//! them (`engine::batch`), and each sequence's logits are the same bits it
+//! would get alone (`step`'s header says why). The single-sequence calls
+//! (`reset`, `forward`, `logits`) drive one "solo" sequence through the same
+//! step.
 //!
 //! Weights are decoded with `quant::dequantize` one row at a time and dotted
 //! in `ops::dot`'s fixed order rather than through `quant::dot_row`: a decoded
@@ -19,6 +27,8 @@
 pub mod ops;
 mod step;
 
+use super::batch::{check_step, KvUsage, SeqBounds, SeqSlot, StepChunk};
+use super::kv::{pool_tokens, KvPool, PageTable};
 use super::{BackendKind, Engine, LoadOptions, MemoryReport};
 use crate::error::{Result, WorkerError};
 use crate::model::arch::{LayerWeights, ModelConfig, ModelWeights, TensorRef};
@@ -33,6 +43,19 @@ struct LayerSmall {
     bv: Option<Vec<f32>>,
 }
 
+/// Positions per KV page: a few attention rows' worth, so a short request
+/// wastes little of the pool.
+pub const PAGE_TOKENS: usize = 16;
+
+/// One admitted sequence: its pages, how far it has got, its last logits.
+struct SeqState {
+    table: PageTable,
+    /// Positions reserved at admission.
+    capacity: usize,
+    n_past: usize,
+    logits: Vec<f32>,
+}
+
 pub struct CpuEngine {
     cfg: ModelConfig,
     w: ModelWeights,
@@ -40,12 +63,15 @@ pub struct CpuEngine {
     output_norm: Vec<f32>,
     /// The resident weight bytes (the GGUF data section).
     data: Vec<u8>,
-    /// Per layer: `max_context × kv_dim` keys and values.
-    k_cache: Vec<Vec<f32>>,
-    v_cache: Vec<Vec<f32>>,
+    /// Per layer: the pool's `pages × PAGE_TOKENS` rows of `kv_dim` keys and values.
+    k_pool: Vec<Vec<f32>>,
+    v_pool: Vec<Vec<f32>>,
+    kv: KvPool,
+    /// Admitted sequences, by slot id.
+    seqs: Vec<Option<SeqState>>,
+    /// The sequence the single-sequence calls drive, once `forward` admits it.
+    solo: Option<SeqSlot>,
     max_context: usize,
-    n_past: usize,
-    logits: Vec<f32>,
     pool: std::sync::Arc<rayon::ThreadPool>,
     /// Diagnostic: mimic llama.cpp's activation and KV rounding (see `ops`).
     llamacpp_rounding: bool,
@@ -103,10 +129,11 @@ impl CpuEngine {
             opts.max_context.min(cfg.context_length)
         };
         let src = g.data_section();
+        let pool_positions = pool_tokens(opts.kv_pool_tokens.max(max_context), PAGE_TOKENS);
         // Linux overcommits: a reservation larger than memory "succeeds" and the
         // kernel kills the process while the cache is zeroed. Refuse up front.
         let kv_bytes = (2 * cfg.n_layers as u128)
-            * (max_context as u128)
+            * (pool_positions as u128)
             * ((cfg.n_kv_heads * cfg.head_dim) as u128)
             * 4;
         let needed = src.len() as u128 + kv_bytes;
@@ -115,8 +142,8 @@ impl CpuEngine {
                 return Err(WorkerError::HostOom {
                     message: format!(
                         "the model needs {needed} bytes of host memory (weights {} + KV cache {kv_bytes} \
-                         for max_context {max_context}) but only {available} bytes are available; \
-                         lower max_context or free memory",
+                         for {pool_positions} positions) but only {available} bytes are available; \
+                         lower max_context or kv_pool_tokens, or free memory",
                         src.len()
                     ),
                 });
@@ -171,15 +198,16 @@ impl CpuEngine {
         {
             bytes(t)?;
         }
-        let per_layer = max_context
+        let per_layer = pool_positions
             .checked_mul(kv_dim)
-            .ok_or_else(|| WorkerError::invalid("max_context too large"))?;
-        let mut k_cache = Vec::with_capacity(cfg.n_layers);
-        let mut v_cache = Vec::with_capacity(cfg.n_layers);
+            .ok_or_else(|| WorkerError::invalid("the KV pool is too large"))?;
+        let mut k_pool = Vec::with_capacity(cfg.n_layers);
+        let mut v_pool = Vec::with_capacity(cfg.n_layers);
         for _ in 0..cfg.n_layers {
-            k_cache.push(alloc_f32(per_layer, "KV cache")?);
-            v_cache.push(alloc_f32(per_layer, "KV cache")?);
+            k_pool.push(alloc_f32(per_layer, "KV cache")?);
+            v_pool.push(alloc_f32(per_layer, "KV cache")?);
         }
+        let kv = KvPool::new(PAGE_TOKENS, pool_positions / PAGE_TOKENS)?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(opts.threads)
             .thread_name(|i| format!("cpu-engine-{i}"))
@@ -194,11 +222,12 @@ impl CpuEngine {
             small,
             output_norm,
             data,
-            k_cache,
-            v_cache,
+            k_pool,
+            v_pool,
+            kv,
+            seqs: Vec::new(),
+            solo: None,
             max_context,
-            n_past: 0,
-            logits: Vec::new(),
             pool,
             llamacpp_rounding: false,
             #[cfg(feature = "test-hooks")]
@@ -213,29 +242,75 @@ impl CpuEngine {
         self.llamacpp_rounding = on;
     }
 
-    /// Positions already in the KV cache.
+    /// Positions the solo sequence holds.
     pub fn n_past(&self) -> usize {
-        self.n_past
+        self.solo.and_then(|s| self.seq(s)).map_or(0, |s| s.n_past)
     }
 
     /// Like [`Engine::forward`] but returns the logits of *every* position
     /// (teacher forcing in tests). Bit-identical to feeding tokens one by one.
     pub fn forward_all(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<Vec<f32>>> {
-        self.check(tokens, pos)?;
-        let pool = std::sync::Arc::clone(&self.pool);
-        let all = pool.install(|| self.run(tokens, pos, true))?;
-        self.logits = all.last().cloned().unwrap_or_default();
-        Ok(all)
+        let seq = self.solo_for(tokens, pos)?;
+        let chunk = [StepChunk { seq, tokens, pos }];
+        self.run_checked(&chunk, true)
     }
 
-    fn check(&mut self, tokens: &[u32], pos: usize) -> Result<()> {
+    /// The solo sequence, admitted with the whole context on its first
+    /// forward after a reset, once the single-sequence bounds hold.
+    fn solo_for(&mut self, tokens: &[u32], pos: usize) -> Result<SeqSlot> {
+        super::check_forward_args(&self.cfg, self.max_context, self.n_past(), tokens, pos)?;
+        match self.solo {
+            Some(s) => Ok(s),
+            None => {
+                let s = self.admit(self.max_context)?;
+                self.solo = Some(s);
+                Ok(s)
+            }
+        }
+    }
+
+    fn seq(&self, s: SeqSlot) -> Option<&SeqState> {
+        self.seqs.get(s.0 as usize).and_then(Option::as_ref)
+    }
+
+    fn page_tokens(&self) -> usize {
+        self.kv.page_tokens()
+    }
+
+    fn pages_of(&self, s: SeqSlot) -> &[u32] {
+        self.seq(s).map_or(&[], |s| s.table.pages())
+    }
+
+    /// Check a step, run it, and keep each sequence's logits and length.
+    /// Returns the computed logits per chunk (every row's when `all`).
+    fn run_checked(&mut self, chunks: &[StepChunk<'_>], all: bool) -> Result<Vec<Vec<f32>>> {
         #[cfg(feature = "test-hooks")]
         if std::mem::take(&mut self.fail_next) {
             return Err(WorkerError::cuda(
                 "injected device fault (test-hooks): the engine failed as a device would",
             ));
         }
-        super::check_forward_args(&self.cfg, self.max_context, self.n_past, tokens, pos)
+        check_step(chunks, self.cfg.vocab_size, |s| {
+            self.seq(s).map(|st| SeqBounds {
+                n_past: st.n_past,
+                capacity: st.capacity,
+            })
+        })?;
+        let pool = std::sync::Arc::clone(&self.pool);
+        let rows = pool.install(|| self.run(chunks, all))?;
+        let vocab = self.cfg.vocab_size;
+        let mut per_chunk = Vec::with_capacity(chunks.len());
+        let mut next = rows.into_iter();
+        for c in chunks {
+            let take = if all { c.tokens.len() } else { 1 };
+            let mine: Vec<Vec<f32>> = next.by_ref().take(take).collect();
+            if let Some(st) = self.seqs.get_mut(c.seq.0 as usize).and_then(Option::as_mut) {
+                st.n_past = c.pos + c.tokens.len();
+                st.logits = mine.last().cloned().unwrap_or_else(|| vec![0.0; vocab]);
+            }
+            per_chunk.push(mine);
+        }
+        Ok(per_chunk.into_iter().flatten().collect())
     }
 
     fn tbytes(&self, t: &TensorRef) -> &[u8] {
@@ -255,13 +330,12 @@ impl CpuEngine {
     }
 
     /// The forward pass (`engine::block` over [`step::CpuStep`]); returns
-    /// logits of every position when `all`, else of the last.
-    fn run(&mut self, tokens: &[u32], pos: usize, all: bool) -> Result<Vec<Vec<f32>>> {
+    /// the logits of every row when `all`, else of each chunk's last row.
+    fn run(&mut self, chunks: &[StepChunk<'_>], all: bool) -> Result<Vec<Vec<f32>>> {
         let cfg = self.cfg.clone();
-        let mut step = step::CpuStep::new(self, tokens, pos, all);
+        let mut step = step::CpuStep::new(self, chunks, all);
         crate::engine::block::forward(&mut step, &cfg)?;
         let logits = std::mem::take(&mut step.logits);
-        self.n_past = pos + tokens.len();
         Ok(logits
             .chunks_exact(cfg.vocab_size)
             .map(<[f32]>::to_vec)
@@ -287,25 +361,82 @@ impl Engine for CpuEngine {
     }
 
     fn reset(&mut self) {
-        self.n_past = 0;
-        self.logits.clear();
+        if let Some(s) = self.solo.take() {
+            self.release(s);
+        }
     }
 
     fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<()> {
-        self.check(tokens, pos)?;
-        let pool = std::sync::Arc::clone(&self.pool);
-        self.logits = pool
-            .install(|| self.run(tokens, pos, false))?
-            .pop()
-            .unwrap_or_default();
-        Ok(())
+        let seq = self.solo_for(tokens, pos)?;
+        self.step(&[StepChunk { seq, tokens, pos }])
     }
 
     fn logits(&mut self) -> Result<Vec<f32>> {
-        if self.logits.is_empty() {
-            return Err(super::no_logits_yet());
+        match self.solo {
+            Some(s) => self.seq_logits(s),
+            None => Err(super::no_logits_yet()),
         }
-        Ok(self.logits.clone())
+    }
+
+    fn kv_usage(&self) -> KvUsage {
+        KvUsage {
+            page_tokens: self.kv.page_tokens(),
+            total_pages: self.kv.total_pages(),
+            used_pages: self.kv.used_pages(),
+        }
+    }
+
+    fn admit(&mut self, positions: usize) -> Result<SeqSlot> {
+        if positions == 0 || positions > self.max_context {
+            return Err(WorkerError::invalid(format!(
+                "a sequence of {positions} positions does not fit the context of {} tokens this engine \
+                 was loaded with",
+                self.max_context
+            )));
+        }
+        let table = self.kv.reserve(positions)?;
+        let state = SeqState {
+            table,
+            capacity: positions,
+            n_past: 0,
+            logits: Vec::new(),
+        };
+        // The lowest free slot id, so slot ids depend only on the pool's history.
+        let id = match self.seqs.iter().position(Option::is_none) {
+            Some(i) => {
+                self.seqs[i] = Some(state);
+                i
+            }
+            None => {
+                self.seqs.push(Some(state));
+                self.seqs.len() - 1
+            }
+        };
+        Ok(SeqSlot(id as u32))
+    }
+
+    fn release(&mut self, seq: SeqSlot) {
+        if let Some(st) = self.seqs.get_mut(seq.0 as usize).and_then(Option::take) {
+            self.kv.release(st.table);
+        }
+        if self.solo == Some(seq) {
+            self.solo = None;
+        }
+    }
+
+    fn step(&mut self, chunks: &[StepChunk<'_>]) -> Result<()> {
+        self.run_checked(chunks, false).map(drop)
+    }
+
+    fn seq_logits(&mut self, seq: SeqSlot) -> Result<Vec<f32>> {
+        match self.seq(seq) {
+            Some(st) if !st.logits.is_empty() => Ok(st.logits.clone()),
+            Some(_) => Err(super::no_logits_yet()),
+            None => Err(WorkerError::invalid(format!(
+                "sequence {} is not admitted",
+                seq.0
+            ))),
+        }
     }
 
     fn resident_digest(&mut self) -> Result<[u8; 32]> {
@@ -317,9 +448,9 @@ impl Engine for CpuEngine {
 
     fn memory(&self) -> MemoryReport {
         let kv: usize = self
-            .k_cache
+            .k_pool
             .iter()
-            .chain(&self.v_cache)
+            .chain(&self.v_pool)
             .map(|c| c.len() * 4)
             .sum();
         MemoryReport {
@@ -355,5 +486,7 @@ impl Engine for CpuEngine {
     }
 }
 
+#[cfg(test)]
+mod batch_tests;
 #[cfg(test)]
 mod tests;

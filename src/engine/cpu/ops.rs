@@ -88,12 +88,16 @@ pub fn attention_one(
             n_kv,
             hd,
             o,
+            |p| p,
         );
     }
 }
 
 /// One head of [`attention_one`] (query head `h`, grouped onto KV head
 /// `h / (n_heads / n_kv)`), so callers can spread heads over threads.
+/// Position `p` of the sequence lives in row `row_of(p)` of the caches (a
+/// paged pool maps it through the sequence's page table); the arithmetic,
+/// and so every bit of the result, does not depend on where rows live.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_head(
     qh: &[f32],
@@ -105,6 +109,7 @@ pub fn attention_head(
     n_kv: usize,
     hd: usize,
     o: &mut [f32],
+    row_of: impl Fn(usize) -> usize,
 ) {
     let kv_dim = n_kv * hd;
     let kvh = h / (n_heads / n_kv.max(1)).max(1);
@@ -112,7 +117,8 @@ pub fn attention_head(
     let mut scores = vec![0f32; n_pos];
     let mut max = f32::NEG_INFINITY;
     for (p, s) in scores.iter_mut().enumerate() {
-        let k = &k_cache[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+        let r = row_of(p);
+        let k = &k_cache[r * kv_dim + kvh * hd..r * kv_dim + (kvh + 1) * hd];
         *s = dot(qh, k) * scale;
         max = max.max(*s);
     }
@@ -125,7 +131,8 @@ pub fn attention_head(
     o.fill(0.0);
     for (p, &s) in scores.iter().enumerate() {
         let w = s * inv;
-        let v = &v_cache[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+        let r = row_of(p);
+        let v = &v_cache[r * kv_dim + kvh * hd..r * kv_dim + (kvh + 1) * hd];
         for (oi, &vi) in o.iter_mut().zip(v) {
             *oi += w * vi;
         }

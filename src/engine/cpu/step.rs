@@ -1,19 +1,37 @@
-//! The CPU reference engine's [`BlockKernels`]: one step of `tokens` at
-//! positions `pos..`, in f32, in the fixed reduction orders of [`ops`]
-//! (issue 11 point 1). The order of the operations is `engine::block`'s.
+//! The CPU reference engine's [`BlockKernels`]: one step over a ragged
+//! batch (runs of consecutive tokens of several sequences), in f32, in the
+//! fixed reduction orders of [`ops`] (issue 11 points 1 and 5). The order of
+//! the operations is `engine::block`'s.
+//!
+//! Batch invariance: every row is computed by arithmetic that does not look
+//! at the other rows. Matmuls dot each row on its own in a fixed order, the
+//! RoPE angle and the KV row come from the row's own position and page
+//! table, and attention reads only the row's own sequence. So a sequence's
+//! logits are the same bits whichever sequences share its step.
 
 use super::{ops, CpuEngine};
+use crate::engine::batch::StepChunk;
 use crate::engine::kernels::BlockKernels;
 use crate::error::Result;
 use rayon::prelude::*;
 
+/// Where one row of the step lives: its sequence's position and pages.
+struct RowAt {
+    pos: usize,
+    /// Index into the step's page tables (one per chunk).
+    chunk: usize,
+}
+
 /// One step's buffers, `n` token rows each.
 pub(super) struct CpuStep<'a> {
     e: &'a mut CpuEngine,
-    tokens: &'a [u32],
-    pos: usize,
-    /// Logits of every token (teacher forcing) rather than the last one only.
-    all: bool,
+    tokens: Vec<u32>,
+    rows: Vec<RowAt>,
+    /// Each chunk's sequence's pages, in position order.
+    tables: Vec<Vec<u32>>,
+    /// The rows whose logits the step computes: the last of each chunk, or
+    /// every row (teacher forcing).
+    logit_rows: Vec<usize>,
     x: Vec<f32>,
     xn: Vec<f32>,
     q: Vec<f32>,
@@ -23,20 +41,41 @@ pub(super) struct CpuStep<'a> {
     tmp: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
-    /// Row-major `[tokens][vocab]`, filled by `lm_head`.
+    /// Row-major `[logit_rows][vocab]`, filled by `lm_head`.
     pub(super) logits: Vec<f32>,
 }
 
 impl<'a> CpuStep<'a> {
-    pub(super) fn new(e: &'a mut CpuEngine, tokens: &'a [u32], pos: usize, all: bool) -> Self {
+    /// A step over `chunks` (already checked, every sequence admitted); the
+    /// logits of every row when `all`, else of each chunk's last row.
+    pub(super) fn new(e: &'a mut CpuEngine, chunks: &[StepChunk<'_>], all: bool) -> Self {
+        let mut tokens = Vec::new();
+        let mut rows = Vec::new();
+        let mut tables = Vec::with_capacity(chunks.len());
+        let mut logit_rows = Vec::new();
+        for (i, c) in chunks.iter().enumerate() {
+            let first = rows.len();
+            tokens.extend_from_slice(c.tokens);
+            rows.extend((0..c.tokens.len()).map(|t| RowAt {
+                pos: c.pos + t,
+                chunk: i,
+            }));
+            tables.push(e.pages_of(c.seq).to_vec());
+            if all {
+                logit_rows.extend(first..rows.len());
+            } else {
+                logit_rows.push(rows.len() - 1);
+            }
+        }
         let c = &e.cfg;
         let n = tokens.len();
         let (qd, kvd) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         let (d, ffn) = (c.d_model, c.ffn_dim);
         Self {
             tokens,
-            pos,
-            all,
+            rows,
+            tables,
+            logit_rows,
             x: vec![0f32; n * d],
             xn: vec![0f32; n * d],
             q: vec![0f32; n * qd],
@@ -53,6 +92,12 @@ impl<'a> CpuStep<'a> {
 
     fn n(&self) -> usize {
         self.tokens.len()
+    }
+
+    /// The pool row that holds `pos` of chunk `chunk`'s sequence.
+    fn pool_row(&self, chunk: usize, pos: usize) -> usize {
+        let pt = self.e.page_tokens();
+        self.tables[chunk][pos / pt] as usize * pt + pos % pt
     }
 }
 
@@ -124,19 +169,18 @@ impl BlockKernels for CpuStep<'_> {
         let c = &self.e.cfg;
         let hd = c.head_dim;
         let (qd, kvd) = (c.n_heads * hd, c.n_kv_heads * hd);
-        for t in 0..self.n() {
-            let p = self.pos + t;
+        for (t, row) in self.rows.iter().enumerate() {
             ops::rope(
                 &mut self.q[t * qd..(t + 1) * qd],
                 hd,
-                p,
+                row.pos,
                 c.rope_base,
                 c.rope_style,
             );
             ops::rope(
                 &mut self.k[t * kvd..(t + 1) * kvd],
                 hd,
-                p,
+                row.pos,
                 c.rope_base,
                 c.rope_style,
             );
@@ -146,10 +190,11 @@ impl BlockKernels for CpuStep<'_> {
             ops::round_f16(&mut self.k);
             ops::round_f16(&mut self.v);
         }
-        let base = self.pos * kvd;
-        let end = base + self.n() * kvd;
-        self.e.k_cache[layer][base..end].copy_from_slice(&self.k);
-        self.e.v_cache[layer][base..end].copy_from_slice(&self.v);
+        for (t, row) in self.rows.iter().enumerate() {
+            let at = self.pool_row(row.chunk, row.pos) * kvd;
+            self.e.k_pool[layer][at..at + kvd].copy_from_slice(&self.k[t * kvd..(t + 1) * kvd]);
+            self.e.v_pool[layer][at..at + kvd].copy_from_slice(&self.v[t * kvd..(t + 1) * kvd]);
+        }
         Ok(())
     }
 
@@ -157,15 +202,18 @@ impl BlockKernels for CpuStep<'_> {
         let c = &self.e.cfg;
         let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
         let qd = nh * hd;
-        let (kc, vc) = (&self.e.k_cache[layer], &self.e.v_cache[layer]);
-        let (q, pos) = (&self.q, self.pos);
+        let pt = self.e.page_tokens();
+        let (kc, vc) = (&self.e.k_pool[layer], &self.e.v_pool[layer]);
+        let (q, rows, tables) = (&self.q, &self.rows, &self.tables);
         self.att
             .par_chunks_mut(hd)
             .enumerate()
             .for_each(|(idx, out)| {
                 let (t, h) = (idx / nh, idx % nh);
                 let qh = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
-                ops::attention_head(qh, kc, vc, pos + t + 1, h, nh, nkv, hd, out);
+                let pages = &tables[rows[t].chunk];
+                let row_of = |p: usize| pages[p / pt] as usize * pt + p % pt;
+                ops::attention_head(qh, kc, vc, rows[t].pos + 1, h, nh, nkv, hd, out, row_of);
             });
         Ok(())
     }
@@ -195,23 +243,15 @@ impl BlockKernels for CpuStep<'_> {
 
     fn lm_head(&mut self) -> Result<()> {
         let (d, vocab) = (self.e.cfg.d_model, self.e.cfg.vocab_size);
-        let n = self.n();
-        let first = if self.all { 0 } else { n - 1 };
-        let rows = first * d..n * d;
         let eps = self.e.cfg.norm_eps;
-        norm_rows(
-            &self.x[rows.clone()],
-            &self.e.output_norm,
-            eps,
-            d,
-            &mut self.xn[rows],
-        );
-        self.logits = vec![0f32; (n - first) * vocab];
-        self.e.mm(
-            &self.e.w.output,
-            &self.xn[first * d..n * d],
-            n - first,
-            &mut self.logits,
-        )
+        let n_out = self.logit_rows.len();
+        // The rows whose logits are wanted, normalized into one contiguous
+        // input (each row's arithmetic is its own, wherever it sits).
+        let mut xn = vec![0f32; n_out * d];
+        for (out, &r) in xn.chunks_exact_mut(d).zip(&self.logit_rows) {
+            ops::rmsnorm(&self.x[r * d..(r + 1) * d], &self.e.output_norm, eps, out);
+        }
+        self.logits = vec![0f32; n_out * vocab];
+        self.e.mm(&self.e.w.output, &xn, n_out, &mut self.logits)
     }
 }

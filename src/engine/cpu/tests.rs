@@ -19,6 +19,7 @@ fn open(spec: &TestModelSpec) -> GgufFile {
 fn opts(max_context: usize) -> LoadOptions {
     LoadOptions {
         max_context,
+        kv_pool_tokens: 0,
         gpu_device: 0,
         threads: 2,
     }

@@ -43,6 +43,7 @@ mod step;
 pub use checks::supported_quant;
 use checks::{check_f32_vec, check_tensor};
 
+use crate::engine::batch::{check_step, KvUsage, SeqBounds, SeqSlot, StepChunk};
 use crate::engine::{BackendKind, Engine, LoadOptions, MemoryReport, SamplingParams};
 use crate::error::{Result, WorkerError};
 use crate::gpu::gemm::Tf32Split;
@@ -104,6 +105,9 @@ pub struct CudaEngine {
     chunk: usize,
     next_pos: usize,
     has_logits: bool,
+    /// Positions the one admitted sequence reserved, while one is (the
+    /// batched interface; this engine holds one sequence at a time so far).
+    admitted: Option<usize>,
     memory: MemoryReport,
     /// Prefill GEMMs as 3xTF32 (WORKER_ORCD_PREFILL_GEMM).
     tf32x3: bool,
@@ -219,6 +223,7 @@ impl CudaEngine {
             chunk,
             next_pos: 0,
             has_logits: false,
+            admitted: None,
             tf32x3,
             memory: MemoryReport {
                 weights_bytes: dl as u64,
@@ -383,6 +388,65 @@ impl Engine for CudaEngine {
         }
         self.gpu
             .download(&self.act[Buf::Logits], 0, self.cfg.vocab_size)
+    }
+
+    // The batched interface over this engine's one KV cache: one page of the
+    // whole context, one sequence at a time, until the paged kernels land.
+    fn kv_usage(&self) -> KvUsage {
+        KvUsage {
+            page_tokens: self.max_ctx,
+            total_pages: 1,
+            used_pages: usize::from(self.admitted.is_some()),
+        }
+    }
+
+    fn admit(&mut self, positions: usize) -> Result<SeqSlot> {
+        if positions == 0 || positions > self.max_ctx {
+            return Err(WorkerError::invalid(format!(
+                "a sequence of {positions} positions does not fit the context of {} tokens this engine \
+                 was loaded with",
+                self.max_ctx
+            )));
+        }
+        if self.admitted.is_some() {
+            return Err(WorkerError::Busy {
+                message: "the CUDA engine holds one sequence at a time and one is running; retry when it \
+                          finishes"
+                    .into(),
+                retry_after_ms: crate::engine::kv::FULL_RETRY_AFTER_MS,
+            });
+        }
+        self.admitted = Some(positions);
+        self.reset();
+        Ok(SeqSlot(0))
+    }
+
+    fn release(&mut self, seq: SeqSlot) {
+        if seq == SeqSlot(0) && self.admitted.take().is_some() {
+            self.reset();
+        }
+    }
+
+    fn step(&mut self, chunks: &[StepChunk<'_>]) -> Result<()> {
+        let (admitted, n_past) = (self.admitted, self.next_pos);
+        check_step(chunks, self.cfg.vocab_size, |s| {
+            admitted
+                .filter(|_| s == SeqSlot(0))
+                .map(|capacity| SeqBounds { n_past, capacity })
+        })?;
+        // Checked: one admitted sequence, so exactly one chunk.
+        let c = chunks[0];
+        self.forward(c.tokens, c.pos)
+    }
+
+    fn seq_logits(&mut self, seq: SeqSlot) -> Result<Vec<f32>> {
+        if seq != SeqSlot(0) || self.admitted.is_none() {
+            return Err(WorkerError::invalid(format!(
+                "sequence {} is not admitted",
+                seq.0
+            )));
+        }
+        self.logits()
     }
 
     fn sample(&mut self, params: &SamplingParams, draw: f32) -> Result<u32> {

@@ -264,6 +264,7 @@ fn engine_prefill_longer_than_a_chunk_matches_cpu() {
         let (cfg, w) = crate::model::arch::from_gguf(&gg).expect("arch");
         let opts = LoadOptions {
             max_context: 1024,
+            kv_pool_tokens: 0,
             gpu_device: 0,
             threads: 0,
         };

@@ -395,6 +395,7 @@ fn load_both(path: &std::path::Path) -> (CudaEngine, CpuEngine, GgufFile) {
     let (cfg, w) = crate::model::arch::from_gguf(&g).expect("arch");
     let opts = LoadOptions {
         max_context: 512,
+        kv_pool_tokens: 0,
         gpu_device: 0,
         threads: 0,
     };
@@ -418,6 +419,7 @@ fn engine_edge_cases_are_the_shared_contract() {
     let (cfg, w) = crate::model::arch::from_gguf(&g).expect("arch");
     let opts = LoadOptions {
         max_context: 8,
+        kv_pool_tokens: 0,
         gpu_device: 0,
         threads: 0,
     };
@@ -566,6 +568,7 @@ fn golden_real_models_on_gpu() {
         let (cfg, w) = crate::model::arch::from_gguf(&g).unwrap();
         let opts = LoadOptions {
             max_context: 1024,
+            kv_pool_tokens: 0,
             gpu_device: 0,
             threads: 0,
         };
