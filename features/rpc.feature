@@ -60,6 +60,63 @@ Feature: Plan, Commit, Ready and Execute over HTTP with Server-Sent Events
     And the response JSON at "/vram_required" is at most the value at "/vram_available"
     And the response JSON at "/shard_plan/0/vram_bytes" is a positive integer
 
+  @WORKER-4214
+  Scenario: Plan compares the model file's size with free memory before anything else
+    Given a worker serving the tiny test model
+    And a byte-identical copy of the served model named "copy.gguf" in the model root
+    When the worker is told its free memory is the served model file's size minus one
+    And I plan "copy.gguf"
+    Then the response JSON at "/feasible" is false
+    And the response JSON at "/vram_required" equals the served model file's size
+    And the response JSON at "/reason" mentions "the model file alone"
+    When the worker is told its free memory is the served model file's size
+    And I plan "copy.gguf"
+    Then the response JSON at "/feasible" is false
+    And the response JSON at "/reason" mentions "KV cache"
+
+  @WORKER-4214
+  Scenario: Plan is feasible when free memory equals what the model needs, and not one byte less
+    Given a worker serving the tiny test model
+    And a byte-identical copy of the served model named "copy.gguf" in the model root
+    When I plan "copy.gguf"
+    And the worker is told its free memory is the last plan's vram_required
+    And I plan "copy.gguf"
+    Then the response JSON at "/feasible" is true
+    When the worker is told its free memory is the last plan's vram_required minus one
+    And I plan "copy.gguf"
+    Then the response JSON at "/feasible" is false
+    And the response JSON at "/reason" mentions "KV cache"
+
+  @WORKER-4214
+  Scenario: The served model's own memory counts as free when Plan asks about the served model itself
+    Given a worker serving the tiny test model
+    And a byte-identical copy of the served model named "copy.gguf" in the model root
+    When the worker is told it has 0 bytes of free memory
+    And I plan the tiny test model
+    Then the response JSON at "/vram_available" equals the memory the worker reports in its metrics
+    When I plan "copy.gguf"
+    Then the response JSON at "/vram_available" is 0
+
+  @WORKER-4211
+  Scenario: Plan refuses tensor parallelism over more than one GPU, and treats a degree of 1 as one GPU
+    Given a worker serving the tiny test model
+    When I POST to "/worker/plan" with body:
+      """
+      {"model_ref": "{tiny_model}", "shard_layout": "tensor_parallel", "tp_degree": 2}
+      """
+    Then the response JSON at "/feasible" is false
+    And the response JSON at "/reason" mentions "tensor-parallel"
+    When I POST to "/worker/plan" with body:
+      """
+      {"model_ref": "{tiny_model}", "shard_layout": "tensor_parallel", "tp_degree": 1}
+      """
+    Then the response JSON at "/feasible" is true
+    When I POST to "/worker/plan" with body:
+      """
+      {"model_ref": "{tiny_model}", "shard_layout": "single", "tp_degree": 2}
+      """
+    Then the response JSON at "/feasible" is true
+
   @WORKER-4211
   Scenario: Plan refuses an unknown shard layout naming the field
     Given a worker serving the tiny test model

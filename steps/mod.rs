@@ -18,6 +18,7 @@ pub mod matrix;
 pub mod metrics;
 pub mod models;
 pub mod mutant;
+pub mod plan_memory;
 pub mod process;
 pub mod procfs;
 pub mod proof;

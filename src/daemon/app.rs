@@ -127,6 +127,9 @@ pub struct AppState {
     pub model: OnceLock<Arc<LoadedModel>>,
     pub engine: OnceLock<EngineHandle>,
     pub fatal: FatalTx,
+    /// Test builds: the free memory Plan sees, once a test fault set it.
+    #[cfg(feature = "test-hooks")]
+    pub available_override: std::sync::Mutex<Option<u64>>,
 }
 
 impl AppState {

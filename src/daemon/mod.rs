@@ -269,6 +269,8 @@ pub fn new_app(
         model: Default::default(),
         engine: Default::default(),
         fatal,
+        #[cfg(feature = "test-hooks")]
+        available_override: Default::default(),
     })
 }
 

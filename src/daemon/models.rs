@@ -139,6 +139,20 @@ pub(crate) fn available_bytes(cfg: &Config) -> Result<u64> {
     }
 }
 
+/// Free memory as Plan sees it: the device's (or host's), unless a test
+/// build was told otherwise (`available_bytes` fault).
+fn plan_available_bytes(app: &AppState) -> Result<u64> {
+    #[cfg(feature = "test-hooks")]
+    if let Some(bytes) = *app
+        .available_override
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+    {
+        return Ok(bytes);
+    }
+    available_bytes(&app.cfg)
+}
+
 /// `<worker_id>-shard-0`, restricted to the identifier charset.
 pub fn default_shard_id(worker_id: &str) -> String {
     let clean: String = worker_id
@@ -175,7 +189,7 @@ pub fn plan(app: &AppState, req: &PlanRequest) -> Result<PlanResponse> {
     let cfg = &app.cfg;
     let path = resolve_model_path(&cfg.model_root, &req.model_ref)?;
     let file_len = check_size(&path, cfg.max_model_bytes)?;
-    let mut avail = available_bytes(cfg)?;
+    let mut avail = plan_available_bytes(app)?;
     // The loaded model's own memory counts as available for itself.
     if let Some(m) = app.model.get().filter(|m| m.path == path) {
         avail = avail.saturating_add(m.memory.total());

@@ -84,6 +84,9 @@ pub enum Fault {
     /// Replace the shard handle's seal with these bytes (a forgery made with
     /// another key); handled by the daemon, not the engine.
     ReplaceSeal { seal: [u8; 32] },
+    /// Report this many bytes of free memory to Plan from now on (Plan's
+    /// arithmetic at exact boundaries); handled by the daemon.
+    AvailableBytes { bytes: u64 },
 }
 
 /// A loaded, resident model that can run one sequence at a time.

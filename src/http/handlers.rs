@@ -213,6 +213,10 @@ pub async fn debug_fault(State(app): State<Arc<AppState>>, body: Body) -> ApiRes
         // The handle, not the engine, holds the seal.
         let model = app.model.get().ok_or_else(|| app.unavailable())?;
         model.handle.write().unwrap_or_else(|p| p.into_inner()).seal = hex::encode(seal);
+    } else if let crate::engine::Fault::AvailableBytes { bytes } = fault {
+        *app.available_override
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(bytes);
     } else {
         let engine = app.engine.get().ok_or_else(|| app.unavailable())?;
         let (tx, rx) = tokio::sync::oneshot::channel();

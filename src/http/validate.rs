@@ -67,6 +67,9 @@ pub fn fault(bytes: &[u8]) -> Result<crate::engine::Fault> {
     let f = match kind.as_str() {
         "flip_resident_byte" => Fault::FlipResidentByte { offset: o.opt_u64("offset")?.unwrap_or(0) },
         "device_error" => Fault::DeviceError,
+        "available_bytes" => Fault::AvailableBytes {
+            bytes: o.opt_u64("bytes")?.ok_or_else(|| bad("field `bytes` is required".to_string()))?,
+        },
         "replace_seal" => {
             let text = o.req_str("seal")?;
             Fault::ReplaceSeal {
@@ -76,7 +79,7 @@ pub fn fault(bytes: &[u8]) -> Result<crate::engine::Fault> {
         }
         _ => {
             return Err(bad(format!(
-                "field `kind`: unknown fault {kind:?}; accepted: \"flip_resident_byte\", \"device_error\", \"replace_seal\""
+                "field `kind`: unknown fault {kind:?}; accepted: \"flip_resident_byte\", \"device_error\", \"replace_seal\", \"available_bytes\""
             )))
         }
     };

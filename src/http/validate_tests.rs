@@ -94,6 +94,19 @@ fn boundaries_are_accepted() {
         exec(&format!(r#"{{"handle_id":"h","prompt":"{p20}"}}"#)).is_ok(),
         "limit counts characters"
     );
+    // top_k, the number of stop sequences and a stop sequence's length (in
+    // characters, not bytes) are each accepted at their limit exactly.
+    let j = r#"{"handle_id":"h","prompt":"p","params":{"top_k":1000000}}"#;
+    assert!(exec(j).is_ok(), "top_k at its limit");
+    let eight = r#""stop":["1","2","3","4","5","6","7","8"]"#;
+    let j = format!(r#"{{"handle_id":"h","prompt":"p","params":{{{eight}}}}}"#);
+    assert_eq!(exec(&j).unwrap().params.stop.len(), MAX_STOP_SEQUENCES);
+    let at_limit = "é".repeat(MAX_STOP_LEN);
+    let j = format!(r#"{{"handle_id":"h","prompt":"p","params":{{"stop":"{at_limit}"}}}}"#);
+    assert_eq!(exec(&j).unwrap().params.stop, vec![at_limit.clone()]);
+    let past = format!("{at_limit}é");
+    let j = format!(r#"{{"handle_id":"h","prompt":"p","params":{{"stop":["a","{past}"]}}}}"#);
+    assert!(err_msg(exec(&j)).contains("`params.stop[1]`"));
 }
 
 #[test]
@@ -266,4 +279,32 @@ fn upload_query_is_as_strict_as_the_json_body() {
         "model_ref=..%2F%3Cx&shard_id=s&expected_digest={d}"
     )))
     .contains("`model_ref`"));
+}
+
+#[test]
+fn model_refs_are_bounded_and_charset_checked() {
+    assert!(model_ref("", "model_ref").is_err(), "empty");
+    let at_limit = "a".repeat(MAX_REF_LEN);
+    assert_eq!(model_ref(&at_limit, "model_ref").unwrap(), at_limit);
+    let m = err_msg(model_ref(&format!("{at_limit}a"), "model_ref"));
+    assert!(m.contains("`model_ref`") && m.contains("1..=1024"), "{m}");
+    assert!(model_ref("models/tiny-1.5b_q4+k.gguf", "model_ref").is_ok());
+    assert!(model_ref("tiny model.gguf", "model_ref").is_err(), "space");
+}
+
+#[test]
+fn a_field_of_the_wrong_type_names_the_type_it_got() {
+    let cases = [
+        (r#""stop":{}"#, "an object"),
+        (r#""stop":[true]"#, "a boolean"),
+        (r#""stop":[null]"#, "null"),
+        (r#""stop":[1]"#, "a number"),
+        (r#""stop":[["x"]]"#, "an array"),
+        (r#""max_tokens":"5""#, "a string"),
+    ];
+    for (frag, got) in cases {
+        let j = format!(r#"{{"handle_id":"h","prompt":"p","params":{{{frag}}}}}"#);
+        let m = err_msg(exec(&j));
+        assert!(m.contains(&format!("got {got}")), "{frag}: {m}");
+    }
 }

@@ -476,9 +476,9 @@ impl Engine for CpuEngine {
                 *b ^= 0x01;
             }
             super::Fault::DeviceError => self.fail_next = true,
-            super::Fault::ReplaceSeal { .. } => {
+            super::Fault::ReplaceSeal { .. } | super::Fault::AvailableBytes { .. } => {
                 return Err(WorkerError::internal(
-                    "a seal fault is applied to the shard handle, not the engine",
+                    "this fault is applied by the daemon, not the engine",
                 ))
             }
         }

@@ -494,8 +494,9 @@ impl Engine for CudaEngine {
                 self.fail_next = true;
                 Ok(())
             }
-            crate::engine::Fault::ReplaceSeal { .. } => Err(WorkerError::internal(
-                "a seal fault is applied to the shard handle, not the engine",
+            crate::engine::Fault::ReplaceSeal { .. }
+            | crate::engine::Fault::AvailableBytes { .. } => Err(WorkerError::internal(
+                "this fault is applied by the daemon, not the engine",
             )),
             crate::engine::Fault::FlipResidentByte { offset } => {
                 let off = usize::try_from(offset)
