@@ -22,6 +22,7 @@ pub mod kernels;
 pub mod kv;
 pub mod rng;
 pub mod sampler;
+pub mod sched;
 pub mod sequence;
 
 use crate::error::Result;
@@ -136,6 +137,18 @@ pub trait Engine: Send {
 
     /// The logits of `seq`'s last computed position, copied to the host.
     fn seq_logits(&mut self, seq: batch::SeqSlot) -> Result<Vec<f32>>;
+
+    /// Choose `seq`'s next token from its last logits, as [`Engine::sample`]
+    /// does for the single sequence.
+    fn seq_sample(
+        &mut self,
+        seq: batch::SeqSlot,
+        params: &SamplingParams,
+        draw: f32,
+    ) -> Result<u32> {
+        let logits = self.seq_logits(seq)?;
+        Ok(sampler::sample_from_logits(&logits, params, draw))
+    }
 
     /// Recompute the digest of the resident weight bytes (see `shard::digest`).
     fn resident_digest(&mut self) -> Result<[u8; 32]>;

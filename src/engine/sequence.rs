@@ -6,9 +6,16 @@
 //! seed), its stream detokenizer and stop matcher, its limits (`max_tokens`
 //! and the engine's context) and its [`EventSink`], which also answers
 //! whether the request was cancelled, disconnected or ran out of time.
-//! [`Sequence::run`] is the only decode loop: the daemon, `generate` and
-//! `bench` all drive their requests through it, so they count tokens,
-//! end-of-sequence and stop text the same way.
+//! A sequence is driven a step at a time: [`Sequence::admit`] reserves its
+//! KV pages (prompt + max_tokens), [`Sequence::next_chunk`] says what it
+//! feeds the next engine step (the rest of its prompt, or the token it just
+//! sampled), [`Sequence::advance`] takes that step's result (samples,
+//! delivers, decides whether it is done) and [`Sequence::release`] gives the
+//! pages back. [`Sequence::run`] drives one sequence alone with exactly
+//! these calls, and a batch of sequences is driven with the same calls
+//! (`engine::sched::Batch`), so the daemon, `generate` and `bench` count tokens,
+//! end-of-sequence and stop text the same way whether a sequence runs alone
+//! or beside others.
 //!
 //! The counting rule (the daemon's contract since the first version): one
 //! token event per generated token, whose text may be empty while a UTF-8
@@ -17,6 +24,7 @@
 //! back. An end-of-sequence token gets an event only when there is held-back
 //! text to deliver; it is never printed.
 
+use crate::engine::batch::{SeqSlot, StepChunk};
 use crate::engine::rng::SamplerRng;
 use crate::engine::sampler::StopMatcher;
 use crate::engine::{Engine, SamplingParams};
@@ -144,6 +152,16 @@ pub struct Sequence<'t, S: EventSink> {
     ignore_eos: bool,
     sink: S,
     events: u64,
+    /// The engine sequence holding its KV pages, while admitted.
+    slot: Option<SeqSlot>,
+    /// Positions already computed (prompt tokens, then fed-back tokens).
+    fed: usize,
+    /// The token sampled last, to be fed at position `fed` next.
+    pending: Option<u32>,
+    finished: Option<Finish>,
+    started: Option<Instant>,
+    prefill_done: Option<Duration>,
+    first_token: Option<Duration>,
 }
 
 impl<'t, S: EventSink> Sequence<'t, S> {
@@ -168,6 +186,13 @@ impl<'t, S: EventSink> Sequence<'t, S> {
             ignore_eos: false,
             sink,
             events: 0,
+            slot: None,
+            fed: 0,
+            pending: None,
+            finished: None,
+            started: None,
+            prefill_done: None,
+            first_token: None,
         })
     }
 
@@ -190,42 +215,135 @@ impl<'t, S: EventSink> Sequence<'t, S> {
         &self.sink
     }
 
-    /// Prefill the prompt, then sample, deliver and feed back one token per
-    /// step until the sequence finishes or the sink stops it.
+    pub fn sink_mut(&mut self) -> &mut S {
+        &mut self.sink
+    }
+
+    /// Take the sink back once the sequence is over.
+    pub fn into_sink(self) -> S {
+        self.sink
+    }
+
+    /// Positions this sequence can ever hold: its prompt and `max_tokens`
+    /// generated tokens, within the context.
+    pub fn positions_needed(&self) -> usize {
+        (self.prompt.len() + self.params.max_tokens as usize).min(self.max_context)
+    }
+
+    /// Reserve every KV page the sequence can ever need in `engine`
+    /// (INVALID_PARAMS when it can never fit, WORKER_BUSY while others hold
+    /// the pages). The clock of its [`Timeline`] starts here.
+    pub fn admit(&mut self, engine: &mut dyn Engine) -> Result<()> {
+        if self.slot.is_none() {
+            self.slot = Some(engine.admit(self.positions_needed())?);
+            self.started = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Give the sequence's pages back (end, cancel, disconnect, timeout or
+    /// error); harmless when it holds none.
+    pub fn release(&mut self, engine: &mut dyn Engine) {
+        if let Some(slot) = self.slot.take() {
+            engine.release(slot);
+        }
+    }
+
+    /// What the sequence feeds the next step: up to `max_prefill` more of
+    /// its prompt, or the token it sampled last. None once it is finished
+    /// or before it is admitted. Prompt chunks start at multiples of
+    /// `max_prefill` from the request's own start, so how a prompt is split
+    /// depends on the request alone.
+    pub fn next_chunk(&self, max_prefill: usize) -> Option<StepChunk<'_>> {
+        let seq = self.slot?;
+        if self.finished.is_some() {
+            return None;
+        }
+        let ids = self.prompt.ids();
+        if self.fed < ids.len() {
+            let end = ids.len().min(self.fed + max_prefill.max(1));
+            return Some(StepChunk {
+                seq,
+                tokens: &ids[self.fed..end],
+                pos: self.fed,
+            });
+        }
+        let token = self.pending.as_ref()?;
+        Some(StepChunk {
+            seq,
+            tokens: std::slice::from_ref(token),
+            pos: self.fed,
+        })
+    }
+
+    /// Take the result of a step that ran this sequence's `fed` tokens (its
+    /// [`Self::next_chunk`]): once the prompt is complete, sample the next
+    /// token, deliver its event and decide whether the sequence is done.
+    /// Returns how it finished, once it has.
+    pub fn advance(&mut self, engine: &mut dyn Engine, fed: usize) -> Result<Option<Finish>> {
+        let slot = self
+            .slot
+            .ok_or_else(|| WorkerError::internal("a sequence advanced before it was admitted"))?;
+        self.fed += fed;
+        self.pending = None;
+        if self.fed < self.prompt.len() {
+            return Ok(None);
+        }
+        let since = self.started.map(|t| t.elapsed()).unwrap_or_default();
+        self.prefill_done.get_or_insert(since);
+        let draw = self.rng.next_draw();
+        let id = engine.seq_sample(slot, &self.params.sampling, draw)?;
+        self.first_token.get_or_insert(since);
+        self.sink.sampled();
+        let (text, done) = self.accept(id, self.fed)?;
+        if let Some(text) = text {
+            self.sink.token(self.events, text)?;
+            self.events += 1;
+        }
+        match done {
+            Some(f) => self.finished = Some(f),
+            None => self.pending = Some(id),
+        }
+        Ok(done)
+    }
+
+    /// When the phases of the sequence ended, once it has finished.
+    pub fn timeline(&self) -> Timeline {
+        let end = self.started.map(|t| t.elapsed()).unwrap_or_default();
+        Timeline {
+            prefill: self.prefill_done.unwrap_or(end),
+            first_token: self.first_token.unwrap_or(end),
+            end,
+        }
+    }
+
+    /// Run the sequence alone: admit, then one step after another (the
+    /// whole prompt first), asking the sink before every step, and release
+    /// the pages however it ends.
     pub fn run(&mut self, engine: &mut dyn Engine) -> Result<(Finish, Timeline)> {
-        let t0 = Instant::now();
         self.sink.check()?;
-        engine.reset();
-        engine.forward(self.prompt.ids(), 0)?;
-        let prefill = t0.elapsed();
-        let mut first_token = None;
-        let mut pos = self.prompt.len();
-        let finish = loop {
+        self.admit(engine)?;
+        let result = self.steps_alone(engine);
+        self.release(engine);
+        result.map(|f| (f, self.timeline()))
+    }
+
+    fn steps_alone(&mut self, engine: &mut dyn Engine) -> Result<Finish> {
+        loop {
+            let Some(chunk) = self.next_chunk(usize::MAX) else {
+                return Err(WorkerError::internal(
+                    "a running sequence had nothing to feed",
+                ));
+            };
+            let fed = chunk.tokens.len();
+            engine.step(&[chunk])?;
+            // Asked before every sample, so nothing is delivered after a
+            // cancel, a disconnect or the deadline.
             self.sink.check()?;
-            let draw = self.rng.next_draw();
-            let id = engine.sample(&self.params.sampling, draw)?;
-            first_token.get_or_insert_with(|| t0.elapsed());
-            self.sink.sampled();
-            let (text, done) = self.accept(id, pos)?;
-            if let Some(text) = text {
-                self.sink.token(self.events, text)?;
-                self.events += 1;
+            if let Some(f) = self.advance(engine, fed)? {
+                return Ok(f);
             }
-            if let Some(f) = done {
-                break f;
-            }
-            engine.forward(&[id], pos)?;
-            pos += 1;
-        };
-        let end = t0.elapsed();
-        Ok((
-            finish,
-            Timeline {
-                prefill,
-                first_token: first_token.unwrap_or(end),
-                end,
-            },
-        ))
+        }
     }
 
     /// Take sampled token `id` (to be written at position `pos`): the text of

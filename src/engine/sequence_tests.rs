@@ -30,6 +30,9 @@ struct Scripted {
     /// Every forward call: (ids, first position).
     fed: Vec<(Vec<u32>, usize)>,
     resets: usize,
+    /// Positions asked for at each admission, and releases seen.
+    admitted: Vec<usize>,
+    released: usize,
 }
 
 impl Engine for Scripted {
@@ -60,17 +63,29 @@ impl Engine for Scripted {
     fn kv_usage(&self) -> crate::engine::batch::KvUsage {
         crate::engine::batch::KvUsage::default()
     }
-    // The decode loop drives the single-sequence calls; the batched ones
-    // are never reached from it.
-    fn admit(&mut self, _positions: usize) -> Result<crate::engine::batch::SeqSlot> {
-        unreachable!("the scripted engine has no batched interface")
+    // The decode loop drives one admitted sequence through the batched calls.
+    fn admit(&mut self, positions: usize) -> Result<crate::engine::batch::SeqSlot> {
+        self.admitted.push(positions);
+        self.reset();
+        Ok(crate::engine::batch::SeqSlot(0))
     }
-    fn release(&mut self, _seq: crate::engine::batch::SeqSlot) {}
-    fn step(&mut self, _chunks: &[crate::engine::batch::StepChunk<'_>]) -> Result<()> {
-        unreachable!("the scripted engine has no batched interface")
+    fn release(&mut self, _seq: crate::engine::batch::SeqSlot) {
+        self.released += 1;
+    }
+    fn step(&mut self, chunks: &[crate::engine::batch::StepChunk<'_>]) -> Result<()> {
+        assert_eq!(chunks.len(), 1, "one sequence at a time here");
+        self.forward(chunks[0].tokens, chunks[0].pos)
     }
     fn seq_logits(&mut self, _seq: crate::engine::batch::SeqSlot) -> Result<Vec<f32>> {
-        unreachable!("the scripted engine has no batched interface")
+        self.logits()
+    }
+    fn seq_sample(
+        &mut self,
+        _seq: crate::engine::batch::SeqSlot,
+        params: &SamplingParams,
+        draw: f32,
+    ) -> Result<u32> {
+        self.sample(params, draw)
     }
     fn resident_digest(&mut self) -> Result<[u8; 32]> {
         Ok([0; 32])
@@ -125,6 +140,8 @@ fn engine(cfg: &ModelConfig, script: Vec<u32>, max_context: usize) -> Scripted {
         max_context,
         fed: Vec::new(),
         resets: 0,
+        admitted: Vec::new(),
+        released: 0,
     }
 }
 
@@ -181,6 +198,9 @@ fn text_tokens_and_eos_are_counted_the_one_way() {
     }
     assert_eq!(eng.fed, want);
     assert_eq!(eng.resets, 1);
+    // Admitted once for the prompt and all 50 tokens, released at the end.
+    assert_eq!(eng.admitted, vec![prompt.len() + 50]);
+    assert_eq!(eng.released, 1);
 }
 
 #[test]
@@ -276,6 +296,7 @@ fn a_sink_that_stops_ends_the_run_before_the_next_step() {
     assert_eq!(e.code(), "CANCELLED");
     assert_eq!(seq.tokens_out(), 2);
     assert_eq!(eng.next, 2, "no token is sampled after the sink said stop");
+    assert_eq!(eng.released, 1, "a cancelled sequence gives its pages back");
 }
 
 #[test]

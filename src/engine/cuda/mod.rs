@@ -344,6 +344,19 @@ impl CudaEngine {
     }
 }
 
+impl CudaEngine {
+    /// The one sequence of the batched interface is `seq` and admitted.
+    fn check_admitted(&self, seq: SeqSlot) -> Result<()> {
+        if seq != SeqSlot(0) || self.admitted.is_none() {
+            return Err(WorkerError::invalid(format!(
+                "sequence {} is not admitted",
+                seq.0
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Engine for CudaEngine {
     fn backend(&self) -> BackendKind {
         BackendKind::Cuda
@@ -440,13 +453,14 @@ impl Engine for CudaEngine {
     }
 
     fn seq_logits(&mut self, seq: SeqSlot) -> Result<Vec<f32>> {
-        if seq != SeqSlot(0) || self.admitted.is_none() {
-            return Err(WorkerError::invalid(format!(
-                "sequence {} is not admitted",
-                seq.0
-            )));
-        }
+        self.check_admitted(seq)?;
         self.logits()
+    }
+
+    fn seq_sample(&mut self, seq: SeqSlot, params: &SamplingParams, draw: f32) -> Result<u32> {
+        self.check_admitted(seq)?;
+        // The device-side candidate selection of the single sequence.
+        self.sample(params, draw)
     }
 
     fn sample(&mut self, params: &SamplingParams, draw: f32) -> Result<u32> {

@@ -1,0 +1,122 @@
+//! Continuous batching's core (issue 11 point 4; WORKER-4710, 4722): the
+//! sequences running in one engine, and the step that advances all of them
+//! together.
+//!
+//! A sequence joins whenever its pages can be reserved ([`Batch::admit`]),
+//! so new requests start between any two steps, and it leaves the moment it
+//! finishes, fails or its sink says stop, with its pages returned before the
+//! next step. Every step carries one decode row per running sequence and a
+//! prompt chunk of at most `max_prefill` tokens per prefilling one, so a long
+//! prompt never stalls the running streams for more than one chunk. What a
+//! sequence computes depends only on itself (`engine::batch`), so its stream
+//! is the same bytes whichever others share its steps.
+
+use crate::engine::sequence::{EventSink, Finish, Sequence, Timeline};
+use crate::engine::Engine;
+use crate::error::{Result, WorkerError};
+
+/// How one sequence left the batch.
+pub type Outcome = Result<(Finish, Timeline)>;
+
+/// The running sequences of one engine; see the module header.
+pub struct Batch<'t, S: EventSink> {
+    running: Vec<Sequence<'t, S>>,
+    max_prefill: usize,
+}
+
+impl<'t, S: EventSink> Batch<'t, S> {
+    /// An empty batch whose prompt chunks hold at most `max_prefill` tokens.
+    pub fn new(max_prefill: usize) -> Self {
+        Self {
+            running: Vec::new(),
+            max_prefill: max_prefill.max(1),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    /// Reserve `seq`'s pages and let it join from the next step; when its
+    /// pages cannot be reserved it comes back with the reason (WORKER_BUSY:
+    /// wait for a running sequence to finish; INVALID_PARAMS: never fits).
+    #[allow(clippy::result_large_err)]
+    pub fn admit(
+        &mut self,
+        engine: &mut dyn Engine,
+        mut seq: Sequence<'t, S>,
+    ) -> std::result::Result<(), (Sequence<'t, S>, WorkerError)> {
+        match seq.admit(engine) {
+            Ok(()) => {
+                self.running.push(seq);
+                Ok(())
+            }
+            Err(e) => Err((seq, e)),
+        }
+    }
+
+    /// One engine step over every running sequence. Returns the sequences
+    /// that left the batch with this step, with how they ended; their pages
+    /// are already back in the pool. A failed engine step ends every
+    /// running sequence with that error.
+    pub fn step(&mut self, engine: &mut dyn Engine) -> Vec<(Sequence<'t, S>, Outcome)> {
+        let mut left = Vec::new();
+        // A sequence whose sink says stop leaves before the step.
+        let mut i = 0;
+        while i < self.running.len() {
+            if let Err(e) = self.running[i].sink_mut().check() {
+                let mut seq = self.running.remove(i);
+                seq.release(engine);
+                left.push((seq, Err(e)));
+            } else {
+                i += 1;
+            }
+        }
+        if self.running.is_empty() {
+            return left;
+        }
+        let fed: Vec<usize> = self
+            .running
+            .iter()
+            .map(|s| s.next_chunk(self.max_prefill).map_or(0, |c| c.tokens.len()))
+            .collect();
+        let chunks: Vec<_> = self
+            .running
+            .iter()
+            .filter_map(|s| s.next_chunk(self.max_prefill))
+            .collect();
+        if let Err(e) = engine.step(&chunks) {
+            for mut seq in self.running.drain(..) {
+                seq.release(engine);
+                left.push((seq, Err(e.clone())));
+            }
+            return left;
+        }
+        let mut kept = Vec::with_capacity(self.running.len());
+        for (mut seq, n) in self.running.drain(..).zip(fed) {
+            let outcome = seq.sink_mut().check().and_then(|()| seq.advance(engine, n));
+            match outcome {
+                Ok(None) => kept.push(seq),
+                Ok(Some(finish)) => {
+                    seq.release(engine);
+                    let times = seq.timeline();
+                    left.push((seq, Ok((finish, times))));
+                }
+                Err(e) => {
+                    seq.release(engine);
+                    left.push((seq, Err(e)));
+                }
+            }
+        }
+        self.running = kept;
+        left
+    }
+}
+
+#[cfg(test)]
+#[path = "sched_tests.rs"]
+mod tests;
