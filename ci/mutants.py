@@ -12,6 +12,8 @@ outcome", so that the report and the `remaining` run agree:
                    text and its rank among equal texts, so that earlier
                    outcomes carry over.
   remaining        print the mutants in scope with no outcome yet.
+  open             print those and the survivors no reason explains: what a
+                   rerun after new tests must run (`ci/mutants rerun-open`).
   report           write mutants/REPORT.md.
 """
 import os
@@ -130,6 +132,16 @@ def remaining():
             print(m)
 
 
+def open_mutants():
+    """Untested mutants in scope, then survivors without an equivalence reason."""
+    outcome, _, _ = outcomes()
+    equivalent = dict(tsv_pairs("mutants/equivalent.tsv"))
+    scope = [m for m in read_list(SCOPE) if m]
+    for m in scope:
+        if m not in outcome or (outcome[m] == "missed" and m not in equivalent):
+            print(m)
+
+
 def report():
     equivalent = dict(tsv_pairs("mutants/equivalent.tsv"))
     outcome, where, rows = outcomes()
@@ -175,6 +187,8 @@ if __name__ == "__main__":
         adopt_scope(sys.argv[2])
     elif verb == "remaining":
         remaining()
+    elif verb == "open":
+        open_mutants()
     elif verb == "report":
         report()
     else:

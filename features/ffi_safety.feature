@@ -57,6 +57,21 @@ Feature: Memory safety, CUDA boundary and resource limits
     And I execute "Once upon a time" with max_tokens 2000
     Then the stream ends with an "error" event with code "EXECUTION_TIMEOUT"
 
+  # Pages hold 16 positions; max_context 256 makes a pool of 16 pages, and a
+  # request asking for more tokens than the context reserves all of them.
+  @WORKER-4422 @WORKER-4810
+  Scenario: The metrics show the KV pages a running job reserved, and none once it ends
+    Given a worker configured for the larger test model
+    And the configuration sets "max_context" to 256
+    When the worker is started
+    Then the metrics show 0 of 16 KV cache pages in use
+    When I start executing "Once upon a time" with max_tokens 2000
+    And I wait until 1 token event has streamed
+    Then the metrics show 16 of 16 KV cache pages in use
+    When I cancel the job
+    And I wait for the stream to finish
+    Then the metrics show 0 of 16 KV cache pages in use
+
   @WORKER-4422 @WORKER-4423
   Scenario: The KV cache is planned at load from the configured context
     Given a worker configured for the tiny test model

@@ -169,3 +169,21 @@ async fn kv_bytes_exact(w: &mut World) {
         ),
     );
 }
+
+/// The KV pool's gauges (issue 11 point 3): pages reserved, pages in all,
+/// and their ratio, as one consistent triple.
+#[then(regex = r"^the metrics show (\d+) of (\d+) KV cache pages in use$")]
+async fn kv_pages(w: &mut World, used: f64, total: f64) {
+    let (_, m) = scrape(w).await;
+    let get = |name: &str| m.get(name).copied();
+    let got = (
+        get("worker_orcd_kv_cache_pages_used"),
+        get("worker_orcd_kv_cache_pages_total"),
+        get("worker_orcd_kv_cache_usage_ratio"),
+    );
+    let want = (Some(used), Some(total), Some(used / total));
+    w.check(
+        got == want,
+        format!("KV pages (used, total, ratio) are {got:?}, expected {want:?}"),
+    );
+}

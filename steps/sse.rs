@@ -355,6 +355,17 @@ async fn cancel(w: &mut World, who: String) {
 /// running decode loop rather than landing before the first token.
 #[when(regex = r"^I cancel the job after (\d+) token events have streamed$")]
 async fn cancel_after(w: &mut World, n: usize) {
+    wait_for_tokens(w, n).await;
+    send_cancel(w, Auth::Token).await;
+}
+
+#[when(regex = r"^I wait until (\d+) token events? (?:has|have) streamed$")]
+async fn wait_tokens(w: &mut World, n: usize) {
+    wait_for_tokens(w, n).await;
+}
+
+/// Wait (up to 60 s) until the running stream has delivered `n` token events.
+async fn wait_for_tokens(w: &mut World, n: usize) {
     let until = Instant::now() + Duration::from_secs(60);
     loop {
         let (got, running) = tokens_so_far(w);
@@ -373,7 +384,6 @@ async fn cancel_after(w: &mut World, n: usize) {
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    send_cancel(w, Auth::Token).await;
 }
 
 pub async fn finish_background(w: &mut World) {

@@ -380,7 +380,13 @@ impl EngineLoop {
             last: Instant::now(),
         };
         let mut seq = Sequence::new(&tok, job.prompt, job.params.clone(), sink)?;
-        let (finish, times) = seq.run(engine.as_mut())?;
+        // Pages are reserved for the whole request before its first step,
+        // and /metrics shows them while it runs.
+        seq.admit(engine.as_mut())?;
+        publish_kv(&app, engine.as_ref());
+        let result = seq.run(engine.as_mut());
+        publish_kv(&app, engine.as_ref());
+        let (finish, times) = result?;
         let n_out = seq.tokens_out();
         app.metrics.prompt_tokens(n_in as u64);
         app.metrics.tokens(n_out);
@@ -462,4 +468,10 @@ impl EventSink for JobSink<'_> {
         }
         self.last = now;
     }
+}
+
+/// The KV pool's use, for /metrics (issue 11 point 3).
+pub(crate) fn publish_kv(app: &AppState, engine: &dyn crate::engine::Engine) {
+    let kv = engine.kv_usage();
+    app.metrics.set_kv_pages(kv.used_pages, kv.total_pages);
 }

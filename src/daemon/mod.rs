@@ -286,6 +286,7 @@ pub fn start_serving(
 ) -> crate::error::Result<()> {
     app.metrics
         .set_memory(app.cfg.backend.as_str(), &model.memory);
+    engine_thread::publish_kv(app, engine.as_ref());
     let model = Arc::new(model);
     let _ = app.model.set(Arc::clone(&model));
     let handle = EngineHandle::spawn(Arc::clone(app), engine)?;

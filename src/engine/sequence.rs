@@ -321,9 +321,11 @@ impl<'t, S: EventSink> Sequence<'t, S> {
     /// whole prompt first), asking the sink before every step, and release
     /// the pages however it ends.
     pub fn run(&mut self, engine: &mut dyn Engine) -> Result<(Finish, Timeline)> {
-        self.sink.check()?;
-        self.admit(engine)?;
-        let result = self.steps_alone(engine);
+        let result = self
+            .sink
+            .check()
+            .and_then(|()| self.admit(engine))
+            .and_then(|()| self.steps_alone(engine));
         self.release(engine);
         result.map(|f| (f, self.timeline()))
     }

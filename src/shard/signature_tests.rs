@@ -276,3 +276,26 @@ fn load_reads_both_files_and_names_the_field_at_fault() {
         e.message
     );
 }
+
+#[test]
+fn a_trusted_key_shows_itself_as_hex() {
+    let key = TrustedKey(parse_public_key(OPENSSL_PEM.as_bytes()).unwrap());
+    assert_eq!(key.hex(), OPENSSL_PUB_HEX);
+    assert_eq!(format!("{key:?}"), format!("TrustedKey({OPENSSL_PUB_HEX})"));
+}
+
+#[test]
+fn key_and_signature_files_are_read_up_to_their_limit_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = dir.path().join("at-limit");
+    std::fs::write(&at, vec![b'a'; MAX_FILE_BYTES as usize]).unwrap();
+    assert_eq!(read_bounded(&at).unwrap().len() as u64, MAX_FILE_BYTES);
+    let past = dir.path().join("past-limit");
+    std::fs::write(&past, vec![b'a'; MAX_FILE_BYTES as usize + 1]).unwrap();
+    let e = read_bounded(&past).unwrap_err();
+    assert!(e.contains("larger than 4096 bytes"), "{e}");
+    assert_eq!(
+        read_bounded(dir.path()).unwrap_err(),
+        "is not a regular file"
+    );
+}

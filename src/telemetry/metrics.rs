@@ -80,6 +80,9 @@ pub struct Metrics {
     cuda_errors: Counter,
     running: Gauge,
     waiting: Gauge,
+    kv_pages_total: Gauge,
+    kv_pages_used: Gauge,
+    kv_usage: Gauge<f64, std::sync::atomic::AtomicU64>,
     memory: Family<MemoryLabel, Gauge>,
     device_total: Gauge,
     device_free: Gauge,
@@ -145,6 +148,9 @@ impl Metrics {
             cuda_errors: Counter::default(),
             running: Gauge::default(),
             waiting: Gauge::default(),
+            kv_pages_total: Gauge::default(),
+            kv_pages_used: Gauge::default(),
+            kv_usage: Gauge::default(),
             memory: Family::default(),
             device_total: Gauge::default(),
             device_free: Gauge::default(),
@@ -223,6 +229,21 @@ impl Metrics {
             "num_requests_waiting",
             "Jobs waiting for the slot now",
             m.waiting.clone(),
+        );
+        r.register(
+            "kv_cache_pages_total",
+            "Pages of the KV pool (each holds a fixed number of positions)",
+            m.kv_pages_total.clone(),
+        );
+        r.register(
+            "kv_cache_pages_used",
+            "Pages of the KV pool reserved by running sequences",
+            m.kv_pages_used.clone(),
+        );
+        r.register(
+            "kv_cache_usage_ratio",
+            "Reserved pages over all pages of the KV pool (0 to 1)",
+            m.kv_usage.clone(),
         );
         r.register(
             "memory_bytes",
@@ -342,6 +363,19 @@ impl Metrics {
 
     pub fn set_waiting(&self, n: u64) {
         self.waiting.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The KV pool's pages: reserved by running sequences, and in all.
+    pub fn set_kv_pages(&self, used: usize, total: usize) {
+        self.kv_pages_used
+            .set(i64::try_from(used).unwrap_or(i64::MAX));
+        self.kv_pages_total
+            .set(i64::try_from(total).unwrap_or(i64::MAX));
+        self.kv_usage.set(if total == 0 {
+            0.0
+        } else {
+            used as f64 / total as f64
+        });
     }
 
     /// Memory held by the engine; `device` is "cuda" or "cpu".
