@@ -73,11 +73,24 @@ def adopt_scope(new_path):
           f"{len(gone)} no longer exist (their code was removed)")
 
 
-def current_name(name, moved):
-    for _ in range(100):  # a chain of moves across several scope adoptions
-        if name not in moved:
-            return name
-        name = moved[name]
+def moves_by_adoption():
+    """mutants/moved.tsv by section: [(time of the adopting commit, {old: new})]."""
+    sections = []
+    for line in read_list(MOVED):
+        if line.startswith("# scope adopted at "):
+            sections.append((commit_time(line.split()[-1]), {}))
+        elif line and not line.startswith("#") and sections:
+            old, new = line.split("\t", 1)
+            sections[-1][1][old] = new
+    return sorted(sections, key=lambda s: s[0])
+
+
+def current_name(name, run_time, sections):
+    """A run's mutant name as the current scope names it: each scope adopted
+    after the run's commit renames it once, in order."""
+    for adopted, moves in sections:
+        if adopted > run_time:
+            name = moves.get(name, name)
     return name
 
 
@@ -105,7 +118,7 @@ def outcomes():
     suite), then full-suite shards, then targeted reruns, each replacing what
     came before for the mutants it ran.
     """
-    moved = dict(tsv_pairs(MOVED))
+    sections = moves_by_adoption()
     outcome, where, rows = {}, {}, []
     for tier, root in [("unit", "mutants/unit"), ("shard", "mutants/shards"), ("rerun", "mutants/reruns")]:
         for name, d, commit, partial in runs(root):
@@ -118,7 +131,7 @@ def outcomes():
                     if tier == "unit" and kind == "missed":
                         continue
                     # A rerun's renamed.tsv names the mutant as its earlier run did.
-                    key = current_name(renamed.get(m, m), moved)
+                    key = current_name(renamed.get(m, m), commit_time(commit), sections)
                     outcome[key] = kind
                     where[key] = f"{tier} {name} at {commit}" + (f", as {m}" if key != m else "")
             rows.append((tier, name, commit, partial, counts))
