@@ -563,7 +563,7 @@ mod tests {
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .filter_map(|l| l.split(' ').next())
             .collect();
-        assert_eq!(names.len(), 20, "{names:?}");
+        assert_eq!(names.len(), 23, "{names:?}");
         for n in names {
             assert!(doc.contains(n), "docs/operations.md lacks metric {n}");
         }
