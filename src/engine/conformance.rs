@@ -345,3 +345,103 @@ pub fn edge_cases(e: &mut dyn Engine) -> Vec<String> {
     expect_invalid(&mut bad, "logits after a reset", e.logits().map(drop));
     bad
 }
+
+/// The batched interface's contract, held the same on every backend (issue
+/// 11 points 3-5): admission beyond the context or of nothing is refused
+/// with INVALID_PARAMS and takes no page; a step over a sequence that is not
+/// admitted is refused; an admitted sequence stepped through its prompt and
+/// one decode token has, bit for bit, the logits the single-sequence calls
+/// give for the same tokens; after release its pages are free again and its
+/// logits are gone. Returns every broken rule, in words.
+pub fn batched_contract(e: &mut dyn Engine) -> Vec<String> {
+    use crate::engine::batch::{SeqSlot, StepChunk};
+    let mut bad = Vec::new();
+    let ctx = e.max_context();
+    let free_before = e.kv_usage().free_tokens();
+    for (what, positions) in [
+        ("more positions than the context", ctx + 1),
+        ("no positions", 0),
+    ] {
+        match e.admit(positions) {
+            Err(err) if err.code() == "INVALID_PARAMS" => {}
+            Err(err) => bad.push(format!(
+                "admitting {what}: {} instead of INVALID_PARAMS",
+                err.code()
+            )),
+            Ok(s) => {
+                bad.push(format!("admitting {what}: accepted"));
+                e.release(s);
+            }
+        }
+    }
+    if e.kv_usage().free_tokens() != free_before {
+        bad.push("a refused admission took pages".into());
+    }
+    let ghost = [StepChunk {
+        seq: SeqSlot(u32::MAX),
+        tokens: &[1],
+        pos: 0,
+    }];
+    match e.step(&ghost) {
+        Err(err) if err.code() == "INVALID_PARAMS" => {}
+        other => bad.push(format!("a step over a sequence never admitted: {other:?}")),
+    }
+    // The single-sequence reference for the same tokens.
+    let (prompt, next) = ([3u32, 1, 4, 1], 5u32);
+    e.reset();
+    let reference = (|| {
+        e.forward(&prompt, 0)?;
+        let first = e.logits()?;
+        e.forward(&[next], prompt.len())?;
+        Ok::<_, crate::error::WorkerError>((first, e.logits()?))
+    })();
+    e.reset();
+    let batched = (|| {
+        let s = e.admit(prompt.len() + 1)?;
+        let out = (|| {
+            e.step(&[StepChunk {
+                seq: s,
+                tokens: &prompt,
+                pos: 0,
+            }])?;
+            let first = e.seq_logits(s)?;
+            e.step(&[StepChunk {
+                seq: s,
+                tokens: &[next],
+                pos: prompt.len(),
+            }])?;
+            Ok::<_, crate::error::WorkerError>((first, e.seq_logits(s)?))
+        })();
+        e.release(s);
+        match e.seq_logits(s) {
+            Err(err) if err.code() == "INVALID_PARAMS" => {}
+            other => bad.push(format!(
+                "logits of a released sequence: {:?}",
+                other.map(|l| l.len())
+            )),
+        }
+        out
+    })();
+    match (reference, batched) {
+        (Ok(a), Ok(b)) => {
+            let same = |x: &[f32], y: &[f32]| {
+                x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits())
+            };
+            if !same(&a.0, &b.0) || !same(&a.1, &b.1) {
+                bad.push("the batched interface's logits differ from the single-sequence calls' for the same tokens".into());
+            }
+        }
+        (a, b) => bad.push(format!(
+            "a valid run failed: single-sequence {:?}, batched {:?}",
+            a.err().map(|e| e.message().to_string()),
+            b.err().map(|e| e.message().to_string())
+        )),
+    }
+    if e.kv_usage().free_tokens() != free_before {
+        bad.push(format!(
+            "pages were not all returned: {} positions free, {free_before} before",
+            e.kv_usage().free_tokens()
+        ));
+    }
+    bad
+}

@@ -158,7 +158,8 @@ fn engine_edge_cases_are_the_shared_contract() {
     let g = open(&TestModelSpec::tiny_llama());
     let (c, w) = arch::from_gguf(&g).expect("arch");
     let mut e = CpuEngine::load(&g, &c, &w, &opts(8)).expect("load");
-    let bad = crate::engine::conformance::edge_cases(&mut e);
+    let mut bad = crate::engine::conformance::edge_cases(&mut e);
+    bad.extend(crate::engine::conformance::batched_contract(&mut e));
     assert!(bad.is_empty(), "{bad:#?}");
 }
 

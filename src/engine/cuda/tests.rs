@@ -424,7 +424,8 @@ fn engine_edge_cases_are_the_shared_contract() {
         threads: 0,
     };
     let mut e = CudaEngine::load(&g, &cfg, &w, &opts).expect("cuda load");
-    let bad = crate::engine::conformance::edge_cases(&mut e);
+    let mut bad = crate::engine::conformance::edge_cases(&mut e);
+    bad.extend(crate::engine::conformance::batched_contract(&mut e));
     assert!(bad.is_empty(), "{bad:#?}");
 }
 
