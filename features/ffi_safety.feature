@@ -57,20 +57,22 @@ Feature: Memory safety, CUDA boundary and resource limits
     And I execute "Once upon a time" with max_tokens 2000
     Then the stream ends with an "error" event with code "EXECUTION_TIMEOUT"
 
-  # Pages hold 16 positions; max_context 256 makes a pool of 16 pages, and a
-  # request asking for more tokens than the context reserves all of them.
+  # The CPU engine's pages hold 16 positions, so max_context 256 makes a pool
+  # of 16 pages; the CUDA engine, one sequence at a time so far, reports one
+  # page of the whole context. A request asking for more tokens than the
+  # context reserves every page.
   @WORKER-4422 @WORKER-4810
   Scenario: The metrics show the KV pages a running job reserved, and none once it ends
     Given a worker configured for the larger test model
     And the configuration sets "max_context" to 256
     When the worker is started
-    Then the metrics show 0 of 16 KV cache pages in use
+    Then the metrics show no KV cache page in use, of a pool for 256 positions
     When I start executing "Once upon a time" with max_tokens 2000
     And I wait until 1 token event has streamed
-    Then the metrics show 16 of 16 KV cache pages in use
+    Then the metrics show every KV cache page in use, of a pool for 256 positions
     When I cancel the job
     And I wait for the stream to finish
-    Then the metrics show 0 of 16 KV cache pages in use
+    Then the metrics show no KV cache page in use, of a pool for 256 positions
 
   @WORKER-4422 @WORKER-4423
   Scenario: The KV cache is planned at load from the configured context
