@@ -77,11 +77,9 @@ fn solo_trace(e: &mut CpuEngine, r: &Request) -> Trace {
     e.reset();
     e.forward(&r.prompt, 0).expect("prompt");
     let mut trace = vec![bits(&e.logits().unwrap())];
-    let mut pos = r.prompt.len();
-    for _ in 0..r.decode {
+    for pos in r.prompt.len()..r.prompt.len() + r.decode {
         let id = greedy(&e.logits().unwrap());
         e.forward(&[id], pos).expect("decode");
-        pos += 1;
         trace.push(bits(&e.logits().unwrap()));
     }
     e.reset();
