@@ -46,16 +46,7 @@ async fn told_derived(w: &mut World, what: String, minus_one: String) {
     let base = if what.contains("file") {
         served_file_len(w)
     } else {
-        let last = w
-            .last
-            .clone()
-            .unwrap_or_else(|| w.fail("no plan was sent yet"));
-        let Some(j) = last.json.as_ref() else {
-            w.fail(format!("the last answer is not JSON: {}", last.text))
-        };
-        pointer(w, j, "/vram_required")
-            .as_u64()
-            .unwrap_or_else(|| w.fail(format!("the last answer has no integer vram_required: {j}")))
+        last_u64(w, "/vram_required")
     };
     let bytes = if minus_one.is_empty() { base } else { base - 1 };
     tell_free_memory(w, bytes).await;
