@@ -42,8 +42,11 @@ Feature: Memory safety, CUDA boundary and resource limits
 
   @WORKER-4420 @SCHEDULER-M0-001 @SCHEDULER-M0-003 @serial
   Scenario: A busy worker refuses a second job at once with a retry hint
-    Given a worker serving the larger test model
-    When I start executing "Once upon a time" with max_tokens 2000
+    Given a worker configured for the larger test model
+    And the configuration sets "slots_total" to 1
+    And the configuration sets "max_queued_jobs" to 0
+    When the worker is started
+    And I start executing "Once upon a time" with max_tokens 2000
     And a second execute request arrives while the first is streaming
     Then the second request is refused with status 429 and code "WORKER_BUSY"
     And the second request's error is retriable with a retry_after_ms

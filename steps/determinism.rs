@@ -8,7 +8,8 @@ use crate::steps::world::{ctx, slug, World};
 use cucumber::{then, when};
 use serde_json::{json, Value};
 
-fn record_pair(w: &World, label: &str, a: &[String], b: &[String]) -> bool {
+/// Record two runs' tokens as a pair and their diff; true when identical.
+pub(crate) fn record_pair(w: &World, label: &str, a: &[String], b: &[String]) -> bool {
     let dir = ctx().bundle.determinism_dir();
     let name = format!("{}__{}__{label}", slug(&w.feature), slug(&w.scenario));
     let meta = json!({"feature": w.feature, "scenario": w.scenario, "label": label});

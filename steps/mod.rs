@@ -2,6 +2,7 @@
 //! into cucumber; `traceability` and `proof` turn a run into evidence.
 
 pub mod apparmor;
+pub mod batching;
 pub mod build_check;
 pub mod callback;
 pub mod capability;

@@ -80,7 +80,7 @@ pub fn exec_body(handle: &str, prompt: &str, params: Value) -> String {
 }
 
 /// Read an execute response into `shared` until the server closes it.
-async fn pump(resp: reqwest::Response, shared: Arc<Mutex<Stream>>) {
+pub(crate) async fn pump(resp: reqwest::Response, shared: Arc<Mutex<Stream>>) {
     let mut events = resp.bytes_stream().eventsource();
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {

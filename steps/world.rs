@@ -184,6 +184,12 @@ pub struct World {
     pub gpu_free_before: Option<u64>,
     /// A step ran a `worker-orcd` subcommand (behavioural evidence without a daemon).
     pub ran_cli: bool,
+    /// Concurrent jobs of the batching scenarios, their solo reruns, the
+    /// most jobs seen running at once, and a job started behind another.
+    pub mixed: Vec<crate::steps::batching::MixedJob>,
+    pub solo: Vec<crate::steps::sse::Stream>,
+    pub most_running: Option<u64>,
+    pub waiting_job: Option<crate::steps::sse::BackgroundStream>,
 }
 
 impl std::fmt::Debug for World {
@@ -245,6 +251,10 @@ impl World {
             other: None,
             gpu_free_before: None,
             ran_cli: false,
+            mixed: Vec::new(),
+            solo: Vec::new(),
+            most_running: None,
+            waiting_job: None,
         })
     }
 

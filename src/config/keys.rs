@@ -57,6 +57,9 @@ pub const KEYS: &[KeyDef] = &[
     key("gpu_device", "--gpu-device", Some(env::GPU_DEVICE), true),
     key("backend", "--backend", None, false),
     key("slots_total", "--slots-total", None, false),
+    key("max_queued_jobs", "--max-queued-jobs", None, false),
+    key("admission_window_ms", "--admission-window-ms", None, false),
+    key("kv_cache_tokens", "--kv-cache-tokens", None, false),
     key("max_tokens", "--max-tokens", None, false),
     key("max_prompt_len", "--max-prompt-len", None, false),
     key("max_context", "--max-context", None, false),
@@ -351,7 +354,7 @@ pub fn env_layer(lookup: Lookup<'_>) -> Result<Layer, ConfigError> {
 /// The flag layer: every flag that was given.
 pub fn flag_layer(a: &KeyFlags) -> Layer {
     let mut layer = Layer::default();
-    let given: [(&'static str, &Option<String>); 30] = [
+    let given: [(&'static str, &Option<String>); 33] = [
         ("worker_id", &a.worker_id),
         ("pool_id", &a.pool_id),
         ("model_path", &a.model_path),
@@ -362,6 +365,9 @@ pub fn flag_layer(a: &KeyFlags) -> Layer {
         ("gpu_device", &a.gpu_device),
         ("backend", &a.backend),
         ("slots_total", &a.slots_total),
+        ("max_queued_jobs", &a.max_queued_jobs),
+        ("admission_window_ms", &a.admission_window_ms),
+        ("kv_cache_tokens", &a.kv_cache_tokens),
         ("max_tokens", &a.max_tokens),
         ("max_prompt_len", &a.max_prompt_len),
         ("max_context", &a.max_context),

@@ -98,9 +98,22 @@ pub struct KeyFlags {
     /// Compute backend: cuda (default; fails fast without a usable GPU) or cpu (reference path).
     #[arg(long, value_name = "cuda|cpu")]
     pub backend: Option<String>,
-    /// Concurrent jobs; must be 1 in this milestone (default 1).
+    /// Jobs that run at once (continuous batching), 1..=256 (default 8).
+    /// The CUDA engine runs one at a time until its paged attention lands.
     #[arg(long, value_name = "N")]
     pub slots_total: Option<String>,
+    /// Jobs that may wait for a slot, 0..=4096 (default 64); beyond them
+    /// an execute gets 429 WORKER_BUSY with retry_after_ms.
+    #[arg(long, value_name = "N")]
+    pub max_queued_jobs: Option<String>,
+    /// How long a waiting job may wait so that jobs arriving together share
+    /// one seal verification, 0..=100 ms (default 2).
+    #[arg(long, value_name = "MS")]
+    pub admission_window_ms: Option<String>,
+    /// Positions of the KV pool shared by the running jobs, 0 or
+    /// 16..=16777216 (default 0: max_context).
+    #[arg(long, value_name = "N")]
+    pub kv_cache_tokens: Option<String>,
     /// Largest max_tokens a request may ask for, 1..=1048576 (default 4096).
     #[arg(long, value_name = "N")]
     pub max_tokens: Option<String>,
@@ -184,7 +197,14 @@ pub struct Config {
     /// Only recorded here; the daemon probes the GPU and fails fast when
     /// `cuda` is chosen and no device is usable.
     pub backend: BackendKind,
+    /// Jobs running at once (issue 11 point 4; WORKER-4982).
     pub slots_total: u32,
+    /// Jobs waiting for a slot before a 429 (WORKER-4420).
+    pub max_queued_jobs: u32,
+    /// Longest wait of a job for admission companions (one seal check each).
+    pub admission_window_ms: u64,
+    /// Positions of the KV pool; 0 means max_context (issue 11 point 3).
+    pub kv_cache_tokens: usize,
     pub max_tokens: u32,
     /// In characters (Unicode scalar values), checked before tokenization
     /// (WORKER-4242). Prompt tokens are bounded by `max_context` (4423).
@@ -263,6 +283,13 @@ pub const MAX_PROMPT_LEN_LIMIT: u64 = 64 << 20;
 /// Default `state_dir` when neither it nor systemd's `$STATE_DIRECTORY` is set.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/worker-orcd";
 /// Accepted log levels.
+/// Running jobs by default: enough to batch decode rows, few enough that a
+/// CPU worker still answers each stream promptly (issue 11 point 4).
+pub const DEFAULT_SLOTS: u64 = 8;
+pub const MAX_SLOTS: u64 = 256;
+/// Waiting jobs by default, and at most; each holds only its prompt's ids.
+pub const DEFAULT_QUEUED: u64 = 64;
+pub const MAX_QUEUED: u64 = 4096;
 pub const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
 
 impl Config {
@@ -365,13 +392,14 @@ fn build(m: &Layer, lookup: env::Lookup<'_>) -> Result<Config, ConfigError> {
             ))
         }
     };
-    // Parsed over the full range first so that "abc" and "0" get the same
-    // explanation as "2": only 1 is accepted in this milestone.
-    let slots_total = keys::uint(m, "slots_total", 0, u64::from(u32::MAX), 1)?;
-    if slots_total != 1 {
+    let slots_total = keys::uint(m, "slots_total", 1, MAX_SLOTS, DEFAULT_SLOTS)? as u32;
+    let max_queued_jobs = keys::uint(m, "max_queued_jobs", 0, MAX_QUEUED, DEFAULT_QUEUED)? as u32;
+    let admission_window_ms = keys::uint(m, "admission_window_ms", 0, 100, 2)?;
+    let kv_cache_tokens = keys::uint(m, "kv_cache_tokens", 0, 1 << 24, 0)? as usize;
+    if kv_cache_tokens != 0 && kv_cache_tokens < 16 {
         return Err(m.err(
-            "slots_total",
-            "accepted value is 1: this build runs exactly one job at a time (milestone M0); set slots_total to 1 or leave it out",
+            "kv_cache_tokens",
+            "is below one page of 16 positions; use 0 (max_context) or at least 16",
         ));
     }
     let max_tokens = keys::uint(
@@ -470,7 +498,10 @@ fn build(m: &Layer, lookup: env::Lookup<'_>) -> Result<Config, ConfigError> {
         readiness_callback_url,
         gpu_device,
         backend,
-        slots_total: 1,
+        slots_total,
+        max_queued_jobs,
+        admission_window_ms,
+        kv_cache_tokens,
         max_tokens,
         max_prompt_len,
         max_context,

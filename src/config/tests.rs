@@ -63,7 +63,10 @@ fn file_alone_gives_defaults() {
     assert_eq!(c.bind_addr.to_string(), "127.0.0.1:8100");
     assert_eq!(c.gpu_device, 1);
     assert_eq!(c.backend, crate::engine::BackendKind::Cuda);
-    assert_eq!(c.slots_total, 1);
+    assert_eq!(c.slots_total, 8);
+    assert_eq!(c.max_queued_jobs, 64);
+    assert_eq!(c.admission_window_ms, 2);
+    assert_eq!(c.kv_cache_tokens, 0);
     assert_eq!(c.max_tokens, 4096);
     assert_eq!(c.max_context, 4096);
     // Characters (WORKER-4242), so it may exceed max_context, which counts tokens.
@@ -196,6 +199,25 @@ fn unknown_keys_refused_by_name() {
 }
 
 #[test]
+fn batching_keys_take_their_values() {
+    let c = Config::from_json_str(
+        r#"{"worker_id":"w1","pool_id":"p1","model_path":"/m/x.gguf","rpc_port":8001,
+            "readiness_callback_url":"http://127.0.0.1:9/cb","gpu_device":0,
+            "slots_total":32,"max_queued_jobs":0,"admission_window_ms":0,"kv_cache_tokens":16}"#,
+    )
+    .expect("config");
+    assert_eq!(
+        (
+            c.slots_total,
+            c.max_queued_jobs,
+            c.admission_window_ms,
+            c.kv_cache_tokens
+        ),
+        (32, 0, 0, 16)
+    );
+}
+
+#[test]
 fn every_invalid_field_is_named_with_its_range() {
     let cases: &[(&str, &str, &str)] = &[
         (r#""worker_id": "has space""#, "worker_id", "1 to 64"),
@@ -206,8 +228,25 @@ fn every_invalid_field_is_named_with_its_range() {
         (r#""gpu_device": 64"#, "gpu_device", "0..=63"),
         (r#""gpu_device": -1"#, "gpu_device", "0..=63"),
         (r#""backend": "rocm""#, "backend", "cuda"),
-        (r#""slots_total": 2"#, "slots_total", "exactly one job"),
-        (r#""slots_total": 0"#, "slots_total", "accepted value is 1"),
+        (r#""slots_total": 0"#, "slots_total", "1..=256 (default 8)"),
+        (r#""slots_total": 257"#, "slots_total", "1..=256"),
+        (
+            r#""max_queued_jobs": 4097"#,
+            "max_queued_jobs",
+            "0..=4096 (default 64)",
+        ),
+        (r#""max_queued_jobs": -1"#, "max_queued_jobs", "0..=4096"),
+        (
+            r#""admission_window_ms": 101"#,
+            "admission_window_ms",
+            "0..=100 (default 2)",
+        ),
+        (r#""kv_cache_tokens": 15"#, "kv_cache_tokens", "at least 16"),
+        (
+            r#""kv_cache_tokens": 16777217"#,
+            "kv_cache_tokens",
+            "default 0",
+        ),
         (r#""max_tokens": 0"#, "max_tokens", "1..=1048576"),
         (r#""max_context": 8"#, "max_context", "16..=1048576"),
         (r#""max_prompt_len": 0"#, "max_prompt_len", "1..=67108864"),

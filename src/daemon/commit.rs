@@ -196,7 +196,7 @@ pub fn load(
     capability::check(&mcd, &ecp)?;
     let opts = LoadOptions {
         max_context: cfg.max_context,
-        kv_pool_tokens: 0,
+        kv_pool_tokens: cfg.kv_cache_tokens,
         gpu_device: cfg.gpu_device,
         threads: 0,
     };

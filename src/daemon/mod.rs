@@ -8,15 +8,17 @@
 //! [`commit`]) on a blocking thread → Ready → readiness callback in the
 //! background. Every lifecycle transition is a structured log event
 //! (`event` = "lifecycle", `state`). Fatal errors POST a status callback and exit
-//! with their code. SIGTERM/SIGINT drain: no new jobs (503), the running job
-//! may finish within `drain_timeout_ms`, then the engine is released and the
-//! process exits 0; a second signal or the timeout cancels the job (exit 6).
+//! with their code. SIGTERM/SIGINT drain: no new jobs (503), waiting jobs get a
+//! retriable refusal at once, running jobs may finish within
+//! `drain_timeout_ms`, then the engine is released and the process exits
+//! 0; a second signal or the timeout cancels them (exit 6).
 //! The worker never forks or daemonizes itself (4021). Right after the
 //! configuration, the restart circuit breaker ([`breaker`], 4963) counts the
 //! start or refuses it (exit 7); exit 0 resets it. Every line the daemon
 //! writes is a JSON log event with `human` (4803), errors before start-up too.
 
 pub mod app;
+pub mod batcher;
 pub mod breaker;
 pub mod callback;
 pub mod capability;
@@ -258,6 +260,10 @@ pub fn new_app(
     signing: crate::shard::signature::ModelSigning,
     fatal: app::FatalTx,
 ) -> Arc<AppState> {
+    let scheduler = Arc::new(scheduler::Scheduler::new(
+        cfg.slots_total as usize,
+        cfg.max_queued_jobs as usize,
+    ));
     Arc::new(AppState {
         cfg,
         state: Default::default(),
@@ -265,7 +271,7 @@ pub fn new_app(
         metrics: Arc::new(crate::telemetry::Metrics::new()),
         seal_key,
         signing,
-        scheduler: Default::default(),
+        scheduler,
         model: Default::default(),
         engine: Default::default(),
         fatal,
@@ -286,6 +292,7 @@ pub fn start_serving(
 ) -> crate::error::Result<()> {
     app.metrics
         .set_memory(app.cfg.backend.as_str(), &model.memory);
+    app.scheduler.limit_slots(engine.max_sequences());
     engine_thread::publish_kv(app, engine.as_ref());
     let model = Arc::new(model);
     let _ = app.model.set(Arc::clone(&model));
@@ -300,6 +307,7 @@ pub fn start_serving(
         "handles": [model.handle()],
         "fp6": app.auth.fingerprints(),
         "bind_addr": app.cfg.bind_addr.to_string(),
+        "capacity": app.scheduler.capacity(),
     });
     tokio::spawn(callback::post_ready(
         app.cfg.readiness_callback_url.clone(),
@@ -329,7 +337,7 @@ async fn fatal(app: &AppState, e: &WorkerError) -> u8 {
     code
 }
 
-/// SIGTERM/SIGINT: stop admitting, let the running job finish (4970, 4971).
+/// SIGTERM/SIGINT: stop admitting, let the running jobs finish (4970, 4971).
 async fn drain(
     app: &AppState,
     sig: &str,
@@ -340,10 +348,13 @@ async fn drain(
     let busy = app.scheduler.is_busy();
     let budget = Duration::from_millis(app.cfg.drain_timeout_ms);
     crate::narrate!(
-        human =
-            format!(
+        human = format!(
             "Received {sig}: draining. New jobs are refused; {} Exiting when done, at most {} ms.",
-            if busy { "the running job may finish." } else { "no job is running." },
+            if busy {
+                "running jobs may finish; waiting jobs are refused as retriable."
+            } else {
+                "no job is running."
+            },
             app.cfg.drain_timeout_ms
         ),
         drain_timeout_ms = app.cfg.drain_timeout_ms
@@ -360,12 +371,12 @@ async fn drain(
             exit::OK
         }
         Some(why) => {
-            let had_job = app.scheduler.cancel_active();
+            let had_job = app.scheduler.cancel_all() > 0;
             crate::narrate_warn!(
                 human = format!(
                     "Forced shutdown because {why}; {}",
                     if had_job {
-                        "the running job was cancelled."
+                        "the running jobs were cancelled."
                     } else {
                         "no job was running."
                     }

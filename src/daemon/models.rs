@@ -98,13 +98,16 @@ pub fn check_size(path: &Path, max: u64) -> Result<u64> {
     Ok(len)
 }
 
-/// Bytes the `backend` engine will hold for `mc` with a KV cache of `ctx`
-/// tokens (clamped, as both engines clamp it, to the trained context).
+/// Bytes the `backend` engine will hold for `mc` with a context of `ctx`
+/// tokens (clamped, as both engines clamp it, to the trained context) and
+/// a KV pool of `kv_tokens` positions (at least the context; 0 means the
+/// context).
 pub fn memory_estimate(
     backend: BackendKind,
     weights: u64,
     mc: &ModelConfig,
     ctx: usize,
+    kv_tokens: usize,
 ) -> MemoryReport {
     let ctx = ctx.min(mc.context_length);
     if backend == BackendKind::Cuda {
@@ -112,8 +115,9 @@ pub fn memory_estimate(
         // fixed scratch buffer and the cuBLAS workspace.
         return crate::engine::cuda::planned_memory(mc, weights as usize, ctx.max(1));
     }
-    // The CPU engine's KV pool: whole pages for the context.
-    let pool = crate::engine::kv::pool_tokens(ctx, crate::engine::cpu::PAGE_TOKENS) as u64;
+    // The CPU engine's KV pool: whole pages, at least the context.
+    let pool =
+        crate::engine::kv::pool_tokens(kv_tokens.max(ctx), crate::engine::cpu::PAGE_TOKENS) as u64;
     let ctx = ctx as u64;
     let kv_dim = (mc.n_kv_heads * mc.head_dim) as u64;
     let q_dim = (mc.n_heads * mc.head_dim) as u64;
@@ -182,6 +186,9 @@ pub struct PlanResponse {
     pub shard_plan: Vec<ShardPlan>,
     pub reason: Option<String>,
     pub mcd: serde_json::Value,
+    /// What this worker can take now: slots, queue and free KV positions
+    /// of the model it serves (issue 11 point 4).
+    pub capacity: crate::daemon::scheduler::Capacity,
 }
 
 /// Plan (4210–4214, 4620–4623): can this worker hold `model_ref`?
@@ -207,6 +214,7 @@ pub fn plan(app: &AppState, req: &PlanRequest) -> Result<PlanResponse> {
             }],
             reason: Some(memory_reason(cfg, file_len, avail, "the model file alone")),
             mcd: serde_json::Value::Null,
+            capacity: app.scheduler.capacity(),
         });
     }
     let g = GgufFile::open(&path, &cfg.gguf_limits)?;
@@ -218,6 +226,7 @@ pub fn plan(app: &AppState, req: &PlanRequest) -> Result<PlanResponse> {
         g.data_section().len() as u64,
         &mc,
         cfg.max_context,
+        cfg.kv_cache_tokens,
     )
     .total();
     let mut reason = None;
@@ -246,6 +255,7 @@ pub fn plan(app: &AppState, req: &PlanRequest) -> Result<PlanResponse> {
         }],
         reason,
         mcd: serde_json::to_value(&mcd).unwrap_or_default(),
+        capacity: app.scheduler.capacity(),
     })
 }
 

@@ -123,14 +123,24 @@ fn tiny_config() -> ModelConfig {
 #[test]
 fn memory_estimate_counts_kv_for_the_planned_context() {
     let mc = tiny_config();
-    let m = memory_estimate(BackendKind::Cpu, 1000, &mc, 50);
+    let m = memory_estimate(BackendKind::Cpu, 1000, &mc, 50, 0);
     assert_eq!(m.weights_bytes, 1000);
     // The CPU engine's KV pool holds whole pages of 16 positions: 50 -> 64.
     assert_eq!(m.kv_cache_bytes, 2 * 2 * 64 * 4 * 4);
     // The context is clamped to what the model was trained for (100 -> 112).
     assert_eq!(
-        memory_estimate(BackendKind::Cpu, 1000, &mc, 1000).kv_cache_bytes,
+        memory_estimate(BackendKind::Cpu, 1000, &mc, 1000, 0).kv_cache_bytes,
         2 * 2 * 112 * 4 * 4
+    );
+    // A pool larger than the context (kv_cache_tokens): 200 -> 208; a
+    // smaller one is raised to the context.
+    assert_eq!(
+        memory_estimate(BackendKind::Cpu, 1000, &mc, 50, 200).kv_cache_bytes,
+        2 * 2 * 208 * 4 * 4
+    );
+    assert_eq!(
+        memory_estimate(BackendKind::Cpu, 1000, &mc, 50, 20).kv_cache_bytes,
+        m.kv_cache_bytes
     );
     assert!(m.scratch_bytes > 0);
 }
@@ -141,7 +151,7 @@ fn memory_estimate_counts_kv_for_the_planned_context() {
 #[test]
 fn cuda_estimate_counts_every_device_buffer() {
     let mc = tiny_config();
-    let m = memory_estimate(BackendKind::Cuda, 1000, &mc, 50);
+    let m = memory_estimate(BackendKind::Cuda, 1000, &mc, 50, 0);
     assert_eq!(m.weights_bytes, 1000);
     assert_eq!(m.kv_cache_bytes, 2 * 2 * 50 * 4 * 4);
     let dequant = (mc.n_heads * mc.head_dim).max(mc.ffn_dim) * mc.d_model * 4;
@@ -152,7 +162,7 @@ fn cuda_estimate_counts_every_device_buffer() {
     );
     // Clamped to the trained context like the engine.
     assert_eq!(
-        memory_estimate(BackendKind::Cuda, 1000, &mc, 1000).kv_cache_bytes,
+        memory_estimate(BackendKind::Cuda, 1000, &mc, 1000, 0).kv_cache_bytes,
         2 * 2 * 100 * 4 * 4
     );
 }

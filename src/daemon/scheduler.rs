@@ -1,13 +1,19 @@
-//! The single execution slot and the job registry (SCHEDULER-M0,
-//! WORKER-4420, 4251, 4252).
+//! Admission and the job registry (issue 11 point 4; WORKER-4420, 4251,
+//! 4252; SCHEDULER-M0 when `slots_total` is 1 and `max_queued_jobs` 0).
 //!
-//! One slot, no queue: a second execute is refused at once with a retriable
-//! `WORKER_BUSY` carrying `retry_after_ms`, so memory and latency stay
-//! bounded. The slot is released by dropping its [`SlotGuard`], which the
-//! engine thread holds until the job's last event is sent. Each job records
+//! An execute is accepted while fewer than `slots + max_queued_jobs` jobs
+//! are in the worker; beyond that it is refused at once with a retriable
+//! `WORKER_BUSY` whose `retry_after_ms` comes from the queue ahead and how
+//! long jobs have been taking, so memory and latency stay bounded. The
+//! engine thread decides when an accepted job starts running (a free slot
+//! and room in the KV pool) and marks it; until then it is waiting. A job
+//! leaves when its [`SlotGuard`] is finished or dropped, which the engine
+//! thread does only after the job's last event is queued. Each job records
 //! the fp6 of the identity that created it; only that identity may cancel it.
 
+use crate::engine::batch::KvUsage;
 use crate::error::{Result, WorkerError};
+use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,6 +23,11 @@ use std::time::Instant;
 /// truthful answer ("already finished") instead of 404.
 const RECENT: usize = 64;
 
+/// The retry hint before any job has finished, and its bounds.
+const FIRST_RETRY_MS: u64 = 500;
+const MIN_RETRY_MS: u64 = 50;
+const MAX_RETRY_MS: u64 = 60_000;
+
 /// A job as seen by the cancel endpoint and the SSE stream.
 #[derive(Debug)]
 pub struct JobCtl {
@@ -24,6 +35,8 @@ pub struct JobCtl {
     pub owner_fp6: String,
     /// Set once; read before every decode step and every token send (4252).
     pub cancel: AtomicBool,
+    /// Set by the engine thread when the job got its slot and KV pages.
+    running: AtomicBool,
     pub started: Instant,
     /// Only the planted `cancel_lags_five_steps` bug reads this.
     pub lagged_checks: AtomicU32,
@@ -45,6 +58,10 @@ impl JobCtl {
         cancelled
     }
 
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+
     /// May the stream send one more token event? Counts it when it may.
     pub fn admit_token(&self) -> bool {
         let mut sent = self.tokens_sent.lock().unwrap_or_else(|p| p.into_inner());
@@ -64,10 +81,38 @@ impl JobCtl {
     }
 }
 
+/// What the worker can take now, for Plan, `/worker/ready` and the
+/// readiness callback (issue 11 point 4).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Capacity {
+    /// Jobs that may run at once: `slots_total`, or fewer when the engine
+    /// runs fewer sequences per step.
+    pub slots_total: usize,
+    pub slots_free: usize,
+    /// Jobs accepted and waiting for a slot or KV pages.
+    pub queue_depth: usize,
+    pub max_queued_jobs: usize,
+    /// Positions of the KV pool not reserved by running jobs, and in all.
+    pub kv_tokens_free: usize,
+    pub kv_tokens_total: usize,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
-    active: Option<Arc<JobCtl>>,
+    /// Accepted jobs that have not ended, in arrival order.
+    jobs: Vec<Arc<JobCtl>>,
     recent: VecDeque<(String, String)>,
+    slots: usize,
+    max_queued: usize,
+    kv: KvUsage,
+    /// Smoothed duration of finished jobs, for retry hints.
+    mean_job_ms: Option<f64>,
+}
+
+impl Inner {
+    fn running(&self) -> usize {
+        self.jobs.iter().filter(|j| j.is_running()).count()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -87,44 +132,117 @@ pub enum CancelOutcome {
 }
 
 impl Scheduler {
+    /// `slots` running jobs and `max_queued` waiting ones at most.
+    pub fn new(slots: usize, max_queued: usize) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                slots: slots.max(1),
+                max_queued,
+                ..Inner::default()
+            }),
+            idle: tokio::sync::Notify::new(),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Take the slot for a new job or refuse with `WORKER_BUSY`.
-    pub fn try_acquire(self: &Arc<Self>, job_id: String, owner_fp6: String) -> Result<SlotGuard> {
+    /// Lower the slots to what the engine can run per step.
+    pub fn limit_slots(&self, engine_max: usize) {
         let mut g = self.lock();
-        if let Some(a) = &g.active {
-            let elapsed = a.started.elapsed().as_millis() as u64;
+        g.slots = g.slots.min(engine_max.max(1));
+    }
+
+    /// Accept a new job, or refuse with `WORKER_BUSY` when every slot and
+    /// every queue place is taken. `on_accept` runs under the registry's
+    /// lock (the lifecycle's move to executing) and may veto with an error.
+    /// Returns the guard and the job's place in the queue (0: it should
+    /// start at once).
+    pub fn try_acquire(
+        self: &Arc<Self>,
+        job_id: String,
+        owner_fp6: String,
+        on_accept: impl FnOnce() -> Result<()>,
+    ) -> Result<(SlotGuard, usize)> {
+        let mut g = self.lock();
+        let ahead = g.jobs.len();
+        if ahead >= g.slots + g.max_queued {
             return Err(WorkerError::Busy {
-                message:
-                    "the worker's single execution slot is in use by another job; retry after \
-                          retry_after_ms or send the request to another worker"
-                        .into(),
-                retry_after_ms: retry_hint(elapsed),
+                message: format!(
+                    "all {} execution slots are in use and {} jobs wait for one (at most {} may); \
+                     retry after retry_after_ms or send the request to another worker",
+                    g.slots,
+                    ahead.saturating_sub(g.slots),
+                    g.max_queued
+                ),
+                retry_after_ms: retry_hint(ahead + 1 - g.slots, g.slots, g.mean_job_ms),
             });
         }
+        on_accept()?;
         let ctl = Arc::new(JobCtl {
             job_id,
             owner_fp6,
             cancel: AtomicBool::new(false),
+            running: AtomicBool::new(false),
             started: Instant::now(),
             lagged_checks: AtomicU32::new(0),
             tokens_sent: Mutex::new(0),
         });
-        g.active = Some(Arc::clone(&ctl));
-        Ok(SlotGuard {
-            sched: Arc::clone(self),
-            ctl,
-        })
+        let position = (ahead + 1).saturating_sub(g.slots);
+        g.jobs.push(Arc::clone(&ctl));
+        Ok((
+            SlotGuard {
+                sched: Arc::clone(self),
+                ctl,
+                ended: false,
+            },
+            position,
+        ))
+    }
+
+    /// How long a job at `position` in the queue may wait for a slot, at
+    /// the pace jobs have been finishing (0 for a job that starts at once).
+    pub fn expected_wait_ms(&self, position: usize) -> u64 {
+        if position == 0 {
+            return 0;
+        }
+        let g = self.lock();
+        retry_hint(position, g.slots, g.mean_job_ms)
+    }
+
+    /// The engine thread started `ctl` (it holds a slot and its pages).
+    pub fn mark_running(&self, ctl: &JobCtl) {
+        ctl.running.store(true, Ordering::SeqCst);
+    }
+
+    /// Publish the KV pool's use (after every admission and departure).
+    pub fn set_kv(&self, kv: KvUsage) {
+        self.lock().kv = kv;
+    }
+
+    pub fn capacity(&self) -> Capacity {
+        let g = self.lock();
+        let running = g.running();
+        Capacity {
+            slots_total: g.slots,
+            slots_free: g.slots.saturating_sub(running),
+            queue_depth: g.jobs.len() - running,
+            max_queued_jobs: g.max_queued,
+            kv_tokens_free: g.kv.free_tokens(),
+            kv_tokens_total: g.kv.total_pages * g.kv.page_tokens,
+        }
+    }
+
+    /// Running and waiting jobs.
+    pub fn counts(&self) -> (usize, usize) {
+        let g = self.lock();
+        let running = g.running();
+        (running, g.jobs.len() - running)
     }
 
     pub fn is_busy(&self) -> bool {
-        self.lock().active.is_some()
-    }
-
-    pub fn active(&self) -> Option<Arc<JobCtl>> {
-        self.lock().active.clone()
+        !self.lock().jobs.is_empty()
     }
 
     /// Cancel `job_id` on behalf of `caller_fp6`.
@@ -137,7 +255,7 @@ impl Scheduler {
             ),
         }
         };
-        if let Some(a) = g.active.as_ref().filter(|a| a.job_id == job_id) {
+        if let Some(a) = g.jobs.iter().find(|a| a.job_id == job_id) {
             if a.owner_fp6 != caller_fp6 {
                 return Err(forbidden());
             }
@@ -153,18 +271,16 @@ impl Scheduler {
         }
     }
 
-    /// Cancel whatever runs (drain timeout, second signal). Returns whether a job was running.
-    pub fn cancel_active(&self) -> bool {
-        match &self.lock().active {
-            Some(a) => {
-                a.cancel.store(true, Ordering::SeqCst);
-                true
-            }
-            None => false,
+    /// Cancel every job (drain timeout, second signal). Returns how many there were.
+    pub fn cancel_all(&self) -> usize {
+        let g = self.lock();
+        for j in &g.jobs {
+            j.cancel.store(true, Ordering::SeqCst);
         }
+        g.jobs.len()
     }
 
-    /// Wait until no job holds the slot.
+    /// Wait until no job is in the worker.
     pub async fn wait_idle(&self) {
         loop {
             let notified = self.idle.notified();
@@ -174,99 +290,74 @@ impl Scheduler {
             notified.await;
         }
     }
-}
 
-/// A crude but honest hint: a job that has run a while is likelier to end soon.
-fn retry_hint(elapsed_ms: u64) -> u64 {
-    if elapsed_ms < 1000 {
-        500
-    } else {
-        250
+    /// Remove `ctl`; `on_last` runs under the lock when it was the last job.
+    fn remove(&self, ctl: &Arc<JobCtl>, on_last: impl FnOnce()) {
+        let mut g = self.lock();
+        let before = g.jobs.len();
+        g.jobs.retain(|j| !Arc::ptr_eq(j, ctl));
+        if g.jobs.len() == before {
+            return;
+        }
+        let ms = ctl.started.elapsed().as_secs_f64() * 1e3;
+        g.mean_job_ms = Some(match g.mean_job_ms {
+            None => ms,
+            Some(m) => 0.8 * m + 0.2 * ms,
+        });
+        if g.recent.len() >= RECENT {
+            g.recent.pop_front();
+        }
+        g.recent
+            .push_back((ctl.job_id.clone(), ctl.owner_fp6.clone()));
+        if g.jobs.is_empty() {
+            on_last();
+        }
+        drop(g);
+        self.idle.notify_waiters();
     }
 }
 
-/// Holds the slot; dropping it frees the slot and wakes drain waiters.
+/// When a refused request should come back: the jobs ahead of it (`ahead`
+/// beyond the slots, itself included) leave at about `slots` per typical
+/// job duration. Before any job has finished there is no duration to go by.
+fn retry_hint(ahead: usize, slots: usize, mean_job_ms: Option<f64>) -> u64 {
+    let Some(mean) = mean_job_ms else {
+        return FIRST_RETRY_MS;
+    };
+    let rounds = ahead as f64 / slots.max(1) as f64;
+    ((mean * rounds).ceil() as u64).clamp(MIN_RETRY_MS, MAX_RETRY_MS)
+}
+
+/// A job's place in the registry; finishing or dropping it removes the job
+/// and wakes drain waiters.
 #[derive(Debug)]
 pub struct SlotGuard {
     sched: Arc<Scheduler>,
     ctl: Arc<JobCtl>,
+    ended: bool,
 }
 
 impl SlotGuard {
     pub fn ctl(&self) -> &Arc<JobCtl> {
         &self.ctl
     }
+
+    /// Remove the job; when it was the last one, `on_idle` runs under the
+    /// registry's lock, so no job accepted meanwhile can see it.
+    pub fn finish(mut self, on_idle: impl FnOnce()) {
+        self.ended = true;
+        self.sched.remove(&self.ctl, on_idle);
+    }
 }
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
-        let mut g = self.sched.lock();
-        if g.active.as_ref().is_some_and(|a| Arc::ptr_eq(a, &self.ctl)) {
-            g.active = None;
+        if !self.ended {
+            self.sched.remove(&self.ctl, || {});
         }
-        if g.recent.len() >= RECENT {
-            g.recent.pop_front();
-        }
-        g.recent
-            .push_back((self.ctl.job_id.clone(), self.ctl.owner_fp6.clone()));
-        drop(g);
-        self.sched.idle.notify_waiters();
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_slot_then_busy_then_free() {
-        let s = Arc::new(Scheduler::default());
-        let g = s.try_acquire("j1".into(), "aaaaaa".into()).unwrap();
-        let e = s.try_acquire("j2".into(), "aaaaaa".into()).unwrap_err();
-        assert_eq!(e.code(), "WORKER_BUSY");
-        assert!(e.retriable() && e.retry_after_ms().unwrap() > 0);
-        drop(g);
-        assert!(!s.is_busy());
-        assert!(s.try_acquire("j3".into(), "aaaaaa".into()).is_ok());
-    }
-
-    #[test]
-    fn cancel_owner_rules() {
-        let s = Arc::new(Scheduler::default());
-        let g = s.try_acquire("j1".into(), "aaaaaa".into()).unwrap();
-        assert_eq!(s.cancel("j1", "bbbbbb").unwrap_err().code(), "FORBIDDEN");
-        assert!(!g.ctl().is_cancelled(), "a refused cancel changes nothing");
-        assert_eq!(s.cancel("nope", "aaaaaa").unwrap_err().code(), "NOT_FOUND");
-        assert!(g.ctl().admit_token() && g.ctl().admit_token());
-        assert_eq!(
-            s.cancel("j1", "aaaaaa").unwrap(),
-            CancelOutcome::Cancelled { tokens_sent: 2 }
-        );
-        assert!(g.ctl().is_cancelled());
-        assert!(
-            !g.ctl().admit_token(),
-            "no token is admitted after a cancel"
-        );
-        drop(g);
-        assert_eq!(
-            s.cancel("j1", "aaaaaa").unwrap(),
-            CancelOutcome::AlreadyFinished
-        );
-        assert_eq!(s.cancel("j1", "bbbbbb").unwrap_err().code(), "FORBIDDEN");
-    }
-
-    #[tokio::test]
-    async fn wait_idle_returns_when_slot_frees() {
-        let s = Arc::new(Scheduler::default());
-        let g = s.try_acquire("j1".into(), "a".into()).unwrap();
-        let s2 = Arc::clone(&s);
-        let waiter = tokio::spawn(async move { s2.wait_idle().await });
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        assert!(!waiter.is_finished());
-        drop(g);
-        tokio::time::timeout(std::time::Duration::from_secs(2), waiter)
-            .await
-            .unwrap()
-            .unwrap();
-    }
-}
+#[path = "scheduler_tests.rs"]
+mod tests;

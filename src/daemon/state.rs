@@ -40,8 +40,8 @@ impl Lifecycle {
             Self::Starting => "The worker is starting: it reads its configuration and credentials and serves nothing yet.",
             Self::Loading => "The worker is loading its model: it reads, verifies and seals it, and refuses jobs until that is done.",
             Self::Ready => "The worker is ready: its model is verified and sealed, and it accepts a job.",
-            Self::Executing => "The worker is running a job; a second job is refused as busy until it ends.",
-            Self::Draining => "The worker is draining: it refuses new jobs and stops when the running one ends.",
+            Self::Executing => "The worker is running jobs; it accepts more while a slot or a queue place is free, and refuses the rest as busy.",
+            Self::Draining => "The worker is draining: it refuses new and waiting jobs and stops when the running ones end.",
             Self::Stopped => "The worker has stopped serving; its supervisor decides whether to restart it.",
         }
     }

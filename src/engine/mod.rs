@@ -121,6 +121,15 @@ pub trait Engine: Send {
     /// The KV pool's page size and use.
     fn kv_usage(&self) -> batch::KvUsage;
 
+    /// Sequences this engine can run in one step. The daemon runs at most
+    /// this many jobs at once, whatever `slots_total` says.
+    fn max_sequences(&self) -> usize;
+
+    /// The prompt chunk this engine computes in one pass. Every caller
+    /// feeds prompts in chunks of this size from the request's own start,
+    /// so a prompt is split the same way alone, batched or interrupted.
+    fn prefill_chunk(&self) -> usize;
+
     /// Admit a sequence that may hold up to `positions` tokens (prompt +
     /// output) and reserve its pages now: INVALID_PARAMS when it can never
     /// fit (more than `max_context`, or than the whole pool), WORKER_BUSY

@@ -59,6 +59,23 @@ impl<'t, S: EventSink> Batch<'t, S> {
         }
     }
 
+    /// Visit every running sequence (in admission order).
+    pub fn for_each_mut(&mut self, mut f: impl FnMut(&mut Sequence<'t, S>)) {
+        for seq in &mut self.running {
+            f(seq);
+        }
+    }
+
+    /// End every running sequence now, its pages returned (shutdown, a
+    /// failed seal check); the caller says how they ended.
+    pub fn drain(&mut self, engine: &mut dyn Engine) -> Vec<Sequence<'t, S>> {
+        let mut out: Vec<_> = self.running.drain(..).collect();
+        for seq in &mut out {
+            seq.release(engine);
+        }
+        out
+    }
+
     /// One engine step over every running sequence. Returns the sequences
     /// that left the batch with this step, with how they ended; their pages
     /// are already back in the pool. A failed engine step ends every
@@ -79,17 +96,19 @@ impl<'t, S: EventSink> Batch<'t, S> {
         if self.running.is_empty() {
             return left;
         }
-        let fed: Vec<usize> = self
-            .running
-            .iter()
-            .map(|s| s.next_chunk(self.max_prefill).map_or(0, |c| c.tokens.len()))
-            .collect();
         let chunks: Vec<_> = self
             .running
             .iter()
-            .filter_map(|s| s.next_chunk(self.max_prefill))
+            .map(|s| s.next_chunk(self.max_prefill))
             .collect();
-        if let Err(e) = engine.step(&chunks) {
+        let fed: Vec<usize> = chunks
+            .iter()
+            .map(|c| c.map_or(0, |c| c.tokens.len()))
+            .collect();
+        let chunks: Vec<_> = chunks.into_iter().flatten().collect();
+        let stepped = engine.step(&chunks);
+        drop(chunks);
+        if let Err(e) = stepped {
             for mut seq in self.running.drain(..) {
                 seq.release(engine);
                 left.push((seq, Err(e.clone())));

@@ -231,3 +231,60 @@ fn a_sequence_stopped_by_its_sink_leaves_alone_and_returns_its_pages() {
     );
     assert_eq!(e.kv_usage().used_pages, 0, "every page came back");
 }
+
+/// Stops its sequence at the `limit`-th question (Batch::step asks before
+/// and after each step it runs the sequence in).
+struct StopAtCheck {
+    checks: usize,
+    limit: usize,
+}
+
+impl EventSink for StopAtCheck {
+    fn check(&mut self) -> Result<()> {
+        self.checks += 1;
+        if self.checks >= self.limit {
+            return Err(WorkerError::Cancelled {
+                message: "client gone".into(),
+            });
+        }
+        Ok(())
+    }
+    fn token(&mut self, _index: u64, _text: String) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_prompt_cancelled_during_prefill_leaves_within_one_chunk() {
+    let (mut e, tok) = model();
+    let ids: Vec<u32> = (0..90).map(|i| 3 + (i * 7) % 400).collect();
+    let params = GenerationParams {
+        max_tokens: 4,
+        sampling: SamplingParams::GREEDY,
+        seed: 1,
+        stop: Vec::new(),
+    };
+    let prompt = Prompt::new(ids, MAX_CONTEXT).expect("prompt fits");
+    // Gone before its second chunk: the third question.
+    let sink = StopAtCheck {
+        checks: 0,
+        limit: 3,
+    };
+    let seq = Sequence::new(&tok, prompt, params, sink).expect("sequence");
+    let mut batch = Batch::new(8);
+    assert!(batch.admit(&mut e, seq).is_ok());
+    assert!(e.kv_usage().used_pages > 0);
+    assert!(batch.step(&mut e).is_empty(), "the first chunk runs");
+    let left = batch.step(&mut e);
+    assert_eq!(
+        left.len(),
+        1,
+        "it leaves at the next step, not after its 12 chunks"
+    );
+    assert_eq!(
+        left[0].1.as_ref().err().map(WorkerError::code),
+        Some("CANCELLED")
+    );
+    assert!(batch.is_empty());
+    assert_eq!(e.kv_usage().used_pages, 0, "its pages are back");
+}

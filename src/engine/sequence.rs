@@ -45,6 +45,17 @@ pub struct GenerationParams {
     pub stop: Vec<String>,
 }
 
+impl GenerationParams {
+    /// What every sequence needs of its parameters (validation at the door
+    /// says more; this is what the decode loop itself relies on).
+    pub fn check(&self) -> Result<()> {
+        if self.max_tokens == 0 {
+            return Err(WorkerError::invalid("max_tokens must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
 /// Where a sequence's output goes, and whether it may go on.
 pub trait EventSink {
     /// Asked before every engine step: an error ends the sequence with it
@@ -172,9 +183,7 @@ impl<'t, S: EventSink> Sequence<'t, S> {
         params: GenerationParams,
         sink: S,
     ) -> Result<Self> {
-        if params.max_tokens == 0 {
-            return Err(WorkerError::invalid("max_tokens must be at least 1"));
-        }
+        params.check()?;
         Ok(Self {
             rng: SamplerRng::new(params.seed),
             decoder: tokenizer.stream(),
@@ -318,7 +327,7 @@ impl<'t, S: EventSink> Sequence<'t, S> {
     }
 
     /// Run the sequence alone: admit, then one step after another (the
-    /// whole prompt first), asking the sink before every step, and release
+    /// prompt in the engine's chunks first), asking the sink before every step, and release
     /// the pages however it ends.
     pub fn run(&mut self, engine: &mut dyn Engine) -> Result<(Finish, Timeline)> {
         let result = self
@@ -331,8 +340,9 @@ impl<'t, S: EventSink> Sequence<'t, S> {
     }
 
     fn steps_alone(&mut self, engine: &mut dyn Engine) -> Result<Finish> {
+        let max_prefill = engine.prefill_chunk();
         loop {
-            let Some(chunk) = self.next_chunk(usize::MAX) else {
+            let Some(chunk) = self.next_chunk(max_prefill) else {
                 return Err(WorkerError::internal(
                     "a running sequence had nothing to feed",
                 ));

@@ -8,6 +8,9 @@ use crate::model::arch::ModelConfig;
 use crate::model::gguf::{GgufFile, GgufLimits};
 
 /// The tiny test model's tokenizer and config (written once per test).
+/// The scripted engine takes any prompt in one pass.
+const PREFILL_CHUNK: usize = 1 << 20;
+
 fn tiny() -> (Tokenizer, ModelConfig) {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("tiny.gguf");
@@ -62,6 +65,12 @@ impl Engine for Scripted {
     }
     fn kv_usage(&self) -> crate::engine::batch::KvUsage {
         crate::engine::batch::KvUsage::default()
+    }
+    fn max_sequences(&self) -> usize {
+        1
+    }
+    fn prefill_chunk(&self) -> usize {
+        PREFILL_CHUNK
     }
     // The decode loop drives one admitted sequence through the batched calls.
     fn admit(&mut self, positions: usize) -> Result<crate::engine::batch::SeqSlot> {

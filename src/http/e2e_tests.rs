@@ -43,7 +43,9 @@ async fn rig() -> Rig {
         "model_root": root, "readiness_callback_url": "http://127.0.0.1:9/cb",
         "rpc_port": 8001, "gpu_device": 0, "state_dir": dir.path().join("state"),
         "backend": "cpu", "api_token_file": tok, "max_context": 256, "max_prompt_len": 200,
-        "max_body_bytes": 4096
+        "max_body_bytes": 4096,
+        // One job at a time (milestone M0): the busy and cancel tests rely on it.
+        "slots_total": 1, "max_queued_jobs": 0
     });
     std::fs::write(&cfg_path, cfg_json.to_string()).unwrap();
     let args = ServeArgs {

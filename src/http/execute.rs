@@ -1,9 +1,12 @@
-//! `POST /worker/execute`: validation → admission (one slot) → engine
-//! thread → Server-Sent Events (WORKER-4240–4253, 4420, 4421, 4423).
+//! `POST /worker/execute`: validation → admission (a slot or a queue
+//! place, else 429) → engine thread → Server-Sent Events (WORKER-4240–4253,
+//! 4420, 4421, 4423; issue 11 point 4).
 //!
-//! Events: `started` {job_id, queue_position (always 0: one slot, no
-//! queue), predicted_start_ms (ms until prefill begins: the latest measured
-//! seal check, which every job waits for)}, `token`
+//! Events: `started` {job_id, queue_position (jobs that must leave before
+//! this one gets a slot; 0: it starts at once), predicted_start_ms (ms
+//! until prefill begins: the latest measured seal check, which every
+//! admission waits for, plus, when queued, the jobs ahead at the recent
+//! pace)}, `token`
 //! {t, i}, `metrics` {…}, `end` {tokens_out, decode_time_ms, finish_reason},
 //! `error` (the error body). Nothing follows `end` or `error`. The stream
 //! belongs to the request that created the job, i.e. to its identity (4251).
@@ -33,8 +36,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// Events buffered between the engine thread and the client.
-const EVENT_BUFFER: usize = 64;
+/// Events a job sends besides its tokens: `metrics` and `end`, or `error`.
+const EVENTS_BESIDES_TOKENS: usize = 2;
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
 
 pub async fn execute(
@@ -93,16 +96,21 @@ async fn admit(app: &Arc<AppState>, caller: Caller, cid: CorrelationId, body: Bo
     let prompt = crate::engine::sequence::Prompt::new(ids, model.max_context)?;
 
     let job_id = random_id("job-");
-    let slot = app
-        .scheduler
-        .try_acquire(job_id.clone(), caller.fp6.clone())?;
-    if !app.set_state(Lifecycle::Executing) {
-        // Draining or stopped since the check above: give the slot back.
-        drop(slot);
-        return Err(app.unavailable().into());
-    }
+    // Executing is entered under the registry's lock, so a job finishing
+    // meanwhile cannot turn the worker Ready over this one.
+    let (slot, queue_position) =
+        app.scheduler
+            .try_acquire(job_id.clone(), caller.fp6.clone(), || {
+                if app.set_state(Lifecycle::Executing) {
+                    Ok(())
+                } else {
+                    // Draining or stopped since the check above.
+                    Err(app.unavailable())
+                }
+            })?;
     let ctl = Arc::clone(slot.ctl());
-    let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+    // Every event the job can send fits, so the engine never waits for this client.
+    let (tx, rx) = mpsc::channel(req.params.max_tokens as usize + EVENTS_BESIDES_TOKENS);
     let job = Job {
         id: job_id.clone(),
         correlation_id: cid.0.clone(),
@@ -125,13 +133,13 @@ async fn admit(app: &Arc<AppState>, caller: Caller, cid: CorrelationId, body: Bo
     }
     tracing::info!(job_id = %job_id, fp6 = %caller.fp6, human = %format!("Admitted job {job_id} for the client with token fingerprint {}.", caller.fp6), "job admitted");
 
-    // One slot and no queue: an admitted job is first in line (position 0)
-    // and waits only for the seal check that precedes every prefill (4245),
-    // predicted from the latest measured one.
-    let predicted_start_ms = model.seal_check_ms.load(Ordering::Relaxed);
+    // Every admission waits for a seal check (4245), predicted from the
+    // latest measured one; a queued job also waits for the jobs ahead.
+    let predicted_start_ms = model.seal_check_ms.load(Ordering::Relaxed)
+        + app.scheduler.expected_wait_ms(queue_position);
     let started = serde_json::json!({
         "job_id": job_id,
-        "queue_position": 0,
+        "queue_position": queue_position,
         "predicted_start_ms": predicted_start_ms,
     });
     let stream = sse_stream(started, rx, ctl);

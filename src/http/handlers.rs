@@ -31,6 +31,7 @@ pub async fn health(State(app): State<Arc<AppState>>) -> Response {
         "ready": app.is_ready(),
         "engine_alive": engine_alive,
         "busy": app.scheduler.is_busy(),
+        "capacity": app.scheduler.capacity(),
         "worker_id": app.cfg.worker_id,
         "backend": app.cfg.backend.as_str(),
     });
@@ -174,6 +175,7 @@ pub async fn ready(State(app): State<Arc<AppState>>) -> Response {
         "state": app.lifecycle().as_str(),
         "handles": handles,
         "nccl_group_id": null,
+        "capacity": app.scheduler.capacity(),
     }))
     .into_response()
 }

@@ -143,7 +143,7 @@ impl CpuEngine {
                     message: format!(
                         "the model needs {needed} bytes of host memory (weights {} + KV cache {kv_bytes} \
                          for {pool_positions} positions) but only {available} bytes are available; \
-                         lower max_context or kv_pool_tokens, or free memory",
+                         lower max_context or kv_cache_tokens, or free memory",
                         src.len()
                     ),
                 });
@@ -347,6 +347,13 @@ fn mats(l: &LayerWeights) -> impl Iterator<Item = &TensorRef> {
     [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].into_iter()
 }
 
+/// Prompt tokens per step on the CPU: small enough that a step of a
+/// 135M-parameter model stays around a second, so a cancelled or
+/// disconnected prompt frees its pages quickly and running streams wait at
+/// most that long for a newcomer's chunk. The arithmetic does not depend on
+/// the chunk (`batch_tests`).
+const CPU_PREFILL_CHUNK: usize = 64;
+
 impl Engine for CpuEngine {
     fn backend(&self) -> BackendKind {
         BackendKind::Cpu
@@ -384,6 +391,15 @@ impl Engine for CpuEngine {
             total_pages: self.kv.total_pages(),
             used_pages: self.kv.used_pages(),
         }
+    }
+
+    /// Bounded by the pool's pages only.
+    fn max_sequences(&self) -> usize {
+        usize::MAX
+    }
+
+    fn prefill_chunk(&self) -> usize {
+        CPU_PREFILL_CHUNK
     }
 
     fn admit(&mut self, positions: usize) -> Result<SeqSlot> {

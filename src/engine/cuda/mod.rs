@@ -413,6 +413,15 @@ impl Engine for CudaEngine {
         }
     }
 
+    /// One sequence until the paged attention kernel lands (issue 11).
+    fn max_sequences(&self) -> usize {
+        1
+    }
+
+    fn prefill_chunk(&self) -> usize {
+        self.chunk
+    }
+
     fn admit(&mut self, positions: usize) -> Result<SeqSlot> {
         if positions == 0 || positions > self.max_ctx {
             return Err(WorkerError::invalid(format!(
