@@ -47,6 +47,18 @@ pub struct SeqBounds {
     pub capacity: usize,
 }
 
+/// What every engine checks before it admits a sequence of `positions`
+/// (prompt + output): at least one, and within the context it was loaded with.
+pub fn check_admission(positions: usize, max_context: usize) -> Result<()> {
+    if positions == 0 || positions > max_context {
+        return Err(WorkerError::invalid(format!(
+            "a sequence of {positions} positions does not fit the context of {max_context} tokens this \
+             engine was loaded with"
+        )));
+    }
+    Ok(())
+}
+
 /// The bounds every engine enforces before a step: each sequence is
 /// admitted and appears once, its run is not empty and continues it, its ids
 /// are inside the vocabulary, and it stays within what it reserved.

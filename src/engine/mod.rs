@@ -24,6 +24,8 @@ pub mod rng;
 pub mod sampler;
 pub mod sched;
 pub mod sequence;
+#[cfg(test)]
+pub(crate) mod test_sink;
 
 use crate::error::Result;
 use crate::model::arch::ModelConfig;

@@ -41,6 +41,13 @@ impl SamplerRng {
         z ^ (z >> 31)
     }
 
+    /// A choice in `0..n` for tests' random schedules (modulo bias is
+    /// harmless there), so they replay from a seed with this one generator.
+    #[cfg(test)]
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
     /// The next draw: a multiple of 2^-24 in `[0, 1)`.
     pub fn next_draw(&mut self) -> f32 {
         (self.next_u64() >> 40) as f32 / 16_777_216.0

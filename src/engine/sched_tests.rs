@@ -8,6 +8,7 @@
 
 use super::*;
 use crate::engine::sequence::{GenerationParams, Prompt};
+use crate::engine::test_sink::Recorder as Events;
 use crate::engine::{cpu::CpuEngine, LoadOptions, SamplingParams};
 use crate::model::gguf::{GgufFile, GgufLimits};
 use crate::model::test_model::{write_test_model, TestModelSpec};
@@ -31,45 +32,9 @@ fn model() -> (CpuEngine, Tokenizer) {
     (e, Tokenizer::from_gguf(&g).expect("tokenizer"))
 }
 
-/// Records every event; stops the sequence after `stop_after` events.
-#[derive(Default, Debug, Clone, PartialEq)]
-struct Events {
-    /// Which request this is.
-    id: usize,
-    events: Vec<(u64, String)>,
-    stop_after: Option<usize>,
-}
-
-impl EventSink for Events {
-    fn check(&mut self) -> Result<()> {
-        match self.stop_after {
-            Some(n) if self.events.len() >= n => Err(WorkerError::Cancelled {
-                message: "cancelled by the test".into(),
-            }),
-            _ => Ok(()),
-        }
-    }
-    fn token(&mut self, index: u64, text: String) -> Result<()> {
-        self.events.push((index, text));
-        Ok(())
-    }
-}
-
-/// splitmix64, so a failing mix can be replayed from its seed.
-struct Mix(u64);
-
-impl Mix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+/// The random choices of a mix: the sampler's SplitMix64, so a failing
+/// mix can be replayed from its seed.
+type Mix = crate::engine::rng::SamplerRng;
 
 struct Request {
     prompt: Vec<u32>,
@@ -110,7 +75,7 @@ fn requests(m: &mut Mix, tok: &Tokenizer, n: usize) -> Vec<Request> {
                 params: GenerationParams {
                     max_tokens: 1 + m.below(24) as u32,
                     sampling,
-                    seed: m.next(),
+                    seed: m.next_u64(),
                     stop,
                 },
             }
@@ -187,7 +152,7 @@ fn together(
 fn every_stream_is_the_same_alone_or_batched_with_staggered_arrivals() {
     let (mut e, tok) = model();
     for seed in 1..=3u64 {
-        let mut m = Mix(seed);
+        let mut m = Mix::new(seed);
         let reqs = requests(&mut m, &tok, 10);
         let alone: Vec<Stream> = reqs.iter().map(|r| solo(&mut e, &tok, r)).collect();
         assert_eq!(e.kv_usage().used_pages, 0);
@@ -207,7 +172,7 @@ fn every_stream_is_the_same_alone_or_batched_with_staggered_arrivals() {
 #[test]
 fn a_sequence_stopped_by_its_sink_leaves_alone_and_returns_its_pages() {
     let (mut e, tok) = model();
-    let mut m = Mix(7);
+    let mut m = Mix::new(7);
     let reqs: Vec<Request> = requests(&mut m, &tok, 16)
         .into_iter()
         .filter(|r| r.params.max_tokens > 4 && r.params.stop.is_empty())
@@ -232,28 +197,6 @@ fn a_sequence_stopped_by_its_sink_leaves_alone_and_returns_its_pages() {
     assert_eq!(e.kv_usage().used_pages, 0, "every page came back");
 }
 
-/// Stops its sequence at the `limit`-th question (Batch::step asks before
-/// and after each step it runs the sequence in).
-struct StopAtCheck {
-    checks: usize,
-    limit: usize,
-}
-
-impl EventSink for StopAtCheck {
-    fn check(&mut self) -> Result<()> {
-        self.checks += 1;
-        if self.checks >= self.limit {
-            return Err(WorkerError::Cancelled {
-                message: "client gone".into(),
-            });
-        }
-        Ok(())
-    }
-    fn token(&mut self, _index: u64, _text: String) -> Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn a_prompt_cancelled_during_prefill_leaves_within_one_chunk() {
     let (mut e, tok) = model();
@@ -266,9 +209,9 @@ fn a_prompt_cancelled_during_prefill_leaves_within_one_chunk() {
     };
     let prompt = Prompt::new(ids, MAX_CONTEXT).expect("prompt fits");
     // Gone before its second chunk: the third question.
-    let sink = StopAtCheck {
-        checks: 0,
-        limit: 3,
+    let sink = Events {
+        stop_at_check: Some(3),
+        ..Events::default()
     };
     let seq = Sequence::new(&tok, prompt, params, sink).expect("sequence");
     let mut batch = Batch::new(8);

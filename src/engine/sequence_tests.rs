@@ -3,6 +3,7 @@
 //! so every expectation is written down here rather than taken from a model.
 
 use super::*;
+use crate::engine::test_sink::Recorder as Collect;
 use crate::engine::{BackendKind, MemoryReport};
 use crate::model::arch::ModelConfig;
 use crate::model::gguf::{GgufFile, GgufLimits};
@@ -104,30 +105,6 @@ impl Engine for Scripted {
     }
     #[cfg(feature = "test-hooks")]
     fn inject_fault(&mut self, _fault: crate::engine::Fault) -> Result<()> {
-        Ok(())
-    }
-}
-
-/// Collects the events; `stop_after` makes `check` fail as a cancel would.
-#[derive(Default)]
-struct Collect {
-    events: Vec<(u64, String)>,
-    checks: usize,
-    stop_after: Option<usize>,
-}
-
-impl EventSink for Collect {
-    fn check(&mut self) -> Result<()> {
-        self.checks += 1;
-        match self.stop_after {
-            Some(n) if self.events.len() >= n => Err(WorkerError::Cancelled {
-                message: "cancelled by the test".into(),
-            }),
-            _ => Ok(()),
-        }
-    }
-    fn token(&mut self, index: u64, text: String) -> Result<()> {
-        self.events.push((index, text));
         Ok(())
     }
 }

@@ -27,7 +27,7 @@
 pub mod ops;
 mod step;
 
-use super::batch::{check_step, KvUsage, SeqBounds, SeqSlot, StepChunk};
+use super::batch::{check_admission, check_step, KvUsage, SeqBounds, SeqSlot, StepChunk};
 use super::kv::{pool_tokens, KvPool, PageTable};
 use super::{BackendKind, Engine, LoadOptions, MemoryReport};
 use crate::error::{Result, WorkerError};
@@ -403,13 +403,7 @@ impl Engine for CpuEngine {
     }
 
     fn admit(&mut self, positions: usize) -> Result<SeqSlot> {
-        if positions == 0 || positions > self.max_context {
-            return Err(WorkerError::invalid(format!(
-                "a sequence of {positions} positions does not fit the context of {} tokens this engine \
-                 was loaded with",
-                self.max_context
-            )));
-        }
+        check_admission(positions, self.max_context)?;
         let table = self.kv.reserve(positions)?;
         let state = SeqState {
             table,

@@ -43,7 +43,7 @@ mod step;
 pub use checks::supported_quant;
 use checks::{check_f32_vec, check_tensor};
 
-use crate::engine::batch::{check_step, KvUsage, SeqBounds, SeqSlot, StepChunk};
+use crate::engine::batch::{check_admission, check_step, KvUsage, SeqBounds, SeqSlot, StepChunk};
 use crate::engine::{BackendKind, Engine, LoadOptions, MemoryReport, SamplingParams};
 use crate::error::{Result, WorkerError};
 use crate::gpu::gemm::Tf32Split;
@@ -423,13 +423,7 @@ impl Engine for CudaEngine {
     }
 
     fn admit(&mut self, positions: usize) -> Result<SeqSlot> {
-        if positions == 0 || positions > self.max_ctx {
-            return Err(WorkerError::invalid(format!(
-                "a sequence of {positions} positions does not fit the context of {} tokens this engine \
-                 was loaded with",
-                self.max_ctx
-            )));
-        }
+        check_admission(positions, self.max_ctx)?;
         if self.admitted.is_some() {
             return Err(WorkerError::Busy {
                 message: "the CUDA engine holds one sequence at a time and one is running; retry when it \
