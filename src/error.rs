@@ -17,6 +17,9 @@ pub enum WorkerError {
     /// The request body exceeded the configured size limit (HTTP 413).
     #[error("{message}")]
     PayloadTooLarge { message: String },
+    /// The request body stopped arriving for `body_read_timeout_ms` (HTTP 408).
+    #[error("{message}")]
+    RequestTimeout { message: String },
     /// Missing or wrong bearer token.
     #[error("{message}")]
     AuthFailed { message: String },
@@ -99,6 +102,7 @@ impl WorkerError {
         match self {
             Self::InvalidParams { .. } => "INVALID_PARAMS",
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            Self::RequestTimeout { .. } => "REQUEST_TIMEOUT",
             Self::AuthFailed { .. } => "AUTH_FAILED",
             Self::Forbidden { .. } => "FORBIDDEN",
             Self::NotFound { .. } => "NOT_FOUND",
@@ -124,6 +128,7 @@ impl WorkerError {
     pub const ALL_CODES: &'static [&'static str] = &[
         "INVALID_PARAMS",
         "PAYLOAD_TOO_LARGE",
+        "REQUEST_TIMEOUT",
         "AUTH_FAILED",
         "FORBIDDEN",
         "NOT_FOUND",
@@ -149,6 +154,7 @@ impl WorkerError {
         match self {
             Self::InvalidParams { .. } => 400,
             Self::PayloadTooLarge { .. } => 413,
+            Self::RequestTimeout { .. } => 408,
             Self::AuthFailed { .. } => 401,
             Self::Forbidden { .. } => 403,
             Self::NotFound { .. } => 404,
@@ -201,6 +207,7 @@ impl WorkerError {
         match self {
             Self::InvalidParams { message }
             | Self::PayloadTooLarge { message }
+            | Self::RequestTimeout { message }
             | Self::AuthFailed { message }
             | Self::Forbidden { message }
             | Self::NotFound { message }

@@ -8,6 +8,7 @@ pub mod callback;
 pub mod capability;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod determinism;
 pub mod digest;
 pub mod gguf_meta;

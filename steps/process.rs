@@ -235,7 +235,15 @@ pub async fn spawn(w: &mut World) {
             cmd.arg(&c.bin);
             cmd
         }
-        None => tokio::process::Command::new(&c.bin),
+        None => match w.nofile {
+            // prlimit execs the worker in its own process: the pid stays the worker's.
+            Some(n) => {
+                let mut cmd = tokio::process::Command::new("prlimit");
+                cmd.arg(format!("--nofile={n}:{n}")).arg("--").arg(&c.bin);
+                cmd
+            }
+            None => tokio::process::Command::new(&c.bin),
+        },
     };
     cmd.arg("--config").arg(&cfg_path);
     if w.root_override && running_as_root() && w.run_as.is_none() {

@@ -190,6 +190,12 @@ pub struct World {
     pub solo: Vec<crate::steps::sse::Stream>,
     pub most_running: Option<u64>,
     pub waiting_job: Option<crate::steps::sse::BackgroundStream>,
+    /// Hostile-connection scenarios: the worker's open-file limit, the
+    /// sockets the client holds, memory noted before, a raw answer.
+    pub nofile: Option<u64>,
+    pub held: Vec<tokio::net::TcpStream>,
+    pub rss_before: Option<u64>,
+    pub raw_answer: Option<(String, std::time::Duration)>,
 }
 
 impl std::fmt::Debug for World {
@@ -255,6 +261,10 @@ impl World {
             solo: Vec::new(),
             most_running: None,
             waiting_job: None,
+            nofile: None,
+            held: Vec::new(),
+            rss_before: None,
+            raw_answer: None,
         })
     }
 

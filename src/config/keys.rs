@@ -60,6 +60,25 @@ pub const KEYS: &[KeyDef] = &[
     key("max_queued_jobs", "--max-queued-jobs", None, false),
     key("admission_window_ms", "--admission-window-ms", None, false),
     key("kv_cache_tokens", "--kv-cache-tokens", None, false),
+    key(
+        "header_read_timeout_ms",
+        "--header-read-timeout-ms",
+        None,
+        false,
+    ),
+    key(
+        "body_read_timeout_ms",
+        "--body-read-timeout-ms",
+        None,
+        false,
+    ),
+    key("max_connections", "--max-connections", None, false),
+    key(
+        "max_requests_per_connection",
+        "--max-requests-per-connection",
+        None,
+        false,
+    ),
     key("max_tokens", "--max-tokens", None, false),
     key("max_prompt_len", "--max-prompt-len", None, false),
     key("max_context", "--max-context", None, false),
@@ -354,7 +373,7 @@ pub fn env_layer(lookup: Lookup<'_>) -> Result<Layer, ConfigError> {
 /// The flag layer: every flag that was given.
 pub fn flag_layer(a: &KeyFlags) -> Layer {
     let mut layer = Layer::default();
-    let given: [(&'static str, &Option<String>); 33] = [
+    let given: [(&'static str, &Option<String>); 37] = [
         ("worker_id", &a.worker_id),
         ("pool_id", &a.pool_id),
         ("model_path", &a.model_path),
@@ -368,6 +387,13 @@ pub fn flag_layer(a: &KeyFlags) -> Layer {
         ("max_queued_jobs", &a.max_queued_jobs),
         ("admission_window_ms", &a.admission_window_ms),
         ("kv_cache_tokens", &a.kv_cache_tokens),
+        ("header_read_timeout_ms", &a.header_read_timeout_ms),
+        ("body_read_timeout_ms", &a.body_read_timeout_ms),
+        ("max_connections", &a.max_connections),
+        (
+            "max_requests_per_connection",
+            &a.max_requests_per_connection,
+        ),
         ("max_tokens", &a.max_tokens),
         ("max_prompt_len", &a.max_prompt_len),
         ("max_context", &a.max_context),

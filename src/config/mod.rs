@@ -114,6 +114,20 @@ pub struct KeyFlags {
     /// 16..=16777216 (default 0: max_context).
     #[arg(long, value_name = "N")]
     pub kv_cache_tokens: Option<String>,
+    /// A request's headers, and a kept-alive connection's next request, must
+    /// arrive within this, 100..=600000 ms (default 10000).
+    #[arg(long, value_name = "MS")]
+    pub header_read_timeout_ms: Option<String>,
+    /// Longest pause within a request body, 100..=3600000 ms (default 30000).
+    #[arg(long, value_name = "MS")]
+    pub body_read_timeout_ms: Option<String>,
+    /// Open connections at most, 8..=1048576 (default 512); at the cap the
+    /// oldest connection without a request in flight is closed.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<String>,
+    /// Requests one connection may carry, 1..=1000000 (default 10000).
+    #[arg(long, value_name = "N")]
+    pub max_requests_per_connection: Option<String>,
     /// Largest max_tokens a request may ask for, 1..=1048576 (default 4096).
     #[arg(long, value_name = "N")]
     pub max_tokens: Option<String>,
@@ -205,6 +219,11 @@ pub struct Config {
     pub admission_window_ms: u64,
     /// Positions of the KV pool; 0 means max_context (issue 11 point 3).
     pub kv_cache_tokens: usize,
+    /// Connection hygiene (issue 13 point 1; `http::server`).
+    pub header_read_timeout_ms: u64,
+    pub body_read_timeout_ms: u64,
+    pub max_connections: usize,
+    pub max_requests_per_connection: u64,
     pub max_tokens: u32,
     /// In characters (Unicode scalar values), checked before tokenization
     /// (WORKER-4242). Prompt tokens are bounded by `max_context` (4423).
@@ -396,6 +415,11 @@ fn build(m: &Layer, lookup: env::Lookup<'_>) -> Result<Config, ConfigError> {
     let max_queued_jobs = keys::uint(m, "max_queued_jobs", 0, MAX_QUEUED, DEFAULT_QUEUED)? as u32;
     let admission_window_ms = keys::uint(m, "admission_window_ms", 0, 100, 2)?;
     let kv_cache_tokens = keys::uint(m, "kv_cache_tokens", 0, 1 << 24, 0)? as usize;
+    let header_read_timeout_ms = keys::uint(m, "header_read_timeout_ms", 100, 600_000, 10_000)?;
+    let body_read_timeout_ms = keys::uint(m, "body_read_timeout_ms", 100, 3_600_000, 30_000)?;
+    let max_connections = keys::uint(m, "max_connections", 8, 1 << 20, 512)? as usize;
+    let max_requests_per_connection =
+        keys::uint(m, "max_requests_per_connection", 1, 1_000_000, 10_000)?;
     if kv_cache_tokens != 0 && kv_cache_tokens < 16 {
         return Err(m.err(
             "kv_cache_tokens",
@@ -502,6 +526,10 @@ fn build(m: &Layer, lookup: env::Lookup<'_>) -> Result<Config, ConfigError> {
         max_queued_jobs,
         admission_window_ms,
         kv_cache_tokens,
+        header_read_timeout_ms,
+        body_read_timeout_ms,
+        max_connections,
+        max_requests_per_connection,
         max_tokens,
         max_prompt_len,
         max_context,

@@ -34,7 +34,6 @@ use crate::error::WorkerError;
 use app::{AppState, LoadedModel};
 use engine_thread::EngineHandle;
 use state::Lifecycle;
-use std::future::IntoFuture;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -193,13 +192,19 @@ async fn serve(cfg: Config, router: RouterFor) -> u8 {
     app.announce_start();
     set_state(&app, Lifecycle::Loading);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        axum::serve(listener, router(Arc::clone(&app)))
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.await;
-            })
-            .into_future(),
-    );
+    let limits = crate::http::server::ConnLimits {
+        header_read_timeout: Duration::from_millis(cfg.header_read_timeout_ms),
+        max_connections: cfg.max_connections,
+        max_requests_per_connection: cfg.max_requests_per_connection,
+    };
+    let server = tokio::spawn(crate::http::server::serve(
+        listener,
+        router(Arc::clone(&app)),
+        limits,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
     crate::narrate!(
         human = format!(
             "Listening on {} ({} backend); loading model {} now. /health answers 503 until it is sealed.",

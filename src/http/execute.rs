@@ -23,7 +23,7 @@ use crate::daemon::state::Lifecycle;
 use crate::error::WorkerError;
 use crate::http::auth::Caller;
 use crate::http::validate::{self, Limits};
-use crate::http::{random_id, read_body, ApiResult, CorrelationId};
+use crate::http::{random_id, read_body, ApiResult, BodyLimits, CorrelationId};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderValue;
@@ -56,7 +56,7 @@ async fn admit(app: &Arc<AppState>, caller: Caller, cid: CorrelationId, body: Bo
     if !app.lifecycle().is_serving() {
         return Err(app.unavailable().into());
     }
-    let bytes = read_body(body, app.cfg.max_body_bytes).await?;
+    let bytes = read_body(body, BodyLimits::json(&app.cfg)).await?;
     let lim = Limits {
         max_prompt_len: app.cfg.max_prompt_len,
         max_tokens: app.cfg.max_tokens,

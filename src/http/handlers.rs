@@ -8,7 +8,7 @@ use crate::daemon::{commit as commits, models};
 use crate::error::WorkerError;
 use crate::http::auth::Caller;
 use crate::http::validate;
-use crate::http::{read_body, ApiResult};
+use crate::http::{read_body, ApiResult, BodyLimits};
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -76,7 +76,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 pub async fn plan(State(app): State<Arc<AppState>>, body: Body) -> ApiResult {
-    let bytes = read_body(body, app.cfg.max_body_bytes).await?;
+    let bytes = read_body(body, BodyLimits::json(&app.cfg)).await?;
     let req = validate::plan(&bytes)?;
     let a = Arc::clone(&app);
     let resp = blocking(move || models::plan(&a, &req)).await?;
@@ -105,7 +105,7 @@ pub async fn commit(
             )
             .into());
         }
-        let bytes = read_body(body, app.cfg.max_body_bytes).await?;
+        let bytes = read_body(body, BodyLimits::json(&app.cfg)).await?;
         let req = validate::commit(&bytes)?;
         let a = Arc::clone(&app);
         blocking(move || commits::commit(&a, &req)).await?
@@ -136,7 +136,6 @@ async fn hash_upload(
     headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<([u8; 32], u64)> {
-    use futures::StreamExt;
     use sha2::Digest;
     let max = app.cfg.max_model_bytes;
     let too_large = |what: String| WorkerError::PayloadTooLarge {
@@ -152,12 +151,8 @@ async fn hash_upload(
     let mut hasher = sha2::Sha256::new();
     let mut len: u64 = 0;
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            WorkerError::invalid(format!(
-                "the upload could not be read to its end ({e}); nothing was changed"
-            ))
-        })?;
+    let idle = std::time::Duration::from_millis(app.cfg.body_read_timeout_ms);
+    while let Some(chunk) = crate::http::next_piece(&mut stream, idle).await? {
         len = len.saturating_add(chunk.len() as u64);
         if len > max {
             return Err(too_large(format!("more than {max}")).into());
@@ -185,7 +180,7 @@ pub async fn cancel(
     Extension(caller): Extension<Caller>,
     body: Body,
 ) -> ApiResult {
-    let bytes = read_body(body, app.cfg.max_body_bytes).await?;
+    let bytes = read_body(body, BodyLimits::json(&app.cfg)).await?;
     let req = validate::cancel(&bytes)?;
     let outcome = app.scheduler.cancel(&req.job_id, &caller.fp6)?;
     let body = match outcome {
@@ -209,7 +204,7 @@ pub async fn cancel(
 #[cfg(feature = "test-hooks")]
 pub async fn debug_fault(State(app): State<Arc<AppState>>, body: Body) -> ApiResult {
     use crate::daemon::engine_thread::Cmd;
-    let bytes = read_body(body, app.cfg.max_body_bytes).await?;
+    let bytes = read_body(body, BodyLimits::json(&app.cfg)).await?;
     let fault = validate::fault(&bytes)?;
     if let crate::engine::Fault::ReplaceSeal { seal } = fault {
         // The handle, not the engine, holds the seal.

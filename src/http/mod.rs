@@ -20,6 +20,7 @@
 pub mod auth;
 pub mod execute;
 pub mod handlers;
+pub mod server;
 pub mod validate;
 
 use crate::daemon::app::AppState;
@@ -76,15 +77,74 @@ pub struct RejectedCode(pub &'static str);
 
 pub type ApiResult<T = Response> = std::result::Result<T, ApiError>;
 
-/// Read a request body, refusing more than `limit` bytes (WORKER-4301).
-pub async fn read_body(body: Body, limit: usize) -> ApiResult<axum::body::Bytes> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+/// What a handler may read of a request body: at most `max_bytes`
+/// (WORKER-4301), and no pause longer than `idle` between its pieces
+/// (issue 13 point 1: a body shorter than its Content-Length is not waited
+/// on for ever).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub max_bytes: u64,
+    pub idle: std::time::Duration,
+}
+
+impl BodyLimits {
+    /// The limits of a JSON request body.
+    pub fn json(cfg: &crate::config::Config) -> Self {
+        Self {
+            max_bytes: cfg.max_body_bytes as u64,
+            idle: std::time::Duration::from_millis(cfg.body_read_timeout_ms),
+        }
+    }
+}
+
+/// The next piece of a body, or None at its end: 408 `REQUEST_TIMEOUT` when
+/// none arrives within `idle`, 400 when the connection broke.
+pub async fn next_piece(
+    stream: &mut axum::body::BodyDataStream,
+    idle: std::time::Duration,
+) -> ApiResult<Option<axum::body::Bytes>> {
+    use futures::StreamExt;
+    match tokio::time::timeout(idle, stream.next()).await {
+        Err(_) => Err(WorkerError::RequestTimeout {
+            message: format!(
+                "no part of the request body arrived for {} ms (body_read_timeout_ms); send the whole body \
+                 its Content-Length announces",
+                idle.as_millis()
+            ),
+        }
+        .into()),
+        Ok(None) => Ok(None),
+        Ok(Some(Ok(piece))) => Ok(Some(piece)),
+        Ok(Some(Err(e))) => Err(WorkerError::invalid(format!(
+            "the request body could not be read to its end ({e}); nothing was changed"
+        ))
+        .into()),
+    }
+}
+
+/// Read a whole request body within `lim` (see [`BodyLimits`]).
+pub async fn read_body(body: Body, lim: BodyLimits) -> ApiResult<axum::body::Bytes> {
+    let too_large = || {
         ApiError(WorkerError::PayloadTooLarge {
             message: format!(
-                "the request body exceeds the limit of {limit} bytes (max_body_bytes) or could not be read ({e})"
+                "the request body exceeds the limit of {} bytes (max_body_bytes)",
+                lim.max_bytes
             ),
         })
-    })
+    };
+    let declared = axum::body::HttpBody::size_hint(&body).exact();
+    if declared.is_some_and(|n| n > lim.max_bytes) {
+        return Err(too_large());
+    }
+    let mut stream = body.into_data_stream();
+    let mut out = Vec::new();
+    while let Some(piece) = next_piece(&mut stream, lim.idle).await? {
+        if (out.len() + piece.len()) as u64 > lim.max_bytes {
+            return Err(too_large());
+        }
+        out.extend_from_slice(&piece);
+    }
+    Ok(out.into())
 }
 
 /// Most unread request body drained after a response (see the module doc).
@@ -147,11 +207,23 @@ async fn drain_unread_body(req: Request, next: Next) -> Response {
         rest: Arc::clone(&rest),
     };
     let req = Request::from_parts(parts, Body::from_stream(tracked));
-    let resp = next.run(req).await;
+    let mut resp = next.run(req).await;
     let unread = rest.lock().ok().and_then(|mut s| s.take());
     let Some(mut unread) = unread else {
         return resp;
     };
+    // A body that stalled is not waited on again: answer and close.
+    if resp
+        .extensions()
+        .get::<RejectedCode>()
+        .is_some_and(|c| c.0 == "REQUEST_TIMEOUT")
+    {
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
+        return resp;
+    }
     if declared.is_some_and(|n| n > DRAIN_MAX_BYTES) {
         return resp;
     }

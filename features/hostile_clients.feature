@@ -1,0 +1,40 @@
+Feature: Clients that never finish cannot make the worker unreachable
+  Half-sent request headers, idle kept-alive connections and bodies
+  shorter than their Content-Length are cut after configurable timeouts,
+  and at the connection cap the connections without a request in flight
+  give way first, so /health and authenticated calls still get in while
+  streams keep flowing (issue 13 point 1).
+
+  @WORKER-4420 @serial
+  # The issue asks for 40 s; the cap makes room at once, so 5 s is asked
+  # here (the 10 s header timeout alone would take longer).
+  Scenario: Two thousand half-open connections against a file limit of 1024 leave the worker reachable
+    Given a worker configured for the tiny test model
+    And the worker's open-file limit is 1024
+    When the worker is started
+    And I note the worker's resident memory
+    And 2000 connections each send half a request header and hold it
+    Then "/health" answers 200 within 5 seconds without a token
+    And "/worker/ready" answers 200 within 5 seconds with the token
+    When those connections are closed
+    Then the worker's resident memory is back within 16 MiB of the noted value within 20 seconds
+    And the ready answer still shows the sealed shard
+
+  @WORKER-4420
+  Scenario: A body shorter than its Content-Length ends in 408 after the body timeout
+    Given a worker configured for the tiny test model
+    And the configuration sets "body_read_timeout_ms" to 500
+    When the worker is started
+    And I send an execute whose Content-Length promises 100 bytes but only 10 arrive
+    Then the answer is 408 with the error code "REQUEST_TIMEOUT" within 5 seconds
+
+  @WORKER-4420
+  Scenario: Half-sent headers are cut after the header timeout while a stream keeps flowing
+    Given a worker configured for the larger test model
+    And the configuration sets "header_read_timeout_ms" to 500
+    When the worker is started
+    And I start executing "Once upon a time" with max_tokens 2000
+    And a connection sends half a request header and holds it
+    Then the worker closes that connection within 3 seconds
+    And the running stream is still sending tokens
+    And I cancel the job
