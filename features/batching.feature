@@ -77,3 +77,25 @@ Feature: Many jobs at once: slots, a bounded queue and batch-invariant streams
     When I wait for the stream to finish
     Then the stream ends with an "error" event with code "SEAL_VERIFICATION_FAILED"
     And the worker exits with code 5 within 15 seconds
+
+  @WORKER-4420 @serial
+  Scenario: A job that arrives while another runs starts at the next step, beside it
+    Given a worker configured for the larger test model
+    And the configuration sets "admission_window_ms" to 0
+    When the worker is started
+    And I start executing "Once upon a time" with max_tokens 2000
+    And another job "Hello" with max_tokens 4 is accepted while the first runs
+    Then that job's started event has queue_position 0
+    And the second job streams 4 tokens and ends with an "end" event
+    And the running stream is still sending tokens
+    And I cancel the job
+
+  @WORKER-4121 @WORKER-4245 @serial
+  Scenario: Jobs that arrive together share one seal verification
+    Given a worker configured for the larger test model
+    And the configuration sets "admission_window_ms" to 100
+    When the worker is started
+    And I read the metrics
+    And 4 jobs of mixed prompts, seeds and sampling parameters arrive together
+    Then every job ends with an "end" event
+    And the metric "worker_orcd_seal_verifications_total" increased by 1

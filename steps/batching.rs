@@ -86,9 +86,10 @@ async fn capacity(w: &mut World) -> Value {
 }
 
 #[when(
-    regex = r"^(\d+) jobs of mixed prompts, seeds and sampling parameters arrive at staggered times$"
+    regex = r"^(\d+) jobs of mixed prompts, seeds and sampling parameters arrive (at staggered times|together)$"
 )]
-async fn mixed_jobs(w: &mut World, n: usize) {
+async fn mixed_jobs(w: &mut World, n: usize, when: String) {
+    let staggered = when == "at staggered times";
     let handle = w.handle_id().await;
     let url = format!("{}/worker/execute", w.base_url());
     let specs: Vec<_> = (0..n).map(|i| job_spec(w, i)).collect();
@@ -96,7 +97,7 @@ async fn mixed_jobs(w: &mut World, n: usize) {
     for (prompt, params, delay) in &specs {
         let (client, url, token) = (w.http.clone(), url.clone(), w.token.clone());
         let body = sse::exec_body(&handle, prompt, params.clone());
-        let delay = Duration::from_millis(*delay);
+        let delay = Duration::from_millis(if staggered { *delay } else { 0 });
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             run_execute(client, url, token, body).await
@@ -320,7 +321,7 @@ async fn finish_waiting(w: &mut World) -> Stream {
     s
 }
 
-#[then(regex = r#"^the waiting job streams (\d+) tokens and ends with an "end" event$"#)]
+#[then(regex = r#"^the (?:waiting|second) job streams (\d+) tokens and ends with an "end" event$"#)]
 async fn waiting_job_ends(w: &mut World, n: usize) {
     let s = finish_waiting(w).await;
     let end = s.terminal().map(|(_, e)| (e.name.clone(), e.json()));

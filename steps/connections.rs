@@ -18,7 +18,8 @@ fn rss_bytes(w: &World) -> u64 {
     let Some(worker) = &w.worker else {
         w.fail("no worker was started")
     };
-    let status = std::fs::read_to_string(format!("/proc/{}/status", worker.pid)).unwrap_or_default();
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", worker.pid)).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -35,7 +36,9 @@ fn note_rss(w: &mut World) {
 /// Connect and send a request line and one header, never the blank line.
 async fn half_open(addr: &str) -> Option<TcpStream> {
     let mut s = TcpStream::connect(addr).await.ok()?;
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: worker\r\n").await.ok()?;
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: worker\r\n")
+        .await
+        .ok()?;
     Some(s)
 }
 
@@ -50,7 +53,10 @@ async fn many_half_open(w: &mut World, n: usize) {
             _ => refused += 1,
         }
     }
-    println!("held {} half-open connections ({refused} could not connect or write)", held.len());
+    println!(
+        "held {} half-open connections ({refused} could not connect or write)",
+        held.len()
+    );
     w.held = held;
 }
 
@@ -61,7 +67,11 @@ fn close_held(w: &mut World) {
 
 #[then(regex = r#"^"([^"]+)" answers 200 within (\d+) seconds (without a token|with the token)$"#)]
 async fn answers_within(w: &mut World, path: String, secs: u64, how: String) {
-    let auth = if how == "with the token" { Auth::Token } else { Auth::None };
+    let auth = if how == "with the token" {
+        Auth::Token
+    } else {
+        Auth::None
+    };
     let until = Instant::now() + Duration::from_secs(secs);
     let t0 = Instant::now();
     // A fresh connection each try: a pooled one from earlier steps would
@@ -89,7 +99,9 @@ async fn answers_within(w: &mut World, path: String, secs: u64, how: String) {
     }
 }
 
-#[then(regex = r"^the worker's resident memory is back within (\d+) MiB of the noted value within (\d+) seconds$")]
+#[then(
+    regex = r"^the worker's resident memory is back within (\d+) MiB of the noted value within (\d+) seconds$"
+)]
 async fn rss_back(w: &mut World, mib: u64, secs: u64) {
     let Some(before) = w.rss_before else {
         w.fail("no memory was noted before")
@@ -117,7 +129,9 @@ async fn still_sealed(w: &mut World) {
     );
 }
 
-#[when(regex = r"^I send an execute whose Content-Length promises (\d+) bytes but only (\d+) arrive$")]
+#[when(
+    regex = r"^I send an execute whose Content-Length promises (\d+) bytes but only (\d+) arrive$"
+)]
 async fn short_body(w: &mut World, promised: usize, sent: usize) {
     let mut s = TcpStream::connect(format!("127.0.0.1:{}", w.port))
         .await
@@ -127,8 +141,12 @@ async fn short_body(w: &mut World, promised: usize, sent: usize) {
         w.token
     );
     let t0 = Instant::now();
-    s.write_all(head.as_bytes()).await.unwrap_or_else(|e| w.fail(format!("cannot write: {e}")));
-    s.write_all(&vec![b' '; sent]).await.unwrap_or_else(|e| w.fail(format!("cannot write: {e}")));
+    s.write_all(head.as_bytes())
+        .await
+        .unwrap_or_else(|e| w.fail(format!("cannot write: {e}")));
+    s.write_all(&vec![b' '; sent])
+        .await
+        .unwrap_or_else(|e| w.fail(format!("cannot write: {e}")));
     let mut answer = Vec::new();
     let mut buf = [0u8; 4096];
     // Read until the server has answered (a complete JSON body) or closed.
@@ -155,10 +173,14 @@ fn raw_answer_is(w: &mut World, status: u16, code: String, secs: u64) {
         w.fail("no raw request was sent")
     };
     w.check(
-        text.starts_with(&format!("HTTP/1.1 {status}")) && text.contains(&format!("\"code\":\"{code}\"")),
+        text.starts_with(&format!("HTTP/1.1 {status}"))
+            && text.contains(&format!("\"code\":\"{code}\"")),
         format!("the answer was {text:?}"),
     );
-    w.check(took < Duration::from_secs(secs), format!("the answer took {took:?}"));
+    w.check(
+        took < Duration::from_secs(secs),
+        format!("the answer took {took:?}"),
+    );
 }
 
 #[when("a connection sends half a request header and holds it")]
@@ -185,7 +207,10 @@ async fn worker_closes(w: &mut World, secs: u64) {
         }
     })
     .await;
-    w.check(closed.is_ok(), format!("the connection was still open after {secs} s"));
+    w.check(
+        closed.is_ok(),
+        format!("the connection was still open after {secs} s"),
+    );
 }
 
 #[then("the running stream is still sending tokens")]

@@ -131,12 +131,12 @@ impl<'t> Server<'t> {
     /// waiting job is still inside its admission window.
     fn take_commands(&mut self, engine: &mut dyn Engine, rx: &mpsc::Receiver<Cmd>) {
         loop {
-            let wait = match self.waiting.front() {
-                Some((_, at)) if self.batch.is_empty() && self.app.lifecycle().is_serving() => {
-                    self.window.saturating_sub(at.elapsed())
-                }
-                _ => Duration::ZERO,
-            };
+            let wait = admission_wait(
+                self.waiting.front().map(|(_, at)| at.elapsed()),
+                self.batch.is_empty(),
+                self.app.lifecycle().is_serving(),
+                self.window,
+            );
             let cmd = if wait.is_zero() {
                 rx.try_recv().ok()
             } else {
@@ -199,14 +199,12 @@ impl<'t> Server<'t> {
     /// pages fit, then verify the seal once for all of them. Returns the
     /// verification's failure, which ends every job.
     fn admit(&mut self, engine: &mut dyn Engine) -> Result<()> {
-        let ready = match self.waiting.front() {
-            None => false,
-            Some((_, at)) => {
-                self.batch.is_empty()
-                    || at.elapsed() >= self.window
-                    || !self.app.lifecycle().is_serving()
-            }
-        };
+        let ready = admission_due(
+            self.waiting.front().map(|(_, at)| at.elapsed()),
+            self.batch.is_empty(),
+            self.app.lifecycle().is_serving(),
+            self.window,
+        );
         if !ready {
             return Ok(());
         }
@@ -278,6 +276,37 @@ impl<'t> Server<'t> {
     fn publish(&self, engine: &dyn Engine) {
         publish_counts(self.app);
         super::engine_thread::publish_kv(self.app, engine);
+    }
+}
+
+/// How long the loop may block for more arrivals: only while nothing runs
+/// (a running batch never stalls for a newcomer) and the worker serves, and
+/// only for the rest of the oldest waiting job's window.
+fn admission_wait(
+    oldest_age: Option<Duration>,
+    batch_empty: bool,
+    serving: bool,
+    window: Duration,
+) -> Duration {
+    match oldest_age {
+        Some(age) if batch_empty && serving => window.saturating_sub(age),
+        _ => Duration::ZERO,
+    }
+}
+
+/// Whether waiting jobs are admitted at this step: at once when nothing
+/// runs or the worker drains (waiting is then pointless), else once the
+/// oldest has waited its window, so that jobs arriving together share one
+/// seal verification.
+fn admission_due(
+    oldest_age: Option<Duration>,
+    batch_empty: bool,
+    serving: bool,
+    window: Duration,
+) -> bool {
+    match oldest_age {
+        None => false,
+        Some(age) => batch_empty || age >= window || !serving,
     }
 }
 
@@ -479,3 +508,7 @@ impl EventSink for JobSink {
         self.last = now;
     }
 }
+
+#[cfg(test)]
+#[path = "batcher_tests.rs"]
+mod tests;
