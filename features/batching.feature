@@ -36,8 +36,10 @@ Feature: Many jobs at once: slots, a bounded queue and batch-invariant streams
     When a second execute request arrives while the first is streaming
     Then the second request is refused with status 429 and code "WORKER_BUSY"
     And the second request's error is retriable with a retry_after_ms
-    When I cancel the job
+    When 300 ms pass
+    And I cancel the job
     Then the waiting job streams 4 tokens and ends with an "end" event
+    And the waiting job's queue_time_ms covers its wait for the running job
     And the metrics show 0 jobs running and 0 waiting
 
   @WORKER-4970 @serial
@@ -99,3 +101,16 @@ Feature: Many jobs at once: slots, a bounded queue and batch-invariant streams
     And 4 jobs of mixed prompts, seeds and sampling parameters arrive together
     Then every job ends with an "end" event
     And the metric "worker_orcd_seal_verifications_total" increased by 1
+
+  @WORKER-4420 @serial
+  Scenario: A job whose KV pages do not fit beside the running job waits for them, then runs
+    Given a worker configured for the larger test model
+    And the configuration sets "max_context" to 256
+    And the configuration sets "kv_cache_tokens" to 256
+    When the worker is started
+    And I start executing "Once upon a time" with max_tokens 200
+    And I wait until 2 token events have streamed
+    And another job "Hello" with max_tokens 100 is accepted while the first runs
+    Then the ready answer shows 1 job waiting throughout 300 ms
+    When I cancel the job
+    Then the waiting job ends with an "end" event

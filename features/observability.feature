@@ -70,6 +70,9 @@ Feature: Observability
     Then the metric "worker_orcd_jobs_started_total" increased by 1
     And the metric "worker_orcd_jobs_completed_total" increased by 1
     And the metric "worker_orcd_generation_tokens_total" increased by the number of token events
+    And the metric "worker_orcd_time_to_first_token_seconds_count" increased by 1
+    And the metric "worker_orcd_inter_token_latency_seconds_count" increased by the number of token events less one
+    And the metrics event's tokens_per_second is its tokens_out over its decode_time_ms
 
   @WORKER-4820 @WORKER-4821
   Scenario: Narration at load, seal, inference start and end is prose

@@ -249,9 +249,10 @@ async fn another_job(w: &mut World, prompt: String, max: u64) {
 }
 
 fn waiting_stream(w: &World) -> Stream {
-    match &w.waiting_job {
-        Some(bg) => bg.shared.lock().expect("stream lock").clone(),
-        None => w.fail("no second job was started"),
+    match (&w.waiting_job, &w.waiting_done) {
+        (Some(bg), _) => bg.shared.lock().expect("stream lock").clone(),
+        (None, Some(done)) => done.clone(),
+        (None, None) => w.fail("no second job was started"),
     }
 }
 
@@ -318,7 +319,18 @@ async fn finish_waiting(w: &mut World) -> Stream {
         w.fail("the second job's stream did not end within 120 s");
     }
     let s = bg.shared.lock().expect("stream lock").clone();
+    w.waiting_done = Some(s.clone());
     s
+}
+
+#[then(regex = r#"^the waiting job ends with an "end" event$"#)]
+async fn waiting_job_ends_any(w: &mut World) {
+    let s = finish_waiting(w).await;
+    let end = s.terminal().map(|(_, e)| e.name.clone());
+    w.check(
+        end.as_deref() == Some("end"),
+        format!("the waiting job ended with {end:?}"),
+    );
 }
 
 #[then(regex = r#"^the (?:waiting|second) job streams (\d+) tokens and ends with an "end" event$"#)]
@@ -438,4 +450,52 @@ async fn waiting_job_error(w: &mut World, code: String) {
         matches!(&end, Some((name, v)) if name == "error" && v["code"] == code.as_str()),
         format!("the second job ended with {end:?}"),
     );
+}
+
+#[when(regex = r"^(\d+) ms pass$")]
+async fn ms_pass(_w: &mut World, ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+#[then("the waiting job's queue_time_ms covers its wait for the running job")]
+async fn queue_time_covers(w: &mut World) {
+    let s = waiting_stream(w);
+    let started = s.events.iter().find(|e| e.name == "started").map(|e| e.at);
+    let queue = s
+        .events
+        .iter()
+        .find(|e| e.name == "metrics")
+        .and_then(|e| e.json()["queue_time_ms"].as_u64());
+    crate::steps::sse::finish_background(w).await;
+    let first_end = w.stream().terminal().map(|(_, e)| e.at);
+    let (Some(started), Some(queue), Some(first_end)) = (started, queue, first_end) else {
+        w.fail(format!("missing events: started {started:?}, queue_time_ms {queue:?}, first job's end {first_end:?}"))
+    };
+    // Seen by the client: from the waiting job's acceptance to the first
+    // job's last event; the worker admitted it only after that job left.
+    let waited = first_end.saturating_duration_since(started).as_millis() as u64;
+    w.check(
+        waited >= 300,
+        format!("the first job ended only {waited} ms after the second was accepted"),
+    );
+    w.check(
+        queue + 50 >= waited,
+        format!("queue_time_ms is {queue}, but the job waited about {waited} ms"),
+    );
+}
+
+#[then(regex = r"^the ready answer shows (\d+) jobs? waiting throughout (\d+) ms$")]
+async fn waiting_throughout(w: &mut World, n: u64, ms: u64) {
+    let until = Instant::now() + Duration::from_millis(ms);
+    loop {
+        let c = capacity(w).await;
+        w.check(
+            c["queue_depth"].as_u64() == Some(n),
+            format!("the ready answer's capacity is {c}"),
+        );
+        if Instant::now() > until {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -90,6 +90,43 @@ async fn increased_tokens(w: &mut World, name: String) {
     );
 }
 
+#[then(regex = r#"^the metric "([^"]+)" increased by the number of token events less one$"#)]
+async fn increased_gaps(w: &mut World, name: String) {
+    let n = w.stream().tokens().len() as f64 - 1.0;
+    let d = delta(w, &name).await;
+    w.check(
+        d == n,
+        format!(
+            "{name} changed by {d}, but {} token events arrived",
+            n + 1.0
+        ),
+    );
+}
+
+/// tokens_per_second is computed from the exact decode time, and
+/// decode_time_ms is that time rounded up: so tokens_out / tokens_per_second
+/// lies within the millisecond below decode_time_ms.
+#[then("the metrics event's tokens_per_second is its tokens_out over its decode_time_ms")]
+fn tokens_per_second(w: &mut World) {
+    let m = w
+        .stream()
+        .events
+        .iter()
+        .find(|e| e.name == "metrics")
+        .map(|e| e.json())
+        .unwrap_or_else(|| w.fail("the stream has no metrics event"));
+    let (n, ms, tps) = (
+        m["tokens_out"].as_f64().unwrap_or(-1.0),
+        m["decode_time_ms"].as_f64().unwrap_or(-1.0),
+        m["tokens_per_second"].as_f64().unwrap_or(-1.0),
+    );
+    let secs = if tps > 0.0 { n / tps } else { f64::INFINITY };
+    w.check(
+        n > 0.0 && secs * 1000.0 <= ms && secs * 1000.0 > ms - 1.0,
+        format!("tokens_out {n} at {tps} tokens/s is {secs} s, but decode_time_ms is {ms}"),
+    );
+}
+
 #[then(regex = r#"^the metric "([^"]+)" is unchanged$"#)]
 async fn unchanged(w: &mut World, name: String) {
     let d = delta(w, &name).await;

@@ -190,6 +190,7 @@ pub struct World {
     pub solo: Vec<crate::steps::sse::Stream>,
     pub most_running: Option<u64>,
     pub waiting_job: Option<crate::steps::sse::BackgroundStream>,
+    pub waiting_done: Option<crate::steps::sse::Stream>,
     /// Hostile-connection scenarios: the worker's open-file limit, the
     /// sockets the client holds, memory noted before, a raw answer.
     pub nofile: Option<u64>,
@@ -261,6 +262,7 @@ impl World {
             solo: Vec::new(),
             most_running: None,
             waiting_job: None,
+            waiting_done: None,
             nofile: None,
             held: Vec::new(),
             rss_before: None,

@@ -209,9 +209,9 @@ impl<'t> Server<'t> {
             return Ok(());
         }
         let slots = self.app.scheduler.capacity().slots_total;
-        let mut admitted = 0;
+        let mut admitted = false;
         while self.batch.len() < slots {
-            let Some((mut seq, _)) = self.waiting.pop_front() else {
+            let Some((mut seq, at)) = self.waiting.pop_front() else {
                 break;
             };
             if let Err(e) = seq.sink_mut().check() {
@@ -222,12 +222,12 @@ impl<'t> Server<'t> {
             match self.batch.admit(engine, seq) {
                 Ok(()) => {
                     self.app.scheduler.mark_running(&ctl);
-                    admitted += 1;
+                    admitted = true;
                 }
                 // Pages are held by running jobs: wait for one to leave,
                 // first in line still.
                 Err((seq, WorkerError::Busy { .. })) if !self.batch.is_empty() => {
-                    self.waiting.push_front((seq, Instant::now() - self.window));
+                    self.waiting.push_front((seq, at));
                     break;
                 }
                 Err((seq, e)) => {
@@ -235,7 +235,7 @@ impl<'t> Server<'t> {
                 }
             }
         }
-        if admitted == 0 {
+        if !admitted {
             return Ok(());
         }
         verify_seal(self.app, engine)?;
@@ -387,11 +387,9 @@ impl JobSink {
                 prefill_time_ms: whole_ms_up(times.prefill),
                 time_to_first_token_ms: whole_ms_up(times.first_token + self.queue),
                 decode_time_ms: whole_ms_up(decode),
-                tokens_per_second: if decode.as_secs_f64() > 0.0 {
-                    n_out as f64 / decode.as_secs_f64()
-                } else {
-                    0.0
-                },
+                tokens_per_second: (!decode.is_zero())
+                    .then(|| n_out as f64 / decode.as_secs_f64())
+                    .unwrap_or(0.0),
             };
             (finish, m)
         });
@@ -424,11 +422,6 @@ impl JobSink {
                 (vec![JobEvent::Metrics(m), end], None)
             }
             Err(e) => {
-                let e = if self.ctl.is_cancelled() && !e.is_fatal() {
-                    cancelled()
-                } else {
-                    e
-                };
                 app.metrics.job_finished(Some(e.code()), None);
                 let fatal = e.is_fatal().then(|| e.clone());
                 if fatal.is_some() {
