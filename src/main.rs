@@ -1,5 +1,5 @@
 //! The `worker-orcd` binary: thin argument dispatch. With no subcommand it runs
-//! the daemon (`serve`); `generate`, `bench`, `make-model` and `build-info` are tools for
+//! the daemon (`serve`); `generate`, `bench`, `loadgen`, `make-model` and `build-info` are tools for
 //! people and for the GPU machine.
 
 use clap::{Parser, Subcommand};
@@ -28,6 +28,9 @@ enum Command {
     Generate(cli::generate::GenerateArgs),
     /// Measure prefill and decode speed; prints a table, writes CSV and JSON.
     Bench(cli::bench::BenchArgs),
+    /// Drive a running worker with concurrent Execute requests over HTTP + SSE;
+    /// prints TTFT, inter-token latency and throughput, writes CSV and JSON.
+    Loadgen(cli::loadgen::LoadgenArgs),
     /// Write a GGUF test model with seeded weights and a tokenizer.
     MakeModel(cli::make_model::MakeModelArgs),
     /// Check that the token comparison's time does not tell which token
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Some(Command::Serve(args)) => daemon::run(args, http::router),
         Some(Command::Generate(args)) => cli::generate::run(args),
         Some(Command::Bench(args)) => cli::bench::run(args),
+        Some(Command::Loadgen(args)) => cli::loadgen::run(args),
         Some(Command::MakeModel(args)) => cli::make_model::run(args),
         Some(Command::BenchAuth(args)) => cli::bench_auth::run(args),
         Some(Command::BuildInfo) => {

@@ -10,7 +10,12 @@
 //! tokens from an empty context (position 0), which is the figure compared
 //! with the peer. Decode right after the prompt (positions 512..640, where
 //! attention reads a longer cache) is reported beside it, not compared.
+//!
+//! With `--concurrency 1,8,32,64` the same run then measures many sequences
+//! at once through continuous batching (issue 11 point 7): see
+//! [`super::bench_sweep`], which defines its figures and writes its own files.
 
+use super::bench_sweep;
 use super::generate::{check_root, exit_code_for, make_engine, open_model, BackendArg};
 use crate::engine::sequence::{EventSink, GenerationParams, Prompt, Sequence};
 use crate::engine::{BackendKind, LoadOptions, SamplingParams};
@@ -47,6 +52,14 @@ pub struct BenchArgs {
     /// Run even as root (not recommended).
     #[arg(long)]
     pub allow_root: bool,
+    /// Also measure many sequences at once: a comma-separated list of levels
+    /// (sequences submitted together), e.g. 1,8,32,64. Not run unless given.
+    #[arg(long)]
+    pub concurrency: Option<String>,
+    /// KV pool positions for the concurrency sweep (0 = enough for the
+    /// largest level to run at once); a smaller pool makes sequences wait.
+    #[arg(long, default_value_t = 0)]
+    pub kv_pool_tokens: usize,
 }
 
 /// A published peer measurement (GUIDE.md §4).
@@ -138,6 +151,16 @@ fn bench(a: &BenchArgs) -> Result<()> {
             "--prompt-tokens, --gen-tokens and --reps must be at least 1",
         ));
     }
+    let levels = a
+        .concurrency
+        .as_deref()
+        .map(bench_sweep::parse_levels)
+        .transpose()?;
+    if levels.is_none() && a.kv_pool_tokens > 0 {
+        return Err(WorkerError::invalid(
+            "--kv-pool-tokens sizes the concurrency sweep; give --concurrency with it",
+        ));
+    }
     let file_bytes = std::fs::metadata(&a.model)
         .map_err(|e| WorkerError::model_load(format!("cannot read {}: {e}", a.model.display())))?
         .len();
@@ -160,7 +183,7 @@ fn bench(a: &BenchArgs) -> Result<()> {
         // One position more than the tokens forwarded: the sequence samples
         // its last token where a further one would still fit.
         max_context: need + 1,
-        kv_pool_tokens: 0,
+        kv_pool_tokens: sweep_pool_tokens(a, levels.as_deref(), need),
         gpu_device: a.gpu_device,
         threads: a.threads,
     };
@@ -171,10 +194,7 @@ fn bench(a: &BenchArgs) -> Result<()> {
     let seal_verify_s = t.elapsed().as_secs_f64();
 
     // Synthetic prompt: spread over the vocabulary, deterministic.
-    let vocab = m.cfg.vocab_size as u64;
-    let prompt: Vec<u32> = (0..a.prompt_tokens as u64)
-        .map(|i| ((i * 7919 + 1000) % vocab) as u32)
-        .collect();
+    let prompt = bench_sweep::synthetic_prompt(a.prompt_tokens, m.cfg.vocab_size, 0);
     let (mut pre, mut dec, mut dec0) = (Vec::new(), Vec::new(), Vec::new());
     // Greedy sequences through the daemon's decode loop (engine::sequence),
     // through end-of-generation tokens so that every run has the same length.
@@ -256,7 +276,60 @@ fn bench(a: &BenchArgs) -> Result<()> {
         peer,
     };
     print_table(&r);
-    write_files(a, &r)
+    write_files(a, &r)?;
+    match levels {
+        Some(levels) => sweep(a, &r, eng.as_mut(), &m.tokenizer, m.cfg.vocab_size, &levels),
+        None => Ok(()),
+    }
+}
+
+/// The KV pool to load with: the single-sequence bench needs none beyond
+/// one context; the sweep needs its largest level's sequences, each rounded
+/// up to whole pages, unless `--kv-pool-tokens` chooses.
+fn sweep_pool_tokens(a: &BenchArgs, levels: Option<&[usize]>, need: usize) -> usize {
+    match levels {
+        None => 0,
+        Some(_) if a.kv_pool_tokens > 0 => a.kv_pool_tokens,
+        Some(l) => {
+            let per_seq = crate::engine::kv::pool_tokens(need, crate::engine::cpu::PAGE_TOKENS);
+            l.iter().max().copied().unwrap_or(1).saturating_mul(per_seq)
+        }
+    }
+}
+
+/// The concurrency sweep on the engine the bench just measured.
+fn sweep(
+    a: &BenchArgs,
+    r: &BenchResult,
+    eng: &mut dyn crate::engine::Engine,
+    tok: &crate::model::tokenizer::Tokenizer,
+    vocab: usize,
+    levels: &[usize],
+) -> Result<()> {
+    let cfg = bench_sweep::SweepConfig {
+        prompt_tokens: a.prompt_tokens,
+        gen_tokens: a.gen_tokens,
+        reps: a.reps,
+        vocab,
+    };
+    let summary = bench_sweep::run_sweep(eng, tok, levels, &cfg)?;
+    bench_sweep::print_table(&summary, &cfg);
+    let report = bench_sweep::SweepReport {
+        model: &r.model,
+        backend: r.backend,
+        device: &r.device,
+        prompt_tokens: a.prompt_tokens,
+        gen_tokens: a.gen_tokens,
+        max_prefill: bench_sweep::MAX_PREFILL,
+        warmup_reps: 1,
+        levels: &summary,
+    };
+    let stem = format!(
+        "bench-{}-{}-concurrency",
+        r.model.trim_end_matches(".gguf"),
+        r.backend
+    );
+    bench_sweep::write_files(&a.out_dir, &stem, &report)
 }
 
 /// A benchmark's tokens go nowhere, and nothing stops it.

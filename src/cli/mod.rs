@@ -1,7 +1,9 @@
 //! Commands for people and scripts besides the daemon itself.
 pub mod bench;
 pub mod bench_auth;
+pub mod bench_sweep;
 pub mod generate;
+pub mod loadgen;
 pub mod make_model;
 
 /// What `worker-orcd build-info` prints: the version, the features compiled in

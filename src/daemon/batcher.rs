@@ -387,9 +387,11 @@ impl JobSink {
                 prefill_time_ms: whole_ms_up(times.prefill),
                 time_to_first_token_ms: whole_ms_up(times.first_token + self.queue),
                 decode_time_ms: whole_ms_up(decode),
-                tokens_per_second: (!decode.is_zero())
-                    .then(|| n_out as f64 / decode.as_secs_f64())
-                    .unwrap_or(0.0),
+                tokens_per_second: if decode.is_zero() {
+                    0.0
+                } else {
+                    n_out as f64 / decode.as_secs_f64()
+                },
             };
             (finish, m)
         });

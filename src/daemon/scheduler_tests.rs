@@ -155,3 +155,29 @@ async fn wait_idle_returns_when_the_last_job_leaves() {
         .unwrap()
         .unwrap();
 }
+
+#[test]
+fn a_refusal_after_jobs_finished_hints_the_queue_ahead_times_their_pace() {
+    let s = sched(1, 2);
+    let (g, _) = s.try_acquire("warm".into(), "a".into(), ok).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    drop(g);
+    // One running and two waiting: the fourth job has three ahead of it
+    // for one slot, at about 100 ms each.
+    let _held: Vec<_> = (0..3)
+        .map(|i| s.try_acquire(format!("j{i}"), "a".into(), ok).unwrap())
+        .collect();
+    let hint = s
+        .try_acquire("late".into(), "a".into(), ok)
+        .unwrap_err()
+        .retry_after_ms()
+        .unwrap();
+    assert!((300..=450).contains(&hint), "retry_after_ms {hint}");
+}
+
+#[test]
+fn a_queued_job_expects_to_wait_for_the_jobs_ahead() {
+    let s = sched(2, 4);
+    assert_eq!(s.expected_wait_ms(0), 0, "a job with a slot does not wait");
+    assert_eq!(s.expected_wait_ms(2), FIRST_RETRY_MS, "no job finished yet");
+}
