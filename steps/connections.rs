@@ -213,6 +213,7 @@ async fn worker_closes(w: &mut World, secs: u64) {
     );
 }
 
+/// The background stream keeps sending tokens and has not ended.
 #[then("the running stream is still sending tokens")]
 async fn stream_still_flows(w: &mut World) {
     let count = |w: &World| match &w.background {
@@ -228,5 +229,25 @@ async fn stream_still_flows(w: &mut World) {
     w.check(
         after > before && !ended,
         format!("tokens went from {before} to {after}; ended: {ended}"),
+    );
+}
+
+/// The stream outlived the header timeout several times over and still
+/// ended with its `end` event: the timeout never cuts a response.
+#[then(regex = r"^the stream lasted more than (\d+) times the header timeout$")]
+fn outlived_timeout(w: &mut World, times: u64) {
+    let timeout = w
+        .config
+        .get("header_read_timeout_ms")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or_else(|| w.fail("the scenario sets no header_read_timeout_ms"));
+    let s = w.stream();
+    let lasted = match (s.events.first(), s.events.last()) {
+        (Some(a), Some(b)) => b.at.duration_since(a.at),
+        _ => w.fail("the stream has no events"),
+    };
+    w.check(
+        lasted > Duration::from_millis(times * timeout),
+        format!("the stream lasted {lasted:?}; the header timeout is {timeout} ms"),
     );
 }
