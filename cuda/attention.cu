@@ -1,7 +1,11 @@
 // attention.cu: attention of query tokens over the KV cache with GQA and a
 // causal mask (KERNEL-ATTN), as split-KV ("flash-decoding") in two launches.
-// Query token t of a batch sits at position pos0 + t and attends to cache
-// rows 0..=pos0+t: decode is the batch of one, prefill a batch of several.
+// Query row t of a launch sits at position pos_rows[t] of sequence
+// seq_rows[t] and attends to that sequence's cache rows 0..=pos_rows[t]: a
+// decode step is one row per sequence, a prefill chunk one sequence's
+// consecutive positions. Cache rows are found through the sequence's page
+// table (kv_row, common.cuh): pages are whole chunks, so a chunk's rows are
+// consecutive.
 // Deterministic by construction (WORKER-4710): the split size is fixed
 // (ATT_CHUNK rows), never derived from timing or occupancy; inside a chunk
 // every sum runs in row order; the combine kernel folds chunks in index
@@ -15,6 +19,7 @@
 #include "common.cuh"
 
 #define ATT_CHUNK 32
+static_assert(KV_PAGE % ATT_CHUNK == 0, "a KV page holds whole attention chunks");
 
 // Split-KV decode attention in one launch: grid (n_heads, n_chunks, n_tok),
 // block 128 threads; hd <= 256. Each block scores one chunk of ATT_CHUNK cache
@@ -25,13 +30,15 @@
 // finished last (WORKER-4710), and resets the counter for the next launch or
 // graph replay. Counters start at zero (the scratch is allocated zeroed).
 extern "C" __global__ void attn_partial(const float* q, const float* kc, const float* vc, float* part,
-                                        int* counters, float* att_out, const int* pos_ptr, int n_heads, int n_kv,
-                                        int hd, int n_chunks, float scale) {
+                                        int* counters, float* att_out, const int* pos_rows, const int* seq_rows,
+                                        const int* tables, int table_len, int n_heads, int n_kv, int hd,
+                                        int n_chunks, float scale) {
     __shared__ __align__(16) float qs[256];
     __shared__ float sc[ATT_CHUNK];
     __shared__ int is_last;
     const int h = blockIdx.x, c = blockIdx.y, t = blockIdx.z;
-    const int n = *pos_ptr + t + 1;
+    const int n = pos_rows[t] + 1;
+    const int* table = tables + (u64)seq_rows[t] * table_len;
     const int t0 = c * ATT_CHUNK;
     if (t0 >= n) return;
     const int tn = min(ATT_CHUNK, n - t0);
@@ -44,7 +51,7 @@ extern "C" __global__ void attn_partial(const float* q, const float* kc, const f
     // independent 16-byte loads (hd % 4 == 0, checked by the launcher), so the
     // 32 rows of a chunk are scored in parallel instead of one warp-sum each.
     if (threadIdx.x < tn) {
-        const float4* kr = (const float4*)(kc + (u64)(t0 + threadIdx.x) * kv_stride + kvh * hd);
+        const float4* kr = (const float4*)(kc + kv_row(table, t0 + threadIdx.x) * kv_stride + kvh * hd);
         const float4* q4 = (const float4*)qs;
         float p = 0.0f;
 #pragma unroll 4
@@ -66,7 +73,7 @@ extern "C" __global__ void attn_partial(const float* q, const float* kc, const f
     float* base = part + ((u64)t * n_heads + h) * n_chunks * (hd + 2);
     float* out = base + (u64)c * (hd + 2);
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        const float* vr = vc + (u64)t0 * kv_stride + kvh * hd + d;
+        const float* vr = vc + kv_row(table, t0) * kv_stride + kvh * hd + d;
         float o = 0.0f;
 #pragma unroll 8
         for (int j = 0; j < tn; j++) o = fmaf(expf(sc[j] - m), vr[(u64)j * kv_stride], o);
@@ -114,12 +121,14 @@ extern "C" __global__ void attn_partial(const float* q, const float* kc, const f
 // threads per row, each over every fourth float4 of the head, folded by a
 // fixed two-step butterfly. Output dims d and d + 128 belong to thread d.
 extern "C" __global__ void attn_prefill(const float* q, const float* kc, const float* vc, float* out,
-                                        const int* pos_ptr, int n_heads, int n_kv, int hd, float scale) {
+                                        const int* pos_rows, const int* seq_rows, const int* tables,
+                                        int table_len, int n_heads, int n_kv, int hd, float scale) {
     __shared__ __align__(16) float qs[256];
     __shared__ float sc[ATT_CHUNK];
     __shared__ float se[ATT_CHUNK];
     const int h = blockIdx.x, t = blockIdx.y;
-    const int n = *pos_ptr + t + 1;
+    const int n = pos_rows[t] + 1;
+    const int* table = tables + (u64)seq_rows[t] * table_len;
     const int kvh = h / (n_heads / n_kv);
     const int kv_stride = n_kv * hd;
     const float* qh = q + ((u64)t * n_heads + h) * hd;
@@ -134,7 +143,7 @@ extern "C" __global__ void attn_prefill(const float* q, const float* kc, const f
         const int tn = min(ATT_CHUNK, n - t0);
         float p = 0.0f;
         if (row < tn) {
-            const float4* kr = (const float4*)(kc + (u64)(t0 + row) * kv_stride + kvh * hd);
+            const float4* kr = (const float4*)(kc + kv_row(table, t0 + row) * kv_stride + kvh * hd);
             for (int i = part; i < hd4; i += 4) {
                 const float4 kv = kr[i], qv = q4[i];
                 p = fmaf(qv.x, kv.x, p);
@@ -156,7 +165,7 @@ extern "C" __global__ void attn_prefill(const float* q, const float* kc, const f
         s *= corr;
         o0 *= corr;
         o1 *= corr;
-        const float* vr = vc + (u64)t0 * kv_stride + kvh * hd;
+        const float* vr = vc + kv_row(table, t0) * kv_stride + kvh * hd;
         for (int j = 0; j < tn; j++) {
             const float e = se[j];
             s += e;
@@ -193,7 +202,8 @@ extern "C" __global__ void attn_prefill(const float* q, const float* kc, const f
 #define PT_KC 32
 template <int HD>
 __device__ __forceinline__ void attn_prefill_tile_body(const float* q, const float* kc, const float* vc, float* out,
-                                                       const int* pos_ptr, int n_heads, int n_kv, int n_tok, int tq,
+                                                       const int* pos_rows, const int* seq_rows, const int* tables,
+                                                       int table_len, int n_heads, int n_kv, int n_tok, int tq,
                                                        float scale) {
     constexpr int HP = HD + 1, HD4 = HD / 4, NV = (HD4 + 15) / 16;
     extern __shared__ __align__(16) float sm[];
@@ -202,7 +212,9 @@ __device__ __forceinline__ void attn_prefill_tile_body(const float* q, const flo
     const int R = tq * grp;
     // The longest (last) tiles are dispatched first, so the short ones fill in behind them.
     const int tile0 = (gridDim.y - 1 - blockIdx.y) * tq;
-    const int pos0 = *pos_ptr;
+    // One sequence's consecutive positions: row t sits at pos0 + t.
+    const int pos0 = pos_rows[0];
+    const int* table = tables + (u64)seq_rows[0] * table_len;
     const int kv_stride = n_kv * HD;
     float* Vs = sm;                  // PT_KC x HD, float4-aligned
     float* Qs = Vs + PT_KC * HD;     // R x (HD + 1)
@@ -240,8 +252,9 @@ __device__ __forceinline__ void attn_prefill_tile_body(const float* q, const flo
             const int row = kv0 + c;
             float4 kv = make_float4(0.f, 0.f, 0.f, 0.f), vv = kv;
             if (row < n_max) {
-                kv = ((const float4*)(kc + (u64)row * kv_stride + g * HD))[d4];
-                vv = ((const float4*)(vc + (u64)row * kv_stride + g * HD))[d4];
+                const u64 pr = kv_row(table, row);
+                kv = ((const float4*)(kc + pr * kv_stride + g * HD))[d4];
+                vv = ((const float4*)(vc + pr * kv_stride + g * HD))[d4];
             }
             float* kd = Ks + c * HP + 4 * d4;
             kd[0] = kv.x;
@@ -345,16 +358,18 @@ __device__ __forceinline__ void attn_prefill_tile_body(const float* q, const flo
     }
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_prefill_tile_64(const float* q, const float* kc,
-                                                                      const float* vc, float* out,
-                                                                      const int* pos_ptr, int n_heads, int n_kv,
-                                                                      int n_tok, int tq, float scale) {
-    attn_prefill_tile_body<64>(q, kc, vc, out, pos_ptr, n_heads, n_kv, n_tok, tq, scale);
+extern "C" __global__ void __launch_bounds__(128)
+    attn_prefill_tile_64(const float* q, const float* kc, const float* vc, float* out, const int* pos_rows,
+                          const int* seq_rows, const int* tables, int table_len, int n_heads, int n_kv, int n_tok,
+                          int tq, float scale) {
+    attn_prefill_tile_body<64>(q, kc, vc, out, pos_rows, seq_rows, tables, table_len, n_heads, n_kv, n_tok, tq,
+                                scale);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_prefill_tile_128(const float* q, const float* kc,
-                                                                       const float* vc, float* out,
-                                                                       const int* pos_ptr, int n_heads, int n_kv,
-                                                                       int n_tok, int tq, float scale) {
-    attn_prefill_tile_body<128>(q, kc, vc, out, pos_ptr, n_heads, n_kv, n_tok, tq, scale);
+extern "C" __global__ void __launch_bounds__(128)
+    attn_prefill_tile_128(const float* q, const float* kc, const float* vc, float* out, const int* pos_rows,
+                          const int* seq_rows, const int* tables, int table_len, int n_heads, int n_kv, int n_tok,
+                          int tq, float scale) {
+    attn_prefill_tile_body<128>(q, kc, vc, out, pos_rows, seq_rows, tables, table_len, n_heads, n_kv, n_tok, tq,
+                                scale);
 }

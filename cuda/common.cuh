@@ -259,3 +259,33 @@ struct Q6K {
         }
     }
 };
+
+// The RMS scale 1/sqrt(mean(x^2) + eps) of one vector, by one warp in a
+// fixed order. The fused decode mat-vecs call it for their vector; `row_rms`
+// (rmsnorm.cu) calls it per row of a batched decode step, so both give a
+// row the same bits (WORKER-4710).
+__device__ __forceinline__ float warp_rms(const float* x, int cols, float eps) {
+    const int lane = threadIdx.x & 31;
+    // cols % 32 == 0, so cols / 4 float4s; independent loads, in-order sum per lane.
+    const float4* x4 = (const float4*)x;
+    float ss = 0.0f;
+#pragma unroll 4
+    for (int i = lane; i < (cols >> 2); i += 32) {
+        const float4 v = x4[i];
+        ss = fmaf(v.x, v.x, ss);
+        ss = fmaf(v.y, v.y, ss);
+        ss = fmaf(v.z, v.z, ss);
+        ss = fmaf(v.w, v.w, ss);
+    }
+    ss = warp_sum(ss);
+    return 1.0f / sqrtf(ss / (float)cols + eps);
+}
+
+// A sequence's KV rows live in pages of KV_PAGE positions (KV_PAGE is
+// defined by the launcher, crate::gpu::attention::KV_PAGE_TOKENS, ahead of
+// this header); `table` maps the sequence's page i to a page of the pool.
+// The pool row of position t. KV_PAGE is a multiple of the attention
+// kernels' 32-row chunk, so the rows of a chunk are consecutive in the pool.
+__device__ __forceinline__ u64 kv_row(const int* table, int t) {
+    return (u64)table[t / KV_PAGE] * KV_PAGE + (u64)(t % KV_PAGE);
+}

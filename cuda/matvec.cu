@@ -8,26 +8,6 @@
 // fits (same arithmetic and order, coalesced loads; see the comment there).
 #include "common.cuh"
 
-// Optional fused RMSNorm (decode): when nw != 0 the vector is taken as
-// rmsnorm(x) * nw; each warp computes the sum of squares itself (the vector
-// is short, a few KB) in a fixed order, saving a launch and a round trip.
-__device__ __forceinline__ float warp_rms(const float* x, int cols, float eps) {
-    const int lane = threadIdx.x & 31;
-    // cols % 32 == 0, so cols / 4 float4s; independent loads, in-order sum per lane.
-    const float4* x4 = (const float4*)x;
-    float ss = 0.0f;
-#pragma unroll 4
-    for (int i = lane; i < (cols >> 2); i += 32) {
-        const float4 v = x4[i];
-        ss = fmaf(v.x, v.x, ss);
-        ss = fmaf(v.y, v.y, ss);
-        ss = fmaf(v.z, v.z, ss);
-        ss = fmaf(v.w, v.w, ss);
-    }
-    ss = warp_sum(ss);
-    return 1.0f / sqrtf(ss / (float)cols + eps);
-}
-
 template <class Q>
 __device__ __forceinline__ float row_dot(const u8* row, const float* __restrict__ x, const float* __restrict__ nw, int nsub) {
     const int lane = threadIdx.x & 31;
@@ -351,15 +331,48 @@ __device__ __forceinline__ void qkv_st_impl(const u8* __restrict__ Wq, const u8*
     }
 }
 
-// Batched variant for prefill: each warp dequantizes a 32-element run once
-// and applies it to NT token vectors, so the weights are read once per NT
-// tokens. gridDim.y = ceil(batch / NT); each token's sum keeps the same
-// fixed order as the single-vector kernel.
+// Batched variant: each warp dequantizes a 32-element run once and applies
+// it to NT token vectors, so the weights are read once per NT tokens.
+// gridDim.y = ceil(batch / NT); each token's sum keeps the same fixed order
+// as the single-vector kernel. Prefill chunks call it with nw == 0. A
+// batched decode step (one row per sequence) calls it with the norm weight
+// nw and each row's RMS scale from `row_rms`: the run is scaled by nw before
+// the dot and the sum by the row's scale, exactly as row_dot / matvec_impl
+// do for one vector, so a decode row gets the same bits alone or batched
+// (WORKER-4710, issue 11 point 5).
+__device__ __forceinline__ void scale_run(float (&w)[32], const float* __restrict__ nw, int s) {
+    const float4* ns = (const float4*)(nw + s * 32);
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const float4 n = ns[i];
+        w[4 * i + 0] *= n.x;
+        w[4 * i + 1] *= n.y;
+        w[4 * i + 2] *= n.z;
+        w[4 * i + 3] *= n.w;
+    }
+}
+
+// The in-order dot of one dequantized run with 32 elements of a vector.
+__device__ __forceinline__ float run_dot(const float (&w)[32], const float* __restrict__ x) {
+    const float4* xs = (const float4*)x;
+    float p = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const float4 v = xs[i];
+        p = fmaf(w[4 * i + 0], v.x, p);
+        p = fmaf(w[4 * i + 1], v.y, p);
+        p = fmaf(w[4 * i + 2], v.z, p);
+        p = fmaf(w[4 * i + 3], v.w, p);
+    }
+    return p;
+}
+
 template <class Q, int NT>
 __device__ __forceinline__ void matmul_impl(const u8* __restrict__ W, u64 row_bytes,
                                             const float* __restrict__ x, const float* __restrict__ bias,
                                             float* __restrict__ y, int rows, int cols, int accumulate,
-                                            int batch) {
+                                            int batch, const float* __restrict__ nw,
+                                            const float* __restrict__ scale) {
     const int lane = threadIdx.x & 31;
     const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (r >= rows) return;
@@ -375,30 +388,68 @@ __device__ __forceinline__ void matmul_impl(const u8* __restrict__ W, u64 row_by
     for (int s = lane; s < nsub; s += 32) {
         float w[32];
         Q::deq32(row, s, w);
+        if (nw) scale_run(w, nw, s);
 #pragma unroll
         for (int t = 0; t < NT; t++) {
-            if (t < nt) {
-                const float4* xs = (const float4*)(x + (u64)t * cols + s * 32);
-                float p = 0.0f;
-#pragma unroll
-                for (int i = 0; i < 8; i++) {
-                    const float4 v = xs[i];
-                    p = fmaf(w[4 * i + 0], v.x, p);
-                    p = fmaf(w[4 * i + 1], v.y, p);
-                    p = fmaf(w[4 * i + 2], v.z, p);
-                    p = fmaf(w[4 * i + 3], v.w, p);
-                }
-                acc[t] += p;
-            }
+            if (t < nt) acc[t] += run_dot(w, x + (u64)t * cols + s * 32);
         }
     }
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         float a = warp_sum(acc[t]);
         if (lane == 0 && t < nt) {
+            if (nw) a *= scale[tb + t];
             if (bias) a += bias[r];
             if (accumulate) a += y[(u64)t * rows + r];
             y[(u64)t * rows + r] = a;
+        }
+    }
+}
+
+// Batched decode FFN input: out[t][r] = silu(g) * u with g, u the rows'
+// dots with rmsnorm(x_t) * nw, computed as gate_up_impl computes them for
+// one vector (same bits per row; see matmul_impl).
+template <class Q, int NT>
+__device__ __forceinline__ void gate_up_b_impl(const u8* __restrict__ Wg, const u8* __restrict__ Wu,
+                                               u64 row_bytes, const float* __restrict__ x,
+                                               const float* __restrict__ nw, const float* __restrict__ scale,
+                                               float* __restrict__ out, int rows, int cols, int batch) {
+    const int lane = threadIdx.x & 31;
+    const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (r >= rows) return;
+    const int tb = blockIdx.y * NT;
+    const int nt = min(NT, batch - tb);
+    x += (u64)tb * cols;
+    out += (u64)tb * rows;
+    const u8* gr = Wg + (u64)r * row_bytes;
+    const u8* ur = Wu + (u64)r * row_bytes;
+    const int nsub = cols >> 5;
+    float ag[NT], au[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) ag[t] = au[t] = 0.0f;
+    for (int s = lane; s < nsub; s += 32) {
+        float w[32];
+        Q::deq32(gr, s, w);
+        scale_run(w, nw, s);
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            if (t < nt) ag[t] += run_dot(w, x + (u64)t * cols + s * 32);
+        }
+        Q::deq32(ur, s, w);
+        scale_run(w, nw, s);
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            if (t < nt) au[t] += run_dot(w, x + (u64)t * cols + s * 32);
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        const float g0 = warp_sum(ag[t]);
+        const float u0 = warp_sum(au[t]);
+        if (lane == 0 && t < nt) {
+            const float g = g0 * scale[tb + t];
+            const float u = u0 * scale[tb + t];
+            out[(u64)t * rows + r] = g / (1.0f + expf(-g)) * u;
         }
     }
 }
@@ -414,8 +465,14 @@ __device__ __forceinline__ void matmul_impl(const u8* __restrict__ W, u64 row_by
         gate_up_impl<Q>(Wg, Wu, row_bytes, x, nw, eps, out, rows, cols);                        \
     }                                                                                           \
     extern "C" __global__ void name##_b8(const u8* W, u64 row_bytes, const float* x, const float* bias, \
-                                         float* y, int rows, int cols, int accumulate, int batch) { \
-        matmul_impl<Q, 8>(W, row_bytes, x, bias, y, rows, cols, accumulate, batch);             \
+                                         float* y, int rows, int cols, int accumulate, int batch, \
+                                         const float* nw, const float* scale) {                 \
+        matmul_impl<Q, 8>(W, row_bytes, x, bias, y, rows, cols, accumulate, batch, nw, scale);  \
+    }                                                                                           \
+    extern "C" __global__ void name##_gu_b8(const u8* Wg, const u8* Wu, u64 row_bytes, const float* x, \
+                                            const float* nw, const float* scale, float* out, int rows, \
+                                            int cols, int batch) {                              \
+        gate_up_b_impl<Q, 8>(Wg, Wu, row_bytes, x, nw, scale, out, rows, cols, batch);          \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(256, 4) name##_st(const u8* W, u64 row_bytes, const float* x, const float* bias, \
                                          float* y, int rows, int cols, int accumulate, const float* nw, \

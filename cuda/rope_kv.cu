@@ -1,16 +1,20 @@
 // rope_kv.cu: rotary embedding of q and k (llama "norm" pairs or NeoX halves),
 // fused with the KV-cache write of k and v (KERNEL-ROPE, KERNEL-KV).
-// Why fused: one launch per layer instead of three. The first position comes
-// from device memory so a captured decode graph replays unchanged; token t
-// of a batch (blockIdx.y) sits at position pos0 + t.
-// Cache layout per layer: [max_ctx][n_kv][head_dim] f32.
+// Why fused: one launch per layer instead of three. Every row of a step
+// (blockIdx.y) reads its position and its sequence from device memory, so a
+// captured decode graph replays unchanged and one launch serves a prefill
+// chunk (one sequence, consecutive positions) or a batched decode step (one
+// row per sequence) alike.
+// Cache: the layer's pool of pages, [page][KV_PAGE][n_kv][head_dim] f32;
+// row t's sequence owns the page table tables[seq[t]] (table_len entries).
 #include "common.cuh"
 
 extern "C" __global__ void rope_kv(float* q, const float* k, const float* v, float* kc, float* vc,
-                                   const int* pos_ptr, int n_heads, int n_kv, int hd, int neox,
-                                   float base) {
+                                   const int* pos_rows, const int* seq_rows, const int* tables,
+                                   int table_len, int n_heads, int n_kv, int hd, int neox, float base) {
     const int t = blockIdx.y;
-    const int pos = *pos_ptr + t;
+    const int pos = pos_rows[t];
+    const u64 row = kv_row(tables + (u64)seq_rows[t] * table_len, pos);
     const int half = hd >> 1;
     const int n_rot = (n_heads + n_kv) * half;
     q += (u64)t * n_heads * hd;
@@ -33,7 +37,7 @@ extern "C" __global__ void rope_kv(float* q, const float* k, const float* v, flo
         } else {
             const int kh = h - n_heads;
             const float* kr = k + kh * hd;
-            float* dst = kc + ((u64)pos * n_kv + kh) * hd;
+            float* dst = kc + (row * n_kv + kh) * hd;
             const float x0 = kr[a], x1 = kr[b];
             dst[a] = x0 * cs - x1 * sn;
             dst[b] = x0 * sn + x1 * cs;
@@ -41,5 +45,5 @@ extern "C" __global__ void rope_kv(float* q, const float* k, const float* v, flo
         return;
     }
     const int vi = i - n_rot;
-    if (vi < n_kv * hd) vc[(u64)pos * n_kv * hd + vi] = v[vi];
+    if (vi < n_kv * hd) vc[row * n_kv * hd + vi] = v[vi];
 }

@@ -69,7 +69,7 @@ Feature: Many jobs at once: slots, a bounded queue and batch-invariant streams
     When I plan the tiny test model
     Then the plan's capacity is the idle capacity for 4 slots, 16 queue places and a pool of 1000 positions
 
-  @WORKER-4121 @WORKER-4245 @WORKER-4122 @serial @many-slots
+  @WORKER-4121 @WORKER-4245 @WORKER-4122 @serial
   Scenario: A resident byte flipped while a job runs is caught at the next admission, and every job in flight ends with the seal error
     Given a worker serving the larger test model
     When I start executing "Once upon a time" with max_tokens 2000
@@ -80,7 +80,7 @@ Feature: Many jobs at once: slots, a bounded queue and batch-invariant streams
     Then the stream ends with an "error" event with code "SEAL_VERIFICATION_FAILED"
     And the worker exits with code 5 within 15 seconds
 
-  @WORKER-4420 @serial @many-slots
+  @WORKER-4420 @serial
   Scenario: A job that arrives while another runs starts at the next step, beside it
     Given a worker configured for the larger test model
     And the configuration sets "admission_window_ms" to 0
@@ -92,7 +92,7 @@ Feature: Many jobs at once: slots, a bounded queue and batch-invariant streams
     And the running stream is still sending tokens
     And I cancel the job
 
-  @WORKER-4121 @WORKER-4245 @serial @many-slots
+  @WORKER-4121 @WORKER-4245 @serial
   Scenario: Jobs that arrive together share one seal verification
     Given a worker configured for the larger test model
     And the configuration sets "admission_window_ms" to 100
@@ -102,7 +102,7 @@ Feature: Many jobs at once: slots, a bounded queue and batch-invariant streams
     Then every job ends with an "end" event
     And the metric "worker_orcd_seal_verifications_total" increased by 1
 
-  @WORKER-4420 @serial @many-slots
+  @WORKER-4420 @serial
   Scenario: A job whose KV pages do not fit beside the running job waits for them, then runs
     Given a worker configured for the larger test model
     And the configuration sets "max_context" to 256

@@ -61,9 +61,8 @@ Feature: Memory safety, CUDA boundary and resource limits
     Then the stream ends with an "error" event with code "EXECUTION_TIMEOUT"
 
   # The CPU engine's pages hold 16 positions, so max_context 256 makes a pool
-  # of 16 pages; the CUDA engine, one sequence at a time so far, reports one
-  # page of the whole context. A request asking for more tokens than the
-  # context reserves every page.
+  # of 16 pages; the CUDA engine's hold 32, so 8 pages. A request asking for
+  # more tokens than the context reserves every page.
   @WORKER-4422 @WORKER-4810
   Scenario: The metrics show the KV pages a running job reserved, and none once it ends
     Given a worker configured for the larger test model

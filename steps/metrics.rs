@@ -210,18 +210,14 @@ async fn kv_bytes_exact(w: &mut World) {
 /// The KV pool's gauges (issue 11 point 3): pages reserved, pages in all,
 /// and their ratio, as one consistent triple. The pool's page count is the
 /// harness's arithmetic from the documented page sizes: the CPU engine's
-/// pages hold 16 positions; the CUDA engine, one sequence at a time so far,
-/// reports one page of the whole context.
+/// pages hold 16 positions, the CUDA engine's 32 (one attention chunk).
 #[then(
     regex = r"^the metrics show (no|every) KV cache page in use, of a pool for (\d+) positions$"
 )]
 async fn kv_pages(w: &mut World, which: String, positions: u64) {
     let backend = crate::steps::world::ctx().backend();
-    let total = if backend == "cuda" {
-        1
-    } else {
-        positions.div_ceil(16)
-    } as f64;
+    let page = if backend == "cuda" { 32 } else { 16 };
+    let total = positions.div_ceil(page) as f64;
     let used = if which == "no" { 0.0 } else { total };
     let (_, m) = scrape(w).await;
     let get = |name: &str| m.get(name).copied();

@@ -90,11 +90,6 @@ pub fn gate(s: &traceability::ScenarioInfo, g: &Gates) -> Option<Status> {
         return Some(Status::CpuOnly);
     }
     // In CI and on the GPU machine SmolLM2 must be there: a missing file fails, never skips.
-    // Several jobs in one engine step: the CUDA engine holds one sequence
-    // until its paged attention lands (issue 11); its capacity says so.
-    if s.has("many-slots") && g.require_gpu {
-        return Some(Status::OneSequenceEngine);
-    }
     if s.has("smollm2") && !g.have_smollm2 && !g.ci && !g.require_gpu {
         return Some(Status::NoModel);
     }

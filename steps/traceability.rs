@@ -43,16 +43,7 @@ use std::sync::{Arc, Mutex};
 
 /// Tags that are not requirement IDs but mark how a scenario runs.
 pub const MARKERS: &[&str] = &[
-    "gpu",
-    "gpu2",
-    "many-slots",
-    "post-m0",
-    "root",
-    "serial",
-    "smollm2",
-    "source",
-    "snapshot",
-    "unit",
+    "gpu", "gpu2", "post-m0", "root", "serial", "smollm2", "source", "snapshot", "unit",
 ];
 
 /// Flags the index may carry (comma-separated, or `-` for none).
@@ -341,9 +332,6 @@ pub enum Status {
     NoSource,
     NoModel,
     CpuOnly,
-    /// `@many-slots`: needs an engine that runs several sequences per step;
-    /// the CUDA engine runs one until its paged attention lands (issue 11).
-    OneSequenceEngine,
     /// `@root`: privilege handling that only a root-started worker shows.
     NeedsRoot,
     NotSelected,
@@ -362,9 +350,6 @@ impl Status {
             Status::NoSource => "not applicable here (no source tree)",
             Status::NoModel => "not applicable here (model not installed)",
             Status::CpuOnly => "not applicable here (CPU-path snapshot)",
-            Status::OneSequenceEngine => {
-                "not applicable here (the CUDA engine runs one sequence at a time)"
-            }
             Status::NeedsRoot => "not applicable here (needs root)",
             Status::NotSelected => "not selected",
             Status::NotRun => "not run",

@@ -45,6 +45,7 @@ fn check(file: &str, golden: &str, f64_name: &str, required_in_ci: bool) {
     let opts = LoadOptions {
         max_context: 1024,
         kv_pool_tokens: 0,
+        max_sequences: 1,
         gpu_device: 0,
         threads: 0,
     };

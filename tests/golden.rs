@@ -397,6 +397,7 @@ fn check_model(model_file: &str, golden: &str, f64_name: &str, required_in_ci: b
     let opts = LoadOptions {
         max_context: 512,
         kv_pool_tokens: 0,
+        max_sequences: 1,
         gpu_device: 0,
         threads: 0,
     };

@@ -184,6 +184,10 @@ fn bench(a: &BenchArgs) -> Result<()> {
         // its last token where a further one would still fit.
         max_context: need + 1,
         kv_pool_tokens: sweep_pool_tokens(a, levels.as_deref(), need),
+        max_sequences: levels
+            .as_deref()
+            .and_then(|l| l.iter().copied().max())
+            .unwrap_or(1),
         gpu_device: a.gpu_device,
         threads: a.threads,
     };

@@ -97,6 +97,7 @@ fn engine(pool_seqs: usize) -> (CpuEngine, Tokenizer) {
     let opts = LoadOptions {
         max_context: PROMPT + GEN + 1,
         kv_pool_tokens: pool_seqs * per_seq,
+        max_sequences: 1,
         gpu_device: 0,
         threads: 2,
     };

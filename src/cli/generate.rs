@@ -214,6 +214,7 @@ fn generate(args: &GenerateArgs) -> Result<()> {
     let opts = LoadOptions {
         max_context: need.min(m.cfg.context_length),
         kv_pool_tokens: 0,
+        max_sequences: 1,
         gpu_device: args.gpu_device,
         threads: args.threads,
     };

@@ -99,7 +99,6 @@ pub struct KeyFlags {
     #[arg(long, value_name = "cuda|cpu")]
     pub backend: Option<String>,
     /// Jobs that run at once (continuous batching), 1..=256 (default 8).
-    /// The CUDA engine runs one at a time until its paged attention lands.
     #[arg(long, value_name = "N")]
     pub slots_total: Option<String>,
     /// Jobs that may wait for a slot, 0..=4096 (default 64); beyond them

@@ -197,6 +197,7 @@ pub fn load(
     let opts = LoadOptions {
         max_context: cfg.max_context,
         kv_pool_tokens: cfg.kv_cache_tokens,
+        max_sequences: cfg.slots_total as usize,
         gpu_device: cfg.gpu_device,
         threads: 0,
     };

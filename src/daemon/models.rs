@@ -101,19 +101,26 @@ pub fn check_size(path: &Path, max: u64) -> Result<u64> {
 /// Bytes the `backend` engine will hold for `mc` with a context of `ctx`
 /// tokens (clamped, as both engines clamp it, to the trained context) and
 /// a KV pool of `kv_tokens` positions (at least the context; 0 means the
-/// context).
+/// context), for `seqs` sequences at once.
 pub fn memory_estimate(
     backend: BackendKind,
     weights: u64,
     mc: &ModelConfig,
     ctx: usize,
     kv_tokens: usize,
+    seqs: usize,
 ) -> MemoryReport {
     let ctx = ctx.min(mc.context_length);
     if backend == BackendKind::Cuda {
         // The CUDA engine's own allocation list: weights, KV cache, every
         // fixed scratch buffer and the cuBLAS workspace.
-        return crate::engine::cuda::planned_memory(mc, weights as usize, ctx.max(1));
+        return crate::engine::cuda::planned_memory(
+            mc,
+            weights as usize,
+            ctx.max(1),
+            kv_tokens,
+            seqs,
+        );
     }
     // The CPU engine's KV pool: whole pages, at least the context.
     let pool =
@@ -227,6 +234,7 @@ pub fn plan(app: &AppState, req: &PlanRequest) -> Result<PlanResponse> {
         &mc,
         cfg.max_context,
         cfg.kv_cache_tokens,
+        cfg.slots_total as usize,
     )
     .total();
     let mut reason = None;

@@ -123,23 +123,23 @@ fn tiny_config() -> ModelConfig {
 #[test]
 fn memory_estimate_counts_kv_for_the_planned_context() {
     let mc = tiny_config();
-    let m = memory_estimate(BackendKind::Cpu, 1000, &mc, 50, 0);
+    let m = memory_estimate(BackendKind::Cpu, 1000, &mc, 50, 0, 1);
     assert_eq!(m.weights_bytes, 1000);
     // The CPU engine's KV pool holds whole pages of 16 positions: 50 -> 64.
     assert_eq!(m.kv_cache_bytes, 2 * 2 * 64 * 4 * 4);
     // The context is clamped to what the model was trained for (100 -> 112).
     assert_eq!(
-        memory_estimate(BackendKind::Cpu, 1000, &mc, 1000, 0).kv_cache_bytes,
+        memory_estimate(BackendKind::Cpu, 1000, &mc, 1000, 0, 1).kv_cache_bytes,
         2 * 2 * 112 * 4 * 4
     );
     // A pool larger than the context (kv_cache_tokens): 200 -> 208; a
     // smaller one is raised to the context.
     assert_eq!(
-        memory_estimate(BackendKind::Cpu, 1000, &mc, 50, 200).kv_cache_bytes,
+        memory_estimate(BackendKind::Cpu, 1000, &mc, 50, 200, 1).kv_cache_bytes,
         2 * 2 * 208 * 4 * 4
     );
     assert_eq!(
-        memory_estimate(BackendKind::Cpu, 1000, &mc, 50, 20).kv_cache_bytes,
+        memory_estimate(BackendKind::Cpu, 1000, &mc, 50, 20, 1).kv_cache_bytes,
         m.kv_cache_bytes
     );
     assert!(m.scratch_bytes > 0);
@@ -151,9 +151,20 @@ fn memory_estimate_counts_kv_for_the_planned_context() {
 #[test]
 fn cuda_estimate_counts_every_device_buffer() {
     let mc = tiny_config();
-    let m = memory_estimate(BackendKind::Cuda, 1000, &mc, 50, 0);
+    let m = memory_estimate(BackendKind::Cuda, 1000, &mc, 50, 0, 1);
     assert_eq!(m.weights_bytes, 1000);
-    assert_eq!(m.kv_cache_bytes, 2 * 2 * 50 * 4 * 4);
+    // The pool holds whole pages of 32 positions: 50 -> 64.
+    assert_eq!(m.kv_cache_bytes, 2 * 2 * 64 * 4 * 4);
+    // A larger pool: 200 -> 224 positions; more sequences need more scratch.
+    let big = memory_estimate(BackendKind::Cuda, 1000, &mc, 50, 200, 1);
+    assert_eq!(big.kv_cache_bytes, 2 * 2 * 224 * 4 * 4);
+    let many = memory_estimate(BackendKind::Cuda, 1000, &mc, 50, 0, 8);
+    assert!(
+        many.scratch_bytes > m.scratch_bytes,
+        "8 sequences planned {} scratch bytes, 1 sequence {}",
+        many.scratch_bytes,
+        m.scratch_bytes
+    );
     let dequant = (mc.n_heads * mc.head_dim).max(mc.ffn_dim) * mc.d_model * 4;
     assert!(
         m.scratch_bytes >= (crate::gpu::gemm::BLAS_WORKSPACE_BYTES + dequant) as u64,
@@ -162,8 +173,8 @@ fn cuda_estimate_counts_every_device_buffer() {
     );
     // Clamped to the trained context like the engine.
     assert_eq!(
-        memory_estimate(BackendKind::Cuda, 1000, &mc, 1000, 0).kv_cache_bytes,
-        2 * 2 * 100 * 4 * 4
+        memory_estimate(BackendKind::Cuda, 1000, &mc, 1000, 0, 1).kv_cache_bytes,
+        2 * 2 * 128 * 4 * 4
     );
 }
 

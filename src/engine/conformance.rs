@@ -445,3 +445,122 @@ pub fn batched_contract(e: &mut dyn Engine) -> Vec<String> {
     }
     bad
 }
+
+/// Batch invariance, held the same on every backend (issue 11 point 5;
+/// WORKER-4710 under batching): `n` sequences of different prompt lengths,
+/// teacher-forced through `decode` tokens each, give every sequence the same
+/// logits, bit for bit, whether it runs alone or beside the others, arriving
+/// one step apart so prompt chunks and decode rows of different lengths
+/// share steps. Returns every broken rule, in words.
+pub fn batch_invariance(e: &mut dyn Engine, n: usize, decode: usize) -> Vec<String> {
+    use crate::engine::batch::{SeqSlot, StepChunk};
+    let vocab = e.config().vocab_size as u32;
+    // Request i: a prompt of 1 + 5i tokens (capped to half the context), then
+    // `decode` forced tokens; all ids spread over the vocabulary.
+    let half = (e.max_context() / 2).max(1);
+    let requests: Vec<(Vec<u32>, Vec<u32>)> = (0..n)
+        .map(|i| {
+            let len = (1 + 5 * i).min(half).min(e.prefill_chunk());
+            let tok = |j: usize| ((i * 7919 + j * 104_729 + 3) as u32) % vocab;
+            let prompt = (0..len).map(tok).collect();
+            let forced = (len..len + decode).map(tok).collect();
+            (prompt, forced)
+        })
+        .collect();
+    type Logits = Vec<Vec<f32>>;
+    // Run the requests that arrive at step `arrive[i]` through one schedule;
+    // returns each request's logits after its prompt and each forced token.
+    let mut run = |only: Option<usize>| -> crate::error::Result<Vec<Logits>> {
+        let ids: Vec<usize> = match only {
+            Some(i) => vec![i],
+            None => (0..n).collect(),
+        };
+        let mut slots: Vec<Option<SeqSlot>> = vec![None; n];
+        let mut done: Vec<usize> = vec![0; n];
+        let mut out: Vec<Logits> = vec![Vec::new(); n];
+        let mut step_no = 0;
+        let result = (|| loop {
+            for &i in &ids {
+                // Alone, a request starts at once; together, request i at step i.
+                if slots[i].is_none() && (only.is_some() || step_no >= i) && done[i] == 0 {
+                    let (p, f) = &requests[i];
+                    slots[i] = Some(e.admit(p.len() + f.len())?);
+                }
+            }
+            let mut chunks = Vec::new();
+            for &i in &ids {
+                let Some(s) = slots[i] else { continue };
+                let (p, f) = &requests[i];
+                let k = done[i];
+                if k > decode {
+                    continue;
+                }
+                chunks.push(if k == 0 {
+                    StepChunk {
+                        seq: s,
+                        tokens: p,
+                        pos: 0,
+                    }
+                } else {
+                    StepChunk {
+                        seq: s,
+                        tokens: &f[k - 1..k],
+                        pos: p.len() + k - 1,
+                    }
+                });
+            }
+            if chunks.is_empty() {
+                if ids.iter().all(|&i| done[i] > decode) {
+                    return Ok(());
+                }
+                step_no += 1;
+                continue;
+            }
+            e.step(&chunks)?;
+            for c in &chunks {
+                let i = ids
+                    .iter()
+                    .copied()
+                    .find(|&i| slots[i] == Some(c.seq))
+                    .unwrap_or(0);
+                out[i].push(e.seq_logits(c.seq)?);
+                done[i] += 1;
+            }
+            step_no += 1;
+        })();
+        for s in slots.into_iter().flatten() {
+            e.release(s);
+        }
+        result.map(|()| out)
+    };
+    let together = match run(None) {
+        Ok(v) => v,
+        Err(err) => return vec![format!("the batched run failed: {}", err.message())],
+    };
+    let mut bad = Vec::new();
+    for i in 0..n {
+        let alone = match run(Some(i)) {
+            Ok(mut v) => v.swap_remove(i),
+            Err(err) => {
+                bad.push(format!("request {i} alone failed: {}", err.message()));
+                continue;
+            }
+        };
+        let same = alone.len() == together[i].len()
+            && alone.iter().zip(&together[i]).all(|(a, b)| {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+            });
+        if !same {
+            let first = alone
+                .iter()
+                .zip(&together[i])
+                .position(|(a, b)| a.iter().zip(b).any(|(x, y)| x.to_bits() != y.to_bits()));
+            bad.push(format!(
+                "request {i} (prompt of {} tokens): logits alone and batched differ (first at output {first:?} of {})",
+                requests[i].0.len(),
+                alone.len()
+            ));
+        }
+    }
+    bad
+}

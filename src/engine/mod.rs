@@ -66,6 +66,10 @@ pub struct LoadOptions {
     /// Positions the KV pool holds for all sequences together, rounded up
     /// to whole pages; at least `max_context` (0 means exactly that).
     pub kv_pool_tokens: usize,
+    /// Sequences one step may hold (the daemon's `slots_total`; 0 counts
+    /// as 1). The CUDA engine sizes its step buffers for them at load; the
+    /// CPU engine needs no per-sequence buffers and ignores it.
+    pub max_sequences: usize,
     /// CUDA device ordinal (ignored by the CPU engine).
     pub gpu_device: u32,
     /// Host threads for the CPU engine (0 = all cores).
@@ -92,7 +96,9 @@ pub enum Fault {
     AvailableBytes { bytes: u64 },
 }
 
-/// A loaded, resident model that can run one sequence at a time.
+/// A loaded, resident model: single-sequence calls (`forward`, `logits`,
+/// `sample`) and the batched interface (`admit`, `step`, `seq_*`) over one
+/// paged KV pool.
 pub trait Engine: Send {
     fn backend(&self) -> BackendKind;
 

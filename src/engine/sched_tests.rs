@@ -25,6 +25,7 @@ fn model() -> (CpuEngine, Tokenizer) {
     let opts = LoadOptions {
         max_context: MAX_CONTEXT,
         kv_pool_tokens: MAX_CONTEXT * 12,
+        max_sequences: 1,
         gpu_device: 0,
         threads: 2,
     };

@@ -14,6 +14,52 @@ use crate::error::{Result, WorkerError};
 
 /// Rows per split-KV chunk; must equal ATT_CHUNK in cuda/attention.cu.
 pub const ATT_CHUNK: usize = 32;
+/// Positions per page of the paged KV pool: one attention chunk, so a
+/// chunk's rows are consecutive in the pool and a short request wastes at
+/// most 31 positions. Defined here once; `compile::translation_unit` hands
+/// it to every kernel as `KV_PAGE` (attention.cu asserts it holds whole chunks).
+pub const KV_PAGE_TOKENS: usize = ATT_CHUNK;
+
+/// Where each row of a launch finds its KV rows: its position and its
+/// sequence (one i32 each per row), every sequence's page table
+/// (`table_len` i32 page ids each, `tables` holding `n_tables` of them) and
+/// the pool's size in pages. The engine writes rows and tables from its own
+/// page tables (`engine::kv::KvPool`) after `check_step`, so every sequence
+/// id names a table, every page id is below `pool_pages` and every position
+/// is below `table_len * KV_PAGE_TOKENS`: the kernels trust those values.
+#[derive(Clone, Copy)]
+pub struct KvRows<'a> {
+    pub pos: Span<'a>,
+    pub seq: Span<'a>,
+    pub tables: Span<'a>,
+    pub n_tables: usize,
+    pub table_len: usize,
+    pub pool_pages: usize,
+}
+
+/// The device pointers of a [`KvRows`] for `n_tok` rows, windows checked,
+/// and the bytes a layer's key (or value) pool spans.
+pub(super) struct KvArgs {
+    pub(super) pos: u64,
+    pub(super) seq: u64,
+    pub(super) tables: u64,
+    pub(super) table_len: i32,
+    pub(super) pool_bytes: usize,
+}
+
+impl KvRows<'_> {
+    pub(super) fn args(&self, n_tok: usize, kv_dim: usize) -> Result<KvArgs> {
+        Ok(KvArgs {
+            pos: self.pos.need(4 * n_tok, "row positions")?,
+            seq: self.seq.need(4 * n_tok, "row sequences")?,
+            tables: self
+                .tables
+                .need(4 * self.table_len * self.n_tables.max(1), "page tables")?,
+            table_len: as_i32(self.table_len, "table_len")?,
+            pool_bytes: 4 * self.pool_pages * KV_PAGE_TOKENS * kv_dim,
+        })
+    }
+}
 /// Cache rows per chunk and query rows per block of attn_prefill_tile
 /// (PT_KC and PT_ROWS in cuda/attention.cu).
 const PT_KC: usize = 32;
@@ -62,9 +108,12 @@ impl Gpu {
         n_tok * n_heads * max_ctx.div_ceil(ATT_CHUNK) * (hd + 2) + n_tok * n_heads
     }
 
-    /// Attention of `n_tok` queries (token t at position *pos + t) over cache
-    /// rows 0..=*pos+t in one launch: split-KV partials, and the last block of
-    /// each (token, head) folds them in chunk order.
+    /// Attention of `n_tok` query rows (row t at position rows.pos[t] of
+    /// sequence rows.seq[t]) over each one's cache rows 0..=pos in one
+    /// launch: split-KV partials, and the last block of each (row, head)
+    /// folds them in chunk order. The grid covers `reach` positions (at most
+    /// `max_ctx`; a captured graph passes `max_ctx` so it stays valid as
+    /// positions grow); every row's position must be below `reach`.
     #[allow(clippy::too_many_arguments)]
     pub fn attention(
         &self,
@@ -73,24 +122,26 @@ impl Gpu {
         vc: Span,
         out: Span,
         part: Span,
-        pos: Span,
+        rows: KvRows,
         n_heads: usize,
         n_kv: usize,
         hd: usize,
         max_ctx: usize,
         n_tok: usize,
+        reach: usize,
     ) -> Result<()> {
         check_shape("attention", n_heads, n_kv, hd, n_tok)?;
         let n_chunks = max_ctx.div_ceil(ATT_CHUNK);
+        let grid_chunks = reach.clamp(1, max_ctx.max(1)).div_ceil(ATT_CHUNK);
+        let kv = rows.args(n_tok, n_kv * hd)?;
         let qp = q.need(4 * n_heads * hd * n_tok, "q")?;
-        let kcp = kc.need(4 * max_ctx * n_kv * hd, "k cache")?;
-        let vcp = vc.need(4 * max_ctx * n_kv * hd, "v cache")?;
+        let kcp = kc.need(kv.pool_bytes, "k cache")?;
+        let vcp = vc.need(kv.pool_bytes, "v cache")?;
         let op = out.need(4 * n_heads * hd * n_tok, "out")?;
         let pp_ = part.need(
             4 * Self::attn_scratch_floats(n_heads, hd, max_ctx, n_tok),
             "attention scratch",
         )?;
-        let pp = pos.need(4, "pos")?;
         // The counters follow the partials inside the same scratch window.
         let counters = pp_ + 4 * (n_tok * n_heads * n_chunks * (hd + 2)) as u64;
         let (nh, nk, hdi, nc) = (
@@ -102,7 +153,7 @@ impl Gpu {
         let scale = 1.0f32 / (hd as f32).sqrt();
         let f = self.func("attn_partial")?;
         let cfg = LaunchConfig {
-            grid_dim: (n_heads as u32, n_chunks as u32, n_tok as u32),
+            grid_dim: (n_heads as u32, grid_chunks as u32, n_tok as u32),
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -113,25 +164,31 @@ impl Gpu {
             .arg(&pp_)
             .arg(&counters)
             .arg(&op)
-            .arg(&pp)
+            .arg(&kv.pos)
+            .arg(&kv.seq)
+            .arg(&kv.tables)
+            .arg(&kv.table_len)
             .arg(&nh)
             .arg(&nk)
             .arg(&hdi)
             .arg(&nc)
             .arg(&scale);
         // SAFETY: windows checked above (the scratch window holds the partials
-        // and the n_tok * n_heads counters after them); *pos + n_tok <= max_ctx
-        // is kept by the caller, so every cache row read is inside the cache
-        // window; types match attn_partial in cuda/attention.cu.
+        // and the n_tok * n_heads counters after them); the rows' sequences,
+        // pages and positions are the engine's checked values (see KvRows),
+        // so every cache row read is inside the pool windows; types match
+        // attn_partial in cuda/attention.cu.
         unsafe { l.launch(cfg) }
             .map(|_| ())
             .map_err(cuda_err("launching attn_partial"))
     }
 
-    /// Prefill attention of `n_tok` queries (token t at position *pos + t)
-    /// over cache rows 0..=*pos+t with an online softmax and no scratch, so
-    /// the chunk can be large: tiled per KV head (`attn_prefill_tile_<hd>`) when
-    /// the shape allows, else one block per (head, token).
+    /// Prefill attention of `n_tok` query rows of one sequence at
+    /// consecutive positions (row t at rows.pos[0] + t, every rows.seq[t]
+    /// the same) over its cache rows 0..=pos with an online softmax and no
+    /// scratch, so the chunk can be large: tiled per KV head
+    /// (`attn_prefill_tile_<hd>`) when the shape allows, else one block per
+    /// (head, token).
     #[allow(clippy::too_many_arguments)]
     pub fn attention_prefill(
         &self,
@@ -139,19 +196,18 @@ impl Gpu {
         kc: Span,
         vc: Span,
         out: Span,
-        pos: Span,
+        rows: KvRows,
         n_heads: usize,
         n_kv: usize,
         hd: usize,
-        max_ctx: usize,
         n_tok: usize,
     ) -> Result<()> {
         check_shape("prefill attention", n_heads, n_kv, hd, n_tok)?;
+        let kv = rows.args(n_tok, n_kv * hd)?;
         let qp = q.need(4 * n_heads * hd * n_tok, "q")?;
-        let kcp = kc.need(4 * max_ctx * n_kv * hd, "k cache")?;
-        let vcp = vc.need(4 * max_ctx * n_kv * hd, "v cache")?;
+        let kcp = kc.need(kv.pool_bytes, "k cache")?;
+        let vcp = vc.need(kv.pool_bytes, "v cache")?;
         let op = out.need(4 * n_heads * hd * n_tok, "out")?;
-        let pp = pos.need(4, "pos")?;
         let (nh, nk, hdi) = (
             as_i32(n_heads, "n_heads")?,
             as_i32(n_kv, "n_kv")?,
@@ -177,15 +233,18 @@ impl Gpu {
                 .arg(&kcp)
                 .arg(&vcp)
                 .arg(&op)
-                .arg(&pp)
+                .arg(&kv.pos)
+                .arg(&kv.seq)
+                .arg(&kv.tables)
+                .arg(&kv.table_len)
                 .arg(&nh)
                 .arg(&nk)
                 .arg(&nt)
                 .arg(&tqi)
                 .arg(&scale);
-            // SAFETY: windows checked above; *pos + n_tok <= max_ctx is kept by
-            // the caller, so every cache row read (< *pos + n_tok) is inside
-            // the cache windows; tq * (n_heads / n_kv) <= PT_ROWS and hd is the
+            // SAFETY: windows checked above; the rows' sequence, pages and
+            // positions are the engine's checked values (see KvRows), so
+            // every cache row read is inside the pool windows; tq * (n_heads / n_kv) <= PT_ROWS and hd is the
             // kernel's HD (prefill_tile_shape), smem sized by the same formula
             // as the kernel's layout; types match attn_prefill_tile_<HD> in
             // cuda/attention.cu.
@@ -204,14 +263,18 @@ impl Gpu {
             .arg(&kcp)
             .arg(&vcp)
             .arg(&op)
-            .arg(&pp)
+            .arg(&kv.pos)
+            .arg(&kv.seq)
+            .arg(&kv.tables)
+            .arg(&kv.table_len)
             .arg(&nh)
             .arg(&nk)
             .arg(&hdi)
             .arg(&scale);
-        // SAFETY: windows checked above; *pos + n_tok <= max_ctx is kept by the
-        // caller, so every cache row read is inside the cache windows; types
-        // match attn_prefill in cuda/attention.cu (128 threads cover hd <= 256).
+        // SAFETY: windows checked above; the rows' sequences, pages and
+        // positions are the engine's checked values (see KvRows), so every
+        // cache row read is inside the pool windows; types match
+        // attn_prefill in cuda/attention.cu (128 threads cover hd <= 256).
         unsafe { l.launch(cfg) }
             .map(|_| ())
             .map_err(cuda_err("launching attn_prefill"))

@@ -70,8 +70,10 @@ fn ensure_nvrtc() -> Result<()> {
     }
 }
 
-/// The full translation unit of one kernel file: the header pasted in place
-/// of its `#include "common.cuh"` line (NVRTC then needs no include paths).
+/// The full translation unit of one kernel file: the constants the kernels
+/// share with their launchers (defined once, in Rust), then the header
+/// pasted in place of its `#include "common.cuh"` line (NVRTC then needs no
+/// include paths).
 pub fn translation_unit(name: &str, src: &str) -> String {
     let body: String = src
         .lines()
@@ -84,7 +86,8 @@ pub fn translation_unit(name: &str, src: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n");
-    format!("{COMMON_CUH}\n#line 1 \"{name}\"\n{body}\n")
+    let page = super::attention::KV_PAGE_TOKENS;
+    format!("#define KV_PAGE {page}\n{COMMON_CUH}\n#line 1 \"{name}\"\n{body}\n")
 }
 
 /// Compile one translation unit to CUBIN for `arch` (e.g. "sm_90").

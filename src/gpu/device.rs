@@ -128,6 +128,18 @@ pub const KERNEL_NAMES: &[&str] = &[
     "topk_radix_hist",
     "topk_radix_gather",
     "sha256_leaves",
+    "matvec_f32_gu_b8",
+    "matvec_f16_gu_b8",
+    "matvec_bf16_gu_b8",
+    "matvec_q4_0_gu_b8",
+    "matvec_q4_1_gu_b8",
+    "matvec_q5_0_gu_b8",
+    "matvec_q5_1_gu_b8",
+    "matvec_q8_0_gu_b8",
+    "matvec_q4_k_gu_b8",
+    "matvec_q5_k_gu_b8",
+    "matvec_q6_k_gu_b8",
+    "row_rms",
 ];
 
 /// One device allocation, freed exactly once when dropped (cudarc's

@@ -11,6 +11,7 @@
 //! `backend: "cpu"`: the crate builds and its CPU paths run with no CUDA at all.
 
 pub mod attention;
+pub mod batched;
 pub mod compile;
 pub mod device;
 pub mod gemm;

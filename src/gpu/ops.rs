@@ -91,43 +91,23 @@ impl Gpu {
         allow_staged: bool,
     ) -> Result<()> {
         let (dtype, w, x, bias, y, rows, cols, batch, accumulate) = a;
-        if batch == 0 || batch > 65_535 * 8 {
-            return Err(WorkerError::invalid(format!(
-                "matvec batch {batch} out of range"
-            )));
+        if batch != 1 {
+            return self.matvec_rows(dtype, w, x, None, bias, y, rows, cols, batch, accumulate);
         }
-        let base = format!("matvec_{}", dtype_suffix(dtype).unwrap_or("none"));
-        let (st, st_cfg) = decode_launch(dtype, rows, cols, usize::from(allow_staged));
-        let name = if batch == 1 {
-            format!("{base}{st}")
-        } else {
-            format!("{base}_b8")
-        };
+        let (st, cfg) = decode_launch(dtype, rows, cols, usize::from(allow_staged));
+        let name = format!("matvec_{}{st}", dtype_suffix(dtype).unwrap_or("none"));
         let rb = row_bytes(dtype, cols)?;
         let wp = w.need(rb * rows, "weights")?;
-        let xp = x.need(4 * cols * batch, "x")?;
-        let yp = y.need(4 * rows * batch, "y")?;
+        let xp = x.need(4 * cols, "x")?;
+        let yp = y.need(4 * rows, "y")?;
         let bp = match bias {
             Some(b) => b.need(4 * rows, "bias")?,
             None => 0u64,
         };
-        let (rows_i, cols_i, batch_i) = (
-            as_i32(rows, "rows")?,
-            as_i32(cols, "cols")?,
-            as_i32(batch, "batch")?,
-        );
+        let (rows_i, cols_i) = (as_i32(rows, "rows")?, as_i32(cols, "cols")?);
         let rb64 = rb as u64;
         let acc = accumulate as i32;
         let f = self.func(&name)?;
-        let cfg = if batch == 1 {
-            st_cfg
-        } else {
-            LaunchConfig {
-                grid_dim: (blocks(rows, 4), blocks(batch, 8), 1),
-                block_dim: (128, 1, 1),
-                shared_mem_bytes: 0,
-            }
-        };
         let (nw, eps) = (0u64, 0f32);
         let mut l = self.stream.launch_builder(f);
         l.arg(&wp)
@@ -137,16 +117,13 @@ impl Gpu {
             .arg(&yp)
             .arg(&rows_i)
             .arg(&cols_i)
-            .arg(&acc);
-        if batch > 1 {
-            l.arg(&batch_i);
-        } else {
-            l.arg(&nw).arg(&eps);
-        }
+            .arg(&acc)
+            .arg(&nw)
+            .arg(&eps);
         // SAFETY: every pointer lies in a live allocation with at least the
         // bytes this shape reads or writes (checked above); argument types and
-        // order match `matvec_impl` / `matvec_st_impl` / `matmul_impl` in
-        // cuda/matvec.cu; the staged shared size comes from `staged_smem`.
+        // order match `matvec_impl` / `matvec_st_impl` in cuda/matvec.cu; the
+        // staged shared size comes from `staged_smem`.
         unsafe { l.launch(cfg) }
             .map(|_| ())
             .map_err(cuda_err(&format!("launching {name}")))
@@ -308,7 +285,8 @@ impl Gpu {
             .map_err(cuda_err("launching rmsnorm"))
     }
 
-    /// Rotate q and k at position *pos and write k, v into the layer's cache row.
+    /// Rotate q and k of each row at its position and write k, v into the
+    /// layer's pool row of that position of the row's sequence.
     #[allow(clippy::too_many_arguments)]
     pub fn rope_kv(
         &self,
@@ -317,11 +295,10 @@ impl Gpu {
         v: Span,
         kc: Span,
         vc: Span,
-        pos: Span,
+        rows: super::attention::KvRows,
         n_heads: usize,
         n_kv: usize,
         hd: usize,
-        max_ctx: usize,
         neox: bool,
         base: f32,
         n_tok: usize,
@@ -334,10 +311,9 @@ impl Gpu {
         let qp = q.need(4 * n_heads * hd * n_tok, "q")?;
         let kp = k.need(4 * n_kv * hd * n_tok, "k")?;
         let vp = v.need(4 * n_kv * hd * n_tok, "v")?;
-        // The kernel writes row *pos < max_ctx: the caller checks pos against max_ctx.
-        let kcp = kc.need(4 * max_ctx * n_kv * hd, "k cache")?;
-        let vcp = vc.need(4 * max_ctx * n_kv * hd, "v cache")?;
-        let pp = pos.need(4, "pos")?;
+        let kv = rows.args(n_tok, n_kv * hd)?;
+        let kcp = kc.need(kv.pool_bytes, "k cache")?;
+        let vcp = vc.need(kv.pool_bytes, "v cache")?;
         let (nh, nk, hdi, nx) = (
             as_i32(n_heads, "n_heads")?,
             as_i32(n_kv, "n_kv")?,
@@ -357,14 +333,19 @@ impl Gpu {
             .arg(&vp)
             .arg(&kcp)
             .arg(&vcp)
-            .arg(&pp)
+            .arg(&kv.pos)
+            .arg(&kv.seq)
+            .arg(&kv.tables)
+            .arg(&kv.table_len)
             .arg(&nh)
             .arg(&nk)
             .arg(&hdi)
             .arg(&nx)
             .arg(&base);
-        // SAFETY: windows checked above (cache windows cover max_ctx rows and
-        // the caller keeps *pos < max_ctx); types match cuda/rope_kv.cu.
+        // SAFETY: windows checked above (the pool windows hold every page);
+        // the rows' sequences, pages and positions are the engine's checked
+        // values (see KvRows), so every row written is inside the pool;
+        // types match cuda/rope_kv.cu.
         unsafe { l.launch(cfg) }
             .map(|_| ())
             .map_err(cuda_err("launching rope_kv"))

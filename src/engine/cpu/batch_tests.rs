@@ -22,6 +22,7 @@ fn engine(spec: &TestModelSpec, max_context: usize, kv_pool_tokens: usize) -> Cp
     let opts = LoadOptions {
         max_context,
         kv_pool_tokens,
+        max_sequences: 1,
         gpu_device: 0,
         threads: 2,
     };

@@ -20,6 +20,7 @@ fn opts(max_context: usize) -> LoadOptions {
     LoadOptions {
         max_context,
         kv_pool_tokens: 0,
+        max_sequences: 1,
         gpu_device: 0,
         threads: 2,
     }
@@ -160,6 +161,18 @@ fn engine_edge_cases_are_the_shared_contract() {
     let mut e = CpuEngine::load(&g, &c, &w, &opts(8)).expect("load");
     let mut bad = crate::engine::conformance::edge_cases(&mut e);
     bad.extend(crate::engine::conformance::batched_contract(&mut e));
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
+/// Batch invariance on the CPU: the body the CUDA engine runs too.
+#[test]
+fn batched_steps_give_each_sequence_its_solo_logits() {
+    let g = open(&TestModelSpec::tiny_llama());
+    let (c, w) = arch::from_gguf(&g).expect("arch");
+    let mut o = opts(64);
+    o.kv_pool_tokens = 8 * 64;
+    let mut e = CpuEngine::load(&g, &c, &w, &o).expect("load");
+    let bad = crate::engine::conformance::batch_invariance(&mut e, 8, 5);
     assert!(bad.is_empty(), "{bad:#?}");
 }
 

@@ -5,12 +5,19 @@
 //!
 //! Safe Rust only: every device call goes through `crate::gpu`.
 //! Layout: the whole GGUF data section is one device buffer (so the digest
-//! covers exactly the resident bytes); activations, the KV cache (f32,
-//! `[layer][max_ctx][n_kv][head_dim]` for k and for v) and the sampler's
-//! candidate buffers are allocated once at load. A token step reads its
-//! token id and position from device memory, so the same captured graph
-//! replays for every token; per token the host copies 8 bytes in and, when
-//! sampling, the chosen candidates out.
+//! covers exactly the resident bytes); activations, the paged KV pool (f32,
+//! per layer `[page][KV_PAGE_TOKENS][n_kv][head_dim]` for k and for v, one
+//! page table per sequence) and the sampler's candidate buffers are
+//! allocated once at load, nothing per step (issue 11 point 3). Every step
+//! row reads its token id, position and sequence from device memory, so the
+//! same captured graph replays for every token of every sequence; per token
+//! the host copies 12 bytes in and, when sampling, the chosen candidates out.
+//! A step (issue 11 point 4) runs its decode rows (one token of each of
+//! several sequences) together: the weights are read once per 8 rows, with
+//! kernels whose arithmetic per row is that of a lone row (`gpu::batched`),
+//! so a sequence's tokens do not depend on its neighbours (point 5). A lone
+//! decode row replays the captured graph. Each prefill chunk then runs on
+//! its own, exactly as it runs alone.
 //! Prefill runs a prompt in fixed chunks of PREFILL_CHUNK tokens. A chunk of
 //! at least GEMM_MIN_TOKENS tokens multiplies each weight through cuBLAS:
 //! the matrix is dequantized into one shared f32 scratch buffer (`wf`, sized
@@ -27,8 +34,8 @@
 //! length and start), so identical requests stay bit-identical (WORKER-4710).
 
 mod plan;
-pub use plan::planned_memory;
-use plan::{kv_cache_bytes, scratch_plan, Buf};
+use plan::{kv_cache_bytes, scratch_plan, Buf, Layout};
+pub use plan::{planned_memory, CUDA_MAX_SEQUENCES};
 #[cfg(test)]
 mod matvec_tests;
 #[cfg(test)]
@@ -44,8 +51,10 @@ pub use checks::supported_quant;
 use checks::{check_f32_vec, check_tensor};
 
 use crate::engine::batch::{check_admission, check_step, KvUsage, SeqBounds, SeqSlot, StepChunk};
+use crate::engine::kv::{KvPool, PageTable};
 use crate::engine::{BackendKind, Engine, LoadOptions, MemoryReport, SamplingParams};
 use crate::error::{Result, WorkerError};
+use crate::gpu::attention::{KvRows, KV_PAGE_TOKENS};
 use crate::gpu::gemm::Tf32Split;
 use crate::gpu::{DeviceBuffer, Gpu, GpuGraph, Span};
 use crate::model::arch::{ModelConfig, ModelWeights, TensorRef};
@@ -90,6 +99,13 @@ const DEVICE_TOPK_MAX: usize = 1;
 /// Candidates copied back per sampled token when not greedy.
 const DEVICE_CANDIDATES: usize = crate::engine::sampler::MAX_CANDIDATES;
 
+/// One admitted sequence: its pages, what it reserved, how far it has got.
+struct SeqState {
+    table: PageTable,
+    capacity: usize,
+    n_past: usize,
+}
+
 pub struct CudaEngine {
     // Field order is drop order: the graph refers to the buffers below, so it goes first.
     graph: Option<GpuGraph>,
@@ -100,14 +116,18 @@ pub struct CudaEngine {
     gpu: Gpu,
     cfg: ModelConfig,
     w: ModelWeights,
+    layout: Layout,
     max_ctx: usize,
     /// Prefill chunk: PREFILL_CHUNK, or max_ctx when smaller.
     chunk: usize,
-    next_pos: usize,
-    has_logits: bool,
-    /// Positions the one admitted sequence reserved, while one is (the
-    /// batched interface; this engine holds one sequence at a time so far).
-    admitted: Option<usize>,
+    pool: KvPool,
+    /// Admitted sequences by slot id (`layout.max_seqs` slots).
+    seqs: Vec<Option<SeqState>>,
+    /// The sequence the single-sequence calls drive, once `forward` admits it.
+    solo: Option<SeqSlot>,
+    /// The logits row each sequence's last step left, by slot id; cleared
+    /// for every sequence by the next step (the rows are reused).
+    logits_row: Vec<Option<usize>>,
     memory: MemoryReport,
     /// Prefill GEMMs as 3xTF32 (WORKER_ORCD_PREFILL_GEMM).
     tf32x3: bool,
@@ -159,11 +179,13 @@ impl CudaEngine {
             )));
         }
         // Like the reference path: never plan past the context the model was trained for.
-        let max_ctx = if crate::mutants::active(crate::mutants::Mutant::KvIgnoresMaxContext) {
+        let asked = if crate::mutants::active(crate::mutants::Mutant::KvIgnoresMaxContext) {
             cfg.context_length.max(1)
         } else {
-            opts.max_context.min(cfg.context_length.max(1))
+            opts.max_context
         };
+        let layout = Layout::new(cfg, asked, opts.kv_pool_tokens, opts.max_sequences);
+        let max_ctx = layout.max_ctx;
         // Before any allocation: a bad mode changes nothing on the device.
         let tf32x3 = match crate::env::PREFILL_GEMM.get().as_deref() {
             None | Some("f32") => false,
@@ -181,18 +203,20 @@ impl CudaEngine {
             gpu = %info.name, cc = ?info.compute_capability, driver = %info.driver_version,
             nvrtc = %info.nvrtc_version, libraries = ?info.libraries, cached_kernels = gpu.cached_modules, "CUDA backend opened");
 
-        let kv_bytes = kv_cache_bytes(cfg, max_ctx);
-        let chunk = PREFILL_CHUNK.min(max_ctx);
-        let scratch = scratch_plan(cfg, max_ctx, dl);
+        let kv_bytes = kv_cache_bytes(cfg, layout.pool_pages);
+        let chunk = layout.chunk();
+        let scratch = scratch_plan(cfg, &layout, dl);
         let scratch_bytes: usize = scratch.iter().map(|s| s.0).sum();
         let (free, _) = gpu.mem_info()?;
         let need = dl + kv_bytes + scratch_bytes;
         if need > free {
             return Err(WorkerError::VramOom {
                 message: format!(
-                    "the model needs {need} bytes of VRAM on GPU {} ({dl} weights + {kv_bytes} KV cache for {max_ctx} tokens + {scratch_bytes} scratch) but only {free} bytes are available (free VRAM); \
-                     lower max_context or use a larger GPU",
-                    info.ordinal
+                    "the model needs {need} bytes of VRAM on GPU {} ({dl} weights + {kv_bytes} KV cache for {} tokens + {scratch_bytes} scratch for {} sequences) but only {free} bytes are available (free VRAM); \
+                     lower max_context, kv_cache_tokens or slots_total, or use a larger GPU",
+                    info.ordinal,
+                    layout.pool_pages * KV_PAGE_TOKENS,
+                    layout.max_seqs
                 ),
             });
         }
@@ -219,11 +243,13 @@ impl CudaEngine {
             gpu,
             cfg: cfg.clone(),
             w: w.clone(),
+            layout,
             max_ctx,
             chunk,
-            next_pos: 0,
-            has_logits: false,
-            admitted: None,
+            pool: KvPool::new(KV_PAGE_TOKENS, layout.pool_pages)?,
+            seqs: (0..layout.max_seqs).map(|_| None).collect(),
+            solo: None,
+            logits_row: vec![None; layout.max_seqs],
             tf32x3,
             memory: MemoryReport {
                 weights_bytes: dl as u64,
@@ -240,11 +266,32 @@ impl CudaEngine {
         self.gpu.info()
     }
 
-    /// Enqueue the forward pass of `n` tokens whose ids and first position
-    /// are already in device memory (`engine::block` over [`step::CudaStep`]);
-    /// leaves the last token's logits.
-    fn enqueue_step(&self, n: usize) -> Result<()> {
-        crate::engine::block::forward(&mut step::CudaStep { e: self, n }, &self.cfg)
+    /// Enqueue the forward pass of the `n` rows whose ids, positions and
+    /// sequences are already in device memory (`engine::block` over
+    /// [`step::CudaStep`]): `decode` rows are one token of `n` sequences,
+    /// else `n` consecutive tokens of one. Leaves the logits at `out_row`
+    /// (one row per decode row, the last token's for a chunk).
+    fn enqueue_step(&self, n: usize, decode: bool, out_row: usize, reach: usize) -> Result<()> {
+        let mut step = step::CudaStep {
+            e: self,
+            n,
+            decode,
+            out_row,
+            reach,
+        };
+        crate::engine::block::forward(&mut step, &self.cfg)
+    }
+
+    /// The step rows' view of the KV pool for the kernels.
+    fn kv_rows(&self) -> KvRows<'_> {
+        KvRows {
+            pos: self.act[Buf::Pos].all(),
+            seq: self.act[Buf::Seq].all(),
+            tables: self.act[Buf::Tables].all(),
+            n_tables: self.layout.max_seqs,
+            table_len: self.layout.table_len(),
+            pool_pages: self.layout.pool_pages,
+        }
     }
 
     /// y = x·Wᵀ (+ bias) (+ y) for `n` token rows: dequantize + cuBLAS SGEMM
@@ -279,23 +326,53 @@ impl CudaEngine {
         }
     }
 
-    /// Run `tokens` (at most `self.chunk`) starting at `pos`. One token
-    /// replays the captured decode graph; several run the batched kernels.
-    fn run_step(&mut self, tokens: &[u32], pos: usize) -> Result<()> {
-        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-        self.gpu.upload(&mut self.act[Buf::Tok], 0, &ids)?;
-        self.gpu.upload(&mut self.act[Buf::Pos], 0, &[pos as i32])?;
-        if !self.use_graph || tokens.len() > 1 {
-            return self.enqueue_step(tokens.len());
+    /// Upload the step rows: token ids, positions and sequences.
+    fn upload_rows(&mut self, ids: &[i32], pos: &[i32], seq: &[i32]) -> Result<()> {
+        self.gpu.upload(&mut self.act[Buf::Tok], 0, ids)?;
+        self.gpu.upload(&mut self.act[Buf::Pos], 0, pos)?;
+        self.gpu.upload(&mut self.act[Buf::Seq], 0, seq)
+    }
+
+    /// One token of each of `rows` sequences (ids, positions, slots), logits
+    /// to rows 0..rows.len(). A lone row replays the captured graph.
+    fn run_decode(&mut self, rows: &[(u32, usize, SeqSlot)]) -> Result<()> {
+        let ids: Vec<i32> = rows.iter().map(|r| r.0 as i32).collect();
+        let pos: Vec<i32> = rows.iter().map(|r| r.1 as i32).collect();
+        let seq: Vec<i32> = rows.iter().map(|r| r.2 .0 as i32).collect();
+        self.upload_rows(&ids, &pos, &seq)?;
+        if !self.use_graph || rows.len() > 1 {
+            let reach = rows.iter().map(|r| r.1 + 1).max().unwrap_or(1);
+            return self.enqueue_step(rows.len(), true, 0, reach);
         }
         if self.graph.is_none() {
-            let graph = self.gpu.capture(|| self.enqueue_step(1))?;
+            // The graph covers every position: it replays unchanged as they grow.
+            let graph = self
+                .gpu
+                .capture(|| self.enqueue_step(1, true, 0, self.max_ctx))?;
             self.graph = Some(graph);
         }
         match &self.graph {
             Some(graph) => graph.launch(),
             None => Err(WorkerError::internal("decode graph missing after capture")),
         }
+    }
+
+    /// A prompt chunk of one sequence, in launches of at most `self.chunk`
+    /// tokens from the chunk's own start (callers start chunks at multiples
+    /// of `prefill_chunk`, so the split depends on the request alone); the
+    /// last token's logits go to `out_row`. A lone token runs the decode
+    /// kernels, as it always has.
+    fn run_prefill(&mut self, c: &StepChunk<'_>, out_row: usize) -> Result<()> {
+        for (i, piece) in c.tokens.chunks(self.chunk).enumerate() {
+            let start = c.pos + i * self.chunk;
+            let ids: Vec<i32> = piece.iter().map(|&t| t as i32).collect();
+            let pos: Vec<i32> = (start..start + piece.len()).map(|p| p as i32).collect();
+            let seq = vec![c.seq.0 as i32; piece.len()];
+            self.upload_rows(&ids, &pos, &seq)?;
+            let decode = piece.len() == 1;
+            self.enqueue_step(piece.len(), decode, out_row, start + piece.len())?;
+        }
+        Ok(())
     }
 
     #[cfg(feature = "test-hooks")]
@@ -313,14 +390,19 @@ impl CudaEngine {
         Ok(())
     }
 
-    /// The k best (id, logit) pairs of the last logits, in the sampler's order.
+    /// The k best (id, logit) pairs of the single sequence's last logits,
+    /// in the sampler's order.
     pub fn top_candidates(&mut self, k: usize) -> Result<Vec<(u32, f32)>> {
-        if !self.has_logits {
-            return Err(crate::engine::no_logits_yet());
-        }
+        let row = self.solo_row()?;
+        self.row_candidates(row, k)
+    }
+
+    /// The k best (id, logit) pairs of logits row `row`, in the sampler's order.
+    fn row_candidates(&mut self, row: usize, k: usize) -> Result<Vec<(u32, f32)>> {
         let k = k.clamp(1, DEVICE_CANDIDATES.min(self.cfg.vocab_size));
         let a = &self.act;
-        let (logits, n) = (a[Buf::Logits].all(), self.cfg.vocab_size);
+        let n = self.cfg.vocab_size;
+        let logits = a[Buf::Logits].f32s(row * n, n)?;
         if k <= DEVICE_TOPK_MAX {
             self.gpu
                 .topk(logits, n, k, a[Buf::CandIds].all(), a[Buf::CandVals].all())?;
@@ -345,15 +427,57 @@ impl CudaEngine {
 }
 
 impl CudaEngine {
-    /// The one sequence of the batched interface is `seq` and admitted.
-    fn check_admitted(&self, seq: SeqSlot) -> Result<()> {
-        if seq != SeqSlot(0) || self.admitted.is_none() {
+    fn seq(&self, s: SeqSlot) -> Option<&SeqState> {
+        self.seqs.get(s.0 as usize).and_then(Option::as_ref)
+    }
+
+    /// The logits row `seq`'s last step left.
+    fn logits_row_of(&self, seq: SeqSlot) -> Result<usize> {
+        if self.seq(seq).is_none() {
             return Err(WorkerError::invalid(format!(
                 "sequence {} is not admitted",
                 seq.0
             )));
         }
-        Ok(())
+        self.logits_row[seq.0 as usize].ok_or_else(crate::engine::no_logits_yet)
+    }
+
+    /// Choose the next token from logits row `row`: the device selects the
+    /// candidates (a single pass per candidate for small pools, a radix
+    /// select for large ones); only k pairs cross to the host, where the
+    /// shared sampler code makes the pick.
+    fn row_sample(&mut self, row: usize, params: &SamplingParams, draw: f32) -> Result<u32> {
+        if params.is_greedy() {
+            return Ok(self.row_candidates(row, 1)?[0].0);
+        }
+        let k = crate::engine::sampler::pool_size(params).min(self.cfg.vocab_size);
+        let cands = self.row_candidates(row, k)?;
+        Ok(crate::engine::sampler::pick_from_candidates(
+            &cands, params, draw,
+        ))
+    }
+
+    /// The single sequence's logits row.
+    fn solo_row(&self) -> Result<usize> {
+        match self.solo {
+            Some(s) => self.logits_row_of(s),
+            None => Err(crate::engine::no_logits_yet()),
+        }
+    }
+
+    /// The single sequence `forward` continues, admitted for a whole
+    /// context on its first call.
+    fn solo_for(&mut self, tokens: &[u32], pos: usize) -> Result<SeqSlot> {
+        let n_past = self.solo.and_then(|s| self.seq(s)).map_or(0, |s| s.n_past);
+        crate::engine::check_forward_args(&self.cfg, self.max_ctx, n_past, tokens, pos)?;
+        match self.solo {
+            Some(s) => Ok(s),
+            None => {
+                let s = self.admit(self.max_ctx)?;
+                self.solo = Some(s);
+                Ok(s)
+            }
+        }
     }
 }
 
@@ -371,51 +495,33 @@ impl Engine for CudaEngine {
     }
 
     fn reset(&mut self) {
-        self.next_pos = 0;
-        self.has_logits = false;
+        if let Some(s) = self.solo.take() {
+            self.release(s);
+        }
     }
 
     fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<()> {
-        self.take_fault()?;
-        crate::engine::check_forward_args(&self.cfg, self.max_ctx, self.next_pos, tokens, pos)?;
-        let end = pos + tokens.len();
-        // Fixed chunks from the request's own start: the split (and so which
-        // tokens run through GEMM or mat-vec) depends on the request alone.
-        for (i, chunk) in tokens.chunks(self.chunk).enumerate() {
-            self.run_step(chunk, pos + i * self.chunk)?;
-        }
-        if tokens.len() > 1 {
-            // A prompt ends with a sync so a device fault surfaces here and
-            // prefill timings are real; a decode step stays asynchronous
-            // until its logits or sample are read.
-            self.gpu.sync()?;
-        }
-        self.next_pos = end;
-        self.has_logits = true;
-        Ok(())
+        let seq = self.solo_for(tokens, pos)?;
+        self.step(&[StepChunk { seq, tokens, pos }])
     }
 
     fn logits(&mut self) -> Result<Vec<f32>> {
-        if !self.has_logits {
-            return Err(crate::engine::no_logits_yet());
-        }
-        self.gpu
-            .download(&self.act[Buf::Logits], 0, self.cfg.vocab_size)
+        let row = self.solo_row()?;
+        let n = self.cfg.vocab_size;
+        self.gpu.download(&self.act[Buf::Logits], 4 * row * n, n)
     }
 
-    // The batched interface over this engine's one KV cache: one page of the
-    // whole context, one sequence at a time, until the paged kernels land.
     fn kv_usage(&self) -> KvUsage {
         KvUsage {
-            page_tokens: self.max_ctx,
-            total_pages: 1,
-            used_pages: usize::from(self.admitted.is_some()),
+            page_tokens: self.pool.page_tokens(),
+            total_pages: self.pool.total_pages(),
+            used_pages: self.pool.used_pages(),
         }
     }
 
-    /// One sequence until the paged attention kernel lands (issue 11).
+    /// The sequences the step buffers were sized for at load.
     fn max_sequences(&self) -> usize {
-        1
+        self.layout.max_seqs
     }
 
     fn prefill_chunk(&self) -> usize {
@@ -424,63 +530,98 @@ impl Engine for CudaEngine {
 
     fn admit(&mut self, positions: usize) -> Result<SeqSlot> {
         check_admission(positions, self.max_ctx)?;
-        if self.admitted.is_some() {
+        // The lowest free slot, so slot ids depend only on the engine's history.
+        let Some(slot) = self.seqs.iter().position(Option::is_none) else {
             return Err(WorkerError::Busy {
-                message: "the CUDA engine holds one sequence at a time and one is running; retry when it \
-                          finishes"
-                    .into(),
+                message: format!(
+                    "all {} sequence slots of the CUDA engine are taken; retry when one finishes",
+                    self.seqs.len()
+                ),
                 retry_after_ms: crate::engine::kv::FULL_RETRY_AFTER_MS,
             });
+        };
+        let table = self.pool.reserve(positions)?;
+        let ids: Vec<i32> = table.pages().iter().map(|&p| p as i32).collect();
+        // Byte offset of the slot's table.
+        let at = 4 * slot * self.layout.table_len();
+        if let Err(e) = self.gpu.upload(&mut self.act[Buf::Tables], at, &ids) {
+            self.pool.release(table);
+            return Err(e);
         }
-        self.admitted = Some(positions);
-        self.reset();
-        Ok(SeqSlot(0))
+        self.seqs[slot] = Some(SeqState {
+            table,
+            capacity: positions,
+            n_past: 0,
+        });
+        self.logits_row[slot] = None;
+        Ok(SeqSlot(slot as u32))
     }
 
     fn release(&mut self, seq: SeqSlot) {
-        if seq == SeqSlot(0) && self.admitted.take().is_some() {
-            self.reset();
+        if let Some(st) = self.seqs.get_mut(seq.0 as usize).and_then(Option::take) {
+            self.pool.release(st.table);
+            self.logits_row[seq.0 as usize] = None;
+        }
+        if self.solo == Some(seq) {
+            self.solo = None;
         }
     }
 
+    /// Decode rows (one-token chunks) first, together, to logits rows
+    /// 0..B in step order; then each prompt chunk on its own, to rows B...
     fn step(&mut self, chunks: &[StepChunk<'_>]) -> Result<()> {
-        let (admitted, n_past) = (self.admitted, self.next_pos);
+        self.take_fault()?;
         check_step(chunks, self.cfg.vocab_size, |s| {
-            admitted
-                .filter(|_| s == SeqSlot(0))
-                .map(|capacity| SeqBounds { n_past, capacity })
+            self.seq(s).map(|st| SeqBounds {
+                n_past: st.n_past,
+                capacity: st.capacity,
+            })
         })?;
-        // Checked: one admitted sequence, so exactly one chunk.
-        let c = chunks[0];
-        self.forward(c.tokens, c.pos)
+        self.logits_row.iter_mut().for_each(|r| *r = None);
+        let (decode, prefill): (Vec<_>, Vec<_>) = chunks.iter().partition(|c| c.tokens.len() == 1);
+        if !decode.is_empty() {
+            let rows: Vec<(u32, usize, SeqSlot)> = decode
+                .iter()
+                .map(|c: &&StepChunk| (c.tokens[0], c.pos, c.seq))
+                .collect();
+            self.run_decode(&rows)?;
+        }
+        for (i, c) in prefill.iter().enumerate() {
+            self.run_prefill(c, decode.len() + i)?;
+        }
+        if !prefill.is_empty() {
+            // A prompt ends with a sync so a device fault surfaces here and
+            // prefill timings are real; a decode step stays asynchronous
+            // until its logits or samples are read.
+            self.gpu.sync()?;
+        }
+        for (row, c) in decode.iter().chain(&prefill).enumerate() {
+            let i = c.seq.0 as usize;
+            if let Some(st) = self.seqs[i].as_mut() {
+                st.n_past = c.pos + c.tokens.len();
+            }
+            self.logits_row[i] = Some(row);
+        }
+        Ok(())
     }
 
     fn seq_logits(&mut self, seq: SeqSlot) -> Result<Vec<f32>> {
-        self.check_admitted(seq)?;
-        self.logits()
+        let row = self.logits_row_of(seq)?;
+        let n = self.cfg.vocab_size;
+        self.gpu.download(&self.act[Buf::Logits], 4 * row * n, n)
     }
 
     fn seq_sample(&mut self, seq: SeqSlot, params: &SamplingParams, draw: f32) -> Result<u32> {
-        self.check_admitted(seq)?;
-        // The device-side candidate selection of the single sequence.
-        self.sample(params, draw)
+        let row = self.logits_row_of(seq)?;
+        self.take_fault()?;
+        self.row_sample(row, params, draw)
     }
 
     fn sample(&mut self, params: &SamplingParams, draw: f32) -> Result<u32> {
+        let row = self.solo_row()?;
         self.take_fault()?;
-        if params.is_greedy() {
-            return Ok(self.top_candidates(1)?[0].0);
-        }
-        let k = crate::engine::sampler::pool_size(params).min(self.cfg.vocab_size);
-        // Candidates are selected on the device (a single pass per candidate
-        // for small pools, a radix select for large ones); only k pairs cross
-        // to the host, where the shared sampler code makes the pick.
-        let cands = self.top_candidates(k)?;
-        Ok(crate::engine::sampler::pick_from_candidates(
-            &cands, params, draw,
-        ))
+        self.row_sample(row, params, draw)
     }
-
     fn resident_digest(&mut self) -> Result<[u8; 32]> {
         let total = self.weights.len() as u64;
         let n = self.gpu.sha256_leaves(

@@ -5,12 +5,63 @@
 
 use super::{DEVICE_CANDIDATES, PREFILL_CHUNK};
 use crate::engine::MemoryReport;
+use crate::gpu::attention::KV_PAGE_TOKENS;
 use crate::gpu::Gpu;
 use crate::model::arch::ModelConfig;
 
-/// f32 keys and values for every layer and `max_ctx` positions.
-pub(super) fn kv_cache_bytes(cfg: &ModelConfig, max_ctx: usize) -> usize {
-    2 * cfg.n_layers * max_ctx * cfg.n_kv_heads * cfg.head_dim * 4
+/// Most sequences one CUDA engine runs in a step (the daemon's largest
+/// `slots_total`); each costs a row of every step buffer and its share of
+/// the attention scratch.
+pub const CUDA_MAX_SEQUENCES: usize = 256;
+
+/// The shape of the KV pool and the step buffers, fixed at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Layout {
+    /// Positions one sequence may hold (clamped to the trained context).
+    pub(super) max_ctx: usize,
+    /// Pages of KV_PAGE_TOKENS positions in the pool, shared by all sequences.
+    pub(super) pool_pages: usize,
+    /// Sequences a step may hold.
+    pub(super) max_seqs: usize,
+}
+
+impl Layout {
+    /// The layout `load` uses for these options: the pool holds at least
+    /// one whole context (`kv_pool_tokens`, 0 meaning exactly that), in
+    /// whole pages; 1..=CUDA_MAX_SEQUENCES sequences.
+    pub(super) fn new(
+        cfg: &ModelConfig,
+        max_ctx: usize,
+        kv_pool_tokens: usize,
+        max_seqs: usize,
+    ) -> Self {
+        let max_ctx = max_ctx.min(cfg.context_length.max(1));
+        Layout {
+            max_ctx,
+            pool_pages: kv_pool_tokens.max(max_ctx).div_ceil(KV_PAGE_TOKENS),
+            max_seqs: max_seqs.clamp(1, CUDA_MAX_SEQUENCES),
+        }
+    }
+
+    /// Entries of one sequence's page table: enough pages for a whole context.
+    pub(super) fn table_len(&self) -> usize {
+        self.max_ctx.div_ceil(KV_PAGE_TOKENS)
+    }
+
+    /// Prefill rows per launch: PREFILL_CHUNK, or the context when smaller.
+    pub(super) fn chunk(&self) -> usize {
+        PREFILL_CHUNK.min(self.max_ctx)
+    }
+
+    /// Rows of the step buffers: a prefill chunk or one decode row per sequence.
+    pub(super) fn rows(&self) -> usize {
+        self.chunk().max(self.max_seqs)
+    }
+}
+
+/// f32 keys and values for every layer and every page of the pool.
+pub(super) fn kv_cache_bytes(cfg: &ModelConfig, pool_pages: usize) -> usize {
+    2 * cfg.n_layers * pool_pages * KV_PAGE_TOKENS * cfg.n_kv_heads * cfg.head_dim * 4
 }
 
 /// Every fixed device buffer besides weights and KV cache. One table
@@ -35,9 +86,15 @@ pub(super) enum Buf {
     Logits,
     /// Split-KV attention partials (decode only: prefill uses attn_prefill).
     Scores,
-    /// The step's token ids and its first position, read by the captured graph.
+    /// Each step row's token id, position and sequence, read by the kernels
+    /// (and so by the captured graph) from device memory.
     Tok,
     Pos,
+    Seq,
+    /// Every sequence's page table (`Layout::table_len` page ids each).
+    Tables,
+    /// Each decode row's RMS scale (`row_rms`) in a batched decode step.
+    Scale,
     /// The sampler's candidates, copied back per token when not greedy.
     CandIds,
     CandVals,
@@ -59,9 +116,11 @@ struct Shapes {
     kv_dim: usize,
     ffn: usize,
     vocab: usize,
-    /// Prefill rows: a chunk never exceeds the context.
-    chunk: usize,
+    /// Rows of the step buffers (`Layout::rows`).
+    rows: usize,
     max_ctx: usize,
+    max_seqs: usize,
+    table_len: usize,
     n_heads: usize,
     head_dim: usize,
     weight_bytes: usize,
@@ -69,7 +128,7 @@ struct Shapes {
 
 impl Buf {
     /// Allocation order.
-    pub(super) const ALL: [Buf; 21] = [
+    pub(super) const ALL: [Buf; 24] = [
         Buf::X,
         Buf::Xn,
         Buf::Q,
@@ -83,6 +142,9 @@ impl Buf {
         Buf::Scores,
         Buf::Tok,
         Buf::Pos,
+        Buf::Seq,
+        Buf::Tables,
+        Buf::Scale,
         Buf::CandIds,
         Buf::CandVals,
         Buf::Leaves,
@@ -95,7 +157,7 @@ impl Buf {
 
     /// Bytes and label of this buffer: the one table of the plan.
     fn plan(self, s: &Shapes) -> (usize, &'static str) {
-        let rows = |width: usize| width * 4 * s.chunk;
+        let rows = |width: usize| width * 4 * s.rows;
         // Every layer matrix is (q_dim | kv_dim | ffn) x d or its transpose.
         let wf = Gpu::dequant_scratch_bytes(s.q_dim.max(s.ffn), s.d);
         let widest = s.d.max(s.q_dim).max(s.ffn);
@@ -109,13 +171,16 @@ impl Buf {
             Buf::Gate => (rows(s.ffn), "gate"),
             Buf::Up => (rows(s.ffn), "up"),
             Buf::Hid => (rows(s.ffn), "hid"),
-            Buf::Logits => (4 * s.vocab, "logits"),
+            Buf::Logits => (4 * s.vocab * s.max_seqs, "logits"),
             Buf::Scores => (
-                Gpu::attn_scratch_floats(s.n_heads, s.head_dim, s.max_ctx, 1) * 4,
+                Gpu::attn_scratch_floats(s.n_heads, s.head_dim, s.max_ctx, s.max_seqs) * 4,
                 "attention scratch",
             ),
-            Buf::Tok => (4 * s.chunk, "tok"),
-            Buf::Pos => (4, "pos"),
+            Buf::Tok => (4 * s.rows, "tok"),
+            Buf::Pos => (4 * s.rows, "pos"),
+            Buf::Seq => (4 * s.rows, "seq"),
+            Buf::Tables => (4 * s.max_seqs * s.table_len, "page tables"),
+            Buf::Scale => (4 * s.rows, "row scales"),
             Buf::CandIds => (4 * DEVICE_CANDIDATES, "cand_ids"),
             Buf::CandVals => (4 * DEVICE_CANDIDATES, "cand_vals"),
             Buf::Leaves => (
@@ -140,17 +205,19 @@ impl Buf {
 /// Every scratch buffer's (bytes, label), in [`Buf::ALL`]'s order.
 pub(super) fn scratch_plan(
     cfg: &ModelConfig,
-    max_ctx: usize,
+    layout: &Layout,
     weight_bytes: usize,
-) -> [(usize, &'static str); 21] {
+) -> [(usize, &'static str); 24] {
     let s = Shapes {
         d: cfg.d_model,
         q_dim: cfg.n_heads * cfg.head_dim,
         kv_dim: cfg.n_kv_heads * cfg.head_dim,
         ffn: cfg.ffn_dim,
         vocab: cfg.vocab_size,
-        chunk: PREFILL_CHUNK.min(max_ctx),
-        max_ctx,
+        rows: layout.rows(),
+        max_ctx: layout.max_ctx,
+        max_seqs: layout.max_seqs,
+        table_len: layout.table_len(),
         n_heads: cfg.n_heads,
         head_dim: cfg.head_dim,
         weight_bytes,
@@ -158,20 +225,27 @@ pub(super) fn scratch_plan(
     Buf::ALL.map(|b| b.plan(&s))
 }
 
-/// The device memory `load` will hold for this model and context, computed
-/// without a GPU (Plan and Commit feasibility, 4103): weights, KV cache, the
+/// The device memory `load` will hold for this model, context, KV pool
+/// (`kv_pool_tokens`, 0 = one context) and number of sequences, computed
+/// without a GPU (Plan and Commit feasibility, 4103): weights, KV pool, the
 /// fixed scratch buffers and the cuBLAS workspace. `load` reports the same
 /// numbers through `Engine::memory` (a GPU test checks they are equal).
-pub fn planned_memory(cfg: &ModelConfig, weight_bytes: usize, max_ctx: usize) -> MemoryReport {
-    // `load` clamps the same way: never past the trained context.
-    let max_ctx = max_ctx.min(cfg.context_length.max(1));
-    let scratch: usize = scratch_plan(cfg, max_ctx, weight_bytes)
+pub fn planned_memory(
+    cfg: &ModelConfig,
+    weight_bytes: usize,
+    max_ctx: usize,
+    kv_pool_tokens: usize,
+    max_seqs: usize,
+) -> MemoryReport {
+    // `load` uses the same layout: never past the trained context.
+    let layout = Layout::new(cfg, max_ctx, kv_pool_tokens, max_seqs);
+    let scratch: usize = scratch_plan(cfg, &layout, weight_bytes)
         .iter()
         .map(|s| s.0)
         .sum();
     MemoryReport {
         weights_bytes: weight_bytes as u64,
-        kv_cache_bytes: kv_cache_bytes(cfg, max_ctx) as u64,
+        kv_cache_bytes: kv_cache_bytes(cfg, layout.pool_pages) as u64,
         scratch_bytes: (scratch + crate::gpu::gemm::BLAS_WORKSPACE_BYTES) as u64,
     }
 }

@@ -6,7 +6,7 @@
 //! stated tolerances printed as `rel err X (tol Y)`, `SKIPPED:` without a GPU
 //! unless `REQUIRE_REAL_GPU=1`.
 
-use super::tests::{buf_from, gpu_or_skip, poisoned, rel_err, Rng};
+use super::tests::{buf_from, gpu_or_skip, poisoned, rel_err, Rng, TestRows};
 use super::*;
 use crate::engine::cpu::CpuEngine;
 use crate::gpu::gemm::Tf32Split;
@@ -197,13 +197,14 @@ fn op_attn_prefill() {
         let want = cpu_attention(&q, &k, &v, nh, nkv, hd, pos0, n);
         k.resize(max_ctx * nkv * hd, f32::NAN);
         v.resize(max_ctx * nkv * hd, f32::NAN);
+        // The cache rows through a scrambled page table.
+        let rows = TestRows::reversed(&g, max_ctx, pos0, n);
+        let (k, v) = (rows.scatter(&k, nkv * hd), rows.scatter(&v, nkv * hd));
         let (qb, kb, vb) = (
             buf_from(&g, &q, "q"),
             buf_from(&g, &k, "k"),
             buf_from(&g, &v, "v"),
         );
-        let mut pb = g.alloc(4, "pos").unwrap();
-        g.upload(&mut pb, 0, &[pos0 as i32]).unwrap();
         let run = || -> Vec<f32> {
             let ob = poisoned(&g, n * nh * hd, "o");
             g.attention_prefill(
@@ -211,11 +212,10 @@ fn op_attn_prefill() {
                 kb.all(),
                 vb.all(),
                 ob.all(),
-                pb.all(),
+                rows.rows(),
                 nh,
                 nkv,
                 hd,
-                max_ctx,
                 n,
             )
             .unwrap();
@@ -265,6 +265,7 @@ fn engine_prefill_longer_than_a_chunk_matches_cpu() {
         let opts = LoadOptions {
             max_context: 1024,
             kv_pool_tokens: 0,
+            max_sequences: 1,
             gpu_device: 0,
             threads: 0,
         };

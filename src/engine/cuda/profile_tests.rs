@@ -2,7 +2,7 @@
 //! (issue 5 point 10): an ignored test that prints one `profile` line per
 //! op, run explicitly on the GPU machine. Not a correctness test.
 
-use super::tests::{buf_from, gpu_or_skip, Rng};
+use super::tests::{buf_from, gpu_or_skip, Rng, TestRows};
 use super::*;
 use crate::model::gguf::GgmlType;
 use crate::model::quant;
@@ -194,8 +194,7 @@ fn op_profile_qwen_shapes() {
     let part = g
         .alloc(Gpu::attn_scratch_floats(nh, hd, max_ctx, 1) * 4, "part")
         .unwrap();
-    let mut pb = g.alloc(4, "pos").unwrap();
-    g.upload(&mut pb, 0, &[600i32]).unwrap();
+    let rows600 = TestRows::reversed(&g, max_ctx, 600, 1);
     time(
         "attention pos 600 (14q/2kv, hd 64)",
         2 * 601 * nkv * hd * 4,
@@ -206,12 +205,13 @@ fn op_profile_qwen_shapes() {
                 vc.all(),
                 ob.all(),
                 part.all(),
-                pb.all(),
+                rows600.rows(),
                 nh,
                 nkv,
                 hd,
                 max_ctx,
                 1,
+                max_ctx,
             )
         },
     );
@@ -219,19 +219,17 @@ fn op_profile_qwen_shapes() {
         // Prefill attention of a 512-token chunk at position 0 (causal).
         let (n, q512) = (512usize, buf_from(&g, &r.vec(512 * nh * hd), "q512"));
         let o512 = g.alloc(n * nh * hd * 4, "o512").unwrap();
-        let mut p0 = g.alloc(4, "pos0").unwrap();
-        g.upload(&mut p0, 0, &[0i32]).unwrap();
+        let rows0 = TestRows::reversed(&g, max_ctx, 0, n);
         time("attn_prefill 512 tokens at pos 0", 0, &|| {
             g.attention_prefill(
                 q512.all(),
                 kc.all(),
                 vc.all(),
                 o512.all(),
-                p0.all(),
+                rows0.rows(),
                 nh,
                 nkv,
                 hd,
-                max_ctx,
                 n,
             )
         });
@@ -243,11 +241,10 @@ fn op_profile_qwen_shapes() {
             kb.all(),
             kc.all(),
             vc.all(),
-            pb.all(),
+            rows600.rows(),
             nh,
             nkv,
             hd,
-            max_ctx,
             true,
             1e6,
             1,

@@ -1,25 +1,36 @@
-//! The CUDA engine's [`BlockKernels`] (issue 11 point 1): each operation
-//! enqueues its kernels on the engine's stream for the `n` tokens whose ids
-//! and first position are already in device memory. The order of the
-//! operations is `engine::block`'s.
+//! The CUDA engine's [`BlockKernels`] (issue 11 points 1 and 4): each
+//! operation enqueues its kernels on the engine's stream for the `n` rows
+//! whose token ids, positions and sequences are already in device memory.
+//! The order of the operations is `engine::block`'s.
 //!
-//! Inside an operation the decode step (n == 1) fuses what it can: the
+//! Decode rows (one token of each of `n` sequences) fuse what they can: the
 //! RMSNorm runs inside the q/k/v mat-vecs (one launch for all three when
-//! they share a format), gate, up and SwiGLU run in one launch, and
-//! attention is the split-KV decode kernel. A prefill chunk normalises once
-//! and multiplies through `CudaEngine::mm` (GEMM or batched mat-vec).
+//! they share a format, for a lone row), gate, up and SwiGLU run in one
+//! launch, and attention is the split-KV decode kernel. Several decode rows
+//! run the batched kernels of `gpu::batched`, whose arithmetic per row is
+//! the lone row's. A prefill chunk (consecutive tokens of one sequence)
+//! normalises once and multiplies through `CudaEngine::mm` (GEMM or
+//! batched mat-vec).
 
 use super::{Buf, CudaEngine};
 use crate::engine::kernels::BlockKernels;
 use crate::error::Result;
+use crate::gpu::batched::RowNorm;
 use crate::gpu::qkv::Proj;
 use crate::gpu::Span;
 use crate::model::arch::{RopeStyle, TensorRef};
 
-/// One step of `n` tokens on `e`.
+/// One launch sequence of `n` rows on `e`.
 pub(super) struct CudaStep<'a> {
     pub(super) e: &'a CudaEngine,
     pub(super) n: usize,
+    /// Rows are one token of `n` sequences (else `n` tokens of one).
+    pub(super) decode: bool,
+    /// The logits row of the first output.
+    pub(super) out_row: usize,
+    /// Positions the decode attention grid must cover (every row's position
+    /// is below it).
+    pub(super) reach: usize,
 }
 
 impl CudaStep<'_> {
@@ -31,14 +42,63 @@ impl CudaStep<'_> {
         b.as_ref().map(|t| self.wt(t)).transpose()
     }
 
-    /// Layer `layer`'s key and value caches.
+    /// Layer `layer`'s key and value pools.
     fn kv(&self, layer: usize) -> Result<(Span<'_>, Span<'_>)> {
         let c = &self.e.cfg;
-        let layer_kv = c.n_kv_heads * c.head_dim * self.e.max_ctx * 4;
+        let rows = self.e.layout.pool_pages * crate::gpu::attention::KV_PAGE_TOKENS;
+        let layer_kv = c.n_kv_heads * c.head_dim * rows * 4;
         Ok((
             self.e.kv.span(2 * layer * layer_kv, layer_kv)?,
             self.e.kv.span((2 * layer + 1) * layer_kv, layer_kv)?,
         ))
+    }
+
+    /// Several decode rows: the batched kernels.
+    fn batched(&self) -> bool {
+        self.decode && self.n > 1
+    }
+
+    /// y = x·Wᵀ (+ bias) (+ y) for the step's rows: decode rows through the
+    /// mat-vec (per-row arithmetic independent of how many), a prefill
+    /// chunk through `CudaEngine::mm`.
+    #[allow(clippy::too_many_arguments)]
+    fn proj(
+        &self,
+        t: &TensorRef,
+        x: Span,
+        bias: Option<Span>,
+        y: Span,
+        rows: usize,
+        cols: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        if self.decode {
+            let w = self.wt(t)?;
+            return self
+                .e
+                .gpu
+                .matvec(t.dtype, w, x, bias, y, rows, cols, self.n, accumulate);
+        }
+        self.e.mm(t, x, bias, y, rows, cols, self.n, accumulate)
+    }
+
+    /// Each row's RMS scale of x, for the batched normed kernels.
+    fn row_norm<'b>(&'b self, weight: &TensorRef) -> Result<RowNorm<'b>> {
+        let (c, a) = (&self.e.cfg, &self.e.act);
+        let scale = a[Buf::Scale].all();
+        self.e
+            .gpu
+            .row_rms(a[Buf::X].all(), scale, c.d_model, self.n, c.norm_eps)?;
+        Ok(RowNorm {
+            weight: self.wt(weight)?,
+            scale,
+        })
+    }
+
+    /// The logits row `row` of the step's output.
+    fn logits(&self, row: usize) -> Result<Span<'_>> {
+        let v = self.e.cfg.vocab_size;
+        self.e.act[Buf::Logits].f32s((self.out_row + row) * v, v)
     }
 }
 
@@ -61,6 +121,29 @@ impl BlockKernels for CudaStep<'_> {
         let l = &self.e.w.layers[layer];
         let (d, hd, nh, nkv, n) = (c.d_model, c.head_dim, c.n_heads, c.n_kv_heads, self.n);
         let (nw, eps) = (self.wt(&l.attn_norm)?, c.norm_eps);
+        if self.batched() {
+            let norm = self.row_norm(&l.attn_norm)?;
+            for (t, b, out, rows) in [
+                (&l.wq, &l.bq, a[Buf::Q].all(), nh * hd),
+                (&l.wk, &l.bk, a[Buf::K].all(), nkv * hd),
+                (&l.wv, &l.bv, a[Buf::V].all(), nkv * hd),
+            ] {
+                let (w, x) = (self.wt(t)?, a[Buf::X].all());
+                g.matvec_rows(
+                    t.dtype,
+                    w,
+                    x,
+                    Some(norm),
+                    self.bias(b)?,
+                    out,
+                    rows,
+                    d,
+                    n,
+                    false,
+                )?;
+            }
+            return Ok(());
+        }
         if n > 1 {
             g.rmsnorm(a[Buf::X].all(), nw, a[Buf::Xn].all(), d, n, eps)?;
         }
@@ -118,11 +201,10 @@ impl BlockKernels for CudaStep<'_> {
             a[Buf::V].all(),
             kc,
             vc,
-            a[Buf::Pos].all(),
+            self.e.kv_rows(),
             c.n_heads,
             c.n_kv_heads,
             c.head_dim,
-            self.e.max_ctx,
             c.rope_style == RopeStyle::Neox,
             c.rope_base,
             self.n,
@@ -133,19 +215,20 @@ impl BlockKernels for CudaStep<'_> {
         let (g, c, a) = (&self.e.gpu, &self.e.cfg, &self.e.act);
         let (kc, vc) = self.kv(layer)?;
         let (nh, nkv, hd, ctx) = (c.n_heads, c.n_kv_heads, c.head_dim, self.e.max_ctx);
-        if self.n == 1 {
+        if self.decode {
             g.attention(
                 a[Buf::Q].all(),
                 kc,
                 vc,
                 a[Buf::Att].all(),
                 a[Buf::Scores].all(),
-                a[Buf::Pos].all(),
+                self.e.kv_rows(),
                 nh,
                 nkv,
                 hd,
                 ctx,
-                1,
+                self.n,
+                self.reach,
             )
         } else {
             g.attention_prefill(
@@ -153,11 +236,10 @@ impl BlockKernels for CudaStep<'_> {
                 kc,
                 vc,
                 a[Buf::Att].all(),
-                a[Buf::Pos].all(),
+                self.e.kv_rows(),
                 nh,
                 nkv,
                 hd,
-                ctx,
                 self.n,
             )
         }
@@ -167,22 +249,27 @@ impl BlockKernels for CudaStep<'_> {
         let (c, a) = (&self.e.cfg, &self.e.act);
         let wo = &self.e.w.layers[layer].wo;
         let (d, qd) = (c.d_model, c.n_heads * c.head_dim);
-        self.e.mm(
-            wo,
-            a[Buf::Att].all(),
-            None,
-            a[Buf::X].all(),
-            d,
-            qd,
-            self.n,
-            true,
-        )
+        self.proj(wo, a[Buf::Att].all(), None, a[Buf::X].all(), d, qd, true)
     }
 
     fn norm_gate_up(&mut self, layer: usize) -> Result<()> {
         let (g, c, a) = (&self.e.gpu, &self.e.cfg, &self.e.act);
         let l = &self.e.w.layers[layer];
         let (d, ffn, n, eps) = (c.d_model, c.ffn_dim, self.n, c.norm_eps);
+        if self.batched() && l.w_gate.dtype == l.w_up.dtype {
+            let norm = self.row_norm(&l.ffn_norm)?;
+            return g.gate_up_rows(
+                l.w_gate.dtype,
+                self.wt(&l.w_gate)?,
+                self.wt(&l.w_up)?,
+                a[Buf::X].all(),
+                norm,
+                a[Buf::Hid].all(),
+                ffn,
+                d,
+                n,
+            );
+        }
         if n == 1 && l.w_gate.dtype == l.w_up.dtype {
             // Decode: norm + gate + up + SwiGLU in one launch.
             return g.gate_up(
@@ -205,24 +292,22 @@ impl BlockKernels for CudaStep<'_> {
             n,
             eps,
         )?;
-        self.e.mm(
+        self.proj(
             &l.w_gate,
             a[Buf::Xn].all(),
             None,
             a[Buf::Gate].all(),
             ffn,
             d,
-            n,
             false,
         )?;
-        self.e.mm(
+        self.proj(
             &l.w_up,
             a[Buf::Xn].all(),
             None,
             a[Buf::Up].all(),
             ffn,
             d,
-            n,
             false,
         )?;
         g.swiglu(
@@ -236,22 +321,33 @@ impl BlockKernels for CudaStep<'_> {
     fn ffn_down(&mut self, layer: usize) -> Result<()> {
         let (c, a) = (&self.e.cfg, &self.e.act);
         let w_down = &self.e.w.layers[layer].w_down;
-        self.e.mm(
-            w_down,
-            a[Buf::Hid].all(),
-            None,
-            a[Buf::X].all(),
-            c.d_model,
-            c.ffn_dim,
-            self.n,
-            true,
-        )
+        let (x, hid) = (a[Buf::X].all(), a[Buf::Hid].all());
+        self.proj(w_down, hid, None, x, c.d_model, c.ffn_dim, true)
     }
 
-    /// Only the last token's logits are needed (a step never asks for all).
+    /// Every decode row's logits; a chunk's last token's only (a step never
+    /// asks for all).
     fn lm_head(&mut self) -> Result<()> {
         let (c, a, w) = (&self.e.cfg, &self.e.act, &self.e.w);
         let d = c.d_model;
+        if self.batched() {
+            let norm = self.row_norm(&w.output_norm)?;
+            let out =
+                self.e.act[Buf::Logits].f32s(self.out_row * c.vocab_size, self.n * c.vocab_size)?;
+            let (wo, x) = (self.wt(&w.output)?, a[Buf::X].all());
+            return self.e.gpu.matvec_rows(
+                w.output.dtype,
+                wo,
+                x,
+                Some(norm),
+                None,
+                out,
+                c.vocab_size,
+                d,
+                self.n,
+                false,
+            );
+        }
         self.e.gpu.matvec_norm(
             w.output.dtype,
             self.wt(&w.output)?,
@@ -259,7 +355,7 @@ impl BlockKernels for CudaStep<'_> {
             self.wt(&w.output_norm)?,
             c.norm_eps,
             None,
-            a[Buf::Logits].all(),
+            self.logits(0)?,
             c.vocab_size,
             d,
             false,

@@ -10,6 +10,7 @@
 
 use super::*;
 use crate::engine::cpu::CpuEngine;
+use crate::gpu::attention::{KvRows, KV_PAGE_TOKENS};
 use crate::model::gguf::GgufLimits;
 
 pub(super) fn gpu_or_skip(test: &str) -> Option<Gpu> {
@@ -79,6 +80,74 @@ pub(super) fn poisoned(g: &Gpu, n: usize, what: &str) -> DeviceBuffer {
     buf_from(g, &vec![f32::NAN; n], what)
 }
 
+/// Device copies of a launch's rows for one sequence (positions from `pos0`,
+/// `n` of them, sequence 0) and its page table: the sequence's page i is
+/// pool page `pages[i]`. Tests scramble the pages so a kernel that ignores the table
+/// reads the wrong rows.
+pub(super) struct TestRows {
+    pos: DeviceBuffer,
+    seq: DeviceBuffer,
+    tables: DeviceBuffer,
+    host_pages: Vec<i32>,
+    table_len: usize,
+    pool_pages: usize,
+}
+
+impl TestRows {
+    pub(super) fn new(g: &Gpu, pages: &[i32], pos0: usize, n: usize) -> Self {
+        let mut pos = g.alloc(4 * n, "row positions").unwrap();
+        let p: Vec<i32> = (pos0..pos0 + n).map(|v| v as i32).collect();
+        g.upload(&mut pos, 0, &p).unwrap();
+        let mut seq = g.alloc(4 * n, "row sequences").unwrap();
+        g.upload(&mut seq, 0, &vec![0i32; n]).unwrap();
+        let mut tables = g.alloc(4 * pages.len(), "page table").unwrap();
+        g.upload(&mut tables, 0, pages).unwrap();
+        Self {
+            pos,
+            seq,
+            tables,
+            host_pages: pages.to_vec(),
+            table_len: pages.len(),
+            pool_pages: pages.len(),
+        }
+    }
+
+    /// Pages in reverse order: pool page `len - 1 - i` holds page i.
+    pub(super) fn reversed(g: &Gpu, max_ctx: usize, pos0: usize, n: usize) -> Self {
+        let len = max_ctx.div_ceil(KV_PAGE_TOKENS);
+        let pages: Vec<i32> = (0..len).rev().map(|p| p as i32).collect();
+        Self::new(g, &pages, pos0, n)
+    }
+
+    pub(super) fn rows(&self) -> KvRows<'_> {
+        KvRows {
+            pos: self.pos.all(),
+            seq: self.seq.all(),
+            tables: self.tables.all(),
+            n_tables: 1,
+            table_len: self.table_len,
+            pool_pages: self.pool_pages,
+        }
+    }
+
+    /// The f32 rows of a pool for this table: whole pages.
+    pub(super) fn pool_rows(&self) -> usize {
+        self.pool_pages * KV_PAGE_TOKENS
+    }
+
+    /// `k` laid out by position (`max_ctx` rows of `width`) rearranged into
+    /// the pool, unused rows NaN.
+    pub(super) fn scatter(&self, k: &[f32], width: usize) -> Vec<f32> {
+        let mut out = vec![f32::NAN; self.pool_rows() * width];
+        for (t, row) in k.chunks(width).enumerate() {
+            let page = self.host_pages[t / KV_PAGE_TOKENS] as usize;
+            let at = (page * KV_PAGE_TOKENS + t % KV_PAGE_TOKENS) * width;
+            out[at..at + width].copy_from_slice(row);
+        }
+        out
+    }
+}
+
 #[test]
 fn op_rmsnorm_swiglu_add() {
     let Some(g) = gpu_or_skip("op_rmsnorm") else {
@@ -145,8 +214,9 @@ fn op_rope_kv_attention_gqa_both_styles() {
     let (nh, nkv, hd, max_ctx, steps) = (14usize, 2usize, 64usize, 80usize, 70usize);
     for neox in [false, true] {
         let base = if neox { 1e6f32 } else { 1e4f32 };
-        let kc = poisoned(&g, max_ctx * nkv * hd, "kc");
-        let vc = poisoned(&g, max_ctx * nkv * hd, "vc");
+        let pool_rows = max_ctx.div_ceil(KV_PAGE_TOKENS) * KV_PAGE_TOKENS;
+        let kc = poisoned(&g, pool_rows * nkv * hd, "kc");
+        let vc = poisoned(&g, pool_rows * nkv * hd, "vc");
         let scores = g
             .alloc(Gpu::attn_scratch_floats(nh, hd, max_ctx, 1) * 4, "scores")
             .unwrap();
@@ -161,8 +231,7 @@ fn op_rope_kv_attention_gqa_both_styles() {
                 buf_from(&g, &k, "k"),
                 buf_from(&g, &v, "v"),
             );
-            let mut pb = g.alloc(4, "pos").unwrap();
-            g.upload(&mut pb, 0, &[p as i32]).unwrap();
+            let rows = TestRows::reversed(&g, max_ctx, p, 1);
             let ob = poisoned(&g, nh * hd, "o");
             g.rope_kv(
                 qb.all(),
@@ -170,11 +239,10 @@ fn op_rope_kv_attention_gqa_both_styles() {
                 vb.all(),
                 kc.all(),
                 vc.all(),
-                pb.all(),
+                rows.rows(),
                 nh,
                 nkv,
                 hd,
-                max_ctx,
                 neox,
                 base,
                 1,
@@ -186,12 +254,13 @@ fn op_rope_kv_attention_gqa_both_styles() {
                 vc.all(),
                 ob.all(),
                 scores.all(),
-                pb.all(),
+                rows.rows(),
                 nh,
                 nkv,
                 hd,
                 max_ctx,
                 1,
+                max_ctx,
             )
             .unwrap();
             let got: Vec<f32> = g.download(&ob, 0, nh * hd).unwrap();
@@ -248,14 +317,17 @@ fn op_rope_kv_attention_gqa_both_styles() {
             buf_from(&g, &all_v, "v"),
         );
         let (kc2, vc2) = (
-            poisoned(&g, max_ctx * nkv * hd, "kc"),
-            poisoned(&g, max_ctx * nkv * hd, "vc"),
+            poisoned(&g, pool_rows * nkv * hd, "kc"),
+            poisoned(&g, pool_rows * nkv * hd, "vc"),
         );
         let part = g
             .alloc(Gpu::attn_scratch_floats(nh, hd, max_ctx, steps) * 4, "part")
             .unwrap();
-        let mut pb = g.alloc(4, "pos").unwrap();
-        g.upload(&mut pb, 0, &[0i32]).unwrap();
+        // The same sequence with its pages in another order.
+        let pages: Vec<i32> = (0..max_ctx.div_ceil(KV_PAGE_TOKENS) as i32)
+            .map(|p| (p + 1) % max_ctx.div_ceil(KV_PAGE_TOKENS) as i32)
+            .collect();
+        let rows = TestRows::new(&g, &pages, 0, steps);
         let ob = poisoned(&g, steps * nh * hd, "o");
         g.rope_kv(
             qb.all(),
@@ -263,11 +335,10 @@ fn op_rope_kv_attention_gqa_both_styles() {
             vb.all(),
             kc2.all(),
             vc2.all(),
-            pb.all(),
+            rows.rows(),
             nh,
             nkv,
             hd,
-            max_ctx,
             neox,
             base,
             steps,
@@ -279,12 +350,13 @@ fn op_rope_kv_attention_gqa_both_styles() {
             vc2.all(),
             ob.all(),
             part.all(),
-            pb.all(),
+            rows.rows(),
             nh,
             nkv,
             hd,
             max_ctx,
             steps,
+            max_ctx,
         )
         .unwrap();
         let batched: Vec<f32> = g.download(&ob, 0, steps * nh * hd).unwrap();
@@ -396,6 +468,7 @@ fn load_both(path: &std::path::Path) -> (CudaEngine, CpuEngine, GgufFile) {
     let opts = LoadOptions {
         max_context: 512,
         kv_pool_tokens: 0,
+        max_sequences: 1,
         gpu_device: 0,
         threads: 0,
     };
@@ -420,6 +493,7 @@ fn engine_edge_cases_are_the_shared_contract() {
     let opts = LoadOptions {
         max_context: 8,
         kv_pool_tokens: 0,
+        max_sequences: 1,
         gpu_device: 0,
         threads: 0,
     };
@@ -427,6 +501,58 @@ fn engine_edge_cases_are_the_shared_contract() {
     let mut bad = crate::engine::conformance::edge_cases(&mut e);
     bad.extend(crate::engine::conformance::batched_contract(&mut e));
     assert!(bad.is_empty(), "{bad:#?}");
+}
+
+/// Batch invariance on the GPU (issue 11 point 5): the shared body over the
+/// tiny models and the real files when present, with a pool and step
+/// buffers for 12 sequences; the engine's memory is what Plan computes for
+/// that layout.
+#[test]
+fn engine_batched_steps_give_each_sequence_its_solo_logits() {
+    if gpu_or_skip("engine_batch_invariance").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut paths = Vec::new();
+    for spec in [
+        crate::model::test_model::TestModelSpec::tiny_llama(),
+        crate::model::test_model::TestModelSpec::tiny_qwen2(),
+    ] {
+        let p = dir.path().join(format!("{}.gguf", spec.name));
+        crate::model::test_model::write_test_model(&spec, &p).expect("make model");
+        paths.push(p);
+    }
+    for (file, _, _) in crate::engine::conformance::REAL_MODELS {
+        match real_model(file) {
+            Some(p) => paths.push(p),
+            None => println!("SKIPPED part: {file} not under WORKER_ORCD_TEST_MODELS"),
+        }
+    }
+    for p in paths {
+        let g = GgufFile::open(&p, &GgufLimits::default()).expect("open model");
+        let (cfg, w) = crate::model::arch::from_gguf(&g).expect("arch");
+        let opts = LoadOptions {
+            max_context: 256,
+            kv_pool_tokens: 12 * 256,
+            max_sequences: 12,
+            gpu_device: 0,
+            threads: 0,
+        };
+        let mut e = CudaEngine::load(&g, &cfg, &w, &opts).expect("cuda load");
+        assert_eq!(
+            planned_memory(&cfg, g.data_section().len(), 256, 12 * 256, 12),
+            e.memory(),
+            "planned_memory differs from the loaded engine's report (12 sequences)"
+        );
+        let bad = crate::engine::conformance::batch_invariance(&mut e, 12, 6);
+        println!(
+            "batch invariance {}: {} broken rules",
+            p.display(),
+            bad.len()
+        );
+        assert!(bad.is_empty(), "{}: {bad:#?}", p.display());
+        assert_eq!(e.kv_usage().used_pages, 0, "pages left after the runs");
+    }
 }
 
 #[allow(clippy::explicit_counter_loop)]
@@ -457,7 +583,7 @@ fn engine_logits_and_greedy_tokens_match_cpu() {
         let (mut cuda, mut cpu, g) = load_both(&p);
         // Plan's estimate (computed without a GPU) is what load really holds.
         assert_eq!(
-            planned_memory(cuda.config(), g.data_section().len(), 512),
+            planned_memory(cuda.config(), g.data_section().len(), 512, 0, 1),
             cuda.memory(),
             "planned_memory differs from the loaded engine's report"
         );
@@ -570,6 +696,7 @@ fn golden_real_models_on_gpu() {
         let opts = LoadOptions {
             max_context: 1024,
             kv_pool_tokens: 0,
+            max_sequences: 1,
             gpu_device: 0,
             threads: 0,
         };

@@ -1,0 +1,175 @@
+//! Launchers of the batched mat-vecs (`matvec_*_b8`, `matvec_*_gu_b8` in
+//! cuda/matvec.cu) and of `row_rms` (cuda/rmsnorm.cu): one launch over many
+//! rows, each weight run read once per 8 rows (KERNEL-MATVEC; issue 11
+//! points 4 and 5).
+//!
+//! Why they exist: a prefill chunk of fewer than GEMM_MIN_TOKENS tokens, and
+//! a decode step of many sequences, one row each. For the decode step every
+//! row must get the bits it would get alone (WORKER-4710 under batching):
+//! the norm is applied exactly as the fused single-vector kernels apply it
+//! (the run scaled by the norm weight before the dot, the sum by the row's
+//! `warp_rms` scale), so `matvec_norm` of one vector and `matvec_rows` with
+//! a norm give the same bits per row, as do `gate_up` and `gate_up_rows`.
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+use super::cuda_err;
+use super::device::{Gpu, Span};
+use super::ops::{as_i32, blocks, dtype_suffix, row_bytes};
+use crate::error::{Result, WorkerError};
+use crate::model::gguf::GgmlType;
+
+/// The norm a batched mat-vec applies to its rows: the norm weight, and
+/// each row's RMS scale as `row_rms` wrote it.
+#[derive(Clone, Copy)]
+pub struct RowNorm<'a> {
+    pub weight: Span<'a>,
+    pub scale: Span<'a>,
+}
+
+/// Rows of one batched launch: 1..=65535 * 8.
+fn check_batch(batch: usize) -> Result<i32> {
+    if batch == 0 || batch > 65_535 * 8 {
+        return Err(WorkerError::invalid(format!(
+            "matvec batch {batch} out of range"
+        )));
+    }
+    as_i32(batch, "batch")
+}
+
+/// Grid of the `_b8` kernels: 4 output rows (warps) per block, 8 vectors per y.
+fn b8_grid(rows: usize, batch: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks(rows, 4), blocks(batch, 8), 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+impl Gpu {
+    /// scale[r] = 1 / sqrt(mean(x[r]²) + eps) for `rows` rows of `cols`
+    /// (cols a multiple of 32), by the fused kernels' own `warp_rms`.
+    pub fn row_rms(&self, x: Span, scale: Span, cols: usize, rows: usize, eps: f32) -> Result<()> {
+        if cols == 0 || cols % 32 != 0 || rows == 0 {
+            return Err(WorkerError::invalid(format!(
+                "row_rms: {rows} rows of {cols} (a multiple of 32) are needed"
+            )));
+        }
+        let xp = x.need(4 * cols * rows, "x")?;
+        let sp = scale.need(4 * rows, "scale")?;
+        let (cols_i, rows_i) = (as_i32(cols, "cols")?, as_i32(rows, "rows")?);
+        let f = self.func("row_rms")?;
+        let cfg = LaunchConfig {
+            grid_dim: (blocks(rows, 4), 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&xp).arg(&sp).arg(&cols_i).arg(&rows_i).arg(&eps);
+        // SAFETY: windows checked above; one warp per row reads cols floats
+        // of its row and writes one scale; types match cuda/rmsnorm.cu.
+        unsafe { l.launch(cfg) }
+            .map(|_| ())
+            .map_err(cuda_err("launching row_rms"))
+    }
+
+    /// y[t] = W·x'[t] (+ bias) (+ y[t]) for `batch` rows, where x'[t] is x[t]
+    /// or, with `norm`, rmsnorm(x[t]) * norm.weight; W is `rows`×`cols`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matvec_rows(
+        &self,
+        dtype: GgmlType,
+        w: Span,
+        x: Span,
+        norm: Option<RowNorm>,
+        bias: Option<Span>,
+        y: Span,
+        rows: usize,
+        cols: usize,
+        batch: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        let batch_i = check_batch(batch)?;
+        let name = format!("matvec_{}_b8", dtype_suffix(dtype).unwrap_or("none"));
+        let rb = row_bytes(dtype, cols)?;
+        let wp = w.need(rb * rows, "weights")?;
+        let xp = x.need(4 * cols * batch, "x")?;
+        let yp = y.need(4 * rows * batch, "y")?;
+        let bp = match bias {
+            Some(b) => b.need(4 * rows, "bias")?,
+            None => 0u64,
+        };
+        let (nw, sc) = match norm {
+            Some(n) => (
+                n.weight.need(4 * cols, "norm weight")?,
+                n.scale.need(4 * batch, "row scales")?,
+            ),
+            None => (0u64, 0u64),
+        };
+        let (rows_i, cols_i) = (as_i32(rows, "rows")?, as_i32(cols, "cols")?);
+        let (rb64, acc) = (rb as u64, accumulate as i32);
+        let f = self.func(&name)?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&wp)
+            .arg(&rb64)
+            .arg(&xp)
+            .arg(&bp)
+            .arg(&yp)
+            .arg(&rows_i)
+            .arg(&cols_i)
+            .arg(&acc)
+            .arg(&batch_i)
+            .arg(&nw)
+            .arg(&sc);
+        // SAFETY: windows checked above (x and y hold `batch` rows, the
+        // scales one per row); argument types and order match `matmul_impl`
+        // in cuda/matvec.cu.
+        unsafe { l.launch(b8_grid(rows, batch)) }
+            .map(|_| ())
+            .map_err(cuda_err(&format!("launching {name}")))
+    }
+
+    /// out[t] = silu(Wg·x'[t]) * (Wu·x'[t]) with x'[t] = rmsnorm(x[t]) *
+    /// norm.weight, for `batch` rows; gate and up in the same format.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gate_up_rows(
+        &self,
+        dtype: GgmlType,
+        wg: Span,
+        wu: Span,
+        x: Span,
+        norm: RowNorm,
+        out: Span,
+        rows: usize,
+        cols: usize,
+        batch: usize,
+    ) -> Result<()> {
+        let batch_i = check_batch(batch)?;
+        let name = format!("matvec_{}_gu_b8", dtype_suffix(dtype).unwrap_or("none"));
+        let rb = row_bytes(dtype, cols)?;
+        let gp = wg.need(rb * rows, "gate weights")?;
+        let up = wu.need(rb * rows, "up weights")?;
+        let xp = x.need(4 * cols * batch, "x")?;
+        let nw = norm.weight.need(4 * cols, "norm weight")?;
+        let sc = norm.scale.need(4 * batch, "row scales")?;
+        let op = out.need(4 * rows * batch, "out")?;
+        let (rows_i, cols_i, rb64) = (as_i32(rows, "rows")?, as_i32(cols, "cols")?, rb as u64);
+        let f = self.func(&name)?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&gp)
+            .arg(&up)
+            .arg(&rb64)
+            .arg(&xp)
+            .arg(&nw)
+            .arg(&sc)
+            .arg(&op)
+            .arg(&rows_i)
+            .arg(&cols_i)
+            .arg(&batch_i);
+        // SAFETY: windows checked above; argument types and order match
+        // `gate_up_b_impl` in cuda/matvec.cu.
+        unsafe { l.launch(b8_grid(rows, batch)) }
+            .map(|_| ())
+            .map_err(cuda_err(&format!("launching {name}")))
+    }
+}
