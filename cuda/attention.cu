@@ -1,7 +1,7 @@
 // attention.cu: attention of query tokens over the KV cache with GQA and a
 // causal mask (KERNEL-ATTN), as split-KV ("flash-decoding") in two launches.
-// Query row t of a launch sits at position pos_rows[t] of sequence
-// seq_rows[t] and attends to that sequence's cache rows 0..=pos_rows[t]: a
+// Query row t of a launch sits at position place[t].x of sequence
+// place[t].y and attends to that sequence's cache rows 0..=position: a
 // decode step is one row per sequence, a prefill chunk one sequence's
 // consecutive positions. Cache rows are found through the sequence's page
 // table (kv_row, common.cuh): pages are whole chunks, so a chunk's rows are
@@ -30,15 +30,15 @@ static_assert(KV_PAGE % ATT_CHUNK == 0, "a KV page holds whole attention chunks"
 // finished last (WORKER-4710), and resets the counter for the next launch or
 // graph replay. Counters start at zero (the scratch is allocated zeroed).
 extern "C" __global__ void attn_partial(const float* q, const float* kc, const float* vc, float* part,
-                                        int* counters, float* att_out, const int* pos_rows, const int* seq_rows,
-                                        const int* tables, int table_len, int n_heads, int n_kv, int hd,
-                                        int n_chunks, float scale) {
+                                        int* counters, float* att_out, const int4* place, const int* tables,
+                                        int table_len, int n_heads, int n_kv, int hd, int n_chunks, float scale) {
     __shared__ __align__(16) float qs[256];
     __shared__ float sc[ATT_CHUNK];
     __shared__ int is_last;
     const int h = blockIdx.x, c = blockIdx.y, t = blockIdx.z;
-    const int n = pos_rows[t] + 1;
-    const int* table = tables + (u64)seq_rows[t] * table_len;
+    const int4 pl = place[t];
+    const int n = pl.x + 1;
+    const int* table = tables + (u64)pl.y * table_len;
     const int t0 = c * ATT_CHUNK;
     if (t0 >= n) return;
     const int tn = min(ATT_CHUNK, n - t0);
@@ -121,14 +121,15 @@ extern "C" __global__ void attn_partial(const float* q, const float* kc, const f
 // threads per row, each over every fourth float4 of the head, folded by a
 // fixed two-step butterfly. Output dims d and d + 128 belong to thread d.
 extern "C" __global__ void attn_prefill(const float* q, const float* kc, const float* vc, float* out,
-                                        const int* pos_rows, const int* seq_rows, const int* tables,
-                                        int table_len, int n_heads, int n_kv, int hd, float scale) {
+                                        const int4* place, const int* tables, int table_len, int n_heads,
+                                        int n_kv, int hd, float scale) {
     __shared__ __align__(16) float qs[256];
     __shared__ float sc[ATT_CHUNK];
     __shared__ float se[ATT_CHUNK];
     const int h = blockIdx.x, t = blockIdx.y;
-    const int n = pos_rows[t] + 1;
-    const int* table = tables + (u64)seq_rows[t] * table_len;
+    const int4 pl = place[t];
+    const int n = pl.x + 1;
+    const int* table = tables + (u64)pl.y * table_len;
     const int kvh = h / (n_heads / n_kv);
     const int kv_stride = n_kv * hd;
     const float* qh = q + ((u64)t * n_heads + h) * hd;
@@ -202,9 +203,8 @@ extern "C" __global__ void attn_prefill(const float* q, const float* kc, const f
 #define PT_KC 32
 template <int HD>
 __device__ __forceinline__ void attn_prefill_tile_body(const float* q, const float* kc, const float* vc, float* out,
-                                                       const int* pos_rows, const int* seq_rows, const int* tables,
-                                                       int table_len, int n_heads, int n_kv, int n_tok, int tq,
-                                                       float scale) {
+                                                       const int4* place, const int* tables, int table_len,
+                                                       int n_heads, int n_kv, int n_tok, int tq, float scale) {
     constexpr int HP = HD + 1, HD4 = HD / 4, NV = (HD4 + 15) / 16;
     extern __shared__ __align__(16) float sm[];
     const int g = blockIdx.x;
@@ -213,8 +213,9 @@ __device__ __forceinline__ void attn_prefill_tile_body(const float* q, const flo
     // The longest (last) tiles are dispatched first, so the short ones fill in behind them.
     const int tile0 = (gridDim.y - 1 - blockIdx.y) * tq;
     // One sequence's consecutive positions: row t sits at pos0 + t.
-    const int pos0 = pos_rows[0];
-    const int* table = tables + (u64)seq_rows[0] * table_len;
+    const int4 pl = place[0];
+    const int pos0 = pl.x;
+    const int* table = tables + (u64)pl.y * table_len;
     const int kv_stride = n_kv * HD;
     float* Vs = sm;                  // PT_KC x HD, float4-aligned
     float* Qs = Vs + PT_KC * HD;     // R x (HD + 1)
@@ -359,17 +360,13 @@ __device__ __forceinline__ void attn_prefill_tile_body(const float* q, const flo
 }
 
 extern "C" __global__ void __launch_bounds__(128)
-    attn_prefill_tile_64(const float* q, const float* kc, const float* vc, float* out, const int* pos_rows,
-                          const int* seq_rows, const int* tables, int table_len, int n_heads, int n_kv, int n_tok,
-                          int tq, float scale) {
-    attn_prefill_tile_body<64>(q, kc, vc, out, pos_rows, seq_rows, tables, table_len, n_heads, n_kv, n_tok, tq,
-                                scale);
+    attn_prefill_tile_64(const float* q, const float* kc, const float* vc, float* out, const int4* place,
+                          const int* tables, int table_len, int n_heads, int n_kv, int n_tok, int tq, float scale) {
+    attn_prefill_tile_body<64>(q, kc, vc, out, place, tables, table_len, n_heads, n_kv, n_tok, tq, scale);
 }
 
 extern "C" __global__ void __launch_bounds__(128)
-    attn_prefill_tile_128(const float* q, const float* kc, const float* vc, float* out, const int* pos_rows,
-                          const int* seq_rows, const int* tables, int table_len, int n_heads, int n_kv, int n_tok,
-                          int tq, float scale) {
-    attn_prefill_tile_body<128>(q, kc, vc, out, pos_rows, seq_rows, tables, table_len, n_heads, n_kv, n_tok, tq,
-                                scale);
+    attn_prefill_tile_128(const float* q, const float* kc, const float* vc, float* out, const int4* place,
+                          const int* tables, int table_len, int n_heads, int n_kv, int n_tok, int tq, float scale) {
+    attn_prefill_tile_body<128>(q, kc, vc, out, place, tables, table_len, n_heads, n_kv, n_tok, tq, scale);
 }

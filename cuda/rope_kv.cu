@@ -1,20 +1,21 @@
 // rope_kv.cu: rotary embedding of q and k (llama "norm" pairs or NeoX halves),
 // fused with the KV-cache write of k and v (KERNEL-ROPE, KERNEL-KV).
 // Why fused: one launch per layer instead of three. Every row of a step
-// (blockIdx.y) reads its position and its sequence from device memory, so a
-// captured decode graph replays unchanged and one launch serves a prefill
-// chunk (one sequence, consecutive positions) or a batched decode step (one
-// row per sequence) alike.
-// Cache: the layer's pool of pages, [page][KV_PAGE][n_kv][head_dim] f32;
-// row t's sequence owns the page table tables[seq[t]] (table_len entries).
+// (blockIdx.y) reads its place from device memory, so a captured decode
+// graph replays unchanged and one launch serves a prefill chunk (one
+// sequence, consecutive positions) or a batched decode step (one row per
+// sequence) alike. place[t] = {position, sequence, pool row, 0}: the host
+// looks the pool row up in the sequence's page table, so the store needs
+// no table read of its own.
+// Cache: the layer's pool of pages, [pool row][n_kv][head_dim] f32.
 #include "common.cuh"
 
 extern "C" __global__ void rope_kv(float* q, const float* k, const float* v, float* kc, float* vc,
-                                   const int* pos_rows, const int* seq_rows, const int* tables,
-                                   int table_len, int n_heads, int n_kv, int hd, int neox, float base) {
+                                   const int4* place, int n_heads, int n_kv, int hd, int neox, float base) {
     const int t = blockIdx.y;
-    const int pos = pos_rows[t];
-    const u64 row = kv_row(tables + (u64)seq_rows[t] * table_len, pos);
+    const int4 pl = place[t];
+    const int pos = pl.x;
+    const u64 row = (u64)pl.z;
     const int half = hd >> 1;
     const int n_rot = (n_heads + n_kv) * half;
     q += (u64)t * n_heads * hd;

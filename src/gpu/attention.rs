@@ -20,17 +20,17 @@ pub const ATT_CHUNK: usize = 32;
 /// it to every kernel as `KV_PAGE` (attention.cu asserts it holds whole chunks).
 pub const KV_PAGE_TOKENS: usize = ATT_CHUNK;
 
-/// Where each row of a launch finds its KV rows: its position and its
-/// sequence (one i32 each per row), every sequence's page table
-/// (`table_len` i32 page ids each, `tables` holding `n_tables` of them) and
-/// the pool's size in pages. The engine writes rows and tables from its own
-/// page tables (`engine::kv::KvPool`) after `check_step`, so every sequence
-/// id names a table, every page id is below `pool_pages` and every position
+/// Where each row of a launch finds its KV rows: its place, four i32 per
+/// row {position, sequence, pool row of that position, 0} (one 16-byte load
+/// in the kernels), every sequence's page table (`table_len` i32 page ids
+/// each, `tables` holding `n_tables` of them) and the pool's size in pages.
+/// The engine writes places and tables from its own page tables
+/// (`engine::kv::KvPool`) after `check_step`, so every sequence id names a
+/// table, every page id and pool row is inside the pool and every position
 /// is below `table_len * KV_PAGE_TOKENS`: the kernels trust those values.
 #[derive(Clone, Copy)]
 pub struct KvRows<'a> {
-    pub pos: Span<'a>,
-    pub seq: Span<'a>,
+    pub place: Span<'a>,
     pub tables: Span<'a>,
     pub n_tables: usize,
     pub table_len: usize,
@@ -40,8 +40,7 @@ pub struct KvRows<'a> {
 /// The device pointers of a [`KvRows`] for `n_tok` rows, windows checked,
 /// and the bytes a layer's key (or value) pool spans.
 pub(super) struct KvArgs {
-    pub(super) pos: u64,
-    pub(super) seq: u64,
+    pub(super) place: u64,
     pub(super) tables: u64,
     pub(super) table_len: i32,
     pub(super) pool_bytes: usize,
@@ -50,8 +49,7 @@ pub(super) struct KvArgs {
 impl KvRows<'_> {
     pub(super) fn args(&self, n_tok: usize, kv_dim: usize) -> Result<KvArgs> {
         Ok(KvArgs {
-            pos: self.pos.need(4 * n_tok, "row positions")?,
-            seq: self.seq.need(4 * n_tok, "row sequences")?,
+            place: self.place.need(16 * n_tok, "row places")?,
             tables: self
                 .tables
                 .need(4 * self.table_len * self.n_tables.max(1), "page tables")?,
@@ -108,8 +106,8 @@ impl Gpu {
         n_tok * n_heads * max_ctx.div_ceil(ATT_CHUNK) * (hd + 2) + n_tok * n_heads
     }
 
-    /// Attention of `n_tok` query rows (row t at position rows.pos[t] of
-    /// sequence rows.seq[t]) over each one's cache rows 0..=pos in one
+    /// Attention of `n_tok` query rows (row t at the position and sequence
+    /// of its place) over each one's cache rows 0..=pos in one
     /// launch: split-KV partials, and the last block of each (row, head)
     /// folds them in chunk order. The grid covers `reach` positions (at most
     /// `max_ctx`; a captured graph passes `max_ctx` so it stays valid as
@@ -142,8 +140,12 @@ impl Gpu {
             4 * Self::attn_scratch_floats(n_heads, hd, max_ctx, n_tok),
             "attention scratch",
         )?;
-        // The counters follow the partials inside the same scratch window.
-        let counters = pp_ + 4 * (n_tok * n_heads * n_chunks * (hd + 2)) as u64;
+        // The counters follow the partials of every row the scratch window
+        // holds, so their place does not depend on this launch's row count:
+        // a launch of many rows never writes partials over the counters a
+        // launch of fewer rows left at zero.
+        let cap_rows = part.bytes() / (4 * Self::attn_scratch_floats(n_heads, hd, max_ctx, 1));
+        let counters = pp_ + 4 * (cap_rows * n_heads * n_chunks * (hd + 2)) as u64;
         let (nh, nk, hdi, nc) = (
             as_i32(n_heads, "n_heads")?,
             as_i32(n_kv, "n_kv")?,
@@ -164,8 +166,7 @@ impl Gpu {
             .arg(&pp_)
             .arg(&counters)
             .arg(&op)
-            .arg(&kv.pos)
-            .arg(&kv.seq)
+            .arg(&kv.place)
             .arg(&kv.tables)
             .arg(&kv.table_len)
             .arg(&nh)
@@ -173,8 +174,8 @@ impl Gpu {
             .arg(&hdi)
             .arg(&nc)
             .arg(&scale);
-        // SAFETY: windows checked above (the scratch window holds the partials
-        // and the n_tok * n_heads counters after them); the rows' sequences,
+        // SAFETY: windows checked above (the scratch window holds the
+        // partials and counters of cap_rows >= n_tok rows); the rows' sequences,
         // pages and positions are the engine's checked values (see KvRows),
         // so every cache row read is inside the pool windows; types match
         // attn_partial in cuda/attention.cu.
@@ -184,8 +185,8 @@ impl Gpu {
     }
 
     /// Prefill attention of `n_tok` query rows of one sequence at
-    /// consecutive positions (row t at rows.pos[0] + t, every rows.seq[t]
-    /// the same) over its cache rows 0..=pos with an online softmax and no
+    /// consecutive positions (row t at row 0's position + t, every row's
+    /// sequence the same) over its cache rows 0..=pos with an online softmax and no
     /// scratch, so the chunk can be large: tiled per KV head
     /// (`attn_prefill_tile_<hd>`) when the shape allows, else one block per
     /// (head, token).
@@ -233,8 +234,7 @@ impl Gpu {
                 .arg(&kcp)
                 .arg(&vcp)
                 .arg(&op)
-                .arg(&kv.pos)
-                .arg(&kv.seq)
+                .arg(&kv.place)
                 .arg(&kv.tables)
                 .arg(&kv.table_len)
                 .arg(&nh)
@@ -263,8 +263,7 @@ impl Gpu {
             .arg(&kcp)
             .arg(&vcp)
             .arg(&op)
-            .arg(&kv.pos)
-            .arg(&kv.seq)
+            .arg(&kv.place)
             .arg(&kv.tables)
             .arg(&kv.table_len)
             .arg(&nh)

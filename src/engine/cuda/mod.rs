@@ -285,8 +285,7 @@ impl CudaEngine {
     /// The step rows' view of the KV pool for the kernels.
     fn kv_rows(&self) -> KvRows<'_> {
         KvRows {
-            pos: self.act[Buf::Pos].all(),
-            seq: self.act[Buf::Seq].all(),
+            place: self.act[Buf::Place].all(),
             tables: self.act[Buf::Tables].all(),
             n_tables: self.layout.max_seqs,
             table_len: self.layout.table_len(),
@@ -326,20 +325,36 @@ impl CudaEngine {
         }
     }
 
-    /// Upload the step rows: token ids, positions and sequences.
-    fn upload_rows(&mut self, ids: &[i32], pos: &[i32], seq: &[i32]) -> Result<()> {
+    /// Upload the step rows: token ids, and the places of `(position,
+    /// sequence)` with the pool row each position's k and v go to (from
+    /// the sequence's page table, checked by `check_step`).
+    fn upload_rows(
+        &mut self,
+        ids: &[i32],
+        rows: impl Iterator<Item = (usize, SeqSlot)>,
+    ) -> Result<()> {
+        let mut place = Vec::with_capacity(4 * ids.len());
+        for (pos, seq) in rows {
+            let row = self
+                .seq(seq)
+                .and_then(|s| s.table.row(pos))
+                .ok_or_else(|| {
+                    WorkerError::internal(format!(
+                        "position {pos} of sequence {} has no page",
+                        seq.0
+                    ))
+                })?;
+            place.extend_from_slice(&[pos as i32, seq.0 as i32, row as i32, 0]);
+        }
         self.gpu.upload(&mut self.act[Buf::Tok], 0, ids)?;
-        self.gpu.upload(&mut self.act[Buf::Pos], 0, pos)?;
-        self.gpu.upload(&mut self.act[Buf::Seq], 0, seq)
+        self.gpu.upload(&mut self.act[Buf::Place], 0, &place)
     }
 
     /// One token of each of `rows` sequences (ids, positions, slots), logits
     /// to rows 0..rows.len(). A lone row replays the captured graph.
     fn run_decode(&mut self, rows: &[(u32, usize, SeqSlot)]) -> Result<()> {
         let ids: Vec<i32> = rows.iter().map(|r| r.0 as i32).collect();
-        let pos: Vec<i32> = rows.iter().map(|r| r.1 as i32).collect();
-        let seq: Vec<i32> = rows.iter().map(|r| r.2 .0 as i32).collect();
-        self.upload_rows(&ids, &pos, &seq)?;
+        self.upload_rows(&ids, rows.iter().map(|r| (r.1, r.2)))?;
         if !self.use_graph || rows.len() > 1 {
             let reach = rows.iter().map(|r| r.1 + 1).max().unwrap_or(1);
             return self.enqueue_step(rows.len(), true, 0, reach);
@@ -366,9 +381,7 @@ impl CudaEngine {
         for (i, piece) in c.tokens.chunks(self.chunk).enumerate() {
             let start = c.pos + i * self.chunk;
             let ids: Vec<i32> = piece.iter().map(|&t| t as i32).collect();
-            let pos: Vec<i32> = (start..start + piece.len()).map(|p| p as i32).collect();
-            let seq = vec![c.seq.0 as i32; piece.len()];
-            self.upload_rows(&ids, &pos, &seq)?;
+            self.upload_rows(&ids, (start..start + piece.len()).map(|p| (p, c.seq)))?;
             let decode = piece.len() == 1;
             self.enqueue_step(piece.len(), decode, out_row, start + piece.len())?;
         }

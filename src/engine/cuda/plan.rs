@@ -86,11 +86,11 @@ pub(super) enum Buf {
     Logits,
     /// Split-KV attention partials (decode only: prefill uses attn_prefill).
     Scores,
-    /// Each step row's token id, position and sequence, read by the kernels
-    /// (and so by the captured graph) from device memory.
+    /// Each step row's token id, and its place {position, sequence, pool
+    /// row, 0} (`gpu::attention::KvRows`), read by the kernels (and so by
+    /// the captured graph) from device memory.
     Tok,
-    Pos,
-    Seq,
+    Place,
     /// Every sequence's page table (`Layout::table_len` page ids each).
     Tables,
     /// Each decode row's RMS scale (`row_rms`) in a batched decode step.
@@ -128,7 +128,7 @@ struct Shapes {
 
 impl Buf {
     /// Allocation order.
-    pub(super) const ALL: [Buf; 24] = [
+    pub(super) const ALL: [Buf; 23] = [
         Buf::X,
         Buf::Xn,
         Buf::Q,
@@ -141,8 +141,7 @@ impl Buf {
         Buf::Logits,
         Buf::Scores,
         Buf::Tok,
-        Buf::Pos,
-        Buf::Seq,
+        Buf::Place,
         Buf::Tables,
         Buf::Scale,
         Buf::CandIds,
@@ -177,8 +176,7 @@ impl Buf {
                 "attention scratch",
             ),
             Buf::Tok => (4 * s.rows, "tok"),
-            Buf::Pos => (4 * s.rows, "pos"),
-            Buf::Seq => (4 * s.rows, "seq"),
+            Buf::Place => (16 * s.rows, "row places"),
             Buf::Tables => (4 * s.max_seqs * s.table_len, "page tables"),
             Buf::Scale => (4 * s.rows, "row scales"),
             Buf::CandIds => (4 * DEVICE_CANDIDATES, "cand_ids"),
@@ -207,7 +205,7 @@ pub(super) fn scratch_plan(
     cfg: &ModelConfig,
     layout: &Layout,
     weight_bytes: usize,
-) -> [(usize, &'static str); 24] {
+) -> [(usize, &'static str); 23] {
     let s = Shapes {
         d: cfg.d_model,
         q_dim: cfg.n_heads * cfg.head_dim,

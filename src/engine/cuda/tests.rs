@@ -85,8 +85,7 @@ pub(super) fn poisoned(g: &Gpu, n: usize, what: &str) -> DeviceBuffer {
 /// pool page `pages[i]`. Tests scramble the pages so a kernel that ignores the table
 /// reads the wrong rows.
 pub(super) struct TestRows {
-    pos: DeviceBuffer,
-    seq: DeviceBuffer,
+    place: DeviceBuffer,
     tables: DeviceBuffer,
     host_pages: Vec<i32>,
     table_len: usize,
@@ -95,16 +94,18 @@ pub(super) struct TestRows {
 
 impl TestRows {
     pub(super) fn new(g: &Gpu, pages: &[i32], pos0: usize, n: usize) -> Self {
-        let mut pos = g.alloc(4 * n, "row positions").unwrap();
-        let p: Vec<i32> = (pos0..pos0 + n).map(|v| v as i32).collect();
-        g.upload(&mut pos, 0, &p).unwrap();
-        let mut seq = g.alloc(4 * n, "row sequences").unwrap();
-        g.upload(&mut seq, 0, &vec![0i32; n]).unwrap();
+        let row = |t: usize| {
+            pages[t / KV_PAGE_TOKENS] * KV_PAGE_TOKENS as i32 + (t % KV_PAGE_TOKENS) as i32
+        };
+        let p: Vec<i32> = (pos0..pos0 + n)
+            .flat_map(|t| [t as i32, 0, row(t), 0])
+            .collect();
+        let mut place = g.alloc(16 * n, "row places").unwrap();
+        g.upload(&mut place, 0, &p).unwrap();
         let mut tables = g.alloc(4 * pages.len(), "page table").unwrap();
         g.upload(&mut tables, 0, pages).unwrap();
         Self {
-            pos,
-            seq,
+            place,
             tables,
             host_pages: pages.to_vec(),
             table_len: pages.len(),
@@ -121,8 +122,7 @@ impl TestRows {
 
     pub(super) fn rows(&self) -> KvRows<'_> {
         KvRows {
-            pos: self.pos.all(),
-            seq: self.seq.all(),
+            place: self.place.all(),
             tables: self.tables.all(),
             n_tables: 1,
             table_len: self.table_len,
