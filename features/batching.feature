@@ -86,10 +86,10 @@ Feature: Many jobs at once: slots, a bounded queue and batch-invariant streams
     And the configuration sets "admission_window_ms" to 0
     When the worker is started
     And I start executing "Once upon a time" with max_tokens 2000
-    And another job "Hello" with max_tokens 4 is accepted while the first runs
+    And another job "Hello" with max_tokens 16 is accepted while the first runs
     Then that job's started event has queue_position 0
-    And the second job streams 4 tokens and ends with an "end" event
-    And the running stream is still sending tokens
+    And the second job streams 16 tokens and ends with an "end" event
+    And the running stream sent tokens while the second job streamed
     And I cancel the job
 
   @WORKER-4121 @WORKER-4245 @serial
@@ -111,6 +111,4 @@ Feature: Many jobs at once: slots, a bounded queue and batch-invariant streams
     And I start executing "Once upon a time" with max_tokens 200
     And I wait until 2 token events have streamed
     And another job "Hello" with max_tokens 100 is accepted while the first runs
-    Then the ready answer shows 1 job waiting throughout 300 ms
-    When I cancel the job
-    Then the waiting job ends with an "end" event
+    Then the waiting job was accepted while the running job ran and streamed only after it ended

@@ -383,21 +383,20 @@ async fn waiting_refused_first(w: &mut World, code: String) {
 
 /// The capacity of an idle worker: every slot free, nothing waiting, and
 /// the whole KV pool free. The pool is computed here from the
-/// configuration: the CPU engine holds at least max_context positions in
-/// whole pages of 16; the CUDA engine keeps one cache of max_context.
+/// configuration: each engine holds at least max_context positions in
+/// whole pages, of 16 positions on the CPU and 32 on CUDA.
 fn idle_capacity(w: &World, slots: u64, queue: u64, pool: u64) -> Value {
     let ctx = w
         .config
         .get("max_context")
         .and_then(Value::as_u64)
         .unwrap_or(4096);
-    let cuda = crate::steps::world::ctx().backend() == "cuda";
-    let slots = if cuda { 1 } else { slots };
-    let positions = if cuda {
-        ctx
+    let page = if crate::steps::world::ctx().backend() == "cuda" {
+        32
     } else {
-        pool.max(ctx).div_ceil(16) * 16
+        16
     };
+    let positions = pool.max(ctx).div_ceil(page) * page;
     json!({
         "slots_total": slots, "slots_free": slots, "queue_depth": 0,
         "max_queued_jobs": queue, "kv_tokens_free": positions, "kv_tokens_total": positions,
@@ -484,18 +483,63 @@ async fn queue_time_covers(w: &mut World) {
     );
 }
 
-#[then(regex = r"^the ready answer shows (\d+) jobs? waiting throughout (\d+) ms$")]
-async fn waiting_throughout(w: &mut World, n: u64, ms: u64) {
-    let until = Instant::now() + Duration::from_millis(ms);
-    loop {
-        let c = capacity(w).await;
-        w.check(
-            c["queue_depth"].as_u64() == Some(n),
-            format!("the ready answer's capacity is {c}"),
-        );
-        if Instant::now() > until {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// The second job was accepted while the first ran, and sent its first
+/// token only after the first job's last event: it waited for pages, as
+/// seen by the client, whatever the backend's speed.
+#[then("the waiting job was accepted while the running job ran and streamed only after it ended")]
+async fn waited_for_running(w: &mut World) {
+    let second = finish_waiting(w).await;
+    crate::steps::sse::finish_background(w).await;
+    let first_end = w.stream().terminal().map(|(_, e)| e.at);
+    let accepted = second
+        .events
+        .iter()
+        .find(|e| e.name == "started")
+        .map(|e| e.at);
+    let first_token = second.tokens().first().map(|e| e.at);
+    let (Some(first_end), Some(accepted), Some(first_token)) = (first_end, accepted, first_token)
+    else {
+        w.fail(format!(
+            "missing events: running job's end {first_end:?}, waiting job's started {accepted:?}, its first token {first_token:?}"
+        ))
+    };
+    w.check(
+        accepted < first_end,
+        "the waiting job was accepted only after the running job ended",
+    );
+    w.check(
+        first_token >= first_end,
+        format!(
+            "the waiting job streamed its first token {:?} before the running job ended",
+            first_end.saturating_duration_since(first_token)
+        ),
+    );
+}
+
+/// The running stream sent tokens between the second job's first token
+/// and its end: the two jobs shared steps.
+#[then("the running stream sent tokens while the second job streamed")]
+async fn interleaved(w: &mut World) {
+    let second = waiting_stream(w);
+    let (Some(from), Some((_, end))) = (second.tokens().first().map(|e| e.at), second.terminal())
+    else {
+        w.fail("the second job has no token or no end event")
+    };
+    let until = end.at;
+    let running = match &w.background {
+        Some(bg) => bg.shared.lock().expect("stream lock").clone(),
+        None => w.fail("no job was started in the background"),
+    };
+    let beside = running
+        .tokens()
+        .iter()
+        .filter(|e| e.at >= from && e.at <= until)
+        .count();
+    w.check(
+        beside > 0,
+        format!(
+            "the running stream sent no token between the second job's first token and its end ({} tokens in all)",
+            running.tokens().len()
+        ),
+    );
 }

@@ -213,25 +213,6 @@ async fn worker_closes(w: &mut World, secs: u64) {
     );
 }
 
-/// The background stream keeps sending tokens and has not ended.
-#[then("the running stream is still sending tokens")]
-async fn stream_still_flows(w: &mut World) {
-    let count = |w: &World| match &w.background {
-        Some(bg) => {
-            let s = bg.shared.lock().expect("stream lock");
-            (s.tokens().len(), s.terminal().is_some())
-        }
-        None => w.fail("no job was started in the background"),
-    };
-    let (before, _) = count(w);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (after, ended) = count(w);
-    w.check(
-        after > before && !ended,
-        format!("tokens went from {before} to {after}; ended: {ended}"),
-    );
-}
-
 /// The stream outlived the header timeout several times over and still
 /// ended with its `end` event: the timeout never cuts a response.
 #[then(regex = r"^the stream lasted more than (\d+) times the header timeout$")]
