@@ -44,6 +44,9 @@ extern "C" __global__ void attn_partial(const float* q, const float* kc, const f
     const int tn = min(ATT_CHUNK, n - t0);
     const int kvh = h / (n_heads / n_kv);
     const int kv_stride = n_kv * hd;
+    // The chunk's first pool row, read from the page table before the query
+    // is staged so the two loads overlap; the chunk's rows follow it.
+    const u64 row0 = kv_row(table, t0);
     const float* qh = q + ((u64)t * n_heads + h) * hd;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = qh[d];
     __syncthreads();
@@ -51,7 +54,7 @@ extern "C" __global__ void attn_partial(const float* q, const float* kc, const f
     // independent 16-byte loads (hd % 4 == 0, checked by the launcher), so the
     // 32 rows of a chunk are scored in parallel instead of one warp-sum each.
     if (threadIdx.x < tn) {
-        const float4* kr = (const float4*)(kc + kv_row(table, t0 + threadIdx.x) * kv_stride + kvh * hd);
+        const float4* kr = (const float4*)(kc + (row0 + threadIdx.x) * kv_stride + kvh * hd);
         const float4* q4 = (const float4*)qs;
         float p = 0.0f;
 #pragma unroll 4
@@ -73,7 +76,7 @@ extern "C" __global__ void attn_partial(const float* q, const float* kc, const f
     float* base = part + ((u64)t * n_heads + h) * n_chunks * (hd + 2);
     float* out = base + (u64)c * (hd + 2);
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        const float* vr = vc + kv_row(table, t0) * kv_stride + kvh * hd + d;
+        const float* vr = vc + row0 * kv_stride + kvh * hd + d;
         float o = 0.0f;
 #pragma unroll 8
         for (int j = 0; j < tn; j++) o = fmaf(expf(sc[j] - m), vr[(u64)j * kv_stride], o);

@@ -276,6 +276,175 @@ __device__ __forceinline__ void gate_up_st_impl(const u8* __restrict__ Wg, const
     }
 }
 
+// ---------------------------------------------------------------------------
+// Batched staged variant (`_bst`, `_gu_bst`) for the rows of a batched
+// decode step (issue 11 points 4, 5 and 7). A block stages `per` token
+// vectors (and the norm weight) into shared memory once, in the padded
+// layout of the `_st` kernels; each of its warps takes BST_RPW rows, stages
+// each row's weight chunks as row_dot_st does, and dots every dequantized
+// run with every staged vector. Per output (row, token) the runs are taken
+// by the same lanes in the same order, scaled and summed as in row_dot_st
+// and reduced by the same butterfly, so a row gets the bits a lone vector
+// gets from the `_st` kernels (WORKER-4710). gridDim.x = token groups of
+// `per` (fastest, so the groups of one row block run together and share its
+// weights in L2); gridDim.y = row blocks of 4 * BST_RPW rows.
+// Shared bytes: 4 * nsub * XPAD * (per + (nw ? 1 : 0)) + 4 * (CHUNK + 8).
+// ---------------------------------------------------------------------------
+#define BST_NT 8
+#define BST_RPW 4
+
+template <class Q>
+__device__ __forceinline__ void rows_dot_st(const u8* row, u64 row_bytes, const u8* next, const float* xs,
+                                            int xstride, int nt, const float* ns, u32* wsh, int nsub,
+                                            u32 (&v)[NWL(Q)], Staged& st, float (&acc)[BST_NT]) {
+    const int lane = threadIdx.x & 31;
+    const int nch = (nsub + 31) >> 5;
+#pragma unroll
+    for (int t = 0; t < BST_NT; t++) acc[t] = 0.0f;
+    for (int c = 0; c < nch; c++) {
+        __syncwarp();  // every lane is done reading the previous chunk
+#pragma unroll
+        for (int k = 0; k < NWL(Q); k++) {
+            const int i = lane + 32 * k;
+            if (i < st.nwords) wsh[i] = v[k];
+        }
+        __syncwarp();
+        const int off = st.off;
+        if (c + 1 < nch) {
+            st = fetch_chunk<Q>(row, row_bytes, c + 1, v);
+        } else if (next) {
+            st = fetch_chunk<Q>(next, row_bytes, 0, v);
+        }
+        const int s = c * 32 + lane;
+        if (s < nsub) {
+            float w[32];
+            Q::deq32((const u8*)wsh + off, lane, w);
+            if (ns) {
+                const float4* nv = (const float4*)(ns + s * XPAD);
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    const float4 n = nv[i];
+                    w[4 * i + 0] *= n.x;
+                    w[4 * i + 1] *= n.y;
+                    w[4 * i + 2] *= n.z;
+                    w[4 * i + 3] *= n.w;
+                }
+            }
+#pragma unroll
+            for (int t = 0; t < BST_NT; t++) {
+                if (t < nt) {
+                    const float4* xv = (const float4*)(xs + t * xstride + s * XPAD);
+                    float p = 0.0f;
+#pragma unroll
+                    for (int i = 0; i < 8; i++) {
+                        const float4 xx = xv[i];
+                        p = fmaf(w[4 * i + 0], xx.x, p);
+                        p = fmaf(w[4 * i + 1], xx.y, p);
+                        p = fmaf(w[4 * i + 2], xx.z, p);
+                        p = fmaf(w[4 * i + 3], xx.w, p);
+                    }
+                    acc[t] += p;
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < BST_NT; t++) acc[t] = warp_sum(acc[t]);
+}
+
+// Shared layout and first fetch common to both batched staged kernels.
+struct BstBlock {
+    int tb, nt, r0, rend, xstride;
+    float* xs;
+    float* ns;
+    u32* wsh;
+};
+
+template <class Q>
+__device__ __forceinline__ BstBlock bst_block(const u8* W, u64 row_bytes, const float* x, const float* nw, int rows,
+                                              int cols, int batch, int per, u32 (&v)[NWL(Q)], Staged& st) {
+    extern __shared__ __align__(16) float smem[];
+    const int wid = threadIdx.x >> 5, nwarp = blockDim.x >> 5;
+    const int nsub = cols >> 5;
+    BstBlock b;
+    b.tb = blockIdx.x * per;
+    b.nt = min(per, batch - b.tb);
+    const int rb0 = blockIdx.y * nwarp * BST_RPW;
+    b.rend = min(rows, rb0 + nwarp * BST_RPW);
+    b.r0 = rb0 + wid;
+    b.xstride = nsub * XPAD;
+    b.xs = smem;
+    b.ns = nw ? smem + per * b.xstride : nullptr;
+    b.wsh = (u32*)(smem + (per + (nw ? 1 : 0)) * b.xstride) + wid * (Q::CHUNK / 4 + 2);
+    st.off = 0;
+    st.nwords = 0;
+    if (b.r0 < b.rend) st = fetch_chunk<Q>(W + (u64)b.r0 * row_bytes, row_bytes, 0, v);
+    for (int t = 0; t < b.nt; t++) stage_vec(x + (u64)(b.tb + t) * cols, b.xs + t * b.xstride, cols);
+    if (nw) stage_vec(nw, b.ns, cols);
+    __syncthreads();
+    return b;
+}
+
+template <class Q>
+__device__ __forceinline__ void matmul_st_impl(const u8* __restrict__ W, u64 row_bytes,
+                                               const float* __restrict__ x, const float* __restrict__ bias,
+                                               float* __restrict__ y, int rows, int cols, int accumulate, int batch,
+                                               int per, const float* __restrict__ nw,
+                                               const float* __restrict__ scale) {
+    const int lane = threadIdx.x & 31, nwarp = blockDim.x >> 5;
+    u32 v[NWL(Q)];
+    Staged st;
+    const BstBlock b = bst_block<Q>(W, row_bytes, x, nw, rows, cols, batch, per, v, st);
+    for (int r = b.r0; r < b.rend; r += nwarp) {
+        const u8* next = r + nwarp < b.rend ? W + (u64)(r + nwarp) * row_bytes : nullptr;
+        float acc[BST_NT];
+        rows_dot_st<Q>(W + (u64)r * row_bytes, row_bytes, next, b.xs, b.xstride, b.nt, b.ns, b.wsh, cols >> 5, v,
+                       st, acc);
+        if (lane == 0) {
+#pragma unroll
+            for (int t = 0; t < BST_NT; t++) {
+                if (t < b.nt) {
+                    float a = acc[t];
+                    if (nw) a *= scale[b.tb + t];
+                    if (bias) a += bias[r];
+                    float* yt = y + (u64)(b.tb + t) * rows + r;
+                    if (accumulate) a += *yt;
+                    *yt = a;
+                }
+            }
+        }
+    }
+}
+
+template <class Q>
+__device__ __forceinline__ void gate_up_bst_impl(const u8* __restrict__ Wg, const u8* __restrict__ Wu,
+                                                 u64 row_bytes, const float* __restrict__ x,
+                                                 const float* __restrict__ nw, const float* __restrict__ scale,
+                                                 float* __restrict__ out, int rows, int cols, int batch, int per) {
+    const int lane = threadIdx.x & 31, nwarp = blockDim.x >> 5;
+    u32 v[NWL(Q)];
+    Staged st;
+    const BstBlock b = bst_block<Q>(Wg, row_bytes, x, nw, rows, cols, batch, per, v, st);
+    for (int r = b.r0; r < b.rend; r += nwarp) {
+        const u8* gr = Wg + (u64)r * row_bytes;
+        const u8* ur = Wu + (u64)r * row_bytes;
+        const u8* next = r + nwarp < b.rend ? Wg + (u64)(r + nwarp) * row_bytes : nullptr;
+        float ag[BST_NT], au[BST_NT];
+        rows_dot_st<Q>(gr, row_bytes, ur, b.xs, b.xstride, b.nt, b.ns, b.wsh, cols >> 5, v, st, ag);
+        rows_dot_st<Q>(ur, row_bytes, next, b.xs, b.xstride, b.nt, b.ns, b.wsh, cols >> 5, v, st, au);
+        if (lane == 0) {
+#pragma unroll
+            for (int t = 0; t < BST_NT; t++) {
+                if (t < b.nt) {
+                    const float g = ag[t] * scale[b.tb + t];
+                    const float u = au[t] * scale[b.tb + t];
+                    out[(u64)(b.tb + t) * rows + r] = g / (1.0f + expf(-g)) * u;
+                }
+            }
+        }
+    }
+}
+
 // Decode q, k, v projections in one launch (same format and width, one
 // normed input): row r of the concatenation [Wq; Wk; Wv] goes to yq/yk/yv by
 // range. Each row's value is computed exactly as matvec_st_impl computes it
@@ -473,6 +642,16 @@ __device__ __forceinline__ void gate_up_b_impl(const u8* __restrict__ Wg, const 
                                             const float* nw, const float* scale, float* out, int rows, \
                                             int cols, int batch) {                              \
         gate_up_b_impl<Q, 8>(Wg, Wu, row_bytes, x, nw, scale, out, rows, cols, batch);          \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(128) name##_bst(const u8* W, u64 row_bytes, const float* x, \
+                                         const float* bias, float* y, int rows, int cols, int accumulate, \
+                                         int batch, int per, const float* nw, const float* scale) {    \
+        matmul_st_impl<Q>(W, row_bytes, x, bias, y, rows, cols, accumulate, batch, per, nw, scale);  \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(128) name##_gu_bst(const u8* Wg, const u8* Wu, u64 row_bytes, \
+                                            const float* x, const float* nw, const float* scale, float* out, \
+                                            int rows, int cols, int batch, int per) {           \
+        gate_up_bst_impl<Q>(Wg, Wu, row_bytes, x, nw, scale, out, rows, cols, batch, per);      \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(256, 4) name##_st(const u8* W, u64 row_bytes, const float* x, const float* bias, \
                                          float* y, int rows, int cols, int accumulate, const float* nw, \

@@ -1,7 +1,8 @@
-//! Launchers of the batched mat-vecs (`matvec_*_b8`, `matvec_*_gu_b8` in
-//! cuda/matvec.cu) and of `row_rms` (cuda/rmsnorm.cu): one launch over many
-//! rows, each weight run read once per 8 rows (KERNEL-MATVEC; issue 11
-//! points 4 and 5).
+//! Launchers of the batched mat-vecs (`matvec_*_bst` / `matvec_*_gu_bst`,
+//! staged, and `matvec_*_b8` / `matvec_*_gu_b8` where the staged ones'
+//! shared memory does not fit, in cuda/matvec.cu) and of `row_rms`
+//! (cuda/rmsnorm.cu): one launch over many rows, each weight run read once
+//! per 8 rows (KERNEL-MATVEC; issue 11 points 4, 5 and 7).
 //!
 //! Why they exist: a prefill chunk of fewer than GEMM_MIN_TOKENS tokens, and
 //! a decode step of many sequences, one row each. For the decode step every
@@ -15,6 +16,7 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::cuda_err;
 use super::device::{Gpu, Span};
+use super::launch_shape::batched_launch;
 use super::ops::{as_i32, blocks, dtype_suffix, row_bytes};
 use crate::error::{Result, WorkerError};
 use crate::model::gguf::GgmlType;
@@ -90,7 +92,9 @@ impl Gpu {
         accumulate: bool,
     ) -> Result<()> {
         let batch_i = check_batch(batch)?;
-        let name = format!("matvec_{}_b8", dtype_suffix(dtype).unwrap_or("none"));
+        let staged = batched_launch(dtype, rows, cols, batch, norm.is_some());
+        let suffix = if staged.is_some() { "_bst" } else { "_b8" };
+        let name = format!("matvec_{}{suffix}", dtype_suffix(dtype).unwrap_or("none"));
         let rb = row_bytes(dtype, cols)?;
         let wp = w.need(rb * rows, "weights")?;
         let xp = x.need(4 * cols * batch, "x")?;
@@ -118,13 +122,18 @@ impl Gpu {
             .arg(&rows_i)
             .arg(&cols_i)
             .arg(&acc)
-            .arg(&batch_i)
-            .arg(&nw)
-            .arg(&sc);
+            .arg(&batch_i);
+        let per = staged.map(|(per, _)| per as i32);
+        if let Some(per) = &per {
+            l.arg(per);
+        }
+        l.arg(&nw).arg(&sc);
+        let cfg = staged.map_or_else(|| b8_grid(rows, batch), |(_, cfg)| cfg);
         // SAFETY: windows checked above (x and y hold `batch` rows, the
         // scales one per row); argument types and order match `matmul_impl`
-        // in cuda/matvec.cu.
-        unsafe { l.launch(b8_grid(rows, batch)) }
+        // (`_b8`) or `matmul_st_impl` (`_bst`, which also takes `per`) in
+        // cuda/matvec.cu; the staged shared size comes from `batched_launch`.
+        unsafe { l.launch(cfg) }
             .map(|_| ())
             .map_err(cuda_err(&format!("launching {name}")))
     }
@@ -145,7 +154,13 @@ impl Gpu {
         batch: usize,
     ) -> Result<()> {
         let batch_i = check_batch(batch)?;
-        let name = format!("matvec_{}_gu_b8", dtype_suffix(dtype).unwrap_or("none"));
+        let staged = batched_launch(dtype, rows, cols, batch, true);
+        let suffix = if staged.is_some() {
+            "_gu_bst"
+        } else {
+            "_gu_b8"
+        };
+        let name = format!("matvec_{}{suffix}", dtype_suffix(dtype).unwrap_or("none"));
         let rb = row_bytes(dtype, cols)?;
         let gp = wg.need(rb * rows, "gate weights")?;
         let up = wu.need(rb * rows, "up weights")?;
@@ -166,9 +181,16 @@ impl Gpu {
             .arg(&rows_i)
             .arg(&cols_i)
             .arg(&batch_i);
+        let per = staged.map(|(per, _)| per as i32);
+        if let Some(per) = &per {
+            l.arg(per);
+        }
+        let cfg = staged.map_or_else(|| b8_grid(rows, batch), |(_, cfg)| cfg);
         // SAFETY: windows checked above; argument types and order match
-        // `gate_up_b_impl` in cuda/matvec.cu.
-        unsafe { l.launch(b8_grid(rows, batch)) }
+        // `gate_up_b_impl` (`_gu_b8`) or `gate_up_bst_impl` (`_gu_bst`, which
+        // also takes `per`) in cuda/matvec.cu; the staged shared size comes
+        // from `batched_launch`.
+        unsafe { l.launch(cfg) }
             .map(|_| ())
             .map_err(cuda_err(&format!("launching {name}")))
     }

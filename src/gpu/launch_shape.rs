@@ -31,6 +31,45 @@ pub fn staged_smem(t: GgmlType, cols: usize, vectors: usize) -> Option<usize> {
     (bytes <= ST_SMEM_MAX).then_some(bytes)
 }
 
+/// Warps per block and rows per warp of the batched staged kernels (`_bst`,
+/// `_gu_bst`: 128 threads and BST_RPW in cuda/matvec.cu).
+const BST_WARPS: usize = 4;
+const BST_RPW: usize = 4;
+/// Most token vectors one batched staged block holds (BST_NT in cuda/matvec.cu).
+const BST_NT: usize = 8;
+
+/// Vectors per block and launch shape of a batched staged mat-vec over
+/// `batch` vectors of `cols` (the norm weight staged too when `normed`): as
+/// many vectors as the default shared memory holds, up to BST_NT; None when
+/// not even one fits, or the rows need more blocks than a grid dimension
+/// has (the `_b8` kernels run then). Must match `bst_block` in cuda/matvec.cu.
+pub(super) fn batched_launch(
+    t: GgmlType,
+    rows: usize,
+    cols: usize,
+    batch: usize,
+    normed: bool,
+) -> Option<(usize, LaunchConfig)> {
+    let chunk = 1024 / t.block_size() * t.type_size();
+    let per_vec = 4 * (cols / 32) * 36;
+    let fixed = per_vec * usize::from(normed) + BST_WARPS * (chunk + 8);
+    let per = (ST_SMEM_MAX.checked_sub(fixed)? / per_vec.max(1))
+        .min(BST_NT)
+        .min(batch);
+    let row_blocks = rows.div_ceil(BST_WARPS * BST_RPW);
+    if per == 0 || row_blocks == 0 || row_blocks > 65_535 {
+        return None;
+    }
+    Some((
+        per,
+        LaunchConfig {
+            grid_dim: (batch.div_ceil(per) as u32, row_blocks as u32, 1),
+            block_dim: (32 * BST_WARPS as u32, 1, 1),
+            shared_mem_bytes: (fixed + per * per_vec) as u32,
+        },
+    ))
+}
+
 /// Kernel-name suffix and launch shape of a single-vector decode mat-vec:
 /// the staged variant when its shared memory fits, else (and for
 /// `vectors == 0`) the plain one.
