@@ -376,7 +376,8 @@ fn op_qkv_fused_matches_three_matvecs() {
 /// norm vs `matvec_norm`, `gate_up_rows` vs `gate_up`, and `matvec_rows`
 /// without one vs `matvec` of one vector, for every block format, at batch
 /// sizes that fill, split and overflow the staged kernel's groups of 8, and
-/// at a width whose staged vectors do not all fit (the `_b8` fallback).
+/// at a width whose staged vectors do not all fit (the `_b8` fallback for
+/// f32). Widths are whole 256-element blocks, as K-quants need.
 #[test]
 fn op_batched_rows_are_bit_identical_to_lone_rows() {
     let Some(g) = gpu_or_skip("op_batched_rows") else {
@@ -386,7 +387,7 @@ fn op_batched_rows_are_bit_identical_to_lone_rows() {
     for (dt, rows, cols, batch) in supported_quant().into_iter().flat_map(|d| {
         [
             (d, 67usize, 512usize, 3usize),
-            (d, 130, 896, 13),
+            (d, 130, 1024, 13),
             (d, 40, 4864, 9),
         ]
     }) {
