@@ -133,14 +133,19 @@ Feature: Errors and recovery
     And the error code is "WORKER_UNAVAILABLE"
     And I cancel the job
 
+  # The stream says the worker ended the job, not that the client did.
   @WORKER-4971 @serial
   Scenario: A job that outlives the drain timeout is cancelled and the exit is non-zero
     Given a worker configured for the larger test model
     And the configuration sets "drain_timeout_ms" to 1
     When the worker is started
     And I start executing "Once upon a time" with max_tokens 2000
+    And I wait until 1 token event has streamed
     And the worker receives SIGTERM
     Then the worker exits with code 6 within 20 seconds
+    When I wait for the stream to finish
+    Then the stream ends with an "error" event with code "CANCELLED"
+    And the stream's error message mentions "the worker is shutting down"
 
   @WORKER-4972 @serial
   Scenario: Shutdown releases the model

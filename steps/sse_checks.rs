@@ -122,6 +122,25 @@ fn ends_with_error(w: &mut World, code: String) {
     }
 }
 
+/// The terminal error event's message, in words an operator reads.
+#[then(regex = r#"^the stream's error message mentions "([^"]+)"$"#)]
+fn error_event_mentions(w: &mut World, text: String) {
+    let t = w
+        .stream()
+        .terminal()
+        .map(|(_, e)| (e.name.clone(), e.json()));
+    let message = match &t {
+        Some((n, v)) if n == "error" => v["message"].as_str().unwrap_or_default().to_string(),
+        other => w.fail(format!(
+            "the stream ended with {other:?}, not an error event"
+        )),
+    };
+    w.check(
+        message.to_lowercase().contains(&text.to_lowercase()),
+        format!("the error event's message {message:?} does not mention {text:?}"),
+    );
+}
+
 #[then(regex = r#"^the execution is refused with code "([A-Z_]+)"$"#)]
 fn refused_with(w: &mut World, code: String) {
     let s = w.stream().clone();

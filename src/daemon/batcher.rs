@@ -17,9 +17,7 @@
 //! the worker.
 
 use crate::daemon::app::AppState;
-use crate::daemon::engine_thread::{
-    cancelled, verify_seal, Cmd, EndInfo, Job, JobEvent, JobMetrics,
-};
+use crate::daemon::engine_thread::{verify_seal, Cmd, EndInfo, Job, JobEvent, JobMetrics};
 use crate::daemon::scheduler::{JobCtl, SlotGuard};
 use crate::daemon::state::Lifecycle;
 use crate::engine::sched::{Batch, Outcome};
@@ -87,7 +85,7 @@ impl<'t> Server<'t> {
         loop {
             self.take_commands(engine, rx);
             if self.shutdown.is_some() {
-                self.end_all(engine, &cancelled());
+                self.end_all(engine, &super::scheduler::shutdown_cancel());
                 break;
             }
             if let Err(e) = self.admit(engine) {
@@ -460,7 +458,7 @@ impl JobSink {
 impl EventSink for JobSink {
     fn check(&mut self) -> Result<()> {
         if self.ctl.is_cancelled() {
-            return Err(cancelled());
+            return Err(self.ctl.cancel_error());
         }
         if Instant::now() >= self.deadline {
             return Err(WorkerError::Timeout {
@@ -476,7 +474,7 @@ impl EventSink for JobSink {
     fn token(&mut self, index: u64, text: String) -> Result<()> {
         // Checked right before the send so that no token follows an acknowledged cancel (4252).
         if self.ctl.is_cancelled() {
-            return Err(cancelled());
+            return Err(self.ctl.cancel_error());
         }
         self.events
             .try_send(JobEvent::Token { t: text, i: index })
@@ -486,7 +484,7 @@ impl EventSink for JobSink {
                 self.ctl
                     .cancel
                     .store(true, std::sync::atomic::Ordering::SeqCst);
-                cancelled()
+                self.ctl.cancel_error()
             })
     }
 

@@ -158,12 +158,6 @@ impl Drop for EngineLoop {
     }
 }
 
-pub(super) fn cancelled() -> WorkerError {
-    WorkerError::Cancelled {
-        message: "the job was cancelled by its owner or its client disconnected".into(),
-    }
-}
-
 impl EngineLoop {
     fn run(mut self, rx: mpsc::Receiver<Cmd>) {
         while let Ok(cmd) = rx.recv() {

@@ -35,6 +35,10 @@ pub struct JobCtl {
     pub owner_fp6: String,
     /// Set once; read before every decode step and every token send (4252).
     pub cancel: AtomicBool,
+    /// Set before `cancel` when the worker itself ends the job (drain
+    /// timeout, a second stop signal), so its stream says that and not
+    /// that the client cancelled.
+    by_worker: AtomicBool,
     /// Set by the engine thread when the job got its slot and KV pages.
     running: AtomicBool,
     pub started: Instant,
@@ -63,6 +67,16 @@ impl JobCtl {
     }
 
     /// May the stream send one more token event? Counts it when it may.
+    /// The error a cancelled job's stream ends with, naming who cancelled it.
+    pub fn cancel_error(&self) -> WorkerError {
+        if self.by_worker.load(Ordering::SeqCst) {
+            return shutdown_cancel();
+        }
+        WorkerError::Cancelled {
+            message: "the job was cancelled by its owner or its client disconnected".into(),
+        }
+    }
+
     pub fn admit_token(&self) -> bool {
         let mut sent = self.tokens_sent.lock().unwrap_or_else(|p| p.into_inner());
         if self.is_cancelled() {
@@ -184,6 +198,7 @@ impl Scheduler {
             job_id,
             owner_fp6,
             cancel: AtomicBool::new(false),
+            by_worker: AtomicBool::new(false),
             running: AtomicBool::new(false),
             started: Instant::now(),
             lagged_checks: AtomicU32::new(0),
@@ -275,6 +290,7 @@ impl Scheduler {
     pub fn cancel_all(&self) -> usize {
         let g = self.lock();
         for j in &g.jobs {
+            j.by_worker.store(true, Ordering::SeqCst);
             j.cancel.store(true, Ordering::SeqCst);
         }
         g.jobs.len()
@@ -361,3 +377,14 @@ impl Drop for SlotGuard {
 #[cfg(test)]
 #[path = "scheduler_tests.rs"]
 mod tests;
+
+/// The error of a job the worker ended while stopping: not the client's
+/// doing, and worth retrying on another worker.
+pub fn shutdown_cancel() -> WorkerError {
+    WorkerError::Cancelled {
+        message:
+            "the worker is shutting down and ended this job before it finished (the drain timeout \
+                  passed or a second stop signal arrived); retry it on another worker"
+                .into(),
+    }
+}

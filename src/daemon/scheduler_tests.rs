@@ -116,6 +116,11 @@ fn cancel_owner_rules() {
         CancelOutcome::Cancelled { tokens_sent: 2 }
     );
     assert!(g.ctl().is_cancelled());
+    assert!(g
+        .ctl()
+        .cancel_error()
+        .message()
+        .contains("cancelled by its owner"));
     assert!(
         !g.ctl().admit_token(),
         "no token is admitted after a cancel"
@@ -135,6 +140,12 @@ fn cancel_all_reaches_waiting_jobs_too() {
     let (b, _) = s.try_acquire("b".into(), "x".into(), ok).unwrap();
     s.mark_running(a.ctl());
     assert_eq!(s.cancel_all(), 2);
+    // The stream of a job the worker ended says so, not that its client cancelled.
+    assert!(a
+        .ctl()
+        .cancel_error()
+        .message()
+        .contains("the worker is shutting down"));
     assert!(a.ctl().is_cancelled() && b.ctl().is_cancelled());
 }
 

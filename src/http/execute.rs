@@ -201,15 +201,11 @@ fn sse_stream(
             // reports is every token event this stream sends (4252).
             Some(JobEvent::Token { .. }) if !st.guard.0.admit_token() => {
                 st.done = true;
-                error_event(&WorkerError::Cancelled {
-                    message: "the job was cancelled".into(),
-                })
+                error_event(&st.guard.0.cancel_error())
             }
             Some(JobEvent::Metrics(_)) if st.guard.0.is_cancelled() => {
                 st.done = true;
-                error_event(&WorkerError::Cancelled {
-                    message: "the job was cancelled".into(),
-                })
+                error_event(&st.guard.0.cancel_error())
             }
             Some(JobEvent::Token { t, i }) => {
                 data_event("token", &serde_json::json!({"t": t, "i": i}))
