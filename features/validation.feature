@@ -42,6 +42,23 @@ Feature: Input validation and model security
       | {"max_tokens": 4, "top_k": -1}        | top_k       |
       | {"max_tokens": 0}                     | max_tokens  |
 
+  # JSON Schema's "integer" includes 2.0: such a number is the integer it
+  # names (below 2^53); a fraction is still refused.
+  @WORKER-4302
+  Scenario: Integers written with a decimal point are integers; fractions are refused
+    Given a worker serving the larger test model
+    When I execute with params:
+      """
+      {"prompt": "Once upon a time", "params": {"max_tokens": 3.0, "seed": 7.0, "temperature": 0}}
+      """
+    Then the end event's finish_reason is "length"
+    And the stream has exactly 3 token events
+    And each of these execute params is refused with INVALID_PARAMS naming the field:
+      | params                          | field      |
+      | {"max_tokens": 2.5}             | max_tokens |
+      | {"max_tokens": 4, "seed": 1.5}  | seed       |
+      | {"max_tokens": 4, "top_k": 0.5} | top_k      |
+
   @WORKER-4243 @WORKER-4242
   Scenario: The generate command refuses what Execute refuses, naming the same field
     Given a worker serving the tiny test model

@@ -469,12 +469,16 @@ impl Obj {
     fn opt_u64(&mut self, f: &str) -> Result<Option<u64>> {
         match self.take(f) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| {
-                bad(format!(
-                    "field `{}` must be a non-negative integer, got {n}",
-                    self.name(f)
-                ))
-            }),
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .or_else(|| whole_number(&n))
+                .map(Some)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "field `{}` must be a non-negative integer, got {n}",
+                        self.name(f)
+                    ))
+                }),
             Some(v) => Err(bad(format!(
                 "field `{}` must be a non-negative integer, got {}",
                 self.name(f),
@@ -513,3 +517,15 @@ impl Obj {
 #[cfg(test)]
 #[path = "validate_tests.rs"]
 mod tests;
+
+/// Below this a JSON number written with a decimal point (`2.0`, `1e3`)
+/// is the integer it names exactly: 2^53, where f64 stops holding every integer.
+const EXACT_INTEGERS: f64 = 9_007_199_254_740_992.0;
+
+/// The integer a number written as a float names (JSON Schema's
+/// "integer" includes `2.0`), when it has no fraction, is not negative and
+/// is below 2^53; None otherwise, and the field is refused.
+fn whole_number(n: &serde_json::Number) -> Option<u64> {
+    let f = n.as_f64()?;
+    (f.fract() == 0.0 && (0.0..EXACT_INTEGERS).contains(&f)).then_some(f as u64)
+}

@@ -308,3 +308,33 @@ fn a_field_of_the_wrong_type_names_the_type_it_got() {
         assert!(m.contains(&format!("got {got}")), "{frag}: {m}");
     }
 }
+
+/// JSON Schema's "integer" includes numbers written with a decimal point or
+/// an exponent (`2.0`, `4e1`): they are taken as the integer they name, up
+/// to 2^53 where f64 stops holding every integer; fractions, negatives and
+/// larger values written that way are refused, naming the field (issue 13
+/// point 5).
+#[test]
+fn integers_written_as_floats_are_integers() {
+    let r = exec(
+        r#"{"handle_id":"h","prompt":"hi","params":{"max_tokens":2.0,"seed":7e0,"top_k":4e1}}"#,
+    )
+    .unwrap();
+    assert_eq!(r.params.max_tokens, 2);
+    assert_eq!(r.params.seed, 7);
+    assert_eq!(r.params.sampling.top_k, 40);
+    let just_below =
+        exec(r#"{"handle_id":"h","prompt":"hi","params":{"seed":9007199254740991.0}}"#).unwrap();
+    assert_eq!(just_below.params.seed, 9_007_199_254_740_991);
+    for (params, field) in [
+        (r#"{"max_tokens":2.5}"#, "max_tokens"),
+        (r#"{"seed":-1.0}"#, "seed"),
+        (r#"{"seed":9007199254740992.0}"#, "seed"),
+        (r#"{"top_k":0.5}"#, "top_k"),
+    ] {
+        let m = err_msg(exec(&format!(
+            r#"{{"handle_id":"h","prompt":"hi","params":{params}}}"#
+        )));
+        assert!(m.contains(field), "{params}: {m}");
+    }
+}
