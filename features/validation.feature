@@ -24,6 +24,20 @@ Feature: Input validation and model security
     Then the error code is "INVALID_PARAMS"
     And the error message mentions "model_ref"
 
+  # Which of two values counts would depend on the parser; the worker
+  # refuses the request instead of silently taking one.
+  @WORKER-4300
+  Scenario: A key given twice in one object is refused and named
+    Given a worker serving the tiny test model
+    When I POST to "/worker/execute" with body:
+      """
+      {"handle_id": "{handle_id}", "prompt": "Hello", "params": {"max_tokens": 2, "max_tokens": 3}}
+      """
+    Then the response status is 400
+    And the error code is "INVALID_PARAMS"
+    And the error message mentions "max_tokens"
+    And the error message mentions "twice"
+
   @WORKER-4301 @WORKER-4423
   Scenario: An oversized request body is refused with 413 before parsing
     Given a worker serving the tiny test model

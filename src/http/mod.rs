@@ -21,6 +21,7 @@ pub mod auth;
 pub mod execute;
 pub mod handlers;
 pub mod server;
+pub mod strict_json;
 pub mod validate;
 
 use crate::daemon::app::AppState;

@@ -423,10 +423,13 @@ impl Obj {
     }
 
     fn parse(bytes: &[u8], what: &str) -> Result<Self> {
-        let v: Value = serde_json::from_slice(bytes).map_err(|e| {
-            bad(format!(
+        let v = super::strict_json::parse(bytes).map_err(|e| match e {
+            super::strict_json::StrictError::Syntax(e) => bad(format!(
                 "{what} is not valid JSON ({e}); send one JSON object encoded as UTF-8"
-            ))
+            )),
+            super::strict_json::StrictError::RepeatedKey(e) => {
+                bad(format!("{what} is refused: {e}; send each key once"))
+            }
         })?;
         match v {
             Value::Object(m) => Ok(Self::new(m, "")),
