@@ -20,6 +20,32 @@ use std::sync::Arc;
 /// The OpenAPI document kept in the repository (WORKER-4210ff, issue 4 point 4).
 pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
 
+/// The fault hook's route: served, and documented to clients, only by
+/// test-hooks builds.
+pub const DEBUG_FAULT_PATH: &str = "/debug/fault";
+
+/// The OpenAPI document a build serves: the repository's document, less
+/// the routes the build lacks (a release build has no `/debug/fault`), so a
+/// client generated from it never calls a route that answers 404 (issue 13
+/// point 5).
+pub fn served_openapi(test_hooks: bool) -> String {
+    if test_hooks {
+        return OPENAPI_JSON.to_string();
+    }
+    // The document is checked to parse by a unit test; were it not to,
+    // serving it whole beats serving nothing.
+    let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(OPENAPI_JSON) else {
+        return OPENAPI_JSON.to_string();
+    };
+    if let Some(paths) = doc
+        .get_mut("paths")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        paths.remove(DEBUG_FAULT_PATH);
+    }
+    doc.to_string()
+}
+
 /// 200 with the state while Ready/Executing and the engine thread lives;
 /// 503 with the state otherwise (WORKER-4030).
 pub async fn health(State(app): State<Arc<AppState>>) -> Response {
@@ -55,7 +81,9 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
 }
 
 pub async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+    static SERVED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let doc = SERVED.get_or_init(|| served_openapi(cfg!(feature = "test-hooks")));
+    ([(header::CONTENT_TYPE, "application/json")], doc.as_str()).into_response()
 }
 
 pub async fn not_found() -> ApiResult {
@@ -269,5 +297,21 @@ mod tests {
         );
         let handle = &doc["components"]["schemas"]["ModelShardHandle"]["required"];
         assert_eq!(handle.as_array().unwrap().len(), 11);
+    }
+
+    /// A release build serves the document without the fault hook and
+    /// otherwise unchanged; a test-hooks build serves the document as kept.
+    #[test]
+    fn the_served_document_lists_only_the_routes_of_the_build() {
+        let kept: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+        let release: serde_json::Value = serde_json::from_str(&served_openapi(false)).unwrap();
+        assert!(release["paths"].get(DEBUG_FAULT_PATH).is_none());
+        let mut expected = kept.clone();
+        expected["paths"]
+            .as_object_mut()
+            .unwrap()
+            .remove(DEBUG_FAULT_PATH);
+        assert_eq!(release, expected);
+        assert_eq!(served_openapi(true), OPENAPI_JSON);
     }
 }

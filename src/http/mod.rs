@@ -263,7 +263,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/worker/execute", post(execute::execute))
         .route("/worker/cancel", post(handlers::cancel));
     #[cfg(feature = "test-hooks")]
-    let r = r.route("/debug/fault", post(handlers::debug_fault));
+    let r = r.route(handlers::DEBUG_FAULT_PATH, post(handlers::debug_fault));
     r.fallback(handlers::not_found)
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),
