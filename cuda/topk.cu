@@ -4,7 +4,12 @@
 // the host per token; the host applies the shared sampler
 // (engine::sampler::pick_from_candidates) so both backends pick identically.
 //
-// `topk` (small k, k = 1 is greedy argmax): one block of 1024 threads; round r
+// Many rows (issue 11 point 7): every kernel takes its row from the grid (x for
+// `topk`, y for the radix kernels) and offsets logits by n, the outputs by k
+// and the radix scratch by TK_ROW_WORDS(n) per row, so one launch selects the
+// candidates of every sequence of a step, each row exactly as alone.
+//
+// `topk` (small k, k = 1 is greedy argmax): one block of 1024 threads per row; round r
 // finds the best element strictly after pick r-1 in that total order, so no
 // element is mutated and the result does not depend on timing. Costs one pass
 // over the vocabulary per candidate, so it only suits k <= ~16.
@@ -36,6 +41,9 @@ __device__ __forceinline__ bool better(float v, int i, float bv, int bi) {
 }
 
 extern "C" __global__ void topk(const float* logits, int n, int k, int* out_ids, float* out_vals) {
+    logits += (size_t)blockIdx.x * n;
+    out_ids += (size_t)blockIdx.x * k;
+    out_vals += (size_t)blockIdx.x * k;
     __shared__ float sv[32];
     __shared__ int si[32];
     __shared__ float pv_s;
@@ -111,6 +119,9 @@ extern "C" __global__ void topk(const float* logits, int n, int k, int* out_ids,
 #define TK_CAND 16                          // TK_MAX_K u64 candidates (8-byte aligned)
 #define TK_BLK (TK_CAND + 2 * TK_MAX_K)     // over[G], gt_off[G], eq_off[G], then
                                             // G rows of TK_BINS suffix counts
+// Scratch words of one row: the header, 3 words and TK_BINS counts per block,
+// rounded up to 4 words so every row's u64 candidates stay 8-byte aligned.
+#define TK_ROW_WORDS(n) ((TK_BLK + (((n) + TK_CHUNK - 1) / TK_CHUNK) * (3 + TK_BINS) + 3) & ~3)
 static_assert(TK_BINS == 2 * TK_THREADS, "each thread owns two histogram bins");
 static_assert(TK_MAX_K == TK_THREADS, "the bitonic sort uses one slot per thread");
 static_assert(TK_PER * TK_THREADS == TK_CHUNK, "whole chunk per block");
@@ -165,6 +176,8 @@ __device__ bool tk_last_block(unsigned* ctr, int* s_last) {
 // Pass `pass` (0, 1, 2) of the radix select; grid = ceil(n / TK_CHUNK) <= 1024.
 extern "C" __global__ void __launch_bounds__(TK_THREADS)
 topk_radix_hist(const float* logits, int n, int k, int pass, unsigned* scratch) {
+    logits += (size_t)blockIdx.y * n;
+    scratch += (size_t)blockIdx.y * TK_ROW_WORDS(n);
     __shared__ unsigned h[TK_BINS];
     __shared__ unsigned wsum[32];
     __shared__ int s_last, s_digit;
@@ -277,6 +290,10 @@ __device__ void tk_sort_desc(unsigned long long* s) {
 // its three passes. Writes k ids and their original logits.
 extern "C" __global__ void __launch_bounds__(TK_THREADS)
 topk_radix_gather(const float* logits, int n, int k, unsigned* scratch, int* out_ids, float* out_vals) {
+    logits += (size_t)blockIdx.y * n;
+    scratch += (size_t)blockIdx.y * TK_ROW_WORDS(n);
+    out_ids += (size_t)blockIdx.y * k;
+    out_vals += (size_t)blockIdx.y * k;
     __shared__ unsigned long long s[TK_MAX_K];
     __shared__ unsigned wsum[32];
     __shared__ int s_last;

@@ -31,7 +31,7 @@
 //!   repetitions is the nearest-rank 50th percentile, the middle one for an
 //!   odd number of repetitions.
 
-use crate::engine::sched::Batch;
+use crate::engine::sched::{Batch, StepPhases};
 use crate::engine::sequence::{EventSink, GenerationParams, Prompt, Sequence};
 use crate::engine::{Engine, SamplingParams};
 use crate::error::{Result, WorkerError};
@@ -145,6 +145,8 @@ pub struct LevelRun {
     pub decode_tokens: usize,
     /// Earliest first token to last sampled token.
     pub decode_phase: Duration,
+    /// Where the batch's steps spent their time.
+    pub phases: StepPhases,
 }
 
 /// One level's figures: each the median over the measured repetitions.
@@ -160,6 +162,10 @@ pub struct LevelSummary {
     pub ttft_p99_ms: Option<f64>,
     pub itl_p50_ms: Option<f64>,
     pub itl_p99_ms: Option<f64>,
+    /// Mean per step, in ms, of handing the step to the engine, of selecting
+    /// the samples (waiting for the device on CUDA) and of the host's work
+    /// per sequence ([`StepPhases`]).
+    pub step_ms: [f64; 3],
 }
 
 /// Run every level: one warm-up repetition, then `cfg.reps` measured ones.
@@ -247,7 +253,9 @@ pub fn run_level(
         }
     }
     let wall = t0.elapsed();
-    Ok(measure(n, t0, wall, max_running, finished))
+    let mut run = measure(n, t0, wall, max_running, finished);
+    run.phases = batch.phases();
+    Ok(run)
 }
 
 /// The figures of one repetition from each sequence's sampling instants.
@@ -285,6 +293,7 @@ fn measure(
             .map(|(_, s)| s.len().saturating_sub(1))
             .sum(),
         decode_phase,
+        phases: StepPhases::default(),
     }
 }
 
@@ -316,6 +325,14 @@ fn summarize(n: usize, runs: &[LevelRun]) -> LevelSummary {
         ttft_p99_ms: med(&|r| nearest_rank(&ms(&r.ttft), 99.0)),
         itl_p50_ms: med(&|r| nearest_rank(&ms(&r.itl), 50.0)),
         itl_p99_ms: med(&|r| nearest_rank(&ms(&r.itl), 99.0)),
+        step_ms: [0, 1, 2].map(|i| {
+            med(&|r| {
+                let p = r.phases;
+                let d = [p.enqueue, p.select, p.host][i];
+                Some(d.as_secs_f64() * 1e3 / p.steps.max(1) as f64)
+            })
+            .unwrap_or(0.0)
+        }),
     }
 }
 
@@ -339,7 +356,7 @@ pub fn print_table(levels: &[LevelSummary], cfg: &SweepConfig) {
         cfg.prompt_tokens, cfg.gen_tokens, cfg.reps
     );
     println!(
-        "{:>6} {:>11} {:>9} {:>13} {:>13} {:>13} {:>12} {:>12}",
+        "{:>6} {:>11} {:>9} {:>13} {:>13} {:>13} {:>12} {:>12} {:>24}",
         "seqs",
         "max running",
         "wall s",
@@ -347,11 +364,13 @@ pub fn print_table(levels: &[LevelSummary], cfg: &SweepConfig) {
         "TTFT p50 ms",
         "TTFT p99 ms",
         "ITL p50 ms",
-        "ITL p99 ms"
+        "ITL p99 ms",
+        "ms/step enq/select/host"
     );
     for l in levels {
+        let [enq, select, host] = l.step_ms;
         println!(
-            "{:>6} {:>11} {:>9.3} {:>13.1} {:>13} {:>13} {:>12} {:>12}",
+            "{:>6} {:>11} {:>9.3} {:>13.1} {:>13} {:>13} {:>12} {:>12} {:>24}",
             l.concurrency,
             l.max_running,
             l.wall_s,
@@ -359,7 +378,8 @@ pub fn print_table(levels: &[LevelSummary], cfg: &SweepConfig) {
             cell(l.ttft_p50_ms, 2),
             cell(l.ttft_p99_ms, 2),
             cell(l.itl_p50_ms, 3),
-            cell(l.itl_p99_ms, 3)
+            cell(l.itl_p99_ms, 3),
+            format!("{enq:.3}/{select:.3}/{host:.3}")
         );
     }
     if let Some(l) = levels.iter().find(|l| l.max_running < l.concurrency) {
@@ -394,11 +414,12 @@ pub fn write_files(dir: &Path, stem: &str, r: &SweepReport<'_>) -> Result<()> {
     std::fs::write(dir.join(format!("{stem}.json")), json + "\n").map_err(io)?;
     let mut csv = String::from(
         "model,backend,device,prompt_tokens,gen_tokens,max_prefill,concurrency,reps,max_running,\
-         wall_s,decode_tok_s,ttft_p50_ms,ttft_p99_ms,itl_p50_ms,itl_p99_ms\n",
+         wall_s,decode_tok_s,ttft_p50_ms,ttft_p99_ms,itl_p50_ms,itl_p99_ms,\
+         step_enqueue_ms,step_select_ms,step_host_ms\n",
     );
     for l in r.levels {
         csv += &format!(
-            "{},{},\"{}\",{},{},{},{},{},{},{:.4},{:.2},{},{},{},{}\n",
+            "{},{},\"{}\",{},{},{},{},{},{},{:.4},{:.2},{},{},{},{},{:.4},{:.4},{:.4}\n",
             r.model,
             r.backend,
             r.device.replace('"', "'"),
@@ -413,7 +434,10 @@ pub fn write_files(dir: &Path, stem: &str, r: &SweepReport<'_>) -> Result<()> {
             csv_cell(l.ttft_p50_ms),
             csv_cell(l.ttft_p99_ms),
             csv_cell(l.itl_p50_ms),
-            csv_cell(l.itl_p99_ms)
+            csv_cell(l.itl_p99_ms),
+            l.step_ms[0],
+            l.step_ms[1],
+            l.step_ms[2]
         );
     }
     std::fs::write(dir.join(format!("{stem}.csv")), csv).map_err(io)?;

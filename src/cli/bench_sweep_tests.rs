@@ -161,6 +161,7 @@ fn results_are_written_as_csv_and_json() {
         ttft_p99_ms: Some(2.0),
         itl_p50_ms: None,
         itl_p99_ms: None,
+        step_ms: [0.5, 1.25, 0.25],
     }];
     let r = SweepReport {
         model: "m.gguf",
@@ -177,10 +178,15 @@ fn results_are_written_as_csv_and_json() {
     let rows: Vec<&str> = csv.lines().collect();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0].split(',').count(), rows[1].split(',').count());
-    assert!(rows[1].ends_with(",1.0000,2.0000,,"), "{}", rows[1]);
+    assert!(
+        rows[1].ends_with(",1.0000,2.0000,,,0.5000,1.2500,0.2500"),
+        "{}",
+        rows[1]
+    );
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("s.json")).expect("json"))
             .expect("parse");
     assert_eq!(json["levels"][0]["itl_p50_ms"], serde_json::Value::Null);
     assert_eq!(json["levels"][0]["max_running"], 2);
+    assert_eq!(json["levels"][0]["step_ms"][1], 1.25);
 }

@@ -22,7 +22,7 @@
 //!
 //! Compiled for tests and test-hooks builds only.
 
-use super::{sampler, Engine};
+use super::{sampler, Engine, SamplingParams};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -444,6 +444,94 @@ pub fn batched_contract(e: &mut dyn Engine) -> Vec<String> {
         ));
     }
     bad
+}
+
+/// Sampling after [`Engine::prefetch_samples`] picks what it picks without
+/// it (issue 11 point 7): `n` sequences take one prompt step together, then
+/// each samples with its own parameters (greedy, small top-k, the full
+/// candidate pool, nucleus) and several draws, once without a prefetch and
+/// once after one for all of them. Returns the broken rules (none = pass).
+pub fn prefetch_samples_match(e: &mut dyn Engine, n: usize) -> Vec<String> {
+    use crate::engine::batch::StepChunk;
+    let vocab = e.config().vocab_size as u32;
+    let params = [
+        SamplingParams::GREEDY,
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 5,
+            top_p: 1.0,
+        },
+        SamplingParams {
+            temperature: 0.8,
+            top_k: 0,
+            top_p: 1.0,
+        },
+        SamplingParams {
+            temperature: 1.2,
+            top_k: 40,
+            top_p: 0.9,
+        },
+    ];
+    let draws = [0.03f32, 0.41, 0.77, 0.999];
+    let prompts: Vec<Vec<u32>> = (0..n)
+        .map(|i| {
+            (0..2 + i)
+                .map(|j| ((i * 31 + j * 7919 + 1) as u32) % vocab)
+                .collect()
+        })
+        .collect();
+    let run = |e: &mut dyn Engine| -> crate::error::Result<(Vec<u32>, Vec<u32>)> {
+        let slots = prompts
+            .iter()
+            .map(|p| e.admit(p.len() + 1))
+            .collect::<crate::error::Result<Vec<_>>>()?;
+        let chunks: Vec<StepChunk> = slots
+            .iter()
+            .zip(&prompts)
+            .map(|(&seq, p)| StepChunk {
+                seq,
+                tokens: p,
+                pos: 0,
+            })
+            .collect();
+        e.step(&chunks)?;
+        let pick = |e: &mut dyn Engine| -> crate::error::Result<Vec<u32>> {
+            let mut out = Vec::new();
+            for (i, &s) in slots.iter().enumerate() {
+                for d in draws {
+                    out.push(e.seq_sample(s, &params[i % params.len()], d)?);
+                }
+            }
+            Ok(out)
+        };
+        let plain = pick(e)?;
+        let wants: Vec<_> = slots
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| {
+                let p = &params[i % params.len()];
+                let k = if p.is_greedy() {
+                    1
+                } else {
+                    sampler::pool_size(p)
+                };
+                (s, k)
+            })
+            .collect();
+        e.prefetch_samples(&wants)?;
+        let prefetched = pick(e)?;
+        for s in slots {
+            e.release(s);
+        }
+        Ok((plain, prefetched))
+    };
+    match run(e) {
+        Ok((plain, prefetched)) if plain == prefetched => Vec::new(),
+        Ok((plain, prefetched)) => vec![format!(
+            "sampling after a prefetch differs: without {plain:?}, with {prefetched:?}"
+        )],
+        Err(err) => vec![format!("the prefetch run failed: {}", err.message())],
+    }
 }
 
 /// Batch invariance, held the same on every backend (issue 11 point 5;

@@ -18,10 +18,25 @@ use crate::error::{Result, WorkerError};
 /// How one sequence left the batch.
 pub type Outcome = Result<(Finish, Timeline)>;
 
+/// Where the steps of a batch spent their time, summed (issue 11 point 7):
+/// handing the step to the engine (`enqueue`: on CUDA the launches, which
+/// run while the host goes on), selecting the samples (`select`: on CUDA it
+/// waits for the step's kernels, so it holds the device time the enqueue
+/// did not cover) and the host's work per sequence (`host`: picking,
+/// detokenizing, stop text, events).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepPhases {
+    pub steps: u64,
+    pub enqueue: std::time::Duration,
+    pub select: std::time::Duration,
+    pub host: std::time::Duration,
+}
+
 /// The running sequences of one engine; see the module header.
 pub struct Batch<'t, S: EventSink> {
     running: Vec<Sequence<'t, S>>,
     max_prefill: usize,
+    phases: StepPhases,
 }
 
 impl<'t, S: EventSink> Batch<'t, S> {
@@ -30,7 +45,13 @@ impl<'t, S: EventSink> Batch<'t, S> {
         Self {
             running: Vec::new(),
             max_prefill: max_prefill.max(1),
+            phases: StepPhases::default(),
         }
+    }
+
+    /// Where this batch's steps spent their time so far.
+    pub fn phases(&self) -> StepPhases {
+        self.phases
     }
 
     pub fn len(&self) -> usize {
@@ -106,8 +127,20 @@ impl<'t, S: EventSink> Batch<'t, S> {
             .map(|c| c.map_or(0, |c| c.tokens.len()))
             .collect();
         let chunks: Vec<_> = chunks.into_iter().flatten().collect();
-        let stepped = engine.step(&chunks);
+        let t0 = std::time::Instant::now();
+        let mut t1 = t0;
+        let stepped = engine.step(&chunks).and_then(|()| {
+            t1 = std::time::Instant::now();
+            let wants: Vec<_> = self
+                .running
+                .iter()
+                .zip(&fed)
+                .filter_map(|(s, &n)| s.sample_want(n))
+                .collect();
+            engine.prefetch_samples(&wants)
+        });
         drop(chunks);
+        let t2 = std::time::Instant::now();
         if let Err(e) = stepped {
             for mut seq in self.running.drain(..) {
                 seq.release(engine);
@@ -132,6 +165,10 @@ impl<'t, S: EventSink> Batch<'t, S> {
             }
         }
         self.running = kept;
+        self.phases.steps += 1;
+        self.phases.enqueue += t1 - t0;
+        self.phases.select += t2 - t1;
+        self.phases.host += t2.elapsed();
         left
     }
 }

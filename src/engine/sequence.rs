@@ -285,6 +285,23 @@ impl<'t, S: EventSink> Sequence<'t, S> {
         })
     }
 
+    /// The slot and candidate count this sequence will sample with once a
+    /// step that ran its `fed` tokens ends: None when that step leaves its
+    /// prompt unfinished (or it is not running).
+    pub fn sample_want(&self, fed: usize) -> Option<(SeqSlot, usize)> {
+        let slot = self.slot?;
+        if self.finished.is_some() || self.fed + fed < self.prompt.len() {
+            return None;
+        }
+        let sampling = &self.params.sampling;
+        let k = if sampling.is_greedy() {
+            1
+        } else {
+            crate::engine::sampler::pool_size(sampling)
+        };
+        Some((slot, k))
+    }
+
     /// Take the result of a step that ran this sequence's `fed` tokens (its
     /// [`Self::next_chunk`]): once the prompt is complete, sample the next
     /// token, deliver its event and decide whether the sequence is done.

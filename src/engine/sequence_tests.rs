@@ -37,6 +37,8 @@ struct Scripted {
     /// Positions asked for at each admission, and releases seen.
     admitted: Vec<usize>,
     released: usize,
+    /// What each step asked `prefetch_samples` for.
+    prefetches: Vec<Vec<(crate::engine::batch::SeqSlot, usize)>>,
 }
 
 impl Engine for Scripted {
@@ -97,6 +99,10 @@ impl Engine for Scripted {
     ) -> Result<u32> {
         self.sample(params, draw)
     }
+    fn prefetch_samples(&mut self, wants: &[(crate::engine::batch::SeqSlot, usize)]) -> Result<()> {
+        self.prefetches.push(wants.to_vec());
+        Ok(())
+    }
     fn resident_digest(&mut self) -> Result<[u8; 32]> {
         Ok([0; 32])
     }
@@ -128,6 +134,7 @@ fn engine(cfg: &ModelConfig, script: Vec<u32>, max_context: usize) -> Scripted {
         resets: 0,
         admitted: Vec::new(),
         released: 0,
+        prefetches: Vec::new(),
     }
 }
 
@@ -314,4 +321,54 @@ fn empty_prompts_full_contexts_and_zero_max_tokens_are_refused() {
         Err(e) => e,
     };
     assert_eq!(e.code(), "INVALID_PARAMS");
+}
+
+/// A step asks the engine to prefetch a sequence's candidates exactly when
+/// that step completes its prompt or decodes (never mid-prompt), with the
+/// count its sampling will ask for: 1 when greedy, else its pool (issue 11
+/// point 7).
+#[test]
+fn a_step_prefetches_the_candidates_each_sampling_sequence_needs() {
+    let (tok, cfg) = tiny();
+    let script: Vec<u32> = (0..4).map(|i| 65 + i).collect();
+    for (sampling, want_k) in [
+        (SamplingParams::GREEDY, 1usize),
+        (
+            SamplingParams {
+                temperature: 1.0,
+                top_k: 5,
+                top_p: 1.0,
+            },
+            5,
+        ),
+        (
+            SamplingParams {
+                temperature: 0.7,
+                top_k: 0,
+                top_p: 0.9,
+            },
+            crate::engine::sampler::MAX_CANDIDATES,
+        ),
+    ] {
+        let mut e = engine(&cfg, script.clone(), 64);
+        let mut p = params(3, &[]);
+        p.sampling = sampling;
+        let seq = sequence(&tok, &[1, 2, 3, 4, 5], 64, p, Collect::default());
+        // Prompt chunks of 2: steps 1 and 2 leave the prompt unfinished.
+        let mut batch = crate::engine::sched::Batch::new(2);
+        assert!(batch.admit(&mut e, seq).is_ok());
+        let mut steps = 0;
+        while !batch.is_empty() {
+            batch.step(&mut e);
+            steps += 1;
+        }
+        let slot = crate::engine::batch::SeqSlot(0);
+        let want = vec![(slot, want_k)];
+        assert_eq!(
+            e.prefetches,
+            vec![vec![], vec![], want.clone(), want.clone(), want],
+            "{sampling:?}"
+        );
+        assert_eq!(batch.phases().steps, steps, "every step is counted");
+    }
 }

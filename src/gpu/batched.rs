@@ -16,7 +16,7 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::cuda_err;
 use super::device::{Gpu, Span};
-use super::launch_shape::batched_launch;
+use super::launch_shape::{batched_launch, rows_bt_launch, BT_MIN_BATCH};
 use super::ops::{as_i32, blocks, dtype_suffix, row_bytes};
 use crate::error::{Result, WorkerError};
 use crate::model::gguf::GgmlType;
@@ -92,6 +92,11 @@ impl Gpu {
         accumulate: bool,
     ) -> Result<()> {
         let batch_i = check_batch(batch)?;
+        if let Some(cfg) = self.rows_bt_shape(dtype, rows, batch, false) {
+            return self.matvec_rows_bt(
+                dtype, cfg, w, x, norm, bias, y, rows, cols, batch, accumulate,
+            );
+        }
         let staged = batched_launch(dtype, rows, cols, batch, norm.is_some());
         let suffix = if staged.is_some() { "_bst" } else { "_b8" };
         let name = format!("matvec_{}{suffix}", dtype_suffix(dtype).unwrap_or("none"));
@@ -154,6 +159,9 @@ impl Gpu {
         batch: usize,
     ) -> Result<()> {
         let batch_i = check_batch(batch)?;
+        if let Some(cfg) = self.rows_bt_shape(dtype, rows, batch, true) {
+            return self.gate_up_rows_bt(dtype, cfg, wg, wu, x, norm, out, rows, cols, batch);
+        }
         let staged = batched_launch(dtype, rows, cols, batch, true);
         let suffix = if staged.is_some() {
             "_gu_bst"
@@ -190,6 +198,131 @@ impl Gpu {
         // `gate_up_b_impl` (`_gu_b8`) or `gate_up_bst_impl` (`_gu_bst`, which
         // also takes `per`) in cuda/matvec.cu; the staged shared size comes
         // from `batched_launch`.
+        unsafe { l.launch(cfg) }
+            .map(|_| ())
+            .map_err(cuda_err(&format!("launching {name}")))
+    }
+
+    /// The `_bt` launch shape when those kernels serve this call: enough
+    /// rows to fill a block's lanes, and the format's kernels ready.
+    fn rows_bt_shape(
+        &self,
+        dtype: GgmlType,
+        rows: usize,
+        batch: usize,
+        gate_up: bool,
+    ) -> Option<LaunchConfig> {
+        if batch < BT_MIN_BATCH || !self.rows_bt_ready(dtype) {
+            return None;
+        }
+        rows_bt_launch(dtype, rows, batch, gate_up)
+    }
+
+    /// `matvec_rows` through `matvec_<fmt>_bt` (cuda/matvec_rows.cu).
+    #[allow(clippy::too_many_arguments)]
+    fn matvec_rows_bt(
+        &self,
+        dtype: GgmlType,
+        cfg: LaunchConfig,
+        w: Span,
+        x: Span,
+        norm: Option<RowNorm>,
+        bias: Option<Span>,
+        y: Span,
+        rows: usize,
+        cols: usize,
+        batch: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        let name = format!("matvec_{}_bt", dtype_suffix(dtype).unwrap_or("none"));
+        let rb = row_bytes(dtype, cols)?;
+        let wp = w.need(rb * rows, "weights")?;
+        let xp = x.need(4 * cols * batch, "x")?;
+        let yp = y.need(4 * rows * batch, "y")?;
+        let bp = match bias {
+            Some(b) => b.need(4 * rows, "bias")?,
+            None => 0u64,
+        };
+        let (nw, sc) = match norm {
+            Some(n) => (
+                n.weight.need(4 * cols, "norm weight")?,
+                n.scale.need(4 * batch, "row scales")?,
+            ),
+            None => (0u64, 0u64),
+        };
+        let (rows_i, cols_i, batch_i) = (
+            as_i32(rows, "rows")?,
+            as_i32(cols, "cols")?,
+            as_i32(batch, "batch")?,
+        );
+        let (rb64, acc) = (rb as u64, accumulate as i32);
+        let f = self.func(&name)?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&wp)
+            .arg(&rb64)
+            .arg(&xp)
+            .arg(&bp)
+            .arg(&yp)
+            .arg(&rows_i)
+            .arg(&cols_i)
+            .arg(&acc)
+            .arg(&batch_i)
+            .arg(&nw)
+            .arg(&sc);
+        // SAFETY: windows checked above (x and y hold `batch` rows, the
+        // scales one per row, x 16-byte aligned rows as every activation
+        // buffer); argument types and order match `name##_bt` in
+        // cuda/matvec_rows.cu; the grid and shared size come from
+        // `rows_bt_launch`, the size granted at open (`rows_bt_ready`).
+        unsafe { l.launch(cfg) }
+            .map(|_| ())
+            .map_err(cuda_err(&format!("launching {name}")))
+    }
+
+    /// `gate_up_rows` through `matvec_<fmt>_gu_bt` (cuda/matvec_rows.cu).
+    #[allow(clippy::too_many_arguments)]
+    fn gate_up_rows_bt(
+        &self,
+        dtype: GgmlType,
+        cfg: LaunchConfig,
+        wg: Span,
+        wu: Span,
+        x: Span,
+        norm: RowNorm,
+        out: Span,
+        rows: usize,
+        cols: usize,
+        batch: usize,
+    ) -> Result<()> {
+        let name = format!("matvec_{}_gu_bt", dtype_suffix(dtype).unwrap_or("none"));
+        let rb = row_bytes(dtype, cols)?;
+        let gp = wg.need(rb * rows, "gate weights")?;
+        let up = wu.need(rb * rows, "up weights")?;
+        let xp = x.need(4 * cols * batch, "x")?;
+        let nw = norm.weight.need(4 * cols, "norm weight")?;
+        let sc = norm.scale.need(4 * batch, "row scales")?;
+        let op = out.need(4 * rows * batch, "out")?;
+        let (rows_i, cols_i, batch_i) = (
+            as_i32(rows, "rows")?,
+            as_i32(cols, "cols")?,
+            as_i32(batch, "batch")?,
+        );
+        let rb64 = rb as u64;
+        let f = self.func(&name)?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&gp)
+            .arg(&up)
+            .arg(&rb64)
+            .arg(&xp)
+            .arg(&nw)
+            .arg(&sc)
+            .arg(&op)
+            .arg(&rows_i)
+            .arg(&cols_i)
+            .arg(&batch_i);
+        // SAFETY: windows checked above; argument types and order match
+        // `name##_gu_bt` in cuda/matvec_rows.cu; grid and shared size from
+        // `rows_bt_launch`, the size granted at open.
         unsafe { l.launch(cfg) }
             .map(|_| ())
             .map_err(cuda_err(&format!("launching {name}")))

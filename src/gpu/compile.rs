@@ -19,6 +19,7 @@ pub const COMMON_CUH: &str = include_str!("../../cuda/common.cuh");
 /// Every kernel file: (file name, source). One op per file.
 pub const KERNEL_SOURCES: &[(&str, &str)] = &[
     ("matvec.cu", include_str!("../../cuda/matvec.cu")),
+    ("matvec_rows.cu", include_str!("../../cuda/matvec_rows.cu")),
     ("embed.cu", include_str!("../../cuda/embed.cu")),
     ("rmsnorm.cu", include_str!("../../cuda/rmsnorm.cu")),
     ("rope_kv.cu", include_str!("../../cuda/rope_kv.cu")),
@@ -87,7 +88,11 @@ pub fn translation_unit(name: &str, src: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n");
     let page = super::attention::KV_PAGE_TOKENS;
-    format!("#define KV_PAGE {page}\n{COMMON_CUH}\n#line 1 \"{name}\"\n{body}\n")
+    let (rows, warps, pad) = super::launch_shape::BT_SHAPE;
+    format!(
+        "#define KV_PAGE {page}\n#define BT_ROWS {rows}\n#define BT_WARPS {warps}\n#define BT_PAD {pad}\n\
+         {COMMON_CUH}\n#line 1 \"{name}\"\n{body}\n"
+    )
 }
 
 /// Compile one translation unit to CUBIN for `arch` (e.g. "sm_90").

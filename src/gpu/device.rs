@@ -23,103 +23,21 @@ use super::gemm::Blas;
 use super::{cuda_err, probe_libraries, DeviceInfo};
 use crate::error::{Result, WorkerError};
 
-/// Every kernel entry point the engine may launch, loaded at start-up so a
-/// missing one is a start-up error, not a mid-request one.
-pub const KERNEL_NAMES: &[&str] = &[
-    "matvec_f32",
-    "matvec_f16",
-    "matvec_bf16",
-    "matvec_q4_0",
-    "matvec_q4_1",
-    "matvec_q5_0",
-    "matvec_q5_1",
-    "matvec_q8_0",
-    "matvec_q4_k",
-    "matvec_q5_k",
-    "matvec_q6_k",
-    "matvec_f32_b8",
-    "matvec_f16_b8",
-    "matvec_bf16_b8",
-    "matvec_q4_0_b8",
-    "matvec_q4_1_b8",
-    "matvec_q5_0_b8",
-    "matvec_q5_1_b8",
-    "matvec_q8_0_b8",
-    "matvec_q4_k_b8",
-    "matvec_q5_k_b8",
-    "matvec_q6_k_b8",
-    "matvec_f32_gu",
-    "matvec_f16_gu",
-    "matvec_bf16_gu",
-    "matvec_q4_0_gu",
-    "matvec_q4_1_gu",
-    "matvec_q5_0_gu",
-    "matvec_q5_1_gu",
-    "matvec_q8_0_gu",
-    "matvec_q4_k_gu",
-    "matvec_q5_k_gu",
-    "matvec_q6_k_gu",
-    "matvec_f32_st",
-    "matvec_f16_st",
-    "matvec_bf16_st",
-    "matvec_q4_0_st",
-    "matvec_q4_1_st",
-    "matvec_q5_0_st",
-    "matvec_q5_1_st",
-    "matvec_q8_0_st",
-    "matvec_q4_k_st",
-    "matvec_q5_k_st",
-    "matvec_q6_k_st",
-    "matvec_f32_gu_st",
-    "matvec_f16_gu_st",
-    "matvec_bf16_gu_st",
-    "matvec_q4_0_gu_st",
-    "matvec_q4_1_gu_st",
-    "matvec_q5_0_gu_st",
-    "matvec_q5_1_gu_st",
-    "matvec_q8_0_gu_st",
-    "matvec_q4_k_gu_st",
-    "matvec_q5_k_gu_st",
-    "matvec_q6_k_gu_st",
-    "matvec_f32_qkv_st",
-    "matvec_f16_qkv_st",
-    "matvec_bf16_qkv_st",
-    "matvec_q4_0_qkv_st",
-    "matvec_q4_1_qkv_st",
-    "matvec_q5_0_qkv_st",
-    "matvec_q5_1_qkv_st",
-    "matvec_q8_0_qkv_st",
-    "matvec_q4_k_qkv_st",
-    "matvec_q5_k_qkv_st",
-    "matvec_q6_k_qkv_st",
-    "embed_f32",
-    "embed_f16",
-    "embed_bf16",
-    "embed_q4_0",
-    "embed_q4_1",
-    "embed_q5_0",
-    "embed_q5_1",
-    "embed_q8_0",
-    "embed_q4_k",
-    "embed_q5_k",
-    "embed_q6_k",
+/// The variants the `MATVEC` macros of cuda/matvec.cu and cuda/matvec_rows.cu
+/// define for every format.
+const MATVEC_VARIANTS: [&str; 11] = [
+    "", "_gu", "_b8", "_gu_b8", "_st", "_gu_st", "_qkv_st", "_bst", "_gu_bst", "_bt", "_gu_bt",
+];
+
+/// Kernels that exist once, whatever the format.
+const SINGLE_KERNELS: &[&str] = &[
     "rmsnorm",
+    "row_rms",
     "rope_kv",
     "attn_partial",
     "attn_prefill",
     "attn_prefill_tile_64",
     "attn_prefill_tile_128",
-    "dequant_f32",
-    "dequant_f16",
-    "dequant_bf16",
-    "dequant_q4_0",
-    "dequant_q4_1",
-    "dequant_q5_0",
-    "dequant_q5_1",
-    "dequant_q8_0",
-    "dequant_q4_k",
-    "dequant_q5_k",
-    "dequant_q6_k",
     "add_bias",
     "split_tf32",
     "swiglu",
@@ -128,41 +46,42 @@ pub const KERNEL_NAMES: &[&str] = &[
     "topk_radix_hist",
     "topk_radix_gather",
     "sha256_leaves",
-    "matvec_f32_gu_b8",
-    "matvec_f16_gu_b8",
-    "matvec_bf16_gu_b8",
-    "matvec_q4_0_gu_b8",
-    "matvec_q4_1_gu_b8",
-    "matvec_q5_0_gu_b8",
-    "matvec_q5_1_gu_b8",
-    "matvec_q8_0_gu_b8",
-    "matvec_q4_k_gu_b8",
-    "matvec_q5_k_gu_b8",
-    "matvec_q6_k_gu_b8",
-    "matvec_f32_bst",
-    "matvec_f32_gu_bst",
-    "matvec_f16_bst",
-    "matvec_f16_gu_bst",
-    "matvec_bf16_bst",
-    "matvec_bf16_gu_bst",
-    "matvec_q4_0_bst",
-    "matvec_q4_0_gu_bst",
-    "matvec_q4_1_bst",
-    "matvec_q4_1_gu_bst",
-    "matvec_q5_0_bst",
-    "matvec_q5_0_gu_bst",
-    "matvec_q5_1_bst",
-    "matvec_q5_1_gu_bst",
-    "matvec_q8_0_bst",
-    "matvec_q8_0_gu_bst",
-    "matvec_q4_k_bst",
-    "matvec_q4_k_gu_bst",
-    "matvec_q5_k_bst",
-    "matvec_q5_k_gu_bst",
-    "matvec_q6_k_bst",
-    "matvec_q6_k_gu_bst",
-    "row_rms",
 ];
+
+/// Every kernel entry point the engine may launch, loaded at start-up so a
+/// missing one is a start-up error, not a mid-request one: the per-format
+/// families (mat-vec variants, embed, dequant) from one table of formats.
+pub fn kernel_names() -> Vec<String> {
+    let per_format = super::ops::FORMATS.iter().flat_map(|&(_, f)| {
+        MATVEC_VARIANTS
+            .iter()
+            .map(move |v| format!("matvec_{f}{v}"))
+            .chain([format!("embed_{f}"), format!("dequant_{f}")])
+    });
+    per_format
+        .chain(SINGLE_KERNELS.iter().map(|s| s.to_string()))
+        .collect()
+}
+
+/// Let each format's `_bt` kernels use the dynamic shared memory
+/// `launch_shape::rows_bt_smem` gives them (over the 48 KiB default, so it
+/// must be granted per function); returns the formats where the device
+/// agreed for both kernels.
+fn grant_rows_bt_smem(funcs: &HashMap<String, CudaFunction>) -> Vec<crate::model::gguf::GgmlType> {
+    use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAX_DYN;
+    super::ops::FORMATS
+        .iter()
+        .filter(|&&(t, f)| {
+            let need = super::launch_shape::rows_bt_smem(t) as i32;
+            ["_bt", "_gu_bt"].iter().all(|v| {
+                funcs
+                    .get(&format!("matvec_{f}{v}"))
+                    .is_some_and(|k| k.set_attribute(MAX_DYN, need).is_ok())
+            })
+        })
+        .map(|&(t, _)| t)
+        .collect()
+}
 
 /// One device allocation, freed exactly once when dropped (cudarc's
 /// `CudaSlice` owns the pointer).
@@ -270,7 +189,10 @@ pub struct Gpu {
     blas: Option<Blas>,
     pub(crate) stream: Arc<CudaStream>,
     ctx: Arc<CudaContext>,
-    funcs: HashMap<&'static str, CudaFunction>,
+    funcs: HashMap<String, CudaFunction>,
+    /// Formats whose token-on-lane batched kernels (`_bt`) were granted the
+    /// shared memory they need; the others use the staged `_bst` kernels.
+    rows_bt: Vec<crate::model::gguf::GgmlType>,
     info: DeviceInfo,
     /// How many kernel files came from the on-disk cache at open.
     pub cached_modules: usize,
@@ -301,6 +223,7 @@ impl Gpu {
             "sm_{}{}",
             info.compute_capability.0, info.compute_capability.1
         );
+        let names = kernel_names();
         let mut funcs = HashMap::new();
         let mut cached_modules = 0;
         for (file, src) in KERNEL_SOURCES {
@@ -309,22 +232,24 @@ impl Gpu {
             let module = ctx
                 .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
                 .map_err(cuda_err(&format!("loading the {file} CUBIN")))?;
-            for name in KERNEL_NAMES {
+            for name in &names {
                 if let Ok(f) = module.load_function(name) {
-                    funcs.insert(*name, f);
+                    funcs.insert(name.clone(), f);
                 }
             }
         }
-        if let Some(missing) = KERNEL_NAMES.iter().find(|n| !funcs.contains_key(*n)) {
+        if let Some(missing) = names.iter().find(|n| !funcs.contains_key(*n)) {
             return Err(WorkerError::cuda(format!(
                 "kernel {missing} is missing from the compiled modules"
             )));
         }
+        let rows_bt = grant_rows_bt_smem(&funcs);
         let mut gpu = Self {
             blas: None,
             stream,
             ctx,
             funcs,
+            rows_bt,
             info,
             cached_modules,
         };
@@ -436,6 +361,11 @@ impl Gpu {
         self.stream
             .synchronize()
             .map_err(cuda_err("synchronising the stream"))
+    }
+
+    /// Whether format `t` has its token-on-lane batched kernels ready.
+    pub(crate) fn rows_bt_ready(&self, t: crate::model::gguf::GgmlType) -> bool {
+        self.rows_bt.contains(&t)
     }
 
     pub(crate) fn func(&self, name: &str) -> Result<&CudaFunction> {

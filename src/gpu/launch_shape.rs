@@ -70,6 +70,47 @@ pub(super) fn batched_launch(
     ))
 }
 
+/// Shape of the token-on-lane batched kernels (`_bt`, `_gu_bt` in
+/// cuda/matvec_rows.cu, which receives these as BT_ROWS, BT_WARPS, BT_PAD):
+/// output rows per block, warps per block (a half-warp per run of a
+/// 1024-element chunk), floats per dequantized run in shared memory.
+pub const BT_SHAPE: (usize, usize, usize) = (16, 16, 36);
+/// Tokens per block of the `_bt` kernels: one per lane of a half-warp
+/// (BT_TOKENS in cuda/matvec_rows.cu).
+const BT_TOKENS: usize = 16;
+/// Fewest rows the `_bt` kernels take: below it a block's lanes would mostly
+/// idle and the staged `_bst` kernels are faster (same bits either way).
+pub const BT_MIN_BATCH: usize = 8;
+
+/// Dynamic shared bytes of a `_bt` launch for format `t`: the staged chunk
+/// rows, then the dequantized runs (reused for the accumulators).
+pub fn rows_bt_smem(t: GgmlType) -> usize {
+    let (rows, _, pad) = BT_SHAPE;
+    let chunk = 1024 / t.block_size() * t.type_size();
+    4 * rows * (chunk / 4 + 2) + 4 * 32 * rows * pad
+}
+
+/// Launch shape of a `_bt` kernel over `rows` output rows (of each matrix
+/// for gate/up) and `batch` token rows; None when the grid would not fit.
+pub(super) fn rows_bt_launch(
+    t: GgmlType,
+    rows: usize,
+    batch: usize,
+    gate_up: bool,
+) -> Option<LaunchConfig> {
+    let (per_block, warps, _) = BT_SHAPE;
+    let per_block = if gate_up { per_block / 2 } else { per_block };
+    let (row_blocks, groups) = (rows.div_ceil(per_block), batch.div_ceil(BT_TOKENS));
+    if rows == 0 || batch == 0 || row_blocks > i32::MAX as usize || groups > 65_535 {
+        return None;
+    }
+    Some(LaunchConfig {
+        grid_dim: (row_blocks as u32, groups as u32, 1),
+        block_dim: (32 * warps as u32, 1, 1),
+        shared_mem_bytes: rows_bt_smem(t) as u32,
+    })
+}
+
 /// Kernel-name suffix and launch shape of a single-vector decode mat-vec:
 /// the staged variant when its shared memory fits, else (and for
 /// `vectors == 0`) the plain one.

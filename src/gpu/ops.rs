@@ -13,21 +13,25 @@ use super::launch_shape::decode_launch;
 use crate::error::{Result, WorkerError};
 use crate::model::gguf::GgmlType;
 
+/// Every block format the kernels read, with its kernel-name suffix: the one
+/// table the per-format kernel names (`device::kernel_names`) come from.
+pub const FORMATS: [(GgmlType, &str); 11] = [
+    (GgmlType::F32, "f32"),
+    (GgmlType::F16, "f16"),
+    (GgmlType::BF16, "bf16"),
+    (GgmlType::Q4_0, "q4_0"),
+    (GgmlType::Q4_1, "q4_1"),
+    (GgmlType::Q5_0, "q5_0"),
+    (GgmlType::Q5_1, "q5_1"),
+    (GgmlType::Q8_0, "q8_0"),
+    (GgmlType::Q4K, "q4_k"),
+    (GgmlType::Q5K, "q5_k"),
+    (GgmlType::Q6K, "q6_k"),
+];
+
 /// Kernel-name suffix for a block format, or None when no kernel reads it.
 pub fn dtype_suffix(t: GgmlType) -> Option<&'static str> {
-    Some(match t {
-        GgmlType::F32 => "f32",
-        GgmlType::F16 => "f16",
-        GgmlType::BF16 => "bf16",
-        GgmlType::Q4_0 => "q4_0",
-        GgmlType::Q4_1 => "q4_1",
-        GgmlType::Q5_0 => "q5_0",
-        GgmlType::Q5_1 => "q5_1",
-        GgmlType::Q8_0 => "q8_0",
-        GgmlType::Q4K => "q4_k",
-        GgmlType::Q5K => "q5_k",
-        GgmlType::Q6K => "q6_k",
-    })
+    FORMATS.iter().find(|f| f.0 == t).map(|f| f.1)
 }
 
 /// Bytes of one row of `cols` elements, checking the shapes the kernels need:
@@ -389,24 +393,40 @@ impl Gpu {
 
     /// The k best of n logits (descending, lowest id on ties) into ids/vals.
     pub fn topk(&self, logits: Span, n: usize, k: usize, ids: Span, vals: Span) -> Result<()> {
-        if k == 0 || k > n {
+        self.topk_rows(logits, n, 1, k, ids, vals)
+    }
+
+    /// [`Gpu::topk`] of `rows` consecutive rows of n logits in one launch
+    /// (one block per row): row r's k ids and values at r * k.
+    pub fn topk_rows(
+        &self,
+        logits: Span,
+        n: usize,
+        rows: usize,
+        k: usize,
+        ids: Span,
+        vals: Span,
+    ) -> Result<()> {
+        if k == 0 || k > n || rows == 0 || rows > crate::gpu::topk::TOPK_MAX_ROWS {
             return Err(WorkerError::invalid(format!(
-                "top-k: k = {k} must be in 1..={n}"
+                "top-k: k = {k} must be in 1..={n}, rows ({rows}) in 1..={}",
+                crate::gpu::topk::TOPK_MAX_ROWS
             )));
         }
-        let lp = logits.need(4 * n, "logits")?;
-        let ip = ids.need(4 * k, "ids")?;
-        let vp = vals.need(4 * k, "vals")?;
+        let lp = logits.need(4 * n * rows, "logits")?;
+        let ip = ids.need(4 * k * rows, "ids")?;
+        let vp = vals.need(4 * k * rows, "vals")?;
         let (n_i, k_i) = (as_i32(n, "n")?, as_i32(k, "k")?);
         let f = self.func("topk")?;
         let cfg = LaunchConfig {
-            grid_dim: (1, 1, 1),
+            grid_dim: (rows as u32, 1, 1),
             block_dim: (1024, 1, 1),
             shared_mem_bytes: 0,
         };
         let mut l = self.stream.launch_builder(f);
         l.arg(&lp).arg(&n_i).arg(&k_i).arg(&ip).arg(&vp);
-        // SAFETY: windows checked above; types match cuda/topk.cu.
+        // SAFETY: windows checked above (rows * n logits, rows * k ids and
+        // values; block r touches row r only); types match cuda/topk.cu.
         unsafe { l.launch(cfg) }
             .map(|_| ())
             .map_err(cuda_err("launching topk"))

@@ -12,8 +12,13 @@
 //! allocates nothing, never synchronises with the host, and takes its sizes as
 //! kernel arguments so it can be captured in a CUDA graph.
 //!
-//! The caller owns a scratch window of [`topk_large_scratch_bytes`] bytes,
-//! zero-filled once (as [`Gpu::alloc`] returns it) and used by nothing else:
+//! One launch serves many rows (the logits of every sequence of a step,
+//! issue 11 point 7): row r's logits follow row r-1's, its k ids and values
+//! follow row r-1's, and it has its own scratch row; every row gets exactly
+//! what it would get alone.
+//!
+//! The caller owns a scratch window of [`topk_large_scratch_bytes`] bytes per
+//! row, zero-filled once (as [`Gpu::alloc`] returns it) and used by nothing else:
 //! the kernels keep arrival counters in it and re-arm them to zero themselves.
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
@@ -37,7 +42,7 @@ const MAX_BLOCKS: usize = 1024;
 /// Largest vocabulary this launcher accepts.
 pub const TOPK_LARGE_MAX_N: usize = CHUNK * MAX_BLOCKS;
 
-/// Kernel entry points this launcher needs loaded (for `device::KERNEL_NAMES`).
+/// Kernel entry points this launcher needs loaded (for `device::kernel_names`).
 pub const TOPK_LARGE_KERNELS: &[&str] = &["topk_radix_hist", "topk_radix_gather"];
 
 fn blocks_for(n: usize) -> usize {
@@ -47,11 +52,20 @@ fn blocks_for(n: usize) -> usize {
 /// Scratch bytes [`Gpu::topk_large`] needs for `n` logits (any k).
 /// About 8 KiB per 4096 logits: 320 KB for a 151,936-token vocabulary.
 pub fn topk_large_scratch_bytes(n: usize) -> usize {
-    4 * (HEAD_WORDS + blocks_for(n) * (3 + BINS))
+    // Rounded up to 4 words, as TK_ROW_WORDS: rows stay 8-byte aligned.
+    4 * (HEAD_WORDS + blocks_for(n) * (3 + BINS)).next_multiple_of(4)
 }
 
+/// Most rows one launch selects from (a grid's y dimension).
+pub const TOPK_MAX_ROWS: usize = 65_535;
+
 /// Check a shape; returns the grid size.
-fn check_shape(n: usize, k: usize) -> Result<usize> {
+fn check_shape(n: usize, k: usize, rows: usize) -> Result<usize> {
+    if rows == 0 || rows > TOPK_MAX_ROWS {
+        return Err(WorkerError::invalid(format!(
+            "top-k over {rows} rows: 1..={TOPK_MAX_ROWS} are supported"
+        )));
+    }
     if n == 0 || n > TOPK_LARGE_MAX_N {
         return Err(WorkerError::invalid(format!(
             "top-k over {n} logits: the device selection supports 1..={TOPK_LARGE_MAX_N}"
@@ -84,22 +98,37 @@ impl Gpu {
         ids: Span,
         vals: Span,
     ) -> Result<()> {
-        let grid = check_shape(n, k)?;
-        let lp = logits.need(4 * n, "logits")?;
-        let sp = scratch.need(topk_large_scratch_bytes(n), "top-k scratch")?;
-        let ip = ids.need(4 * k, "ids")?;
-        let vp = vals.need(4 * k, "vals")?;
+        self.topk_large_rows(logits, n, 1, k, scratch, ids, vals)
+    }
+
+    /// [`Gpu::topk_large`] of `rows` consecutive rows of `n` logits in one
+    /// launch: row r's k ids and values at r * k, its scratch at r *
+    /// [`topk_large_scratch_bytes`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn topk_large_rows(
+        &self,
+        logits: Span,
+        n: usize,
+        rows: usize,
+        k: usize,
+        scratch: Span,
+        ids: Span,
+        vals: Span,
+    ) -> Result<()> {
+        let grid = check_shape(n, k, rows)?;
+        let lp = logits.need(4 * n * rows, "logits")?;
+        let scratch_bytes = topk_large_scratch_bytes(n) * rows;
+        let sp = scratch.need(scratch_bytes, "top-k scratch")?;
+        let ip = ids.need(4 * k * rows, "ids")?;
+        let vp = vals.need(4 * k * rows, "vals")?;
         if lp % 4 != 0 || sp % 8 != 0 || ip % 4 != 0 || vp % 4 != 0 {
             return Err(WorkerError::internal(
                 "top-k: logits, ids and vals need 4-byte and the scratch 8-byte alignment",
             ));
         }
-        let sw = (sp, topk_large_scratch_bytes(n));
-        if ![(lp, 4 * n), (ip, 4 * k), (vp, 4 * k)]
-            .into_iter()
-            .all(|w| disjoint(sw, w))
-            || !disjoint((ip, 4 * k), (vp, 4 * k))
-        {
+        let sw = (sp, scratch_bytes);
+        let (lw, iw, vw) = ((lp, 4 * n * rows), (ip, 4 * k * rows), (vp, 4 * k * rows));
+        if ![lw, iw, vw].into_iter().all(|w| disjoint(sw, w)) || !disjoint(iw, vw) {
             return Err(WorkerError::internal(
                 "top-k: the scratch, ids and vals windows must not overlap each other or the logits",
             ));
@@ -107,7 +136,7 @@ impl Gpu {
         // Both fit i32: n <= TOPK_LARGE_MAX_N and k <= 1024 (checked above).
         let (n_i, k_i) = (n as i32, k as i32);
         let cfg = LaunchConfig {
-            grid_dim: (grid as u32, 1, 1),
+            grid_dim: (grid as u32, rows as u32, 1),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -115,20 +144,21 @@ impl Gpu {
         for pass in 0i32..3 {
             let mut l = self.stream.launch_builder(hist);
             l.arg(&lp).arg(&n_i).arg(&k_i).arg(&pass).arg(&sp);
-            // SAFETY: `logits` holds n f32 and `scratch` the bytes
-            // topk_large_scratch_bytes(n) lays out for this grid (both checked
-            // above, disjoint); the grid is ceil(n / TK_CHUNK) <= 1024 blocks
-            // of TK_THREADS threads as the kernel requires; argument types and
-            // order match topk_radix_hist in cuda/topk.cu.
+            // SAFETY: `logits` holds rows * n f32 and `scratch` rows times the
+            // bytes topk_large_scratch_bytes(n) lays out for this grid (both
+            // checked above, disjoint); the grid is ceil(n / TK_CHUNK) <= 1024
+            // blocks of TK_THREADS threads per row (y) as the kernel requires;
+            // argument types and order match topk_radix_hist in cuda/topk.cu.
             unsafe { l.launch(cfg) }
                 .map_err(cuda_err(&format!("launching topk_radix_hist pass {pass}")))?;
         }
         let gather = self.func("topk_radix_gather")?;
         let mut l = self.stream.launch_builder(gather);
         l.arg(&lp).arg(&n_i).arg(&k_i).arg(&sp).arg(&ip).arg(&vp);
-        // SAFETY: as above, and `ids`/`vals` hold k i32/f32 each (checked,
-        // disjoint from the scratch); the kernel writes exactly k of each and
-        // reads logits only below n; types match topk_radix_gather.
+        // SAFETY: as above, and `ids`/`vals` hold rows * k i32/f32 each
+        // (checked, disjoint from the scratch); the kernel writes exactly k of
+        // each per row and reads logits only below n in its row; types match
+        // topk_radix_gather.
         unsafe { l.launch(cfg) }
             .map(|_| ())
             .map_err(cuda_err("launching topk_radix_gather"))

@@ -152,6 +152,62 @@ fn topk_large_matches_the_sampler_on_random_logits() {
     println!("{test}: {checked} (n, k, shape) cases identical to the host selection");
 }
 
+/// Many rows in one launch (a step's sequences): each row's candidates are
+/// the host selection of that row alone, for both kernels, rows of every
+/// logits shape side by side, one scratch reused (issue 11 point 7).
+#[test]
+fn topk_rows_select_each_row_as_alone() {
+    let test = "topk_rows_select_each_row_as_alone";
+    let Some(g) = gpu_or_skip(test) else {
+        return;
+    };
+    let mut r = Rng::fresh(test);
+    // 3 blocks per row: an odd word count before rounding, so a row's
+    // scratch would start 4-byte aligned without it (u64 candidates).
+    let (n, rows) = (9_000usize, 7usize);
+    let all: Vec<Vec<f32>> = (0..rows).map(|i| logits(&mut r, n, i % 4)).collect();
+    let flat: Vec<f32> = all.concat();
+    let mut lb = g.alloc(4 * n * rows, "logits").unwrap();
+    g.upload(&mut lb, 0, &flat).unwrap();
+    let scratch = g
+        .alloc(topk_large_scratch_bytes(n) * rows, "top-k scratch")
+        .unwrap();
+    let ib = g.alloc(4 * TOPK_LARGE_MAX_K * rows, "ids").unwrap();
+    let vb = g.alloc(4 * TOPK_LARGE_MAX_K * rows, "vals").unwrap();
+    for (k, large) in [
+        (1usize, false),
+        (3, false),
+        (1, true),
+        (40, true),
+        (1024, true),
+    ] {
+        for _repeat in 0..2 {
+            let (l, i, v) = (lb.all(), ib.all(), vb.all());
+            if large {
+                g.topk_large_rows(l, n, rows, k, scratch.all(), i, v)
+                    .unwrap();
+            } else {
+                g.topk_rows(l, n, rows, k, i, v).unwrap();
+            }
+            let ids: Vec<i32> = g.download(&ib, 0, k * rows).unwrap();
+            let vals: Vec<f32> = g.download(&vb, 0, k * rows).unwrap();
+            for (row, l) in all.iter().enumerate() {
+                let want = top_candidates(l, k);
+                let (gi, gv) = (&ids[row * k..(row + 1) * k], &vals[row * k..(row + 1) * k]);
+                if large {
+                    if let Some(m) = first_mismatch(&want, gi, gv) {
+                        panic!("{test}: k = {k}, row {row}: {m}");
+                    }
+                } else {
+                    let want_ids: Vec<i32> = want.iter().map(|c| c.0 as i32).collect();
+                    assert_eq!(gi, &want_ids[..], "{test}: small k = {k}, row {row}");
+                }
+            }
+        }
+    }
+    println!("{test}: {rows} rows of {n} per launch, each identical to its own host selection");
+}
+
 #[test]
 fn topk_large_refuses_bad_shapes_and_windows() {
     let test = "topk_large_refuses_bad_shapes";
@@ -186,27 +242,29 @@ fn topk_large_refuses_bad_shapes_and_windows() {
 
 #[test]
 fn shape_limits_and_scratch_size() {
-    assert!(check_shape(0, 1).is_err());
-    assert!(check_shape(10, 0).is_err());
-    assert!(check_shape(10, 11).is_err());
-    assert!(check_shape(5000, 1025).is_err());
-    assert!(check_shape(TOPK_LARGE_MAX_N + 1, 8).is_err());
-    assert_eq!(check_shape(10, 10).unwrap(), 1);
-    assert_eq!(check_shape(4096, 1024).unwrap(), 1);
-    assert_eq!(check_shape(4097, 1024).unwrap(), 2);
-    assert_eq!(check_shape(151_936, 40).unwrap(), 38);
-    assert_eq!(check_shape(TOPK_LARGE_MAX_N, 1024).unwrap(), MAX_BLOCKS);
+    assert!(check_shape(0, 1, 1).is_err());
+    assert!(check_shape(10, 1, 0).is_err());
+    assert!(check_shape(10, 1, TOPK_MAX_ROWS + 1).is_err());
+    assert_eq!(check_shape(10, 1, TOPK_MAX_ROWS).unwrap(), 1);
+    assert!(check_shape(10, 0, 1).is_err());
+    assert!(check_shape(10, 11, 1).is_err());
+    assert!(check_shape(5000, 1025, 1).is_err());
+    assert!(check_shape(TOPK_LARGE_MAX_N + 1, 8, 1).is_err());
+    assert_eq!(check_shape(10, 10, 1).unwrap(), 1);
+    assert_eq!(check_shape(4096, 1024, 1).unwrap(), 1);
+    assert_eq!(check_shape(4097, 1024, 1).unwrap(), 2);
+    assert_eq!(check_shape(151_936, 40, 1).unwrap(), 38);
+    assert_eq!(check_shape(TOPK_LARGE_MAX_N, 1024, 1).unwrap(), MAX_BLOCKS);
     // Header (counters, state, 1024 candidates) + per block 3 words and a row.
-    assert_eq!(topk_large_scratch_bytes(1), 4 * (16 + 2048 + 3 + 2048));
+    // Rounded up to 4 words: one block's 4115 words take 4116.
+    assert_eq!(topk_large_scratch_bytes(1), 4 * 4116);
     assert_eq!(
         topk_large_scratch_bytes(151_936),
-        4 * (16 + 2048 + 38 * (3 + 2048))
+        4 * (16 + 2048 + 38 * (3 + 2048) + 2)
     );
 }
 
-/// No GPU needed: the two entry points compile to CUBIN and are exported
-/// (they are not yet listed in `device::KERNEL_NAMES`, which the shared
-/// kernels_compile test checks).
+/// No GPU needed: the two entry points compile to CUBIN and are exported.
 #[test]
 fn topk_radix_kernels_compile_and_are_exported() {
     if !nvrtc_present() {

@@ -174,6 +174,8 @@ fn batched_steps_give_each_sequence_its_solo_logits() {
     let mut e = CpuEngine::load(&g, &c, &w, &o).expect("load");
     let bad = crate::engine::conformance::batch_invariance(&mut e, 8, 5);
     assert!(bad.is_empty(), "{bad:#?}");
+    let bad = crate::engine::conformance::prefetch_samples_match(&mut e, 8);
+    assert!(bad.is_empty(), "{bad:#?}");
 }
 
 #[test]

@@ -375,9 +375,11 @@ fn op_qkv_fused_matches_three_matvecs() {
 /// decode kernels give each row (issue 11 point 5): `matvec_rows` with a
 /// norm vs `matvec_norm`, `gate_up_rows` vs `gate_up`, and `matvec_rows`
 /// without one vs `matvec` of one vector, for every block format, at batch
-/// sizes that fill, split and overflow the staged kernel's groups of 8, and
-/// at a width whose staged vectors do not all fit (the `_b8` fallback for
-/// f32). Widths are whole 256-element blocks, as K-quants need.
+/// sizes that fill, split and overflow the staged kernel's groups of 8 (3:
+/// `_bst`), that take the token-on-lane `_bt` kernels (9, 13 and 40: one
+/// and two groups of 32 lanes, row counts that leave a block part-filled, a
+/// width of 5 chunks whose last is partial, a width of 24 runs that leaves
+/// warps idle). Widths are whole 256-element blocks, as K-quants need.
 #[test]
 fn op_batched_rows_are_bit_identical_to_lone_rows() {
     let Some(g) = gpu_or_skip("op_batched_rows") else {
@@ -389,6 +391,7 @@ fn op_batched_rows_are_bit_identical_to_lone_rows() {
             (d, 67usize, 512usize, 3usize),
             (d, 130, 1024, 13),
             (d, 40, 4864, 9),
+            (d, 70, 768, 40),
         ]
     }) {
         let (wf, uf) = (r.vec(rows * cols), r.vec(rows * cols));

@@ -13,11 +13,12 @@
 //! same captured graph replays for every token of every sequence; per token
 //! the host copies 12 bytes in and, when sampling, the chosen candidates out.
 //! A step (issue 11 point 4) runs its decode rows (one token of each of
-//! several sequences) together: the weights are read once per 8 rows, with
-//! kernels whose arithmetic per row is that of a lone row (`gpu::batched`),
-//! so a sequence's tokens do not depend on its neighbours (point 5). A lone
-//! decode row replays the captured graph. Each prefill chunk then runs on
-//! its own, exactly as it runs alone.
+//! several sequences) together, with kernels whose arithmetic per row is
+//! that of a lone row (`gpu::batched`), so a sequence's tokens do not depend
+//! on its neighbours (point 5). Decode steps replay CUDA graphs captured per
+//! (rows, positions bucket), so the host does not launch ~250 kernels per
+//! step (point 4). Each prefill chunk then runs on its own, exactly as it
+//! runs alone.
 //! Prefill runs a prompt in fixed chunks of PREFILL_CHUNK tokens. A chunk of
 //! at least GEMM_MIN_TOKENS tokens multiplies each weight through cuBLAS:
 //! the matrix is dequantized into one shared f32 scratch buffer (`wf`, sized
@@ -46,9 +47,12 @@ mod profile_tests;
 mod tests;
 
 mod checks;
+mod sample;
 mod step;
 pub use checks::supported_quant;
 use checks::{check_f32_vec, check_tensor};
+
+use std::collections::HashMap;
 
 use crate::engine::batch::{check_admission, check_step, KvUsage, SeqBounds, SeqSlot, StepChunk};
 use crate::engine::kv::{KvPool, PageTable};
@@ -96,6 +100,10 @@ const GEMM_MIN_TOKENS: usize = 8;
 /// on the device and return the same candidates in the same order.
 const DEVICE_TOPK_MAX: usize = 1;
 
+/// Most decode graphs kept at once (each ~250 kernel nodes); past it the
+/// cache starts over.
+const MAX_DECODE_GRAPHS: usize = 64;
+
 /// Candidates copied back per sampled token when not greedy.
 const DEVICE_CANDIDATES: usize = crate::engine::sampler::MAX_CANDIDATES;
 
@@ -107,8 +115,9 @@ struct SeqState {
 }
 
 pub struct CudaEngine {
-    // Field order is drop order: the graph refers to the buffers below, so it goes first.
-    graph: Option<GpuGraph>,
+    // Field order is drop order: the graphs refer to the buffers below, so they go first.
+    /// Decode steps captured by (rows, positions the attention grid covers).
+    graphs: HashMap<(usize, usize), GpuGraph>,
     use_graph: bool,
     act: Act,
     kv: DeviceBuffer,
@@ -128,6 +137,9 @@ pub struct CudaEngine {
     /// The logits row each sequence's last step left, by slot id; cleared
     /// for every sequence by the next step (the rows are reused).
     logits_row: Vec<Option<usize>>,
+    /// Candidates of every logits row of the last step, selected at once
+    /// (`Engine::prefetch_samples`); cleared by the next step.
+    prefetched: Option<sample::Prefetched>,
     memory: MemoryReport,
     /// Prefill GEMMs as 3xTF32 (WORKER_ORCD_PREFILL_GEMM).
     tf32x3: bool,
@@ -235,7 +247,7 @@ impl CudaEngine {
             .map(|v| v != "0")
             .unwrap_or(true);
         Ok(Self {
-            graph: None,
+            graphs: HashMap::new(),
             use_graph,
             act,
             kv,
@@ -250,6 +262,7 @@ impl CudaEngine {
             seqs: (0..layout.max_seqs).map(|_| None).collect(),
             solo: None,
             logits_row: vec![None; layout.max_seqs],
+            prefetched: None,
             tf32x3,
             memory: MemoryReport {
                 weights_bytes: dl as u64,
@@ -351,25 +364,45 @@ impl CudaEngine {
     }
 
     /// One token of each of `rows` sequences (ids, positions, slots), logits
-    /// to rows 0..rows.len(). A lone row replays the captured graph.
+    /// to rows 0..rows.len(), by replaying the graph of that many rows.
     fn run_decode(&mut self, rows: &[(u32, usize, SeqSlot)]) -> Result<()> {
         let ids: Vec<i32> = rows.iter().map(|r| r.0 as i32).collect();
         self.upload_rows(&ids, rows.iter().map(|r| (r.1, r.2)))?;
-        if !self.use_graph || rows.len() > 1 {
-            let reach = rows.iter().map(|r| r.1 + 1).max().unwrap_or(1);
-            return self.enqueue_step(rows.len(), true, 0, reach);
+        let reach = rows.iter().map(|r| r.1 + 1).max().unwrap_or(1);
+        let key = (rows.len(), self.graph_reach(rows.len(), reach));
+        if !self.use_graph {
+            return self.enqueue_step(key.0, true, 0, reach);
         }
-        if self.graph.is_none() {
-            // The graph covers every position: it replays unchanged as they grow.
+        if !self.graphs.contains_key(&key) {
+            if self.graphs.len() >= MAX_DECODE_GRAPHS {
+                // Rare (row counts and position buckets change slowly):
+                // start over rather than track use.
+                self.graphs.clear();
+            }
             let graph = self
                 .gpu
-                .capture(|| self.enqueue_step(1, true, 0, self.max_ctx))?;
-            self.graph = Some(graph);
+                .capture(|| self.enqueue_step(key.0, true, 0, key.1))?;
+            self.graphs.insert(key, graph);
         }
-        match &self.graph {
+        match self.graphs.get(&key) {
             Some(graph) => graph.launch(),
             None => Err(WorkerError::internal("decode graph missing after capture")),
         }
+    }
+
+    /// Positions the graph for `n` rows reaching `reach` covers: a lone row
+    /// every position (one graph per context, as always); several rows the
+    /// next power of two (at least one attention chunk), so the attention
+    /// grid stays near the rows' real length and a graph serves many steps.
+    /// Covering more positions than a row has changes nothing it computes.
+    fn graph_reach(&self, n: usize, reach: usize) -> usize {
+        if n == 1 {
+            return self.max_ctx;
+        }
+        reach
+            .next_power_of_two()
+            .max(crate::gpu::attention::KV_PAGE_TOKENS)
+            .min(self.max_ctx)
     }
 
     /// A prompt chunk of one sequence, in launches of at most `self.chunk`
@@ -409,34 +442,6 @@ impl CudaEngine {
         let row = self.solo_row()?;
         self.row_candidates(row, k)
     }
-
-    /// The k best (id, logit) pairs of logits row `row`, in the sampler's order.
-    fn row_candidates(&mut self, row: usize, k: usize) -> Result<Vec<(u32, f32)>> {
-        let k = k.clamp(1, DEVICE_CANDIDATES.min(self.cfg.vocab_size));
-        let a = &self.act;
-        let n = self.cfg.vocab_size;
-        let logits = a[Buf::Logits].f32s(row * n, n)?;
-        if k <= DEVICE_TOPK_MAX {
-            self.gpu
-                .topk(logits, n, k, a[Buf::CandIds].all(), a[Buf::CandVals].all())?;
-        } else {
-            self.gpu.topk_large(
-                logits,
-                n,
-                k,
-                a[Buf::TopkScratch].all(),
-                a[Buf::CandIds].all(),
-                a[Buf::CandVals].all(),
-            )?;
-        }
-        let ids: Vec<i32> = self.gpu.download(&a[Buf::CandIds], 0, k)?;
-        let vals: Vec<f32> = self.gpu.download(&a[Buf::CandVals], 0, k)?;
-        Ok(ids
-            .into_iter()
-            .zip(vals)
-            .map(|(i, v)| (i as u32, v))
-            .collect())
-    }
 }
 
 impl CudaEngine {
@@ -453,21 +458,6 @@ impl CudaEngine {
             )));
         }
         self.logits_row[seq.0 as usize].ok_or_else(crate::engine::no_logits_yet)
-    }
-
-    /// Choose the next token from logits row `row`: the device selects the
-    /// candidates (a single pass per candidate for small pools, a radix
-    /// select for large ones); only k pairs cross to the host, where the
-    /// shared sampler code makes the pick.
-    fn row_sample(&mut self, row: usize, params: &SamplingParams, draw: f32) -> Result<u32> {
-        if params.is_greedy() {
-            return Ok(self.row_candidates(row, 1)?[0].0);
-        }
-        let k = crate::engine::sampler::pool_size(params).min(self.cfg.vocab_size);
-        let cands = self.row_candidates(row, k)?;
-        Ok(crate::engine::sampler::pick_from_candidates(
-            &cands, params, draw,
-        ))
     }
 
     /// The single sequence's logits row.
@@ -591,6 +581,7 @@ impl Engine for CudaEngine {
             })
         })?;
         self.logits_row.iter_mut().for_each(|r| *r = None);
+        self.prefetched = None;
         let (decode, prefill): (Vec<_>, Vec<_>) = chunks.iter().partition(|c| c.tokens.len() == 1);
         if !decode.is_empty() {
             let rows: Vec<(u32, usize, SeqSlot)> = decode
@@ -635,6 +626,10 @@ impl Engine for CudaEngine {
         self.take_fault()?;
         self.row_sample(row, params, draw)
     }
+    fn prefetch_samples(&mut self, wants: &[(SeqSlot, usize)]) -> Result<()> {
+        self.prefetch_rows(wants)
+    }
+
     fn resident_digest(&mut self) -> Result<[u8; 32]> {
         let total = self.weights.len() as u64;
         let n = self.gpu.sha256_leaves(

@@ -179,8 +179,9 @@ impl Buf {
             Buf::Place => (16 * s.rows, "row places"),
             Buf::Tables => (4 * s.max_seqs * s.table_len, "page tables"),
             Buf::Scale => (4 * s.rows, "row scales"),
-            Buf::CandIds => (4 * DEVICE_CANDIDATES, "cand_ids"),
-            Buf::CandVals => (4 * DEVICE_CANDIDATES, "cand_vals"),
+            // Every sequence's candidates at once (`sample::prefetch_rows`).
+            Buf::CandIds => (4 * DEVICE_CANDIDATES * s.max_seqs, "cand_ids"),
+            Buf::CandVals => (4 * DEVICE_CANDIDATES * s.max_seqs, "cand_vals"),
             Buf::Leaves => (
                 32 * s
                     .weight_bytes
@@ -190,7 +191,7 @@ impl Buf {
             ),
             Buf::Wf => (wf, "prefill dequant scratch"),
             Buf::TopkScratch => (
-                crate::gpu::topk::topk_large_scratch_bytes(s.vocab),
+                crate::gpu::topk::topk_large_scratch_bytes(s.vocab) * s.max_seqs,
                 "top-k scratch",
             ),
             Buf::WfSmall => (wf, "prefill tf32 weight remainder"),

@@ -18,26 +18,7 @@ fn op_profile_qwen_shapes() {
         return;
     };
     let mut r = Rng::fresh("op_profile");
-    let time = |name: &str, bytes: usize, f: &dyn Fn() -> Result<()>| {
-        f().unwrap();
-        g.sync().unwrap();
-        let mut v = Vec::new();
-        for _ in 0..5 {
-            let a = g.event().unwrap();
-            for _ in 0..50 {
-                f().unwrap();
-            }
-            let b = g.event().unwrap();
-            b.synchronize().unwrap();
-            v.push(a.elapsed_ms(&b).unwrap() as f64 * 1000.0 / 50.0);
-        }
-        v.sort_by(f64::total_cmp);
-        let us = v[2];
-        println!(
-            "profile {name:<34} {us:>8.2} us  {:>7.1} GB/s",
-            bytes as f64 / us / 1e3
-        );
-    };
+    let time = |name: &str, bytes: usize, f: &dyn Fn() -> Result<()>| time_op(&g, name, bytes, f);
     for (dt, rows, cols, label) in [
         (
             GgmlType::Q8_0,
@@ -274,4 +255,164 @@ fn op_profile_qwen_shapes() {
         g.sha256_leaves(big.all(), crate::shard::digest::CHUNK_BYTES, leaves.all())
             .map(|_| ())
     });
+}
+
+/// Device time per launch of `f` (median of 5 batches of 50 launches, CUDA
+/// events), printed as one `profile` line with the bandwidth `bytes` imply.
+fn time_op(g: &Gpu, name: &str, bytes: usize, f: &dyn Fn() -> Result<()>) {
+    f().unwrap();
+    g.sync().unwrap();
+    let mut v = Vec::new();
+    for _ in 0..5 {
+        let a = g.event().unwrap();
+        for _ in 0..50 {
+            f().unwrap();
+        }
+        let b = g.event().unwrap();
+        b.synchronize().unwrap();
+        v.push(a.elapsed_ms(&b).unwrap() as f64 * 1000.0 / 50.0);
+    }
+    v.sort_by(f64::total_cmp);
+    let us = v[2];
+    println!(
+        "profile {name:<34} {us:>8.2} us  {:>7.1} GB/s",
+        bytes as f64 / us / 1e3
+    );
+}
+
+/// Device time of one batched decode step's operations at Qwen2.5-0.5B
+/// shapes for 8 and 64 sequences (issue 11 point 7): where a step of many
+/// rows spends its time. Not a correctness test: run explicitly with
+/// `--ignored op_profile` on the GPU machine.
+#[test]
+#[ignore]
+fn op_profile_batched_qwen_shapes() {
+    let Some(g) = gpu_or_skip("op_profile_batched") else {
+        return;
+    };
+    let mut r = Rng::fresh("op_profile_batched");
+    let upload_quant = |r: &mut Rng, dt: GgmlType, rows: usize, cols: usize| {
+        let mut wq = Vec::new();
+        quant::quantize(dt, &r.vec(rows * cols), &mut wq).unwrap();
+        let mut wb = g.alloc(wq.len(), "w").unwrap();
+        g.upload(&mut wb, 0, &wq).unwrap();
+        (wb, wq.len())
+    };
+    let big = 64usize;
+    let xb = buf_from(&g, &r.vec(4864 * big), "x");
+    let nb = buf_from(&g, &r.vec(4864), "nw");
+    let scale = buf_from(&g, &r.vec(big), "scale");
+    let yb = g.alloc(151_936 * 4 * big, "y").unwrap();
+    let norm = crate::gpu::batched::RowNorm {
+        weight: nb.all(),
+        scale: scale.all(),
+    };
+    for batch in [8usize, big] {
+        for (dt, rows, cols, normed, label) in [
+            (
+                GgmlType::Q5_0,
+                896usize,
+                896usize,
+                true,
+                "q q5_0 896x896 +norm",
+            ),
+            (GgmlType::Q5_0, 128, 896, true, "k/v q5_0 128x896 +norm"),
+            (GgmlType::Q5_0, 896, 896, false, "o q5_0 896x896"),
+            (GgmlType::Q4K, 896, 4864, false, "down q4_K 896x4864"),
+            (GgmlType::Q6K, 896, 4864, false, "down q6_K 896x4864"),
+            (GgmlType::Q8_0, 151_936, 896, true, "lm_head q8_0 +norm"),
+        ] {
+            let (wb, bytes) = upload_quant(&mut r, dt, rows, cols);
+            let n = normed.then_some(norm);
+            time_op(&g, &format!("x{batch} {label}"), bytes, &|| {
+                let (x, y) = (xb.all(), yb.all());
+                g.matvec_rows(dt, wb.all(), x, n, None, y, rows, cols, batch, false)
+            });
+        }
+        let (wg, bytes) = upload_quant(&mut r, GgmlType::Q5_0, 4864, 896);
+        let (wu, _) = upload_quant(&mut r, GgmlType::Q5_0, 4864, 896);
+        time_op(
+            &g,
+            &format!("x{batch} gate_up q5_0 4864x896"),
+            2 * bytes,
+            &|| {
+                let (x, y) = (xb.all(), yb.all());
+                g.gate_up_rows(
+                    GgmlType::Q5_0,
+                    wg.all(),
+                    wu.all(),
+                    x,
+                    norm,
+                    y,
+                    4864,
+                    896,
+                    batch,
+                )
+            },
+        );
+        time_op(&g, &format!("x{batch} row_rms 896"), 0, &|| {
+            g.row_rms(xb.all(), scale.all(), 896, batch, 1e-6)
+        });
+        let (nh, nkv, hd, max_ctx) = (14usize, 2usize, 64usize, 1024usize);
+        let kc = buf_from(&g, &r.vec(max_ctx * nkv * hd), "kc");
+        let vc = buf_from(&g, &r.vec(max_ctx * nkv * hd), "vc");
+        let part = g
+            .alloc(Gpu::attn_scratch_floats(nh, hd, max_ctx, batch) * 4, "part")
+            .unwrap();
+        // Rows at positions 200.. (a 128 + 128 sweep's middle).
+        let rows = TestRows::reversed(&g, max_ctx, 200, batch);
+        time_op(&g, &format!("x{batch} attention pos ~200+"), 0, &|| {
+            let (q, o) = (xb.all(), yb.all());
+            g.attention(
+                q,
+                kc.all(),
+                vc.all(),
+                o,
+                part.all(),
+                rows.rows(),
+                nh,
+                nkv,
+                hd,
+                max_ctx,
+                batch,
+                200 + batch,
+            )
+        });
+        time_op(&g, &format!("x{batch} rope_kv"), 0, &|| {
+            let (q, k) = (xb.all(), yb.all());
+            g.rope_kv(
+                q,
+                k,
+                k,
+                kc.all(),
+                vc.all(),
+                rows.rows(),
+                nh,
+                nkv,
+                hd,
+                true,
+                1e6,
+                batch,
+            )
+        });
+    }
+    // Sampling as a step of 64 greedy sequences does it today: one top-k
+    // and two downloads per row (host time included: wall clock).
+    let ib = g.alloc(4 * 1024, "ids").unwrap();
+    let vb = g.alloc(4 * 1024, "vals").unwrap();
+    g.sync().unwrap();
+    let t0 = std::time::Instant::now();
+    for _ in 0..10 {
+        for row in 0..big {
+            let logits = yb.f32s(row * 151_936, 151_936).unwrap();
+            g.topk(logits, 151_936, 1, ib.all(), vb.all()).unwrap();
+            let _: Vec<i32> = g.download(&ib, 0, 1).unwrap();
+            let _: Vec<f32> = g.download(&vb, 0, 1).unwrap();
+        }
+    }
+    let us = t0.elapsed().as_secs_f64() * 1e6 / 10.0;
+    println!(
+        "profile {:<34} {us:>8.2} us  (wall, host included)",
+        "x64 greedy picks, one row at a time"
+    );
 }

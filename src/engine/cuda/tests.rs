@@ -551,6 +551,9 @@ fn engine_batched_steps_give_each_sequence_its_solo_logits() {
             bad.len()
         );
         assert!(bad.is_empty(), "{}: {bad:#?}", p.display());
+        // Sampling from one top-k launch for all rows picks as row by row.
+        let bad = crate::engine::conformance::prefetch_samples_match(&mut e, 12);
+        assert!(bad.is_empty(), "{}: {bad:#?}", p.display());
         assert_eq!(e.kv_usage().used_pages, 0, "pages left after the runs");
     }
 }
