@@ -38,6 +38,56 @@ Feature: Input validation and model security
     And the error message mentions "max_tokens"
     And the error message mentions "twice"
 
+  # A body sent as a form or as text is a client bug; taking it as JSON
+  # anyway would hide the bug. Nothing runs, and the worker stays sealed.
+  @WORKER-4300
+  Scenario: A JSON endpoint refuses a text body with 415
+    Given a worker serving the tiny test model
+    When I POST to "/worker/execute" with content type "text/plain" and body:
+      """
+      {"handle_id": "{handle_id}", "prompt": "Hello", "params": {"max_tokens": 2}}
+      """
+    Then the response status is 415
+    And the error code is "UNSUPPORTED_MEDIA_TYPE"
+    And the error message mentions "text/plain"
+    And the error message mentions "Content-Type: application/json"
+    And the ready answer still shows the sealed shard
+
+  @WORKER-4300
+  Scenario: A JSON endpoint refuses a form body with 415 (curl -d without a type)
+    Given a worker serving the tiny test model
+    When I POST to "/worker/execute" with content type "application/x-www-form-urlencoded" and body:
+      """
+      {"handle_id": "{handle_id}", "prompt": "Hello", "params": {"max_tokens": 2}}
+      """
+    Then the response status is 415
+    And the error code is "UNSUPPORTED_MEDIA_TYPE"
+    And the error message mentions "application/x-www-form-urlencoded"
+    And the error message mentions "Content-Type: application/json"
+    And the ready answer still shows the sealed shard
+
+  @WORKER-4300
+  Scenario: A JSON endpoint refuses a body without a content type with 415
+    Given a worker serving the tiny test model
+    When I POST to "/worker/execute" without a content type and body:
+      """
+      {"handle_id": "{handle_id}", "prompt": "Hello", "params": {"max_tokens": 2}}
+      """
+    Then the response status is 415
+    And the error code is "UNSUPPORTED_MEDIA_TYPE"
+    And the error message mentions "no Content-Type"
+    And the error message mentions "Content-Type: application/json"
+    And the ready answer still shows the sealed shard
+
+  @WORKER-4300
+  Scenario: A JSON body with a charset parameter is accepted
+    Given a worker serving the tiny test model
+    When I POST to "/worker/execute" with content type "application/json; charset=utf-8" and body:
+      """
+      {"handle_id": "{handle_id}", "prompt": "Hello", "params": {"max_tokens": 2}}
+      """
+    Then the response status is 200
+
   @WORKER-4301 @WORKER-4423
   Scenario: An oversized request body is refused with 413 before parsing
     Given a worker serving the tiny test model
@@ -187,6 +237,26 @@ Feature: Input validation and model security
       | huge tensor count        |
       | tensor offset past end   |
       | string length past end   |
+
+  # A NaN or infinite weight would load and answer with garbage; a sampled
+  # check at load refuses it (every small tensor whole, large ones at spread
+  # blocks), naming the tensor.
+  @WORKER-4312
+  Scenario: A model whose weights hold NaN or infinity is refused at load, naming the tensor
+    Given a worker serving the tiny test model
+    Then each malformed copy of the tiny model is refused by plan with "MODEL_LOAD_FAILED" and the worker keeps running:
+      | corruption                | reason             |
+      | NaN in output_norm.weight | output_norm.weight |
+      | Inf in output_norm.weight | not a number       |
+
+  # No tokens, nothing to generate: a capability no engine has, refused the
+  # same way by Plan, Commit, start-up and `generate` (they share the check).
+  @WORKER-4603
+  Scenario: A model declaring a vocabulary of 0 tokens is a capability mismatch
+    Given a worker serving the tiny test model
+    Then each malformed copy of the tiny model is refused by plan with "CAPABILITY_MISMATCH" and the worker keeps running:
+      | corruption   | reason         |
+      | vocab_size 0 | vocab_size = 0 |
 
   @WORKER-4410
   Scenario: A tensor whose shape does not fit the architecture is refused before anything is launched

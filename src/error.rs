@@ -17,6 +17,10 @@ pub enum WorkerError {
     /// The request body exceeded the configured size limit (HTTP 413).
     #[error("{message}")]
     PayloadTooLarge { message: String },
+    /// A JSON endpoint got a body whose Content-Type is not
+    /// `application/json` (HTTP 415).
+    #[error("{message}")]
+    UnsupportedMediaType { message: String },
     /// The request body stopped arriving for `body_read_timeout_ms` (HTTP 408).
     #[error("{message}")]
     RequestTimeout { message: String },
@@ -102,6 +106,7 @@ impl WorkerError {
         match self {
             Self::InvalidParams { .. } => "INVALID_PARAMS",
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            Self::UnsupportedMediaType { .. } => "UNSUPPORTED_MEDIA_TYPE",
             Self::RequestTimeout { .. } => "REQUEST_TIMEOUT",
             Self::AuthFailed { .. } => "AUTH_FAILED",
             Self::Forbidden { .. } => "FORBIDDEN",
@@ -128,6 +133,7 @@ impl WorkerError {
     pub const ALL_CODES: &'static [&'static str] = &[
         "INVALID_PARAMS",
         "PAYLOAD_TOO_LARGE",
+        "UNSUPPORTED_MEDIA_TYPE",
         "REQUEST_TIMEOUT",
         "AUTH_FAILED",
         "FORBIDDEN",
@@ -154,6 +160,7 @@ impl WorkerError {
         match self {
             Self::InvalidParams { .. } => 400,
             Self::PayloadTooLarge { .. } => 413,
+            Self::UnsupportedMediaType { .. } => 415,
             Self::RequestTimeout { .. } => 408,
             Self::AuthFailed { .. } => 401,
             Self::Forbidden { .. } => 403,
@@ -207,6 +214,7 @@ impl WorkerError {
         match self {
             Self::InvalidParams { message }
             | Self::PayloadTooLarge { message }
+            | Self::UnsupportedMediaType { message }
             | Self::RequestTimeout { message }
             | Self::AuthFailed { message }
             | Self::Forbidden { message }

@@ -48,7 +48,8 @@ pub async fn send_full(
 }
 
 /// As [`send_full`] with any body (a stream is sent chunked, without a
-/// Content-Length). The body is sent as JSON unless `headers` name a content type.
+/// Content-Length). The body is sent as JSON unless `headers` name a content
+/// type; an empty one sends the body without a Content-Type.
 pub async fn send_with(
     w: &mut World,
     method: &str,
@@ -77,7 +78,10 @@ pub async fn send_with(
         req = req.bearer_auth(t);
     }
     for (k, v) in headers {
-        req = req.header(*k, *v);
+        // An empty Content-Type means: send the body without one.
+        if !(k.eq_ignore_ascii_case("content-type") && v.is_empty()) {
+            req = req.header(*k, *v);
+        }
     }
     if let Some(b) = body {
         if !headers
@@ -163,6 +167,16 @@ async fn post(w: &mut World, path: String, auth: String, step: &Step) {
     let body = docstring(w, step);
     let body = w.expand(&body).await;
     send(w, "POST", &path, Some(body), Auth::parse(&auth)).await;
+}
+
+#[when(
+    regex = r#"^I POST to "([^"]+)" (?:with content type "([^"]*)"|without a content type) and body:$"#
+)]
+async fn post_typed(w: &mut World, path: String, content_type: String, step: &Step) {
+    let body = docstring(w, step);
+    let body = w.expand(&body).await.into_bytes();
+    let headers = [("content-type", content_type.as_str())];
+    send_full(w, "POST", &path, Some(body), Auth::Token, &headers).await;
 }
 
 #[when(regex = r#"^I POST to "([^"]+)" a body of (\d+) bytes$"#)]

@@ -68,6 +68,33 @@ fn corrupt(w: &World, how: &str) -> Vec<u8> {
             b[at..at + 8].copy_from_slice(&n0.to_le_bytes());
             b[at + 8..at + 16].copy_from_slice(&n1.to_le_bytes());
         }
+        // The metadata declares no tokens (the u32 after the key and its type).
+        "vocab_size 0" => {
+            let key = b"llama.vocab_size";
+            let at = b
+                .windows(key.len())
+                .position(|win| win == key)
+                .unwrap_or_else(|| w.fail("the tiny model has no llama.vocab_size key"))
+                + key.len()
+                + 4;
+            b[at..at + 4].copy_from_slice(&0u32.to_le_bytes());
+        }
+        // One f32 weight of the final norm becomes NaN or +Inf.
+        "NaN in output_norm.weight" | "Inf in output_norm.weight" => {
+            let p = test_model("tiny").unwrap_or_else(|e| w.fail(e));
+            let g = GgufFile::open(&p, &GgufLimits::default())
+                .unwrap_or_else(|e| w.fail(format!("parse tiny model: {e}")));
+            let t = g
+                .tensor("output_norm.weight")
+                .unwrap_or_else(|| w.fail("the tiny model has no output_norm.weight"));
+            let at = g.data_offset as usize + t.offset as usize + 4 * 7;
+            let v = if how.starts_with("NaN") {
+                f32::NAN
+            } else {
+                f32::INFINITY
+            };
+            b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        }
         other => w.fail(format!("unknown corruption {other:?}")),
     }
     b

@@ -608,6 +608,7 @@ async fn early_refusals_reach_the_client() {
             .http
             .post(format!("{}/worker/plan", rig.base))
             .bearer_auth(OWNER)
+            .header("content-type", "application/json")
             .body(big.clone())
             .send()
             .await
@@ -623,6 +624,7 @@ async fn early_refusals_reach_the_client() {
             .http
             .post(format!("{}/worker/plan", rig.base))
             .bearer_auth(OWNER)
+            .header("content-type", "application/json")
             .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
             .send()
             .await

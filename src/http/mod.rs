@@ -20,6 +20,7 @@
 pub mod auth;
 pub mod execute;
 pub mod handlers;
+pub mod media_type;
 pub mod server;
 pub mod strict_json;
 pub mod validate;
@@ -253,17 +254,25 @@ async fn drain_unread_body(req: Request, next: Next) -> Response {
 }
 
 pub fn router(app: Arc<AppState>) -> Router {
+    // JSON endpoints refuse other bodies with 415 (`media_type`).
+    let json_only = || axum::middleware::from_fn(media_type::json_only);
     let r = Router::new()
         .route("/health", get(handlers::health))
         .route("/metrics", get(handlers::metrics))
         .route("/openapi.json", get(handlers::openapi))
-        .route("/worker/plan", post(handlers::plan))
-        .route("/worker/commit", post(handlers::commit))
+        .route("/worker/plan", post(handlers::plan).layer(json_only()))
+        .route(
+            "/worker/commit",
+            post(handlers::commit).layer(axum::middleware::from_fn(media_type::json_or_upload)),
+        )
         .route("/worker/ready", get(handlers::ready))
-        .route("/worker/execute", post(execute::execute))
-        .route("/worker/cancel", post(handlers::cancel));
+        .route("/worker/execute", post(execute::execute).layer(json_only()))
+        .route("/worker/cancel", post(handlers::cancel).layer(json_only()));
     #[cfg(feature = "test-hooks")]
-    let r = r.route(handlers::DEBUG_FAULT_PATH, post(handlers::debug_fault));
+    let r = r.route(
+        handlers::DEBUG_FAULT_PATH,
+        post(handlers::debug_fault).layer(json_only()),
+    );
     r.fallback(handlers::not_found)
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),

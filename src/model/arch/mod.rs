@@ -88,6 +88,7 @@ pub struct ModelWeights {
     pub output: TensorRef,
 }
 
+pub mod finite;
 pub mod llama;
 pub mod qwen2;
 
@@ -105,14 +106,16 @@ pub fn from_gguf(g: &GgufFile) -> Result<(ModelConfig, ModelWeights)> {
             "the model file has no general.architecture key; it is not a model GGUF",
         )
     })?;
-    match arch {
+    let loaded = match arch {
         "llama" => llama::load(g),
         "qwen2" => qwen2::load(g),
         other => Err(WorkerError::model_load(format!(
             "the model's architecture '{other}' is not supported; supported architectures: {}",
             SUPPORTED.join(", ")
         ))),
-    }
+    }?;
+    finite::check_sampled(g)?;
+    Ok(loaded)
 }
 
 /// Largest dimension accepted from metadata: bounds every size computed from it.
@@ -194,6 +197,16 @@ pub(crate) fn base_config(
         return Err(WorkerError::model_load(format!(
             "{name}: rope base {rope_base} or norm epsilon {norm_eps} is out of range"
         )));
+    }
+    // A declared vocabulary of 0 tokens is a capability no engine has
+    // (docs/operations.md, MCD check): the same refusal on every path.
+    if g.get_u64(&format!("{name}.vocab_size")) == Some(0) {
+        return Err(WorkerError::CapabilityMismatch {
+            message: format!(
+                "the model declares {name}.vocab_size = 0, a vocabulary of no tokens, so nothing \
+                 can be generated from it; this worker cannot serve it. Fix the model's metadata"
+            ),
+        });
     }
     let embd = g
         .tensor("token_embd.weight")
