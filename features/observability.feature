@@ -11,6 +11,14 @@ Feature: Observability
     And a worker log line has the fields "job_id", "worker_id", "gpu_device", "model_ref", "tokens_in", "tokens_out", "decode_time_ms"
     And every worker log line with a "job_id" also has a "human" field
 
+  # The suite runs a test-hooks build (it needs /debug/fault); such a build
+  # must never pass for the product, so it says what it is first thing.
+  @WORKER-4800
+  Scenario: A test build warns at start-up that it is one
+    Given a worker serving the tiny test model
+    Then the worker log mentions "TEST BUILD"
+    And the worker log mentions "Never run it in production"
+
   @WORKER-4803
   Scenario: Every log line of a worker's life, from start to shutdown, carries a human narration
     Given a worker serving the larger test model

@@ -41,8 +41,8 @@ pub struct BenchArgs {
     /// Repetitions; the table reports the median.
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
-    /// Where the CSV and JSON files go.
-    #[arg(long, default_value = ".")]
+    /// Where the CSV and JSON files go (created when missing).
+    #[arg(long, default_value = "bench-results")]
     pub out_dir: PathBuf,
     #[arg(long, default_value_t = 0)]
     pub gpu_device: u32,
@@ -436,4 +436,22 @@ fn write_files(a: &BenchArgs, r: &BenchResult) -> Result<()> {
         a.out_dir.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BenchArgs;
+    use clap::{Args, Command, FromArgMatches};
+
+    /// Results land in their own folder unless told otherwise (issue 13
+    /// point 8: a bench run must not litter the repository root).
+    #[test]
+    fn results_go_to_their_own_folder_by_default() {
+        let cmd = BenchArgs::augment_args(Command::new("bench"));
+        let m = cmd
+            .try_get_matches_from(["bench", "--model", "m.gguf"])
+            .unwrap();
+        let a = BenchArgs::from_arg_matches(&m).unwrap();
+        assert_eq!(a.out_dir, std::path::PathBuf::from("bench-results"));
+    }
 }

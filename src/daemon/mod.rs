@@ -138,6 +138,7 @@ async fn serve(cfg: Config, router: RouterFor) -> u8 {
     if let Err(e) = crate::config::check_not_root(cfg.allow_root) {
         return fail_start(&cfg, &WorkerError::from(e), exit::CONFIG).await;
     }
+    warn_if_test_build();
     let creds = match crate::config::Credentials::load(&cfg) {
         Ok(c) => c,
         Err(e) => return fail_start(&cfg, &WorkerError::from(e), exit::CONFIG).await,
@@ -169,7 +170,9 @@ async fn serve(cfg: Config, router: RouterFor) -> u8 {
         Ok(l) => l,
         Err(e) => {
             let msg = format!(
-                "cannot listen on {} ({e}); choose a free address with bind_addr/rpc_port",
+                "cannot listen on {} ({e}); another process holds it or it is not this machine's. \
+                 Choose a free port: rpc_port in the config file or --rpc-port (PORT for ci/quickstart), \
+                 or another bind_addr",
                 cfg.bind_addr
             );
             let e = WorkerError::InvalidConfig { message: msg };
@@ -283,6 +286,19 @@ pub fn new_app(
         #[cfg(feature = "test-hooks")]
         available_override: Default::default(),
     })
+}
+
+/// A test-hooks build says so first thing (issue 13 point 8): it serves
+/// `POST /debug/fault`, so it must never be mistaken for the product.
+fn warn_if_test_build() {
+    #[cfg(feature = "test-hooks")]
+    tracing::warn!(
+        human = "This worker is a TEST BUILD (feature test-hooks): it serves POST /debug/fault, which lets any \
+                 token holder corrupt the served model or fake device errors. Never run it in production; \
+                 build with `cargo build --release` (no --features) for real use.",
+        build = "test-hooks",
+        "test build"
+    );
 }
 
 fn set_state(app: &AppState, s: Lifecycle) {
