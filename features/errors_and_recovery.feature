@@ -23,6 +23,7 @@ Feature: Errors and recovery
     And I execute "Once upon a time" with max_tokens 2000
     Then the stream ends with an "error" event with code "EXECUTION_TIMEOUT"
     And the error event has the fields "code", "message", "retriable", "retry_after_ms"
+    And every event of the stream matches the schema the served API description gives its name
 
   @WORKER-4950 @source
   Scenario: The stable codes are declared once

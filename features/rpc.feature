@@ -326,6 +326,7 @@ Feature: Plan, Commit, Ready and Execute over HTTP with Server-Sent Events
     And the end event has the fields "tokens_out", "decode_time_ms", "finish_reason"
     And the end event's tokens_out equals the number of token events
     And nothing follows the final event and the stream is closed
+    And every event of the stream matches the schema the served API description gives its name
 
   @WORKER-4246 @WORKER-4245 @smollm2
   Scenario: The started event predicts the start from the measured seal check

@@ -25,6 +25,7 @@ pub mod process;
 pub mod procfs;
 pub mod proof;
 pub mod run;
+pub mod schema;
 pub mod seal;
 pub mod security;
 pub mod shard;
