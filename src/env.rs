@@ -143,6 +143,15 @@ pub const REQUIRE_REAL_GPU: EnvVar = EnvVar {
     doc: "Tests only: `1` makes GPU scenarios fail, never skip, when no GPU is usable.",
 };
 
+/// Build time, tests only: read by build.rs, not by the worker.
+pub const GPU_TESTS: EnvVar = EnvVar {
+    name: "WORKER_ORCD_GPU_TESTS",
+    default: None,
+    doc: "Build time, tests only: `1` builds the tests that need a GPU as ordinary tests \
+          (ci/gpu-stage sets it); in any other build they are ignored with that reason, so a \
+          run without a GPU counts them as ignored, never as passed.",
+};
+
 /// Tests only: fixed seed for randomized tests.
 pub const TEST_SEED: EnvVar = EnvVar {
     name: "WORKER_ORCD_TEST_SEED",
@@ -240,6 +249,7 @@ pub const ALL: &[EnvVar] = &[
     TEST_MODELS,
     CI,
     REQUIRE_REAL_GPU,
+    GPU_TESTS,
     TEST_SEED,
     GOLDEN,
     GOLDEN_DIR,

@@ -4,8 +4,8 @@
 //! embedding gather, and the staged decode variant (`_st`) against both the
 //! CPU and the plain kernel (bit-identical: same per-lane order of runs).
 //! Same style and rules as `tests.rs`: fresh random inputs (seed printed),
-//! stated tolerances printed as `rel err X (tol Y)`, `SKIPPED:` without a GPU
-//! unless `REQUIRE_REAL_GPU=1`.
+//! stated tolerances printed as `rel err X (tol Y)`, ignored unless built for
+//! the GPU suite (`cfg(gpu_tests)`).
 
 use super::tests::{buf_from, gpu_or_skip, poisoned, rel_err, Rng};
 use super::*;
@@ -15,6 +15,10 @@ use crate::model::gguf::GgmlType;
 use crate::model::quant;
 
 #[test]
+#[cfg_attr(
+    not(gpu_tests),
+    ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
+)]
 fn op_matvec_and_embed_every_block_format() {
     let Some(g) = gpu_or_skip("op_matvec") else {
         return;
@@ -167,6 +171,10 @@ fn op_matvec_and_embed_every_block_format() {
 /// their buffer). Mat-vec must be bit-identical to the plain kernel and all
 /// three (mat-vec, fused norm, fused gate/up) within 1e-5 of the CPU.
 #[test]
+#[cfg_attr(
+    not(gpu_tests),
+    ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
+)]
 fn op_matvec_staged_grid_stride_chunks_and_alignment() {
     let Some(g) = gpu_or_skip("op_matvec_staged") else {
         return;
@@ -281,6 +289,10 @@ fn op_matvec_staged_grid_stride_chunks_and_alignment() {
 /// at Qwen2.5-0.5B and SmolLM2 widths: bit-identical to three fused-norm
 /// mat-vecs, and within 1e-5 of the CPU.
 #[test]
+#[cfg_attr(
+    not(gpu_tests),
+    ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
+)]
 fn op_qkv_fused_matches_three_matvecs() {
     let Some(g) = gpu_or_skip("op_qkv") else {
         return;
@@ -381,6 +393,10 @@ fn op_qkv_fused_matches_three_matvecs() {
 /// width of 5 chunks whose last is partial, a width of 24 runs that leaves
 /// warps idle). Widths are whole 256-element blocks, as K-quants need.
 #[test]
+#[cfg_attr(
+    not(gpu_tests),
+    ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
+)]
 fn op_batched_rows_are_bit_identical_to_lone_rows() {
     let Some(g) = gpu_or_skip("op_batched_rows") else {
         return;

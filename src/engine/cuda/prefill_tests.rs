@@ -3,8 +3,8 @@
 //! block format, the scratch-free prefill attention, and a whole prompt
 //! longer than one chunk against `CpuEngine`, twice (bit-identical).
 //! Same style and rules as `tests.rs`: fresh random inputs (seed printed),
-//! stated tolerances printed as `rel err X (tol Y)`, `SKIPPED:` without a GPU
-//! unless `REQUIRE_REAL_GPU=1`.
+//! stated tolerances printed as `rel err X (tol Y)`, ignored unless built for
+//! the GPU suite (`cfg(gpu_tests)`).
 
 use super::tests::{buf_from, gpu_or_skip, poisoned, rel_err, Rng, TestRows};
 use super::*;
@@ -24,6 +24,10 @@ fn upload_bytes(g: &Gpu, data: &[u8], what: &str) -> DeviceBuffer {
 /// are not a multiple of any tile, several token counts; y starts as NaN when
 /// not accumulating (beta = 0 must not read it), the split buffers too.
 #[test]
+#[cfg_attr(
+    not(gpu_tests),
+    ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
+)]
 fn op_gemm_every_block_format() {
     let Some(g) = gpu_or_skip("op_gemm") else {
         return;
@@ -176,6 +180,10 @@ fn cpu_attention(
 /// untiled one (hd 256, 80, 16). Cache rows past the causal
 /// limit are NaN, so reading one would show. Twice: bit-identical.
 #[test]
+#[cfg_attr(
+    not(gpu_tests),
+    ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
+)]
 fn op_attn_prefill() {
     let Some(g) = gpu_or_skip("op_attn_prefill") else {
         return;
@@ -241,6 +249,10 @@ fn op_attn_prefill() {
 /// gives the CPU engine's last-token logits and next greedy tokens; the same
 /// prompt again gives bit-identical logits.
 #[test]
+#[cfg_attr(
+    not(gpu_tests),
+    ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
+)]
 fn engine_prefill_longer_than_a_chunk_matches_cpu() {
     if gpu_or_skip("engine_prefill").is_none() {
         return;

@@ -2,8 +2,10 @@
 //! fresh random inputs against a host reference with a stated tolerance,
 //! then the whole engine against `CpuEngine`, and llama.cpp's golden greedy
 //! tokens with the float64 reference (`engine::conformance`, the body the
-//! reference path runs too). Without a usable GPU each test prints `SKIPPED:`
-//! and returns, except with `REQUIRE_REAL_GPU=1`, where that is a failure.
+//! reference path runs too). The tests are ignored unless built for the GPU
+//! suite (`cfg(gpu_tests)`, build.rs); run there without a usable GPU each
+//! prints `SKIPPED:` and returns, except with `REQUIRE_REAL_GPU=1` (as
+//! ci/gpu-run sets it), where that is a failure.
 //! Env: WORKER_ORCD_TEST_MODELS (folder with the SmolLM2 and Qwen2.5-Coder
 //! files), WORKER_ORCD_GOLDEN (folder with the golden and f64 files; the
 //! committed tests/golden_data is searched last).
@@ -149,6 +151,10 @@ impl TestRows {
 }
 
 #[test]
+#[cfg_attr(
+    not(gpu_tests),
+    ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
+)]
 fn op_rmsnorm_swiglu_add() {
     let Some(g) = gpu_or_skip("op_rmsnorm") else {
         return;
@@ -206,6 +212,10 @@ fn op_rmsnorm_swiglu_add() {
 
 /// RoPE + KV write at positions 0..P, then attention at every position, vs an f64 reference.
 #[test]
+#[cfg_attr(
+    not(gpu_tests),
+    ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
+)]
 fn op_rope_kv_attention_gqa_both_styles() {
     let Some(g) = gpu_or_skip("op_attention") else {
         return;
@@ -370,6 +380,10 @@ fn op_rope_kv_attention_gqa_both_styles() {
 }
 
 #[test]
+#[cfg_attr(
+    not(gpu_tests),
+    ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
+)]
 fn op_topk_matches_the_shared_sampler_order() {
     let Some(g) = gpu_or_skip("op_topk") else {
         return;
@@ -407,6 +421,10 @@ fn op_topk_matches_the_shared_sampler_order() {
 }
 
 #[test]
+#[cfg_attr(
+    not(gpu_tests),
+    ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
+)]
 fn op_sha256_leaves_give_the_cpu_root() {
     let Some(g) = gpu_or_skip("op_sha256") else {
         return;
@@ -480,6 +498,10 @@ fn load_both(path: &std::path::Path) -> (CudaEngine, CpuEngine, GgufFile) {
 /// The edge cases every backend holds the same way (the CPU engine runs the
 /// same body in engine::cpu::tests).
 #[test]
+#[cfg_attr(
+    not(gpu_tests),
+    ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
+)]
 fn engine_edge_cases_are_the_shared_contract() {
     if gpu_or_skip("engine_edge_cases").is_none() {
         return;
@@ -508,6 +530,10 @@ fn engine_edge_cases_are_the_shared_contract() {
 /// buffers for 12 sequences; the engine's memory is what Plan computes for
 /// that layout.
 #[test]
+#[cfg_attr(
+    not(gpu_tests),
+    ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
+)]
 fn engine_batched_steps_give_each_sequence_its_solo_logits() {
     if gpu_or_skip("engine_batch_invariance").is_none() {
         return;
@@ -562,6 +588,10 @@ fn engine_batched_steps_give_each_sequence_its_solo_logits() {
 /// Logits of the prompt and the first decode steps, GPU vs CPU reference, on
 /// generated tiny llama/qwen2 models and (when present) the real SmolLM2 file.
 #[test]
+#[cfg_attr(
+    not(gpu_tests),
+    ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
+)]
 fn engine_logits_and_greedy_tokens_match_cpu() {
     if gpu_or_skip("engine_vs_cpu").is_none() {
         return;
@@ -678,6 +708,10 @@ fn engine_logits_and_greedy_tokens_match_cpu() {
 /// file present: teacher-forced decode against llama.cpp's greedy tokens and
 /// the float64 reference's argmax and logits.
 #[test]
+#[cfg_attr(
+    not(gpu_tests),
+    ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
+)]
 fn golden_real_models_on_gpu() {
     use crate::engine::conformance;
     if gpu_or_skip("golden_gpu").is_none() {
