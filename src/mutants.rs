@@ -32,6 +32,12 @@ pub enum Mutant {
     NoVerifyBeforeSeal,
     /// A cancel takes effect five decode steps late (WORKER-4252).
     CancelLagsFiveSteps,
+    /// JSON endpoints take a body of any Content-Type (WORKER-4300; issue 13
+    /// point 5).
+    MediaTypeUnchecked,
+    /// The sampled check for NaN and infinite weights is skipped at load, so
+    /// a corrupt model serves garbage (WORKER-4312; issue 13 point 5).
+    WeightsUnchecked,
 }
 
 /// One catalogue row: the mutant, its stable name (the value of
@@ -82,6 +88,18 @@ pub const CATALOGUE: &[Entry] = &[
         name: "cancel_lags_five_steps",
         breaks: "a cancel takes effect five decode steps late",
         killed_by: &["WORKER-4252"],
+    },
+    Entry {
+        mutant: Mutant::MediaTypeUnchecked,
+        name: "media_type_unchecked",
+        breaks: "JSON endpoints accept a body of any Content-Type",
+        killed_by: &["WORKER-4300"],
+    },
+    Entry {
+        mutant: Mutant::WeightsUnchecked,
+        name: "weights_unchecked",
+        breaks: "no check for NaN or infinite weights at load",
+        killed_by: &["WORKER-4312"],
     },
 ];
 

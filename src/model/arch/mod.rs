@@ -114,7 +114,9 @@ pub fn from_gguf(g: &GgufFile) -> Result<(ModelConfig, ModelWeights)> {
             SUPPORTED.join(", ")
         ))),
     }?;
-    finite::check_sampled(g)?;
+    if !crate::mutants::active(crate::mutants::Mutant::WeightsUnchecked) {
+        finite::check_sampled(g)?;
+    }
     Ok(loaded)
 }
 
