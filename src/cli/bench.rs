@@ -441,13 +441,13 @@ fn write_files(a: &BenchArgs, r: &BenchResult) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::BenchArgs;
-    use clap::{Args, Command, FromArgMatches};
+    use clap::{Args, FromArgMatches};
 
     /// Results land in their own folder unless told otherwise (issue 13
     /// point 8: a bench run must not litter the repository root).
     #[test]
     fn results_go_to_their_own_folder_by_default() {
-        let cmd = BenchArgs::augment_args(Command::new("bench"));
+        let cmd = BenchArgs::augment_args(clap::Command::default());
         let m = cmd
             .try_get_matches_from(["bench", "--model", "m.gguf"])
             .unwrap();
