@@ -1,8 +1,9 @@
-//! Launchers of the batched mat-vecs (`matvec_*_bst` / `matvec_*_gu_bst`,
-//! staged, and `matvec_*_b8` / `matvec_*_gu_b8` where the staged ones'
-//! shared memory does not fit, in cuda/matvec.cu) and of `row_rms`
-//! (cuda/rmsnorm.cu): one launch over many rows, each weight run read once
-//! per 8 rows (KERNEL-MATVEC; issue 11 points 4, 5 and 7).
+//! Launchers of the batched mat-vecs (`matvec_*_bt` / `matvec_*_gu_bt`, rows
+//! on the lanes, in cuda/matvec_rows.cu, from BT_MIN_BATCH rows; below it
+//! `matvec_*_bst` / `matvec_*_gu_bst`, staged, and `matvec_*_b8` /
+//! `matvec_*_gu_b8` where the staged ones' shared memory does not fit, in
+//! cuda/matvec.cu) and of `row_rms` (cuda/rmsnorm.cu): one launch over many
+//! rows (KERNEL-MATVEC; issue 11 points 4, 5 and 7).
 //!
 //! Why they exist: a prefill chunk of fewer than GEMM_MIN_TOKENS tokens, and
 //! a decode step of many sequences, one row each. For the decode step every
@@ -27,6 +28,14 @@ use crate::model::gguf::GgmlType;
 pub struct RowNorm<'a> {
     pub weight: Span<'a>,
     pub scale: Span<'a>,
+}
+
+/// The kernel variant of a batched launch (`Gpu::rows_launch`).
+struct RowsLaunch {
+    suffix: &'static str,
+    cfg: LaunchConfig,
+    /// Vectors per block, passed to the `_bst` kernels only.
+    per: Option<i32>,
 }
 
 /// Rows of one batched launch: 1..=65535 * 8.
@@ -92,14 +101,12 @@ impl Gpu {
         accumulate: bool,
     ) -> Result<()> {
         let batch_i = check_batch(batch)?;
-        if let Some(cfg) = self.rows_bt_shape(dtype, rows, batch, false) {
-            return self.matvec_rows_bt(
-                dtype, cfg, w, x, norm, bias, y, rows, cols, batch, accumulate,
-            );
-        }
-        let staged = batched_launch(dtype, rows, cols, batch, norm.is_some());
-        let suffix = if staged.is_some() { "_bst" } else { "_b8" };
-        let name = format!("matvec_{}{suffix}", dtype_suffix(dtype).unwrap_or("none"));
+        let plan = self.rows_launch(dtype, rows, cols, batch, norm.is_some(), false);
+        let name = format!(
+            "matvec_{}{}",
+            dtype_suffix(dtype).unwrap_or("none"),
+            plan.suffix
+        );
         let rb = row_bytes(dtype, cols)?;
         let wp = w.need(rb * rows, "weights")?;
         let xp = x.need(4 * cols * batch, "x")?;
@@ -128,17 +135,18 @@ impl Gpu {
             .arg(&cols_i)
             .arg(&acc)
             .arg(&batch_i);
-        let per = staged.map(|(per, _)| per as i32);
-        if let Some(per) = &per {
+        if let Some(per) = &plan.per {
             l.arg(per);
         }
         l.arg(&nw).arg(&sc);
-        let cfg = staged.map_or_else(|| b8_grid(rows, batch), |(_, cfg)| cfg);
         // SAFETY: windows checked above (x and y hold `batch` rows, the
-        // scales one per row); argument types and order match `matmul_impl`
+        // scales one per row, rows of whole 16-byte float4s as every
+        // activation buffer); argument types and order match `matmul_impl`
         // (`_b8`) or `matmul_st_impl` (`_bst`, which also takes `per`) in
-        // cuda/matvec.cu; the staged shared size comes from `batched_launch`.
-        unsafe { l.launch(cfg) }
+        // cuda/matvec.cu, or `name##_bt` in cuda/matvec_rows.cu; the grid and
+        // shared size come from `rows_launch` (for `_bt`, the size granted at
+        // open).
+        unsafe { l.launch(plan.cfg) }
             .map(|_| ())
             .map_err(cuda_err(&format!("launching {name}")))
     }
@@ -159,16 +167,12 @@ impl Gpu {
         batch: usize,
     ) -> Result<()> {
         let batch_i = check_batch(batch)?;
-        if let Some(cfg) = self.rows_bt_shape(dtype, rows, batch, true) {
-            return self.gate_up_rows_bt(dtype, cfg, wg, wu, x, norm, out, rows, cols, batch);
-        }
-        let staged = batched_launch(dtype, rows, cols, batch, true);
-        let suffix = if staged.is_some() {
-            "_gu_bst"
-        } else {
-            "_gu_b8"
-        };
-        let name = format!("matvec_{}{suffix}", dtype_suffix(dtype).unwrap_or("none"));
+        let plan = self.rows_launch(dtype, rows, cols, batch, true, true);
+        let name = format!(
+            "matvec_{}_gu{}",
+            dtype_suffix(dtype).unwrap_or("none"),
+            plan.suffix
+        );
         let rb = row_bytes(dtype, cols)?;
         let gp = wg.need(rb * rows, "gate weights")?;
         let up = wu.need(rb * rows, "up weights")?;
@@ -189,142 +193,54 @@ impl Gpu {
             .arg(&rows_i)
             .arg(&cols_i)
             .arg(&batch_i);
-        let per = staged.map(|(per, _)| per as i32);
-        if let Some(per) = &per {
+        if let Some(per) = &plan.per {
             l.arg(per);
         }
-        let cfg = staged.map_or_else(|| b8_grid(rows, batch), |(_, cfg)| cfg);
         // SAFETY: windows checked above; argument types and order match
         // `gate_up_b_impl` (`_gu_b8`) or `gate_up_bst_impl` (`_gu_bst`, which
-        // also takes `per`) in cuda/matvec.cu; the staged shared size comes
-        // from `batched_launch`.
-        unsafe { l.launch(cfg) }
-            .map(|_| ())
-            .map_err(cuda_err(&format!("launching {name}")))
-    }
-
-    /// The `_bt` launch shape when those kernels serve this call: enough
-    /// rows to fill a block's lanes, and the format's kernels ready.
-    fn rows_bt_shape(
-        &self,
-        dtype: GgmlType,
-        rows: usize,
-        batch: usize,
-        gate_up: bool,
-    ) -> Option<LaunchConfig> {
-        if batch < BT_MIN_BATCH || !self.rows_bt_ready(dtype) {
-            return None;
-        }
-        rows_bt_launch(dtype, rows, batch, gate_up)
-    }
-
-    /// `matvec_rows` through `matvec_<fmt>_bt` (cuda/matvec_rows.cu).
-    #[allow(clippy::too_many_arguments)]
-    fn matvec_rows_bt(
-        &self,
-        dtype: GgmlType,
-        cfg: LaunchConfig,
-        w: Span,
-        x: Span,
-        norm: Option<RowNorm>,
-        bias: Option<Span>,
-        y: Span,
-        rows: usize,
-        cols: usize,
-        batch: usize,
-        accumulate: bool,
-    ) -> Result<()> {
-        let name = format!("matvec_{}_bt", dtype_suffix(dtype).unwrap_or("none"));
-        let rb = row_bytes(dtype, cols)?;
-        let wp = w.need(rb * rows, "weights")?;
-        let xp = x.need(4 * cols * batch, "x")?;
-        let yp = y.need(4 * rows * batch, "y")?;
-        let bp = match bias {
-            Some(b) => b.need(4 * rows, "bias")?,
-            None => 0u64,
-        };
-        let (nw, sc) = match norm {
-            Some(n) => (
-                n.weight.need(4 * cols, "norm weight")?,
-                n.scale.need(4 * batch, "row scales")?,
-            ),
-            None => (0u64, 0u64),
-        };
-        let (rows_i, cols_i, batch_i) = (
-            as_i32(rows, "rows")?,
-            as_i32(cols, "cols")?,
-            as_i32(batch, "batch")?,
-        );
-        let (rb64, acc) = (rb as u64, accumulate as i32);
-        let f = self.func(&name)?;
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&wp)
-            .arg(&rb64)
-            .arg(&xp)
-            .arg(&bp)
-            .arg(&yp)
-            .arg(&rows_i)
-            .arg(&cols_i)
-            .arg(&acc)
-            .arg(&batch_i)
-            .arg(&nw)
-            .arg(&sc);
-        // SAFETY: windows checked above (x and y hold `batch` rows, the
-        // scales one per row, x 16-byte aligned rows as every activation
-        // buffer); argument types and order match `name##_bt` in
+        // also takes `per`) in cuda/matvec.cu, or `name##_gu_bt` in
         // cuda/matvec_rows.cu; the grid and shared size come from
-        // `rows_bt_launch`, the size granted at open (`rows_bt_ready`).
-        unsafe { l.launch(cfg) }
+        // `rows_launch`.
+        unsafe { l.launch(plan.cfg) }
             .map(|_| ())
             .map_err(cuda_err(&format!("launching {name}")))
     }
 
-    /// `gate_up_rows` through `matvec_<fmt>_gu_bt` (cuda/matvec_rows.cu).
-    #[allow(clippy::too_many_arguments)]
-    fn gate_up_rows_bt(
+    /// Which batched kernel serves this call, its grid and its `per`: the
+    /// token-on-lane `_bt` kernels from BT_MIN_BATCH rows when the format's
+    /// are ready, else the staged `_bst` when their shared memory fits, else
+    /// the `_b8`. The `_bt` and `_b8` kernels take the same arguments; `_bst`
+    /// also takes `per`, its vectors per block.
+    fn rows_launch(
         &self,
         dtype: GgmlType,
-        cfg: LaunchConfig,
-        wg: Span,
-        wu: Span,
-        x: Span,
-        norm: RowNorm,
-        out: Span,
         rows: usize,
         cols: usize,
         batch: usize,
-    ) -> Result<()> {
-        let name = format!("matvec_{}_gu_bt", dtype_suffix(dtype).unwrap_or("none"));
-        let rb = row_bytes(dtype, cols)?;
-        let gp = wg.need(rb * rows, "gate weights")?;
-        let up = wu.need(rb * rows, "up weights")?;
-        let xp = x.need(4 * cols * batch, "x")?;
-        let nw = norm.weight.need(4 * cols, "norm weight")?;
-        let sc = norm.scale.need(4 * batch, "row scales")?;
-        let op = out.need(4 * rows * batch, "out")?;
-        let (rows_i, cols_i, batch_i) = (
-            as_i32(rows, "rows")?,
-            as_i32(cols, "cols")?,
-            as_i32(batch, "batch")?,
-        );
-        let rb64 = rb as u64;
-        let f = self.func(&name)?;
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&gp)
-            .arg(&up)
-            .arg(&rb64)
-            .arg(&xp)
-            .arg(&nw)
-            .arg(&sc)
-            .arg(&op)
-            .arg(&rows_i)
-            .arg(&cols_i)
-            .arg(&batch_i);
-        // SAFETY: windows checked above; argument types and order match
-        // `name##_gu_bt` in cuda/matvec_rows.cu; grid and shared size from
-        // `rows_bt_launch`, the size granted at open.
-        unsafe { l.launch(cfg) }
-            .map(|_| ())
-            .map_err(cuda_err(&format!("launching {name}")))
+        normed: bool,
+        gate_up: bool,
+    ) -> RowsLaunch {
+        let bt = (batch >= BT_MIN_BATCH && self.rows_bt_ready(dtype))
+            .then(|| rows_bt_launch(dtype, rows, batch, gate_up))
+            .flatten();
+        if let Some(cfg) = bt {
+            return RowsLaunch {
+                suffix: "_bt",
+                cfg,
+                per: None,
+            };
+        }
+        match batched_launch(dtype, rows, cols, batch, normed) {
+            Some((per, cfg)) => RowsLaunch {
+                suffix: "_bst",
+                cfg,
+                per: Some(per as i32),
+            },
+            None => RowsLaunch {
+                suffix: "_b8",
+                cfg: b8_grid(rows, batch),
+                per: None,
+            },
+        }
     }
 }
