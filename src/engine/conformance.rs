@@ -508,15 +508,7 @@ pub fn prefetch_samples_match(e: &mut dyn Engine, n: usize) -> Vec<String> {
         let wants: Vec<_> = slots
             .iter()
             .enumerate()
-            .map(|(i, &s)| {
-                let p = &params[i % params.len()];
-                let k = if p.is_greedy() {
-                    1
-                } else {
-                    sampler::pool_size(p)
-                };
-                (s, k)
-            })
+            .map(|(i, &s)| (s, sampler::candidates_needed(&params[i % params.len()])))
             .collect();
         e.prefetch_samples(&wants)?;
         let prefetched = pick(e)?;

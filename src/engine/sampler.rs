@@ -77,6 +77,16 @@ pub fn pool_size(p: &SamplingParams) -> usize {
     }
 }
 
+/// How many candidates a pick with `p` reads: the best one when greedy,
+/// else the pool ([`pool_size`]).
+pub fn candidates_needed(p: &SamplingParams) -> usize {
+    if p.is_greedy() {
+        1
+    } else {
+        pool_size(p)
+    }
+}
+
 /// Choose a token from the full logits of one position.
 pub fn sample_from_logits(logits: &[f32], params: &SamplingParams, draw: f32) -> u32 {
     if logits.is_empty() {

@@ -293,13 +293,10 @@ impl<'t, S: EventSink> Sequence<'t, S> {
         if self.finished.is_some() || self.fed + fed < self.prompt.len() {
             return None;
         }
-        let sampling = &self.params.sampling;
-        let k = if sampling.is_greedy() {
-            1
-        } else {
-            crate::engine::sampler::pool_size(sampling)
-        };
-        Some((slot, k))
+        Some((
+            slot,
+            crate::engine::sampler::candidates_needed(&self.params.sampling),
+        ))
     }
 
     /// Take the result of a step that ran this sequence's `fed` tokens (its
