@@ -140,12 +140,10 @@ impl Gpu {
         }
         l.arg(&nw).arg(&sc);
         // SAFETY: windows checked above (x and y hold `batch` rows, the
-        // scales one per row, rows of whole 16-byte float4s as every
-        // activation buffer); argument types and order match `matmul_impl`
-        // (`_b8`) or `matmul_st_impl` (`_bst`, which also takes `per`) in
-        // cuda/matvec.cu, or `name##_bt` in cuda/matvec_rows.cu; the grid and
-        // shared size come from `rows_launch` (for `_bt`, the size granted at
-        // open).
+        // scales one per row); argument types and order match `matmul_impl`
+        // (`_b8`), `matmul_st_impl` (`_bst`, also `per`) in cuda/matvec.cu or
+        // `name##_bt` in cuda/matvec_rows.cu; grid and shared size come from
+        // `rows_launch` (for `_bt`, the size granted at open).
         unsafe { l.launch(plan.cfg) }
             .map(|_| ())
             .map_err(cuda_err(&format!("launching {name}")))
