@@ -64,7 +64,7 @@ Feature: Architecture and process model
 
   @WORKER-4010 @WORKER-4400 @source
   Scenario: One binary with a single CUDA boundary module
-    Then only the files under "src/gpu" and "src/model/mapped.rs" allow unsafe code
+    Then only the files under "src/gpu" allow unsafe code
     And the crate root denies unsafe code
 
   @WORKER-4011 @source

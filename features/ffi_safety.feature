@@ -5,7 +5,7 @@ Feature: Memory safety, CUDA boundary and resource limits
 
   @WORKER-4400 @WORKER-4403 @source
   Scenario: Unsafe code is confined to the boundary and every block is justified
-    Then only the files under "src/gpu" and "src/model/mapped.rs" allow unsafe code
+    Then only the files under "src/gpu" allow unsafe code
     And every unsafe block in "src" is preceded by a SAFETY comment
 
   @WORKER-4401 @WORKER-4402 @gpu

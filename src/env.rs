@@ -232,6 +232,15 @@ pub const WORKER_ORCD_STARTUP_FAULT: EnvVar = EnvVar {
           a corrupted load is never sealed. Release builds ignore it.",
 };
 
+/// Tests only: a pause in the middle of reading one model file (issue 13 point 2).
+pub const WORKER_ORCD_READ_PAUSE: EnvVar = EnvVar {
+    name: "WORKER_ORCD_READ_PAUSE",
+    default: None,
+    doc: "Tests only: in a test-hooks build, `<file name>:<ms>` pauses every read of a model file \
+          of that name for that long after its first block, so the BDD suite can change the file \
+          while the worker reads it. Release builds ignore it.",
+};
+
 /// Every variable, in the order `docs/operations.md` lists them.
 pub const ALL: &[EnvVar] = &[
     API_TOKEN_FILE,
@@ -261,6 +270,7 @@ pub const ALL: &[EnvVar] = &[
     RUN_ID,
     WORKER_ORCD_MUTANT,
     WORKER_ORCD_STARTUP_FAULT,
+    WORKER_ORCD_READ_PAUSE,
 ];
 
 /// How configuration code looks a variable up. Tests pass a map instead of the

@@ -40,6 +40,10 @@ pub enum WorkerError {
     /// the same model under a new shard id; the message names the new id (WORKER-4227).
     #[error("{message}")]
     HandleSuperseded { message: String },
+    /// The model file ended early, grew or was modified while it was read
+    /// (issue 13 point 2); nothing was loaded. Retriable once the file is whole.
+    #[error("{message}")]
+    ModelFileChanged { message: String },
     /// The model needs a capability this engine does not provide (MCD ⊄ ECP).
     #[error("{message}")]
     CapabilityMismatch { message: String },
@@ -113,6 +117,7 @@ impl WorkerError {
             Self::NotFound { .. } => "NOT_FOUND",
             Self::ModelLoadFailed { .. } => "MODEL_LOAD_FAILED",
             Self::HandleSuperseded { .. } => "HANDLE_SUPERSEDED",
+            Self::ModelFileChanged { .. } => "MODEL_FILE_CHANGED",
             Self::CapabilityMismatch { .. } => "CAPABILITY_MISMATCH",
             Self::ModelSignatureInvalid { .. } => "MODEL_SIGNATURE_INVALID",
             Self::ModelConflict { .. } => "MODEL_CONFLICT",
@@ -140,6 +145,7 @@ impl WorkerError {
         "NOT_FOUND",
         "MODEL_LOAD_FAILED",
         "HANDLE_SUPERSEDED",
+        "MODEL_FILE_CHANGED",
         "CAPABILITY_MISMATCH",
         "MODEL_SIGNATURE_INVALID",
         "MODEL_CONFLICT",
@@ -167,6 +173,7 @@ impl WorkerError {
             Self::NotFound { .. } => 404,
             Self::ModelLoadFailed { .. } => 422,
             Self::HandleSuperseded { .. } => 410,
+            Self::ModelFileChanged { .. } => 409,
             Self::CapabilityMismatch { .. } => 422,
             Self::ModelSignatureInvalid { .. } => 422,
             Self::ModelConflict { .. } => 409,
@@ -187,7 +194,10 @@ impl WorkerError {
     pub fn retriable(&self) -> bool {
         matches!(
             self,
-            Self::Busy { .. } | Self::Unavailable { .. } | Self::Timeout { .. }
+            Self::Busy { .. }
+                | Self::Unavailable { .. }
+                | Self::Timeout { .. }
+                | Self::ModelFileChanged { .. }
         )
     }
 
@@ -197,6 +207,7 @@ impl WorkerError {
             Self::Busy { retry_after_ms, .. } | Self::Unavailable { retry_after_ms, .. } => {
                 Some(*retry_after_ms)
             }
+            Self::ModelFileChanged { .. } => Some(MODEL_FILE_RETRY_MS),
             _ => None,
         }
     }
@@ -221,6 +232,7 @@ impl WorkerError {
             | Self::NotFound { message }
             | Self::ModelLoadFailed { message }
             | Self::HandleSuperseded { message }
+            | Self::ModelFileChanged { message }
             | Self::CapabilityMismatch { message }
             | Self::ModelSignatureInvalid { message }
             | Self::ModelConflict { message }
@@ -268,6 +280,9 @@ impl WorkerError {
         }
     }
 }
+
+/// When to retry after MODEL_FILE_CHANGED: long enough for a copy to finish.
+const MODEL_FILE_RETRY_MS: u64 = 1000;
 
 pub type Result<T, E = WorkerError> = std::result::Result<T, E>;
 

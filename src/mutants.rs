@@ -38,6 +38,9 @@ pub enum Mutant {
     /// The sampled check for NaN and infinite weights is skipped at load, so
     /// a corrupt model serves garbage (WORKER-4312; issue 13 point 5).
     WeightsUnchecked,
+    /// A model file modified while it is read is not noticed, so a Plan or
+    /// Commit reports bytes the file no longer holds (issue 13 point 2).
+    FileChangeUnchecked,
 }
 
 /// One catalogue row: the mutant, its stable name (the value of
@@ -100,6 +103,12 @@ pub const CATALOGUE: &[Entry] = &[
         name: "weights_unchecked",
         breaks: "no check for NaN or infinite weights at load",
         killed_by: &["WORKER-4312"],
+    },
+    Entry {
+        mutant: Mutant::FileChangeUnchecked,
+        name: "file_change_unchecked",
+        breaks: "a model file modified while it is read is not noticed",
+        killed_by: &["WORKER-4314"],
     },
 ];
 

@@ -18,6 +18,7 @@ pub mod http;
 pub mod logs;
 pub mod matrix;
 pub mod metrics;
+pub mod model_files;
 pub mod models;
 pub mod mutant;
 pub mod plan_memory;

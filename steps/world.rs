@@ -197,6 +197,8 @@ pub struct World {
     pub held: Vec<tokio::net::TcpStream>,
     pub rss_before: Option<u64>,
     pub raw_answer: Option<(String, std::time::Duration)>,
+    /// Plans sent at once (steps/model_files.rs): model_ref, answer, when it came.
+    pub plan_answers: Vec<crate::steps::model_files::PlanAnswer>,
 }
 
 impl std::fmt::Debug for World {
@@ -267,6 +269,7 @@ impl World {
             held: Vec::new(),
             rss_before: None,
             raw_answer: None,
+            plan_answers: Vec::new(),
         })
     }
 

@@ -26,6 +26,7 @@
 
 use super::bench_sweep::{cell, csv_cell, nearest_rank, parse_levels};
 use super::generate::exit_code_for;
+use super::loadgen_plans::{PlanLoad, PlanStorm, MAX_PLAN_CLIENTS};
 use crate::error::{Result, WorkerError};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -79,8 +80,19 @@ pub struct LoadgenArgs {
     /// Seconds one request may take, stream included.
     #[arg(long, default_value_t = 300)]
     pub timeout_s: u64,
+    /// Run each level twice, alone and beside N clients that send Plan
+    /// requests in a loop, and report both decode rates (what Plans cost a job).
+    #[arg(long, default_value_t = 0)]
+    pub plans_during: usize,
+    /// The model_ref those Plans name (default: the served model's, from GET /worker/ready).
+    #[arg(long)]
+    pub plan_model: Option<String>,
+    /// Each Plan client's period in ms: its Plans start this far apart, so the
+    /// clients send bursts of N concurrent Plans (0: as fast as answered).
+    #[arg(long, default_value_t = 0)]
+    pub plan_interval_ms: u64,
     /// Where the CSV and JSON files go.
-    #[arg(long, default_value = ".")]
+    #[arg(long, default_value = "bench-results")]
     pub out_dir: PathBuf,
 }
 
@@ -106,6 +118,9 @@ struct Plan {
     seed: u64,
     retry: u32,
     timeout: Duration,
+    plans_during: usize,
+    plan_model: Option<String>,
+    plan_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -183,6 +198,12 @@ fn check_args(a: &LoadgenArgs, token: String) -> Result<Plan> {
     if a.timeout_s == 0 {
         return Err(WorkerError::invalid("--timeout-s must be at least 1"));
     }
+    if a.plans_during > MAX_PLAN_CLIENTS {
+        return Err(WorkerError::invalid(format!(
+            "--plans-during must be at most {MAX_PLAN_CLIENTS}, got {}",
+            a.plans_during
+        )));
+    }
     Ok(Plan {
         base,
         token,
@@ -193,6 +214,9 @@ fn check_args(a: &LoadgenArgs, token: String) -> Result<Plan> {
         seed: a.seed,
         retry: a.retry,
         timeout: Duration::from_secs(a.timeout_s),
+        plans_during: a.plans_during,
+        plan_model: a.plan_model.clone(),
+        plan_interval: Duration::from_millis(a.plan_interval_ms),
     })
 }
 
@@ -228,10 +252,15 @@ async fn drive(plan: &Plan, handle: Option<String>) -> Result<LoadReport> {
         .timeout(plan.timeout)
         .build()
         .map_err(|e| net("cannot build the HTTP client", e))?;
-    let handle = match handle {
-        Some(h) => h,
-        None => ready_handle(&client, plan).await?,
+    let ready = ready_handle(&client, plan).await;
+    let (handle, served_ref) = match (handle, ready) {
+        (Some(h), ready) => (h, ready.ok().map(|r| r.1)),
+        (None, ready) => {
+            let (h, r) = ready?;
+            (h, Some(r))
+        }
     };
+    let plan_model = plan.plan_model.clone().or(served_ref);
     let mut levels = Vec::with_capacity(plan.levels.len());
     for &n in &plan.levels {
         let requests = plan.requests.unwrap_or(n);
@@ -242,6 +271,26 @@ async fn drive(plan: &Plan, handle: Option<String>) -> Result<LoadReport> {
             records.wall,
             records.max_streams,
         ));
+        if plan.plans_during == 0 {
+            continue;
+        }
+        let Some(model_ref) = plan_model.as_deref() else {
+            return Err(WorkerError::invalid(
+                "--plans-during needs --plan-model: the worker did not say which model it serves",
+            ));
+        };
+        let storm = PlanStorm::start(
+            &client,
+            &plan.base,
+            &plan.token,
+            model_ref,
+            plan.plans_during,
+            plan.plan_interval,
+        );
+        let records = run_level(&client, plan, &handle, n, requests).await;
+        let mut level = summarize(n, &records.records, records.wall, records.max_streams);
+        level.plans = Some(storm.stop().await);
+        levels.push(level);
     }
     Ok(LoadReport {
         url: plan.base.clone(),
@@ -255,8 +304,8 @@ async fn drive(plan: &Plan, handle: Option<String>) -> Result<LoadReport> {
     })
 }
 
-/// The first sealed handle's shard id from GET /worker/ready.
-async fn ready_handle(client: &reqwest::Client, plan: &Plan) -> Result<String> {
+/// The first sealed handle's shard id and model_ref from GET /worker/ready.
+async fn ready_handle(client: &reqwest::Client, plan: &Plan) -> Result<(String, String)> {
     let url = format!("{}/worker/ready", plan.base);
     let resp = client
         .get(&url)
@@ -276,9 +325,11 @@ async fn ready_handle(client: &reqwest::Client, plan: &Plan) -> Result<String> {
     }
     let body: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| net(&format!("{url} did not answer JSON"), e))?;
-    body["handles"][0]["shard_id"]
+    let h = &body["handles"][0];
+    h["shard_id"]
         .as_str()
-        .map(str::to_string)
+        .zip(h["model_ref"].as_str())
+        .map(|(s, m)| (s.to_string(), m.to_string()))
         .ok_or_else(|| {
             WorkerError::invalid(
                 "the worker reports no sealed handle: commit a model first, or pass --handle",
@@ -508,7 +559,7 @@ async fn one_request(
 }
 
 /// A failed send's code: a timeout or a connection that could not be made.
-fn connect_code(e: &reqwest::Error) -> String {
+pub(super) fn connect_code(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         "TIMEOUT".into()
     } else {
@@ -588,6 +639,8 @@ pub struct LoadLevel {
     pub ttft_p99_ms: Option<f64>,
     pub itl_p50_ms: Option<f64>,
     pub itl_p99_ms: Option<f64>,
+    /// The Plans sent while this level ran (`--plans-during`), if any.
+    pub plans: Option<PlanLoad>,
 }
 
 /// The level's figures from its requests' records (definitions in the header).
@@ -645,6 +698,7 @@ pub fn summarize(n: usize, records: &[Record], wall: Duration, max_streams: usiz
         ttft_p99_ms: nearest_rank(&ttft, 99.0),
         itl_p50_ms: nearest_rank(&itl, 50.0),
         itl_p99_ms: nearest_rank(&itl, 99.0),
+        plans: None,
     }
 }
 
@@ -699,7 +753,36 @@ fn print_table(r: &LoadReport) {
         for (code, k) in &l.failed_by_code {
             println!("{:>6} failed with {code}: {k}", "");
         }
+        if let Some(p) = &l.plans {
+            print_plans(r, l, p);
+        }
     }
+}
+
+/// The line under a level run beside Plans: the Plans' answers and the
+/// decode rate relative to the same level run alone just before.
+fn print_plans(r: &LoadReport, l: &LoadLevel, p: &PlanLoad) {
+    let alone = r
+        .levels
+        .iter()
+        .find(|a| a.concurrency == l.concurrency && a.plans.is_none());
+    let ratio = alone
+        .filter(|a| a.decode_tok_s > 0.0)
+        .map_or("-".to_string(), |a| {
+            format!("{:.3}x", l.decode_tok_s / a.decode_tok_s)
+        });
+    println!(
+        "{:>6} beside {} Plan clients (period {} ms, 0 = closed loop): {} Plans answered 200 (p50 {} ms, p99 {} ms), refused {:?}; \
+         decode {:.1} tok/s = {ratio} of the level alone",
+        "",
+        p.clients,
+        p.interval_ms,
+        p.answered,
+        cell(p.p50_ms, 2),
+        cell(p.p99_ms, 2),
+        p.refused_by,
+        l.decode_tok_s
+    );
 }
 
 fn write_files(dir: &std::path::Path, r: &LoadReport) -> Result<()> {
@@ -718,7 +801,8 @@ fn write_files(dir: &std::path::Path, r: &LoadReport) -> Result<()> {
 fn csv(r: &LoadReport) -> String {
     let mut s = String::from(
         "url,handle,max_tokens,concurrency,requests,completed,refused,failed,failed_by_code,\
-         max_streams,tokens,wall_s,decode_tok_s,ttft_p50_ms,ttft_p99_ms,itl_p50_ms,itl_p99_ms\n",
+         max_streams,tokens,wall_s,decode_tok_s,ttft_p50_ms,ttft_p99_ms,itl_p50_ms,itl_p99_ms,\
+         plan_clients,plans_answered,plans_refused,plan_p50_ms\n",
     );
     for l in &r.levels {
         let codes: Vec<String> = l
@@ -727,7 +811,7 @@ fn csv(r: &LoadReport) -> String {
             .map(|(c, k)| format!("{c}={k}"))
             .collect();
         s += &format!(
-            "{},\"{}\",{},{},{},{},{},{},\"{}\",{},{},{:.4},{:.2},{},{},{},{}\n",
+            "{},\"{}\",{},{},{},{},{},{},\"{}\",{},{},{:.4},{:.2},{},{},{},{},{},{},{},{}\n",
             r.url,
             r.handle.replace('"', "'"),
             r.max_tokens,
@@ -744,7 +828,13 @@ fn csv(r: &LoadReport) -> String {
             csv_cell(l.ttft_p50_ms),
             csv_cell(l.ttft_p99_ms),
             csv_cell(l.itl_p50_ms),
-            csv_cell(l.itl_p99_ms)
+            csv_cell(l.itl_p99_ms),
+            l.plans.as_ref().map_or(0, |p| p.clients),
+            l.plans.as_ref().map_or(0, |p| p.answered),
+            l.plans
+                .as_ref()
+                .map_or(0, |p| p.refused_by.values().sum::<usize>()),
+            csv_cell(l.plans.as_ref().and_then(|p| p.p50_ms))
         );
     }
     s

@@ -82,6 +82,9 @@ fn args() -> LoadgenArgs {
         retry: 0,
         timeout_s: 30,
         out_dir: ".".into(),
+        plans_during: 0,
+        plan_model: None,
+        plan_interval_ms: 0,
     }
 }
 
@@ -263,7 +266,20 @@ fn a_level_with_no_tokens_has_no_percentiles() {
 async fn fake_worker(attempts: Arc<AtomicUsize>) -> String {
     use axum::routing::{get, post};
     let ready = get(|| async {
-        axum::Json(serde_json::json!({"ready": true, "handles": [{"shard_id": "s9"}]}))
+        axum::Json(
+            serde_json::json!({"ready": true, "handles": [{"shard_id": "s9", "model_ref": "m.gguf"}]}),
+        )
+    });
+    // Plans of the served model answer 200; any other model is refused as busy.
+    let plan = post(|body: String| async move {
+        use axum::response::IntoResponse;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if v["model_ref"] == "m.gguf" {
+            axum::Json(serde_json::json!({"feasible": true})).into_response()
+        } else {
+            let busy = r#"{"code":"WORKER_BUSY","retriable":true,"retry_after_ms":100}"#;
+            (axum::http::StatusCode::TOO_MANY_REQUESTS, busy).into_response()
+        }
     });
     let execute = post(move |headers: axum::http::HeaderMap, body: String| {
         let attempts = attempts.clone();
@@ -274,6 +290,7 @@ async fn fake_worker(attempts: Arc<AtomicUsize>) -> String {
     });
     let app = axum::Router::new()
         .route("/worker/ready", ready)
+        .route("/worker/plan", plan)
         .route("/worker/execute", execute);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -339,4 +356,48 @@ async fn loadgen_counts_streams_refusals_and_errors_against_a_worker() {
     let r = drive(&plan, Some("s9".into())).await.expect("drive");
     assert_eq!((r.levels[0].completed, r.levels[0].refused), (1, 1));
     assert_eq!(attempts.load(Ordering::SeqCst), 6 + 1 + 3);
+}
+
+/// `--plans-during`: each level runs alone, then beside the Plan clients,
+/// which name the served model unless told otherwise; refusals are counted
+/// by status and code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_during_a_level_run_it_twice_and_count_the_plans() {
+    let base = fake_worker(Arc::new(AtomicUsize::new(0))).await;
+    let a = LoadgenArgs {
+        url: base,
+        concurrency: "1".into(),
+        plans_during: 3,
+        ..args()
+    };
+    let mut plan = check_args(&a, "tok".into()).expect("args");
+    plan.seed = 0;
+    let r = drive(&plan, None).await.expect("drive");
+    assert_eq!(r.levels.len(), 2, "alone, then beside Plans");
+    assert!(r.levels[0].plans.is_none());
+    let p = r.levels[1].plans.clone().expect("plans");
+    assert_eq!(p.clients, 3);
+    assert!(p.answered >= 3 && p.refused_by.is_empty(), "{p:?}");
+    assert!(p.p50_ms.is_some());
+    assert!(
+        csv(&r).lines().nth(2).unwrap().contains(",3,"),
+        "{}",
+        csv(&r)
+    );
+    plan.plan_model = Some("other.gguf".into());
+    let r = drive(&plan, None).await.expect("drive");
+    let p = r.levels[1].plans.clone().expect("plans");
+    assert_eq!(p.answered, 0);
+    assert!(
+        p.refused_by.get("429 WORKER_BUSY").is_some_and(|&k| k >= 3),
+        "{p:?}"
+    );
+    let big = LoadgenArgs {
+        plans_during: MAX_PLAN_CLIENTS + 1,
+        ..args()
+    };
+    assert!(check_args(&big, "tok".into())
+        .unwrap_err()
+        .message()
+        .contains("--plans-during"));
 }

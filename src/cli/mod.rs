@@ -4,6 +4,7 @@ pub mod bench_auth;
 pub mod bench_sweep;
 pub mod generate;
 pub mod loadgen;
+pub mod loadgen_plans;
 pub mod make_model;
 
 /// What `worker-orcd build-info` prints: the version, the features compiled in

@@ -69,6 +69,12 @@ pub struct LoadedModel {
     /// check before its prefill, and with one slot and no queue nothing else
     /// waits, so this is the `started` event's `predicted_start_ms`.
     pub seal_check_ms: AtomicU64,
+    /// The file's identity when it was read and its header, so that Plans
+    /// of the served model read nothing ([`super::model_scans`]).
+    pub scan: Option<(
+        crate::model::file::FileIdentity,
+        Arc<crate::model::gguf::GgufHeader>,
+    )>,
 }
 
 impl LoadedModel {
@@ -127,6 +133,8 @@ pub struct AppState {
     pub model: OnceLock<Arc<LoadedModel>>,
     pub engine: OnceLock<EngineHandle>,
     pub fatal: FatalTx,
+    /// Model files Plan has read, by identity; one read at a time.
+    pub scans: super::model_scans::ModelScans,
     /// Test builds: the free memory Plan sees, once a test fault set it.
     #[cfg(feature = "test-hooks")]
     pub available_override: std::sync::Mutex<Option<u64>>,

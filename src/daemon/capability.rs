@@ -8,14 +8,14 @@ use crate::config::Config;
 use crate::engine::BackendKind;
 use crate::error::Result;
 use crate::model::arch::RopeStyle;
-use crate::model::gguf::{GgmlType, GgufFile};
+use crate::model::gguf::{GgmlType, GgufHeader};
 use crate::model::mcd::{self, BackendCaps, Ecp, Mcd};
 use std::path::Path;
 
 pub use crate::model::mcd::check;
 
 /// The model's MCD; a sidecar next to the file wins over the metadata (4602).
-pub fn mcd(g: &GgufFile, path: &Path) -> Result<Mcd> {
+pub fn mcd(g: &GgufHeader, path: &Path) -> Result<Mcd> {
     Mcd::from_gguf(g, mcd::sidecar_for(path).as_deref())
 }
 

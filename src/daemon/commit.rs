@@ -237,11 +237,13 @@ pub fn load(
         vram_bytes = memory.total(), worker_id = %cfg.worker_id, gpu_device = cfg.gpu_device
     );
     let max_context = engine.max_context();
+    let (file_sha256, file_len, identity) = (g.file_sha256, g.file_len, g.identity());
+    let scan = identity.map(|id| (id, Arc::new(g.into_header())));
     let model = LoadedModel {
         path,
         model_ref,
-        file_sha256: g.file_sha256,
-        file_len: g.file_len,
+        file_sha256,
+        file_len,
         tokenizer: Arc::new(tokenizer),
         mcd: serde_json::to_value(&mcd).unwrap_or_default(),
         ecp: serde_json::to_value(&ecp).unwrap_or_default(),
@@ -252,6 +254,7 @@ pub fn load(
         retired: Default::default(),
         commit_lock: Default::default(),
         seal_check_ms: seal_check_ms.into(),
+        scan,
     };
     Ok((model, engine))
 }

@@ -29,6 +29,7 @@ pub const RESTART_STORM: u8 = 7;
 pub fn for_error(e: &WorkerError) -> u8 {
     match e {
         WorkerError::ModelLoadFailed { .. }
+        | WorkerError::ModelFileChanged { .. }
         | WorkerError::CapabilityMismatch { .. }
         | WorkerError::ModelSignatureInvalid { .. }
         | WorkerError::HostOom { .. }

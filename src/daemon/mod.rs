@@ -25,6 +25,7 @@ pub mod capability;
 pub mod commit;
 pub mod engine_thread;
 pub mod exit;
+pub mod model_scans;
 pub mod models;
 pub mod scheduler;
 pub mod state;
@@ -283,6 +284,7 @@ pub fn new_app(
         model: Default::default(),
         engine: Default::default(),
         fatal,
+        scans: Default::default(),
         #[cfg(feature = "test-hooks")]
         available_override: Default::default(),
     })
@@ -315,6 +317,9 @@ pub fn start_serving(
         .set_memory(app.cfg.backend.as_str(), &model.memory);
     app.scheduler.limit_slots(engine.max_sequences());
     engine_thread::publish_kv(app, engine.as_ref());
+    if let Some((identity, header)) = &model.scan {
+        app.scans.remember_loaded(*identity, Arc::clone(header));
+    }
     let model = Arc::new(model);
     let _ = app.model.set(Arc::clone(&model));
     let handle = EngineHandle::spawn(Arc::clone(app), engine)?;

@@ -12,8 +12,7 @@ use crate::daemon::app::AppState;
 use crate::daemon::capability;
 use crate::engine::{BackendKind, MemoryReport};
 use crate::error::{Result, WorkerError};
-use crate::model::arch::{self, ModelConfig};
-use crate::model::gguf::GgufFile;
+use crate::model::arch::ModelConfig;
 use serde::Serialize;
 use std::path::{Component, Path, PathBuf};
 
@@ -224,14 +223,14 @@ pub fn plan(app: &AppState, req: &PlanRequest) -> Result<PlanResponse> {
             capacity: app.scheduler.capacity(),
         });
     }
-    let g = GgufFile::open(&path, &cfg.gguf_limits)?;
-    let (mc, _) = arch::from_gguf(&g)?;
-    let mcd = capability::mcd(&g, &path)?;
+    let scanned = app.scans.scan(&path, &cfg.gguf_limits, &app.metrics)?;
+    let (g, mc) = (&scanned.header, &scanned.config);
+    let mcd = capability::mcd(g, &path)?;
     let ecp = capability::ecp(cfg)?;
     let need = memory_estimate(
         cfg.backend,
-        g.data_section().len() as u64,
-        &mc,
+        g.data_len(),
+        mc,
         cfg.max_context,
         cfg.kv_cache_tokens,
         cfg.slots_total as usize,

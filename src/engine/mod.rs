@@ -238,6 +238,7 @@ pub fn load_engine(
     weights: &crate::model::arch::ModelWeights,
     opts: &LoadOptions,
 ) -> Result<Box<dyn Engine>> {
+    crate::model::arch::check_weights(gguf)?;
     Ok(match kind {
         BackendKind::Cpu => Box::new(cpu::CpuEngine::load(gguf, config, weights, opts)?),
         BackendKind::Cuda => Box::new(cuda::CudaEngine::load(gguf, config, weights, opts)?),

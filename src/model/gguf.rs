@@ -9,17 +9,15 @@
 //! Paths and model-root checks belong to the daemon, not here.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
 use crate::error::{Result, WorkerError};
 
-#[path = "mapped.rs"]
-mod mapped;
+mod open;
 mod parse;
-use mapped::FileBytes;
-use parse::parse_header;
+pub use open::MAX_HEADER_BYTES;
+use parse::{parse_header, Parsed};
 
 /// ggml tensor types this build can compute with. Ids and names are ggml's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -245,8 +243,9 @@ impl Default for GgufLimits {
     }
 }
 
-/// A parsed, validated GGUF file whose bytes stay mapped (or owned).
-pub struct GgufFile {
+/// A GGUF file's parsed and validated header, with the SHA-256 and length of
+/// the whole file: all that Plan needs, and what a cached Plan keeps.
+pub struct GgufHeader {
     pub metadata: BTreeMap<String, MetaValue>,
     pub tensors: Vec<TensorInfo>,
     /// Absolute offset of the data section in the file.
@@ -255,13 +254,35 @@ pub struct GgufFile {
     pub file_sha256: [u8; 32],
     pub file_len: u64,
     version: u32,
-    bytes: FileBytes,
+}
+
+/// A parsed, validated GGUF file with all its bytes in memory (read, never
+/// mapped: [`crate::model::file`]). Its header's fields and accessors are
+/// reached through `Deref`.
+pub struct GgufFile {
+    header: GgufHeader,
+    bytes: Vec<u8>,
+    /// The file read, when the bytes came from disk.
+    identity: Option<crate::model::file::FileIdentity>,
+}
+
+impl std::ops::Deref for GgufFile {
+    type Target = GgufHeader;
+    fn deref(&self) -> &GgufHeader {
+        &self.header
+    }
+}
+
+impl std::ops::DerefMut for GgufFile {
+    fn deref_mut(&mut self) -> &mut GgufHeader {
+        &mut self.header
+    }
 }
 
 /// A summary: the full metadata holds vocabularies of 150k strings.
-impl std::fmt::Debug for GgufFile {
+impl std::fmt::Debug for GgufHeader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GgufFile")
+        f.debug_struct("GgufHeader")
             .field("version", &self.version)
             .field("file_len", &self.file_len)
             .field("sha256", &hex::encode(self.file_sha256))
@@ -269,7 +290,15 @@ impl std::fmt::Debug for GgufFile {
             .field("tensors", &self.tensors.len())
             .field("data_offset", &self.data_offset)
             .field("alignment", &self.alignment)
-            .field("bytes", &self.bytes)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("header", &self.header)
+            .field("bytes_in_memory", &self.bytes.len())
             .finish()
     }
 }
@@ -278,69 +307,45 @@ fn fail(msg: impl Into<String>) -> WorkerError {
     WorkerError::model_load(msg)
 }
 
-impl GgufFile {
-    /// Hash the whole file (WORKER-4314), then parse and validate it.
-    pub fn open(path: &Path, limits: &GgufLimits) -> Result<Self> {
-        let shown = path.display().to_string();
-        let file = std::fs::File::open(path)
-            .map_err(|e| fail(format!("could not open model file {shown}: {e}")))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| fail(format!("could not stat model file {shown}: {e}")))?;
-        if !meta.is_file() {
-            return Err(fail(format!("model path {shown} is not a regular file")));
-        }
-        let len = meta.len();
-        check_file_len(len, limits, &shown)?;
-        let bytes = FileBytes::map(&file, &shown)?;
-        let got = bytes.as_slice().len() as u64;
-        if got != len {
-            return Err(fail(format!(
-                "model file {shown} changed size while being opened ({len} then {got} bytes)"
-            )));
-        }
-        let g = Self::parse(bytes, limits, &shown)?;
-        tracing::info!(
-            human = %format!(
-                "Read model file {shown}: {} in {} tensors, SHA-256 {}; its header passed every parser limit.",
-                crate::telemetry::human_bytes(g.file_len),
-                g.tensors.len(),
-                hex::encode(g.file_sha256)
-            ),
-            path = %shown,
-            sha256 = %hex::encode(g.file_sha256),
-            bytes = g.file_len,
-            tensors = g.tensors.len(),
-            "model file hashed and parsed"
-        );
-        Ok(g)
-    }
-
-    /// Same checks as [`GgufFile::open`] on bytes already in memory.
-    pub fn parse_bytes(bytes: Vec<u8>, limits: &GgufLimits) -> Result<Self> {
-        check_file_len(bytes.len() as u64, limits, "(in memory)")?;
-        Self::parse(FileBytes::Owned(bytes), limits, "(in memory)")
-    }
-
-    fn parse(bytes: FileBytes, limits: &GgufLimits, shown: &str) -> Result<Self> {
-        let buf = bytes.as_slice();
-        let file_sha256 = sha256_chunked(buf);
-        let h = parse_header(buf, limits).map_err(|e| match e {
+impl GgufHeader {
+    /// Parse the header of a `file_len`-byte file from its first bytes
+    /// (`None`: the header goes on past them); `shown` names the file in errors.
+    fn from_prefix(
+        prefix: &[u8],
+        file_len: u64,
+        file_sha256: [u8; 32],
+        limits: &GgufLimits,
+        shown: &str,
+    ) -> Result<Option<Self>> {
+        let parsed = parse_header(prefix, file_len, limits).map_err(|e| match e {
             WorkerError::ModelLoadFailed { message } => {
                 fail(format!("invalid GGUF file {shown}: {message}"))
             }
             other => other,
         })?;
-        Ok(Self {
+        let h = match parsed {
+            Parsed::Header(h)
+                if h.data_offset > open::MAX_HEADER_BYTES && !h.tensors.is_empty() =>
+            {
+                return Err(open::too_long(shown))
+            }
+            Parsed::Header(h) => h,
+            Parsed::NeedMore => return Ok(None),
+        };
+        Ok(Some(Self {
             metadata: h.metadata,
             tensors: h.tensors,
             data_offset: h.data_offset,
             alignment: h.alignment,
             file_sha256,
-            file_len: buf.len() as u64,
+            file_len,
             version: h.version,
-            bytes,
-        })
+        }))
+    }
+
+    /// Bytes of the data section: what becomes resident and is sealed.
+    pub fn data_len(&self) -> u64 {
+        self.file_len - self.data_offset
     }
 
     /// Compare the whole-file SHA-256 with an expected digest (WORKER-4314):
@@ -368,11 +373,6 @@ impl GgufFile {
     /// GGUF format version (2 or 3).
     pub fn version(&self) -> u32 {
         self.version
-    }
-
-    /// The whole file.
-    pub fn file_bytes(&self) -> &[u8] {
-        self.bytes.as_slice()
     }
 
     pub fn get(&self, key: &str) -> Option<&MetaValue> {
@@ -434,12 +434,49 @@ impl GgufFile {
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.tensors.iter().find(|t| t.name == name)
     }
+}
+
+impl GgufFile {
+    /// Same checks as [`GgufFile::open`] on bytes already in memory.
+    pub fn parse_bytes(bytes: Vec<u8>, limits: &GgufLimits) -> Result<Self> {
+        check_file_len(bytes.len() as u64, limits, "(in memory)")?;
+        let sha = sha256_chunked(&bytes);
+        Self::from_bytes(bytes, sha, limits, "(in memory)")
+    }
+
+    /// Parse a whole file's bytes whose SHA-256 is already known.
+    fn from_bytes(bytes: Vec<u8>, sha: [u8; 32], limits: &GgufLimits, shown: &str) -> Result<Self> {
+        let header = GgufHeader::from_prefix(&bytes, bytes.len() as u64, sha, limits, shown)?
+            .ok_or_else(|| {
+                WorkerError::internal("the GGUF parser asked for more than a whole file")
+            })?;
+        Ok(Self {
+            header,
+            bytes,
+            identity: None,
+        })
+    }
+
+    /// The header alone, for keeping once the bytes are resident elsewhere.
+    pub fn into_header(self) -> GgufHeader {
+        self.header
+    }
+
+    /// The identity of the file these bytes were read from (`None` in memory).
+    pub fn identity(&self) -> Option<crate::model::file::FileIdentity> {
+        self.identity
+    }
+
+    /// The whole file.
+    pub fn file_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
 
     /// All tensor bytes, from the aligned data offset to the end of the file:
     /// what becomes resident and is sealed.
     pub fn data_section(&self) -> &[u8] {
         // data_offset <= file_len was checked while parsing.
-        &self.bytes.as_slice()[self.data_offset as usize..]
+        &self.bytes[self.data_offset as usize..]
     }
 
     /// One tensor's bytes. `t` must come from this file (ranges were checked
@@ -467,7 +504,7 @@ fn check_file_len(len: u64, limits: &GgufLimits, shown: &str) -> Result<()> {
     Ok(())
 }
 
-/// SHA-256 over the bytes in 1 MiB steps so a mapped file is read sequentially.
+/// SHA-256 of bytes already in memory, in 1 MiB steps.
 pub fn sha256_chunked(buf: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
     for chunk in buf.chunks(1 << 20) {

@@ -18,7 +18,7 @@
 //! 0 or a `vocab_size` of 0 is refused.
 
 use crate::error::{Result, WorkerError};
-use crate::model::gguf::{GgmlType, GgufFile};
+use crate::model::gguf::{GgmlType, GgufHeader};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -107,7 +107,7 @@ fn fail(msg: impl Into<String>) -> WorkerError {
 impl Mcd {
     /// The MCD of a parsed GGUF, overridden by `sidecar` when given.
     /// Disagreements are logged; use [`Mcd::derive`] to get them as data.
-    pub fn from_gguf(g: &GgufFile, sidecar: Option<&Path>) -> Result<Mcd> {
+    pub fn from_gguf(g: &GgufHeader, sidecar: Option<&Path>) -> Result<Mcd> {
         let (mcd, disagreements) = Self::derive(g, None, sidecar)?;
         for d in &disagreements {
             tracing::warn!(
@@ -122,7 +122,7 @@ impl Mcd {
     /// `model_path` supplies the file stem as model_id when `general.name` is
     /// absent (else the first 12 hex digits of the file's SHA-256 are used).
     pub fn derive(
-        g: &GgufFile,
+        g: &GgufHeader,
         model_path: Option<&Path>,
         sidecar: Option<&Path>,
     ) -> Result<(Mcd, Vec<String>)> {
@@ -138,7 +138,7 @@ impl Mcd {
     }
 
     /// The MCD from GGUF metadata alone (not yet validated).
-    pub fn from_metadata(g: &GgufFile, model_path: Option<&Path>) -> Result<Mcd> {
+    pub fn from_metadata(g: &GgufHeader, model_path: Option<&Path>) -> Result<Mcd> {
         let arch = g
             .get_str("general.architecture")
             .ok_or_else(|| {
@@ -392,7 +392,7 @@ fn list(v: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::gguf::{GgufLimits, MetaValue};
+    use crate::model::gguf::{GgufFile, GgufLimits, MetaValue};
     use crate::model::gguf_write::GgufWriter;
 
     /// A tiny GGUF: one f32 norm, one Q8_0 matrix, and the given metadata.

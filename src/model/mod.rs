@@ -1,6 +1,7 @@
 //! Model files: GGUF parsing, tensor block formats, architectures, tokenizer,
 //! capability descriptor (MCD) and the test-model generator.
 pub mod arch;
+pub mod file;
 pub mod gguf;
 pub mod gguf_write;
 pub mod mcd;

@@ -16,7 +16,7 @@
 //! back a character split across tokens until it is complete.
 
 use crate::error::{Result, WorkerError};
-use crate::model::gguf::{GgufFile, MetaValue};
+use crate::model::gguf::{GgufHeader, MetaValue};
 use std::collections::HashSet;
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -111,7 +111,7 @@ fn tok_err(what: &str, e: impl std::fmt::Display) -> WorkerError {
 }
 
 impl Tokenizer {
-    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+    pub fn from_gguf(g: &GgufHeader) -> Result<Self> {
         let model = g.get_str("tokenizer.ggml.model").unwrap_or("");
         if model != "gpt2" {
             return Err(WorkerError::model_load(format!(

@@ -17,7 +17,6 @@ use crate::config::{Config, ConfigError};
 use crate::error::{Result, WorkerError};
 use ed25519_dalek::pkcs8::DecodePublicKey;
 use ed25519_dalek::{Signature, VerifyingKey, PUBLIC_KEY_LENGTH, SIGNATURE_LENGTH};
-use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::Path;
 
@@ -162,35 +161,12 @@ pub fn verify(key: &TrustedKey, digest: &[u8; 32], sig: &[u8]) -> bool {
     }
 }
 
-/// SHA-256 of the file at `path`, read in 1 MiB steps and at most `max` bytes
-/// (the caller checked the size; this bounds a file that grows meanwhile).
+/// SHA-256 of the model file at `path`, at most `max` bytes, read with
+/// plain reads; a file that changes meanwhile is refused
+/// ([`crate::model::file`], MODEL_FILE_CHANGED).
 pub fn file_sha256(path: &Path, max: u64) -> Result<[u8; 32]> {
-    let fail = |e: std::io::Error| {
-        WorkerError::model_load(format!(
-            "cannot read model file {} to compute its SHA-256 ({e})",
-            path.display()
-        ))
-    };
-    let f = std::fs::File::open(path).map_err(fail)?;
-    let mut r = f.take(max.saturating_add(1));
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = r.read(&mut buf).map_err(fail)?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        h.update(&buf[..n]);
-    }
-    if total > max {
-        return Err(WorkerError::model_load(format!(
-            "the model file {} grew above the limit of {max} bytes (max_model_bytes) while it was read",
-            path.display()
-        )));
-    }
-    Ok(h.finalize().into())
+    let read = crate::model::file::read_stable(path, max, |_, _| Ok(()))?;
+    Ok(read.finish()?.sha256)
 }
 
 /// The file named by config key `field`, parsed; any problem names the key,

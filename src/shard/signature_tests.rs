@@ -4,6 +4,7 @@
 
 use super::*;
 use ed25519_dalek::{Signer, SigningKey};
+use sha2::{Digest, Sha256};
 
 /// Made with the recipe of docs/operations.md (OpenSSL 3.0):
 /// `openssl genpkey -algorithm ed25519`, `openssl pkey -pubout`, and

@@ -78,6 +78,7 @@ pub struct Metrics {
     jobs_failed: Family<CodeLabel, Counter>,
     requests_rejected: Family<CodeLabel, Counter>,
     cuda_errors: Counter,
+    model_file_scans: Counter,
     running: Gauge,
     waiting: Gauge,
     kv_pages_total: Gauge,
@@ -146,6 +147,7 @@ impl Metrics {
             jobs_failed: Family::default(),
             requests_rejected: Family::default(),
             cuda_errors: Counter::default(),
+            model_file_scans: Counter::default(),
             running: Gauge::default(),
             waiting: Gauge::default(),
             kv_pages_total: Gauge::default(),
@@ -219,6 +221,11 @@ impl Metrics {
             "cuda_errors",
             "CUDA driver, NVRTC, cuBLAS or kernel-launch failures",
             m.cuda_errors.clone(),
+        );
+        r.register(
+            "model_file_scans",
+            "Model files read and hashed in full by Plan (a Plan answered from the cache reads nothing)",
+            m.model_file_scans.clone(),
         );
         r.register(
             "num_requests_running",
@@ -351,6 +358,10 @@ impl Metrics {
 
     pub fn queue(&self, secs: f64) {
         self.queue.observe(secs);
+    }
+
+    pub fn model_file_scanned(&self) {
+        self.model_file_scans.inc();
     }
 
     pub fn cuda_error(&self) {
@@ -563,7 +574,7 @@ mod tests {
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .filter_map(|l| l.split(' ').next())
             .collect();
-        assert_eq!(names.len(), 23, "{names:?}");
+        assert_eq!(names.len(), 24, "{names:?}");
         for n in names {
             assert!(doc.contains(n), "docs/operations.md lacks metric {n}");
         }

@@ -10,7 +10,7 @@
 //! is sampled. The refusal is MODEL_LOAD_FAILED, naming the tensor.
 
 use crate::error::{Result, WorkerError};
-use crate::model::gguf::{GgufFile, TensorInfo};
+use crate::model::gguf::{GgufFile, GgufHeader, TensorInfo};
 use crate::model::quant;
 
 /// Tensors of at most this many elements are checked whole.
@@ -20,8 +20,26 @@ pub const SAMPLED_BLOCKS: u64 = 64;
 
 /// Refuse the model when a checked weight is NaN or infinite.
 pub fn check_sampled(g: &GgufFile) -> Result<()> {
-    for t in &g.tensors {
-        check_tensor(t, g.tensor_bytes(t))?;
+    let data = g.data_section();
+    check_sampled_with(g, |at, buf| {
+        let start = usize::try_from(at).unwrap_or(usize::MAX);
+        let bytes = data.get(start..start.saturating_add(buf.len()));
+        // Ranges were checked at parse time.
+        let bytes = bytes
+            .ok_or_else(|| WorkerError::internal("a sampled weight lies past the data section"))?;
+        buf.copy_from_slice(bytes);
+        Ok(())
+    })
+}
+
+/// The same check where `read(offset, buf)` fills `buf` from the data
+/// section at `offset`: a file read back by position (Plan) or in memory.
+pub fn check_sampled_with(
+    h: &GgufHeader,
+    mut read: impl FnMut(u64, &mut [u8]) -> Result<()>,
+) -> Result<()> {
+    for t in &h.tensors {
+        check_tensor(t, &mut read)?;
     }
     Ok(())
 }
@@ -39,18 +57,13 @@ fn sampled_blocks(t: &TensorInfo) -> Vec<u64> {
         .collect()
 }
 
-fn check_tensor(t: &TensorInfo, bytes: &[u8]) -> Result<()> {
+fn check_tensor(t: &TensorInfo, read: &mut impl FnMut(u64, &mut [u8]) -> Result<()>) -> Result<()> {
     let (block, size) = (t.dtype.block_size(), t.dtype.type_size());
     let mut out = vec![0f32; block];
+    let mut raw = vec![0u8; size];
     for b in sampled_blocks(t) {
-        let at = usize::try_from(b)
-            .unwrap_or(usize::MAX)
-            .saturating_mul(size);
-        let Some(raw) = bytes.get(at..at.saturating_add(size)) else {
-            // Sizes were checked at parse time; a short tensor is not this check's to report.
-            return Ok(());
-        };
-        quant::dequantize(t.dtype, raw, &mut out)?;
+        read(t.offset + b * size as u64, &mut raw)?;
+        quant::dequantize(t.dtype, &raw, &mut out)?;
         if let Some(i) = out.iter().position(|v| !v.is_finite()) {
             return Err(WorkerError::model_load(format!(
                 "tensor {} holds a value that is not a number ({}) at element {}: the file is corrupt \
@@ -69,6 +82,14 @@ fn check_tensor(t: &TensorInfo, bytes: &[u8]) -> Result<()> {
 mod tests {
     use super::*;
     use crate::model::gguf::GgmlType;
+
+    /// The check on a tensor held in `bytes` (its offset is 0).
+    fn check_bytes(t: &TensorInfo, bytes: &[u8]) -> Result<()> {
+        check_tensor(t, &mut |at, buf| {
+            buf.copy_from_slice(&bytes[at as usize..][..buf.len()]);
+            Ok(())
+        })
+    }
 
     fn info(dtype: GgmlType, elements: u64) -> TensorInfo {
         TensorInfo {
@@ -98,7 +119,7 @@ mod tests {
             let mut w = vec![0.5f32; 896];
             w[700] = bad;
             let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
-            let e = check_tensor(&info(GgmlType::F32, 896), &bytes).unwrap_err();
+            let e = check_bytes(&info(GgmlType::F32, 896), &bytes).unwrap_err();
             assert_eq!(e.code(), "MODEL_LOAD_FAILED");
             assert!(e.message().contains("blk.0.ffn_up.weight"), "{e}");
             assert!(e.message().contains("element 700"), "{e}");
@@ -107,10 +128,10 @@ mod tests {
         let t = info(GgmlType::Q8_0, 4864 * 896);
         let mut bytes = Vec::new();
         quant::quantize(GgmlType::Q8_0, &vec![0.25f32; 4864 * 896], &mut bytes).unwrap();
-        assert!(check_tensor(&t, &bytes).is_ok(), "finite weights pass");
+        assert!(check_bytes(&t, &bytes).is_ok(), "finite weights pass");
         let last = bytes.len() - 34;
         bytes[last..last + 2].copy_from_slice(&0x7e00u16.to_le_bytes());
-        let e = check_tensor(&t, &bytes).unwrap_err();
+        let e = check_bytes(&t, &bytes).unwrap_err();
         assert!(e.message().contains("not a number"), "{e}");
     }
 }

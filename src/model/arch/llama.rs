@@ -6,12 +6,12 @@
 
 use super::{base_config, weights, Arch, ModelConfig, ModelWeights};
 use crate::error::Result;
-use crate::model::gguf::GgufFile;
+use crate::model::gguf::GgufHeader;
 
 /// Llama's default rotary base when the file does not state one.
 const DEFAULT_ROPE_BASE: f32 = 10_000.0;
 
-pub fn load(g: &GgufFile) -> Result<(ModelConfig, ModelWeights)> {
+pub fn load(g: &GgufHeader) -> Result<(ModelConfig, ModelWeights)> {
     let cfg = base_config(g, Arch::Llama, "llama", DEFAULT_ROPE_BASE)?;
     let w = weights(g, &cfg)?;
     Ok((cfg, w))

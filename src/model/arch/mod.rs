@@ -93,14 +93,14 @@ pub mod llama;
 pub mod qwen2;
 
 use crate::error::{Result, WorkerError};
-use crate::model::gguf::GgufFile;
+use crate::model::gguf::GgufHeader;
 
 /// Architecture names this worker accepts, for error messages and the ECP.
 pub const SUPPORTED: &[&str] = &["llama", "qwen2"];
 
 /// Read the architecture, hyperparameters and weight layout from a GGUF file,
 /// checking every tensor's presence, type and shape against the config.
-pub fn from_gguf(g: &GgufFile) -> Result<(ModelConfig, ModelWeights)> {
+pub fn from_gguf(g: &GgufHeader) -> Result<(ModelConfig, ModelWeights)> {
     let arch = g.get_str("general.architecture").ok_or_else(|| {
         WorkerError::model_load(
             "the model file has no general.architecture key; it is not a model GGUF",
@@ -114,17 +114,36 @@ pub fn from_gguf(g: &GgufFile) -> Result<(ModelConfig, ModelWeights)> {
             SUPPORTED.join(", ")
         ))),
     }?;
-    if !crate::mutants::active(crate::mutants::Mutant::WeightsUnchecked) {
-        finite::check_sampled(g)?;
-    }
     Ok(loaded)
+}
+
+/// The load-time check that the weights are numbers ([`finite`]); every
+/// engine load runs it (`crate::engine::load_engine`), and Plan runs it on
+/// the weights read back by position.
+pub fn check_weights(g: &crate::model::gguf::GgufFile) -> Result<()> {
+    if crate::mutants::active(crate::mutants::Mutant::WeightsUnchecked) {
+        return Ok(());
+    }
+    finite::check_sampled(g)
+}
+
+/// [`check_weights`] on a file read back by position: `read(offset, buf)`
+/// fills `buf` from the data section (Plan, which keeps only the header).
+pub fn check_weights_at(
+    h: &GgufHeader,
+    read: impl FnMut(u64, &mut [u8]) -> Result<()>,
+) -> Result<()> {
+    if crate::mutants::active(crate::mutants::Mutant::WeightsUnchecked) {
+        return Ok(());
+    }
+    finite::check_sampled_with(h, read)
 }
 
 /// Largest dimension accepted from metadata: bounds every size computed from it.
 const MAX_DIM: u64 = 1 << 24;
 
 /// A required positive integer hyperparameter `<arch>.<key>`.
-pub(crate) fn hparam(g: &GgufFile, arch: &str, key: &str) -> Result<usize> {
+pub(crate) fn hparam(g: &GgufHeader, arch: &str, key: &str) -> Result<usize> {
     let full = format!("{arch}.{key}");
     let v = g.get_u32(&full).ok_or_else(|| {
         WorkerError::model_load(format!("the model file lacks the required key {full}"))
@@ -139,7 +158,7 @@ pub(crate) fn hparam(g: &GgufFile, arch: &str, key: &str) -> Result<usize> {
 
 /// Hyperparameters common to the llama-like families.
 pub(crate) fn base_config(
-    g: &GgufFile,
+    g: &GgufHeader,
     arch: Arch,
     name: &str,
     default_rope_base: f32,
@@ -243,7 +262,7 @@ pub(crate) fn base_config(
 }
 
 /// Look up `name` and check its dims (ggml order) and byte size.
-pub(crate) fn tensor(g: &GgufFile, name: &str, dims: &[usize]) -> Result<TensorRef> {
+pub(crate) fn tensor(g: &GgufHeader, name: &str, dims: &[usize]) -> Result<TensorRef> {
     let t = g.tensor(name).ok_or_else(|| {
         WorkerError::model_load(format!("the model file lacks the tensor {name}"))
     })?;
@@ -262,7 +281,7 @@ pub(crate) fn tensor(g: &GgufFile, name: &str, dims: &[usize]) -> Result<TensorR
     let expect = row
         .checked_mul(rows)
         .ok_or_else(|| WorkerError::model_load(format!("tensor {name} is too large")))?;
-    let data_len = g.data_section().len() as u64;
+    let data_len = g.data_len();
     let end = t.offset.checked_add(t.n_bytes);
     if t.n_bytes != expect as u64 || end.is_none_or(|e| e > data_len) {
         return Err(WorkerError::model_load(format!(
@@ -282,7 +301,12 @@ pub(crate) fn tensor(g: &GgufFile, name: &str, dims: &[usize]) -> Result<TensorR
 }
 
 /// The per-layer weights of the llama-like families; biases when `bias`.
-pub(crate) fn layer(g: &GgufFile, cfg: &ModelConfig, i: usize, bias: bool) -> Result<LayerWeights> {
+pub(crate) fn layer(
+    g: &GgufHeader,
+    cfg: &ModelConfig,
+    i: usize,
+    bias: bool,
+) -> Result<LayerWeights> {
     let d = cfg.d_model;
     let q = cfg.n_heads * cfg.head_dim;
     let kv = cfg.n_kv_heads * cfg.head_dim;
@@ -311,7 +335,7 @@ pub(crate) fn layer(g: &GgufFile, cfg: &ModelConfig, i: usize, bias: bool) -> Re
 }
 
 /// All weights of a llama-like model (output tied to the embedding when absent).
-pub(crate) fn weights(g: &GgufFile, cfg: &ModelConfig) -> Result<ModelWeights> {
+pub(crate) fn weights(g: &GgufHeader, cfg: &ModelConfig) -> Result<ModelWeights> {
     let token_embd = tensor(g, "token_embd.weight", &[cfg.d_model, cfg.vocab_size])?;
     let layers = (0..cfg.n_layers)
         .map(|i| layer(g, cfg, i, cfg.qkv_bias))

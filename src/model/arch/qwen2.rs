@@ -5,12 +5,12 @@
 
 use super::{base_config, weights, Arch, ModelConfig, ModelWeights};
 use crate::error::{Result, WorkerError};
-use crate::model::gguf::GgufFile;
+use crate::model::gguf::GgufHeader;
 
 /// Qwen2's rotary base when the file does not state one.
 const DEFAULT_ROPE_BASE: f32 = 1_000_000.0;
 
-pub fn load(g: &GgufFile) -> Result<(ModelConfig, ModelWeights)> {
+pub fn load(g: &GgufHeader) -> Result<(ModelConfig, ModelWeights)> {
     let cfg = base_config(g, Arch::Qwen2, "qwen2", DEFAULT_ROPE_BASE)?;
     if !cfg.qkv_bias {
         return Err(WorkerError::model_load(

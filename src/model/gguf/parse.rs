@@ -15,21 +15,34 @@ const DEFAULT_ALIGNMENT: u64 = 32;
 /// Nested arrays are legal GGUF but no real model nests deeper than this.
 const MAX_ARRAY_DEPTH: u32 = 2;
 
-/// Bounds-checked little-endian reader. Every read says what it was reading.
+/// Bounds-checked little-endian reader over the first bytes of a file of
+/// `file_len` bytes (all of it, or a prefix while the file streams in).
+/// Every read says what it was reading.
 struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
+    file_len: u64,
+    /// A read went past the prefix but not past the file: more bytes are needed.
+    ran_short: bool,
 }
 
 impl<'a> Cursor<'a> {
+    /// Bytes of the file after the cursor (not only those in the prefix).
+    fn remaining(&self) -> u64 {
+        self.file_len - self.pos as u64
+    }
+
     fn take(&mut self, n: u64, what: &dyn std::fmt::Display) -> Result<&'a [u8]> {
-        let remaining = self.buf.len() - self.pos;
-        if n > remaining as u64 {
+        let remaining = self.remaining();
+        if n > remaining {
             return Err(fail(format!(
                 "{what} at offset {} needs {n} bytes but only {remaining} remain in the {}-byte file (truncated or corrupt)",
-                self.pos,
-                self.buf.len()
+                self.pos, self.file_len
             )));
+        }
+        if n > (self.buf.len() - self.pos) as u64 {
+            self.ran_short = true;
+            return Err(fail("the header continues past the bytes read so far"));
         }
         let s = &self.buf[self.pos..self.pos + n as usize];
         self.pos += n as usize;
@@ -80,8 +93,30 @@ pub(super) struct Header {
     pub(super) alignment: u64,
 }
 
-pub(super) fn parse_header(buf: &[u8], limits: &GgufLimits) -> Result<Header> {
-    let mut c = Cursor { buf, pos: 0 };
+/// What parsing a file's first bytes gave.
+pub(super) enum Parsed {
+    Header(Header),
+    /// The header goes on past the bytes given: parse again with more.
+    NeedMore,
+}
+
+/// Parse the header of a `file_len`-byte file from its first bytes `buf`
+/// (a prefix, or the whole file).
+pub(super) fn parse_header(buf: &[u8], file_len: u64, limits: &GgufLimits) -> Result<Parsed> {
+    let mut c = Cursor {
+        buf,
+        pos: 0,
+        file_len: file_len.max(buf.len() as u64),
+        ran_short: false,
+    };
+    match parse_from(&mut c, limits) {
+        Ok(h) => Ok(Parsed::Header(h)),
+        Err(_) if c.ran_short => Ok(Parsed::NeedMore),
+        Err(e) => Err(e),
+    }
+}
+
+fn parse_from(c: &mut Cursor<'_>, limits: &GgufLimits) -> Result<Header> {
     let magic: [u8; 4] = c.array(&"magic")?;
     if &magic != GGUF_MAGIC {
         return Err(fail(format!(
@@ -128,7 +163,7 @@ pub(super) fn parse_header(buf: &[u8], limits: &GgufLimits) -> Result<Header> {
             )));
         }
         let vt = c.u32(&format_args!("value type of metadata key {key:?}"))?;
-        let value = read_value(&mut c, vt, limits, &key, 0)?;
+        let value = read_value(c, vt, limits, &key, 0)?;
         if metadata.insert(key.clone(), value).is_some() {
             return Err(fail(format!(
                 "metadata key {key:?} at offset {at} appears twice"
@@ -149,12 +184,12 @@ pub(super) fn parse_header(buf: &[u8], limits: &GgufLimits) -> Result<Header> {
     };
 
     // Each tensor entry takes at least 33 bytes; never reserve more than fits.
-    let fit = (buf.len() - c.pos) / 33;
+    let fit = (c.remaining() / 33).min(usize::MAX as u64) as usize;
     let mut tensors = Vec::with_capacity((n_tensors as usize).min(fit));
     let mut names = BTreeSet::new();
     for i in 0..n_tensors {
         let at = c.pos;
-        let t = read_tensor_info(&mut c, limits, i, alignment)?;
+        let t = read_tensor_info(c, limits, i, alignment)?;
         if !names.insert(t.name.clone()) {
             return Err(fail(format!(
                 "tensor name {:?} at offset {at} appears twice",
@@ -166,7 +201,7 @@ pub(super) fn parse_header(buf: &[u8], limits: &GgufLimits) -> Result<Header> {
 
     let header_end = c.pos as u64;
     let data_offset = header_end.div_ceil(alignment) * alignment;
-    let file_len = buf.len() as u64;
+    let file_len = c.file_len;
     let data_offset = if data_offset > file_len && tensors.is_empty() {
         // A file with no tensors may omit the trailing padding.
         file_len
@@ -245,7 +280,7 @@ fn read_value(
                     )))
                 }
             };
-            let remaining = (c.buf.len() - c.pos) as u64;
+            let remaining = c.remaining();
             if len.saturating_mul(min_elem) > remaining {
                 return Err(fail(format!(
                     "array {key:?} at offset {at} declares {len} elements but only {remaining} bytes remain in the file (truncated or corrupt)"

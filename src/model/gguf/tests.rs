@@ -1,6 +1,7 @@
 //! Real GGUF releases parse (skipped with a visible line when absent).
 
 use super::*;
+use std::path::Path;
 
 fn models_dir() -> std::path::PathBuf {
     std::env::var_os("WORKER_ORCD_TEST_MODELS")
@@ -79,4 +80,30 @@ fn sha256_is_of_the_whole_file_and_verified() {
         .unwrap_err()
         .message()
         .contains("not a SHA-256"));
+}
+
+/// Plan's scan (header kept, bytes streamed through the hash) sees exactly
+/// what a whole-file open sees, and a header cut short by the file is refused.
+#[test]
+fn scan_agrees_with_open_and_needs_the_whole_header() {
+    use crate::model::test_model::{write_test_model, TestModelSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("m.gguf");
+    write_test_model(&TestModelSpec::tiny_llama(), &p).unwrap();
+    let limits = GgufLimits::default();
+    let whole = GgufFile::open(&p, &limits).unwrap();
+    let (scanned, identity) = GgufHeader::scan(&p, &limits).unwrap();
+    assert_eq!(scanned.file_sha256, whole.file_sha256);
+    assert_eq!(scanned.tensors, whole.tensors);
+    assert_eq!(scanned.metadata, whole.metadata);
+    assert_eq!(
+        (scanned.data_offset, scanned.data_len()),
+        (whole.data_offset, whole.data_section().len() as u64)
+    );
+    assert_eq!(identity, whole.identity().unwrap());
+    // The first 100 bytes of the header, as a file of their own: truncated, not "need more".
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..100]).unwrap();
+    let e = GgufHeader::scan(&p, &limits).unwrap_err();
+    assert!(e.message().contains("truncated or corrupt"), "{e}");
 }
