@@ -104,3 +104,23 @@ Feature: Observability
     And I execute "Once upon a time" with max_tokens 2000
     Then the stream ends with an "error" event with code "EXECUTION_TIMEOUT"
     And the metric "worker_orcd_jobs_failed_total" increased by 1
+
+  # Issue 13 point 4: one access line per request, and a budget per kind
+  # of line so that no client can make the log grow faster than a fixed rate.
+  @WORKER-4800 @WORKER-4801
+  Scenario: Every request gets one access line with method, route, status, latency and tokens
+    Given a worker serving the tiny test model
+    When I execute "Once upon a time" with max_tokens 5
+    And I GET "/worker/ready" with correlation id "access-line-1"
+    Then the worker log has one access line for "GET /worker/ready" with correlation id "access-line-1" with status 200, a latency and the caller's token fingerprint
+    And the worker log has one access line for "POST /worker/execute" with status 200, a latency and the caller's token fingerprint
+    And the access line of "POST /worker/execute" counts the stream's token events
+
+  @WORKER-4800 @WORKER-4202
+  Scenario: Two thousand requests with a wrong token write a few lines and count the rest
+    Given a worker serving the tiny test model
+    When I note the size of the worker log
+    And 2000 requests to "/worker/execute" carry a wrong token
+    Then within 25 seconds the access lines and the counts left out of "401 POST /worker/execute" add up to 2000, with at most 60 lines written
+    And the worker log grew by less than 64 KiB
+    And the ready answer still shows the sealed shard

@@ -41,6 +41,9 @@ pub enum Mutant {
     /// A model file modified while it is read is not noticed, so a Plan or
     /// Commit reports bytes the file no longer holds (issue 13 point 2).
     FileChangeUnchecked,
+    /// Every line a client causes is written: no budget per kind, so a
+    /// flood of refused requests floods the log (issue 13 point 4).
+    LogUnlimited,
 }
 
 /// One catalogue row: the mutant, its stable name (the value of
@@ -109,6 +112,12 @@ pub const CATALOGUE: &[Entry] = &[
         name: "file_change_unchecked",
         breaks: "a model file modified while it is read is not noticed",
         killed_by: &["WORKER-4314"],
+    },
+    Entry {
+        mutant: Mutant::LogUnlimited,
+        name: "log_unlimited",
+        breaks: "no budget for the log lines a client causes",
+        killed_by: &["WORKER-4800"],
     },
 ];
 

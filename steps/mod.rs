@@ -1,6 +1,7 @@
 //! Step definitions of the BDD suite, one module per domain. `run` wires them
 //! into cucumber; `traceability` and `proof` turn a run into evidence.
 
+pub mod access_log;
 pub mod apparmor;
 pub mod batching;
 pub mod build_check;

@@ -199,6 +199,8 @@ pub struct World {
     pub raw_answer: Option<(String, std::time::Duration)>,
     /// Plans sent at once (steps/model_files.rs): model_ref, answer, when it came.
     pub plan_answers: Vec<crate::steps::model_files::PlanAnswer>,
+    /// The worker log's size when a step noted it (steps/access_log.rs).
+    pub log_bytes_before: Option<u64>,
 }
 
 impl std::fmt::Debug for World {
@@ -270,6 +272,7 @@ impl World {
             rss_before: None,
             raw_answer: None,
             plan_answers: Vec::new(),
+            log_bytes_before: None,
         })
     }
 

@@ -133,6 +133,8 @@ pub struct AppState {
     pub model: OnceLock<Arc<LoadedModel>>,
     pub engine: OnceLock<EngineHandle>,
     pub fatal: FatalTx,
+    /// Budgets of the log lines clients can cause (access lines).
+    pub log_limit: crate::telemetry::log_limit::LogLimiter,
     /// Model files Plan has read, by identity; one read at a time.
     pub scans: super::model_scans::ModelScans,
     /// Test builds: the free memory Plan sees, once a test fault set it.

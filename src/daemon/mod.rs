@@ -201,6 +201,14 @@ async fn serve(cfg: Config, router: RouterFor) -> u8 {
         max_connections: cfg.max_connections,
         max_requests_per_connection: cfg.max_requests_per_connection,
     };
+    // Summaries of rate-limited log lines are written even after the traffic stops.
+    let flusher = Arc::clone(&app);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(crate::telemetry::log_limit::INTERVAL).await;
+            flusher.log_limit.flush();
+        }
+    });
     let server = tokio::spawn(crate::http::server::serve(
         listener,
         router(Arc::clone(&app)),
@@ -285,6 +293,7 @@ pub fn new_app(
         engine: Default::default(),
         fatal,
         scans: Default::default(),
+        log_limit: Default::default(),
         #[cfg(feature = "test-hooks")]
         available_override: Default::default(),
     })

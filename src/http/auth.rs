@@ -58,24 +58,20 @@ async fn authenticate(app: &Arc<AppState>, mut req: Request, next: Next) -> Resp
     let fp6 = bearer(header).and_then(|t| app.auth.verify(t));
     match fp6 {
         Some(fp6) => {
-            tracing::info!(fp6 = %fp6, path = %path, human = %format!("Accepted a request to {path} from the client with token fingerprint {fp6}."), "authenticated request");
-            req.extensions_mut().insert(Caller { fp6 });
-            next.run(req).await
+            // The access line (`access_log`) names the caller by this fingerprint.
+            let caller = Caller { fp6 };
+            req.extensions_mut().insert(caller.clone());
+            let mut resp = next.run(req).await;
+            resp.extensions_mut().insert(caller);
+            resp
         }
-        None => {
-            let why = if header.is_none() {
-                "no Authorization header"
-            } else {
-                "a token that is not accepted"
-            };
-            tracing::warn!(path = %path, human = %format!("Refused a request to {path}: it carried {why}."), "authentication failed");
-            ApiError(WorkerError::AuthFailed {
-                message: "missing or invalid bearer token; send `Authorization: Bearer <token>` with a token from \
-                          the worker's token file"
-                    .into(),
-            })
-            .into_response()
-        }
+        // The refusal is logged once, rate-limited, by the access line.
+        None => ApiError(WorkerError::AuthFailed {
+            message: "missing or invalid bearer token; send `Authorization: Bearer <token>` with a token from \
+                      the worker's token file"
+                .into(),
+        })
+        .into_response(),
     }
 }
 

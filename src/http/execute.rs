@@ -142,13 +142,15 @@ async fn admit(app: &Arc<AppState>, caller: Caller, cid: CorrelationId, body: Bo
         "queue_position": queue_position,
         "predicted_start_ms": predicted_start_ms,
     });
-    let stream = sse_stream(started, rx, ctl);
+    let stream = sse_stream(started, rx, Arc::clone(&ctl));
     let mut resp = Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response();
     if let Ok(v) = HeaderValue::from_str(&job_id) {
         resp.headers_mut().insert("x-job-id", v);
     }
+    resp.extensions_mut()
+        .insert(crate::http::access_log::StreamedJob(Arc::clone(&ctl)));
     Ok(resp)
 }
 

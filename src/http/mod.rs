@@ -17,6 +17,7 @@
 //! declared larger than that is not drained (the connection is closed, as
 //! HTTP allows).
 
+pub mod access_log;
 pub mod auth;
 pub mod execute;
 pub mod handlers;
@@ -277,6 +278,10 @@ pub fn router(app: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),
             auth::require_auth,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            access_log::access_log,
         ))
         .layer(axum::middleware::from_fn(correlation))
         .layer(axum::middleware::from_fn(drain_unread_body))

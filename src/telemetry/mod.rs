@@ -9,6 +9,7 @@
 //! - [`metrics`]: the [`Metrics`] registry (no global state) and its text
 //!   exposition.
 
+pub mod log_limit;
 pub mod logging;
 pub mod metrics;
 pub mod narration;
