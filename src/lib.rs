@@ -22,6 +22,7 @@ pub mod daemon;
 pub mod engine;
 pub mod env;
 pub mod error;
+pub mod fuzzing;
 #[allow(unsafe_code)]
 pub mod gpu;
 pub mod http;

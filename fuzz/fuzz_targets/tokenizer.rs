@@ -1,0 +1,3 @@
+//! cargo-fuzz target `tokenizer`: see `worker_orcd::fuzzing::tokenizer` (issue 13 point 6).
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| worker_orcd::fuzzing::tokenizer(data));
