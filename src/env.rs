@@ -125,8 +125,9 @@ pub const CUDA_DEVICE_ORDER: EnvVar = EnvVar {
 pub const TEST_MODELS: EnvVar = EnvVar {
     name: "WORKER_ORCD_TEST_MODELS",
     default: Some("<repo>/models"),
-    doc: "Tests only: directory holding real GGUF models. A test whose model is absent prints \
-          `SKIPPED: <why>` (and fails instead when CI=true for SmolLM2).",
+    doc: "Tests only: directory holding real GGUF models, read at build time (build.rs): a \
+          test whose model is absent is ignored with that reason, so it is counted as ignored, \
+          never as passed (with CI=true a missing SmolLM2 fails instead). Rebuild after changing it.",
 };
 
 /// Marks a CI run (test harness only).
