@@ -39,3 +39,19 @@ Feature: Clients that never finish cannot make the worker unreachable
     When I wait for the stream to finish
     Then the stream ends with an "end" event
     And the stream lasted more than 3 times the header timeout
+
+  # Issue 13 point 5: hyper answers what it cannot parse by itself, before
+  # any route; those answers carry the error body every refusal carries.
+  @WORKER-4950
+  Scenario: A request line that is not HTTP gets 400 with the error body
+    Given a worker serving the tiny test model
+    When a connection sends a request line that is not HTTP
+    Then the answer is 400 with the error code "INVALID_PARAMS" within 5 seconds
+    And the ready answer still shows the sealed shard
+
+  @WORKER-4950
+  Scenario: Headers larger than the worker reads get 431 with the error body
+    Given a worker serving the tiny test model
+    When a connection sends headers larger than the worker reads
+    Then the answer is 431 with the error code "PAYLOAD_TOO_LARGE" within 5 seconds
+    And the ready answer still shows the sealed shard

@@ -232,3 +232,39 @@ fn outlived_timeout(w: &mut World, times: u64) {
         format!("the stream lasted {lasted:?}; the header timeout is {timeout} ms"),
     );
 }
+
+/// Bytes that are not a request hyper can read: the worker answers them
+/// itself, before any route (issue 13 point 5: with the error body too).
+#[when(
+    regex = r"^a connection sends (a request line that is not HTTP|headers larger than the worker reads)$"
+)]
+async fn send_unframed(w: &mut World, what: String) {
+    let mut s = TcpStream::connect(format!("127.0.0.1:{}", w.port))
+        .await
+        .unwrap_or_else(|e| w.fail(format!("cannot connect: {e}")));
+    let bytes = match what.as_str() {
+        "a request line that is not HTTP" => b"GARBAGE\x01 / NOT-HTTP\r\n\r\n".to_vec(),
+        _ => {
+            let mut h = b"GET /health HTTP/1.1\r\nHost: worker\r\n".to_vec();
+            for i in 0..200 {
+                h.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "a".repeat(64)).as_bytes());
+            }
+            h.extend_from_slice(b"\r\n");
+            h
+        }
+    };
+    let t0 = Instant::now();
+    let _ = s.write_all(&bytes).await;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    w.raw_answer = Some((String::from_utf8_lossy(&answer).to_string(), t0.elapsed()));
+}

@@ -20,6 +20,7 @@
 pub mod access_log;
 pub mod auth;
 pub mod execute;
+pub mod framing;
 pub mod handlers;
 pub mod media_type;
 pub mod server;

@@ -211,7 +211,13 @@ async fn serve_conn(
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .serve_connection(TokioIo::new(stream), svc);
+        .serve_connection(
+            TokioIo::new(super::framing::WithErrorBodies::new(
+                stream,
+                Arc::clone(&busy),
+            )),
+            svc,
+        );
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}
