@@ -3,6 +3,10 @@
 //! crate; the worker prints it with `worker-orcd build-info`, and the BDD
 //! harness refuses a worker whose hash differs from its own.
 //!
+//! It exports `WORKER_ORCD_GIT_COMMIT` too (the checkout's HEAD, or
+//! "unknown" outside git), which `bench` writes beside every figure (issue 12
+//! point 5); the source hash above stays the exact name of the sources.
+//!
 //! It also turns on `cfg(gpu_tests)` when `WORKER_ORCD_GPU_TESTS=1`
 //! (ci/gpu-stage sets it for the binaries the GPU machine runs): the tests
 //! that need a GPU are `#[ignore]`d with that reason in every other build, so
@@ -29,12 +33,41 @@ fn main() {
     for i in source_hash::INPUTS {
         println!("cargo:rerun-if-changed={i}");
     }
+    git_commit(&root);
     println!("cargo:rustc-check-cfg=cfg(gpu_tests)");
     println!("cargo:rerun-if-env-changed=WORKER_ORCD_GPU_TESTS");
     if std::env::var("WORKER_ORCD_GPU_TESTS").as_deref() == Ok("1") {
         println!("cargo:rustc-cfg=gpu_tests");
     }
     model_cfgs(&root);
+}
+
+/// `WORKER_ORCD_GIT_COMMIT`: HEAD's short hash, with "+changes" when the
+/// sources the binary is made of (`source_hash::INPUTS`) differ from it.
+/// Rerun when HEAD moves (its reflog is written on every commit, checkout
+/// and reset) and, like the source hash, when a source changes.
+fn git_commit(root: &std::path::Path) {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(root)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let mut status = vec!["status", "--porcelain", "--untracked-files=no", "--"];
+    status.extend(source_hash::INPUTS);
+    let commit = match git(&["rev-parse", "--short=12", "HEAD"]) {
+        Some(head) if git(&status).is_some_and(|s| !s.is_empty()) => format!("{head}+changes"),
+        Some(head) => head,
+        None => "unknown".to_string(),
+    };
+    if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
+        println!("cargo:rerun-if-changed={dir}/HEAD");
+        println!("cargo:rerun-if-changed={dir}/logs/HEAD");
+    }
+    println!("cargo:rustc-env=WORKER_ORCD_GIT_COMMIT={commit}");
 }
 
 /// `cfg(test_model_*)` for the real model files present, and `cfg(test_as_root)`.

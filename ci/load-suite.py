@@ -160,16 +160,42 @@ def rss_mib(w):
     return -1
 
 
-def slowloris(w, digest):
-    rss_before = rss_mib(w)
+# Connections one holder process keeps: below any sane per-process file
+# limit, so 20,000 half-open connections are spread over several processes
+# instead of needing one process allowed 20,000 files.
+PER_HOLDER = 8000
+
+
+def hold_half_open(n, counts, release):
+    """Child process: open up to n connections that each send half a request
+    header, report how many were opened, hold them until `release` is set."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, n + 64), hard))
     socks = []
-    for _ in range(HALF_OPEN):
+    for _ in range(n):
         try:
             s = socket.create_connection(("127.0.0.1", PORT), timeout=5)
             s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
             socks.append(s)
         except OSError:
             break
+    counts.put(len(socks))
+    release.wait()
+    for s in socks:
+        s.close()
+
+
+def slowloris(w, digest):
+    import multiprocessing
+    ctx = multiprocessing.get_context("fork")
+    rss_before = rss_mib(w)
+    counts, release = ctx.Queue(), ctx.Event()
+    shares = [min(PER_HOLDER, HALF_OPEN - i) for i in range(0, HALF_OPEN, PER_HOLDER)]
+    holders = [ctx.Process(target=hold_half_open, args=(n, counts, release)) for n in shares]
+    for h in holders:
+        h.start()
+    held = sum(counts.get(timeout=600) for _ in holders)
     t0 = time.time()
     ok_health = ok_auth = None
     while time.time() - t0 < 40 and (ok_health is None or ok_auth is None):
@@ -180,9 +206,9 @@ def slowloris(w, digest):
                 ok_auth = time.time() - t0
         except OSError:
             time.sleep(0.2)
-    held = len(socks)
-    for s in socks:
-        s.close()
+    release.set()
+    for h in holders:
+        h.join(timeout=120)
     # Memory returns near its baseline once the connections are gone.
     rss_after = rss_mib(w)
     for _ in range(40):
@@ -331,7 +357,7 @@ def sigkill(w, digest):
 def main():
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, HALF_OPEN + 256)), hard))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
     os.makedirs(OUT, exist_ok=True)
     work = tempfile.mkdtemp(prefix="load-suite-")
     os.makedirs(os.path.join(work, "models"))

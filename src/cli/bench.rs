@@ -1,26 +1,33 @@
 //! `worker-orcd bench`: prefill and decode speed of one model on one backend
-//! (issue 3 point 10). Prints a table and writes the same numbers as CSV and
-//! JSON. When the model file has the exact size of a file in the peer table
-//! (`shared/GUIDE.md` §4: llama.cpp on an H200), the ratio to those figures is
-//! printed too, labelled with the card they were measured on. Measurements
-//! only: nothing here asserts a speed.
+//! (issue 3 point 10, made honest by issue 12 point 5). Prints a table and
+//! writes CSV, JSON and an SVG plot of tokens/s against context length.
+//! Measurements only: nothing here asserts a speed.
 //!
-//! Protocol (the peer's, llama-bench pp512 / tg128): prefill of a
-//! `--prompt-tokens` prompt from an empty cache; decode of `--gen-tokens`
-//! tokens from an empty context (position 0), which is the figure compared
-//! with the peer. Decode right after the prompt (positions 512..640, where
-//! attention reads a longer cache) is reported beside it, not compared.
+//! Protocol (the peer's, llama-bench pp / tg): at each context point C of
+//! `--context-points` (default 0, P/4, P/2 and P for `--prompt-tokens` P),
+//! a prompt of C synthetic tokens is prefilled from an empty cache (prefill
+//! tokens/s: C over the time to the first sampled token) and `--gen-tokens`
+//! tokens are decoded after it (decode tokens/s); C = 0 is decode from an
+//! empty context, llama-bench's tg128. Each point runs `--warmup` untimed
+//! repetitions, then `--reps` measured ones; the table prints the median,
+//! mean and standard deviation of the measured ones. Every result names the
+//! card, the commit and the time, and files never overwrite an earlier run
+//! ([`super::bench_report`]). A ratio to the peer (`../shared/GUIDE.md` §4)
+//! is printed only for the CUDA backend on the card the peer ran on, for the
+//! same file and protocol: never a GPU ratio on a CPU run.
 //!
 //! With `--concurrency 1,8,32,64` the same run then measures many sequences
 //! at once through continuous batching (issue 11 point 7): see
 //! [`super::bench_sweep`], which defines its figures and writes its own files.
 
+use super::bench_output::{self, BenchResult, PointResult};
+use super::bench_report::{self as report, Measure, RunStamp, Stats};
 use super::bench_sweep;
 use super::generate::{check_root, exit_code_for, make_engine, open_model, BackendArg};
 use crate::engine::sequence::{EventSink, GenerationParams, Prompt, Sequence};
-use crate::engine::{BackendKind, LoadOptions, SamplingParams};
+use crate::engine::{BackendKind, Engine, LoadOptions, SamplingParams};
 use crate::error::{Result, WorkerError};
-use serde::Serialize;
+use crate::model::tokenizer::Tokenizer;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -32,13 +39,24 @@ pub struct BenchArgs {
     pub model: PathBuf,
     #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
     pub backend: BackendArg,
-    /// Prompt length for the prefill measurement (synthetic token ids).
+    /// Prompt length (synthetic token ids): the largest default context
+    /// point, and each sequence's prompt in the concurrency sweep.
     #[arg(long, default_value_t = 512)]
     pub prompt_tokens: usize,
-    /// Tokens decoded one at a time (from an empty context, and after the prompt).
+    /// Context lengths to measure at, e.g. 0,512,1024,2048,4096: a prompt of
+    /// that many tokens is prefilled, then --gen-tokens are decoded after it
+    /// (0: decode from an empty context). Default: 0, P/4, P/2, P for
+    /// --prompt-tokens P.
+    #[arg(long)]
+    pub context_points: Option<String>,
+    /// Tokens decoded one at a time at each context point.
     #[arg(long, default_value_t = 128)]
     pub gen_tokens: usize,
-    /// Repetitions; the table reports the median.
+    /// Untimed repetitions before the measured ones, at each point and level.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Measured repetitions; the table reports their median, mean and
+    /// standard deviation.
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
     /// Where the CSV and JSON files go (created when missing).
@@ -62,60 +80,8 @@ pub struct BenchArgs {
     pub kv_pool_tokens: usize,
 }
 
-/// A published peer measurement (GUIDE.md §4).
-struct Peer {
-    file_bytes: u64,
-    label: &'static str,
-    decode: f64,
-    prefill: f64,
-}
-
-const PEERS: &[Peer] = &[
-    Peer {
-        file_bytes: 491_400_064,
-        label: "Qwen2.5-0.5B Q4_K_M",
-        decode: 829.0,
-        prefill: 38_711.0,
-    },
-    Peer {
-        file_bytes: 98_362_432,
-        label: "SmolLM2-135M Q4_1",
-        decode: 884.0,
-        prefill: 44_805.0,
-    },
-];
-const PEER_CARD: &str =
-    "llama.cpp (CUDA graphs, flash attention) on one NVIDIA H200, measured 2026-11-28";
-
-#[derive(Debug, Serialize)]
-struct BenchResult {
-    model: String,
-    file_bytes: u64,
-    backend: &'static str,
-    device: String,
-    threads: usize,
-    prompt_tokens: usize,
-    gen_tokens: usize,
-    reps: usize,
-    load_s: f64,
-    seal_verify_s: f64,
-    prefill_tok_s: f64,
-    /// From an empty context (the peer's tg128).
-    decode_tok_s: f64,
-    /// Right after the prompt.
-    decode_after_prompt_tok_s: f64,
-    peer: Option<PeerRatio>,
-}
-
-#[derive(Debug, Serialize)]
-struct PeerRatio {
-    peer: &'static str,
-    measured_on: &'static str,
-    peer_prefill_tok_s: f64,
-    peer_decode_tok_s: f64,
-    prefill_ratio: f64,
-    decode_ratio: f64,
-}
+/// Most context points one `--context-points` list may name.
+const MAX_CONTEXT_POINTS: usize = 16;
 
 pub fn run(args: BenchArgs) -> ExitCode {
     match bench(&args) {
@@ -139,9 +105,53 @@ fn cpu_name() -> String {
         .unwrap_or_else(|| "unknown CPU".to_string())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
+/// The card (or CPU) the run measures.
+fn device_name(kind: BackendKind, gpu_device: u32, threads: usize) -> String {
+    match kind {
+        BackendKind::Cpu => format!("{} ({threads} threads)", cpu_name()),
+        BackendKind::Cuda => match crate::gpu::probe(gpu_device) {
+            Ok(d) => format!(
+                "{} (GPU {}, cc {}.{}, driver {})",
+                d.name, d.ordinal, d.compute_capability.0, d.compute_capability.1, d.driver_version
+            ),
+            Err(_) => format!("CUDA device {gpu_device}"),
+        },
+    }
+}
+
+/// The context points: `--context-points` when given (0..=the model's
+/// context, at most [`MAX_CONTEXT_POINTS`]), else 0, P/4, P/2 and P.
+/// Sorted, without repeats.
+fn context_points(a: &BenchArgs) -> Result<Vec<usize>> {
+    let mut points = match a.context_points.as_deref() {
+        None => {
+            let p = a.prompt_tokens;
+            vec![0, p / 4, p / 2, p]
+        }
+        Some(text) => {
+            let items: Vec<&str> = text.split(',').map(str::trim).collect();
+            if items.len() > MAX_CONTEXT_POINTS {
+                return Err(WorkerError::invalid(format!(
+                    "--context-points names {} points; at most {MAX_CONTEXT_POINTS} are accepted",
+                    items.len()
+                )));
+            }
+            items
+                .iter()
+                .map(|i| {
+                    i.parse::<usize>().map_err(|_| {
+                        WorkerError::invalid(format!(
+                            "--context-points: `{i}` is not a token count; give whole numbers \
+                             separated by commas, like 0,512,1024,2048,4096"
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?
+        }
+    };
+    points.sort_unstable();
+    points.dedup();
+    Ok(points)
 }
 
 fn bench(a: &BenchArgs) -> Result<()> {
@@ -161,17 +171,19 @@ fn bench(a: &BenchArgs) -> Result<()> {
             "--kv-pool-tokens sizes the concurrency sweep; give --concurrency with it",
         ));
     }
+    let points = context_points(a)?;
     let file_bytes = std::fs::metadata(&a.model)
         .map_err(|e| WorkerError::model_load(format!("cannot read {}: {e}", a.model.display())))?
         .len();
     let kind: BackendKind = a.backend.into();
     let t0 = Instant::now();
     let m = open_model(&a.model)?;
-    let need = a.prompt_tokens + a.gen_tokens;
-    if need > m.cfg.context_length {
+    let longest = points.last().copied().unwrap_or(0).max(a.prompt_tokens);
+    let need = longest + a.gen_tokens;
+    if need >= m.cfg.context_length {
         return Err(WorkerError::invalid(format!(
-            "{need} tokens exceed the model's context of {}",
-            m.cfg.context_length
+            "a {longest}-token context plus {} generated tokens does not fit the model's context of {}",
+            a.gen_tokens, m.cfg.context_length
         )));
     }
     let threads = if a.threads == 0 {
@@ -183,7 +195,7 @@ fn bench(a: &BenchArgs) -> Result<()> {
         // One position more than the tokens forwarded: the sequence samples
         // its last token where a further one would still fit.
         max_context: need + 1,
-        kv_pool_tokens: sweep_pool_tokens(a, levels.as_deref(), need),
+        kv_pool_tokens: sweep_pool_tokens(a, levels.as_deref(), a.prompt_tokens + a.gen_tokens),
         max_sequences: levels
             .as_deref()
             .and_then(|l| l.iter().copied().max())
@@ -196,95 +208,115 @@ fn bench(a: &BenchArgs) -> Result<()> {
     let t = Instant::now();
     eng.resident_digest()?;
     let seal_verify_s = t.elapsed().as_secs_f64();
+    let stamp = RunStamp::now(device_name(kind, a.gpu_device, threads));
 
-    // Synthetic prompt: spread over the vocabulary, deterministic.
-    let prompt = bench_sweep::synthetic_prompt(a.prompt_tokens, m.cfg.vocab_size, 0);
-    let (mut pre, mut dec, mut dec0) = (Vec::new(), Vec::new(), Vec::new());
-    // Greedy sequences through the daemon's decode loop (engine::sequence),
-    // through end-of-generation tokens so that every run has the same length.
-    // Each phase ends with a sample, which waits for the device: prefill is
-    // the prompt's forward plus choosing the first token, a decode step is one
-    // forward plus choosing the next. Sampling stays on the engine (on the
-    // GPU for cuda) so no full logits vector crosses to the host per token.
+    let model = a
+        .model
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut results = Vec::with_capacity(points.len());
+    for &c in &points {
+        let (prefill, decode) = measure_point(a, eng.as_mut(), &m.tokenizer, m.cfg.vocab_size, c)?;
+        let peer = |measure| report::peer_figure(kind, &stamp.device, file_bytes, measure);
+        results.push(PointResult {
+            context: c,
+            prefill_tok_s: Stats::of(&prefill),
+            decode_tok_s: Stats::of(&decode).unwrap_or(Stats {
+                median: 0.0,
+                mean: 0.0,
+                std_dev: 0.0,
+                samples: 0,
+            }),
+            peer_prefill_tok_s: (c > 0)
+                .then(|| peer(Measure::Prefill { prompt: c }))
+                .flatten(),
+            peer_decode_tok_s: peer(Measure::Decode {
+                after: c,
+                gen: a.gen_tokens,
+            }),
+        });
+    }
+    let has_peer = results
+        .iter()
+        .any(|p| p.peer_prefill_tok_s.is_some() || p.peer_decode_tok_s.is_some());
+    let r = BenchResult {
+        run: stamp,
+        model,
+        file_bytes,
+        backend: kind,
+        threads,
+        gen_tokens: a.gen_tokens,
+        warmup_reps: a.warmup,
+        reps: a.reps,
+        load_s,
+        seal_verify_s,
+        points: results,
+        peer_source: has_peer.then_some(report::PEER_SOURCE),
+    };
+    bench_output::print_table(&r);
+    bench_output::write_files(&a.out_dir, &r)?;
+    match levels {
+        Some(levels) => sweep(a, &r, eng.as_mut(), &m.tokenizer, m.cfg.vocab_size, &levels),
+        None => Ok(()),
+    }
+}
+
+/// Prefill and decode samples (tokens/s) at context `c`: `--warmup` untimed
+/// repetitions, then `--reps` measured ones. Greedy sequences through the
+/// daemon's decode loop (engine::sequence), through end-of-generation tokens
+/// so every run has the same length. Each phase ends with a sample, which
+/// waits for the device: prefill is the prompt's forward plus choosing the
+/// first token, a decode step one forward plus choosing the next. Sampling
+/// stays on the engine (on the GPU for cuda), so no logits cross per token.
+fn measure_point(
+    a: &BenchArgs,
+    eng: &mut dyn Engine,
+    tok: &Tokenizer,
+    vocab: usize,
+    c: usize,
+) -> Result<(Vec<f64>, Vec<f64>)> {
     let greedy = |max_tokens: usize| GenerationParams {
         max_tokens: max_tokens as u32,
         sampling: SamplingParams::GREEDY,
         seed: 0,
         stop: Vec::new(),
     };
+    let prompt = bench_sweep::synthetic_prompt(c.max(1), vocab, 0);
     let max_ctx = eng.max_context();
-    for _ in 0..a.reps {
-        // pp512, then 128 decode steps after the prompt.
-        let mut seq = Sequence::new(
-            &m.tokenizer,
-            Prompt::new(prompt.clone(), max_ctx)?,
-            greedy(a.gen_tokens + 1),
-            Discard,
-        )?
-        .ignoring_eos();
-        let (_, t) = seq.run(eng.as_mut())?;
-        pre.push(a.prompt_tokens as f64 / t.first_token.as_secs_f64().max(1e-9));
-        dec.push(a.gen_tokens as f64 / (t.end - t.first_token).as_secs_f64().max(1e-9));
-        // tg128: generation from an empty context, one token per step from position 0.
-        let mut seq = Sequence::new(
-            &m.tokenizer,
-            Prompt::new(vec![prompt[0]], max_ctx)?,
-            greedy(a.gen_tokens),
-            Discard,
-        )?
-        .ignoring_eos();
-        let (_, t) = seq.run(eng.as_mut())?;
-        dec0.push(a.gen_tokens as f64 / t.end.as_secs_f64().max(1e-9));
+    let (mut prefill, mut decode) = (Vec::new(), Vec::new());
+    for rep in 0..a.warmup + a.reps {
+        let measured = rep >= a.warmup;
+        if c == 0 {
+            // tg: one token per step from position 0.
+            let mut seq = Sequence::new(
+                tok,
+                Prompt::new(prompt.clone(), max_ctx)?,
+                greedy(a.gen_tokens),
+                Discard,
+            )?
+            .ignoring_eos();
+            let (_, t) = seq.run(eng)?;
+            if measured {
+                decode.push(a.gen_tokens as f64 / t.end.as_secs_f64().max(1e-9));
+            }
+        } else {
+            // pp of c tokens, then gen tokens decoded after it.
+            let mut seq = Sequence::new(
+                tok,
+                Prompt::new(prompt.clone(), max_ctx)?,
+                greedy(a.gen_tokens + 1),
+                Discard,
+            )?
+            .ignoring_eos();
+            let (_, t) = seq.run(eng)?;
+            if measured {
+                prefill.push(c as f64 / t.first_token.as_secs_f64().max(1e-9));
+                decode.push(a.gen_tokens as f64 / (t.end - t.first_token).as_secs_f64().max(1e-9));
+            }
+        }
     }
-    let (prefill_tok_s, decode_tok_s, decode_after_prompt_tok_s) =
-        (median(pre), median(dec0), median(dec));
-    let device = match kind {
-        BackendKind::Cpu => format!("{} ({threads} threads)", cpu_name()),
-        BackendKind::Cuda => match crate::gpu::probe(a.gpu_device) {
-            Ok(d) => format!(
-                "{} (GPU {}, cc {}.{}, driver {})",
-                d.name, d.ordinal, d.compute_capability.0, d.compute_capability.1, d.driver_version
-            ),
-            Err(_) => format!("CUDA device {}", a.gpu_device),
-        },
-    };
-    let peer = PEERS
-        .iter()
-        .find(|p| p.file_bytes == file_bytes)
-        .map(|p| PeerRatio {
-            peer: p.label,
-            measured_on: PEER_CARD,
-            peer_prefill_tok_s: p.prefill,
-            peer_decode_tok_s: p.decode,
-            prefill_ratio: prefill_tok_s / p.prefill,
-            decode_ratio: decode_tok_s / p.decode,
-        });
-    let r = BenchResult {
-        model: a
-            .model
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        file_bytes,
-        backend: kind.as_str(),
-        device,
-        threads,
-        prompt_tokens: a.prompt_tokens,
-        gen_tokens: a.gen_tokens,
-        reps: a.reps,
-        load_s,
-        seal_verify_s,
-        prefill_tok_s,
-        decode_tok_s,
-        decode_after_prompt_tok_s,
-        peer,
-    };
-    print_table(&r);
-    write_files(a, &r)?;
-    match levels {
-        Some(levels) => sweep(a, &r, eng.as_mut(), &m.tokenizer, m.cfg.vocab_size, &levels),
-        None => Ok(()),
-    }
+    Ok((prefill, decode))
 }
 
 /// The KV pool to load with: the single-sequence bench needs none beyond
@@ -301,39 +333,54 @@ fn sweep_pool_tokens(a: &BenchArgs, levels: Option<&[usize]>, need: usize) -> us
     }
 }
 
-/// The concurrency sweep on the engine the bench just measured.
+/// The concurrency sweep on the engine the bench just measured, with the
+/// peer's figure beside each level the peer ran (same card and protocol).
 fn sweep(
     a: &BenchArgs,
     r: &BenchResult,
-    eng: &mut dyn crate::engine::Engine,
-    tok: &crate::model::tokenizer::Tokenizer,
+    eng: &mut dyn Engine,
+    tok: &Tokenizer,
     vocab: usize,
     levels: &[usize],
 ) -> Result<()> {
     let cfg = bench_sweep::SweepConfig {
         prompt_tokens: a.prompt_tokens,
         gen_tokens: a.gen_tokens,
+        warmup: a.warmup,
         reps: a.reps,
         vocab,
     };
-    let summary = bench_sweep::run_sweep(eng, tok, levels, &cfg)?;
-    bench_sweep::print_table(&summary, &cfg);
+    let mut summary = bench_sweep::run_sweep(eng, tok, levels, &cfg)?;
+    for l in &mut summary {
+        let measure = Measure::Batched {
+            seqs: l.concurrency,
+            prompt: a.prompt_tokens,
+            gen: a.gen_tokens,
+        };
+        l.peer_decode_tok_s = report::peer_figure(r.backend, &r.run.device, r.file_bytes, measure);
+    }
+    bench_sweep::print_table(&summary, &cfg, &r.run);
     let report = bench_sweep::SweepReport {
+        run: &r.run,
         model: &r.model,
-        backend: r.backend,
-        device: &r.device,
+        backend: r.backend.as_str(),
         prompt_tokens: a.prompt_tokens,
         gen_tokens: a.gen_tokens,
         max_prefill: bench_sweep::MAX_PREFILL,
-        warmup_reps: 1,
+        warmup_reps: a.warmup,
         levels: &summary,
+        peer_source: summary
+            .iter()
+            .any(|l| l.peer_decode_tok_s.is_some())
+            .then_some(report::PEER_SOURCE),
     };
     let stem = format!(
         "bench-{}-{}-concurrency",
         r.model.trim_end_matches(".gguf"),
-        r.backend
+        r.backend.as_str()
     );
-    bench_sweep::write_files(&a.out_dir, &stem, &report)
+    let base = report::claim_stem(&a.out_dir, &stem, &r.run.file_time())?;
+    bench_sweep::write_files(&base, &report)
 }
 
 /// A benchmark's tokens go nowhere, and nothing stops it.
@@ -347,95 +394,6 @@ impl EventSink for Discard {
     fn token(&mut self, _index: u64, _text: String) -> Result<()> {
         Ok(())
     }
-}
-
-fn print_table(r: &BenchResult) {
-    let rows = [
-        ("model", r.model.clone()),
-        ("file size", format!("{} bytes", r.file_bytes)),
-        ("backend", r.backend.to_string()),
-        ("device", r.device.clone()),
-        ("load time", format!("{:.3} s", r.load_s)),
-        (
-            "seal verification (resident digest)",
-            format!("{:.3} s", r.seal_verify_s),
-        ),
-        (
-            &*format!("prefill ({} tokens, median of {})", r.prompt_tokens, r.reps),
-            format!("{:.1} tok/s", r.prefill_tok_s),
-        ),
-        (
-            &*format!(
-                "decode ({} tokens from an empty context, median of {})",
-                r.gen_tokens, r.reps
-            ),
-            format!("{:.1} tok/s", r.decode_tok_s),
-        ),
-        (
-            &*format!(
-                "decode ({} tokens after the {}-token prompt)",
-                r.gen_tokens, r.prompt_tokens
-            ),
-            format!("{:.1} tok/s", r.decode_after_prompt_tok_s),
-        ),
-    ]
-    .map(|(k, v)| (k.to_string(), v));
-    let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    for (k, v) in &rows {
-        println!("{k:<w$}  {v}");
-    }
-    if let Some(p) = &r.peer {
-        println!(
-            "vs {} — {}: prefill {:.0} tok/s (ours {:.4}×), decode {:.0} tok/s (ours {:.4}×)",
-            p.peer,
-            p.measured_on,
-            p.peer_prefill_tok_s,
-            p.prefill_ratio,
-            p.peer_decode_tok_s,
-            p.decode_ratio
-        );
-    }
-}
-
-fn write_files(a: &BenchArgs, r: &BenchResult) -> Result<()> {
-    let io = |e: std::io::Error| {
-        WorkerError::internal(format!(
-            "could not write results to {}: {e}",
-            a.out_dir.display()
-        ))
-    };
-    std::fs::create_dir_all(&a.out_dir).map_err(io)?;
-    let stem = format!("bench-{}-{}", r.model.trim_end_matches(".gguf"), r.backend);
-    let json = serde_json::to_string_pretty(r).map_err(|e| WorkerError::internal(e.to_string()))?;
-    std::fs::write(a.out_dir.join(format!("{stem}.json")), json + "\n").map_err(io)?;
-    let (pp, ppre, pd, rp, rd) = match &r.peer {
-        Some(p) => (
-            p.peer,
-            p.peer_prefill_tok_s.to_string(),
-            p.peer_decode_tok_s.to_string(),
-            format!("{:.6}", p.prefill_ratio),
-            format!("{:.6}", p.decode_ratio),
-        ),
-        None => (
-            "",
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-        ),
-    };
-    let csv = format!(
-        "model,file_bytes,backend,device,threads,prompt_tokens,gen_tokens,reps,load_s,seal_verify_s,prefill_tok_s,decode_tok_s,decode_after_prompt_tok_s,peer,peer_prefill_tok_s,peer_decode_tok_s,prefill_ratio,decode_ratio\n\
-         {},{},{},\"{}\",{},{},{},{},{:.4},{:.4},{:.2},{:.2},{:.2},{},{},{},{},{}\n",
-        r.model, r.file_bytes, r.backend, r.device.replace('"', "'"), r.threads, r.prompt_tokens, r.gen_tokens, r.reps,
-        r.load_s, r.seal_verify_s, r.prefill_tok_s, r.decode_tok_s, r.decode_after_prompt_tok_s, pp, ppre, pd, rp, rd
-    );
-    std::fs::write(a.out_dir.join(format!("{stem}.csv")), csv).map_err(io)?;
-    eprintln!(
-        "wrote {0}/{stem}.csv and {0}/{stem}.json",
-        a.out_dir.display()
-    );
-    Ok(())
 }
 
 #[cfg(test)]
@@ -453,5 +411,100 @@ mod tests {
             .unwrap();
         let a = BenchArgs::from_arg_matches(&m).unwrap();
         assert_eq!(a.out_dir, std::path::PathBuf::from("bench-results"));
+    }
+
+    fn args(model: &std::path::Path, out: &std::path::Path) -> BenchArgs {
+        let cmd = BenchArgs::augment_args(clap::Command::default());
+        let m = cmd
+            .try_get_matches_from([
+                "bench",
+                "--model",
+                model.to_str().unwrap(),
+                "--out-dir",
+                out.to_str().unwrap(),
+                "--prompt-tokens",
+                "16",
+                "--gen-tokens",
+                "4",
+                "--reps",
+                "2",
+                "--warmup",
+                "1",
+                "--concurrency",
+                "1,2",
+                "--threads",
+                "2",
+                "--allow-root",
+            ])
+            .unwrap();
+        BenchArgs::from_arg_matches(&m).unwrap()
+    }
+
+    /// A whole bench run on a tiny model (issue 12 point 5): every context
+    /// point has exactly --reps samples (the warm-up is not among them), a
+    /// CPU run carries no peer ratio, each run names its commit, and a
+    /// second run writes new files beside the first instead of over them.
+    #[test]
+    fn a_run_reports_its_spread_and_never_overwrites_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("tiny.gguf");
+        crate::model::test_model::write_test_model(
+            &crate::model::test_model::TestModelSpec::tiny_llama(),
+            &model,
+        )
+        .unwrap();
+        let out = dir.path().join("results");
+        for _ in 0..2 {
+            super::bench(&args(&model, &out)).expect("bench");
+        }
+        let mut files: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        let of = |suffix: &str| files.iter().filter(|f| f.ends_with(suffix)).count();
+        // Two runs × (context points + concurrency sweep) × json, csv, svg.
+        assert_eq!(
+            (of(".json"), of(".csv"), of(".svg")),
+            (4, 4, 4),
+            "{files:?}"
+        );
+        let main: Vec<&String> = files
+            .iter()
+            .filter(|f| f.ends_with(".json") && !f.contains("concurrency"))
+            .collect();
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join(main[0])).unwrap()).unwrap();
+        let contexts: Vec<u64> = r["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["context"].as_u64().unwrap())
+            .collect();
+        assert_eq!(contexts, vec![0, 4, 8, 16], "0, P/4, P/2, P");
+        for p in r["points"].as_array().unwrap() {
+            assert_eq!(p["decode_tok_s"]["samples"], 2, "warm-up excluded: {p}");
+            assert_eq!(
+                p["peer_decode_tok_s"],
+                serde_json::Value::Null,
+                "no GPU ratio on a CPU run"
+            );
+            let prefill = &p["prefill_tok_s"];
+            match p["context"].as_u64() {
+                Some(0) => assert!(prefill.is_null()),
+                _ => assert_eq!(prefill["samples"], 2),
+            }
+        }
+        assert_eq!(r["peer_source"], serde_json::Value::Null);
+        assert_eq!(r["run"]["commit"], env!("WORKER_ORCD_GIT_COMMIT"));
+        let sweep: Vec<&String> = files
+            .iter()
+            .filter(|f| f.ends_with(".json") && f.contains("concurrency"))
+            .collect();
+        let s: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join(sweep[0])).unwrap()).unwrap();
+        assert_eq!(s["levels"][1]["concurrency"], 2);
+        assert_eq!(s["levels"][1]["reps"], 2);
+        assert_eq!(s["warmup_reps"], 1);
     }
 }

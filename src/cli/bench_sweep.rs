@@ -12,8 +12,12 @@
 //! and the rest wait in order, joining as running ones leave. An engine that
 //! holds fewer than N at once (the CUDA engine holds one) therefore runs the
 //! level as admission allows, and the table says how many ran together at
-//! most. Each level runs one warm-up repetition that is not reported, then
-//! `--reps` measured ones; the table shows each figure's median over them.
+//! most. Each level runs `--warmup` repetitions that are not reported, then
+//! `--reps` measured ones; the table shows each figure's median over them,
+//! and decode tokens/s also with its mean and standard deviation. Where the
+//! peer ran the same level on the same card (llama-batched-bench, 128 + 128
+//! tokens, `../shared/GUIDE.md` §4), its figure and the ratio stand beside
+//! ours; an SVG plots decode tokens/s against concurrency.
 //!
 //! Definitions (the same in the table, the CSV and the JSON):
 //! - TTFT of a sequence: from t0 to the instant its first token is sampled,
@@ -31,6 +35,8 @@
 //!   repetitions is the nearest-rank 50th percentile, the middle one for an
 //!   odd number of repetitions.
 
+use super::bench_plot::{Panel, Series};
+use super::bench_report::RunStamp;
 use crate::engine::sched::{Batch, StepPhases};
 use crate::engine::sequence::{EventSink, GenerationParams, Prompt, Sequence};
 use crate::engine::{Engine, SamplingParams};
@@ -105,7 +111,9 @@ pub fn nearest_rank(values: &[f64], p: f64) -> Option<f64> {
 pub struct SweepConfig {
     pub prompt_tokens: usize,
     pub gen_tokens: usize,
-    /// Measured repetitions per level (one warm-up runs before them).
+    /// Untimed repetitions per level, before the measured ones.
+    pub warmup: usize,
+    /// Measured repetitions per level.
     pub reps: usize,
     pub vocab: usize,
 }
@@ -157,7 +165,13 @@ pub struct LevelSummary {
     /// Most sequences running at once (the largest seen in any repetition).
     pub max_running: usize,
     pub wall_s: f64,
+    /// Median over the repetitions; its mean and standard deviation follow.
     pub decode_tok_s: f64,
+    pub decode_tok_s_mean: f64,
+    pub decode_tok_s_std_dev: f64,
+    /// The peer's figure for this level, where it ran it on the same card
+    /// (filled in by the bench, which knows the card and file).
+    pub peer_decode_tok_s: Option<f64>,
     pub ttft_p50_ms: Option<f64>,
     pub ttft_p99_ms: Option<f64>,
     pub itl_p50_ms: Option<f64>,
@@ -168,7 +182,7 @@ pub struct LevelSummary {
     pub step_ms: [f64; 3],
 }
 
-/// Run every level: one warm-up repetition, then `cfg.reps` measured ones.
+/// Run every level: `cfg.warmup` untimed repetitions, then `cfg.reps` measured ones.
 pub fn run_sweep(
     eng: &mut dyn Engine,
     tok: &Tokenizer,
@@ -177,7 +191,9 @@ pub fn run_sweep(
 ) -> Result<Vec<LevelSummary>> {
     let mut out = Vec::with_capacity(levels.len());
     for &n in levels {
-        run_level(eng, tok, n, cfg)?;
+        for _ in 0..cfg.warmup {
+            run_level(eng, tok, n, cfg)?;
+        }
         let runs = (0..cfg.reps)
             .map(|_| run_level(eng, tok, n, cfg))
             .collect::<Result<Vec<_>>>()?;
@@ -307,20 +323,27 @@ fn summarize(n: usize, runs: &[LevelRun]) -> LevelSummary {
         let v: Option<Vec<f64>> = runs.iter().map(f).collect();
         nearest_rank(&v?, 50.0)
     };
+    let rates: Vec<f64> = runs
+        .iter()
+        .map(|r| {
+            let s = r.decode_phase.as_secs_f64();
+            if s > 0.0 {
+                r.decode_tokens as f64 / s
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let decode = super::bench_report::Stats::of(&rates);
     LevelSummary {
         concurrency: n,
         reps: runs.len(),
         max_running: runs.iter().map(|r| r.max_running).max().unwrap_or(0),
         wall_s: med(&|r| Some(r.wall.as_secs_f64())).unwrap_or(0.0),
-        decode_tok_s: med(&|r| {
-            let s = r.decode_phase.as_secs_f64();
-            Some(if s > 0.0 {
-                r.decode_tokens as f64 / s
-            } else {
-                0.0
-            })
-        })
-        .unwrap_or(0.0),
+        decode_tok_s: decode.map_or(0.0, |d| d.median),
+        decode_tok_s_mean: decode.map_or(0.0, |d| d.mean),
+        decode_tok_s_std_dev: decode.map_or(0.0, |d| d.std_dev),
+        peer_decode_tok_s: None,
         ttft_p50_ms: med(&|r| nearest_rank(&ms(&r.ttft), 50.0)),
         ttft_p99_ms: med(&|r| nearest_rank(&ms(&r.ttft), 99.0)),
         itl_p50_ms: med(&|r| nearest_rank(&ms(&r.itl), 50.0)),
@@ -348,19 +371,21 @@ pub fn csv_cell(v: Option<f64>) -> String {
 }
 
 /// Print the sweep's table, with a note on levels that waited for admission.
-pub fn print_table(levels: &[LevelSummary], cfg: &SweepConfig) {
+pub fn print_table(levels: &[LevelSummary], cfg: &SweepConfig, run: &RunStamp) {
     println!();
     println!(
         "concurrency sweep: {} prompt + {} generated tokens per sequence, all submitted at once, \
-         prefill chunks of {MAX_PREFILL}, median of {} (after one warm-up)",
-        cfg.prompt_tokens, cfg.gen_tokens, cfg.reps
+         prefill chunks of {MAX_PREFILL}, median of {} after {} warm-up",
+        cfg.prompt_tokens, cfg.gen_tokens, cfg.reps, cfg.warmup
     );
+    println!("{}", run.line());
     println!(
-        "{:>6} {:>11} {:>9} {:>13} {:>13} {:>13} {:>12} {:>12} {:>24}",
+        "{:>6} {:>11} {:>9} {:>24} {:>18} {:>13} {:>13} {:>12} {:>12} {:>24}",
         "seqs",
         "max running",
         "wall s",
-        "decode tok/s",
+        "decode tok/s (mean ± sd)",
+        "peer decode",
         "TTFT p50 ms",
         "TTFT p99 ms",
         "ITL p50 ms",
@@ -369,12 +394,20 @@ pub fn print_table(levels: &[LevelSummary], cfg: &SweepConfig) {
     );
     for l in levels {
         let [enq, select, host] = l.step_ms;
+        let peer = l.peer_decode_tok_s.map_or_else(
+            || "-".to_string(),
+            |p| format!("{p:.0} ({:.2}x)", l.decode_tok_s / p),
+        );
         println!(
-            "{:>6} {:>11} {:>9.3} {:>13.1} {:>13} {:>13} {:>12} {:>12} {:>24}",
+            "{:>6} {:>11} {:>9.3} {:>24} {:>18} {:>13} {:>13} {:>12} {:>12} {:>24}",
             l.concurrency,
             l.max_running,
             l.wall_s,
-            l.decode_tok_s,
+            format!(
+                "{:.1} ({:.1} ± {:.1})",
+                l.decode_tok_s, l.decode_tok_s_mean, l.decode_tok_s_std_dev
+            ),
+            peer,
             cell(l.ttft_p50_ms, 2),
             cell(l.ttft_p99_ms, 2),
             cell(l.itl_p50_ms, 3),
@@ -389,48 +422,93 @@ pub fn print_table(levels: &[LevelSummary], cfg: &SweepConfig) {
             l.max_running, l.concurrency
         );
     }
+    if levels.iter().any(|l| l.peer_decode_tok_s.is_some()) {
+        println!("peer: {}", super::bench_report::PEER_SOURCE);
+    }
 }
 
 /// Everything the sweep's JSON file holds.
 #[derive(Debug, Serialize)]
 pub struct SweepReport<'a> {
+    pub run: &'a RunStamp,
     pub model: &'a str,
     pub backend: &'a str,
-    pub device: &'a str,
     pub prompt_tokens: usize,
     pub gen_tokens: usize,
     pub max_prefill: usize,
     pub warmup_reps: usize,
     pub levels: &'a [LevelSummary],
+    pub peer_source: Option<&'static str>,
 }
 
-/// Write `<stem>.csv` and `<stem>.json` into `dir`.
-pub fn write_files(dir: &Path, stem: &str, r: &SweepReport<'_>) -> Result<()> {
-    let io = |e: std::io::Error| {
-        WorkerError::internal(format!("could not write results to {}: {e}", dir.display()))
+/// Decode tokens/s against the number of sequences, ours and the peer's.
+pub fn plot(r: &SweepReport<'_>) -> String {
+    let ours = Series {
+        name: "worker-orcd".into(),
+        points: r
+            .levels
+            .iter()
+            .map(|l| (l.concurrency as f64, l.decode_tok_s))
+            .collect(),
     };
-    std::fs::create_dir_all(dir).map_err(io)?;
+    let peer = Series {
+        name: "llama.cpp (same card)".into(),
+        points: r
+            .levels
+            .iter()
+            .filter_map(|l| Some((l.concurrency as f64, l.peer_decode_tok_s?)))
+            .collect(),
+    };
+    let mut series = vec![ours];
+    if !peer.points.is_empty() {
+        series.push(peer);
+    }
+    super::bench_plot::svg(&[Panel {
+        title: format!(
+            "decode, all sequences together: {} on {}",
+            r.model, r.backend
+        ),
+        x_label: format!(
+            "sequences at once ({} + {} tokens each)",
+            r.prompt_tokens, r.gen_tokens
+        ),
+        y_label: "tokens/s (median)".into(),
+        series,
+    }])
+}
+
+/// Write `<base>.json`, `<base>.csv` and `<base>.svg` (the base from
+/// [`super::bench_report::claim_stem`], so no earlier run is overwritten).
+pub fn write_files(base: &Path, r: &SweepReport<'_>) -> Result<()> {
+    use super::bench_report::write_beside;
     let json = serde_json::to_string_pretty(r).map_err(|e| WorkerError::internal(e.to_string()))?;
-    std::fs::write(dir.join(format!("{stem}.json")), json + "\n").map_err(io)?;
+    write_beside(base, "json", &(json + "\n"))?;
     let mut csv = String::from(
-        "model,backend,device,prompt_tokens,gen_tokens,max_prefill,concurrency,reps,max_running,\
-         wall_s,decode_tok_s,ttft_p50_ms,ttft_p99_ms,itl_p50_ms,itl_p99_ms,\
-         step_enqueue_ms,step_select_ms,step_host_ms\n",
+        "timestamp,commit,source_sha256,model,backend,device,prompt_tokens,gen_tokens,max_prefill,warmup_reps,\
+         concurrency,reps,max_running,wall_s,decode_tok_s,decode_tok_s_mean,decode_tok_s_std_dev,peer_decode_tok_s,\
+         ttft_p50_ms,ttft_p99_ms,itl_p50_ms,itl_p99_ms,step_enqueue_ms,step_select_ms,step_host_ms\n",
     );
     for l in r.levels {
         csv += &format!(
-            "{},{},\"{}\",{},{},{},{},{},{},{:.4},{:.2},{},{},{},{},{:.4},{:.4},{:.4}\n",
+            "{},{},{},{},{},\"{}\",{},{},{},{},{},{},{},{:.4},{:.2},{:.2},{:.2},{},{},{},{},{},{:.4},{:.4},{:.4}\n",
+            r.run.timestamp,
+            r.run.commit,
+            r.run.source_sha256,
             r.model,
             r.backend,
-            r.device.replace('"', "'"),
+            r.run.device.replace('"', "'"),
             r.prompt_tokens,
             r.gen_tokens,
             r.max_prefill,
+            r.warmup_reps,
             l.concurrency,
             l.reps,
             l.max_running,
             l.wall_s,
             l.decode_tok_s,
+            l.decode_tok_s_mean,
+            l.decode_tok_s_std_dev,
+            csv_cell(l.peer_decode_tok_s),
             csv_cell(l.ttft_p50_ms),
             csv_cell(l.ttft_p99_ms),
             csv_cell(l.itl_p50_ms),
@@ -440,8 +518,9 @@ pub fn write_files(dir: &Path, stem: &str, r: &SweepReport<'_>) -> Result<()> {
             l.step_ms[2]
         );
     }
-    std::fs::write(dir.join(format!("{stem}.csv")), csv).map_err(io)?;
-    eprintln!("wrote {0}/{stem}.csv and {0}/{stem}.json", dir.display());
+    write_beside(base, "csv", &csv)?;
+    write_beside(base, "svg", &plot(r))?;
+    eprintln!("wrote {}.json, .csv and .svg", base.display());
     Ok(())
 }
 

@@ -81,6 +81,7 @@ fn cfg(reps: usize) -> SweepConfig {
     SweepConfig {
         prompt_tokens: PROMPT,
         gen_tokens: GEN,
+        warmup: 1,
         reps,
         vocab: 512,
     }
@@ -157,29 +158,39 @@ fn results_are_written_as_csv_and_json() {
         max_running: 2,
         wall_s: 0.5,
         decode_tok_s: 100.0,
+        decode_tok_s_mean: 101.0,
+        decode_tok_s_std_dev: 2.5,
+        peer_decode_tok_s: Some(200.0),
         ttft_p50_ms: Some(1.0),
         ttft_p99_ms: Some(2.0),
         itl_p50_ms: None,
         itl_p99_ms: None,
         step_ms: [0.5, 1.25, 0.25],
     }];
+    let run = RunStamp {
+        timestamp: "2026-12-04T00:00:00.000Z".into(),
+        commit: "abc",
+        source_sha256: "def",
+        device: "a \"CPU\"".into(),
+    };
     let r = SweepReport {
+        run: &run,
         model: "m.gguf",
         backend: "cpu",
-        device: "a \"CPU\"",
         prompt_tokens: 4,
         gen_tokens: 1,
         max_prefill: MAX_PREFILL,
         warmup_reps: 1,
         levels: &levels,
+        peer_source: None,
     };
-    write_files(dir.path(), "s", &r).expect("write");
+    write_files(&dir.path().join("s"), &r).expect("write");
     let csv = std::fs::read_to_string(dir.path().join("s.csv")).expect("csv");
     let rows: Vec<&str> = csv.lines().collect();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0].split(',').count(), rows[1].split(',').count());
     assert!(
-        rows[1].ends_with(",1.0000,2.0000,,,0.5000,1.2500,0.2500"),
+        rows[1].ends_with(",100.00,101.00,2.50,200.0000,1.0000,2.0000,,,0.5000,1.2500,0.2500"),
         "{}",
         rows[1]
     );
@@ -189,4 +200,7 @@ fn results_are_written_as_csv_and_json() {
     assert_eq!(json["levels"][0]["itl_p50_ms"], serde_json::Value::Null);
     assert_eq!(json["levels"][0]["max_running"], 2);
     assert_eq!(json["levels"][0]["step_ms"][1], 1.25);
+    assert_eq!(json["run"]["commit"], "abc");
+    let svg = std::fs::read_to_string(dir.path().join("s.svg")).expect("svg");
+    assert_eq!(svg.matches("<polyline").count(), 2, "ours and the peer's");
 }

@@ -1,6 +1,9 @@
 //! Commands for people and scripts besides the daemon itself.
 pub mod bench;
 pub mod bench_auth;
+pub mod bench_output;
+pub mod bench_plot;
+pub mod bench_report;
 pub mod bench_sweep;
 pub mod generate;
 pub mod loadgen;
