@@ -3,6 +3,10 @@
 //! crate; the worker prints it with `worker-orcd build-info`, and the BDD
 //! harness refuses a worker whose hash differs from its own.
 //!
+//! `WORKER_ORCD_NUMERICS_SOURCES_SHA256` hashes the subset of the sources
+//! whose arithmetic decides the tokens (`source_hash::NUMERICS_INPUTS`), the
+//! build half of the numerics version (`engine::numerics`, issue 12 point 2).
+//!
 //! It exports `WORKER_ORCD_GIT_COMMIT` too (the checkout's HEAD, or
 //! "unknown" outside git), which `bench` writes beside every figure (issue 12
 //! point 5); the source hash above stays the exact name of the sources.
@@ -30,6 +34,9 @@ fn main() {
     );
     let hash = source_hash::source_sha256(&root).expect("hash the crate's sources");
     println!("cargo:rustc-env=WORKER_ORCD_SOURCE_SHA256={hash}");
+    let numerics = source_hash::sha256_under(&root, source_hash::NUMERICS_INPUTS)
+        .expect("hash the sources that decide the numerics");
+    println!("cargo:rustc-env=WORKER_ORCD_NUMERICS_SOURCES_SHA256={numerics}");
     for i in source_hash::INPUTS {
         println!("cargo:rerun-if-changed={i}");
     }

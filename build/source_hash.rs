@@ -25,6 +25,13 @@ pub const INPUTS: &[&str] = &[
     "docs/openapi.json",
 ];
 
+/// The sources whose arithmetic decides a worker's tokens (issue 12 point
+/// 2): the kernels, their launchers, the engines and the sampler, the model
+/// readers (dequantization, tokenizer) and the locked dependencies. Their
+/// hash is part of the numerics version; broader than strictly needed, so
+/// the version may change without the numbers changing, never the reverse.
+pub const NUMERICS_INPUTS: &[&str] = &["cuda", "src/gpu", "src/engine", "src/model", "Cargo.lock"];
+
 fn skipped(name: &str) -> bool {
     name.starts_with('.')
         || name.ends_with('~')
@@ -51,10 +58,10 @@ fn collect(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<(
     Ok(())
 }
 
-/// The files that feed the hash, relative to `root`, sorted.
-pub fn input_files(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// The files under `inputs` (relative to `root`), sorted.
+pub fn files_under(root: &Path, inputs: &[&str]) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
-    for i in INPUTS {
+    for i in inputs {
         if root.join(i).exists() {
             collect(root, Path::new(i), &mut files)?;
         }
@@ -72,8 +79,14 @@ fn rel_name(p: &Path) -> String {
 
 /// Lower-case hex SHA-256 over the inputs under `root`.
 pub fn source_sha256(root: &Path) -> std::io::Result<String> {
+    sha256_under(root, INPUTS)
+}
+
+/// Lower-case hex SHA-256 over the files under `inputs`, each as its
+/// relative path, a NUL, its length (8 bytes, little-endian) and its bytes.
+pub fn sha256_under(root: &Path, inputs: &[&str]) -> std::io::Result<String> {
     let mut h = Sha256::new();
-    for f in input_files(root)? {
+    for f in files_under(root, inputs)? {
         let bytes = std::fs::read(root.join(&f))?;
         h.update(rel_name(&f).as_bytes());
         h.update([0u8]);

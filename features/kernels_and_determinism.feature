@@ -54,6 +54,13 @@ Feature: Inference kernels and determinism
     Then the end event's finish_reason is "length"
     And generate printed exactly the stream's text and counted its tokens and finish reason
 
+  @WORKER-4710
+  Scenario: The worker names its numerics version where streams are compared
+    Given a worker serving the tiny test model
+    When I execute "Hello" with seed 0, temperature 0 and max_tokens 2
+    Then the started event and /worker/ready name the same numerics version
+    And that numerics version is the one this checkout's sources give for the backend, as build-info prints it
+
   @WORKER-4710 @snapshot
   Scenario: The greedy stream of the tiny test model matches its reviewed snapshot
     Given a worker serving the tiny test model

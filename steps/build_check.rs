@@ -14,7 +14,7 @@
 //!   and the run says that the checkout check was not made.
 
 #[path = "../build/source_hash.rs"]
-mod source_hash;
+pub mod source_hash;
 
 use std::path::Path;
 

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod model_files;
 pub mod models;
 pub mod mutant;
+pub mod numerics;
 pub mod plan_memory;
 pub mod process;
 pub mod procfs;

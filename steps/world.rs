@@ -201,6 +201,8 @@ pub struct World {
     pub plan_answers: Vec<crate::steps::model_files::PlanAnswer>,
     /// The worker log's size when a step noted it (steps/access_log.rs).
     pub log_bytes_before: Option<u64>,
+    /// The numerics version /worker/ready reported (steps/numerics.rs).
+    pub numerics_version: Option<String>,
 }
 
 impl std::fmt::Debug for World {
@@ -273,6 +275,7 @@ impl World {
             raw_answer: None,
             plan_answers: Vec::new(),
             log_bytes_before: None,
+            numerics_version: None,
         })
     }
 

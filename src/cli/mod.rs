@@ -12,7 +12,10 @@ pub mod make_model;
 
 /// What `worker-orcd build-info` prints: the version, the features compiled in
 /// (`test-hooks` or none) and the SHA-256 of the sources (build.rs), so a test
-/// harness can refuse a binary built without its hooks or from other sources.
+/// harness can refuse a binary built without its hooks or from other sources;
+/// the commit; and the numerics version (`engine::numerics`): the CPU
+/// backend's in full, the CUDA backend's build half (its device half is
+/// known once a GPU is open).
 pub fn build_info() -> String {
     let features = if cfg!(feature = "test-hooks") {
         "test-hooks"
@@ -20,8 +23,13 @@ pub fn build_info() -> String {
         "none"
     };
     format!(
-        "version: {}\nfeatures: {features}\nsource-sha256: {}\n",
+        "version: {}\nfeatures: {features}\nsource-sha256: {}\ncommit: {}\n\
+         numerics-sources-sha256: {}\nnumerics-version-cpu: {}\n\
+         numerics-version-cuda: set at start from the device (architecture, NVRTC, cuBLAS, prefill GEMM mode); /worker/ready shows it\n",
         env!("CARGO_PKG_VERSION"),
-        env!("WORKER_ORCD_SOURCE_SHA256")
+        env!("WORKER_ORCD_SOURCE_SHA256"),
+        env!("WORKER_ORCD_GIT_COMMIT"),
+        crate::engine::numerics::SOURCES_SHA256,
+        crate::engine::numerics::NumericsKey::cpu(crate::engine::cpu::CPU_PREFILL_CHUNK).version(),
     )
 }

@@ -53,6 +53,9 @@ pub struct LoadedModel {
     pub memory: MemoryReport,
     /// Tokens one sequence may hold (prompt + generated), planned at load.
     pub max_context: usize,
+    /// The engine's numerics version (`engine::numerics`): streams are
+    /// promised identical only between workers that report the same one.
+    pub numerics_version: String,
     /// Digest of the file's tensor data (`shard::digest` over the GGUF data
     /// section): what the resident bytes must equal before any seal (4113).
     pub data_digest: [u8; 32],

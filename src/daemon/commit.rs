@@ -237,6 +237,7 @@ pub fn load(
         vram_bytes = memory.total(), worker_id = %cfg.worker_id, gpu_device = cfg.gpu_device
     );
     let max_context = engine.max_context();
+    let numerics_version = engine.numerics().version();
     let (file_sha256, file_len, identity) = (g.file_sha256, g.file_len, g.identity());
     let scan = identity.map(|id| (id, Arc::new(g.into_header())));
     let model = LoadedModel {
@@ -249,6 +250,7 @@ pub fn load(
         ecp: serde_json::to_value(&ecp).unwrap_or_default(),
         memory,
         max_context,
+        numerics_version,
         data_digest: expected,
         handle: RwLock::new(handle),
         retired: Default::default(),

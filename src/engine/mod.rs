@@ -20,6 +20,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod kernels;
 pub mod kv;
+pub mod numerics;
 pub mod rng;
 pub mod sampler;
 pub mod sched;
@@ -137,6 +138,10 @@ pub trait Engine: Send {
     /// feeds prompts in chunks of this size from the request's own start,
     /// so a prompt is split the same way alone, batched or interrupted.
     fn prefill_chunk(&self) -> usize;
+
+    /// What decides this engine's arithmetic besides the sources; its
+    /// `version()` is the numerics version the worker reports.
+    fn numerics(&self) -> numerics::NumericsKey;
 
     /// Admit a sequence that may hold up to `positions` tokens (prompt +
     /// output) and reserve its pages now: INVALID_PARAMS when it can never

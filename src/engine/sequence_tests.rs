@@ -75,6 +75,9 @@ impl Engine for Scripted {
     fn prefill_chunk(&self) -> usize {
         PREFILL_CHUNK
     }
+    fn numerics(&self) -> crate::engine::numerics::NumericsKey {
+        crate::engine::numerics::NumericsKey::cpu(PREFILL_CHUNK)
+    }
     // The decode loop drives one admitted sequence through the batched calls.
     fn admit(&mut self, positions: usize) -> Result<crate::engine::batch::SeqSlot> {
         self.admitted.push(positions);

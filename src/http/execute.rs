@@ -141,6 +141,7 @@ async fn admit(app: &Arc<AppState>, caller: Caller, cid: CorrelationId, body: Bo
         "job_id": job_id,
         "queue_position": queue_position,
         "predicted_start_ms": predicted_start_ms,
+        "numerics_version": model.numerics_version,
     });
     let stream = sse_stream(started, rx, Arc::clone(&ctl));
     let mut resp = Sse::new(stream)

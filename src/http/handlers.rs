@@ -192,11 +192,13 @@ async fn hash_upload(
 
 /// WORKER-4230–4232: ready is false unless serving with a sealed shard.
 pub async fn ready(State(app): State<Arc<AppState>>) -> Response {
-    let handles: Vec<_> = app.model.get().map(|m| m.handle()).into_iter().collect();
+    let model = app.model.get();
+    let handles: Vec<_> = model.map(|m| m.handle()).into_iter().collect();
     Json(json!({
         "ready": app.is_ready(),
         "state": app.lifecycle().as_str(),
         "handles": handles,
+        "numerics_version": model.map(|m| m.numerics_version.as_str()),
         "nccl_group_id": null,
         "capacity": app.scheduler.capacity(),
     }))

@@ -352,7 +352,7 @@ fn mats(l: &LayerWeights) -> impl Iterator<Item = &TensorRef> {
 /// disconnected prompt frees its pages quickly and running streams wait at
 /// most that long for a newcomer's chunk. The arithmetic does not depend on
 /// the chunk (`batch_tests`).
-const CPU_PREFILL_CHUNK: usize = 64;
+pub const CPU_PREFILL_CHUNK: usize = 64;
 
 impl Engine for CpuEngine {
     fn backend(&self) -> BackendKind {
@@ -400,6 +400,10 @@ impl Engine for CpuEngine {
 
     fn prefill_chunk(&self) -> usize {
         CPU_PREFILL_CHUNK
+    }
+
+    fn numerics(&self) -> crate::engine::numerics::NumericsKey {
+        crate::engine::numerics::NumericsKey::cpu(CPU_PREFILL_CHUNK)
     }
 
     fn admit(&mut self, positions: usize) -> Result<SeqSlot> {

@@ -531,6 +531,36 @@ impl Engine for CudaEngine {
         self.chunk
     }
 
+    /// The device's part: the architecture the kernels were compiled for,
+    /// the compiler, the cuBLAS libraries (they run the prefill GEMM) and the
+    /// prefill GEMM mode.
+    fn numerics(&self) -> crate::engine::numerics::NumericsKey {
+        let info = self.gpu.info();
+        let mut device = vec![
+            format!(
+                "arch=sm_{}{}",
+                info.compute_capability.0, info.compute_capability.1
+            ),
+            format!("nvrtc={}", info.nvrtc_version),
+            format!(
+                "prefill_gemm={}",
+                if self.tf32x3 { "tf32x3" } else { "f32" }
+            ),
+        ];
+        device.extend(
+            info.libraries
+                .iter()
+                .map(|l| l.rsplit('/').next().unwrap_or(l))
+                .filter(|name| name.contains("cublas"))
+                .map(|name| format!("library={name}")),
+        );
+        crate::engine::numerics::NumericsKey {
+            backend: BackendKind::Cuda,
+            prefill_chunk: self.chunk,
+            device,
+        }
+    }
+
     fn admit(&mut self, positions: usize) -> Result<SeqSlot> {
         check_admission(positions, self.max_ctx)?;
         // The lowest free slot, so slot ids depend only on the engine's history.
