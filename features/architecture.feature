@@ -140,6 +140,22 @@ Feature: Architecture and process model
     And the worker exits with code 4 within 15 seconds
     And the readiness callback received a "stopped" status with error code "CUDA_ERROR"
 
+  # The step watchdog (issue 12): a step that never returns, as a hung
+  # kernel would, is noticed within step_timeout_ms; the engine thread is
+  # stuck, so the watchdog ends the jobs and stops the worker itself.
+  @WORKER-4032 @WORKER-4960 @WORKER-4961 @serial
+  Scenario: An engine step that hangs past step_timeout_ms fails the job with ENGINE_HUNG and stops the worker
+    Given a worker configured for the tiny test model
+    And the configuration sets "step_timeout_ms" to 1000
+    When the worker is started
+    And I make the next engine step hang for 60000 ms
+    And I execute "Hello" with max_tokens 4
+    Then the stream ends with an "error" event with code "ENGINE_HUNG"
+    When I GET "/health" without a token
+    Then the response status is 503
+    And the worker exits with code 4 within 15 seconds
+    And the readiness callback received a "stopped" status with error code "ENGINE_HUNG"
+
   @KERNEL-SAFE-004 @gpu @serial
   Scenario: A device error injected on the GPU fails the job with CUDA_ERROR and stops the worker
     Given a worker serving the tiny test model

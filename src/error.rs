@@ -64,6 +64,10 @@ pub enum WorkerError {
     /// A CUDA driver, NVRTC, cuBLAS or kernel-launch failure.
     #[error("{message}")]
     CudaError { message: String },
+    /// An engine step ran past `step_timeout_ms`: the GPU or the engine is
+    /// hung (the watchdog, `daemon::watchdog`).
+    #[error("{message}")]
+    EngineHung { message: String },
     /// The resident model bytes no longer match their seal.
     #[error("{message}")]
     SealVerificationFailed { message: String },
@@ -124,6 +128,7 @@ impl WorkerError {
             Self::VramOom { .. } => "VRAM_OOM",
             Self::HostOom { .. } => "HOST_OOM",
             Self::CudaError { .. } => "CUDA_ERROR",
+            Self::EngineHung { .. } => "ENGINE_HUNG",
             Self::SealVerificationFailed { .. } => "SEAL_VERIFICATION_FAILED",
             Self::Busy { .. } => "WORKER_BUSY",
             Self::Unavailable { .. } => "WORKER_UNAVAILABLE",
@@ -152,6 +157,7 @@ impl WorkerError {
         "VRAM_OOM",
         "HOST_OOM",
         "CUDA_ERROR",
+        "ENGINE_HUNG",
         "SEAL_VERIFICATION_FAILED",
         "WORKER_BUSY",
         "WORKER_UNAVAILABLE",
@@ -180,6 +186,7 @@ impl WorkerError {
             Self::VramOom { .. } => 507,
             Self::HostOom { .. } => 507,
             Self::CudaError { .. } => 500,
+            Self::EngineHung { .. } => 500,
             Self::SealVerificationFailed { .. } => 500,
             Self::Busy { .. } => 429,
             Self::Unavailable { .. } => 503,
@@ -217,7 +224,7 @@ impl WorkerError {
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            Self::CudaError { .. } | Self::SealVerificationFailed { .. }
+            Self::CudaError { .. } | Self::EngineHung { .. } | Self::SealVerificationFailed { .. }
         )
     }
 
@@ -239,6 +246,7 @@ impl WorkerError {
             | Self::VramOom { message }
             | Self::HostOom { message }
             | Self::CudaError { message }
+            | Self::EngineHung { message }
             | Self::SealVerificationFailed { message }
             | Self::Busy { message, .. }
             | Self::Unavailable { message, .. }

@@ -42,6 +42,22 @@ async fn inject_device(w: &mut World) {
     );
 }
 
+#[when(regex = r"^I make the next engine step hang for (\d+) ms$")]
+async fn inject_hang(w: &mut World, ms: u64) {
+    let r = send(
+        w,
+        "POST",
+        "/debug/fault",
+        Some(json!({"kind": "hang_next_step", "ms": ms}).to_string()),
+        Auth::Token,
+    )
+    .await;
+    w.check(
+        r.status == 200,
+        format!("POST /debug/fault answered {}: {}", r.status, r.text),
+    );
+}
+
 #[then("the worker no longer reports ready")]
 async fn not_ready(w: &mut World) {
     let url = format!("{}/worker/ready", w.base_url());

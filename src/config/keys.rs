@@ -88,6 +88,7 @@ pub const KEYS: &[KeyDef] = &[
         None,
         false,
     ),
+    key("step_timeout_ms", "--step-timeout-ms", None, false),
     key("drain_timeout_ms", "--drain-timeout-ms", None, false),
     key("max_body_bytes", "--max-body-bytes", None, false),
     key("max_model_bytes", "--max-model-bytes", None, false),
@@ -373,7 +374,7 @@ pub fn env_layer(lookup: Lookup<'_>) -> Result<Layer, ConfigError> {
 /// The flag layer: every flag that was given.
 pub fn flag_layer(a: &KeyFlags) -> Layer {
     let mut layer = Layer::default();
-    let given: [(&'static str, &Option<String>); 37] = [
+    let given: [(&'static str, &Option<String>); 38] = [
         ("worker_id", &a.worker_id),
         ("pool_id", &a.pool_id),
         ("model_path", &a.model_path),
@@ -398,6 +399,7 @@ pub fn flag_layer(a: &KeyFlags) -> Layer {
         ("max_prompt_len", &a.max_prompt_len),
         ("max_context", &a.max_context),
         ("execution_timeout_ms", &a.execution_timeout_ms),
+        ("step_timeout_ms", &a.step_timeout_ms),
         ("drain_timeout_ms", &a.drain_timeout_ms),
         ("max_body_bytes", &a.max_body_bytes),
         ("max_model_bytes", &a.max_model_bytes),

@@ -140,6 +140,10 @@ pub struct KeyFlags {
     /// Execution timeout per job in ms, 100..=86400000 (default 300000).
     #[arg(long, value_name = "MS")]
     pub execution_timeout_ms: Option<String>,
+    /// Longest one engine step may run before the watchdog declares the
+    /// engine hung and stops the worker, 100..=3600000 ms (default 60000).
+    #[arg(long, value_name = "MS")]
+    pub step_timeout_ms: Option<String>,
     /// How long SIGTERM waits for the in-flight job, in ms, 0..=3600000 (default 30000).
     #[arg(long, value_name = "MS")]
     pub drain_timeout_ms: Option<String>,
@@ -229,6 +233,9 @@ pub struct Config {
     pub max_prompt_len: usize,
     pub max_context: usize,
     pub execution_timeout_ms: u64,
+    /// The watchdog's bound on one engine step (issue 12, "Bad input and
+    /// failure"): past it the engine counts as hung (`daemon::watchdog`).
+    pub step_timeout_ms: u64,
     pub drain_timeout_ms: u64,
     pub max_body_bytes: usize,
     pub max_model_bytes: u64,
@@ -443,6 +450,7 @@ fn build(m: &Layer, lookup: env::Lookup<'_>) -> Result<Config, ConfigError> {
     )? as usize;
     let execution_timeout_ms = keys::uint(m, "execution_timeout_ms", 100, 86_400_000, 300_000)?;
     let drain_timeout_ms = keys::uint(m, "drain_timeout_ms", 0, 3_600_000, 30_000)?;
+    let step_timeout_ms = keys::uint(m, "step_timeout_ms", 100, 3_600_000, 60_000)?;
     let max_body_bytes = keys::uint(m, "max_body_bytes", 1024, 64 << 20, 1 << 20)? as usize;
     let max_model_bytes = keys::uint(m, "max_model_bytes", 1, 10_000_000_000_000, 100_000_000_000)?;
 
@@ -533,6 +541,7 @@ fn build(m: &Layer, lookup: env::Lookup<'_>) -> Result<Config, ConfigError> {
         max_prompt_len,
         max_context,
         execution_timeout_ms,
+        step_timeout_ms,
         drain_timeout_ms,
         max_body_bytes,
         max_model_bytes,

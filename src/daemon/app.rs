@@ -136,6 +136,8 @@ pub struct AppState {
     pub model: OnceLock<Arc<LoadedModel>>,
     pub engine: OnceLock<EngineHandle>,
     pub fatal: FatalTx,
+    /// When the engine's current step began (the step watchdog reads it).
+    pub step_clock: super::watchdog::StepClock,
     /// Budgets of the log lines clients can cause (access lines).
     pub log_limit: crate::telemetry::log_limit::LogLimiter,
     /// Model files Plan has read, by identity; one read at a time.

@@ -103,7 +103,10 @@ impl<'t> Server<'t> {
                 }
                 continue;
             }
+            // The watchdog bounds the step (daemon::watchdog).
+            self.app.step_clock.begin();
             let left = self.batch.step(engine);
+            self.app.step_clock.end();
             // The pages of departed jobs are back: say so before their last events.
             super::engine_thread::publish_kv(self.app, engine);
             let mut fatal = None;

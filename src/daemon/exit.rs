@@ -8,7 +8,7 @@
 //! | 1 | internal error (a bug) | restart with backoff |
 //! | 2 | invalid configuration, credentials or privileges | fix config; do not restart blindly |
 //! | 3 | model load failed (file, GGUF, MCD/ECP, memory, signature) | fix the model or the plan |
-//! | 4 | CUDA / device error | restart; check the GPU |
+//! | 4 | CUDA / device error, or an engine step hung past `step_timeout_ms` | restart; check the GPU |
 //! | 5 | seal verification failed (resident bytes changed) | restart; investigate the host |
 //! | 6 | drain timeout or forced shutdown (second signal) | none; the job was cut short |
 //! | 7 | restart circuit breaker tripped: 5 starts of this worker_id in 5 minutes (4963) | do not restart; find the real error in the earlier starts' logs |
@@ -35,7 +35,7 @@ pub fn for_error(e: &WorkerError) -> u8 {
         | WorkerError::HostOom { .. }
         | WorkerError::VramOom { .. }
         | WorkerError::ModelConflict { .. } => MODEL_LOAD,
-        WorkerError::CudaError { .. } => DEVICE,
+        WorkerError::CudaError { .. } | WorkerError::EngineHung { .. } => DEVICE,
         WorkerError::SealVerificationFailed { .. } => SEAL,
         WorkerError::InvalidParams { .. }
         | WorkerError::AuthFailed { .. }

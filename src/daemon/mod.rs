@@ -29,6 +29,7 @@ pub mod model_scans;
 pub mod models;
 pub mod scheduler;
 pub mod state;
+pub mod watchdog;
 
 use crate::config::{Config, ServeArgs};
 use crate::error::WorkerError;
@@ -292,6 +293,7 @@ pub fn new_app(
         model: Default::default(),
         engine: Default::default(),
         fatal,
+        step_clock: Default::default(),
         scans: Default::default(),
         log_limit: Default::default(),
         #[cfg(feature = "test-hooks")]
@@ -333,6 +335,7 @@ pub fn start_serving(
     let _ = app.model.set(Arc::clone(&model));
     let handle = EngineHandle::spawn(Arc::clone(app), engine)?;
     let _ = app.engine.set(handle);
+    watchdog::spawn(Arc::clone(app));
     set_state(app, Lifecycle::Ready);
     let body = serde_json::json!({
         "worker_id": app.cfg.worker_id,

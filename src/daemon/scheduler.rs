@@ -49,9 +49,41 @@ pub struct JobCtl {
     /// count a cancel reports is exactly the number of token events the
     /// client will ever receive (4252).
     pub tokens_sent: Mutex<u64>,
+    /// Set when the worker ends the job from outside the engine thread
+    /// (the step watchdog, while that thread is stuck in a step); the
+    /// stream waits on `failed_wake` as well as on the engine's events.
+    failed: Mutex<Option<WorkerError>>,
+    failed_wake: tokio::sync::Notify,
 }
 
 impl JobCtl {
+    /// End the job with `e` from outside the engine thread: its stream
+    /// sends `e` as its last event as soon as it has sent what the engine
+    /// had already queued. The first failure wins.
+    pub fn fail(&self, e: &WorkerError) {
+        let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            *f = Some(e.clone());
+            // A stored permit: a stream that starts waiting later still wakes.
+            self.failed_wake.notify_one();
+        }
+    }
+
+    /// Resolves with the error once [`JobCtl::fail`] was called.
+    pub async fn failure(&self) -> WorkerError {
+        loop {
+            if let Some(e) = self
+                .failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+            {
+                return e;
+            }
+            self.failed_wake.notified().await;
+        }
+    }
+
     pub fn is_cancelled(&self) -> bool {
         let cancelled = self.cancel.load(Ordering::SeqCst);
         if cancelled && crate::mutants::active(crate::mutants::Mutant::CancelLagsFiveSteps) {
@@ -203,6 +235,8 @@ impl Scheduler {
             started: Instant::now(),
             lagged_checks: AtomicU32::new(0),
             tokens_sent: Mutex::new(0),
+            failed: Mutex::new(None),
+            failed_wake: tokio::sync::Notify::new(),
         });
         let position = (ahead + 1).saturating_sub(g.slots);
         g.jobs.push(Arc::clone(&ctl));
@@ -234,6 +268,14 @@ impl Scheduler {
     /// Publish the KV pool's use (after every admission and departure).
     pub fn set_kv(&self, kv: KvUsage) {
         self.lock().kv = kv;
+    }
+
+    /// End every accepted job, running or waiting, with `e` (the step
+    /// watchdog: the engine thread is stuck and cannot end them itself).
+    pub fn fail_all(&self, e: &WorkerError) {
+        for job in &self.lock().jobs {
+            job.fail(e);
+        }
     }
 
     pub fn capacity(&self) -> Capacity {

@@ -89,6 +89,9 @@ pub enum Fault {
     FlipResidentByte { offset: u64 },
     /// Make the next device operation fail as a CUDA error would.
     DeviceError,
+    /// Make the next engine step hang for this many ms, as a kernel that
+    /// never returns would (the step watchdog's scenario).
+    HangNextStep { ms: u64 },
     /// Replace the shard handle's seal with these bytes (a forgery made with
     /// another key); handled by the daemon, not the engine.
     ReplaceSeal { seal: [u8; 32] },

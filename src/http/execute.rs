@@ -198,7 +198,14 @@ fn sse_stream(
         if let Some(s) = st.started.take() {
             return Some((Ok(data_event("started", &s)), st));
         }
-        let ev = match st.rx.recv().await {
+        // Events the engine already queued go first (biased); a job the
+        // worker failed from outside the engine thread ends after them.
+        let next = tokio::select! {
+            biased;
+            ev = st.rx.recv() => ev,
+            e = st.guard.0.failure() => Some(JobEvent::Error(e)),
+        };
+        let ev = match next {
             // Cancelled: whatever the engine queued is dropped, the stream ends with CANCELLED.
             // A token is checked and counted in one step, so the count a cancel
             // reports is every token event this stream sends (4252).

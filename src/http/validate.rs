@@ -67,6 +67,11 @@ pub fn fault(bytes: &[u8]) -> Result<crate::engine::Fault> {
     let f = match kind.as_str() {
         "flip_resident_byte" => Fault::FlipResidentByte { offset: o.opt_u64("offset")?.unwrap_or(0) },
         "device_error" => Fault::DeviceError,
+        "hang_next_step" => Fault::HangNextStep {
+            ms: o.opt_u64("ms")?.filter(|&ms| ms <= 600_000).ok_or_else(|| {
+                bad("field `ms` is required: the hang in milliseconds, at most 600000".to_string())
+            })?,
+        },
         "available_bytes" => Fault::AvailableBytes {
             bytes: o.opt_u64("bytes")?.ok_or_else(|| bad("field `bytes` is required".to_string()))?,
         },
@@ -79,7 +84,7 @@ pub fn fault(bytes: &[u8]) -> Result<crate::engine::Fault> {
         }
         _ => {
             return Err(bad(format!(
-                "field `kind`: unknown fault {kind:?}; accepted: \"flip_resident_byte\", \"device_error\", \"replace_seal\", \"available_bytes\""
+                "field `kind`: unknown fault {kind:?}; accepted: \"flip_resident_byte\", \"device_error\", \"hang_next_step\", \"replace_seal\", \"available_bytes\""
             )))
         }
     };

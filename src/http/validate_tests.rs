@@ -230,6 +230,16 @@ fn fault_fields() {
         Fault::FlipResidentByte { offset: 9 }
     );
     assert!(err_msg(fault(br#"{"kind":"melt"}"#)).contains("`kind`"));
+    assert_eq!(
+        fault(br#"{"kind":"hang_next_step","ms":600000}"#).unwrap(),
+        Fault::HangNextStep { ms: 600_000 }
+    );
+    for bad in [
+        &br#"{"kind":"hang_next_step"}"#[..],
+        br#"{"kind":"hang_next_step","ms":600001}"#,
+    ] {
+        assert!(err_msg(fault(bad)).contains("`ms`"));
+    }
 }
 
 #[test]

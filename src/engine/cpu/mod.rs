@@ -77,6 +77,9 @@ pub struct CpuEngine {
     llamacpp_rounding: bool,
     #[cfg(feature = "test-hooks")]
     fail_next: bool,
+    /// Test builds: the next step sleeps this long first (a hung device).
+    #[cfg(feature = "test-hooks")]
+    hang_next_ms: u64,
 }
 
 impl std::fmt::Debug for CpuEngine {
@@ -232,6 +235,8 @@ impl CpuEngine {
             llamacpp_rounding: false,
             #[cfg(feature = "test-hooks")]
             fail_next: false,
+            #[cfg(feature = "test-hooks")]
+            hang_next_ms: 0,
         })
     }
 
@@ -285,10 +290,16 @@ impl CpuEngine {
     /// Returns the computed logits per chunk (every row's when `all`).
     fn run_checked(&mut self, chunks: &[StepChunk<'_>], all: bool) -> Result<Vec<Vec<f32>>> {
         #[cfg(feature = "test-hooks")]
-        if std::mem::take(&mut self.fail_next) {
-            return Err(WorkerError::cuda(
-                "injected device fault (test-hooks): the engine failed as a device would",
-            ));
+        {
+            let hang = std::mem::take(&mut self.hang_next_ms);
+            if hang > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(hang));
+            }
+            if std::mem::take(&mut self.fail_next) {
+                return Err(WorkerError::cuda(
+                    "injected device fault (test-hooks): the engine failed as a device would",
+                ));
+            }
         }
         check_step(chunks, self.cfg.vocab_size, |s| {
             self.seq(s).map(|st| SeqBounds {
@@ -490,6 +501,7 @@ impl Engine for CpuEngine {
                 *b ^= 0x01;
             }
             super::Fault::DeviceError => self.fail_next = true,
+            super::Fault::HangNextStep { ms } => self.hang_next_ms = ms,
             super::Fault::ReplaceSeal { .. } | super::Fault::AvailableBytes { .. } => {
                 return Err(WorkerError::internal(
                     "this fault is applied by the daemon, not the engine",

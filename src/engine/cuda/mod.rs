@@ -145,6 +145,9 @@ pub struct CudaEngine {
     tf32x3: bool,
     #[cfg(feature = "test-hooks")]
     fail_next: bool,
+    /// Test builds: the next step sleeps this long first (a hung device).
+    #[cfg(feature = "test-hooks")]
+    hang_next_ms: u64,
 }
 
 impl CudaEngine {
@@ -271,6 +274,8 @@ impl CudaEngine {
             },
             #[cfg(feature = "test-hooks")]
             fail_next: false,
+            #[cfg(feature = "test-hooks")]
+            hang_next_ms: 0,
         })
     }
 
@@ -423,6 +428,10 @@ impl CudaEngine {
 
     #[cfg(feature = "test-hooks")]
     fn take_fault(&mut self) -> Result<()> {
+        let hang = std::mem::take(&mut self.hang_next_ms);
+        if hang > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(hang));
+        }
         if std::mem::take(&mut self.fail_next) {
             return Err(WorkerError::cuda(
                 "injected device error (test hook): the worker treats it as a real CUDA failure",
@@ -688,6 +697,10 @@ impl Engine for CudaEngine {
         match fault {
             crate::engine::Fault::DeviceError => {
                 self.fail_next = true;
+                Ok(())
+            }
+            crate::engine::Fault::HangNextStep { ms } => {
+                self.hang_next_ms = ms;
                 Ok(())
             }
             crate::engine::Fault::ReplaceSeal { .. }
