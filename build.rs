@@ -11,6 +11,10 @@
 //! "unknown" outside git), which `bench` writes beside every figure (issue 12
 //! point 5); the source hash above stays the exact name of the sources.
 //!
+//! `cfg(nvrtc)` is on when libnvrtc.so.13 can be found (or with `CI=true`):
+//! the kernel-compile tests need it and are ignored, with the reason, when
+//! it is absent.
+//!
 //! It also turns on `cfg(gpu_tests)` when `WORKER_ORCD_GPU_TESTS=1`
 //! (ci/gpu-stage sets it for the binaries the GPU machine runs): the tests
 //! that need a GPU are `#[ignore]`d with that reason in every other build, so
@@ -47,6 +51,31 @@ fn main() {
         println!("cargo:rustc-cfg=gpu_tests");
     }
     model_cfgs(&root);
+    nvrtc_cfg();
+}
+
+/// `cfg(nvrtc)`: libnvrtc.so.13 is in a folder of `LD_LIBRARY_PATH` or a
+/// usual library folder (`source ci/nvrtc-env.sh` puts it there), or
+/// `CI=true`, where it must be. The tests that compile kernels without a
+/// GPU are ignored, with that reason, when it is off.
+fn nvrtc_cfg() {
+    println!("cargo:rustc-check-cfg=cfg(nvrtc)");
+    println!("cargo:rerun-if-env-changed=LD_LIBRARY_PATH");
+    let mut dirs: Vec<std::path::PathBuf> = std::env::var_os("LD_LIBRARY_PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    for d in [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib64",
+        "/usr/local/cuda/lib64",
+        "/usr/lib",
+    ] {
+        dirs.push(d.into());
+    }
+    let found = dirs.iter().any(|d| d.join("libnvrtc.so.13").exists());
+    if found || std::env::var("CI").as_deref() == Ok("true") {
+        println!("cargo:rustc-cfg=nvrtc");
+    }
 }
 
 /// `WORKER_ORCD_GIT_COMMIT`: HEAD's short hash, with "+changes" when the

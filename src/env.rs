@@ -134,7 +134,8 @@ pub const TEST_MODELS: EnvVar = EnvVar {
 pub const CI: EnvVar = EnvVar {
     name: "CI",
     default: None,
-    doc: "Tests only: `true` turns a missing SmolLM2 model into a failure instead of a skip.",
+    doc: "Tests only, read at build time (build.rs): `true` makes the SmolLM2 model and NVRTC required, so \
+          the tests that need them fail when they are missing instead of being ignored.",
 };
 
 /// Makes GPU scenarios mandatory (WORKER-4998).

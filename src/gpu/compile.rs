@@ -6,7 +6,9 @@
 //! `include_str!`; each is compiled as `common.cuh` + the file, at start-up,
 //! and the CUBIN is cached on disk under a SHA-256 of (NVRTC version, arch,
 //! options, source) so a restart loads in milliseconds and a changed kernel
-//! can never be served from a stale cache entry.
+//! can never be served from a stale cache entry. Each entry ends with a
+//! SHA-256 of its CUBIN, so a corrupt or truncated entry is found, logged and
+//! rebuilt instead of loaded (issue 12, "Bad input and failure").
 
 use std::ffi::{CStr, CString};
 use std::path::PathBuf;
@@ -169,6 +171,16 @@ pub fn cache_dir() -> PathBuf {
 /// Compile (or load from the cache) one kernel file for `arch`.
 /// Returns the CUBIN and whether it came from the cache.
 pub fn cubin_cached(name: &str, src: &str, arch: &str) -> Result<(Vec<u8>, bool)> {
+    cubin_cached_in(&cache_dir(), name, src, arch)
+}
+
+/// [`cubin_cached`] with the cache in `dir`.
+pub fn cubin_cached_in(
+    dir: &std::path::Path,
+    name: &str,
+    src: &str,
+    arch: &str,
+) -> Result<(Vec<u8>, bool)> {
     let unit = translation_unit(name, src);
     let (maj, min) = nvrtc_version()?;
     let key = {
@@ -181,19 +193,144 @@ pub fn cubin_cached(name: &str, src: &str, arch: &str) -> Result<(Vec<u8>, bool)
         hex::encode(crate::shard::digest::sha256(k.as_bytes()))
     };
     let stem = name.trim_end_matches(".cu");
-    let path = cache_dir().join(format!("{stem}-{arch}-{}.cubin", &key[..32]));
-    if let Ok(bytes) = std::fs::read(&path) {
-        if !bytes.is_empty() {
-            return Ok((bytes, true));
-        }
+    let path = dir.join(format!("{stem}-{arch}-{}.cubin", &key[..32]));
+    match read_cache_entry(&path) {
+        CacheEntry::Valid(cubin) => return Ok((cubin, true)),
+        CacheEntry::Missing => {}
+        CacheEntry::Corrupt(why) => tracing::warn!(
+            human = %format!(
+                "The cached compiled kernel {} is unusable ({why}); compiling {name} for {arch} again and \
+                 replacing it. Nothing needs doing unless this repeats, which would point at the disk.",
+                path.display()
+            ),
+            path = %path.display(), kernel = name, arch = arch, "kernel cache entry rebuilt"
+        ),
     }
     let cubin = compile_cubin(name, &unit, arch)?;
-    // A cache that cannot be written only costs a recompile next start.
-    if std::fs::create_dir_all(cache_dir()).is_ok() {
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        if std::fs::write(&tmp, &cubin).is_ok() {
-            let _ = std::fs::rename(&tmp, &path);
-        }
-    }
+    write_cache_entry(&path, &cubin);
     Ok((cubin, false))
+}
+
+/// Marks the end of a cache entry, before the CUBIN's SHA-256.
+const ENTRY_MAGIC: &[u8; 8] = b"WOKCUBN1";
+const TRAILER: usize = ENTRY_MAGIC.len() + 32;
+
+/// What a cache file holds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CacheEntry {
+    Missing,
+    /// A CUBIN whose SHA-256 matches the one stored after it.
+    Valid(Vec<u8>),
+    /// Present but not a whole entry: says why.
+    Corrupt(String),
+}
+
+/// Read one cache entry: CUBIN bytes, then [`ENTRY_MAGIC`] and their SHA-256.
+pub fn read_cache_entry(path: &std::path::Path) -> CacheEntry {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return CacheEntry::Missing,
+        Err(e) => return CacheEntry::Corrupt(format!("it cannot be read: {e}")),
+    };
+    if bytes.len() <= TRAILER {
+        return CacheEntry::Corrupt(format!("{} bytes is too short to be an entry", bytes.len()));
+    }
+    let (cubin, trailer) = bytes.split_at(bytes.len() - TRAILER);
+    if &trailer[..ENTRY_MAGIC.len()] != ENTRY_MAGIC {
+        return CacheEntry::Corrupt(
+            "it does not end with the entry marker: truncated, or written by another version"
+                .into(),
+        );
+    }
+    if crate::shard::digest::sha256(cubin)[..] != trailer[ENTRY_MAGIC.len()..] {
+        return CacheEntry::Corrupt("its SHA-256 does not match its contents".into());
+    }
+    CacheEntry::Valid(cubin.to_vec())
+}
+
+/// Write one cache entry atomically (a temporary file renamed over it). A
+/// cache that cannot be written only costs a recompile at the next start.
+pub fn write_cache_entry(path: &std::path::Path, cubin: &[u8]) {
+    let Some(dir) = path.parent() else { return };
+    if std::fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    let mut entry = Vec::with_capacity(cubin.len() + TRAILER);
+    entry.extend_from_slice(cubin);
+    entry.extend_from_slice(ENTRY_MAGIC);
+    entry.extend_from_slice(&crate::shard::digest::sha256(cubin));
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    if std::fs::write(&tmp, &entry).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    /// An entry reads back as written; a flipped byte anywhere, a cut end
+    /// or a file of another format is reported corrupt, never returned.
+    #[test]
+    fn corrupt_entries_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k-sm_90-x.cubin");
+        assert_eq!(read_cache_entry(&path), CacheEntry::Missing);
+        let cubin: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+        write_cache_entry(&path, &cubin);
+        assert_eq!(read_cache_entry(&path), CacheEntry::Valid(cubin.clone()));
+        let good = std::fs::read(&path).unwrap();
+        for at in [0, 2500, cubin.len() + 3, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x10;
+            std::fs::write(&path, &bad).unwrap();
+            assert!(
+                matches!(read_cache_entry(&path), CacheEntry::Corrupt(_)),
+                "byte {at}"
+            );
+        }
+        for cut in [1, TRAILER, good.len() - 1] {
+            std::fs::write(&path, &good[..good.len() - cut]).unwrap();
+            assert!(
+                matches!(read_cache_entry(&path), CacheEntry::Corrupt(_)),
+                "cut {cut}"
+            );
+        }
+        // An entry of the old format: the bare CUBIN.
+        std::fs::write(&path, &cubin).unwrap();
+        assert!(matches!(read_cache_entry(&path), CacheEntry::Corrupt(_)));
+    }
+
+    /// With NVRTC: the first start compiles and caches, the next loads the
+    /// entry, and after a byte of it is flipped the entry is compiled again
+    /// (not loaded) and whole afterwards.
+    #[test]
+    #[cfg_attr(
+        not(nvrtc),
+        ignore = "libnvrtc.so.13 not found at build time: source ci/nvrtc-env.sh"
+    )]
+    fn a_corrupt_entry_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let (name, src) = KERNEL_SOURCES
+            .iter()
+            .find(|(n, _)| *n == "swiglu.cu")
+            .unwrap();
+        let (first, cached) = cubin_cached_in(dir.path(), name, src, "sm_90").expect("compile");
+        assert!(!cached, "an empty cache compiles");
+        let (again, cached) = cubin_cached_in(dir.path(), name, src, "sm_90").expect("load");
+        assert!(cached && again == first, "the second start loads the entry");
+        let entry = std::fs::read_dir(dir.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let mut bytes = std::fs::read(&entry).unwrap();
+        bytes[100] ^= 0xff;
+        std::fs::write(&entry, &bytes).unwrap();
+        let (rebuilt, cached) = cubin_cached_in(dir.path(), name, src, "sm_90").expect("rebuild");
+        assert!(!cached, "a corrupt entry is compiled again, not loaded");
+        assert_eq!(rebuilt, first);
+        assert_eq!(read_cache_entry(&entry), CacheEntry::Valid(first));
+    }
 }

@@ -278,15 +278,15 @@ fn shape_limits_and_scratch_size() {
 
 /// No GPU needed: the two entry points compile to CUBIN and are exported.
 #[test]
+#[cfg_attr(
+    not(nvrtc),
+    ignore = "libnvrtc.so.13 not found at build time: source ci/nvrtc-env.sh"
+)]
 fn topk_radix_kernels_compile_and_are_exported() {
-    if !nvrtc_present() {
-        let why = "libnvrtc.so.13 not loadable; run `source ci/nvrtc-env.sh` first";
-        if crate::env::CI.get().as_deref() == Some("true") {
-            panic!("topk_radix_kernels_compile: {why} (CI=true requires it)");
-        }
-        println!("SKIPPED: topk_radix_kernels_compile: {why}");
-        return;
-    }
+    assert!(
+        nvrtc_present(),
+        "libnvrtc.so.13 is not loadable; run `source ci/nvrtc-env.sh` first"
+    );
     let (name, src) = KERNEL_SOURCES
         .iter()
         .find(|(n, _)| *n == "topk.cu")
