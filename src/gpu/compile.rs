@@ -211,6 +211,52 @@ pub fn cubin_cached_in(
     Ok((cubin, false))
 }
 
+/// One kernel file compiled for one architecture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelImage {
+    pub file: &'static str,
+    pub cubin: Vec<u8>,
+    /// Loaded from the on-disk cache rather than compiled now.
+    pub cached: bool,
+}
+
+/// Every kernel file for `arch`, from the cache or compiled, in
+/// [`KERNEL_SOURCES`] order. The files compile in parallel (one thread
+/// each: NVRTC compiles separate programs concurrently), so a cold start
+/// waits for the slowest file rather than for all of them in turn. The
+/// first failure in file order is returned.
+pub fn kernel_images(arch: &str) -> Result<Vec<KernelImage>> {
+    kernel_images_in(&cache_dir(), arch)
+}
+
+/// [`kernel_images`] with the cache in `dir`.
+pub fn kernel_images_in(dir: &std::path::Path, arch: &str) -> Result<Vec<KernelImage>> {
+    ensure_nvrtc()?;
+    let results: Vec<Result<KernelImage>> = std::thread::scope(|s| {
+        let handles: Vec<_> = KERNEL_SOURCES
+            .iter()
+            .map(|&(file, src)| {
+                s.spawn(move || {
+                    cubin_cached_in(dir, file, src, arch).map(|(cubin, cached)| KernelImage {
+                        file,
+                        cubin,
+                        cached,
+                    })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(WorkerError::internal("a kernel compile thread panicked"))
+                })
+            })
+            .collect()
+    });
+    results.into_iter().collect()
+}
+
 /// Marks the end of a cache entry, before the CUBIN's SHA-256.
 const ENTRY_MAGIC: &[u8; 8] = b"WOKCUBN1";
 const TRAILER: usize = ENTRY_MAGIC.len() + 32;
@@ -332,5 +378,34 @@ mod cache_tests {
         assert!(!cached, "a corrupt entry is compiled again, not loaded");
         assert_eq!(rebuilt, first);
         assert_eq!(read_cache_entry(&entry), CacheEntry::Valid(first));
+    }
+
+    /// With NVRTC: every file compiles in parallel into an empty cache, in
+    /// source order; the next call loads them all, byte-identical; a file
+    /// compiled alone gives the same bytes as in the parallel run.
+    #[test]
+    #[cfg_attr(
+        not(nvrtc),
+        ignore = "libnvrtc.so.13 not found at build time: source ci/nvrtc-env.sh"
+    )]
+    fn every_kernel_compiles_in_parallel_and_is_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let cold = kernel_images_in(dir.path(), "sm_90").expect("compile");
+        let files: Vec<&str> = cold.iter().map(|k| k.file).collect();
+        let expected: Vec<&str> = KERNEL_SOURCES.iter().map(|(f, _)| *f).collect();
+        assert_eq!(files, expected);
+        assert!(cold.iter().all(|k| !k.cached && !k.cubin.is_empty()));
+        let warm = kernel_images_in(dir.path(), "sm_90").expect("load");
+        assert!(warm.iter().all(|k| k.cached));
+        assert_eq!(
+            warm.iter().map(|k| &k.cubin).collect::<Vec<_>>(),
+            cold.iter().map(|k| &k.cubin).collect::<Vec<_>>()
+        );
+        let (name, src) = KERNEL_SOURCES
+            .iter()
+            .find(|(n, _)| *n == "swiglu.cu")
+            .unwrap();
+        let alone = compile_cubin(name, &translation_unit(name, src), "sm_90").expect("compile");
+        assert_eq!(cold.iter().find(|k| k.file == *name).unwrap().cubin, alone);
     }
 }

@@ -18,7 +18,7 @@ use cudarc::driver::{
     sys, CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, DriverError,
 };
 
-use super::compile::{cubin_cached, KERNEL_SOURCES};
+use super::compile::kernel_images;
 use super::gemm::Blas;
 use super::{cuda_err, probe_libraries, DeviceInfo};
 use crate::error::{Result, WorkerError};
@@ -226,11 +226,11 @@ impl Gpu {
         let names = kernel_names();
         let mut funcs = HashMap::new();
         let mut cached_modules = 0;
-        for (file, src) in KERNEL_SOURCES {
-            let (cubin, cached) = cubin_cached(file, src, &arch)?;
-            cached_modules += cached as usize;
+        for image in kernel_images(&arch)? {
+            let file = image.file;
+            cached_modules += image.cached as usize;
             let module = ctx
-                .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
+                .load_module(cudarc::nvrtc::Ptx::from_binary(image.cubin))
                 .map_err(cuda_err(&format!("loading the {file} CUBIN")))?;
             for name in &names {
                 if let Ok(f) = module.load_function(name) {
