@@ -38,8 +38,8 @@ fn main() {
     );
     let hash = source_hash::source_sha256(&root).expect("hash the crate's sources");
     println!("cargo:rustc-env=WORKER_ORCD_SOURCE_SHA256={hash}");
-    let numerics = source_hash::sha256_under(&root, source_hash::NUMERICS_INPUTS)
-        .expect("hash the sources that decide the numerics");
+    let numerics =
+        source_hash::numerics_sha256(&root).expect("hash the sources that decide the numerics");
     println!("cargo:rustc-env=WORKER_ORCD_NUMERICS_SOURCES_SHA256={numerics}");
     for i in source_hash::INPUTS {
         println!("cargo:rerun-if-changed={i}");
@@ -85,6 +85,8 @@ fn nvrtc_cfg() {
 fn git_commit(root: &std::path::Path) {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
+            // Never take the index lock a user's own git command may need.
+            .arg("--no-optional-locks")
             .args(args)
             .current_dir(root)
             .output()
@@ -92,7 +94,7 @@ fn git_commit(root: &std::path::Path) {
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
-    let mut status = vec!["status", "--porcelain", "--untracked-files=no", "--"];
+    let mut status = vec!["status", "--porcelain", "--untracked-files=normal", "--"];
     status.extend(source_hash::INPUTS);
     let commit = match git(&["rev-parse", "--short=12", "HEAD"]) {
         Some(head) if git(&status).is_some_and(|s| !s.is_empty()) => format!("{head}+changes"),

@@ -27,10 +27,33 @@ pub const INPUTS: &[&str] = &[
 
 /// The sources whose arithmetic decides a worker's tokens (issue 12 point
 /// 2): the kernels, their launchers, the engines and the sampler, the model
-/// readers (dequantization, tokenizer) and the locked dependencies. Their
-/// hash is part of the numerics version; broader than strictly needed, so
-/// the version may change without the numbers changing, never the reverse.
-pub const NUMERICS_INPUTS: &[&str] = &["cuda", "src/gpu", "src/engine", "src/model", "Cargo.lock"];
+/// readers (dequantization, tokenizer), the request validation that sets
+/// the sampling defaults, and the locked dependencies. Their hash is part
+/// of the numerics version; whole files, so broader than strictly needed.
+/// Test-only files (`tests.rs`, `*_tests.rs`) are left out.
+pub const NUMERICS_INPUTS: &[&str] = &[
+    "cuda",
+    "src/gpu",
+    "src/engine",
+    "src/model",
+    "src/http/validate.rs",
+    "Cargo.lock",
+];
+
+/// The numerics half of the sources: [`NUMERICS_INPUTS`] without test files.
+pub fn numerics_sha256(root: &Path) -> std::io::Result<String> {
+    let files: Vec<PathBuf> = files_under(root, NUMERICS_INPUTS)?
+        .into_iter()
+        .filter(|f| {
+            let name = f
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            name != "tests.rs" && !name.ends_with("_tests.rs")
+        })
+        .collect();
+    sha256_of(root, &files)
+}
 
 fn skipped(name: &str) -> bool {
     name.starts_with('.')
@@ -85,10 +108,14 @@ pub fn source_sha256(root: &Path) -> std::io::Result<String> {
 /// Lower-case hex SHA-256 over the files under `inputs`, each as its
 /// relative path, a NUL, its length (8 bytes, little-endian) and its bytes.
 pub fn sha256_under(root: &Path, inputs: &[&str]) -> std::io::Result<String> {
+    sha256_of(root, &files_under(root, inputs)?)
+}
+
+fn sha256_of(root: &Path, files: &[PathBuf]) -> std::io::Result<String> {
     let mut h = Sha256::new();
-    for f in files_under(root, inputs)? {
-        let bytes = std::fs::read(root.join(&f))?;
-        h.update(rel_name(&f).as_bytes());
+    for f in files {
+        let bytes = std::fs::read(root.join(f))?;
+        h.update(rel_name(f).as_bytes());
         h.update([0u8]);
         h.update((bytes.len() as u64).to_le_bytes());
         h.update(&bytes);

@@ -28,14 +28,12 @@ fn well_formed(v: &str) -> bool {
 /// the hash compiled into this harness (a GPU machine without sources).
 fn numerics_sources() -> String {
     match &ctx().repo {
-        Some(repo) => {
-            source_hash::sha256_under(repo, source_hash::NUMERICS_INPUTS).unwrap_or_else(|e| {
-                panic!(
-                    "cannot hash the numerics sources under {}: {e}",
-                    repo.display()
-                )
-            })
-        }
+        Some(repo) => source_hash::numerics_sha256(repo).unwrap_or_else(|e| {
+            panic!(
+                "cannot hash the numerics sources under {}: {e}",
+                repo.display()
+            )
+        }),
         None => env!("WORKER_ORCD_NUMERICS_SOURCES_SHA256").to_string(),
     }
 }
@@ -49,6 +47,7 @@ fn expected_cpu_version() -> String {
         numerics_sources(),
         "cpu".to_string(),
         format!("prefill_chunk={CPU_PREFILL_CHUNK}"),
+        format!("target={}-{}", std::env::consts::ARCH, std::env::consts::OS),
     ] {
         h.update(line.as_bytes());
         h.update(b"\n");

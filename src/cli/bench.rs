@@ -357,7 +357,11 @@ fn sweep(
             prompt: a.prompt_tokens,
             gen: a.gen_tokens,
         };
-        l.peer_decode_tok_s = report::peer_figure(r.backend, &r.run.device, r.file_bytes, measure);
+        // The peer ran every sequence of a level at once; a level whose
+        // sequences waited for admission is another protocol.
+        l.peer_decode_tok_s = (l.max_running == l.concurrency)
+            .then(|| report::peer_figure(r.backend, &r.run.device, r.file_bytes, measure))
+            .flatten();
     }
     bench_sweep::print_table(&summary, &cfg, &r.run);
     let report = bench_sweep::SweepReport {

@@ -222,7 +222,9 @@ pub fn peer_figure(
     file_bytes: u64,
     measure: Measure,
 ) -> Option<f64> {
-    if backend != BackendKind::Cuda || !device.contains(PEER_CARD) {
+    // The card's own name, exactly: not an H200 NVL, not a MIG slice.
+    let card = device.split(" (").next().unwrap_or(device);
+    if backend != BackendKind::Cuda || card != PEER_CARD {
         return None;
     }
     PEER_FIGURES

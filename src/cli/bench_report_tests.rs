@@ -75,6 +75,16 @@ fn peer_only_where_the_comparison_is_fair() {
         peer_figure(BackendKind::Cuda, "NVIDIA H100 80GB HBM3", QWEN, pp512),
         None
     );
+    assert_eq!(
+        peer_figure(
+            BackendKind::Cuda,
+            "NVIDIA H200 NVL (GPU 0, cc 9.0)",
+            QWEN,
+            pp512
+        ),
+        None,
+        "another H200 model"
+    );
     // Another protocol or another file: none.
     assert_eq!(
         peer_figure(

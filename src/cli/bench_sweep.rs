@@ -10,9 +10,10 @@
 //! They run through `engine::sched::Batch`, prompts cut into chunks of at
 //! most [`MAX_PREFILL`] tokens: as many are admitted as the engine accepts
 //! and the rest wait in order, joining as running ones leave. An engine that
-//! holds fewer than N at once (the CUDA engine holds one) therefore runs the
-//! level as admission allows, and the table says how many ran together at
-//! most. Each level runs `--warmup` repetitions that are not reported, then
+//! holds fewer than N at once (its pool or its step buffers are smaller)
+//! therefore runs the level as admission allows, and the table says how
+//! many ran together at most; the peer's figure is shown only for levels
+//! that ran all at once, as the peer's did. Each level runs `--warmup` repetitions that are not reported, then
 //! `--reps` measured ones; the table shows each figure's median over them,
 //! and decode tokens/s also with its mean and standard deviation. Where the
 //! peer ran the same level on the same card (llama-batched-bench, 128 + 128

@@ -104,9 +104,9 @@ impl<'t> Server<'t> {
                 continue;
             }
             // The watchdog bounds the step (daemon::watchdog).
-            self.app.step_clock.begin();
+            let stamp = self.app.step_clock.stamp();
             let left = self.batch.step(engine);
-            self.app.step_clock.end();
+            drop(stamp);
             // The pages of departed jobs are back: say so before their last events.
             super::engine_thread::publish_kv(self.app, engine);
             let mut fatal = None;
@@ -239,7 +239,11 @@ impl<'t> Server<'t> {
         if !admitted {
             return Ok(());
         }
-        verify_seal(self.app, engine)?;
+        // The seal check runs on the device as a step does: bounded alike.
+        let stamp = self.app.step_clock.stamp();
+        let sealed = verify_seal(self.app, engine);
+        drop(stamp);
+        sealed?;
         self.batch.for_each_mut(|seq| {
             let n_in = seq.tokens_in();
             seq.sink_mut().start(n_in);

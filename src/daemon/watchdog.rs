@@ -1,8 +1,9 @@
 //! The step watchdog (issue 12, "Bad input and failure"): a hung engine
 //! step (a kernel that never returns, a device that stopped answering) must
 //! not leave the worker looking healthy while nothing moves. The engine
-//! thread stamps the start of every step on a [`StepClock`] and clears it
-//! after; a task on the async runtime looks at the clock four times per
+//! thread stamps the start of every step (and of the seal check before a
+//! step that admits jobs, which runs on the device too) on a [`StepClock`]
+//! and clears it after; a task on the async runtime looks at the clock four times per
 //! `step_timeout_ms`, and when a step has run past it, ends every job in
 //! flight with `ENGINE_HUNG` (their streams are woken even though the engine
 //! thread is stuck), and hands the error to the fatal path, which turns
@@ -34,15 +35,13 @@ impl Default for StepClock {
 }
 
 impl StepClock {
-    /// The engine thread is about to run a step.
-    pub fn begin(&self) {
+    /// The engine thread is about to run a step; the clock stops when the
+    /// guard drops, also when the step panics (the panic then stops the
+    /// worker as a bug, not as a hang).
+    pub fn stamp(&self) -> StepStamp<'_> {
         let now = self.epoch.elapsed().as_millis() as u64;
         self.began.store(now + 1, Ordering::SeqCst);
-    }
-
-    /// The step returned.
-    pub fn end(&self) {
-        self.began.store(0, Ordering::SeqCst);
+        StepStamp(self)
     }
 
     /// How long the current step has run; None between steps.
@@ -57,13 +56,21 @@ impl StepClock {
     }
 }
 
+/// A step in progress on the [`StepClock`].
+pub struct StepStamp<'a>(&'a StepClock);
+
+impl Drop for StepStamp<'_> {
+    fn drop(&mut self) {
+        self.0.began.store(0, Ordering::SeqCst);
+    }
+}
+
 /// The error a hung step ends every job with.
 pub fn hung_error(ran: Duration, limit: Duration) -> WorkerError {
     WorkerError::EngineHung {
         message: format!(
             "an engine step has run for {:.1} s, longer than step_timeout_ms ({} ms): the GPU or the engine \
-             is hung, so this job cannot finish; the worker stops so that its supervisor restarts it \
-             (retry the request on another worker)",
+             is hung, so this job cannot finish; the worker stops so that its supervisor restarts it",
             ran.as_secs_f64(),
             limit.as_millis()
         ),
@@ -114,14 +121,21 @@ mod tests {
     fn the_clock_measures_only_a_running_step() {
         let c = StepClock::default();
         assert_eq!(c.running_for(), None);
-        c.begin();
-        std::thread::sleep(Duration::from_millis(30));
-        let ran = c.running_for().expect("a step is running");
-        assert!(
-            ran >= Duration::from_millis(25) && ran < Duration::from_secs(5),
-            "{ran:?}"
-        );
-        c.end();
+        {
+            let _step = c.stamp();
+            std::thread::sleep(Duration::from_millis(30));
+            let ran = c.running_for().expect("a step is running");
+            assert!(
+                ran >= Duration::from_millis(25) && ran < Duration::from_secs(5),
+                "{ran:?}"
+            );
+        }
+        assert_eq!(c.running_for(), None);
+        // A step that panics stops the clock too.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _step = c.stamp();
+            panic!("a step fails");
+        }));
         assert_eq!(c.running_for(), None);
     }
 

@@ -12,7 +12,9 @@
 //! which rows), and for CUDA what the device adds: its architecture, the
 //! NVRTC version that compiled the kernels, the CUDA libraries loaded and
 //! the prefill GEMM mode. What stays out: the card's name, driver, memory
-//! and anything about the machine that does not change the arithmetic.
+//! and anything about the machine that does not change the arithmetic, and
+//! one thing that can: the C library's math functions (`exp`, `powf`, `sin`,
+//! `cos`) that the CPU path calls, whose version is not named (README).
 
 use crate::backend::BackendKind;
 use sha2::{Digest, Sha256};
@@ -35,12 +37,17 @@ pub struct NumericsKey {
 }
 
 impl NumericsKey {
-    /// The CPU backend: its arithmetic is the sources' and the chunk's.
+    /// The CPU backend: its arithmetic is the sources', the chunk's and the
+    /// target's (the instruction set the build targets).
     pub fn cpu(prefill_chunk: usize) -> NumericsKey {
         NumericsKey {
             backend: BackendKind::Cpu,
             prefill_chunk,
-            device: Vec::new(),
+            device: vec![format!(
+                "target={}-{}",
+                std::env::consts::ARCH,
+                std::env::consts::OS
+            )],
         }
     }
 

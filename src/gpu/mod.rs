@@ -36,6 +36,9 @@ pub struct DeviceInfo {
     pub name: String,
     /// (major, minor), e.g. (9, 0) on H100/H200.
     pub compute_capability: (i32, i32),
+    /// Streaming multiprocessors: cuBLAS promises bit-identical results only
+    /// on the same architecture with the same count (numerics version).
+    pub multiprocessors: i32,
     pub total_bytes: u64,
     pub free_bytes: u64,
     /// e.g. "13.0" from cuDriverGetVersion.
@@ -100,6 +103,11 @@ pub(crate) fn device_info(ctx: &Arc<CudaContext>, ordinal: u32) -> Result<Device
     let (free, total) = ctx
         .mem_get_info()
         .map_err(cuda_err("querying device memory"))?;
+    let multiprocessors = ctx
+        .attribute(
+            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+        )
+        .map_err(cuda_err("reading the multiprocessor count"))?;
     let mut v = 0i32;
     // SAFETY: libcuda is loaded (a context exists); `v` is a valid out-pointer.
     unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) }
@@ -113,6 +121,7 @@ pub(crate) fn device_info(ctx: &Arc<CudaContext>, ordinal: u32) -> Result<Device
         ordinal,
         name,
         compute_capability: cc,
+        multiprocessors,
         total_bytes: total as u64,
         free_bytes: free as u64,
         driver_version: format!("{}.{}", v / 1000, (v % 1000) / 10),

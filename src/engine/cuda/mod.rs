@@ -541,7 +541,8 @@ impl Engine for CudaEngine {
     }
 
     /// The device's part: the architecture the kernels were compiled for,
-    /// the compiler, the cuBLAS libraries (they run the prefill GEMM) and the
+    /// its multiprocessor count (cuBLAS's reproducibility is per count), the
+    /// compiler and its library, the cuBLAS libraries (they run the prefill GEMM) and the
     /// prefill GEMM mode.
     fn numerics(&self) -> crate::engine::numerics::NumericsKey {
         let info = self.gpu.info();
@@ -550,6 +551,7 @@ impl Engine for CudaEngine {
                 "arch=sm_{}{}",
                 info.compute_capability.0, info.compute_capability.1
             ),
+            format!("multiprocessors={}", info.multiprocessors),
             format!("nvrtc={}", info.nvrtc_version),
             format!(
                 "prefill_gemm={}",
@@ -560,7 +562,7 @@ impl Engine for CudaEngine {
             info.libraries
                 .iter()
                 .map(|l| l.rsplit('/').next().unwrap_or(l))
-                .filter(|name| name.contains("cublas"))
+                .filter(|name| name.contains("cublas") || name.contains("nvrtc"))
                 .map(|name| format!("library={name}")),
         );
         crate::engine::numerics::NumericsKey {
