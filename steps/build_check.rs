@@ -14,6 +14,8 @@
 //!   and the run says that the checkout check was not made.
 
 #[path = "../build/source_hash.rs"]
+// Shared with build.rs, which uses the parts the harness does not.
+#[allow(dead_code)]
 pub mod source_hash;
 
 use std::path::Path;

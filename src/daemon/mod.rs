@@ -253,13 +253,14 @@ async fn serve(cfg: Config, router: RouterFor) -> u8 {
         return fail_start(&cfg, &e, exit::for_error(&e)).await;
     }
 
-    let code = tokio::select! {
-        sig = sigs.recv() => drain(&app, sig.unwrap_or("a signal"), &mut sigs, &mut fatal_rx).await,
-        Some(e) = fatal_rx.recv() => fatal(&app, &e).await,
+    let (code, hung) = tokio::select! {
+        sig = sigs.recv() => (drain(&app, sig.unwrap_or("a signal"), &mut sigs, &mut fatal_rx).await, false),
+        Some(e) = fatal_rx.recv() => (fatal(&app, &e).await, matches!(e, WorkerError::EngineHung { .. })),
     };
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(SERVER_STOP, server).await;
-    if let Some(engine) = app.engine.get() {
+    // A hung engine thread cannot answer; the process exit ends it.
+    if let (Some(engine), false) = (app.engine.get(), hung) {
         engine.shutdown(Duration::from_secs(5)).await;
     }
     set_state(&app, Lifecycle::Stopped);
