@@ -44,15 +44,18 @@ pub const NUMERICS_INPUTS: &[&str] = &[
 pub fn numerics_sha256(root: &Path) -> std::io::Result<String> {
     let files: Vec<PathBuf> = files_under(root, NUMERICS_INPUTS)?
         .into_iter()
-        .filter(|f| {
-            let name = f
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            name != "tests.rs" && !name.ends_with("_tests.rs")
-        })
+        .filter(|f| !is_test_file(f))
         .collect();
     sha256_of(root, &files)
+}
+
+/// A file only tests compile: `tests.rs` or `*_tests.rs`.
+pub fn is_test_file(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name == "tests.rs" || name.ends_with("_tests.rs")
 }
 
 fn skipped(name: &str) -> bool {
@@ -111,7 +114,9 @@ pub fn sha256_under(root: &Path, inputs: &[&str]) -> std::io::Result<String> {
     sha256_of(root, &files_under(root, inputs)?)
 }
 
-fn sha256_of(root: &Path, files: &[PathBuf]) -> std::io::Result<String> {
+/// Lower-case hex SHA-256 over `files` (relative to `root`, in the order
+/// given), each as its path, a NUL, its length and its bytes.
+pub fn sha256_of(root: &Path, files: &[PathBuf]) -> std::io::Result<String> {
     let mut h = Sha256::new();
     for f in files {
         let bytes = std::fs::read(root.join(f))?;

@@ -36,41 +36,30 @@ const NUMERICS_SOURCES: &[&str] = &[
     "Cargo.lock",
 ];
 
-/// The sources' half: recomputed over the checkout when there is one (each
-/// file as path, NUL, length as 8 little-endian bytes, bytes, in path
-/// order; test files left out), else the hash compiled into this harness (a
-/// GPU machine without sources).
+/// The sources' half: recomputed over the checkout's files under
+/// [`NUMERICS_SOURCES`] (test files left out, hashed the way build.rs hashes
+/// sources) when there is a checkout, else the hash compiled into this
+/// harness (a GPU machine without sources).
 fn numerics_sources() -> String {
     let Some(repo) = &ctx().repo else {
         return env!("WORKER_ORCD_NUMERICS_SOURCES_SHA256").to_string();
     };
-    let files = source_hash::files_under(repo, NUMERICS_SOURCES).unwrap_or_else(|e| {
+    let files: Vec<_> = source_hash::files_under(repo, NUMERICS_SOURCES)
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot list the numerics sources under {}: {e}",
+                repo.display()
+            )
+        })
+        .into_iter()
+        .filter(|f| !source_hash::is_test_file(f))
+        .collect();
+    source_hash::sha256_of(repo, &files).unwrap_or_else(|e| {
         panic!(
-            "cannot list the numerics sources under {}: {e}",
+            "cannot hash the numerics sources under {}: {e}",
             repo.display()
         )
-    });
-    let mut h = Sha256::new();
-    for f in files {
-        let name = f
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if name == "tests.rs" || name.ends_with("_tests.rs") {
-            continue;
-        }
-        let bytes = std::fs::read(repo.join(&f))
-            .unwrap_or_else(|e| panic!("cannot read {}: {e}", f.display()));
-        let rel: Vec<String> = f
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .collect();
-        h.update(rel.join("/").as_bytes());
-        h.update([0u8]);
-        h.update((bytes.len() as u64).to_le_bytes());
-        h.update(&bytes);
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    })
 }
 
 /// The CPU backend's version: SHA-256 over the scheme, the sources' hash,

@@ -168,13 +168,8 @@ pub fn cache_dir() -> PathBuf {
     PathBuf::from("/tmp/worker-orcd-kernels")
 }
 
-/// Compile (or load from the cache) one kernel file for `arch`.
+/// Compile (or load from the cache in `dir`) one kernel file for `arch`.
 /// Returns the CUBIN and whether it came from the cache.
-pub fn cubin_cached(name: &str, src: &str, arch: &str) -> Result<(Vec<u8>, bool)> {
-    cubin_cached_in(&cache_dir(), name, src, arch)
-}
-
-/// [`cubin_cached`] with the cache in `dir`.
 pub fn cubin_cached_in(
     dir: &std::path::Path,
     name: &str,
