@@ -266,6 +266,16 @@ fn every_invalid_field_is_named_with_its_range() {
             "0..=3600000",
         ),
         (
+            r#""step_timeout_ms": 99"#,
+            "step_timeout_ms",
+            "100..=3600000",
+        ),
+        (
+            r#""step_timeout_ms": 3600001"#,
+            "step_timeout_ms",
+            "100..=3600000",
+        ),
+        (
             r#""max_body_bytes": 10"#,
             "max_body_bytes",
             "1024..=67108864",
