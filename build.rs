@@ -11,6 +11,12 @@
 //! "unknown" outside git), which `bench` writes beside every figure (issue 12
 //! point 5); the source hash above stays the exact name of the sources.
 //!
+//! It compiles the CUDA kernels to CUBIN for the shipped architectures and
+//! builds them into the binary (`build/kernel_images.rs`; issue 12 point 4):
+//! `WORKER_ORCD_KERNEL_ARCHS` (comma separated, default sm_80,sm_89,sm_90,
+//! empty for none) chooses them; without NVRTC the binary carries none and
+//! a GPU worker compiles its kernels at first start.
+//!
 //! `cfg(nvrtc)` is on when libnvrtc.so.13 can be found (or with `CI=true`):
 //! the kernel-compile tests need it and are ignored, with the reason, when
 //! it is absent.
@@ -29,6 +35,13 @@
 //! hide when it is missing. `cfg(test_as_root)`: the build runs as root,
 //! where a mode-000 file is readable anyway.
 
+#[path = "build/kernel_images.rs"]
+mod kernel_images;
+// Shared with the worker (src/gpu): the kernel table, translation units and
+// NVRTC compile; the build uses only part of it.
+#[allow(dead_code)]
+#[path = "src/gpu/kernel_units.rs"]
+mod kernel_units;
 #[path = "build/source_hash.rs"]
 mod source_hash;
 
@@ -52,6 +65,9 @@ fn main() {
     }
     model_cfgs(&root);
     nvrtc_cfg();
+    let out_dir =
+        std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    kernel_images::embed(&out_dir);
 }
 
 /// `cfg(nvrtc)`: libnvrtc.so.13 is in a folder of `LD_LIBRARY_PATH` or a

@@ -10,7 +10,7 @@
 //! launchers, engines, sampler, model readers, locked dependencies), the
 //! backend, the prefill chunk (how a prompt is cut decides which kernels see
 //! which rows), and for CUDA what the device adds: its architecture, the
-//! NVRTC version that compiled the kernels, the CUDA libraries loaded and
+//! NVRTC version that compiled the kernels, the cuBLAS libraries loaded and
 //! the prefill GEMM mode. What stays out: the card's name, driver, memory
 //! and anything about the machine that does not change the arithmetic, and
 //! one thing that can: the C library's math functions (`exp`, `powf`, `sin`,
@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 pub const SOURCES_SHA256: &str = env!("WORKER_ORCD_NUMERICS_SOURCES_SHA256");
 
 /// Bumped when the meaning of the fields below changes.
-const SCHEME: &str = "worker-orcd numerics 1";
+const SCHEME: &str = "worker-orcd numerics 2";
 
 /// What besides the sources decides a backend's arithmetic.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,13 +12,9 @@ use super::device::{Gpu, Span};
 use super::ops::{as_i32, blocks};
 use crate::error::{Result, WorkerError};
 
-/// Rows per split-KV chunk; must equal ATT_CHUNK in cuda/attention.cu.
-pub const ATT_CHUNK: usize = 32;
-/// Positions per page of the paged KV pool: one attention chunk, so a
-/// chunk's rows are consecutive in the pool and a short request wastes at
-/// most 31 positions. Defined here once; `compile::translation_unit` hands
-/// it to every kernel as `KV_PAGE` (attention.cu asserts it holds whole chunks).
-pub const KV_PAGE_TOKENS: usize = ATT_CHUNK;
+/// Rows per split-KV chunk and positions per KV page, defined once in
+/// `kernel_units` (the build script compiles the kernels with them too).
+pub use super::kernel_units::{ATT_CHUNK, KV_PAGE_TOKENS};
 
 /// Where each row of a launch finds its KV rows: its place, four i32 per
 /// row {position, sequence, pool row of that position, 0} (one 16-byte load

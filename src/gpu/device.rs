@@ -18,7 +18,7 @@ use cudarc::driver::{
     sys, CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, DriverError,
 };
 
-use super::compile::kernel_images;
+use super::compile::{kernel_images, ImageOrigin, KernelSet};
 use super::gemm::Blas;
 use super::{cuda_err, probe_libraries, DeviceInfo};
 use crate::error::{Result, WorkerError};
@@ -194,14 +194,45 @@ pub struct Gpu {
     /// shared memory they need; the others use the staged `_bst` kernels.
     rows_bt: Vec<crate::model::gguf::GgmlType>,
     info: DeviceInfo,
-    /// How many kernel files came from the on-disk cache at open.
-    pub cached_modules: usize,
+    /// Where the kernel images came from and which NVRTC compiled them.
+    pub kernels: KernelProvenance,
+}
+
+/// Where a device's kernel images came from (logged at open) and which
+/// NVRTC version compiled them (part of the numerics version).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelProvenance {
+    pub compiler: (i32, i32),
+    pub built_in: usize,
+    pub from_cache: usize,
+    pub compiled: usize,
+}
+
+impl KernelProvenance {
+    fn of(set: &KernelSet) -> Self {
+        KernelProvenance {
+            compiler: set.compiler,
+            built_in: set.count(ImageOrigin::BuiltIn),
+            from_cache: set.count(ImageOrigin::Cache),
+            compiled: set.count(ImageOrigin::Compiled),
+        }
+    }
+
+    /// E.g. "10 built into the binary, 0 from the on-disk cache, 0 compiled now".
+    pub fn describe(&self) -> String {
+        format!(
+            "{} built into the binary, {} from the on-disk cache, {} compiled now",
+            self.built_in, self.from_cache, self.compiled
+        )
+    }
 }
 
 impl Gpu {
-    /// Open `device`, compile (or load cached) kernels for its architecture.
+    /// Open `device` and load the kernels for its architecture: the
+    /// binary's own images, else NVRTC's (cached on disk), with the reason
+    /// logged. NVRTC is needed only in that second case.
     pub fn open(device: u32) -> Result<Self> {
-        probe_libraries(true)?;
+        probe_libraries(false)?;
         let count = CudaContext::device_count().map_err(cuda_err("counting CUDA devices"))?;
         if device as i64 >= count as i64 {
             return Err(WorkerError::cuda(format!(
@@ -225,10 +256,21 @@ impl Gpu {
         );
         let names = kernel_names();
         let mut funcs = HashMap::new();
-        let mut cached_modules = 0;
-        for image in kernel_images(&arch)? {
+        let set = kernel_images(&arch)?;
+        if let Some(reason) = &set.fallback_reason {
+            tracing::warn!(
+                human = %format!(
+                    "The GPU's kernels were compiled at start-up because {reason}. The first start on a \
+                     machine takes about 30 s this way; later starts load them from {}. A build for this \
+                     architecture (WORKER_ORCD_KERNEL_ARCHS={arch}) starts without compiling.",
+                    super::compile::cache_dir().display()
+                ),
+                arch = %arch, reason = %reason, "kernels compiled at start-up"
+            );
+        }
+        let kernels = KernelProvenance::of(&set);
+        for image in set.images {
             let file = image.file;
-            cached_modules += image.cached as usize;
             let module = ctx
                 .load_module(cudarc::nvrtc::Ptx::from_binary(image.cubin))
                 .map_err(cuda_err(&format!("loading the {file} CUBIN")))?;
@@ -251,7 +293,7 @@ impl Gpu {
             funcs,
             rows_bt,
             info,
-            cached_modules,
+            kernels,
         };
         gpu.blas = Some(Blas::new(&gpu)?);
         gpu.info.libraries = super::loaded_library_paths();

@@ -70,11 +70,9 @@ pub(super) fn batched_launch(
     ))
 }
 
-/// Shape of the token-on-lane batched kernels (`_bt`, `_gu_bt` in
-/// cuda/matvec_rows.cu, which receives these as BT_ROWS, BT_WARPS, BT_PAD):
-/// output rows per block, warps per block (a half-warp per run of a
-/// 1024-element chunk), floats per dequantized run in shared memory.
-pub const BT_SHAPE: (usize, usize, usize) = (16, 16, 36);
+/// Shape of the token-on-lane batched kernels, defined once in
+/// `kernel_units` (the build script compiles the kernels with it too).
+pub use super::kernel_units::BT_SHAPE;
 /// Tokens per block of the `_bt` kernels: one per lane of a half-warp
 /// (BT_TOKENS in cuda/matvec_rows.cu).
 const BT_TOKENS: usize = 16;

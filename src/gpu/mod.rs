@@ -1,7 +1,7 @@
 //! The CUDA boundary: the only module of worker-orcd with `unsafe` code
 //! (WORKER-4400–4403, 4410–4413). Everything device-side goes through here:
 //! library presence checks, the context and stream, RAII device buffers,
-//! NVRTC compilation of the embedded kernels, validated kernel launchers and
+//! the kernels' CUBIN (built in, or compiled by NVRTC), validated kernel launchers and
 //! graph capture, the cuBLAS handle for prefill GEMMs (KERNEL-GEMM-001..005).
 //! Every `unsafe` block states its invariant in `// SAFETY:`.
 //!
@@ -14,7 +14,9 @@ pub mod attention;
 pub mod batched;
 pub mod compile;
 pub mod device;
+pub mod embedded;
 pub mod gemm;
+pub mod kernel_units;
 pub mod launch_shape;
 pub mod ops;
 pub mod qkv;

@@ -213,10 +213,12 @@ impl CudaEngine {
         };
         let gpu = Gpu::open(opts.gpu_device)?;
         let info = gpu.info().clone();
-        tracing::info!(human = %format!("Opened GPU {} ({}) for the CUDA backend; {} compiled kernels came from the on-disk cache.",
-                opts.gpu_device, info.name, gpu.cached_modules),
+        tracing::info!(human = %format!("Opened GPU {} ({}) for the CUDA backend; its kernel files: {}.",
+                opts.gpu_device, info.name, gpu.kernels.describe()),
             gpu = %info.name, cc = ?info.compute_capability, driver = %info.driver_version,
-            nvrtc = %info.nvrtc_version, libraries = ?info.libraries, cached_kernels = gpu.cached_modules, "CUDA backend opened");
+            nvrtc = %info.nvrtc_version, libraries = ?info.libraries,
+            kernels_built_in = gpu.kernels.built_in, kernels_cached = gpu.kernels.from_cache,
+            kernels_compiled = gpu.kernels.compiled, "CUDA backend opened");
 
         let kv_bytes = kv_cache_bytes(cfg, layout.pool_pages);
         let chunk = layout.chunk();
@@ -542,8 +544,9 @@ impl Engine for CudaEngine {
 
     /// The device's part: the architecture the kernels were compiled for,
     /// its multiprocessor count (cuBLAS's reproducibility is per count), the
-    /// compiler and its library, the cuBLAS libraries (they run the prefill GEMM) and the
-    /// prefill GEMM mode.
+    /// NVRTC version that compiled the kernels (at build time or at start-up:
+    /// the same version gives the same CUBIN), the cuBLAS libraries (they run
+    /// the prefill GEMM) and the prefill GEMM mode.
     fn numerics(&self) -> crate::engine::numerics::NumericsKey {
         let info = self.gpu.info();
         let mut device = vec![
@@ -552,7 +555,10 @@ impl Engine for CudaEngine {
                 info.compute_capability.0, info.compute_capability.1
             ),
             format!("multiprocessors={}", info.multiprocessors),
-            format!("nvrtc={}", info.nvrtc_version),
+            format!(
+                "kernels_compiled_by=nvrtc {}.{}",
+                self.gpu.kernels.compiler.0, self.gpu.kernels.compiler.1
+            ),
             format!(
                 "prefill_gemm={}",
                 if self.tf32x3 { "tf32x3" } else { "f32" }
@@ -562,7 +568,7 @@ impl Engine for CudaEngine {
             info.libraries
                 .iter()
                 .map(|l| l.rsplit('/').next().unwrap_or(l))
-                .filter(|name| name.contains("cublas") || name.contains("nvrtc"))
+                .filter(|name| name.contains("cublas"))
                 .map(|name| format!("library={name}")),
         );
         crate::engine::numerics::NumericsKey {

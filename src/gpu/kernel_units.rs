@@ -1,0 +1,255 @@
+//! What a kernel image is made of, in one place for the build script and
+//! the worker (WORKER-4012, 4700; issue 12 point 4).
+//!
+//! `build.rs` includes this file through `#[path]` and compiles every kernel
+//! file to CUBIN for the shipped architectures, so a worker on an sm_80,
+//! sm_89 or sm_90 card starts without compiling anything; the worker uses the
+//! same table, translation units, options and cache key when it has to fall
+//! back to NVRTC at start-up. Because both sides read this one file, an
+//! image built into the binary is byte for byte what the fallback would
+//! compile with the same NVRTC, and the numerics version can name the
+//! compiler rather than where it ran.
+//!
+//! Only `std`, `sha2` and cudarc's NVRTC bindings are used here (the build
+//! script has no access to the rest of the crate).
+
+use sha2::{Digest, Sha256};
+use std::ffi::{CStr, CString};
+
+/// The architectures whose CUBIN the binary carries: A100 (sm_80), L4 and
+/// L40S (sm_89), H100 and H200 (sm_90). Others fall back to NVRTC.
+pub const SHIPPED_ARCHS: &[&str] = &["sm_80", "sm_89", "sm_90"];
+
+/// Rows per split-KV attention chunk (ATT_CHUNK in cuda/attention.cu, which
+/// asserts it equals `KV_PAGE`).
+pub const ATT_CHUNK: usize = 32;
+/// Positions per page of the paged KV pool: one attention chunk, so a
+/// chunk's rows are consecutive in the pool and a short request wastes at
+/// most 31 positions. Handed to every kernel as `KV_PAGE`.
+pub const KV_PAGE_TOKENS: usize = ATT_CHUNK;
+
+/// Shape of the token-on-lane batched kernels (`_bt`, `_gu_bt` in
+/// cuda/matvec_rows.cu, which receives these as BT_ROWS, BT_WARPS, BT_PAD):
+/// output rows per block, warps per block (a half-warp per run of a
+/// 1024-element chunk), floats per dequantized run in shared memory.
+pub const BT_SHAPE: (usize, usize, usize) = (16, 16, 36);
+
+/// The shared header every kernel file includes.
+pub const COMMON_CUH: &str = include_str!("../../cuda/common.cuh");
+
+/// Declares [`KERNEL_SOURCES`] from the file names, so the list of kernel
+/// files is written once.
+macro_rules! kernel_files {
+    ($($file:literal),* $(,)?) => {
+        /// Every kernel file: (file name, source). One op family per file.
+        pub const KERNEL_SOURCES: &[(&str, &str)] =
+            &[$(($file, include_str!(concat!("../../cuda/", $file)))),*];
+    };
+}
+
+kernel_files!(
+    "matvec.cu",
+    "matvec_rows.cu",
+    "embed.cu",
+    "rmsnorm.cu",
+    "rope_kv.cu",
+    "attention.cu",
+    "dequant.cu",
+    "swiglu.cu",
+    "topk.cu",
+    "sha256.cu",
+);
+
+/// Fixed NVRTC options: IEEE division and square root, no flush-to-zero and
+/// no fused multiply-add contraction chosen by the compiler, so the same
+/// source gives the same arithmetic on every run (WORKER-4710). Explicit
+/// `fmaf` in the kernels is still used where it was written.
+pub const NVRTC_OPTIONS: &[&str] = &[
+    "--fmad=false",
+    "--ftz=false",
+    "--prec-div=true",
+    "--prec-sqrt=true",
+    "-std=c++17",
+];
+
+/// The full translation unit of one kernel file: the constants the kernels
+/// share with their launchers (defined above, once), then the header pasted
+/// in place of its `#include "common.cuh"` line (NVRTC then needs no
+/// include paths).
+pub fn translation_unit(name: &str, src: &str) -> String {
+    let body: String = src
+        .lines()
+        .map(|l| {
+            if l.trim() == "#include \"common.cuh\"" {
+                ""
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let (rows, warps, pad) = BT_SHAPE;
+    format!(
+        "#define KV_PAGE {KV_PAGE_TOKENS}\n#define BT_ROWS {rows}\n#define BT_WARPS {warps}\n#define BT_PAD {pad}\n\
+         {COMMON_CUH}\n#line 1 \"{name}\"\n{body}\n"
+    )
+}
+
+/// What names one compiled image: SHA-256 (hex) of the NVRTC version, the
+/// architecture, the options and the translation unit. The on-disk cache
+/// files are named by it, and every image built into the binary carries it.
+pub fn image_key(nvrtc: (i32, i32), arch: &str, unit: &str) -> String {
+    let mut k = format!("nvrtc {}.{}\narch {arch}\n", nvrtc.0, nvrtc.1);
+    for o in NVRTC_OPTIONS {
+        k.push_str(o);
+        k.push('\n');
+    }
+    k.push_str(unit);
+    hex(&Sha256::digest(k.as_bytes()))
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 (hex) of a CUBIN, as recorded beside every built-in image.
+pub fn cubin_sha256(cubin: &[u8]) -> String {
+    hex(&Sha256::digest(cubin))
+}
+
+/// Whether the NVRTC library can be opened (checked before any NVRTC call,
+/// since cudarc panics on a missing library).
+pub fn nvrtc_loadable() -> bool {
+    // SAFETY: only tries to dlopen the library by its candidate names; no symbol is called.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// NVRTC's (major, minor) version. The caller has checked [`nvrtc_loadable`].
+pub fn nvrtc_version_raw() -> Result<(i32, i32), String> {
+    let (mut major, mut minor) = (0i32, 0i32);
+    // SAFETY: the library is present (the caller checked); both out-pointers are valid locals.
+    let rc = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    rc.result()
+        .map_err(|e| format!("nvrtcVersion failed: {e:?}"))?;
+    Ok((major, minor))
+}
+
+/// Compile one translation unit to CUBIN for `arch` (e.g. "sm_90"). A
+/// compile error carries NVRTC's log with the file name. The caller has
+/// checked [`nvrtc_loadable`].
+pub fn compile_unit(name: &str, unit: &str, arch: &str) -> Result<Vec<u8>, String> {
+    use cudarc::nvrtc::{result, sys};
+    let src = CString::new(unit).map_err(|_| format!("kernel {name} contains a NUL byte"))?;
+    let cname = CString::new(name).map_err(|_| "kernel name contains a NUL byte".to_string())?;
+    let prog = result::create_program(&src, Some(&cname))
+        .map_err(|e| format!("NVRTC could not create program {name}: {e:?}"))?;
+    let mut opts: Vec<String> = NVRTC_OPTIONS.iter().map(|s| s.to_string()).collect();
+    opts.push(format!("--gpu-architecture={arch}"));
+    // SAFETY: `prog` was just created and is destroyed exactly once below;
+    // `src`/`cname` outlive it. Options are owned strings.
+    let compiled = unsafe { result::compile_program(prog, &opts) };
+    let out = match compiled {
+        Ok(()) => {
+            let mut size = 0usize;
+            // SAFETY: `prog` compiled successfully; `size` is a valid out-pointer.
+            let rc = unsafe { sys::nvrtcGetCUBINSize(prog, &mut size) };
+            match rc.result() {
+                Ok(()) if size > 0 => {
+                    let mut buf = vec![0u8; size];
+                    // SAFETY: `buf` holds exactly the `size` bytes NVRTC reported.
+                    let rc = unsafe { sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut _) };
+                    rc.result()
+                        .map(|_| buf)
+                        .map_err(|e| format!("nvrtcGetCUBIN for {name}: {e:?}"))
+                }
+                Ok(()) => Err(format!("NVRTC produced an empty CUBIN for {name} ({arch})")),
+                Err(e) => Err(format!("nvrtcGetCUBINSize for {name}: {e:?}")),
+            }
+        }
+        Err(e) => {
+            // SAFETY: `prog` is live; the log is copied into the returned Vec.
+            let log = unsafe { result::get_program_log(prog) }
+                .ok()
+                .map(|v| {
+                    // SAFETY: NVRTC's log is NUL-terminated within the returned buffer.
+                    unsafe { CStr::from_ptr(v.as_ptr()) }
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .unwrap_or_default();
+            Err(format!(
+                "NVRTC failed to compile {name} for {arch}: {e:?}\n{log}"
+            ))
+        }
+    };
+    // SAFETY: destroys the program created above, once.
+    let _ = unsafe { result::destroy_program(prog) };
+    out
+}
+
+/// Marks the end of a cache entry, before the CUBIN's SHA-256.
+const ENTRY_MAGIC: &[u8; 8] = b"WOKCUBN1";
+/// Bytes after the CUBIN in a cache entry.
+pub const ENTRY_TRAILER: usize = ENTRY_MAGIC.len() + 32;
+
+/// What a cache file holds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CacheEntry {
+    Missing,
+    /// A CUBIN whose SHA-256 matches the one stored after it.
+    Valid(Vec<u8>),
+    /// Present but not a whole entry: says why.
+    Corrupt(String),
+}
+
+/// Read one cache entry: CUBIN bytes, then [`ENTRY_MAGIC`] and their SHA-256.
+pub fn read_cache_entry(path: &std::path::Path) -> CacheEntry {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return CacheEntry::Missing,
+        Err(e) => return CacheEntry::Corrupt(format!("it cannot be read: {e}")),
+    };
+    if bytes.len() <= ENTRY_TRAILER {
+        return CacheEntry::Corrupt(format!("{} bytes is too short to be an entry", bytes.len()));
+    }
+    let (cubin, trailer) = bytes.split_at(bytes.len() - ENTRY_TRAILER);
+    if &trailer[..ENTRY_MAGIC.len()] != ENTRY_MAGIC {
+        return CacheEntry::Corrupt(
+            "it does not end with the entry marker: truncated, or written by another version"
+                .into(),
+        );
+    }
+    if Sha256::digest(cubin)[..] != trailer[ENTRY_MAGIC.len()..] {
+        return CacheEntry::Corrupt("its SHA-256 does not match its contents".into());
+    }
+    CacheEntry::Valid(cubin.to_vec())
+}
+
+/// Write one cache entry atomically (a temporary file renamed over it). A
+/// cache that cannot be written only costs a recompile next time.
+pub fn write_cache_entry(path: &std::path::Path, cubin: &[u8]) {
+    let Some(dir) = path.parent() else { return };
+    if std::fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    let mut entry = Vec::with_capacity(cubin.len() + ENTRY_TRAILER);
+    entry.extend_from_slice(cubin);
+    entry.extend_from_slice(ENTRY_MAGIC);
+    entry.extend_from_slice(&Sha256::digest(cubin));
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    if std::fs::write(&tmp, &entry).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}
+
+/// The cache file of one image in `dir`: `<stem>-<arch>-<key prefix>.cubin`.
+pub fn cache_entry_path(
+    dir: &std::path::Path,
+    name: &str,
+    arch: &str,
+    key: &str,
+) -> std::path::PathBuf {
+    let stem = name.trim_end_matches(".cu");
+    dir.join(format!("{stem}-{arch}-{}.cubin", &key[..32]))
+}
