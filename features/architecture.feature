@@ -156,6 +156,23 @@ Feature: Architecture and process model
     And the worker exits with code 4 within 15 seconds
     And the readiness callback received a "stopped" status with error code "ENGINE_HUNG"
 
+  # A job still waiting for a slot when the step hangs is ended the same
+  # way: the watchdog fails every accepted job, queued ones included.
+  @WORKER-4032 @WORKER-4960 @serial
+  Scenario: A job waiting behind a hung engine step also ends with ENGINE_HUNG
+    Given a worker configured for the tiny test model
+    And the configuration sets "step_timeout_ms" to 2000
+    And the configuration sets "slots_total" to 1
+    And the configuration sets "max_queued_jobs" to 1
+    When the worker is started
+    And I make the next engine step hang for 60000 ms
+    And I start executing "Hello" with max_tokens 4
+    And another job "Hi" with max_tokens 4 is accepted while the first runs
+    Then the waiting job's stream ends with an "error" event with code "ENGINE_HUNG"
+    When I wait for the stream to finish
+    Then the stream ends with an "error" event with code "ENGINE_HUNG"
+    And the worker exits with code 4 within 15 seconds
+
   @KERNEL-SAFE-004 @gpu @serial
   Scenario: A device error injected on the GPU fails the job with CUDA_ERROR and stops the worker
     Given a worker serving the tiny test model
