@@ -31,11 +31,26 @@ const BOTTOM: f64 = 50.0;
 const COLOURS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
 
 /// Maps data to pixels in one panel: x from the smallest to the largest x,
-/// y from 0 to the largest y plus a tenth.
+/// y from 0 to the first round tick at or above the largest y plus a
+/// twentieth.
 struct Scale {
     x0: f64,
     x1: f64,
     y1: f64,
+    /// Distance between y ticks: 1, 2, 2.5 or 5 times a power of ten.
+    y_step: f64,
+}
+
+/// The round tick distance (1, 2, 2.5 or 5 times a power of ten) at or
+/// above `raw`, for `raw` > 0.
+fn round_step(raw: f64) -> f64 {
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let f = raw / magnitude;
+    let mult = [1.0, 2.0, 2.5, 5.0]
+        .into_iter()
+        .find(|&m| f <= m * (1.0 + 1e-9))
+        .unwrap_or(10.0);
+    mult * magnitude
 }
 
 impl Scale {
@@ -49,10 +64,13 @@ impl Scale {
             (true, false) => (x0 - 1.0, x0 + 1.0),
             _ => (0.0, 1.0),
         };
+        let top = if ymax > 0.0 { ymax * 1.05 } else { 1.0 };
+        let y_step = round_step(top / 4.0);
         Scale {
             x0,
             x1,
-            y1: if ymax > 0.0 { ymax * 1.1 } else { 1.0 },
+            y1: y_step * (top / y_step).ceil(),
+            y_step,
         }
     }
 
@@ -94,14 +112,20 @@ fn panel(out: &mut String, p: &Panel) {
         out,
         "<path d=\"M{LEFT},{TOP} V{bottom} H{right}\" fill=\"none\" stroke=\"black\"/>"
     );
-    for k in 0..=4 {
-        let y = s.y1 * k as f64 / 4.0;
+    let ticks = (s.y1 / s.y_step).round() as usize;
+    // Enough decimals for steps below 1 (0.25 needs two).
+    let decimals = if s.y_step >= 1.0 {
+        0
+    } else {
+        (-s.y_step.log10()).ceil() as usize + 1
+    };
+    for k in 0..=ticks {
+        let y = s.y_step * k as f64;
         let _ = writeln!(
             out,
-            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{:.0}</text>",
+            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{y:.decimals$}</text>",
             LEFT - 6.0,
             s.py(y) + 4.0,
-            y
         );
     }
     let mut xs: Vec<f64> = p
@@ -227,6 +251,42 @@ mod tests {
             doc.contains(">4096<") && doc.contains(">8192<"),
             "x ticks name the points"
         );
+    }
+
+    /// The y ticks are round numbers from 0 to the first at or above the
+    /// largest value (issue 12: not 27, 53, 80).
+    #[test]
+    fn y_ticks_are_round() {
+        let ticks = |ymax: f64| {
+            let p = Panel {
+                title: "t".into(),
+                x_label: "x".into(),
+                y_label: "y".into(),
+                series: vec![Series {
+                    name: "s".into(),
+                    points: vec![(1.0, ymax), (2.0, ymax / 3.0)],
+                }],
+            };
+            svg(&[p])
+                .lines()
+                .filter(|l| l.contains("text-anchor=\"end\""))
+                .map(|l| {
+                    l.split('>')
+                        .nth(1)
+                        .unwrap()
+                        .split('<')
+                        .next()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ticks(73.0), ["0", "20", "40", "60", "80"]);
+        assert_eq!(ticks(6384.0), ["0", "2000", "4000", "6000", "8000"]);
+        assert_eq!(ticks(900.0), ["0", "250", "500", "750", "1000"]);
+        assert_eq!(ticks(0.9), ["0.00", "0.25", "0.50", "0.75", "1.00"]);
+        assert_eq!(round_step(2.0), 2.0);
+        assert_eq!(round_step(0.3), 0.5);
     }
 
     /// A single point or no points at all still make a valid picture.
