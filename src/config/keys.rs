@@ -5,140 +5,16 @@
 //! one parser serves JSON, environment and flags alike and every error can
 //! say where the bad value came from (WORKER-4983, 4991).
 
-use super::{ConfigError, KeyFlags};
-use crate::env::{self, EnvVar, Lookup};
+use super::table::{def, KeyFlags, Rule, KEYS};
+use super::ConfigError;
+use crate::env::{self, Lookup};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-/// One configuration key: its JSON name, flag, environment variable (if any)
-/// and whether the worker refuses to start without it (WORKER-4981). A
-/// required key with an environment variable is given when that variable is
-/// set (WORKER-4990); `rpc_port` is also given by the port of `bind_addr`
-/// (`WORKER_BIND_ADDR`), see `Config::resolve`.
-#[derive(Debug, Clone, Copy)]
-pub struct KeyDef {
-    pub name: &'static str,
-    pub flag: &'static str,
-    pub env: Option<EnvVar>,
-    pub required: bool,
-}
-
-const fn key(
-    name: &'static str,
-    flag: &'static str,
-    env: Option<EnvVar>,
-    required: bool,
-) -> KeyDef {
-    KeyDef {
-        name,
-        flag,
-        env,
-        required,
-    }
-}
-
-/// Every key, in documentation order. `gguf_*` keys nest under `"gguf_limits"`
-/// in the JSON file (`"gguf_limits": {"max_tensors": 10000}`).
-pub const KEYS: &[KeyDef] = &[
-    key("worker_id", "--worker-id", None, true),
-    key("pool_id", "--pool-id", None, true),
-    key("model_path", "--model-path", None, true),
-    key("model_root", "--model-root", None, false),
-    key("rpc_port", "--rpc-port", None, true),
-    key("bind_addr", "--bind-addr", Some(env::BIND_ADDR), false),
-    key(
-        "readiness_callback_url",
-        "--readiness-callback-url",
-        None,
-        true,
-    ),
-    key("gpu_device", "--gpu-device", Some(env::GPU_DEVICE), true),
-    key("backend", "--backend", None, false),
-    key("slots_total", "--slots-total", None, false),
-    key("max_queued_jobs", "--max-queued-jobs", None, false),
-    key("admission_window_ms", "--admission-window-ms", None, false),
-    key("kv_cache_tokens", "--kv-cache-tokens", None, false),
-    key(
-        "header_read_timeout_ms",
-        "--header-read-timeout-ms",
-        None,
-        false,
-    ),
-    key(
-        "body_read_timeout_ms",
-        "--body-read-timeout-ms",
-        None,
-        false,
-    ),
-    key("max_connections", "--max-connections", None, false),
-    key(
-        "max_requests_per_connection",
-        "--max-requests-per-connection",
-        None,
-        false,
-    ),
-    key("max_tokens", "--max-tokens", None, false),
-    key("max_prompt_len", "--max-prompt-len", None, false),
-    key("max_context", "--max-context", None, false),
-    key(
-        "execution_timeout_ms",
-        "--execution-timeout-ms",
-        None,
-        false,
-    ),
-    key("step_timeout_ms", "--step-timeout-ms", None, false),
-    key("drain_timeout_ms", "--drain-timeout-ms", None, false),
-    key("max_body_bytes", "--max-body-bytes", None, false),
-    key("max_model_bytes", "--max-model-bytes", None, false),
-    key(
-        "api_token_file",
-        "--api-token-file",
-        Some(env::API_TOKEN_FILE),
-        false,
-    ),
-    key(
-        "model_signing_pubkey_file",
-        "--model-signing-pubkey-file",
-        None,
-        false,
-    ),
-    key(
-        "model_signature_file",
-        "--model-signature-file",
-        None,
-        false,
-    ),
-    key("seal_key_file", "--seal-key-file", None, false),
-    key("log_level", "--log-level", Some(env::LOG_LEVEL), false),
-    key("state_dir", "--state-dir", Some(env::STATE_DIR), false),
-    key("ready_requires_auth", "--ready-requires-auth", None, false),
-    key("allow_root", "--allow-root", None, false),
-    key("gguf_max_tensors", "--gguf-max-tensors", None, false),
-    key("gguf_max_file_bytes", "--gguf-max-file-bytes", None, false),
-    key(
-        "gguf_max_string_bytes",
-        "--gguf-max-string-bytes",
-        None,
-        false,
-    ),
-    key(
-        "gguf_max_metadata_pairs",
-        "--gguf-max-metadata-pairs",
-        None,
-        false,
-    ),
-    key("gguf_max_array_len", "--gguf-max-array-len", None, false),
-    key("gguf_max_dims", "--gguf-max-dims", None, false),
-];
-
 const GGUF_PREFIX: &str = "gguf_";
 const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
-
-fn def(name: &str) -> Option<&'static KeyDef> {
-    KEYS.iter().find(|k| k.name == name)
-}
 
 /// Where a value came from, for error messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -374,62 +250,29 @@ pub fn env_layer(lookup: Lookup<'_>) -> Result<Layer, ConfigError> {
 /// The flag layer: every flag that was given.
 pub fn flag_layer(a: &KeyFlags) -> Layer {
     let mut layer = Layer::default();
-    let given: [(&'static str, &Option<String>); 38] = [
-        ("worker_id", &a.worker_id),
-        ("pool_id", &a.pool_id),
-        ("model_path", &a.model_path),
-        ("model_root", &a.model_root),
-        ("rpc_port", &a.rpc_port),
-        ("bind_addr", &a.bind_addr),
-        ("readiness_callback_url", &a.readiness_callback_url),
-        ("gpu_device", &a.gpu_device),
-        ("backend", &a.backend),
-        ("slots_total", &a.slots_total),
-        ("max_queued_jobs", &a.max_queued_jobs),
-        ("admission_window_ms", &a.admission_window_ms),
-        ("kv_cache_tokens", &a.kv_cache_tokens),
-        ("header_read_timeout_ms", &a.header_read_timeout_ms),
-        ("body_read_timeout_ms", &a.body_read_timeout_ms),
-        ("max_connections", &a.max_connections),
-        (
-            "max_requests_per_connection",
-            &a.max_requests_per_connection,
-        ),
-        ("max_tokens", &a.max_tokens),
-        ("max_prompt_len", &a.max_prompt_len),
-        ("max_context", &a.max_context),
-        ("execution_timeout_ms", &a.execution_timeout_ms),
-        ("step_timeout_ms", &a.step_timeout_ms),
-        ("drain_timeout_ms", &a.drain_timeout_ms),
-        ("max_body_bytes", &a.max_body_bytes),
-        ("max_model_bytes", &a.max_model_bytes),
-        ("api_token_file", &a.api_token_file),
-        ("model_signing_pubkey_file", &a.model_signing_pubkey_file),
-        ("model_signature_file", &a.model_signature_file),
-        ("seal_key_file", &a.seal_key_file),
-        ("log_level", &a.log_level),
-        ("state_dir", &a.state_dir),
-        ("ready_requires_auth", &a.ready_requires_auth),
-        ("gguf_max_tensors", &a.gguf_max_tensors),
-        ("gguf_max_file_bytes", &a.gguf_max_file_bytes),
-        ("gguf_max_string_bytes", &a.gguf_max_string_bytes),
-        ("gguf_max_metadata_pairs", &a.gguf_max_metadata_pairs),
-        ("gguf_max_array_len", &a.gguf_max_array_len),
-        ("gguf_max_dims", &a.gguf_max_dims),
-    ];
-    for (name, v) in given {
+    for (name, v) in a.values() {
         if let (Some(v), Some(d)) = (v, def(name)) {
             layer.set(d.name, v.clone(), Source::Flag(d.flag));
         }
     }
-    if a.allow_root {
-        layer.set("allow_root", "true".into(), Source::Flag("--allow-root"));
+    if let (name, true) = a.switch() {
+        if let Some(d) = def(name) {
+            layer.set(d.name, "true".into(), Source::Flag(d.flag));
+        }
     }
     layer
 }
 
-/// An unsigned integer in `lo..=hi`, or `default` when absent.
-pub fn uint(m: &Layer, key: &str, lo: u64, hi: u64, default: u64) -> Result<u64, ConfigError> {
+/// Key `key`'s whole number, checked against its rule in the key table:
+/// in `lo..=hi`, or the rule's default when absent.
+pub fn uint(m: &Layer, key: &str) -> Result<u64, ConfigError> {
+    let (_, _, default) = uint_rule(key)?;
+    uint_or(m, key, default)
+}
+
+/// [`uint`] with another default (one that depends on another key).
+pub fn uint_or(m: &Layer, key: &str, default: u64) -> Result<u64, ConfigError> {
+    let (lo, hi, _) = uint_rule(key)?;
     let Some((v, _)) = m.get(key) else {
         return Ok(default);
     };
@@ -442,6 +285,19 @@ pub fn uint(m: &Layer, key: &str, lo: u64, hi: u64, default: u64) -> Result<u64,
         return Err(m.err(key, &format!("is out of range; {range}")));
     }
     Ok(n)
+}
+
+/// (lo, hi, default) of a numeric key.
+fn uint_rule(key: &str) -> Result<(u64, u64, u64), ConfigError> {
+    match def(key).map(|d| d.rule) {
+        Some(Rule::Uint {
+            lo, hi, default, ..
+        }) => Ok((lo, hi, default)),
+        _ => Err(ConfigError::new(
+            key,
+            "is not a numeric key in the key table (a bug in worker-orcd; please report it)",
+        )),
+    }
 }
 
 pub fn boolean(m: &Layer, key: &str, default: bool) -> Result<bool, ConfigError> {

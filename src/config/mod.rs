@@ -22,12 +22,13 @@ mod keys;
 pub mod privileges;
 #[cfg(test)]
 mod security_tests;
+mod table;
 #[cfg(test)]
 mod tests;
 
 pub use credentials::{Credentials, Identity};
-pub use keys::{KeyDef, KEYS};
 pub use privileges::{check_not_root, drop_capabilities, CapabilityReport};
+pub use table::{KeyDef, KeyFlags, Rule, KEYS};
 
 use crate::backend::BackendKind;
 use crate::env;
@@ -66,137 +67,6 @@ impl std::ops::DerefMut for ServeArgs {
     fn deref_mut(&mut self) -> &mut KeyFlags {
         &mut self.keys
     }
-}
-
-// One flag per configuration key (see `KEYS` and docs/operations.md); a plain
-// comment for the same reason as on `ServeArgs`.
-#[derive(clap::Args, Clone, Debug, Default)]
-pub struct KeyFlags {
-    /// Identifier of this worker, [A-Za-z0-9._-]{1,64}. Required.
-    #[arg(long, value_name = "ID")]
-    pub worker_id: Option<String>,
-    /// Identifier of the pool this worker belongs to, [A-Za-z0-9._-]{1,64}. Required.
-    #[arg(long, value_name = "ID")]
-    pub pool_id: Option<String>,
-    /// GGUF model loaded at start-up; relative paths are taken under --model-root. Required.
-    #[arg(long, value_name = "PATH")]
-    pub model_path: Option<String>,
-    /// Directory every model must lie under (default /var/lib/llorch/models).
-    #[arg(long, value_name = "DIR")]
-    pub model_root: Option<String>,
-    /// Port of the RPC server, 1024..=65535; replaces the port of the bind address.
-    /// Required unless WORKER_BIND_ADDR (or --bind-addr) gives IP:PORT.
-    #[arg(long, value_name = "PORT")]
-    pub rpc_port: Option<String>,
-    #[arg(long, value_name = "IP:PORT", help = env::BIND_ADDR.flag_help("Address the RPC server listens on."))]
-    pub bind_addr: Option<String>,
-    /// http:// URL the worker POSTs its readiness (and fatal status) to. Required.
-    #[arg(long, value_name = "URL")]
-    pub readiness_callback_url: Option<String>,
-    #[arg(long, value_name = "N", help = env::GPU_DEVICE.flag_help("CUDA device index, 0..=63. Required (here, in the file or in the environment)."))]
-    pub gpu_device: Option<String>,
-    /// Compute backend: cuda (default; fails fast without a usable GPU) or cpu (reference path).
-    #[arg(long, value_name = "cuda|cpu")]
-    pub backend: Option<String>,
-    /// Jobs that run at once (continuous batching), 1..=256 (default 8).
-    #[arg(long, value_name = "N")]
-    pub slots_total: Option<String>,
-    /// Jobs that may wait for a slot, 0..=4096 (default 64); beyond them
-    /// an execute gets 429 WORKER_BUSY with retry_after_ms.
-    #[arg(long, value_name = "N")]
-    pub max_queued_jobs: Option<String>,
-    /// How long a waiting job may wait so that jobs arriving together share
-    /// one seal verification, 0..=100 ms (default 2).
-    #[arg(long, value_name = "MS")]
-    pub admission_window_ms: Option<String>,
-    /// Positions of the KV pool shared by the running jobs, 0 or
-    /// 16..=16777216 (default 0: max_context).
-    #[arg(long, value_name = "N")]
-    pub kv_cache_tokens: Option<String>,
-    /// A request's headers, and a kept-alive connection's next request, must
-    /// arrive within this, 100..=600000 ms (default 10000).
-    #[arg(long, value_name = "MS")]
-    pub header_read_timeout_ms: Option<String>,
-    /// Longest pause within a request body, 100..=3600000 ms (default 30000).
-    #[arg(long, value_name = "MS")]
-    pub body_read_timeout_ms: Option<String>,
-    /// Open connections at most, 8..=1048576 (default 512); at the cap the
-    /// oldest connection without a request in flight is closed.
-    #[arg(long, value_name = "N")]
-    pub max_connections: Option<String>,
-    /// Requests one connection may carry, 1..=1000000 (default 10000).
-    #[arg(long, value_name = "N")]
-    pub max_requests_per_connection: Option<String>,
-    /// Largest max_tokens a request may ask for, 1..=1048576 (default 4096).
-    #[arg(long, value_name = "N")]
-    pub max_tokens: Option<String>,
-    /// Longest prompt in characters (Unicode scalar values), 1..=67108864 (default 100000).
-    /// Its tokens are bounded separately: prompt tokens + 1 must fit max_context.
-    #[arg(long, value_name = "N")]
-    pub max_prompt_len: Option<String>,
-    /// KV cache capacity in tokens (prompt + output), 16..=1048576 (default 4096).
-    #[arg(long, value_name = "N")]
-    pub max_context: Option<String>,
-    /// Execution timeout per job in ms, 100..=86400000 (default 300000).
-    #[arg(long, value_name = "MS")]
-    pub execution_timeout_ms: Option<String>,
-    /// Longest one engine step may run before the watchdog declares the
-    /// engine hung and stops the worker, 100..=3600000 ms (default 60000).
-    #[arg(long, value_name = "MS")]
-    pub step_timeout_ms: Option<String>,
-    /// How long SIGTERM waits for the in-flight job, in ms, 0..=3600000 (default 30000).
-    #[arg(long, value_name = "MS")]
-    pub drain_timeout_ms: Option<String>,
-    /// Largest HTTP request body in bytes, 1024..=67108864 (default 1048576).
-    #[arg(long, value_name = "BYTES")]
-    pub max_body_bytes: Option<String>,
-    /// Largest model file in bytes, 1..=10^13 (default 10^11 = 100 GB).
-    #[arg(long, value_name = "BYTES")]
-    pub max_model_bytes: Option<String>,
-    #[arg(long, value_name = "PATH", help = env::API_TOKEN_FILE.flag_help(
-        "Token file (mode 0600, one token per line, # comments)."))]
-    pub api_token_file: Option<String>,
-    /// Trusted Ed25519 public key for model signatures: 64 hex digits, 32 raw bytes or PEM
-    /// (`openssl pkey -pubout`). When set, every model must be signed (see --model-signature-file).
-    #[arg(long, value_name = "PATH")]
-    pub model_signing_pubkey_file: Option<String>,
-    /// Detached Ed25519 signature of the --model-path file's SHA-256 digest: 128 hex digits or
-    /// 64 raw bytes. Required with --model-signing-pubkey-file, refused without it.
-    #[arg(long, value_name = "PATH")]
-    pub model_signature_file: Option<String>,
-    /// Seal key: 64 hex digits (32 bytes), mode 0600 like the token file. Lets a pool manager
-    /// verify shard seals. Without it the worker seals with a random per-process key.
-    #[arg(long, value_name = "PATH")]
-    pub seal_key_file: Option<String>,
-    #[arg(long, value_name = "LEVEL", help = env::LOG_LEVEL.flag_help("trace, debug, info, warn or error."))]
-    pub log_level: Option<String>,
-    #[arg(long, value_name = "DIR", help = env::STATE_DIR.flag_help(
-        "Absolute directory of the restart circuit breaker's state (default $STATE_DIRECTORY, else /var/lib/worker-orcd)."))]
-    pub state_dir: Option<String>,
-    /// Whether GET /worker/ready needs the bearer token: true (default) or false.
-    #[arg(long, value_name = "true|false")]
-    pub ready_requires_auth: Option<String>,
-    /// GGUF: most tensors in a file, 1..=1000000 (default 10000).
-    #[arg(long, value_name = "N")]
-    pub gguf_max_tensors: Option<String>,
-    /// GGUF: largest file in bytes, 1..=10^13 (default: max_model_bytes).
-    #[arg(long, value_name = "BYTES")]
-    pub gguf_max_file_bytes: Option<String>,
-    /// GGUF: longest metadata string in bytes, 1..=16777216 (default 65536).
-    #[arg(long, value_name = "BYTES")]
-    pub gguf_max_string_bytes: Option<String>,
-    /// GGUF: most metadata pairs, 1..=1000000 (default 1000).
-    #[arg(long, value_name = "N")]
-    pub gguf_max_metadata_pairs: Option<String>,
-    /// GGUF: longest metadata array, 1..=67108864 (default 4194304).
-    #[arg(long, value_name = "N")]
-    pub gguf_max_array_len: Option<String>,
-    /// GGUF: most dimensions per tensor, 1..=8 (default 4).
-    #[arg(long, value_name = "N")]
-    pub gguf_max_dims: Option<String>,
-    /// Run even as root. Dangerous: a compromised worker would own the host. Logged as a warning.
-    #[arg(long)]
-    pub allow_root: bool,
 }
 
 /// The validated configuration the daemon runs with.
@@ -307,7 +177,6 @@ pub const DEFAULT_MAX_TOKENS_LIMIT: u32 = 4096;
 pub const MAX_PROMPT_LEN_LIMIT: u64 = 64 << 20;
 /// Default `state_dir` when neither it nor systemd's `$STATE_DIRECTORY` is set.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/worker-orcd";
-/// Accepted log levels.
 /// Running jobs by default: enough to batch decode rows, few enough that a
 /// CPU worker still answers each stream promptly (issue 11 point 4).
 pub const DEFAULT_SLOTS: u64 = 8;
@@ -315,6 +184,7 @@ pub const MAX_SLOTS: u64 = 256;
 /// Waiting jobs by default, and at most; each holds only its prompt's ids.
 pub const DEFAULT_QUEUED: u64 = 64;
 pub const MAX_QUEUED: u64 = 4096;
+/// Accepted log levels.
 pub const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
 
 impl Config {
@@ -404,7 +274,7 @@ fn build(m: &Layer, lookup: env::Lookup<'_>) -> Result<Config, ConfigError> {
     if !m.has("gpu_device") {
         return Err(ConfigError::new("gpu_device", keys::missing("gpu_device")));
     }
-    let gpu_device = keys::uint(m, "gpu_device", 0, 63, 0)? as u32;
+    let gpu_device = keys::uint(m, "gpu_device")? as u32;
     let backend = match m.text_or("backend", "cuda")?.as_str() {
         "cuda" => BackendKind::Cuda,
         "cpu" => BackendKind::Cpu,
@@ -417,42 +287,29 @@ fn build(m: &Layer, lookup: env::Lookup<'_>) -> Result<Config, ConfigError> {
             ))
         }
     };
-    let slots_total = keys::uint(m, "slots_total", 1, MAX_SLOTS, DEFAULT_SLOTS)? as u32;
-    let max_queued_jobs = keys::uint(m, "max_queued_jobs", 0, MAX_QUEUED, DEFAULT_QUEUED)? as u32;
-    let admission_window_ms = keys::uint(m, "admission_window_ms", 0, 100, 2)?;
-    let kv_cache_tokens = keys::uint(m, "kv_cache_tokens", 0, 1 << 24, 0)? as usize;
-    let header_read_timeout_ms = keys::uint(m, "header_read_timeout_ms", 100, 600_000, 10_000)?;
-    let body_read_timeout_ms = keys::uint(m, "body_read_timeout_ms", 100, 3_600_000, 30_000)?;
-    let max_connections = keys::uint(m, "max_connections", 8, 1 << 20, 512)? as usize;
-    let max_requests_per_connection =
-        keys::uint(m, "max_requests_per_connection", 1, 1_000_000, 10_000)?;
+    let slots_total = keys::uint(m, "slots_total")? as u32;
+    let max_queued_jobs = keys::uint(m, "max_queued_jobs")? as u32;
+    let admission_window_ms = keys::uint(m, "admission_window_ms")?;
+    let kv_cache_tokens = keys::uint(m, "kv_cache_tokens")? as usize;
+    let header_read_timeout_ms = keys::uint(m, "header_read_timeout_ms")?;
+    let body_read_timeout_ms = keys::uint(m, "body_read_timeout_ms")?;
+    let max_connections = keys::uint(m, "max_connections")? as usize;
+    let max_requests_per_connection = keys::uint(m, "max_requests_per_connection")?;
     if kv_cache_tokens != 0 && kv_cache_tokens < 16 {
         return Err(m.err(
             "kv_cache_tokens",
             "is below one page of 16 positions; use 0 (max_context) or at least 16",
         ));
     }
-    let max_tokens = keys::uint(
-        m,
-        "max_tokens",
-        1,
-        1 << 20,
-        u64::from(DEFAULT_MAX_TOKENS_LIMIT),
-    )? as u32;
-    let max_context = keys::uint(m, "max_context", 16, 1 << 20, 4096)? as usize;
+    let max_tokens = keys::uint(m, "max_tokens")? as u32;
+    let max_context = keys::uint(m, "max_context")? as usize;
     // Characters, as WORKER-4242 words it; the token bound is max_context.
-    let max_prompt_len = keys::uint(
-        m,
-        "max_prompt_len",
-        1,
-        MAX_PROMPT_LEN_LIMIT,
-        DEFAULT_MAX_PROMPT_LEN,
-    )? as usize;
-    let execution_timeout_ms = keys::uint(m, "execution_timeout_ms", 100, 86_400_000, 300_000)?;
-    let drain_timeout_ms = keys::uint(m, "drain_timeout_ms", 0, 3_600_000, 30_000)?;
-    let step_timeout_ms = keys::uint(m, "step_timeout_ms", 100, 3_600_000, 60_000)?;
-    let max_body_bytes = keys::uint(m, "max_body_bytes", 1024, 64 << 20, 1 << 20)? as usize;
-    let max_model_bytes = keys::uint(m, "max_model_bytes", 1, 10_000_000_000_000, 100_000_000_000)?;
+    let max_prompt_len = keys::uint(m, "max_prompt_len")? as usize;
+    let execution_timeout_ms = keys::uint(m, "execution_timeout_ms")?;
+    let drain_timeout_ms = keys::uint(m, "drain_timeout_ms")?;
+    let step_timeout_ms = keys::uint(m, "step_timeout_ms")?;
+    let max_body_bytes = keys::uint(m, "max_body_bytes")? as usize;
+    let max_model_bytes = keys::uint(m, "max_model_bytes")?;
 
     let api_token_file = match m.get("api_token_file") {
         Some(_) => PathBuf::from(m.required_text("api_token_file")?),
@@ -488,32 +345,15 @@ fn build(m: &Layer, lookup: env::Lookup<'_>) -> Result<Config, ConfigError> {
     let (state_dir, state_dir_configured) = state_dir(m, lookup)?;
     let allow_root = keys::boolean(m, "allow_root", false)?;
 
-    let defaults = GgufLimits::default();
+    // The defaults are the key table's; `gguf_limits_default_is_the_table`
+    // checks they equal GgufLimits::default().
     let gguf_limits = GgufLimits {
-        max_tensors: keys::uint(m, "gguf_max_tensors", 1, 1_000_000, defaults.max_tensors)?,
-        max_file_bytes: keys::uint(
-            m,
-            "gguf_max_file_bytes",
-            1,
-            10_000_000_000_000,
-            max_model_bytes,
-        )?,
-        max_string_bytes: keys::uint(
-            m,
-            "gguf_max_string_bytes",
-            1,
-            16 << 20,
-            defaults.max_string_bytes,
-        )?,
-        max_metadata_pairs: keys::uint(
-            m,
-            "gguf_max_metadata_pairs",
-            1,
-            1_000_000,
-            defaults.max_metadata_pairs,
-        )?,
-        max_array_len: keys::uint(m, "gguf_max_array_len", 1, 64 << 20, defaults.max_array_len)?,
-        max_dims: keys::uint(m, "gguf_max_dims", 1, 8, u64::from(defaults.max_dims))? as u32,
+        max_tensors: keys::uint(m, "gguf_max_tensors")?,
+        max_file_bytes: keys::uint_or(m, "gguf_max_file_bytes", max_model_bytes)?,
+        max_string_bytes: keys::uint(m, "gguf_max_string_bytes")?,
+        max_metadata_pairs: keys::uint(m, "gguf_max_metadata_pairs")?,
+        max_array_len: keys::uint(m, "gguf_max_array_len")?,
+        max_dims: keys::uint(m, "gguf_max_dims")? as u32,
     };
 
     // Read by the CUDA engine at load; checked here so that a typo stops the

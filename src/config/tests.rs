@@ -546,6 +546,78 @@ fn clap_parses_every_flag() {
     }
 }
 
+/// One table drives the flags (issue 11, "Layout"): every key's flag, given
+/// on the command line, lands in the flag layer under that key; every
+/// numeric key's `--help` prints the range and default its check uses, and
+/// a key with an environment variable names it.
+#[test]
+fn every_flag_reaches_its_key_and_shows_its_rule() {
+    use super::keys::{flag_layer, Source};
+    use clap::{Args, Command, FromArgMatches};
+    let mut argv = vec!["t".to_string()];
+    for k in KEYS {
+        argv.push(k.flag.to_string());
+        if k.rule != Rule::Switch {
+            argv.push(format!("value of {}", k.name));
+        }
+    }
+    let cmd = ServeArgs::augment_args(Command::new("t"));
+    let m = cmd.try_get_matches_from(&argv).unwrap();
+    let a = ServeArgs::from_arg_matches(&m).unwrap();
+    let layer = flag_layer(&a.keys);
+    for k in KEYS {
+        let want = if k.rule == Rule::Switch {
+            "true".to_string()
+        } else {
+            format!("value of {}", k.name)
+        };
+        assert_eq!(
+            layer.get(k.name),
+            Some(&(want, Source::Flag(k.flag))),
+            "{}",
+            k.name
+        );
+    }
+    let cmd = ServeArgs::augment_args(Command::new("t"));
+    for k in KEYS {
+        let long = k.flag.trim_start_matches("--");
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long))
+            .unwrap();
+        let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+        assert!(help.starts_with(k.help), "{}: {help}", k.name);
+        if let Rule::Uint { lo, hi, .. } = k.rule {
+            let with_default = format!("({lo}..={hi}, default ");
+            let without = format!("({lo}..={hi}).");
+            assert!(
+                help.contains(if k.required { &without } else { &with_default }),
+                "{}: {help}",
+                k.name
+            );
+        }
+        if let Some(var) = k.env {
+            assert!(help.contains(var.name), "{}: {help}", k.name);
+        }
+    }
+}
+
+/// The GGUF limits' defaults in the key table are the parser's own.
+#[test]
+fn gguf_limits_default_is_the_table() {
+    let rule = |name: &str| match KEYS.iter().find(|k| k.name == name).unwrap().rule {
+        Rule::Uint { default, .. } => default,
+        other => panic!("{name} is {other:?}"),
+    };
+    let d = crate::model::gguf::GgufLimits::default();
+    assert_eq!(rule("gguf_max_tensors"), d.max_tensors);
+    assert_eq!(rule("max_model_bytes"), d.max_file_bytes);
+    assert_eq!(rule("gguf_max_string_bytes"), d.max_string_bytes);
+    assert_eq!(rule("gguf_max_metadata_pairs"), d.max_metadata_pairs);
+    assert_eq!(rule("gguf_max_array_len"), d.max_array_len);
+    assert_eq!(rule("gguf_max_dims"), u64::from(d.max_dims));
+}
+
 /// The signing files go together (WORKER-4222, 4313); the flags set them too.
 #[test]
 fn signing_key_and_startup_signature_come_together() {
@@ -625,6 +697,39 @@ fn operations_doc_lists_every_key_flag_and_env_var() {
                 env_cell.is_empty(),
                 "docs/operations.md: `{json_name}` has no env var, but its row names {env_cell}"
             ),
+        }
+        if let Rule::Uint {
+            lo,
+            hi,
+            default,
+            shown,
+        } = k.rule
+        {
+            // The range cell as the key table checks it ("10^13" written
+            // out; "0, or 16..=N" is a finer statement of "0..=N").
+            let range = row
+                .get(5)
+                .copied()
+                .unwrap_or_default()
+                .replace("10^13", "10000000000000");
+            let range = range.replace("0, or 16..=", "0..=");
+            assert_eq!(
+                range,
+                format!("{lo}..={hi}"),
+                "docs/operations.md: the range of `{json_name}`"
+            );
+            let default_cell = row.get(4).copied().unwrap_or_default();
+            let want = if k.required {
+                "(required".to_string()
+            } else if shown == Some("max_model_bytes") {
+                "`max_model_bytes`".to_string()
+            } else {
+                format!("`{default}`")
+            };
+            assert!(
+                default_cell.starts_with(&want),
+                "docs/operations.md: the default of `{json_name}` is {want}, not {default_cell}"
+            );
         }
     }
     for v in crate::env::ALL {
