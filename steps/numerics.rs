@@ -67,7 +67,9 @@ fn numerics_sources() -> String {
 fn expected_cpu_version() -> String {
     let mut h = Sha256::new();
     for line in [
-        "worker-orcd numerics 1".to_string(),
+        // The scheme's name is a label, not a computation: taken from the
+        // worker's crate so that a bump there is not a second edit here.
+        worker_orcd::engine::numerics::SCHEME.to_string(),
         numerics_sources(),
         "cpu".to_string(),
         format!("prefill_chunk={CPU_PREFILL_CHUNK}"),

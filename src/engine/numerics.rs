@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 pub const SOURCES_SHA256: &str = env!("WORKER_ORCD_NUMERICS_SOURCES_SHA256");
 
 /// Bumped when the meaning of the fields below changes.
-const SCHEME: &str = "worker-orcd numerics 2";
+pub const SCHEME: &str = "worker-orcd numerics 2";
 
 /// What besides the sources decides a backend's arithmetic.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,8 +17,10 @@
 
 use std::path::{Path, PathBuf};
 
-use super::embedded::{BuiltIn, BUILT_IN};
-use super::kernel_units::{cache_entry_path, compile_unit, image_key, nvrtc_loadable};
+use super::embedded::{BuiltIn, Unusable, BUILT_IN};
+use super::kernel_units::{
+    cache_entry_path, compile_unit, image_key, nvrtc_identity, nvrtc_loadable,
+};
 pub use super::kernel_units::{
     read_cache_entry, translation_unit, write_cache_entry, CacheEntry, COMMON_CUH, KERNEL_SOURCES,
     NVRTC_OPTIONS,
@@ -49,6 +51,17 @@ fn ensure_nvrtc(why_needed: &str) -> Result<()> {
     }
 }
 
+/// The loaded NVRTC as image keys and the numerics version name it
+/// (`kernel_units::nvrtc_identity`), found once.
+pub fn compiler_identity() -> Result<String> {
+    static IDENTITY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(id) = IDENTITY.get() {
+        return Ok(id.clone());
+    }
+    let id = nvrtc_identity(nvrtc_version()?);
+    Ok(IDENTITY.get_or_init(|| id).clone())
+}
+
 /// Compile one translation unit to CUBIN for `arch` (e.g. "sm_90").
 /// A compile error carries NVRTC's log with the file name.
 pub fn compile_cubin(name: &str, unit: &str, arch: &str) -> Result<Vec<u8>> {
@@ -68,11 +81,49 @@ pub fn cache_dir() -> PathBuf {
     PathBuf::from("/tmp/worker-orcd-kernels")
 }
 
+/// Whether `dir` may hold code this process will run on the GPU: a folder
+/// owned by this user that no one else can write to (a folder in a shared
+/// `/tmp` another user could plant an entry in is not). Creates it, mode
+/// 0700, when absent.
+pub fn private_cache(dir: &Path) -> std::result::Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("it cannot be created: {e}"))?;
+    }
+    let meta = std::fs::metadata(dir).map_err(|e| format!("it cannot be read: {e}"))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_dir() {
+        return Err("it is not a folder".into());
+    }
+    if meta.uid() != me {
+        return Err(format!(
+            "it belongs to user {}, not to this worker's {me}",
+            meta.uid()
+        ));
+    }
+    if meta.permissions().mode() & 0o022 != 0 {
+        return Err(format!(
+            "others can write to it (mode {:o})",
+            meta.permissions().mode() & 0o777
+        ));
+    }
+    Ok(())
+}
+
 /// Compile (or load from the cache in `dir`) one kernel file for `arch`.
-/// Returns the CUBIN and whether it came from the cache.
+/// Returns the CUBIN and whether it came from the cache. A cache folder that
+/// is not [`private_cache`] is neither read nor written.
 pub fn cubin_cached_in(dir: &Path, name: &str, src: &str, arch: &str) -> Result<(Vec<u8>, bool)> {
     let unit = translation_unit(name, src);
-    let key = image_key(nvrtc_version()?, arch, &unit);
+    if private_cache(dir).is_err() {
+        return Ok((compile_cubin(name, &unit, arch)?, false));
+    }
+    let key = image_key(&compiler_identity()?, arch, &unit);
     let path = cache_entry_path(dir, name, arch, &key);
     match read_cache_entry(&path) {
         CacheEntry::Valid(cubin) => return Ok((cubin, true)),
@@ -115,10 +166,10 @@ pub struct KernelImage {
 pub struct KernelSet {
     /// In [`KERNEL_SOURCES`] order.
     pub images: Vec<KernelImage>,
-    /// The NVRTC version that compiled them (part of the numerics version).
-    pub compiler: (i32, i32),
+    /// The NVRTC that compiled them (part of the numerics version).
+    pub compiler: String,
     /// Why the built-in images were not used, when NVRTC ran instead.
-    pub fallback_reason: Option<String>,
+    pub fallback: Option<Unusable>,
 }
 
 impl KernelSet {
@@ -153,19 +204,20 @@ pub fn kernel_set(
                         origin: ImageOrigin::BuiltIn,
                     })
                     .collect(),
-                compiler,
-                fallback_reason: None,
+                compiler: compiler.to_string(),
+                fallback: None,
             })
         }
-        Err(reason) => reason,
+        Err(unusable) => unusable,
     };
     ensure_nvrtc(&format!(
-        "The kernels must be compiled at start-up because {reason}, but "
+        "The kernels must be compiled at start-up because {}, but ",
+        reason.why
     ))?;
     Ok(KernelSet {
         images: compile_in_parallel(dir, arch, sources)?,
-        compiler: nvrtc_version()?,
-        fallback_reason: Some(reason),
+        compiler: compiler_identity()?,
+        fallback: Some(reason),
     })
 }
 
@@ -180,6 +232,17 @@ pub fn compile_in_parallel(
     sources: &[(&'static str, &'static str)],
 ) -> Result<Vec<KernelImage>> {
     ensure_nvrtc("")?;
+    if let Err(why) = private_cache(dir) {
+        tracing::warn!(
+            human = %format!(
+                "The kernel cache folder {} is not used because {why}; the kernels are compiled at every \
+                 start until it is fixed. Point WORKER_ORCD_KERNEL_CACHE at a folder only this worker's \
+                 user can write (the systemd unit uses its own cache directory).",
+                dir.display()
+            ),
+            dir = %dir.display(), reason = %why, "kernel cache not used"
+        );
+    }
     let results: Vec<Result<KernelImage>> = std::thread::scope(|s| {
         let handles: Vec<_> = sources
             .iter()
@@ -212,6 +275,59 @@ pub fn compile_in_parallel(
 #[cfg(test)]
 mod cache_tests {
     use super::*;
+
+    /// A cache folder others can write to is refused, as is one that is a
+    /// file; an absent one is created private.
+    #[test]
+    fn only_a_private_cache_folder_is_used() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = dir.path().join("a/b");
+        private_cache(&fresh).expect("created");
+        assert_eq!(
+            std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let why = private_cache(&fresh).unwrap_err();
+        assert!(why.contains("others can write"), "{why}");
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(private_cache(&file).unwrap_err().contains("not a folder"));
+    }
+
+    /// With NVRTC: an entry planted in a folder others can write to is not
+    /// loaded (the kernel is compiled), and nothing is written there.
+    #[test]
+    #[cfg_attr(
+        not(nvrtc),
+        ignore = "libnvrtc.so.13 not found at build time: source ci/nvrtc-env.sh"
+    )]
+    fn a_planted_entry_in_a_shared_folder_is_not_loaded() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (name, src) = KERNEL_SOURCES
+            .iter()
+            .find(|(n, _)| *n == "swiglu.cu")
+            .unwrap();
+        let (real, cached) = cubin_cached_in(dir.path(), name, src, "sm_90").unwrap();
+        assert!(!cached);
+        let entry = std::fs::read_dir(dir.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let planted = b"\x7fELF planted by another user".to_vec();
+        write_cache_entry(&entry, &planted);
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let (got, cached) = cubin_cached_in(dir.path(), name, src, "sm_90").unwrap();
+        assert!(
+            !cached && got == real,
+            "the planted entry must not be loaded"
+        );
+        assert_eq!(read_cache_entry(&entry), CacheEntry::Valid(planted));
+    }
 
     /// An entry reads back as written; a flipped byte anywhere, a cut end
     /// or a file of another format is reported corrupt, never returned.
@@ -312,7 +428,10 @@ mod cache_tests {
         let alone = compile_cubin(name, &translation_unit(name, src), "sm_90").expect("compile");
         assert_eq!(cold.iter().find(|k| k.file == *name).unwrap().cubin, alone);
 
-        assert_eq!(BUILT_IN.nvrtc, Some(nvrtc_version().unwrap()));
+        assert_eq!(
+            BUILT_IN.compiler,
+            Some(compiler_identity().unwrap().as_str())
+        );
         let (built_in, _) = BUILT_IN
             .for_arch("sm_90", KERNEL_SOURCES)
             .expect("the binary carries sm_90");
@@ -349,12 +468,12 @@ mod cache_tests {
 }
 
 /// The binary's own images (issue 12 point 4): used as they are on the
-/// shipped architectures, refused with a reason when damaged, stale or
-/// absent, and replaced by NVRTC's with that reason.
+/// shipped architectures, refused with a reason when damaged, stale, for
+/// another architecture or absent, and replaced by NVRTC's with that reason.
 #[cfg(test)]
 mod built_in_tests {
     use super::super::embedded::EmbeddedImage;
-    use super::super::kernel_units::{cubin_sha256, SHIPPED_ARCHS};
+    use super::super::kernel_units::{cubin_sha256, cubin_sm, SHIPPED_ARCHS};
     use super::*;
 
     fn swiglu() -> (&'static str, &'static str) {
@@ -364,12 +483,23 @@ mod built_in_tests {
             .unwrap()
     }
 
-    /// A one-image table for swiglu.cu on sm_90 built by `nvrtc`, with
-    /// `key` and `sha256` as given (None: the true ones).
+    /// A stand-in CUBIN: an ELF64 header whose flags say sm_`sm`.
+    fn fake_cubin(sm: u32, tail: &str) -> &'static [u8] {
+        let mut b = vec![0u8; 0x40];
+        b[..4].copy_from_slice(b"\x7fELF");
+        b[4] = 2;
+        b[0x30..0x34].copy_from_slice(&((sm << 8) | 0x0600_0004).to_le_bytes());
+        b.extend_from_slice(tail.as_bytes());
+        Box::leak(b.into_boxed_slice())
+    }
+
+    const COMPILER: &str = "nvrtc 13.0 (libnvrtc.so.13, 1 bytes)";
+
+    /// A one-image table for swiglu.cu on sm_90, with `key` and `sha256`
+    /// as given (None: the true ones).
     fn table(cubin: &'static [u8], key: Option<&str>, sha: Option<&str>) -> BuiltIn {
         let (file, src) = swiglu();
-        let nvrtc = (13, 0);
-        let true_key = image_key(nvrtc, "sm_90", &translation_unit(file, src));
+        let true_key = image_key(COMPILER, "sm_90", &translation_unit(file, src));
         let image = EmbeddedImage {
             arch: "sm_90",
             file,
@@ -383,82 +513,108 @@ mod built_in_tests {
         };
         BuiltIn {
             images: Box::leak(Box::new([image])),
-            nvrtc: Some(nvrtc),
+            compiler: Some(COMPILER),
             absent_reason: "",
+            requested: &["sm_90"],
         }
     }
 
     #[test]
     fn a_whole_image_is_used_and_a_damaged_stale_or_missing_one_is_not() {
-        let cubin: &'static [u8] = b"\x7fELF a stand-in for a CUBIN";
+        let cubin = fake_cubin(90, "a stand-in for a CUBIN");
         let sources = [swiglu()];
-        let (images, nvrtc) = table(cubin, None, None)
+        let (images, compiler) = table(cubin, None, None)
             .for_arch("sm_90", &sources)
             .expect("whole");
-        assert_eq!((images, nvrtc), (vec![("swiglu.cu", cubin)], (13, 0)));
+        assert_eq!((images, compiler), (vec![("swiglu.cu", cubin)], COMPILER));
 
         let damaged = table(cubin, None, Some(&cubin_sha256(b"other bytes")));
         let why = damaged.for_arch("sm_90", &sources).unwrap_err();
         assert!(
-            why.contains("damaged") && why.contains("swiglu.cu"),
-            "{why}"
+            why.why.contains("damaged") && why.why.contains("swiglu.cu"),
+            "{why:?}"
         );
+        assert!(why.advice.contains("reinstall"), "{why:?}");
 
         let stale = table(cubin, Some(&"0".repeat(64)), None);
         let why = stale.for_arch("sm_90", &sources).unwrap_err();
-        assert!(why.contains("not built from its sources"), "{why}");
+        assert!(why.why.contains("not built from its sources"), "{why:?}");
+
+        let other_arch = table(fake_cubin(80, "built for sm_80"), None, None);
+        let why = other_arch.for_arch("sm_90", &sources).unwrap_err();
+        assert!(why.why.contains("another architecture"), "{why:?}");
 
         let why = table(cubin, None, None)
             .for_arch("sm_86", &sources)
             .unwrap_err();
-        assert!(why.contains("sm_86") && why.contains("sm_90"), "{why}");
+        assert!(
+            why.why.contains("sm_86") && why.why.contains("sm_90"),
+            "{why:?}"
+        );
+        assert!(
+            why.advice
+                .contains("sm_86 added to WORKER_ORCD_KERNEL_ARCHS"),
+            "{why:?}"
+        );
 
         let more = [swiglu(), ("topk.cu", "")];
         let why = table(cubin, None, None)
             .for_arch("sm_90", &more)
             .unwrap_err();
-        assert!(why.contains("lack topk.cu"), "{why}");
+        assert!(why.why.contains("lack topk.cu"), "{why:?}");
 
         let none = BuiltIn {
             images: &[],
-            nvrtc: None,
+            compiler: None,
             absent_reason: "NVRTC was not found when it was built",
+            requested: &["sm_90"],
         };
         let why = none.for_arch("sm_90", &sources).unwrap_err();
         assert!(
-            why.contains("NVRTC was not found when it was built"),
-            "{why}"
+            why.why.contains("NVRTC was not found when it was built"),
+            "{why:?}"
         );
+        assert!(why.advice.contains("nvrtc-env.sh"), "{why:?}");
     }
 
-    /// This binary carries every kernel file for every shipped architecture
-    /// (CI builds with NVRTC), each whole and built from these sources; a
-    /// device of one of them loads them without compiling or touching the
-    /// cache.
+    /// This binary carries every kernel file for every architecture its
+    /// build was asked for (CI: the shipped ones, with NVRTC), each whole,
+    /// built from these sources and for that architecture (read from the
+    /// CUBIN's own header); a device of one of them loads them without
+    /// compiling or touching the cache.
     #[test]
     #[cfg_attr(
         not(nvrtc),
         ignore = "libnvrtc.so.13 not found at build time: source ci/nvrtc-env.sh"
     )]
-    fn the_binary_carries_every_kernel_for_the_shipped_architectures() {
+    fn the_binary_carries_every_kernel_for_the_requested_architectures() {
+        assert!(!BUILT_IN.requested.is_empty(), "{}", BUILT_IN.absent_reason);
+        if !super::super::embedded::ARCHS_FROM_ENV {
+            assert_eq!(BUILT_IN.requested, SHIPPED_ARCHS);
+        }
         assert_eq!(
             BUILT_IN.archs(),
-            SHIPPED_ARCHS,
+            BUILT_IN.requested,
             "{}",
             BUILT_IN.absent_reason
         );
-        for arch in SHIPPED_ARCHS {
+        for arch in BUILT_IN.requested {
             let (images, _) = BUILT_IN
                 .for_arch(arch, KERNEL_SOURCES)
-                .unwrap_or_else(|why| panic!("{arch}: {why}"));
+                .unwrap_or_else(|why| panic!("{arch}: {why:?}"));
             assert_eq!(images.len(), KERNEL_SOURCES.len());
-            assert!(images.iter().all(|(_, c)| c.starts_with(b"\x7fELF")));
+            let sm: u32 = arch[3..].parse().unwrap();
+            assert!(
+                images.iter().all(|(_, c)| cubin_sm(c) == Some(sm)),
+                "{arch}"
+            );
         }
         let dir = tempfile::tempdir().unwrap();
-        let set = kernel_set(dir.path(), "sm_90", &BUILT_IN, KERNEL_SOURCES).expect("built in");
+        let arch = BUILT_IN.requested[0];
+        let set = kernel_set(dir.path(), arch, &BUILT_IN, KERNEL_SOURCES).expect("built in");
         assert_eq!(set.count(ImageOrigin::BuiltIn), KERNEL_SOURCES.len());
-        assert_eq!(set.fallback_reason, None);
-        assert_eq!(Some(set.compiler), BUILT_IN.nvrtc);
+        assert_eq!(set.fallback, None);
+        assert_eq!(Some(set.compiler.as_str()), BUILT_IN.compiler);
         assert_eq!(
             std::fs::read_dir(dir.path()).unwrap().count(),
             0,
@@ -478,18 +634,45 @@ mod built_in_tests {
         let dir = tempfile::tempdir().unwrap();
         let set = kernel_set(dir.path(), "sm_86", &BUILT_IN, &sources).expect("compile");
         assert_eq!(set.count(ImageOrigin::Compiled), 1);
-        let why = set.fallback_reason.expect("a reason");
-        assert!(why.contains("sm_86") && why.contains("sm_90"), "{why}");
+        let why = set.fallback.expect("a reason").why;
+        assert!(why.contains("sm_86"), "{why}");
+        assert_eq!(set.compiler, compiler_identity().unwrap());
 
-        let damaged = table(b"\x7fELF not the real one", None, Some(&"f".repeat(64)));
+        let damaged = table(
+            fake_cubin(90, "not the real one"),
+            None,
+            Some(&"f".repeat(64)),
+        );
         let set = kernel_set(dir.path(), "sm_90", &damaged, &sources).expect("compile");
         assert_eq!(set.count(ImageOrigin::Compiled), 1);
-        assert!(set.fallback_reason.unwrap().contains("damaged"));
+        assert!(set.fallback.unwrap().why.contains("damaged"));
         let (file, src) = swiglu();
         let real = compile_cubin(file, &translation_unit(file, src), "sm_90").unwrap();
         assert_eq!(
             set.images[0].cubin, real,
             "NVRTC's image, not the damaged one"
         );
+    }
+
+    #[test]
+    fn architecture_names_and_cubin_headers_are_read() {
+        use super::super::kernel_units::arch_sm;
+        assert_eq!(arch_sm("sm_90"), Some(90));
+        assert_eq!(arch_sm("sm_90a"), Some(90));
+        assert_eq!(arch_sm("sm_100"), Some(100));
+        for bad in [
+            "sm_9",
+            "sm_zz",
+            "sm_",
+            "90",
+            "sm_90ab",
+            "sm_1000",
+            "compute_90",
+        ] {
+            assert_eq!(arch_sm(bad), None, "{bad}");
+        }
+        assert_eq!(cubin_sm(fake_cubin(89, "")), Some(89));
+        assert_eq!(cubin_sm(b"\x7fELF"), None);
+        assert_eq!(cubin_sm(&[0u8; 64]), None);
     }
 }

@@ -18,7 +18,8 @@ use cudarc::driver::{
     sys, CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, DriverError,
 };
 
-use super::compile::{kernel_images, ImageOrigin, KernelSet};
+use super::compile::{kernel_set, ImageOrigin, KernelSet, KERNEL_SOURCES};
+use super::embedded::Unusable;
 use super::gemm::Blas;
 use super::{cuda_err, probe_libraries, DeviceInfo};
 use crate::error::{Result, WorkerError};
@@ -202,16 +203,42 @@ pub struct Gpu {
 /// NVRTC version compiled them (part of the numerics version).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelProvenance {
-    pub compiler: (i32, i32),
+    /// `kernel_units::nvrtc_identity` of the compiler.
+    pub compiler: String,
     pub built_in: usize,
     pub from_cache: usize,
     pub compiled: usize,
 }
 
+/// Say why the kernels did not come from the binary: a warning when some
+/// were compiled now (a slow start), a note when the on-disk cache had them.
+fn log_fallback(arch: &str, unusable: &Unusable, compiled: usize) {
+    let cache = super::compile::cache_dir();
+    if compiled > 0 {
+        tracing::warn!(
+            human = %format!(
+                "Compiled {compiled} kernel files for this GPU ({arch}) at start-up, because {}. This takes \
+                 about 30 s the first time; later starts load them from {}. {}",
+                unusable.why, cache.display(), unusable.advice
+            ),
+            arch = %arch, reason = %unusable.why, compiled = compiled, "kernels compiled at start-up"
+        );
+    } else {
+        tracing::info!(
+            human = %format!(
+                "Loaded this GPU's ({arch}) kernels from the on-disk cache {}, compiled by an earlier start, \
+                 because {}. {}",
+                cache.display(), unusable.why, unusable.advice
+            ),
+            arch = %arch, reason = %unusable.why, "kernels loaded from the on-disk cache"
+        );
+    }
+}
+
 impl KernelProvenance {
     fn of(set: &KernelSet) -> Self {
         KernelProvenance {
-            compiler: set.compiler,
+            compiler: set.compiler.clone(),
             built_in: set.count(ImageOrigin::BuiltIn),
             from_cache: set.count(ImageOrigin::Cache),
             compiled: set.count(ImageOrigin::Compiled),
@@ -232,7 +259,13 @@ impl Gpu {
     /// binary's own images, else NVRTC's (cached on disk), with the reason
     /// logged. NVRTC is needed only in that second case.
     pub fn open(device: u32) -> Result<Self> {
-        probe_libraries(false)?;
+        Self::open_with(device, &super::embedded::BUILT_IN)
+    }
+
+    /// [`Gpu::open`] with `built` in place of the binary's own images (the
+    /// GPU suite opens one with none, to run NVRTC's images on the device).
+    pub fn open_with(device: u32, built: &super::embedded::BuiltIn) -> Result<Self> {
+        probe_libraries()?;
         let count = CudaContext::device_count().map_err(cuda_err("counting CUDA devices"))?;
         if device as i64 >= count as i64 {
             return Err(WorkerError::cuda(format!(
@@ -256,17 +289,9 @@ impl Gpu {
         );
         let names = kernel_names();
         let mut funcs = HashMap::new();
-        let set = kernel_images(&arch)?;
-        if let Some(reason) = &set.fallback_reason {
-            tracing::warn!(
-                human = %format!(
-                    "The GPU's kernels were compiled at start-up because {reason}. The first start on a \
-                     machine takes about 30 s this way; later starts load them from {}. A build for this \
-                     architecture (WORKER_ORCD_KERNEL_ARCHS={arch}) starts without compiling.",
-                    super::compile::cache_dir().display()
-                ),
-                arch = %arch, reason = %reason, "kernels compiled at start-up"
-            );
+        let set = kernel_set(&super::compile::cache_dir(), &arch, built, KERNEL_SOURCES)?;
+        if let Some(unusable) = &set.fallback {
+            log_fallback(&arch, unusable, set.count(ImageOrigin::Compiled));
         }
         let kernels = KernelProvenance::of(&set);
         for image in set.images {

@@ -5,10 +5,13 @@
 //! file to CUBIN for the shipped architectures, so a worker on an sm_80,
 //! sm_89 or sm_90 card starts without compiling anything; the worker uses the
 //! same table, translation units, options and cache key when it has to fall
-//! back to NVRTC at start-up. Because both sides read this one file, an
-//! image built into the binary is byte for byte what the fallback would
-//! compile with the same NVRTC, and the numerics version can name the
-//! compiler rather than where it ran.
+//! back to NVRTC at start-up. Both sides read this one file, so an image
+//! built into the binary is what the fallback compiles with the same NVRTC
+//! library, and the numerics version names the compiler rather than where
+//! it ran. (NVRTC 13.0 itself does not always give the same bytes twice for
+//! `matvec_rows.cu`: its PTX numbers registers differently from run to run;
+//! the variants compared differ in register choice and instruction
+//! placement, not in the arithmetic. A binary's built-in images are fixed.)
 //!
 //! Only `std`, `sha2` and cudarc's NVRTC bindings are used here (the build
 //! script has no access to the rest of the crate).
@@ -95,11 +98,12 @@ pub fn translation_unit(name: &str, src: &str) -> String {
     )
 }
 
-/// What names one compiled image: SHA-256 (hex) of the NVRTC version, the
-/// architecture, the options and the translation unit. The on-disk cache
-/// files are named by it, and every image built into the binary carries it.
-pub fn image_key(nvrtc: (i32, i32), arch: &str, unit: &str) -> String {
-    let mut k = format!("nvrtc {}.{}\narch {arch}\n", nvrtc.0, nvrtc.1);
+/// What names one compiled image: SHA-256 (hex) of the compiler's identity
+/// ([`nvrtc_identity`]), the architecture, the options and the translation
+/// unit. The on-disk cache files are named by it, and every image built
+/// into the binary carries it.
+pub fn image_key(compiler: &str, arch: &str, unit: &str) -> String {
+    let mut k = format!("{compiler}\narch {arch}\n");
     for o in NVRTC_OPTIONS {
         k.push_str(o);
         k.push('\n');
@@ -133,6 +137,74 @@ pub fn nvrtc_version_raw() -> Result<(i32, i32), String> {
     rc.result()
         .map_err(|e| format!("nvrtcVersion failed: {e:?}"))?;
     Ok((major, minor))
+}
+
+/// The NVRTC library as the numerics version and the image keys name it:
+/// its version and the file it was loaded from with its size (NVRTC reports
+/// only major.minor; the size tells patch releases apart), e.g. "nvrtc 13.0
+/// (libnvrtc.so.13, 117000000 bytes)". Call after NVRTC has been loaded.
+pub fn nvrtc_identity(version: (i32, i32)) -> String {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let lib = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| {
+            p.rsplit('/')
+                .next()
+                .is_some_and(|f| f.starts_with("libnvrtc.") || f.starts_with("libnvrtc.so"))
+        })
+        .and_then(|p| {
+            let size = std::fs::metadata(p).ok()?.len();
+            let name = p.rsplit('/').next()?;
+            Some(format!(" ({name}, {size} bytes)"))
+        })
+        .unwrap_or_default();
+    format!("nvrtc {}.{}{lib}", version.0, version.1)
+}
+
+/// The SM number a CUBIN was compiled for (90 for sm_90), read from its ELF
+/// header's flags; None when it is not a 64-bit ELF file.
+pub fn cubin_sm(cubin: &[u8]) -> Option<u32> {
+    if cubin.len() < 0x34 || &cubin[..4] != b"\x7fELF" || cubin[4] != 2 {
+        return None;
+    }
+    let flags = u32::from_le_bytes(cubin[0x30..0x34].try_into().ok()?);
+    Some((flags >> 8) & 0xff)
+}
+
+/// The SM number of an architecture name: 90 for "sm_90" (and "sm_90a");
+/// None when it is not `sm_` followed by two or three digits and an
+/// optional letter.
+pub fn arch_sm(arch: &str) -> Option<u32> {
+    let rest = arch.strip_prefix("sm_")?;
+    let digits = rest.trim_end_matches(|c: char| c.is_ascii_lowercase());
+    let suffix = rest.len() - digits.len();
+    if !(2..=3).contains(&digits.len()) || suffix > 1 || !digits.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The SM numbers this NVRTC compiles for (e.g. 75, 80, ... 120). The
+/// caller has checked [`nvrtc_loadable`].
+pub fn nvrtc_supported_sms() -> Result<Vec<u32>, String> {
+    let mut n: std::ffi::c_int = 0;
+    // SAFETY: the library is present (the caller checked); `n` is a valid out-pointer.
+    unsafe { cudarc::nvrtc::sys::nvrtcGetNumSupportedArchs(&mut n) }
+        .result()
+        .map_err(|e| format!("nvrtcGetNumSupportedArchs failed: {e:?}"))?;
+    if !(0..=256).contains(&n) {
+        return Err(format!("NVRTC reports {n} supported architectures"));
+    }
+    let mut archs: Vec<std::ffi::c_int> = vec![0; n as usize];
+    if !archs.is_empty() {
+        // SAFETY: `archs` holds exactly the number of entries NVRTC just reported, which it fills.
+        unsafe { cudarc::nvrtc::sys::nvrtcGetSupportedArchs(archs.as_mut_ptr()) }
+            .result()
+            .map_err(|e| format!("nvrtcGetSupportedArchs failed: {e:?}"))?;
+    }
+    Ok(archs.into_iter().map(|a| a.max(0) as u32).collect())
 }
 
 /// Compile one translation unit to CUBIN for `arch` (e.g. "sm_90"). A

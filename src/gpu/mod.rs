@@ -62,19 +62,14 @@ fn missing(lib: &str, what: &str) -> WorkerError {
     ))
 }
 
-/// Check that the libraries the CUDA backend needs can be opened. The driver
-/// and NVRTC are required; cuBLAS (prefill GEMMs) is checked when the
+/// Check that the driver library can be opened. NVRTC is needed only when
+/// the binary carries no kernels for the GPU's architecture, and is checked
+/// then (`compile::kernel_set`); cuBLAS (prefill GEMMs) is checked when the
 /// device is opened (`gemm::Blas::new`), with the same kind of message.
-pub fn probe_libraries(need_nvrtc: bool) -> Result<()> {
+pub fn probe_libraries() -> Result<()> {
     // SAFETY: only tries to dlopen libcuda by its candidate names; no symbol is called.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
         return Err(missing("libcuda.so (the NVIDIA driver library)", "driver"));
-    }
-    if need_nvrtc && !compile::nvrtc_present() {
-        return Err(missing(
-            "libnvrtc.so.13 (NVRTC, the runtime kernel compiler)",
-            "kernel compiler",
-        ));
     }
     Ok(())
 }
@@ -135,7 +130,7 @@ pub(crate) fn device_info(ctx: &Arc<CudaContext>, ordinal: u32) -> Result<Device
 /// Describe GPU `device` without loading kernels. Never panics: a missing
 /// library or device is a `CUDA_ERROR` saying what is missing.
 pub fn probe(device: u32) -> Result<DeviceInfo> {
-    probe_libraries(false)?;
+    probe_libraries()?;
     let count = CudaContext::device_count().map_err(cuda_err("counting CUDA devices"))?;
     if device as i64 >= count as i64 {
         return Err(WorkerError::cuda(format!(

@@ -544,9 +544,9 @@ impl Engine for CudaEngine {
 
     /// The device's part: the architecture the kernels were compiled for,
     /// its multiprocessor count (cuBLAS's reproducibility is per count), the
-    /// NVRTC version that compiled the kernels (at build time or at start-up:
-    /// the same version gives the same CUBIN), the cuBLAS libraries (they run
-    /// the prefill GEMM) and the prefill GEMM mode.
+    /// NVRTC library that compiled the kernels (at build time or at start-up;
+    /// its version and file size), the cuBLAS libraries (they run the
+    /// prefill GEMM) and the prefill GEMM mode.
     fn numerics(&self) -> crate::engine::numerics::NumericsKey {
         let info = self.gpu.info();
         let mut device = vec![
@@ -555,10 +555,7 @@ impl Engine for CudaEngine {
                 info.compute_capability.0, info.compute_capability.1
             ),
             format!("multiprocessors={}", info.multiprocessors),
-            format!(
-                "kernels_compiled_by=nvrtc {}.{}",
-                self.gpu.kernels.compiler.0, self.gpu.kernels.compiler.1
-            ),
+            format!("kernels_compiled_by={}", self.gpu.kernels.compiler),
             format!(
                 "prefill_gemm={}",
                 if self.tf32x3 { "tf32x3" } else { "f32" }

@@ -150,6 +150,55 @@ impl TestRows {
     }
 }
 
+/// The NVRTC fallback on the device (issue 12 point 4): a GPU opened
+/// without the binary's images compiles (or loads from the cache) every
+/// kernel file, exports every entry point, and runs an op to the same bits
+/// as the built-in images.
+#[test]
+#[cfg_attr(
+    not(gpu_tests),
+    ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
+)]
+fn op_nvrtc_images_run_like_the_built_in_ones() {
+    let Some(built_in) = gpu_or_skip("op_nvrtc_images") else {
+        return;
+    };
+    let none = crate::gpu::embedded::BuiltIn {
+        images: &[],
+        compiler: None,
+        absent_reason: "the test asks for NVRTC's images",
+        requested: &[],
+    };
+    let nvrtc = Gpu::open_with(0, &none).expect("open with NVRTC's images");
+    assert_eq!(nvrtc.kernels.built_in, 0);
+    assert_eq!(
+        nvrtc.kernels.compiled + nvrtc.kernels.from_cache,
+        crate::gpu::compile::KERNEL_SOURCES.len()
+    );
+    let mut r = Rng::fresh("op_nvrtc_images");
+    let (n, rows) = (896usize, 3usize);
+    let (x, w) = (r.vec(n * rows), r.vec(n));
+    let run = |g: &Gpu| -> Vec<f32> {
+        let (xb, wb, ob) = (
+            buf_from(g, &x, "x"),
+            buf_from(g, &w, "w"),
+            poisoned(g, n * rows, "o"),
+        );
+        g.rmsnorm(xb.all(), wb.all(), ob.all(), n, rows, 1e-6)
+            .unwrap();
+        g.download(&ob, 0, n * rows).unwrap()
+    };
+    let (a, b) = (run(&built_in), run(&nvrtc));
+    assert!(
+        a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()),
+        "rmsnorm differs between the built-in and NVRTC's images"
+    );
+    println!(
+        "NVRTC images on the device: {}; rmsnorm identical to the built-in images",
+        nvrtc.kernels.describe()
+    );
+}
+
 #[test]
 #[cfg_attr(
     not(gpu_tests),
