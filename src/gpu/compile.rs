@@ -272,6 +272,15 @@ pub fn compile_in_parallel(
     results.into_iter().collect()
 }
 
+/// The smallest kernel file, for tests that compile one.
+#[cfg(test)]
+fn swiglu_source() -> (&'static str, &'static str) {
+    *KERNEL_SOURCES
+        .iter()
+        .find(|(n, _)| *n == "swiglu.cu")
+        .unwrap()
+}
+
 #[cfg(test)]
 mod cache_tests {
     use super::*;
@@ -306,10 +315,7 @@ mod cache_tests {
     fn a_planted_entry_in_a_shared_folder_is_not_loaded() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let (name, src) = KERNEL_SOURCES
-            .iter()
-            .find(|(n, _)| *n == "swiglu.cu")
-            .unwrap();
+        let (name, src) = &swiglu_source();
         let (real, cached) = cubin_cached_in(dir.path(), name, src, "sm_90").unwrap();
         assert!(!cached);
         let entry = std::fs::read_dir(dir.path())
@@ -371,10 +377,7 @@ mod cache_tests {
     )]
     fn a_corrupt_entry_is_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
-        let (name, src) = KERNEL_SOURCES
-            .iter()
-            .find(|(n, _)| *n == "swiglu.cu")
-            .unwrap();
+        let (name, src) = &swiglu_source();
         let (first, cached) = cubin_cached_in(dir.path(), name, src, "sm_90").expect("compile");
         assert!(!cached, "an empty cache compiles");
         let (again, cached) = cubin_cached_in(dir.path(), name, src, "sm_90").expect("load");
@@ -421,10 +424,7 @@ mod cache_tests {
             warm.iter().map(|k| &k.cubin).collect::<Vec<_>>(),
             cold.iter().map(|k| &k.cubin).collect::<Vec<_>>()
         );
-        let (name, src) = KERNEL_SOURCES
-            .iter()
-            .find(|(n, _)| *n == "swiglu.cu")
-            .unwrap();
+        let (name, src) = &swiglu_source();
         let alone = compile_cubin(name, &translation_unit(name, src), "sm_90").expect("compile");
         assert_eq!(cold.iter().find(|k| k.file == *name).unwrap().cubin, alone);
 
@@ -476,13 +476,6 @@ mod built_in_tests {
     use super::super::kernel_units::{cubin_sha256, cubin_sm, SHIPPED_ARCHS};
     use super::*;
 
-    fn swiglu() -> (&'static str, &'static str) {
-        *KERNEL_SOURCES
-            .iter()
-            .find(|(n, _)| *n == "swiglu.cu")
-            .unwrap()
-    }
-
     /// A stand-in CUBIN: an ELF64 header whose flags say sm_`sm`.
     fn fake_cubin(sm: u32, tail: &str) -> &'static [u8] {
         let mut b = vec![0u8; 0x40];
@@ -498,7 +491,7 @@ mod built_in_tests {
     /// A one-image table for swiglu.cu on sm_90, with `key` and `sha256`
     /// as given (None: the true ones).
     fn table(cubin: &'static [u8], key: Option<&str>, sha: Option<&str>) -> BuiltIn {
-        let (file, src) = swiglu();
+        let (file, src) = swiglu_source();
         let true_key = image_key(COMPILER, "sm_90", &translation_unit(file, src));
         let image = EmbeddedImage {
             arch: "sm_90",
@@ -522,7 +515,7 @@ mod built_in_tests {
     #[test]
     fn a_whole_image_is_used_and_a_damaged_stale_or_missing_one_is_not() {
         let cubin = fake_cubin(90, "a stand-in for a CUBIN");
-        let sources = [swiglu()];
+        let sources = [swiglu_source()];
         let (images, compiler) = table(cubin, None, None)
             .for_arch("sm_90", &sources)
             .expect("whole");
@@ -557,7 +550,7 @@ mod built_in_tests {
             "{why:?}"
         );
 
-        let more = [swiglu(), ("topk.cu", "")];
+        let more = [swiglu_source(), ("topk.cu", "")];
         let why = table(cubin, None, None)
             .for_arch("sm_90", &more)
             .unwrap_err();
@@ -630,7 +623,7 @@ mod built_in_tests {
         ignore = "libnvrtc.so.13 not found at build time: source ci/nvrtc-env.sh"
     )]
     fn other_architectures_and_damaged_images_are_compiled_with_the_reason() {
-        let sources = [swiglu()];
+        let sources = [swiglu_source()];
         let dir = tempfile::tempdir().unwrap();
         let set = kernel_set(dir.path(), "sm_86", &BUILT_IN, &sources).expect("compile");
         assert_eq!(set.count(ImageOrigin::Compiled), 1);
@@ -646,7 +639,7 @@ mod built_in_tests {
         let set = kernel_set(dir.path(), "sm_90", &damaged, &sources).expect("compile");
         assert_eq!(set.count(ImageOrigin::Compiled), 1);
         assert!(set.fallback.unwrap().why.contains("damaged"));
-        let (file, src) = swiglu();
+        let (file, src) = swiglu_source();
         let real = compile_cubin(file, &translation_unit(file, src), "sm_90").unwrap();
         assert_eq!(
             set.images[0].cubin, real,

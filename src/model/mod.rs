@@ -5,6 +5,7 @@ pub mod file;
 pub mod gguf;
 pub mod gguf_write;
 pub mod mcd;
+pub mod pretokenize;
 pub mod quant;
 pub mod test_model;
 pub mod tokenizer;

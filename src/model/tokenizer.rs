@@ -17,13 +17,18 @@
 
 use crate::error::{Result, WorkerError};
 use crate::model::gguf::{GgufHeader, MetaValue};
+use crate::model::pretokenize::PreSplit;
 use std::collections::HashSet;
+use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::BPE;
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer as HfTokenizer};
+use tokenizers::normalizers::NormalizerWrapper;
+use tokenizers::processors::PostProcessorWrapper;
+use tokenizers::{AddedToken, TokenizerImpl};
+
+/// The crate's tokenizer over our pre-tokenizer (`pretokenize`), which
+/// compiles each split regex once per process.
+type HfTokenizer =
+    TokenizerImpl<BPE, NormalizerWrapper, PreSplit, PostProcessorWrapper, DecoderWrapper>;
 
 /// GGUF token types (llama.cpp `llama_token_type`).
 const TYPE_CONTROL: i32 = 3;
@@ -38,7 +43,7 @@ const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'
 const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// The regexes applied in sequence for a `tokenizer.ggml.pre` name.
-fn pre_regexes(pre: &str) -> Result<Vec<&'static str>> {
+pub(super) fn pre_regexes(pre: &str) -> Result<Vec<&'static str>> {
     match pre {
         "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" => {
             Ok(vec![r"\p{N}", GPT2_REGEX])
@@ -164,22 +169,10 @@ impl Tokenizer {
             .build()
             .map_err(|e| tok_err("BPE", e))?;
 
-        let mut steps = Vec::new();
-        for re in pre_regexes(pre)? {
-            let split = Split::new(
-                SplitPattern::Regex(re.to_string()),
-                SplitDelimiterBehavior::Isolated,
-                false,
-            )
-            .map_err(|e| tok_err("pre-tokenizer regex", e))?;
-            steps.push(PreTokenizerWrapper::Split(split));
-        }
-        steps.push(PreTokenizerWrapper::ByteLevel(ByteLevel::new(
-            false, false, false,
-        )));
-
+        let pre_split =
+            PreSplit::new(&pre_regexes(pre)?).map_err(|e| tok_err("pre-tokenizer", e))?;
         let mut plain = HfTokenizer::new(bpe);
-        plain.with_pre_tokenizer(Some(Sequence::new(steps)));
+        plain.with_pre_tokenizer(Some(pre_split));
         let user: Vec<AddedToken> = (0..n)
             .filter(|&i| types[i] == TYPE_USER_DEFINED)
             .map(|i| AddedToken::from(tokens[i].to_string(), false).normalized(false))
@@ -392,14 +385,7 @@ mod tests {
     #[test]
     fn regexes_compile_for_every_supported_pre() {
         for pre in ["smollm", "gpt2", "qwen2", "llama-bpe"] {
-            for re in pre_regexes(pre).unwrap() {
-                Split::new(
-                    SplitPattern::Regex(re.to_string()),
-                    SplitDelimiterBehavior::Isolated,
-                    false,
-                )
-                .unwrap();
-            }
+            PreSplit::new(&pre_regexes(pre).unwrap()).unwrap();
         }
         assert_eq!(
             pre_regexes("llama-bpe-unknown").unwrap_err().code(),
