@@ -76,8 +76,9 @@ impl KeyDef {
                 shown,
             } => {
                 let default = shown.map_or_else(|| default.to_string(), str::to_string);
+                let (lo, hi) = (number(lo), number(hi));
                 if self.required {
-                    format!("{} ({lo}..={hi}).", self.help)
+                    format!("{} ({lo}..={hi}); required.", self.help)
                 } else {
                     format!("{} ({lo}..={hi}, default {default}).", self.help)
                 }
@@ -88,6 +89,16 @@ impl KeyDef {
             Some(var) => var.flag_help(&text),
             None => text,
         }
+    }
+}
+
+/// `n` as the help prints it: a power of ten from 10^9 up as `10^k`.
+fn number(n: u64) -> String {
+    let k = n.checked_ilog10().unwrap_or(0);
+    if k >= 9 && 10u64.pow(k) == n {
+        format!("10^{k}")
+    } else {
+        n.to_string()
     }
 }
 
@@ -108,7 +119,7 @@ macro_rules! config_table {
         switch $switch:ident : $switch_flag:literal, $switch_help:literal;
         $( $name:ident : $flag:literal, $value:literal, $env:expr, $required:literal, $rule:expr, $help:literal; )*
     ) => {
-        /// Every key, in documentation order. `gguf_*` keys nest under
+        /// Every key, in documentation order (the switch last). `gguf_*` keys nest under
         /// `"gguf_limits"` in the JSON file (`"gguf_limits": {"max_tensors": 10000}`).
         pub const KEYS: &[KeyDef] = &[
             $( KeyDef {
@@ -175,7 +186,7 @@ config_table! {
     readiness_callback_url: "readiness-callback-url", "URL", None, true, Rule::Text,
         "http:// URL the worker POSTs its readiness (and fatal status) to. Required.";
     gpu_device: "gpu-device", "N", Some(env::GPU_DEVICE), true, uint(0, 63, 0),
-        "CUDA device index, required here, in the file or in the environment";
+        "CUDA device index (given here, in the file or by the environment)";
     backend: "backend", "cuda|cpu", None, false, Rule::Text,
         "Compute backend: cuda (default; fails fast without a usable GPU) or cpu (reference path).";
     slots_total: "slots-total", "N", None, false, uint(1, MAX_SLOTS, DEFAULT_SLOTS),
@@ -184,7 +195,7 @@ config_table! {
         "Jobs that may wait for a slot; beyond them an execute gets 429 WORKER_BUSY with retry_after_ms";
     admission_window_ms: "admission-window-ms", "MS", None, false, uint(0, 100, 2),
         "How long a waiting job may wait, in ms, so that jobs arriving together share one seal verification";
-    kv_cache_tokens: "kv-cache-tokens", "N", None, false, uint_shown(0, 1 << 24, 0, "0: max_context"),
+    kv_cache_tokens: "kv-cache-tokens", "N", None, false, uint_shown(0, 1 << 24, 0, "0, meaning max_context"),
         "Positions of the KV pool shared by the running jobs; 0 or at least 16";
     header_read_timeout_ms: "header-read-timeout-ms", "MS", None, false, uint(100, 600_000, 10_000),
         "A request's headers, and a kept-alive connection's next request, must arrive within this many ms";
@@ -210,7 +221,7 @@ config_table! {
     max_body_bytes: "max-body-bytes", "BYTES", None, false, uint(1024, 64 << 20, 1 << 20),
         "Largest HTTP request body in bytes";
     max_model_bytes: "max-model-bytes", "BYTES", None, false,
-        uint_shown(1, 10_000_000_000_000, 100_000_000_000, "10^11 = 100 GB"),
+        uint_shown(1, 10_000_000_000_000, 100_000_000_000, "100000000000 = 100 GB"),
         "Largest model file in bytes";
     api_token_file: "api-token-file", "PATH", Some(env::API_TOKEN_FILE), false, Rule::Text,
         "Token file (mode 0600, one token per line, # comments).";
@@ -231,6 +242,8 @@ config_table! {
         "Whether GET /worker/ready needs the bearer token: true (default) or false.";
     gguf_max_tensors: "gguf-max-tensors", "N", None, false, uint(1, 1_000_000, 10_000),
         "GGUF: most tensors in a file";
+    // Its default is max_model_bytes' value (Config::resolve: uint_or); the
+    // number here shows in no help and is checked against the parser's.
     gguf_max_file_bytes: "gguf-max-file-bytes", "BYTES", None, false,
         uint_shown(1, 10_000_000_000_000, 100_000_000_000, "max_model_bytes"),
         "GGUF: largest file in bytes";

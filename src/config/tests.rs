@@ -587,14 +587,38 @@ fn every_flag_reaches_its_key_and_shows_its_rule() {
             .unwrap();
         let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
         assert!(help.starts_with(k.help), "{}: {help}", k.name);
-        if let Rule::Uint { lo, hi, .. } = k.rule {
-            let with_default = format!("({lo}..={hi}, default ");
-            let without = format!("({lo}..={hi}).");
-            assert!(
-                help.contains(if k.required { &without } else { &with_default }),
-                "{}: {help}",
-                k.name
-            );
+        if let Rule::Uint {
+            lo,
+            hi,
+            default,
+            shown,
+        } = k.rule
+        {
+            let hi = if hi == 10_000_000_000_000 {
+                "10^13".to_string()
+            } else {
+                hi.to_string()
+            };
+            let shown_default = match shown {
+                None => default.to_string(),
+                // A shown default starts with the number or names the key
+                // whose value it takes.
+                Some(text) => {
+                    assert!(
+                        text.starts_with(&default.to_string())
+                            || KEYS.iter().any(|other| other.name == text),
+                        "{}: the shown default {text:?} is not {default}",
+                        k.name
+                    );
+                    text.to_string()
+                }
+            };
+            let want = if k.required {
+                format!("({lo}..={hi}); required.")
+            } else {
+                format!("({lo}..={hi}, default {shown_default}).")
+            };
+            assert!(help.contains(&want), "{}: {help} lacks {want}", k.name);
         }
         if let Some(var) = k.env {
             assert!(help.contains(var.name), "{}: {help}", k.name);
@@ -616,6 +640,13 @@ fn gguf_limits_default_is_the_table() {
     assert_eq!(rule("gguf_max_metadata_pairs"), d.max_metadata_pairs);
     assert_eq!(rule("gguf_max_array_len"), d.max_array_len);
     assert_eq!(rule("gguf_max_dims"), u64::from(d.max_dims));
+    // gguf_max_file_bytes takes max_model_bytes' value unless it is set.
+    let text = BASE.replace(
+        "\"rpc_port\": 8100",
+        "\"rpc_port\": 8100, \"max_model_bytes\": 5000",
+    );
+    let c = Config::from_json_str(&text).unwrap();
+    assert_eq!(c.gguf_limits.max_file_bytes, 5000);
 }
 
 /// The signing files go together (WORKER-4222, 4313); the flags set them too.
