@@ -112,16 +112,7 @@ fn check_supported(archs: &[String]) {
 
 /// Rebuild the images when the NVRTC library file itself changes.
 fn rerun_if_library_changes() {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    if let Some(path) = maps
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|p| {
-            p.rsplit('/')
-                .next()
-                .is_some_and(|f| f.starts_with("libnvrtc."))
-        })
-    {
+    if let Some(path) = units::loaded_nvrtc_path() {
         println!("cargo:rerun-if-changed={path}");
     }
 }

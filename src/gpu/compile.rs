@@ -17,7 +17,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::embedded::{BuiltIn, Unusable, BUILT_IN};
+use super::embedded::{BuiltIn, Unusable};
 use super::kernel_units::{
     cache_entry_path, compile_unit, image_key, nvrtc_identity, nvrtc_loadable,
 };
@@ -119,10 +119,16 @@ pub fn private_cache(dir: &Path) -> std::result::Result<(), String> {
 /// Returns the CUBIN and whether it came from the cache. A cache folder that
 /// is not [`private_cache`] is neither read nor written.
 pub fn cubin_cached_in(dir: &Path, name: &str, src: &str, arch: &str) -> Result<(Vec<u8>, bool)> {
+    cubin_from(private_cache(dir).ok().map(|()| dir), name, src, arch)
+}
+
+/// [`cubin_cached_in`] with the cache folder already checked: `None` when
+/// it may not be used.
+fn cubin_from(dir: Option<&Path>, name: &str, src: &str, arch: &str) -> Result<(Vec<u8>, bool)> {
     let unit = translation_unit(name, src);
-    if private_cache(dir).is_err() {
+    let Some(dir) = dir else {
         return Ok((compile_cubin(name, &unit, arch)?, false));
-    }
+    };
     let key = image_key(&compiler_identity()?, arch, &unit);
     let path = cache_entry_path(dir, name, arch, &key);
     match read_cache_entry(&path) {
@@ -179,14 +185,8 @@ impl KernelSet {
     }
 }
 
-/// Every kernel file for `arch`: the binary's own images when it carries
-/// them, else from the cache in [`cache_dir`] or compiled.
-pub fn kernel_images(arch: &str) -> Result<KernelSet> {
-    kernel_set(&cache_dir(), arch, &BUILT_IN, KERNEL_SOURCES)
-}
-
-/// [`kernel_images`] with the cache in `dir`, the built-in images `built`
-/// and the kernel files `sources`.
+/// Every file of `sources` for `arch`: the images in `built` when they
+/// serve, else from the cache in `dir` or compiled, with the reason.
 pub fn kernel_set(
     dir: &Path,
     arch: &str,
@@ -232,7 +232,8 @@ pub fn compile_in_parallel(
     sources: &[(&'static str, &'static str)],
 ) -> Result<Vec<KernelImage>> {
     ensure_nvrtc("")?;
-    if let Err(why) = private_cache(dir) {
+    let checked = private_cache(dir);
+    if let Err(why) = &checked {
         tracing::warn!(
             human = %format!(
                 "The kernel cache folder {} is not used because {why}; the kernels are compiled at every \
@@ -243,12 +244,13 @@ pub fn compile_in_parallel(
             dir = %dir.display(), reason = %why, "kernel cache not used"
         );
     }
+    let cache: Option<&Path> = checked.is_ok().then_some(dir);
     let results: Vec<Result<KernelImage>> = std::thread::scope(|s| {
         let handles: Vec<_> = sources
             .iter()
             .map(|&(file, src)| {
                 s.spawn(move || {
-                    cubin_cached_in(dir, file, src, arch).map(|(cubin, cached)| KernelImage {
+                    cubin_from(cache, file, src, arch).map(|(cubin, cached)| KernelImage {
                         file,
                         cubin,
                         origin: if cached {
@@ -283,6 +285,7 @@ fn swiglu_source() -> (&'static str, &'static str) {
 
 #[cfg(test)]
 mod cache_tests {
+    use super::super::embedded::BUILT_IN;
     use super::*;
 
     /// A cache folder others can write to is refused, as is one that is a
@@ -472,7 +475,7 @@ mod cache_tests {
 /// another architecture or absent, and replaced by NVRTC's with that reason.
 #[cfg(test)]
 mod built_in_tests {
-    use super::super::embedded::EmbeddedImage;
+    use super::super::embedded::{EmbeddedImage, BUILT_IN};
     use super::super::kernel_units::{cubin_sha256, cubin_sm, SHIPPED_ARCHS};
     use super::*;
 

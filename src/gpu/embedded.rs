@@ -2,7 +2,7 @@
 //!
 //! The build compiled every kernel file to CUBIN for the shipped
 //! architectures (`build/kernel_images.rs`); this module includes the table
-//! it wrote and hands a device's images to `compile::kernel_images`. Each
+//! it wrote and hands a device's images to `compile::kernel_set`. Each
 //! image is checked before use: its key must be the one this binary's
 //! sources and options give for that architecture and NVRTC version, and
 //! its bytes must match their recorded SHA-256. Any mismatch, a missing

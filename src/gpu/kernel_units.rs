@@ -144,22 +144,28 @@ pub fn nvrtc_version_raw() -> Result<(i32, i32), String> {
 /// only major.minor; the size tells patch releases apart), e.g. "nvrtc 13.0
 /// (libnvrtc.so.13, 117000000 bytes)". Call after NVRTC has been loaded.
 pub fn nvrtc_identity(version: (i32, i32)) -> String {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    let lib = maps
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|p| {
-            p.rsplit('/')
-                .next()
-                .is_some_and(|f| f.starts_with("libnvrtc.") || f.starts_with("libnvrtc.so"))
-        })
+    let lib = loaded_nvrtc_path()
         .and_then(|p| {
-            let size = std::fs::metadata(p).ok()?.len();
-            let name = p.rsplit('/').next()?;
+            let size = std::fs::metadata(&p).ok()?.len();
+            let name = p.rsplit('/').next()?.to_string();
             Some(format!(" ({name}, {size} bytes)"))
         })
         .unwrap_or_default();
     format!("nvrtc {}.{}{lib}", version.0, version.1)
+}
+
+/// The file this process loaded the NVRTC library from (`libnvrtc.*`, not
+/// its builtins), read from /proc/self/maps; None before it is loaded.
+pub fn loaded_nvrtc_path() -> Option<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| {
+            p.rsplit('/')
+                .next()
+                .is_some_and(|f| f.starts_with("libnvrtc."))
+        })
+        .map(str::to_string)
 }
 
 /// The SM number a CUBIN was compiled for (90 for sm_90), read from its ELF
