@@ -20,20 +20,26 @@
 
 #define ATT_CHUNK 32
 static_assert(KV_PAGE % ATT_CHUNK == 0, "a KV page holds whole attention chunks");
+static_assert((ATT_THREADS & (ATT_THREADS - 1)) == 0 && ATT_THREADS >= ATT_CHUNK && 2 * ATT_THREADS >= 256,
+              "the decode fold's tree needs a power of two, a thread per chunk row and two dims per thread");
 
 // Split-KV decode attention in one launch: grid (n_heads, n_chunks, n_tok),
-// block 128 threads; hd <= 256. Each block scores one chunk of ATT_CHUNK cache
-// rows for one (token, head) and writes its partial (hd weighted values, max,
-// sum). The block that finishes a (token, head) last, found by an integer
+// block ATT_THREADS threads (the launcher's table); hd <= 256. Each block
+// scores one chunk of ATT_CHUNK cache rows for one (token, head) and writes
+// its partial (hd weighted values, max, sum). The block that finishes a (token, head) last, found by an integer
 // ticket (atomicAdd on a counter; no floating-point atomics), folds all its
 // partials in chunk order, so the result does not depend on which block
 // finished last (WORKER-4710), and resets the counter for the next launch or
 // graph replay. Counters start at zero (the scratch is allocated zeroed).
-extern "C" __global__ void attn_partial(const float* q, const float* kc, const float* vc, float* part,
-                                        int* counters, float* att_out, const int4* place, const int* tables,
-                                        int table_len, int n_heads, int n_kv, int hd, int n_chunks, float scale) {
+extern "C" __global__ void __launch_bounds__(ATT_THREADS)
+attn_partial(const float* q, const float* kc, const float* vc, float* part, int* counters, float* att_out,
+             const int4* place, const int* tables, int table_len, int n_heads, int n_kv, int hd, int n_chunks,
+             float scale) {
     __shared__ __align__(16) float qs[256];
     __shared__ float sc[ATT_CHUNK];
+    __shared__ float se[ATT_CHUNK];
+    __shared__ float fold_w[ATT_THREADS];
+    __shared__ float fold_s[ATT_THREADS];
     __shared__ int is_last;
     const int h = blockIdx.x, c = blockIdx.y, t = blockIdx.z;
     const int4 pl = place[t];
@@ -68,21 +74,26 @@ extern "C" __global__ void attn_partial(const float* q, const float* kc, const f
         sc[threadIdx.x] = p * scale;
     }
     __syncthreads();
-    // Every thread folds the (at most 32) scores itself, in row order.
+    // Every thread finds the (at most 32) scores' max itself, in row order;
+    // row j's weight exp(score - max) is computed once, by thread j, and
+    // read by every output dimension (the same values every thread used to
+    // compute for itself, so the sums below are unchanged bit for bit).
     float m = sc[0];
     for (int j = 1; j < tn; j++) m = fmaxf(m, sc[j]);
-    float s = 0.0f;
-    for (int j = 0; j < tn; j++) s += expf(sc[j] - m);
+    if (threadIdx.x < tn) se[threadIdx.x] = expf(sc[threadIdx.x] - m);
+    __syncthreads();
     float* base = part + ((u64)t * n_heads + h) * n_chunks * (hd + 2);
     float* out = base + (u64)c * (hd + 2);
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         const float* vr = vc + row0 * kv_stride + kvh * hd + d;
         float o = 0.0f;
 #pragma unroll 8
-        for (int j = 0; j < tn; j++) o = fmaf(expf(sc[j] - m), vr[(u64)j * kv_stride], o);
+        for (int j = 0; j < tn; j++) o = fmaf(se[j], vr[(u64)j * kv_stride], o);
         out[d] = o;
     }
     if (threadIdx.x == 0) {
+        float s = 0.0f;
+        for (int j = 0; j < tn; j++) s += se[j];
         out[hd] = m;
         out[hd + 1] = s;
     }
@@ -98,22 +109,48 @@ extern "C" __global__ void attn_partial(const float* q, const float* kc, const f
     __syncthreads();
     if (!is_last) return;
     __threadfence();
-    // Fold the chunks in order; loads bypass L1 (other blocks wrote them).
-    float M = __ldcg(base + hd);
-    for (int k = 1; k < nc; k++) M = fmaxf(M, __ldcg(base + (u64)k * (hd + 2) + hd));
-    float S = 0.0f;
-    for (int k = 0; k < nc; k++) {
-        const float* p = base + (u64)k * (hd + 2);
-        S += __ldcg(p + hd + 1) * expf(__ldcg(p + hd) - M);
+    // Fold the chunks (loads bypass L1: other blocks wrote them). The max
+    // over every chunk's max does not depend on the order it is taken in,
+    // so the threads take it together: each over every ATT_THREADS-th
+    // chunk, then a tree over the threads.
+    float M = __int_as_float(0xff800000);  // -inf
+    for (int k = threadIdx.x; k < nc; k += ATT_THREADS) M = fmaxf(M, __ldcg(base + (u64)k * (hd + 2) + hd));
+    fold_w[threadIdx.x] = M;
+    __syncthreads();
+    for (int span = ATT_THREADS / 2; span > 0; span >>= 1) {
+        if (threadIdx.x < span) fold_w[threadIdx.x] = fmaxf(fold_w[threadIdx.x], fold_w[threadIdx.x + span]);
+        __syncthreads();
     }
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        float o = 0.0f;
-        for (int k = 0; k < nc; k++) {
-            const float* p = base + (u64)k * (hd + 2);
-            o = fmaf(__ldcg(p + d), expf(__ldcg(p + hd) - M), o);
+    M = fold_w[0];
+    __syncthreads();
+    // The sum and the outputs run over the chunks in chunk order, as one
+    // thread would: a tile of ATT_THREADS chunks at a time, whose weights
+    // exp(max_k - M) are computed once, by one thread each.
+    float S = 0.0f, o0 = 0.0f, o1 = 0.0f;
+    const int d0 = threadIdx.x, d1 = threadIdx.x + ATT_THREADS;
+    for (int k0 = 0; k0 < nc; k0 += ATT_THREADS) {
+        const int kn = min(ATT_THREADS, nc - k0);
+        if (threadIdx.x < kn) {
+            const float* p = base + (u64)(k0 + threadIdx.x) * (hd + 2);
+            fold_w[threadIdx.x] = expf(__ldcg(p + hd) - M);
+            fold_s[threadIdx.x] = __ldcg(p + hd + 1);
         }
-        att_out[((u64)t * n_heads + h) * hd + d] = o / S;
+        __syncthreads();
+        for (int i = 0; i < kn; i++) S += fold_s[i] * fold_w[i];
+        const float* pk = base + (u64)k0 * (hd + 2);
+        if (d0 < hd) {
+#pragma unroll 8
+            for (int i = 0; i < kn; i++) o0 = fmaf(__ldcg(pk + (u64)i * (hd + 2) + d0), fold_w[i], o0);
+        }
+        if (d1 < hd) {
+#pragma unroll 8
+            for (int i = 0; i < kn; i++) o1 = fmaf(__ldcg(pk + (u64)i * (hd + 2) + d1), fold_w[i], o1);
+        }
+        __syncthreads();
     }
+    float* dst = att_out + ((u64)t * n_heads + h) * hd;
+    if (d0 < hd) dst[d0] = o0 / S;
+    if (d1 < hd) dst[d1] = o1 / S;
 }
 
 // Prefill: grid (n_heads, n_tok), block 128 threads; hd <= 256, hd % 4 == 0.

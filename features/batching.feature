@@ -110,5 +110,6 @@ Feature: Many jobs at once: slots, a bounded queue and batch-invariant streams
     When the worker is started
     And I start executing "Once upon a time" with max_tokens 200
     And I wait until 2 token events have streamed
+    And I make the next engine step hang for 1000 ms
     And another job "Hello" with max_tokens 100 is accepted while the first runs
     Then the waiting job was accepted while the running job ran and streamed only after it ended

@@ -14,7 +14,7 @@ use crate::error::{Result, WorkerError};
 
 /// Rows per split-KV chunk and positions per KV page, defined once in
 /// `kernel_units` (the build script compiles the kernels with them too).
-pub use super::kernel_units::{ATT_CHUNK, KV_PAGE_TOKENS};
+pub use super::kernel_units::{ATT_CHUNK, ATT_THREADS, KV_PAGE_TOKENS};
 
 /// Where each row of a launch finds its KV rows: its place, four i32 per
 /// row {position, sequence, pool row of that position, 0} (one 16-byte load
@@ -152,7 +152,7 @@ impl Gpu {
         let f = self.func("attn_partial")?;
         let cfg = LaunchConfig {
             grid_dim: (n_heads as u32, grid_chunks as u32, n_tok as u32),
-            block_dim: (128, 1, 1),
+            block_dim: (ATT_THREADS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
         let mut l = self.stream.launch_builder(f);

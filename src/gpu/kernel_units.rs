@@ -30,6 +30,10 @@ pub const ATT_CHUNK: usize = 32;
 /// chunk's rows are consecutive in the pool and a short request wastes at
 /// most 31 positions. Handed to every kernel as `KV_PAGE`.
 pub const KV_PAGE_TOKENS: usize = ATT_CHUNK;
+/// Threads per block of the split-KV decode attention (`ATT_THREADS` in
+/// cuda/attention.cu): its fold of the chunks works in tiles of this many,
+/// so the launch must use exactly this block size.
+pub const ATT_THREADS: usize = 128;
 
 /// Shape of the token-on-lane batched kernels (`_bt`, `_gu_bt` in
 /// cuda/matvec_rows.cu, which receives these as BT_ROWS, BT_WARPS, BT_PAD):
@@ -93,7 +97,7 @@ pub fn translation_unit(name: &str, src: &str) -> String {
         .join("\n");
     let (rows, warps, pad) = BT_SHAPE;
     format!(
-        "#define KV_PAGE {KV_PAGE_TOKENS}\n#define BT_ROWS {rows}\n#define BT_WARPS {warps}\n#define BT_PAD {pad}\n\
+        "#define KV_PAGE {KV_PAGE_TOKENS}\n#define ATT_THREADS {ATT_THREADS}\n#define BT_ROWS {rows}\n#define BT_WARPS {warps}\n#define BT_PAD {pad}\n\
          {COMMON_CUH}\n#line 1 \"{name}\"\n{body}\n"
     )
 }
@@ -140,16 +144,16 @@ pub fn nvrtc_version_raw() -> Result<(i32, i32), String> {
 }
 
 /// The NVRTC library as the numerics version and the image keys name it:
-/// its version and the file it was loaded from with its size (NVRTC reports
+/// its version and the size of the file it was loaded from (NVRTC reports
 /// only major.minor; the size tells patch releases apart), e.g. "nvrtc 13.0
-/// (libnvrtc.so.13, 117000000 bytes)". Call after NVRTC has been loaded.
+/// (a 109338064-byte library)". Not the file's name: one NVRTC release is
+/// `libnvrtc.so.13` in the Python wheel and `libnvrtc.so.13.0.88` in the
+/// CUDA toolkit, and where it is installed changes nothing it compiles.
+/// Call after NVRTC has been loaded.
 pub fn nvrtc_identity(version: (i32, i32)) -> String {
     let lib = loaded_nvrtc_path()
-        .and_then(|p| {
-            let size = std::fs::metadata(&p).ok()?.len();
-            let name = p.rsplit('/').next()?.to_string();
-            Some(format!(" ({name}, {size} bytes)"))
-        })
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| format!(" (a {}-byte library)", m.len()))
         .unwrap_or_default();
     format!("nvrtc {}.{}{lib}", version.0, version.1)
 }
