@@ -410,78 +410,14 @@ fn op_batched_rows_are_bit_identical_to_lone_rows() {
             (d, 70, 768, 40),
         ]
     }) {
-        let (wf, uf) = (r.vec(rows * cols), r.vec(rows * cols));
-        let (mut wq, mut uq) = (Vec::new(), Vec::new());
-        quant::quantize(dt, &wf, &mut wq).expect("quantize");
-        quant::quantize(dt, &uf, &mut uq).expect("quantize");
-        let up = |q: &[u8], what: &str| {
-            let mut b = g.alloc(q.len(), what).unwrap();
-            g.upload(&mut b, 0, q).unwrap();
-            b
-        };
-        let (wb, ub) = (up(&wq, "w"), up(&uq, "u"));
-        let x = r.vec(cols * batch);
-        let nw = r.vec(cols);
-        let bias = r.vec(rows);
-        let y0 = r.vec(rows * batch);
-        let (xb, nb, bb) = (
-            buf_from(&g, &x, "x"),
-            buf_from(&g, &nw, "nw"),
-            buf_from(&g, &bias, "bias"),
+        let case = RowsCase::random(&mut r, dt, rows, cols, batch);
+        let (gn, gg, ga) = case.run_batched(&g);
+        let (wb, ub) = case.upload_weights(&g);
+        let (x, y0) = (&case.x, &case.y0);
+        let (nb, bb) = (
+            buf_from(&g, &case.nw, "nw"),
+            buf_from(&g, &case.bias, "bias"),
         );
-        let scale = poisoned(&g, batch, "scale");
-        g.row_rms(xb.all(), scale.all(), cols, batch, 1e-5).unwrap();
-        let norm = crate::gpu::batched::RowNorm {
-            weight: nb.all(),
-            scale: scale.all(),
-        };
-        // Batched: normed with bias, gate/up, and plain accumulating.
-        let yn = poisoned(&g, rows * batch, "yn");
-        g.matvec_rows(
-            dt,
-            wb.all(),
-            xb.all(),
-            Some(norm),
-            Some(bb.all()),
-            yn.all(),
-            rows,
-            cols,
-            batch,
-            false,
-        )
-        .unwrap();
-        let yg = poisoned(&g, rows * batch, "yg");
-        g.gate_up_rows(
-            dt,
-            wb.all(),
-            ub.all(),
-            xb.all(),
-            norm,
-            yg.all(),
-            rows,
-            cols,
-            batch,
-        )
-        .unwrap();
-        let ya = buf_from(&g, &y0, "ya");
-        g.matvec_rows(
-            dt,
-            wb.all(),
-            xb.all(),
-            None,
-            None,
-            ya.all(),
-            rows,
-            cols,
-            batch,
-            true,
-        )
-        .unwrap();
-        let got = |b: &DeviceBuffer| -> Vec<u32> {
-            let v: Vec<f32> = g.download(b, 0, rows * batch).unwrap();
-            v.into_iter().map(f32::to_bits).collect()
-        };
-        let (gn, gg, ga) = (got(&yn), got(&yg), got(&ya));
         // Each row alone through the decode kernels.
         let (mut wn, mut wg, mut wa) = (Vec::new(), Vec::new(), Vec::new());
         for t in 0..batch {
@@ -531,6 +467,173 @@ fn op_batched_rows_are_bit_identical_to_lone_rows() {
         assert!(gg == wg, "{} gate/up rows differ from lone rows", dt.name());
         assert!(ga == wa, "{} plain rows differ from lone rows", dt.name());
     }
+}
+
+/// Random inputs of the batched decode kernels (`matvec_rows.cu`) for one
+/// block format and shape: weights (two matrices, for gate/up), the rows'
+/// activations, a norm weight, a bias and the values a plain accumulating
+/// product adds to.
+struct RowsCase {
+    dt: GgmlType,
+    rows: usize,
+    cols: usize,
+    batch: usize,
+    wq: Vec<u8>,
+    uq: Vec<u8>,
+    x: Vec<f32>,
+    nw: Vec<f32>,
+    bias: Vec<f32>,
+    y0: Vec<f32>,
+}
+
+impl RowsCase {
+    fn random(r: &mut Rng, dt: GgmlType, rows: usize, cols: usize, batch: usize) -> Self {
+        let (wf, uf) = (r.vec(rows * cols), r.vec(rows * cols));
+        let (mut wq, mut uq) = (Vec::new(), Vec::new());
+        quant::quantize(dt, &wf, &mut wq).expect("quantize");
+        quant::quantize(dt, &uf, &mut uq).expect("quantize");
+        RowsCase {
+            dt,
+            rows,
+            cols,
+            batch,
+            wq,
+            uq,
+            x: r.vec(cols * batch),
+            nw: r.vec(cols),
+            bias: r.vec(rows),
+            y0: r.vec(rows * batch),
+        }
+    }
+
+    fn upload_weights(&self, g: &Gpu) -> (DeviceBuffer, DeviceBuffer) {
+        let up = |q: &[u8], what: &str| {
+            let mut b = g.alloc(q.len(), what).unwrap();
+            g.upload(&mut b, 0, q).unwrap();
+            b
+        };
+        (up(&self.wq, "w"), up(&self.uq, "u"))
+    }
+
+    /// The bits of the three batched kernels' outputs on `g`: normed with
+    /// bias, gate/up + SwiGLU, and plain accumulating.
+    fn run_batched(&self, g: &Gpu) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+        let (dt, rows, cols, batch) = (self.dt, self.rows, self.cols, self.batch);
+        let (wb, ub) = self.upload_weights(g);
+        let (xb, nb, bb) = (
+            buf_from(g, &self.x, "x"),
+            buf_from(g, &self.nw, "nw"),
+            buf_from(g, &self.bias, "bias"),
+        );
+        let scale = poisoned(g, batch, "scale");
+        g.row_rms(xb.all(), scale.all(), cols, batch, 1e-5).unwrap();
+        let norm = crate::gpu::batched::RowNorm {
+            weight: nb.all(),
+            scale: scale.all(),
+        };
+        let yn = poisoned(g, rows * batch, "yn");
+        g.matvec_rows(
+            dt,
+            wb.all(),
+            xb.all(),
+            Some(norm),
+            Some(bb.all()),
+            yn.all(),
+            rows,
+            cols,
+            batch,
+            false,
+        )
+        .unwrap();
+        let yg = poisoned(g, rows * batch, "yg");
+        g.gate_up_rows(
+            dt,
+            wb.all(),
+            ub.all(),
+            xb.all(),
+            norm,
+            yg.all(),
+            rows,
+            cols,
+            batch,
+        )
+        .unwrap();
+        let ya = buf_from(g, &self.y0, "ya");
+        g.matvec_rows(
+            dt,
+            wb.all(),
+            xb.all(),
+            None,
+            None,
+            ya.all(),
+            rows,
+            cols,
+            batch,
+            true,
+        )
+        .unwrap();
+        (
+            got_row(g, &yn, rows * batch),
+            got_row(g, &yg, rows * batch),
+            got_row(g, &ya, rows * batch),
+        )
+    }
+}
+
+/// The kernels NVRTC compiles at start-up (the fallback) compute the bits
+/// the binary's built-in images compute, for every block format through the
+/// batched kernels. NVRTC 13.0 does not give the same bytes for
+/// `matvec_rows.cu` on every machine or every run (its register numbering
+/// varies), so the bytes cannot show this; the outputs do.
+#[test]
+#[cfg_attr(
+    not(gpu_tests),
+    ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
+)]
+fn op_nvrtc_images_compute_the_built_in_bits_for_every_format() {
+    let Some(built_in) = gpu_or_skip("op_nvrtc_rows") else {
+        return;
+    };
+    let none = crate::gpu::embedded::BuiltIn {
+        images: &[],
+        compiler: None,
+        absent_reason: "the test asks for NVRTC's images",
+        requested: &[],
+    };
+    let nvrtc = Gpu::open_with(0, &none).expect("open with NVRTC's images");
+    assert_eq!(nvrtc.kernels.built_in, 0);
+    let mut r = Rng::fresh("op_nvrtc_rows");
+    let mut cases = 0;
+    for (dt, rows, cols, batch) in supported_quant().into_iter().flat_map(|d| {
+        [
+            (d, 130usize, 1024usize, 13usize),
+            (d, 70, 768, 40),
+            (d, 40, 4864, 2),
+        ]
+    }) {
+        let case = RowsCase::random(&mut r, dt, rows, cols, batch);
+        let (a, b) = (case.run_batched(&built_in), case.run_batched(&nvrtc));
+        assert!(
+            a.0 == b.0,
+            "{} normed rows differ between the built-in and NVRTC's images",
+            dt.name()
+        );
+        assert!(
+            a.1 == b.1,
+            "{} gate/up rows differ between the built-in and NVRTC's images",
+            dt.name()
+        );
+        assert!(
+            a.2 == b.2,
+            "{} plain rows differ between the built-in and NVRTC's images",
+            dt.name()
+        );
+        cases += 1;
+    }
+    println!(
+        "NVRTC images ({}): batched normed, gate/up and plain rows bit-identical to the built-in images in {cases} (format, shape) cases",
+        nvrtc.kernels.describe()
+    );
 }
 
 fn got_row(g: &Gpu, b: &DeviceBuffer, n: usize) -> Vec<u32> {
