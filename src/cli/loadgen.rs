@@ -13,6 +13,11 @@
 //! - ITL: every gap between consecutive `token` events of one stream.
 //! - Decode tokens/s: token events after each stream's first one, divided by
 //!   the time from the level's earliest first token to its last token event.
+//! - Worker-timed decode tokens/s: the streams' `tokens_out` over their
+//!   `decode_time_ms` (the `end` event), summed; the engine's own speed per
+//!   stream, which the client's read timing cannot inflate (a single stream
+//!   whose first tokens arrive late and the rest in a burst looks faster at
+//!   the client than it ran).
 //! - Max streams: most streams open at once (answered 200, not yet ended).
 //! - Wall time: from the level's first send until its last request is done.
 //!
@@ -427,6 +432,9 @@ pub struct Record {
     /// When each `token` event arrived.
     pub tokens: Vec<Instant>,
     pub outcome: Outcome,
+    /// The worker's own count and timing of the decode, from the `end`
+    /// event: (tokens_out, decode_time_ms).
+    pub worker_decode: Option<(u64, u64)>,
 }
 
 struct LevelRecords {
@@ -486,6 +494,7 @@ async fn run_level(
                 sent: t0,
                 tokens: Vec::new(),
                 outcome: Outcome::Failed(format!("CLIENT_TASK_FAILED: {e}")),
+                worker_decode: None,
             }),
         }
     }
@@ -550,6 +559,7 @@ async fn one_request(
                 sent,
                 tokens: Vec::new(),
                 outcome: Outcome::Refused,
+                worker_decode: None,
             };
         }
         attempt += 1;
@@ -572,6 +582,7 @@ fn failed(sent: Instant, code: String) -> Record {
         sent,
         tokens: Vec::new(),
         outcome: Outcome::Failed(code),
+        worker_decode: None,
     }
 }
 
@@ -595,6 +606,7 @@ async fn read_stream(resp: reqwest::Response, sent: Instant) -> Record {
                         sent,
                         tokens,
                         outcome: Outcome::Done,
+                        worker_decode: worker_decode(&ev.data),
                     }
                 }
                 "error" => return broken(sent, tokens, error_code(&ev.data)),
@@ -610,7 +622,14 @@ fn broken(sent: Instant, tokens: Vec<Instant>, code: String) -> Record {
         sent,
         tokens,
         outcome: Outcome::Failed(code),
+        worker_decode: None,
     }
+}
+
+/// (tokens_out, decode_time_ms) of an `end` event's body, when both are there.
+pub fn worker_decode(data: &str) -> Option<(u64, u64)> {
+    let v = serde_json::from_str::<serde_json::Value>(data).ok()?;
+    Some((v["tokens_out"].as_u64()?, v["decode_time_ms"].as_u64()?))
 }
 
 /// The `code` of an `error` event's body.
@@ -635,6 +654,10 @@ pub struct LoadLevel {
     pub tokens: usize,
     pub wall_s: f64,
     pub decode_tok_s: f64,
+    /// Per-stream decode tokens/s as the worker timed it: the completed
+    /// streams' tokens_out over their decode_time_ms, summed (None when no
+    /// `end` event carried both).
+    pub worker_decode_tok_s: Option<f64>,
     pub ttft_p50_ms: Option<f64>,
     pub ttft_p99_ms: Option<f64>,
     pub itl_p50_ms: Option<f64>,
@@ -694,12 +717,24 @@ pub fn summarize(n: usize, records: &[Record], wall: Duration, max_streams: usiz
         } else {
             0.0
         },
+        worker_decode_tok_s: worker_rate(records),
         ttft_p50_ms: nearest_rank(&ttft, 50.0),
         ttft_p99_ms: nearest_rank(&ttft, 99.0),
         itl_p50_ms: nearest_rank(&itl, 50.0),
         itl_p99_ms: nearest_rank(&itl, 99.0),
         plans: None,
     }
+}
+
+/// Σ tokens_out / Σ decode_time of the records whose `end` event carried
+/// both: a stream's speed as the worker measured it, free of how the
+/// client's reads of the stream were timed.
+fn worker_rate(records: &[Record]) -> Option<f64> {
+    let (tokens, ms) = records
+        .iter()
+        .filter_map(|r| r.worker_decode)
+        .fold((0u64, 0u64), |(t, m), (rt, rm)| (t + rt, m + rm));
+    (ms > 0).then(|| tokens as f64 * 1e3 / ms as f64)
 }
 
 /// Everything the JSON file holds.
@@ -771,9 +806,16 @@ fn print_plans(r: &LoadReport, l: &LoadLevel, p: &PlanLoad) {
         .map_or("-".to_string(), |a| {
             format!("{:.3}x", l.decode_tok_s / a.decode_tok_s)
         });
+    let worker_ratio = match (
+        alone.and_then(|a| a.worker_decode_tok_s),
+        l.worker_decode_tok_s,
+    ) {
+        (Some(a), Some(b)) if a > 0.0 => format!("{b:.1} tok/s = {:.3}x", b / a),
+        _ => "-".to_string(),
+    };
     println!(
         "{:>6} beside {} Plan clients (period {} ms, 0 = closed loop): {} Plans answered 200 (p50 {} ms, p99 {} ms), refused {:?}; \
-         decode {:.1} tok/s = {ratio} of the level alone",
+         decode {:.1} tok/s = {ratio} of the level alone (as the worker timed it: {worker_ratio})",
         "",
         p.clients,
         p.interval_ms,
@@ -802,7 +844,7 @@ fn csv(r: &LoadReport) -> String {
     let mut s = String::from(
         "url,handle,max_tokens,concurrency,requests,completed,refused,failed,failed_by_code,\
          max_streams,tokens,wall_s,decode_tok_s,ttft_p50_ms,ttft_p99_ms,itl_p50_ms,itl_p99_ms,\
-         plan_clients,plans_answered,plans_refused,plan_p50_ms\n",
+         plan_clients,plans_answered,plans_refused,plan_p50_ms,worker_decode_tok_s\n",
     );
     for l in &r.levels {
         let codes: Vec<String> = l
@@ -811,7 +853,7 @@ fn csv(r: &LoadReport) -> String {
             .map(|(c, k)| format!("{c}={k}"))
             .collect();
         s += &format!(
-            "{},\"{}\",{},{},{},{},{},{},\"{}\",{},{},{:.4},{:.2},{},{},{},{},{},{},{},{}\n",
+            "{},\"{}\",{},{},{},{},{},{},\"{}\",{},{},{:.4},{:.2},{},{},{},{},{},{},{},{},{}\n",
             r.url,
             r.handle.replace('"', "'"),
             r.max_tokens,
@@ -834,7 +876,8 @@ fn csv(r: &LoadReport) -> String {
             l.plans
                 .as_ref()
                 .map_or(0, |p| p.refused_by.values().sum::<usize>()),
-            csv_cell(l.plans.as_ref().and_then(|p| p.p50_ms))
+            csv_cell(l.plans.as_ref().and_then(|p| p.p50_ms)),
+            csv_cell(l.worker_decode_tok_s)
         );
     }
     s

@@ -203,6 +203,7 @@ fn record(sent: Instant, offsets_ms: &[u64], outcome: Outcome) -> Record {
             .map(|&o| sent + Duration::from_millis(o))
             .collect(),
         outcome,
+        worker_decode: None,
     }
 }
 
@@ -400,4 +401,30 @@ async fn plans_during_a_level_run_it_twice_and_count_the_plans() {
         .unwrap_err()
         .message()
         .contains("--plans-during"));
+}
+
+#[test]
+fn the_worker_timed_decode_rate_comes_from_the_end_events() {
+    assert_eq!(
+        worker_decode(r#"{"tokens_out":128,"decode_time_ms":160,"finish_reason":"length"}"#),
+        Some((128, 160))
+    );
+    assert_eq!(worker_decode(r#"{"tokens_out":1}"#), None);
+    assert_eq!(worker_decode("not json"), None);
+    let t = Instant::now();
+    let mut a = record(t, &[10, 15, 20], Outcome::Done);
+    a.worker_decode = Some((128, 160));
+    let mut b = record(t, &[12, 18], Outcome::Done);
+    b.worker_decode = Some((72, 40));
+    let refused = record(t, &[], Outcome::Refused);
+    let l = summarize(2, &[a, b, refused], Duration::from_millis(30), 2);
+    // (128 + 72) tokens over (160 + 40) ms, whatever the client's reads saw.
+    assert_eq!(l.worker_decode_tok_s, Some(1000.0));
+    let none = summarize(
+        1,
+        &[record(t, &[1, 2], Outcome::Done)],
+        Duration::from_millis(5),
+        1,
+    );
+    assert_eq!(none.worker_decode_tok_s, None);
 }
