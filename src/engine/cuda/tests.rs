@@ -428,6 +428,83 @@ fn op_rope_kv_attention_gqa_both_styles() {
     }
 }
 
+/// The decode attention's fold over many chunks (more than one tile of
+/// ATT_THREADS partials) and over heads wider than the block (hd 128 and
+/// 256, two output dimensions per thread), against an f64 reference: cache
+/// rows written directly (random keys and values in reversed pages), one
+/// query at positions on both sides of each tile boundary.
+#[test]
+#[cfg_attr(
+    not(gpu_tests),
+    ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
+)]
+fn op_attention_long_context_and_wide_heads() {
+    let Some(g) = gpu_or_skip("op_attention_long") else {
+        return;
+    };
+    let mut r = Rng::fresh("op_attention_long");
+    let tile = crate::gpu::attention::ATT_THREADS * crate::gpu::attention::ATT_CHUNK;
+    let max_ctx = 2 * tile + 3 * KV_PAGE_TOKENS;
+    for (nh, nkv, hd) in [(8usize, 2usize, 128usize), (4, 1, 256), (14, 2, 64)] {
+        let pool_rows = max_ctx.div_ceil(KV_PAGE_TOKENS) * KV_PAGE_TOKENS;
+        let (kh, vh) = (r.vec(pool_rows * nkv * hd), r.vec(pool_rows * nkv * hd));
+        let (kc, vc) = (buf_from(&g, &kh, "kc"), buf_from(&g, &vh, "vc"));
+        let scores = g
+            .alloc(Gpu::attn_scratch_floats(nh, hd, max_ctx, 1) * 4, "scores")
+            .unwrap();
+        let mut worst = 0f64;
+        for p in [tile - 1, tile, tile + 40, 2 * tile - 1, max_ctx - 1] {
+            let q = r.vec(nh * hd);
+            let qb = buf_from(&g, &q, "q");
+            let rows = TestRows::reversed(&g, max_ctx, p, 1);
+            let ob = poisoned(&g, nh * hd, "o");
+            g.attention(
+                qb.all(),
+                kc.all(),
+                vc.all(),
+                ob.all(),
+                scores.all(),
+                rows.rows(),
+                nh,
+                nkv,
+                hd,
+                max_ctx,
+                1,
+                max_ctx,
+            )
+            .unwrap();
+            let got: Vec<f32> = g.download(&ob, 0, nh * hd).unwrap();
+            let pages = max_ctx.div_ceil(KV_PAGE_TOKENS);
+            let row =
+                |t: usize| (pages - 1 - t / KV_PAGE_TOKENS) * KV_PAGE_TOKENS + t % KV_PAGE_TOKENS;
+            let mut want = vec![0f64; nh * hd];
+            for h in 0..nh {
+                let at = |t: usize, d: usize| (row(t) * nkv + h / (nh / nkv)) * hd + d;
+                let s: Vec<f64> = (0..=p)
+                    .map(|t| {
+                        (0..hd)
+                            .map(|d| q[h * hd + d] as f64 * kh[at(t, d)] as f64)
+                            .sum::<f64>()
+                            / (hd as f64).sqrt()
+                    })
+                    .collect();
+                let m = s.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for d in 0..hd {
+                    want[h * hd + d] = (0..=p).map(|t| e[t] * vh[at(t, d)] as f64).sum::<f64>() / z;
+                }
+            }
+            worst = worst.max(rel_err(&got, &want));
+        }
+        println!(
+            "attention {nh}q/{nkv}kv hd {hd} at positions up to {}: worst rel err {worst:.2e} (tol 1e-4)",
+            max_ctx - 1
+        );
+        assert!(worst < 1e-4, "attention hd {hd}: rel err {worst}");
+    }
+}
+
 #[test]
 #[cfg_attr(
     not(gpu_tests),
