@@ -308,6 +308,16 @@ mod cache_tests {
         assert!(private_cache(&file).unwrap_err().contains("not a folder"));
     }
 
+    /// The entry a cache folder holds after one kernel was compiled into it.
+    fn only_entry(dir: &Path) -> PathBuf {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path()
+    }
+
     /// With NVRTC: an entry planted in a folder others can write to is not
     /// loaded (the kernel is compiled), and nothing is written there.
     #[test]
@@ -321,12 +331,7 @@ mod cache_tests {
         let (name, src) = &swiglu_source();
         let (real, cached) = cubin_cached_in(dir.path(), name, src, "sm_90").unwrap();
         assert!(!cached);
-        let entry = std::fs::read_dir(dir.path())
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
+        let entry = only_entry(dir.path());
         let planted = b"\x7fELF planted by another user".to_vec();
         write_cache_entry(&entry, &planted);
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -385,12 +390,7 @@ mod cache_tests {
         assert!(!cached, "an empty cache compiles");
         let (again, cached) = cubin_cached_in(dir.path(), name, src, "sm_90").expect("load");
         assert!(cached && again == first, "the second start loads the entry");
-        let entry = std::fs::read_dir(dir.path())
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
+        let entry = only_entry(dir.path());
         let mut bytes = std::fs::read(&entry).unwrap();
         bytes[100] ^= 0xff;
         std::fs::write(&entry, &bytes).unwrap();

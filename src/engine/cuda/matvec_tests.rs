@@ -594,14 +594,7 @@ fn op_nvrtc_images_compute_the_built_in_bits_for_every_format() {
     let Some(built_in) = gpu_or_skip("op_nvrtc_rows") else {
         return;
     };
-    let none = crate::gpu::embedded::BuiltIn {
-        images: &[],
-        compiler: None,
-        absent_reason: "the test asks for NVRTC's images",
-        requested: &[],
-    };
-    let nvrtc = Gpu::open_with(0, &none).expect("open with NVRTC's images");
-    assert_eq!(nvrtc.kernels.built_in, 0);
+    let nvrtc = super::tests::nvrtc_only_gpu();
     let mut r = Rng::fresh("op_nvrtc_rows");
     let mut cases = 0;
     for (dt, rows, cols, batch) in supported_quant().into_iter().flat_map(|d| {

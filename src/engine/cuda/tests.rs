@@ -72,6 +72,21 @@ pub(super) fn rel_err(got: &[f32], want: &[f64]) -> f64 {
     (num / den.max(1e-300)).sqrt()
 }
 
+/// GPU 0 opened with no built-in kernel images, so every kernel file comes
+/// from NVRTC (compiled now or from the on-disk cache): the start-up
+/// fallback's images, to compare with the built-in ones.
+pub(super) fn nvrtc_only_gpu() -> Gpu {
+    let none = crate::gpu::embedded::BuiltIn {
+        images: &[],
+        compiler: None,
+        absent_reason: "the test asks for NVRTC's images",
+        requested: &[],
+    };
+    let nvrtc = Gpu::open_with(0, &none).expect("open with NVRTC's images");
+    assert_eq!(nvrtc.kernels.built_in, 0);
+    nvrtc
+}
+
 pub(super) fn buf_from(g: &Gpu, data: &[f32], what: &str) -> DeviceBuffer {
     let mut b = g.alloc(data.len() * 4, what).expect("alloc");
     g.upload(&mut b, 0, data).expect("upload");
@@ -163,14 +178,7 @@ fn op_nvrtc_images_run_like_the_built_in_ones() {
     let Some(built_in) = gpu_or_skip("op_nvrtc_images") else {
         return;
     };
-    let none = crate::gpu::embedded::BuiltIn {
-        images: &[],
-        compiler: None,
-        absent_reason: "the test asks for NVRTC's images",
-        requested: &[],
-    };
-    let nvrtc = Gpu::open_with(0, &none).expect("open with NVRTC's images");
-    assert_eq!(nvrtc.kernels.built_in, 0);
+    let nvrtc = nvrtc_only_gpu();
     assert_eq!(
         nvrtc.kernels.compiled + nvrtc.kernels.from_cache,
         crate::gpu::compile::KERNEL_SOURCES.len()
@@ -446,9 +454,23 @@ fn op_attention_long_context_and_wide_heads() {
     let tile = crate::gpu::attention::ATT_THREADS * crate::gpu::attention::ATT_CHUNK;
     let max_ctx = 2 * tile + 3 * KV_PAGE_TOKENS;
     for (nh, nkv, hd) in [(8usize, 2usize, 128usize), (4, 1, 256), (14, 2, 64)] {
-        let pool_rows = max_ctx.div_ceil(KV_PAGE_TOKENS) * KV_PAGE_TOKENS;
-        let (kh, vh) = (r.vec(pool_rows * nkv * hd), r.vec(pool_rows * nkv * hd));
-        let (kc, vc) = (buf_from(&g, &kh, "kc"), buf_from(&g, &vh, "vc"));
+        // Keys and values in position order (the reference's layout),
+        // scattered into the pool through reversed pages (the kernel's).
+        let (kseq, vseq) = (r.vec(max_ctx * nkv * hd), r.vec(max_ctx * nkv * hd));
+        let pages = max_ctx.div_ceil(KV_PAGE_TOKENS);
+        let row_of =
+            |t: usize| (pages - 1 - t / KV_PAGE_TOKENS) * KV_PAGE_TOKENS + t % KV_PAGE_TOKENS;
+        let width = nkv * hd;
+        let (mut kpool, mut vpool) = (
+            vec![0f32; pages * KV_PAGE_TOKENS * width],
+            vec![0f32; pages * KV_PAGE_TOKENS * width],
+        );
+        for t in 0..max_ctx {
+            let (at, row) = (t * width, row_of(t) * width);
+            kpool[row..row + width].copy_from_slice(&kseq[at..at + width]);
+            vpool[row..row + width].copy_from_slice(&vseq[at..at + width]);
+        }
+        let (kc, vc) = (buf_from(&g, &kpool, "kc"), buf_from(&g, &vpool, "vc"));
         let scores = g
             .alloc(Gpu::attn_scratch_floats(nh, hd, max_ctx, 1) * 4, "scores")
             .unwrap();
@@ -474,27 +496,7 @@ fn op_attention_long_context_and_wide_heads() {
             )
             .unwrap();
             let got: Vec<f32> = g.download(&ob, 0, nh * hd).unwrap();
-            let pages = max_ctx.div_ceil(KV_PAGE_TOKENS);
-            let row =
-                |t: usize| (pages - 1 - t / KV_PAGE_TOKENS) * KV_PAGE_TOKENS + t % KV_PAGE_TOKENS;
-            let mut want = vec![0f64; nh * hd];
-            for h in 0..nh {
-                let at = |t: usize, d: usize| (row(t) * nkv + h / (nh / nkv)) * hd + d;
-                let s: Vec<f64> = (0..=p)
-                    .map(|t| {
-                        (0..hd)
-                            .map(|d| q[h * hd + d] as f64 * kh[at(t, d)] as f64)
-                            .sum::<f64>()
-                            / (hd as f64).sqrt()
-                    })
-                    .collect();
-                let m = s.iter().cloned().fold(f64::MIN, f64::max);
-                let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
-                let z: f64 = e.iter().sum();
-                for d in 0..hd {
-                    want[h * hd + d] = (0..=p).map(|t| e[t] * vh[at(t, d)] as f64).sum::<f64>() / z;
-                }
-            }
+            let want = super::prefill_tests::cpu_attention(&q, &kseq, &vseq, nh, nkv, hd, p, 1);
             worst = worst.max(rel_err(&got, &want));
         }
         println!(
