@@ -15,10 +15,16 @@ typedef unsigned long long u64;
 
 #define WARP 32
 
+// The host path is the kernel emulator's (tools/kernel-emu), which compiles
+// these files for the CPU; __CUDA_ARCH__ is defined whenever NVRTC compiles.
 __device__ __forceinline__ float f16_to_f32(u16 h) {
+#ifdef __CUDA_ARCH__
     float f;
     asm("{ cvt.f32.f16 %0, %1; }" : "=f"(f) : "h"(h));
     return f;
+#else
+    return emu_f16_to_f32(h);
+#endif
 }
 
 __device__ __forceinline__ float bf16_to_f32(u16 h) {

@@ -49,7 +49,7 @@ fn check_batch(batch: usize) -> Result<i32> {
 }
 
 /// Grid of the `_b8` kernels: 4 output rows (warps) per block, 8 vectors per y.
-fn b8_grid(rows: usize, batch: usize) -> LaunchConfig {
+pub(super) fn b8_grid(rows: usize, batch: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (blocks(rows, 4), blocks(batch, 8), 1),
         block_dim: (128, 1, 1),

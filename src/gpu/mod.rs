@@ -15,6 +15,8 @@ pub mod batched;
 pub mod compile;
 pub mod device;
 pub mod embedded;
+#[cfg(test)]
+pub mod emu;
 pub mod gemm;
 pub mod kernel_units;
 pub mod launch_shape;

@@ -44,7 +44,7 @@ mod prefill_tests;
 #[cfg(test)]
 mod profile_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 mod checks;
 mod sample;

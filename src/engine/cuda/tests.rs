@@ -32,9 +32,9 @@ pub(super) fn gpu_or_skip(test: &str) -> Option<Gpu> {
 }
 
 /// xorshift64*: fresh seed per run (printed), reproducible with WORKER_ORCD_TEST_SEED.
-pub(super) struct Rng(u64);
+pub(crate) struct Rng(u64);
 impl Rng {
-    pub(super) fn fresh(test: &str) -> Self {
+    pub(crate) fn fresh(test: &str) -> Self {
         let seed = crate::env::TEST_SEED
             .get()
             .and_then(|s| s.parse().ok())
@@ -55,7 +55,7 @@ impl Rng {
         let v = self.0.wrapping_mul(0x2545F4914F6CDD1D);
         ((v >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
-    pub(super) fn vec(&mut self, n: usize) -> Vec<f32> {
+    pub(crate) fn vec(&mut self, n: usize) -> Vec<f32> {
         (0..n).map(|_| self.f()).collect()
     }
 }

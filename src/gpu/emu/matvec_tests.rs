@@ -1,0 +1,298 @@
+//! The decode mat-vec kernels under the kernel emulator (KERNEL-MATVEC,
+//! WORKER-4710; issue 11 point 5): for every block format, every batched
+//! kernel (`_bt`, `_bst`, `_b8`, each normed, gate/up and plain) gives each
+//! token row the bits the lone decode kernel (`_st`) gives it alone, under
+//! forward, reverse and shuffled thread orders; and the lone kernel agrees
+//! with a float64 product of the dequantized weights. The GPU suite's
+//! `op_batched_rows_are_bit_identical_to_lone_rows` checks the same on the
+//! GPU; these run in every `cargo test`.
+
+use cudarc::driver::LaunchConfig;
+
+use super::{Arg, Emu, Order};
+use crate::engine::cuda::tests::Rng;
+use crate::gpu::batched::b8_grid;
+use crate::gpu::launch_shape::{batched_launch, decode_launch, rows_bt_launch};
+use crate::gpu::ops::{dtype_suffix, row_bytes, FORMATS};
+use crate::model::gguf::GgmlType;
+use crate::model::quant;
+
+const EPS: f32 = 1e-5;
+
+/// Random inputs for one format and shape: two weight matrices (gate/up),
+/// the token rows, a norm weight, a bias and what a plain product adds to.
+struct Case {
+    dt: GgmlType,
+    rows: usize,
+    cols: usize,
+    batch: usize,
+    wq: Vec<u8>,
+    uq: Vec<u8>,
+    x: Vec<f32>,
+    nw: Vec<f32>,
+    bias: Vec<f32>,
+    y0: Vec<f32>,
+}
+
+/// The three products' output bits: normed with bias, gate/up + SwiGLU,
+/// plain accumulating into y0.
+#[derive(PartialEq, Debug)]
+struct Bits {
+    normed: Vec<u32>,
+    gate_up: Vec<u32>,
+    plain: Vec<u32>,
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|f| f.to_bits()).collect()
+}
+
+impl Case {
+    fn random(r: &mut Rng, dt: GgmlType, rows: usize, cols: usize, batch: usize) -> Case {
+        let quantized = |r: &mut Rng| {
+            let mut q = Vec::new();
+            quant::quantize(dt, &r.vec(rows * cols), &mut q).expect("quantize");
+            q
+        };
+        let (wq, uq) = (quantized(r), quantized(r));
+        Case {
+            dt,
+            rows,
+            cols,
+            batch,
+            wq,
+            uq,
+            x: r.vec(cols * batch),
+            nw: r.vec(cols),
+            bias: r.vec(rows),
+            y0: r.vec(rows * batch),
+        }
+    }
+
+    fn name(&self, variant: &str) -> String {
+        format!("matvec_{}{variant}", dtype_suffix(self.dt).expect("format"))
+    }
+
+    fn rb(&self) -> u64 {
+        row_bytes(self.dt, self.cols).expect("row bytes") as u64
+    }
+
+    /// Each token row alone through the decode kernels the engine uses for
+    /// one sequence (`Gpu::matvec_norm`, `gate_up`, `matvec`).
+    fn lone(&self, emu: &Emu, order: Order) -> Bits {
+        let (rows, cols) = (self.rows, self.cols);
+        let (ri, ci) = (Arg::I32(rows as i32), Arg::I32(cols as i32));
+        let mut out = Bits {
+            normed: vec![],
+            gate_up: vec![],
+            plain: vec![],
+        };
+        for t in 0..self.batch {
+            let xt = &self.x[t * cols..(t + 1) * cols];
+            let (st, cfg) = decode_launch(self.dt, rows, cols, 2);
+            let mut y = vec![f32::NAN; rows];
+            let args = [
+                Arg::of(&self.wq),
+                Arg::U64(self.rb()),
+                Arg::of(xt),
+                Arg::of(&self.bias),
+                Arg::of_mut(&mut y),
+                ri,
+                ci,
+                Arg::I32(0),
+                Arg::of(&self.nw),
+                Arg::F32(EPS),
+            ];
+            emu.launch(&self.name(st), cfg, order, &args).unwrap();
+            out.normed.extend(bits(&y));
+
+            let mut g = vec![f32::NAN; rows];
+            let args = [
+                Arg::of(&self.wq),
+                Arg::of(&self.uq),
+                Arg::U64(self.rb()),
+                Arg::of(xt),
+                Arg::of(&self.nw),
+                Arg::F32(EPS),
+                Arg::of_mut(&mut g),
+                ri,
+                ci,
+            ];
+            emu.launch(&self.name(&format!("_gu{st}")), cfg, order, &args)
+                .unwrap();
+            out.gate_up.extend(bits(&g));
+
+            let (st, cfg) = decode_launch(self.dt, rows, cols, 1);
+            let mut a = self.y0[t * rows..(t + 1) * rows].to_vec();
+            let args = [
+                Arg::of(&self.wq),
+                Arg::U64(self.rb()),
+                Arg::of(xt),
+                Arg::Ptr(0),
+                Arg::of_mut(&mut a),
+                ri,
+                ci,
+                Arg::I32(1),
+                Arg::Ptr(0),
+                Arg::F32(0.0),
+            ];
+            emu.launch(&self.name(st), cfg, order, &args).unwrap();
+            out.plain.extend(bits(&a));
+        }
+        out
+    }
+
+    /// Every row's norm scale, by `row_rms` (`Gpu::row_rms`'s launch).
+    fn scales(&self, emu: &Emu, order: Order) -> Vec<f32> {
+        let mut scale = vec![f32::NAN; self.batch];
+        let cfg = LaunchConfig {
+            grid_dim: (self.batch.div_ceil(4) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let args = [
+            Arg::of(&self.x),
+            Arg::of_mut(&mut scale),
+            Arg::I32(self.cols as i32),
+            Arg::I32(self.batch as i32),
+            Arg::F32(EPS),
+        ];
+        emu.launch("row_rms", cfg, order, &args).unwrap();
+        scale
+    }
+
+    /// All token rows at once through one batched variant (`_bt`, `_bst`
+    /// or `_b8`), with the launch shape its launcher gives it.
+    fn batched(&self, emu: &Emu, variant: &str, order: Order) -> Bits {
+        let (rows, cols, batch) = (self.rows, self.cols, self.batch);
+        let scale = self.scales(emu, order);
+        let shape = |normed: bool, gate_up: bool| -> (LaunchConfig, Option<i32>) {
+            match variant {
+                "_bt" => (
+                    rows_bt_launch(self.dt, rows, batch, gate_up).expect("bt shape"),
+                    None,
+                ),
+                "_bst" => {
+                    let (per, cfg) =
+                        batched_launch(self.dt, rows, cols, batch, normed).expect("bst shape");
+                    (cfg, Some(per as i32))
+                }
+                _ => (b8_grid(rows, batch), None),
+            }
+        };
+        let (ri, ci, bi) = (
+            Arg::I32(rows as i32),
+            Arg::I32(cols as i32),
+            Arg::I32(batch as i32),
+        );
+        let product = |w: &[u8], bias: Arg, y: &mut [f32], acc: i32, normed: bool| {
+            let (cfg, per) = shape(normed, false);
+            let mut args = vec![
+                Arg::of(w),
+                Arg::U64(self.rb()),
+                Arg::of(&self.x),
+                bias,
+                Arg::of_mut(y),
+                ri,
+                ci,
+                Arg::I32(acc),
+                bi,
+            ];
+            args.extend(per.map(Arg::I32));
+            if normed {
+                args.extend([Arg::of(&self.nw), Arg::of(&scale)]);
+            } else {
+                args.extend([Arg::Ptr(0), Arg::Ptr(0)]);
+            }
+            emu.launch(&self.name(variant), cfg, order, &args).unwrap();
+        };
+        let mut normed = vec![f32::NAN; rows * batch];
+        product(&self.wq, Arg::of(&self.bias), &mut normed, 0, true);
+        let mut plain = self.y0.clone();
+        product(&self.wq, Arg::Ptr(0), &mut plain, 1, false);
+
+        let (cfg, per) = shape(true, true);
+        let mut g = vec![f32::NAN; rows * batch];
+        let mut args = vec![
+            Arg::of(&self.wq),
+            Arg::of(&self.uq),
+            Arg::U64(self.rb()),
+            Arg::of(&self.x),
+            Arg::of(&self.nw),
+            Arg::of(&scale),
+            Arg::of_mut(&mut g),
+            ri,
+            ci,
+            bi,
+        ];
+        args.extend(per.map(Arg::I32));
+        emu.launch(&self.name(&format!("_gu{variant}")), cfg, order, &args)
+            .unwrap();
+        Bits {
+            normed: bits(&normed),
+            gate_up: bits(&g),
+            plain: bits(&plain),
+        }
+    }
+
+    /// Relative error of the lone normed product against float64 over the
+    /// dequantized weights (the emulated kernels compute the product at all).
+    fn normed_error(&self, got: &[u32]) -> f64 {
+        let (rows, cols) = (self.rows, self.cols);
+        let mut deq = vec![0f32; rows * cols];
+        quant::dequantize(self.dt, &self.wq, &mut deq).expect("dequantize");
+        let (mut num, mut den) = (0f64, 0f64);
+        for t in 0..self.batch {
+            let x = &self.x[t * cols..(t + 1) * cols];
+            let ms = x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / cols as f64;
+            let sc = 1.0 / (ms + EPS as f64).sqrt();
+            for r in 0..rows {
+                let dot: f64 = (0..cols)
+                    .map(|j| deq[r * cols + j] as f64 * x[j] as f64 * sc * self.nw[j] as f64)
+                    .sum();
+                let want = dot + self.bias[r] as f64;
+                let g = f32::from_bits(got[t * rows + r]) as f64;
+                num += (g - want).powi(2);
+                den += want.powi(2);
+            }
+        }
+        (num / den.max(1e-30)).sqrt()
+    }
+}
+
+fn orders(r: &mut Rng) -> [Order; 3] {
+    [
+        Order::Forward,
+        Order::Reverse,
+        Order::Shuffled(r.vec(1)[0].to_bits() as u64 | 1),
+    ]
+}
+
+#[test]
+fn batched_rows_are_bit_identical_to_lone_rows_in_every_format() {
+    let emu = Emu::get();
+    let mut r = Rng::fresh("emu_batched_rows");
+    for &(dt, _) in FORMATS.iter() {
+        for (rows, cols, batch) in [(67, 512, 3), (40, 1280, 9), (34, 768, 17)] {
+            let case = Case::random(&mut r, dt, rows, cols, batch);
+            let lone = case.lone(emu, Order::Forward);
+            let e = case.normed_error(&lone.normed);
+            assert!(e < 1e-5, "{} lone normed rel err {e}", dt.name());
+            for (variant, order) in ["_bt", "_bst", "_b8"].into_iter().zip(orders(&mut r)) {
+                let got = case.batched(emu, variant, order);
+                println!(
+                    "emu {:>5} {rows}x{cols} batch {batch} {variant} ({order:?}): normed {}, gate/up {}, plain {} (lone rel err {e:.1e})",
+                    dt.name(),
+                    got.normed == lone.normed,
+                    got.gate_up == lone.gate_up,
+                    got.plain == lone.plain
+                );
+                assert!(
+                    got == lone,
+                    "{} {variant} rows differ from lone rows",
+                    dt.name()
+                );
+            }
+        }
+    }
+}
