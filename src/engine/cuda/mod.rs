@@ -40,7 +40,7 @@ pub use plan::{planned_memory, CUDA_MAX_SEQUENCES};
 #[cfg(test)]
 mod matvec_tests;
 #[cfg(test)]
-mod prefill_tests;
+pub(crate) mod prefill_tests;
 #[cfg(test)]
 mod profile_tests;
 #[cfg(test)]

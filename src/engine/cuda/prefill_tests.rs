@@ -136,7 +136,7 @@ fn op_gemm_every_block_format() {
 
 /// CPU attention (f64) of query t at position pos0 + t over rows 0..=pos0+t.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn cpu_attention(
+pub(crate) fn cpu_attention(
     q: &[f32],
     k: &[f32],
     v: &[f32],

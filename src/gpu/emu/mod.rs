@@ -17,7 +17,11 @@
 //! with `-ffp-contract=off` as NVRTC's `--fmad=false`.
 
 #[cfg(test)]
+mod attention_tests;
+#[cfg(test)]
 mod matvec_tests;
+#[cfg(test)]
+mod topk_tests;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

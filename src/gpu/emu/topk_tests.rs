@@ -1,0 +1,161 @@
+//! Device candidate selection under the kernel emulator (KERNEL-SAMPLE,
+//! WORKER-4700, 4710; issue 12 point 2): for several logits rows in one
+//! launch (ties, a NaN, a row of equal values), the one-pass `topk` kernel
+//! and the radix select (`topk_radix_hist` x 3, `topk_radix_gather`) give
+//! every row exactly `engine::sampler::top_candidates`' ids and values in its
+//! order, and leave their scratch counters at zero for the next launch. The
+//! GPU suite's `op_topk_*` tests check the same on the GPU.
+
+use cudarc::driver::LaunchConfig;
+
+use super::{Arg, Emu, Order};
+use crate::engine::cuda::tests::Rng;
+use crate::engine::sampler::{top_candidates, MAX_CANDIDATES};
+use crate::gpu::topk::topk_large_scratch_bytes;
+
+/// `rows` rows of `n` logits: random, with ties across the row, a NaN and
+/// one row of a single repeated value.
+fn logits(r: &mut Rng, n: usize, rows: usize) -> Vec<f32> {
+    let mut l = r.vec(n * rows);
+    for row in 0..rows {
+        let x = &mut l[row * n..(row + 1) * n];
+        x[77] = 3.0;
+        x[5] = 3.0;
+        x[n - 1] = 3.0;
+        x[100] = f32::NAN;
+    }
+    l[n * (rows - 1)..].fill(0.25);
+    l
+}
+
+fn want(l: &[f32], n: usize, k: usize) -> Vec<Vec<(u32, f32)>> {
+    l.chunks(n).map(|row| top_candidates(row, k)).collect()
+}
+
+fn got(ids: &[i32], vals: &[f32], k: usize) -> Vec<Vec<(u32, f32)>> {
+    ids.chunks(k)
+        .zip(vals.chunks(k))
+        .map(|(i, v)| i.iter().zip(v).map(|(&i, &v)| (i as u32, v)).collect())
+        .collect()
+}
+
+/// Candidates as bits (NaN compares equal to itself).
+fn bits(c: &[Vec<(u32, f32)>]) -> Vec<Vec<(u32, u32)>> {
+    c.iter()
+        .map(|r| r.iter().map(|&(i, v)| (i, v.to_bits())).collect())
+        .collect()
+}
+
+/// `Gpu::topk_rows`' launch: one 1024-thread block per row.
+fn one_pass(emu: &Emu, l: &[f32], n: usize, rows: usize, k: usize) -> Vec<Vec<(u32, f32)>> {
+    let (mut ids, mut vals) = (vec![-1i32; k * rows], vec![f32::NAN; k * rows]);
+    let cfg = LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (1024, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let args = [
+        Arg::of(l),
+        Arg::I32(n as i32),
+        Arg::I32(k as i32),
+        Arg::of_mut(&mut ids),
+        Arg::of_mut(&mut vals),
+    ];
+    emu.launch("topk", cfg, Order::Reverse, &args).unwrap();
+    got(&ids, &vals, k)
+}
+
+/// `Gpu::topk_large_rows`' launches: three histogram passes and the
+/// gather over one zeroed scratch row per logits row.
+fn radix(emu: &Emu, l: &[f32], n: usize, rows: usize, k: usize, seed: u64) -> Vec<Vec<(u32, f32)>> {
+    let words = topk_large_scratch_bytes(n) * rows / 8;
+    let mut scratch = vec![0u64; words];
+    let (mut ids, mut vals) = (vec![-1i32; k * rows], vec![f32::NAN; k * rows]);
+    let cfg = LaunchConfig {
+        grid_dim: (n.div_ceil(4096) as u32, rows as u32, 1),
+        block_dim: (1024, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    for pass in 0..3 {
+        let args = [
+            Arg::of(l),
+            Arg::I32(n as i32),
+            Arg::I32(k as i32),
+            Arg::I32(pass),
+            Arg::of_mut(&mut scratch),
+        ];
+        emu.launch(
+            "topk_radix_hist",
+            cfg,
+            Order::Shuffled(seed + pass as u64),
+            &args,
+        )
+        .unwrap();
+    }
+    let args = [
+        Arg::of(l),
+        Arg::I32(n as i32),
+        Arg::I32(k as i32),
+        Arg::of_mut(&mut scratch),
+        Arg::of_mut(&mut ids),
+        Arg::of_mut(&mut vals),
+    ];
+    emu.launch("topk_radix_gather", cfg, Order::Forward, &args)
+        .unwrap();
+    // The kernels re-arm their counters; a second selection reuses the row.
+    let again = {
+        let (mut ids2, mut vals2) = (vec![-1i32; k * rows], vec![f32::NAN; k * rows]);
+        for pass in 0..3 {
+            let args = [
+                Arg::of(l),
+                Arg::I32(n as i32),
+                Arg::I32(k as i32),
+                Arg::I32(pass),
+                Arg::of_mut(&mut scratch),
+            ];
+            emu.launch("topk_radix_hist", cfg, Order::Forward, &args)
+                .unwrap();
+        }
+        let args = [
+            Arg::of(l),
+            Arg::I32(n as i32),
+            Arg::I32(k as i32),
+            Arg::of_mut(&mut scratch),
+            Arg::of_mut(&mut ids2),
+            Arg::of_mut(&mut vals2),
+        ];
+        emu.launch("topk_radix_gather", cfg, Order::Reverse, &args)
+            .unwrap();
+        got(&ids2, &vals2, k)
+    };
+    let first = got(&ids, &vals, k);
+    assert_eq!(
+        bits(&first),
+        bits(&again),
+        "a second radix selection over the same scratch differs"
+    );
+    first
+}
+
+#[test]
+fn device_candidates_are_the_host_samplers_for_every_row() {
+    let emu = Emu::get();
+    let mut r = Rng::fresh("emu_topk");
+    for (n, rows) in [(151_936usize, 2usize), (9_000, 3)] {
+        let l = logits(&mut r, n, rows);
+        let w1 = want(&l, n, 1);
+        assert_eq!(
+            bits(&one_pass(emu, &l, n, rows, 1)),
+            bits(&w1),
+            "topk k=1, n {n}"
+        );
+        for k in [1usize, 40, MAX_CANDIDATES] {
+            let seed = r.vec(1)[0].to_bits() as u64;
+            let g = radix(emu, &l, n, rows, k, seed);
+            assert_eq!(bits(&g), bits(&want(&l, n, k)), "radix k={k}, n {n}");
+        }
+        println!(
+            "emu topk: {rows} rows of {n}: one-pass k=1 and radix k=1, 40, {MAX_CANDIDATES} identical to sampler::top_candidates"
+        );
+    }
+}
