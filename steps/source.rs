@@ -41,6 +41,59 @@ fn code_of(p: &Path) -> String {
         .join("\n")
 }
 
+/// Whether `p` is test code, which never ships in the worker: a
+/// `tests.rs` / `*_tests.rs` file, or a module its parent declares under
+/// `#[cfg(test)]` (and everything below such a module).
+fn is_test_code(p: &Path) -> bool {
+    let r = rel(p);
+    if r.ends_with("/tests.rs") || r.ends_with("_tests.rs") {
+        return true;
+    }
+    let mut file = p.to_path_buf();
+    while let Some(dir) = file.parent().map(Path::to_path_buf) {
+        let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        // The module's name and the file that declares it: `x/mod.rs` is
+        // declared by `x`'s parent folder's mod.rs (or lib.rs), `x/y.rs` by
+        // `x/mod.rs`.
+        let (name, parent_dir) = if stem == "mod" {
+            let Some(n) = dir.file_name().and_then(|s| s.to_str()) else {
+                return false;
+            };
+            let Some(pd) = dir.parent() else { return false };
+            (n.to_string(), pd.to_path_buf())
+        } else {
+            (stem.to_string(), dir.clone())
+        };
+        let declaring = ["mod.rs", "lib.rs", "main.rs"]
+            .iter()
+            .map(|f| parent_dir.join(f))
+            .find(|f| f.exists() && *f != file);
+        let Some(declaring) = declaring else {
+            return false;
+        };
+        let text = std::fs::read_to_string(&declaring).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        let declared_under_test = lines.iter().enumerate().any(|(i, l)| {
+            (*l == format!("mod {name};")
+                || *l == format!("pub mod {name};")
+                || *l == format!("pub(crate) mod {name};"))
+                && i > 0
+                && lines[i - 1] == "#[cfg(test)]"
+        });
+        if declared_under_test {
+            return true;
+        }
+        if declaring
+            .file_name()
+            .is_some_and(|f| f == "lib.rs" || f == "main.rs")
+        {
+            return false;
+        }
+        file = declaring;
+    }
+    false
+}
+
 fn uses_unsafe(code: &str) -> bool {
     code.contains("unsafe {")
         || code.contains("unsafe fn")
@@ -101,8 +154,7 @@ fn never_calls(w: &mut World, dir: String, call: String, except: String) {
     for p in rust_files(&ctx().repo_path(&dir)) {
         let r = rel(&p);
         // Test code may spawn processes; only what ships in the worker counts.
-        let is_test = r.ends_with("/tests.rs") || r.ends_with("_tests.rs");
-        if is_test || (!except.is_empty() && r.starts_with(&except)) {
+        if is_test_code(&p) || (!except.is_empty() && r.starts_with(&except)) {
             continue;
         }
         w.check(!code_of(&p).contains(&call), format!("{r} calls {call}"));
@@ -220,7 +272,11 @@ fn have_tests(w: &mut World, list: String) {
 #[then(regex = r#"^every kernel launch in "([^"]+)" is followed by an error check$"#)]
 fn launches_checked(w: &mut World, dir: String) {
     let mut seen = 0;
-    for p in rust_files(&ctx().repo_path(&dir)) {
+    // Launches in test code (the kernel emulator's) are not the worker's.
+    for p in rust_files(&ctx().repo_path(&dir))
+        .into_iter()
+        .filter(|p| !is_test_code(p))
+    {
         let code = code_of(&p);
         let lines: Vec<&str> = code.lines().collect();
         for (i, l) in lines.iter().enumerate() {

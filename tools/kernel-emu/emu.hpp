@@ -14,12 +14,17 @@
 // block is a fiber with its own stack that runs until it reaches a barrier
 // (__syncthreads, __syncwarp, a shuffle) or returns; when every live thread
 // of the block (or of the warp, for warp barriers) has arrived, they all go
-// on. Static __shared__ arrays become function statics (blocks never run at
-// the same time); the dynamic shared buffer is refilled with NaN bytes
-// before each block so a read of something no thread wrote shows. The
-// order in which threads run between barriers is forward, reverse or
-// shuffled (emu_set_order), so a missing barrier shows as a wrong result
-// under some order rather than depending on luck.
+// on. Static __shared__ arrays become function statics in one section
+// (blocks never run at the same time); they and the dynamic shared buffer
+// are refilled with NaN bytes before each block, so a read of something no
+// thread wrote shows, and a write past the dynamic buffer is reported. The
+// order in which blocks run, and threads between barriers, is forward,
+// reverse or shuffled (emu_set_order), so a missing barrier or a "last
+// block" that is assumed to be a particular one shows as a wrong result
+// under some order rather than depending on luck. Fiber stacks end in a
+// guard page. Not modelled: a thread that exits while others wait at a
+// barrier counts as arrived (as on current GPUs), and memory is coherent
+// between blocks without fences.
 //
 // The kernels are compiled with -ffp-contract=off, as NVRTC compiles them
 // with --fmad=false: a product and a sum stay two roundings unless the
@@ -41,7 +46,9 @@
 #define __align__(n) __attribute__((aligned(n)))
 #define __constant__
 #define __restrict__ __restrict
-#define __shared__ static
+// Static shared arrays are function statics in one section, which the
+// runtime refills with NaN bytes before each block.
+#define __shared__ static __attribute__((section("emu_shared")))
 
 struct dim3 {
     unsigned x = 1, y = 1, z = 1;

@@ -15,12 +15,18 @@
 
 #include "emu_registry.hpp"
 
+// The static __shared__ section's bounds (emu.hpp), when any kernel has one.
+extern "C" char __start_emu_shared[] __attribute__((weak));
+extern "C" char __stop_emu_shared[] __attribute__((weak));
+
 namespace emu {
 namespace {
 
 enum class State { Run, AtBlock, AtWarp, Done };
 
 constexpr size_t STACK_BYTES = 256 * 1024;
+constexpr size_t GUARD_BYTES = 4096;    // below each stack, no access
+constexpr size_t CANARY_BYTES = 4096;   // after the dynamic shared buffer
 
 // A thread starts on its own stack through makecontext/swapcontext once;
 // after that every switch is _setjmp/_longjmp, which, unlike swapcontext,
@@ -216,33 +222,50 @@ int emu_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, unsigned
         return -1;
     }
     while (g_stacks.size() < threads) {
-        void* st = mmap(nullptr, STACK_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (st == MAP_FAILED) {
+        void* st = mmap(nullptr, GUARD_BYTES + STACK_BYTES, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (st == MAP_FAILED || mprotect(st, GUARD_BYTES, PROT_NONE) != 0) {
             g_error = "could not map a fiber stack";
             return -1;
         }
-        g_stacks.push_back((char*)st);
+        g_stacks.push_back((char*)st + GUARD_BYTES);
     }
     g_block.threads.assign(threads, Thread{});
     for (unsigned long long i = 0; i < threads; i++) g_block.threads[i].stack = g_stacks[i];
-    g_block.slots.assign(((threads + 31) / 32) * 32, 0ull);
     g_block.body = it->second;
     g_block.args = args;
     blockDim = dim3{bx, by, bz};
     gridDim = dim3{gx, gy, gz};
     std::mt19937_64 rng(g_seed);
+    std::vector<dim3> blocks;
+    for (unsigned z = 0; z < gz; z++)
+        for (unsigned y = 0; y < gy; y++)
+            for (unsigned x = 0; x < gx; x++) blocks.push_back(dim3{x, y, z});
+    if (g_order == 1) std::reverse(blocks.begin(), blocks.end());
+    if (g_order == 2) std::shuffle(blocks.begin(), blocks.end(), rng);
     bool ok = true;
-    for (unsigned z = 0; z < gz && ok; z++)
-        for (unsigned y = 0; y < gy && ok; y++)
-            for (unsigned x = 0; x < gx && ok; x++) {
-                blockIdx = dim3{x, y, z};
-                g_block.smem.assign(smem_bytes, 0xff);  // NaN in every float
-                ok = run_block(rng);
-                if (!ok) {
-                    g_error = "block (" + std::to_string(x) + "," + std::to_string(y) + "," + std::to_string(z) +
-                              ") of " + name + ": " + g_error;
-                }
+    for (const dim3& b : blocks) {
+        blockIdx = b;
+        g_block.slots.assign(((threads + 31) / 32) * 32, 0ull);
+        g_block.smem.assign(smem_bytes + CANARY_BYTES, 0xff);  // NaN in every float
+        if (__start_emu_shared && __stop_emu_shared)
+            memset(__start_emu_shared, 0xff, (size_t)(__stop_emu_shared - __start_emu_shared));
+        ok = run_block(rng);
+        const std::string where =
+            "block (" + std::to_string(b.x) + "," + std::to_string(b.y) + "," + std::to_string(b.z) + ") of " + name;
+        if (!ok) {
+            g_error = where + ": " + g_error;
+            break;
+        }
+        for (size_t i = smem_bytes; i < g_block.smem.size(); i++) {
+            if (g_block.smem[i] != 0xff) {
+                g_error = where + ": wrote past its " + std::to_string(smem_bytes) + " bytes of dynamic shared memory";
+                ok = false;
+                break;
             }
+        }
+        if (!ok) break;
+    }
     return ok ? 0 : -1;
 }
 }
