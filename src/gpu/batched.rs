@@ -1,4 +1,6 @@
-//! Launchers of the batched mat-vecs (`matvec_*_bt` / `matvec_*_gu_bt`, rows
+//! Launchers of the batched mat-vecs (`matvec_*_tl` / `matvec_*_gu_tl`,
+//! register tiles of 4 weight rows x 4 tokens, in cuda/matvec_tiles.cu,
+//! from TL_MIN_BATCH rows; `matvec_*_bt` / `matvec_*_gu_bt`, rows
 //! on the lanes, in cuda/matvec_rows.cu, from BT_MIN_BATCH rows; below it
 //! `matvec_*_bst` / `matvec_*_gu_bst`, staged, and `matvec_*_b8` /
 //! `matvec_*_gu_b8` where the staged ones' shared memory does not fit, in
@@ -17,7 +19,9 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::cuda_err;
 use super::device::{Gpu, Span};
-use super::launch_shape::{batched_launch, rows_bt_launch, BT_MIN_BATCH};
+use super::launch_shape::{
+    batched_launch, rows_bt_launch, rows_tl_launch, BT_MIN_BATCH, TL_MIN_BATCH,
+};
 use super::ops::{as_i32, blocks, dtype_suffix, row_bytes};
 use crate::error::{Result, WorkerError};
 use crate::model::gguf::GgmlType;
@@ -205,10 +209,12 @@ impl Gpu {
     }
 
     /// Which batched kernel serves this call, its grid and its `per`: the
+    /// register-tiled `_tl` kernels from TL_MIN_BATCH rows and the
     /// token-on-lane `_bt` kernels from BT_MIN_BATCH rows when the format's
     /// are ready, else the staged `_bst` when their shared memory fits, else
-    /// the `_b8`. The `_bt` and `_b8` kernels take the same arguments; `_bst`
-    /// also takes `per`, its vectors per block.
+    /// the `_b8`. All give every row the bits it gets alone. The `_tl`,
+    /// `_bt` and `_b8` kernels take the same arguments; `_bst` also takes
+    /// `per`, its vectors per block.
     fn rows_launch(
         &self,
         dtype: GgmlType,
@@ -218,6 +224,16 @@ impl Gpu {
         normed: bool,
         gate_up: bool,
     ) -> RowsLaunch {
+        let tl = (batch >= TL_MIN_BATCH && self.rows_tl_ready(dtype))
+            .then(|| rows_tl_launch(dtype, rows, batch, gate_up))
+            .flatten();
+        if let Some(cfg) = tl {
+            return RowsLaunch {
+                suffix: "_tl",
+                cfg,
+                per: None,
+            };
+        }
         let bt = (batch >= BT_MIN_BATCH && self.rows_bt_ready(dtype))
             .then(|| rows_bt_launch(dtype, rows, batch, gate_up))
             .flatten();

@@ -24,10 +24,11 @@ use super::gemm::Blas;
 use super::{cuda_err, probe_libraries, DeviceInfo};
 use crate::error::{Result, WorkerError};
 
-/// The variants the `MATVEC` macros of cuda/matvec.cu and cuda/matvec_rows.cu
-/// define for every format.
-const MATVEC_VARIANTS: [&str; 11] = [
+/// The variants the `MATVEC` macros of cuda/matvec.cu, cuda/matvec_rows.cu
+/// and cuda/matvec_tiles.cu define for every format.
+const MATVEC_VARIANTS: [&str; 13] = [
     "", "_gu", "_b8", "_gu_b8", "_st", "_gu_st", "_qkv_st", "_bst", "_gu_bst", "_bt", "_gu_bt",
+    "_tl", "_gu_tl",
 ];
 
 /// Kernels that exist once, whatever the format.
@@ -64,17 +65,21 @@ pub fn kernel_names() -> Vec<String> {
         .collect()
 }
 
-/// Let each format's `_bt` kernels use the dynamic shared memory
-/// `launch_shape::rows_bt_smem` gives them (over the 48 KiB default, so it
-/// must be granted per function); returns the formats where the device
-/// agreed for both kernels.
-fn grant_rows_bt_smem(funcs: &HashMap<String, CudaFunction>) -> Vec<crate::model::gguf::GgmlType> {
+/// Let each format's kernels of one batched variant (`_bt`: `variants` =
+/// ["_bt", "_gu_bt"]) use the dynamic shared memory `smem` gives them (over
+/// the 48 KiB default, so it must be granted per function); returns the
+/// formats where the device agreed for every variant.
+fn grant_rows_smem(
+    funcs: &HashMap<String, CudaFunction>,
+    variants: [&str; 2],
+    smem: fn(crate::model::gguf::GgmlType) -> usize,
+) -> Vec<crate::model::gguf::GgmlType> {
     use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAX_DYN;
     super::ops::FORMATS
         .iter()
         .filter(|&&(t, f)| {
-            let need = super::launch_shape::rows_bt_smem(t) as i32;
-            ["_bt", "_gu_bt"].iter().all(|v| {
+            let need = smem(t) as i32;
+            variants.iter().all(|v| {
                 funcs
                     .get(&format!("matvec_{f}{v}"))
                     .is_some_and(|k| k.set_attribute(MAX_DYN, need).is_ok())
@@ -194,6 +199,12 @@ pub struct Gpu {
     /// Formats whose token-on-lane batched kernels (`_bt`) were granted the
     /// shared memory they need; the others use the staged `_bst` kernels.
     rows_bt: Vec<crate::model::gguf::GgmlType>,
+    /// Formats whose register-tiled batched kernels (`_tl`) got their shared memory.
+    rows_tl: Vec<crate::model::gguf::GgmlType>,
+    /// Tests only: route batched mat-vecs past the `_tl` kernels, so a
+    /// profile can time `_bt` beside them on the same card.
+    #[cfg(test)]
+    tiles_off: std::sync::atomic::AtomicBool,
     info: DeviceInfo,
     /// Where the kernel images came from and which NVRTC compiled them.
     pub kernels: KernelProvenance,
@@ -310,13 +321,17 @@ impl Gpu {
                 "kernel {missing} is missing from the compiled modules"
             )));
         }
-        let rows_bt = grant_rows_bt_smem(&funcs);
+        let rows_bt = grant_rows_smem(&funcs, ["_bt", "_gu_bt"], super::launch_shape::rows_bt_smem);
+        let rows_tl = grant_rows_smem(&funcs, ["_tl", "_gu_tl"], super::launch_shape::rows_tl_smem);
         let mut gpu = Self {
             blas: None,
             stream,
             ctx,
             funcs,
             rows_bt,
+            rows_tl,
+            #[cfg(test)]
+            tiles_off: std::sync::atomic::AtomicBool::new(false),
             info,
             kernels,
         };
@@ -433,6 +448,22 @@ impl Gpu {
     /// Whether format `t` has its token-on-lane batched kernels ready.
     pub(crate) fn rows_bt_ready(&self, t: crate::model::gguf::GgmlType) -> bool {
         self.rows_bt.contains(&t)
+    }
+
+    /// Whether format `t` has its register-tiled batched kernels ready.
+    pub(crate) fn rows_tl_ready(&self, t: crate::model::gguf::GgmlType) -> bool {
+        #[cfg(test)]
+        if self.tiles_off.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
+        }
+        self.rows_tl.contains(&t)
+    }
+
+    /// Tests only: whether batched mat-vecs skip the `_tl` kernels.
+    #[cfg(test)]
+    pub(crate) fn set_tiles_off(&self, off: bool) {
+        self.tiles_off
+            .store(off, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(crate) fn func(&self, name: &str) -> Result<&CudaFunction> {

@@ -41,6 +41,13 @@ pub const ATT_THREADS: usize = 128;
 /// 1024-element chunk), floats per dequantized run in shared memory.
 pub const BT_SHAPE: (usize, usize, usize) = (16, 16, 36);
 
+/// Shape of the register-tiled batched kernels (`_tl`, `_gu_tl` in
+/// cuda/matvec_tiles.cu, which receives these as TL_ROWS, TL_TOKENS,
+/// TL_PAD): staging rows per block, tokens per block, floats per
+/// dequantized run in shared memory. The kernel's thread tile (4 rows x 4
+/// tokens, 256 threads) assumes 16 and 32.
+pub const TL_SHAPE: (usize, usize, usize) = (16, 32, 36);
+
 /// The shared header every kernel file includes.
 pub const COMMON_CUH: &str = include_str!("../../cuda/common.cuh");
 
@@ -57,6 +64,7 @@ macro_rules! kernel_files {
 kernel_files!(
     "matvec.cu",
     "matvec_rows.cu",
+    "matvec_tiles.cu",
     "embed.cu",
     "rmsnorm.cu",
     "rope_kv.cu",
@@ -96,8 +104,10 @@ pub fn translation_unit(name: &str, src: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n");
     let (rows, warps, pad) = BT_SHAPE;
+    let (tl_rows, tl_tokens, tl_pad) = TL_SHAPE;
     format!(
         "#define KV_PAGE {KV_PAGE_TOKENS}\n#define ATT_THREADS {ATT_THREADS}\n#define BT_ROWS {rows}\n#define BT_WARPS {warps}\n#define BT_PAD {pad}\n\
+         #define TL_ROWS {tl_rows}\n#define TL_TOKENS {tl_tokens}\n#define TL_PAD {tl_pad}\n\
          {COMMON_CUH}\n#line 1 \"{name}\"\n{body}\n"
     )
 }

@@ -109,6 +109,45 @@ pub(super) fn rows_bt_launch(
     })
 }
 
+/// Shape of the register-tiled batched kernels, defined once in
+/// `kernel_units` (TL_ROWS, TL_TOKENS, TL_PAD in cuda/matvec_tiles.cu).
+pub use super::kernel_units::TL_SHAPE;
+/// Threads per block of the `_tl` kernels (TL_THREADS in cuda/matvec_tiles.cu).
+const TL_THREADS: u32 = 256;
+/// Fewest rows the `_tl` kernels take: their blocks hold 32 tokens, so below
+/// it most of a block's arithmetic would be for absent tokens (same bits
+/// either way; where the crossover lies is for the GPU profile to show).
+pub const TL_MIN_BATCH: usize = 32;
+
+/// Dynamic shared bytes of a `_tl` launch: TL_ROWS weight rows and
+/// TL_TOKENS token rows of 8 runs of TL_PAD floats plus 4 (the same for
+/// every format: the weights are dequantized from global memory).
+pub fn rows_tl_smem(_: GgmlType) -> usize {
+    let (rows, tokens, pad) = TL_SHAPE;
+    4 * (rows + tokens) * (8 * pad + 4)
+}
+
+/// Launch shape of a `_tl` kernel over `rows` output rows (of each matrix
+/// for gate/up) and `batch` token rows; None when the grid would not fit.
+pub(super) fn rows_tl_launch(
+    t: GgmlType,
+    rows: usize,
+    batch: usize,
+    gate_up: bool,
+) -> Option<LaunchConfig> {
+    let (per_block, tokens, _) = TL_SHAPE;
+    let per_block = if gate_up { per_block / 2 } else { per_block };
+    let (row_blocks, groups) = (rows.div_ceil(per_block), batch.div_ceil(tokens));
+    if rows == 0 || batch == 0 || row_blocks > i32::MAX as usize || groups > 65_535 {
+        return None;
+    }
+    Some(LaunchConfig {
+        grid_dim: (row_blocks as u32, groups as u32, 1),
+        block_dim: (TL_THREADS, 1, 1),
+        shared_mem_bytes: rows_tl_smem(t) as u32,
+    })
+}
+
 /// Kernel-name suffix and launch shape of a single-vector decode mat-vec:
 /// the staged variant when its shared memory fits, else (and for
 /// `vectors == 0`) the plain one.

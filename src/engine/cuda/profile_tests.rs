@@ -307,7 +307,17 @@ fn op_profile_batched_qwen_shapes() {
         weight: nb.all(),
         scale: scale.all(),
     };
-    for batch in [8usize, big] {
+    // x32 and x64 take the register-tiled `_tl` kernels; their "bt" rows
+    // time the token-on-lane `_bt` kernels on the same card.
+    for (batch, tiles) in [
+        (8usize, true),
+        (32, true),
+        (32, false),
+        (big, true),
+        (big, false),
+    ] {
+        g.set_tiles_off(!tiles);
+        let tag = if tiles { "" } else { " bt" };
         for (dt, rows, cols, normed, label) in [
             (
                 GgmlType::Q5_0,
@@ -324,7 +334,7 @@ fn op_profile_batched_qwen_shapes() {
         ] {
             let (wb, bytes) = upload_quant(&mut r, dt, rows, cols);
             let n = normed.then_some(norm);
-            time_op(&g, &format!("x{batch} {label}"), bytes, &|| {
+            time_op(&g, &format!("x{batch}{tag} {label}"), bytes, &|| {
                 let (x, y) = (xb.all(), yb.all());
                 g.matvec_rows(dt, wb.all(), x, n, None, y, rows, cols, batch, false)
             });
@@ -333,7 +343,7 @@ fn op_profile_batched_qwen_shapes() {
         let (wu, _) = upload_quant(&mut r, GgmlType::Q5_0, 4864, 896);
         time_op(
             &g,
-            &format!("x{batch} gate_up q5_0 4864x896"),
+            &format!("x{batch}{tag} gate_up q5_0 4864x896"),
             2 * bytes,
             &|| {
                 let (x, y) = (xb.all(), yb.all());
@@ -350,6 +360,10 @@ fn op_profile_batched_qwen_shapes() {
                 )
             },
         );
+        g.set_tiles_off(false);
+        if !tiles {
+            continue; // the rows below use no batched mat-vec
+        }
         time_op(&g, &format!("x{batch} row_rms 896"), 0, &|| {
             g.row_rms(xb.all(), scale.all(), 896, batch, 1e-6)
         });

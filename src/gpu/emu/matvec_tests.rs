@@ -1,6 +1,7 @@
 //! The decode mat-vec kernels under the kernel emulator (KERNEL-MATVEC,
-//! WORKER-4710; issue 11 point 5): for every block format, every batched
-//! kernel (`_bt`, `_bst`, `_b8`, each normed, gate/up and plain) gives each
+//! WORKER-4710; issue 11 points 5 and 7): for every block format, every
+//! batched kernel (`_tl`, `_bt`, `_bst`, `_b8`, each normed, gate/up and
+//! plain) gives each
 //! token row the bits the lone decode kernel (`_st`) gives it alone, under
 //! forward, reverse and shuffled thread orders; and the lone kernel agrees
 //! with a float64 product of the dequantized weights. The GPU suite's
@@ -12,7 +13,7 @@ use cudarc::driver::LaunchConfig;
 use super::{Arg, Emu, Order};
 use crate::engine::cuda::tests::Rng;
 use crate::gpu::batched::b8_grid;
-use crate::gpu::launch_shape::{batched_launch, decode_launch, rows_bt_launch};
+use crate::gpu::launch_shape::{batched_launch, decode_launch, rows_bt_launch, rows_tl_launch};
 use crate::gpu::ops::{dtype_suffix, row_bytes, FORMATS};
 use crate::model::gguf::GgmlType;
 use crate::model::quant;
@@ -161,8 +162,8 @@ impl Case {
         scale
     }
 
-    /// All token rows at once through one batched variant (`_bt`, `_bst`
-    /// or `_b8`), with the launch shape its launcher gives it.
+    /// All token rows at once through one batched variant (`_tl`, `_bt`,
+    /// `_bst` or `_b8`), with the launch shape its launcher gives it.
     fn batched(&self, emu: &Emu, variant: &str, order: Order) -> Bits {
         let (rows, cols, batch) = (self.rows, self.cols, self.batch);
         let scale = self.scales(emu, order);
@@ -170,6 +171,10 @@ impl Case {
             match variant {
                 "_bt" => (
                     rows_bt_launch(self.dt, rows, batch, gate_up).expect("bt shape"),
+                    None,
+                ),
+                "_tl" => (
+                    rows_tl_launch(self.dt, rows, batch, gate_up).expect("tl shape"),
                     None,
                 ),
                 "_bst" => {
@@ -260,11 +265,13 @@ impl Case {
     }
 }
 
-fn orders(r: &mut Rng) -> [Order; 3] {
+fn orders(r: &mut Rng) -> [Order; 4] {
+    let mut seed = || r.vec(1)[0].to_bits() as u64 | 1;
     [
         Order::Forward,
         Order::Reverse,
-        Order::Shuffled(r.vec(1)[0].to_bits() as u64 | 1),
+        Order::Shuffled(seed()),
+        Order::Shuffled(seed()),
     ]
 }
 
@@ -272,13 +279,18 @@ fn orders(r: &mut Rng) -> [Order; 3] {
 fn batched_rows_are_bit_identical_to_lone_rows_in_every_format() {
     let emu = Emu::get();
     let mut r = Rng::fresh("emu_batched_rows");
+    let mut case_no = 0;
     for &(dt, _) in FORMATS.iter() {
-        for (rows, cols, batch) in [(67, 512, 3), (40, 1280, 9), (34, 768, 17)] {
+        for (rows, cols, batch) in [(67, 512, 3), (40, 1280, 9), (34, 768, 17), (21, 2304, 37)] {
             let case = Case::random(&mut r, dt, rows, cols, batch);
             let lone = case.lone(emu, Order::Forward);
             let e = case.normed_error(&lone.normed);
             assert!(e < 1e-5, "{} lone normed rel err {e}", dt.name());
-            for (variant, order) in ["_bt", "_bst", "_b8"].into_iter().zip(orders(&mut r)) {
+            // Each variant meets every order over the cases.
+            case_no += 1;
+            let mut ord = orders(&mut r);
+            ord.rotate_left(case_no % 4);
+            for (variant, order) in ["_tl", "_bt", "_bst", "_b8"].into_iter().zip(ord) {
                 let got = case.batched(emu, variant, order);
                 println!(
                     "emu {:>5} {rows}x{cols} batch {batch} {variant} ({order:?}): normed {}, gate/up {}, plain {} (lone rel err {e:.1e})",
