@@ -18,10 +18,60 @@
 // GPU without splitting the cache walk.
 #include "common.cuh"
 
-#define ATT_CHUNK 32
 static_assert(KV_PAGE % ATT_CHUNK == 0, "a KV page holds whole attention chunks");
 static_assert((ATT_THREADS & (ATT_THREADS - 1)) == 0 && ATT_THREADS >= ATT_CHUNK && 2 * ATT_THREADS >= 256,
               "the decode fold's tree needs a power of two, a thread per chunk row and two dims per thread");
+
+// Fold a (token, head)'s nc chunk partials at `base` (hd outputs, max, sum
+// each) into att_out's row th (hd floats), in chunk order; every thread of
+// the block calls it. Loads bypass L1: other blocks wrote the partials.
+// The same steps as the end of attn_partial, which keeps its own copy:
+// calling this there changed its register allocation (NVRTC 13.0 spilled
+// eleven values), and its code is the code the GPU suite has run.
+__device__ __forceinline__ void fold_chunks(const float* base, int nc, int hd, float* att_out, u64 th,
+                                            float* fold_w, float* fold_s) {
+    // The max over every chunk's max does not depend on the order it is
+    // taken in, so the threads take it together: each over every
+    // ATT_THREADS-th chunk, then a tree over the threads.
+    float M = __int_as_float(0xff800000);  // -inf
+    for (int k = threadIdx.x; k < nc; k += ATT_THREADS) M = fmaxf(M, __ldcg(base + (u64)k * (hd + 2) + hd));
+    fold_w[threadIdx.x] = M;
+    __syncthreads();
+    for (int span = ATT_THREADS / 2; span > 0; span >>= 1) {
+        if (threadIdx.x < span) fold_w[threadIdx.x] = fmaxf(fold_w[threadIdx.x], fold_w[threadIdx.x + span]);
+        __syncthreads();
+    }
+    M = fold_w[0];
+    __syncthreads();
+    // The sum and the outputs run over the chunks in chunk order, as one
+    // thread would: a tile of ATT_THREADS chunks at a time, whose weights
+    // exp(max_k - M) are computed once, by one thread each.
+    float S = 0.0f, o0 = 0.0f, o1 = 0.0f;
+    const int d0 = threadIdx.x, d1 = threadIdx.x + ATT_THREADS;
+    for (int k0 = 0; k0 < nc; k0 += ATT_THREADS) {
+        const int kn = min(ATT_THREADS, nc - k0);
+        if (threadIdx.x < kn) {
+            const float* p = base + (u64)(k0 + threadIdx.x) * (hd + 2);
+            fold_w[threadIdx.x] = expf(__ldcg(p + hd) - M);
+            fold_s[threadIdx.x] = __ldcg(p + hd + 1);
+        }
+        __syncthreads();
+        for (int i = 0; i < kn; i++) S += fold_s[i] * fold_w[i];
+        const float* pk = base + (u64)k0 * (hd + 2);
+        if (d0 < hd) {
+#pragma unroll 8
+            for (int i = 0; i < kn; i++) o0 = fmaf(__ldcg(pk + (u64)i * (hd + 2) + d0), fold_w[i], o0);
+        }
+        if (d1 < hd) {
+#pragma unroll 8
+            for (int i = 0; i < kn; i++) o1 = fmaf(__ldcg(pk + (u64)i * (hd + 2) + d1), fold_w[i], o1);
+        }
+        __syncthreads();
+    }
+    float* dst = att_out + th * hd;
+    if (d0 < hd) dst[d0] = o0 / S;
+    if (d1 < hd) dst[d1] = o1 / S;
+}
 
 // Split-KV decode attention in one launch: grid (n_heads, n_chunks, n_tok),
 // block ATT_THREADS threads (the launcher's table); hd <= 256. Each block
@@ -151,6 +201,102 @@ attn_partial(const float* q, const float* kc, const float* vc, float* part, int*
     float* dst = att_out + ((u64)t * n_heads + h) * hd;
     if (d0 < hd) dst[d0] = o0 / S;
     if (d1 < hd) dst[d1] = o1 / S;
+}
+
+// Split-KV decode attention with the query heads of a GQA group in one
+// block: grid (n_kv, n_chunks, n_tok), block ATT_THREADS threads; hd <= 256,
+// at most ATT_GROUP_MAX query heads per KV head. For each of its group's
+// heads a block computes exactly what attn_partial's block of that (token,
+// head, chunk) computes (the same scores, max, weights and sums, each in the
+// same order), so outputs are the same bits; the chunk's keys and values
+// are read once for the group instead of once per head, and a decode step
+// of many rows launches a group's-size times fewer blocks. The last block of
+// a (token, KV head) folds each head of the group as attn_partial's does.
+// Its ticket counter is the (token, head) counter of the group's first head.
+extern "C" __global__ void __launch_bounds__(ATT_THREADS)
+attn_partial_gqa(const float* q, const float* kc, const float* vc, float* part, int* counters, float* att_out,
+                 const int4* place, const int* tables, int table_len, int n_heads, int n_kv, int hd, int n_chunks,
+                 float scale) {
+    __shared__ __align__(16) float qs[ATT_GROUP_MAX * 256];
+    __shared__ float sc[ATT_GROUP_MAX][ATT_CHUNK];
+    __shared__ float se[ATT_GROUP_MAX][ATT_CHUNK];
+    __shared__ float fold_w[ATT_THREADS];
+    __shared__ float fold_s[ATT_THREADS];
+    __shared__ int is_last;
+    const int kvh = blockIdx.x, c = blockIdx.y, t = blockIdx.z;
+    const int grp = n_heads / n_kv, h0 = kvh * grp;
+    const int4 pl = place[t];
+    const int n = pl.x + 1;
+    const int* table = tables + (u64)pl.y * table_len;
+    const int t0 = c * ATT_CHUNK;
+    if (t0 >= n) return;
+    const int tn = min(ATT_CHUNK, n - t0);
+    const int kv_stride = n_kv * hd;
+    const u64 row0 = kv_row(table, t0);
+    const float* qg = q + ((u64)t * n_heads + h0) * hd;
+    for (int d = threadIdx.x; d < grp * hd; d += blockDim.x) qs[d] = qg[d];
+    __syncthreads();
+    // One thread per (head, cache row) score, each as attn_partial's thread
+    // of that row computes it.
+    for (int i = threadIdx.x; i < grp * ATT_CHUNK; i += blockDim.x) {
+        const int g = i / ATT_CHUNK, j = i % ATT_CHUNK;
+        if (j >= tn) continue;
+        const float4* kr = (const float4*)(kc + (row0 + j) * kv_stride + kvh * hd);
+        const float4* q4 = (const float4*)(qs + g * hd);
+        float p = 0.0f;
+#pragma unroll 4
+        for (int d = 0; d < (hd >> 2); d++) {
+            const float4 kv = kr[d], qv = q4[d];
+            p = fmaf(qv.x, kv.x, p);
+            p = fmaf(qv.y, kv.y, p);
+            p = fmaf(qv.z, kv.z, p);
+            p = fmaf(qv.w, kv.w, p);
+        }
+        sc[g][j] = p * scale;
+    }
+    __syncthreads();
+    // Each head's max in row order, and row j's weight exp(score - max).
+    for (int i = threadIdx.x; i < grp * ATT_CHUNK; i += blockDim.x) {
+        const int g = i / ATT_CHUNK, j = i % ATT_CHUNK;
+        if (j >= tn) continue;
+        float m = sc[g][0];
+        for (int k = 1; k < tn; k++) m = fmaxf(m, sc[g][k]);
+        se[g][j] = expf(sc[g][j] - m);
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < grp * hd; i += blockDim.x) {
+        const int g = i / hd, d = i % hd;
+        const float* vr = vc + row0 * kv_stride + kvh * hd + d;
+        float o = 0.0f;
+#pragma unroll 8
+        for (int j = 0; j < tn; j++) o = fmaf(se[g][j], vr[(u64)j * kv_stride], o);
+        part[(((u64)t * n_heads + h0 + g) * n_chunks + c) * (hd + 2) + d] = o;
+    }
+    if (threadIdx.x < grp) {
+        const int g = threadIdx.x;
+        float m = sc[g][0];
+        for (int k = 1; k < tn; k++) m = fmaxf(m, sc[g][k]);
+        float s = 0.0f;
+        for (int j = 0; j < tn; j++) s += se[g][j];
+        float* out = part + (((u64)t * n_heads + h0 + g) * n_chunks + c) * (hd + 2);
+        out[hd] = m;
+        out[hd + 1] = s;
+    }
+    __threadfence();
+    __syncthreads();
+    const int nc = (n + ATT_CHUNK - 1) / ATT_CHUNK;
+    if (threadIdx.x == 0) {
+        int* ctr = counters + (u64)t * n_heads + h0;
+        is_last = atomicAdd(ctr, 1) == nc - 1;
+        if (is_last) *ctr = 0;
+    }
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    for (int g = 0; g < grp; g++) {
+        const u64 th = (u64)t * n_heads + h0 + g;
+        fold_chunks(part + th * n_chunks * (hd + 2), nc, hd, att_out, th, fold_w, fold_s);
+    }
 }
 
 // Prefill: grid (n_heads, n_tok), block 128 threads; hd <= 256, hd % 4 == 0.

@@ -14,7 +14,38 @@ use crate::error::{Result, WorkerError};
 
 /// Rows per split-KV chunk and positions per KV page, defined once in
 /// `kernel_units` (the build script compiles the kernels with them too).
-pub use super::kernel_units::{ATT_CHUNK, ATT_THREADS, KV_PAGE_TOKENS};
+pub use super::kernel_units::{ATT_CHUNK, ATT_GROUP_MAX, ATT_THREADS, KV_PAGE_TOKENS};
+
+/// Fewest rows a decode attention launch takes the grouped kernel for
+/// (`attn_partial_gqa`: a block per (row, KV head, chunk) instead of per
+/// (row, head, chunk)). Both give the same bits; one row keeps the kernel
+/// with more blocks (where the crossover lies is for the GPU profile).
+pub const ATT_GQA_MIN_ROWS: usize = 8;
+
+/// Kernel and launch shape of a split-KV decode attention over `n_tok`
+/// rows whose grid covers `grid_chunks` chunks: the GQA-grouped kernel from
+/// ATT_GQA_MIN_ROWS rows when a group fits it, else one block per head.
+pub(super) fn decode_attention_launch(
+    n_heads: usize,
+    n_kv: usize,
+    n_tok: usize,
+    grid_chunks: usize,
+) -> (&'static str, LaunchConfig) {
+    let grouped = n_tok >= ATT_GQA_MIN_ROWS && n_heads / n_kv <= ATT_GROUP_MAX;
+    let (name, blocks_x) = if grouped {
+        ("attn_partial_gqa", n_kv)
+    } else {
+        ("attn_partial", n_heads)
+    };
+    (
+        name,
+        LaunchConfig {
+            grid_dim: (blocks_x as u32, grid_chunks as u32, n_tok as u32),
+            block_dim: (ATT_THREADS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        },
+    )
+}
 
 /// Where each row of a launch finds its KV rows: its place, four i32 per
 /// row {position, sequence, pool row of that position, 0} (one 16-byte load
@@ -149,12 +180,17 @@ impl Gpu {
             as_i32(n_chunks, "chunks")?,
         );
         let scale = 1.0f32 / (hd as f32).sqrt();
-        let f = self.func("attn_partial")?;
-        let cfg = LaunchConfig {
-            grid_dim: (n_heads as u32, grid_chunks as u32, n_tok as u32),
-            block_dim: (ATT_THREADS as u32, 1, 1),
-            shared_mem_bytes: 0,
+        let (name, cfg) = decode_attention_launch(n_heads, n_kv, n_tok, grid_chunks);
+        #[cfg(test)]
+        let (name, cfg) = match self.gqa_off() {
+            true => decode_attention_launch(n_heads, n_kv, 1, grid_chunks),
+            false => (name, cfg),
         };
+        let cfg = LaunchConfig {
+            grid_dim: (cfg.grid_dim.0, cfg.grid_dim.1, n_tok as u32),
+            ..cfg
+        };
+        let f = self.func(name)?;
         let mut l = self.stream.launch_builder(f);
         l.arg(&qp)
             .arg(&kcp)
@@ -174,10 +210,11 @@ impl Gpu {
         // partials and counters of cap_rows >= n_tok rows); the rows' sequences,
         // pages and positions are the engine's checked values (see KvRows),
         // so every cache row read is inside the pool windows; types match
-        // attn_partial in cuda/attention.cu.
+        // attn_partial and attn_partial_gqa in cuda/attention.cu (the same
+        // parameters).
         unsafe { l.launch(cfg) }
             .map(|_| ())
-            .map_err(cuda_err("launching attn_partial"))
+            .map_err(cuda_err(&format!("launching {name}")))
     }
 
     /// Prefill attention of `n_tok` query rows of one sequence at

@@ -37,6 +37,7 @@ const SINGLE_KERNELS: &[&str] = &[
     "row_rms",
     "rope_kv",
     "attn_partial",
+    "attn_partial_gqa",
     "attn_prefill",
     "attn_prefill_tile_64",
     "attn_prefill_tile_128",
@@ -205,6 +206,9 @@ pub struct Gpu {
     /// profile can time `_bt` beside them on the same card.
     #[cfg(test)]
     tiles_off: std::sync::atomic::AtomicBool,
+    /// Tests only: route decode attention past `attn_partial_gqa`.
+    #[cfg(test)]
+    gqa_off: std::sync::atomic::AtomicBool,
     info: DeviceInfo,
     /// Where the kernel images came from and which NVRTC compiled them.
     pub kernels: KernelProvenance,
@@ -332,6 +336,8 @@ impl Gpu {
             rows_tl,
             #[cfg(test)]
             tiles_off: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            gqa_off: std::sync::atomic::AtomicBool::new(false),
             info,
             kernels,
         };
@@ -464,6 +470,18 @@ impl Gpu {
     pub(crate) fn set_tiles_off(&self, off: bool) {
         self.tiles_off
             .store(off, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Tests only: whether decode attention skips `attn_partial_gqa`.
+    #[cfg(test)]
+    pub(crate) fn set_gqa_off(&self, off: bool) {
+        self.gqa_off
+            .store(off, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn gqa_off(&self) -> bool {
+        self.gqa_off.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn func(&self, name: &str) -> Result<&CudaFunction> {

@@ -34,6 +34,10 @@ pub const KV_PAGE_TOKENS: usize = ATT_CHUNK;
 /// cuda/attention.cu): its fold of the chunks works in tiles of this many,
 /// so the launch must use exactly this block size.
 pub const ATT_THREADS: usize = 128;
+/// Most query heads per KV head the grouped decode attention
+/// (`attn_partial_gqa`) holds (`ATT_GROUP_MAX` in cuda/attention.cu);
+/// larger groups take the per-head kernel.
+pub const ATT_GROUP_MAX: usize = 8;
 
 /// Shape of the token-on-lane batched kernels (`_bt`, `_gu_bt` in
 /// cuda/matvec_rows.cu, which receives these as BT_ROWS, BT_WARPS, BT_PAD):
@@ -106,7 +110,7 @@ pub fn translation_unit(name: &str, src: &str) -> String {
     let (rows, warps, pad) = BT_SHAPE;
     let (tl_rows, tl_tokens, tl_pad) = TL_SHAPE;
     format!(
-        "#define KV_PAGE {KV_PAGE_TOKENS}\n#define ATT_THREADS {ATT_THREADS}\n#define BT_ROWS {rows}\n#define BT_WARPS {warps}\n#define BT_PAD {pad}\n\
+        "#define KV_PAGE {KV_PAGE_TOKENS}\n#define ATT_CHUNK {ATT_CHUNK}\n#define ATT_THREADS {ATT_THREADS}\n#define ATT_GROUP_MAX {ATT_GROUP_MAX}\n#define BT_ROWS {rows}\n#define BT_WARPS {warps}\n#define BT_PAD {pad}\n\
          #define TL_ROWS {tl_rows}\n#define TL_TOKENS {tl_tokens}\n#define TL_PAD {tl_pad}\n\
          {COMMON_CUH}\n#line 1 \"{name}\"\n{body}\n"
     )

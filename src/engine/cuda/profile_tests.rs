@@ -392,6 +392,31 @@ fn op_profile_batched_qwen_shapes() {
                 200 + batch,
             )
         });
+        // The same rows through the one-block-per-head kernel.
+        g.set_gqa_off(true);
+        time_op(
+            &g,
+            &format!("x{batch} attention pos ~200+ per head"),
+            0,
+            &|| {
+                let (q, o) = (xb.all(), yb.all());
+                g.attention(
+                    q,
+                    kc.all(),
+                    vc.all(),
+                    o,
+                    part.all(),
+                    rows.rows(),
+                    nh,
+                    nkv,
+                    hd,
+                    max_ctx,
+                    batch,
+                    200 + batch,
+                )
+            },
+        );
+        g.set_gqa_off(false);
         time_op(&g, &format!("x{batch} rope_kv"), 0, &|| {
             let (q, k) = (xb.all(), yb.all());
             g.rope_kv(

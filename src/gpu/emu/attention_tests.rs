@@ -1,8 +1,9 @@
 //! The split-KV decode attention under the kernel emulator (KERNEL-ATTN,
-//! WORKER-4710; issue 11 point 5): a decode step's rows (one per sequence,
-//! each with its own scrambled page table into one pool) get the same bits
-//! from `attn_partial` launched for all rows at once as from it launched
-//! for each row alone, and they agree with a float64 attention. Covers
+//! WORKER-4710; issue 11 points 5 and 7): a decode step's rows (one per
+//! sequence, each with its own scrambled page table into one pool) get the
+//! same bits from `attn_partial` launched for all rows at once and from the
+//! GQA-grouped `attn_partial_gqa` as from `attn_partial` launched for each
+//! row alone, and they agree with a float64 attention. Covers
 //! groups of 7, 3, 4 and 1 query heads, head sizes 64, 128 and 256, partial
 //! chunks, and one row past a fold tile (ATT_THREADS chunks).
 
@@ -82,9 +83,11 @@ impl Step {
         let (nh, hd, n) = (self.nh, self.hd, rows.len());
         let n_chunks = self.max_ctx.div_ceil(ATT_CHUNK);
         let reach = rows.iter().map(|&s| self.positions[s] + 1).max().unwrap();
-        // Gpu::attention's grid: (heads, chunks the rows reach, rows).
+        // Gpu::attention's grid: (heads, or KV heads for the grouped
+        // kernel; chunks the rows reach; rows).
+        let grid_x = if name == "attn_partial_gqa" { self.nkv } else { nh };
         let cfg = cudarc::driver::LaunchConfig {
-            grid_dim: (nh as u32, reach.div_ceil(ATT_CHUNK) as u32, n as u32),
+            grid_dim: (grid_x as u32, reach.div_ceil(ATT_CHUNK) as u32, n as u32),
             block_dim: (ATT_THREADS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -172,10 +175,12 @@ fn decode_attention_rows_get_their_lone_bits() {
         let e = step.error(&lone);
         let per_head = step.run(emu, "attn_partial", &all, Order::Reverse);
         let shuffled = step.run(emu, "attn_partial", &all, Order::Shuffled(7));
+        let grouped = step.run(emu, "attn_partial_gqa", &all, Order::Shuffled(11));
         println!(
-            "emu attention {}q/{}kv hd {} at {positions:?}: batched {} (identical to lone rows); rel err {e:.1e} (tol 1e-5)",
+            "emu attention {}q/{}kv hd {} at {positions:?}: batched {}, grouped {} (identical to lone rows); rel err {e:.1e} (tol 1e-5)",
             shape.0, shape.1, shape.2,
-            per_head == lone && shuffled == lone
+            per_head == lone && shuffled == lone,
+            grouped == lone
         );
         assert!(e < 1e-5, "attention rel err {e}");
         assert!(
@@ -186,5 +191,6 @@ fn decode_attention_rows_get_their_lone_bits() {
             shuffled == lone,
             "batched attn_partial rows depend on the thread order"
         );
+        assert!(grouped == lone, "attn_partial_gqa rows differ from lone rows");
     }
 }
