@@ -85,7 +85,11 @@ impl Step {
         let reach = rows.iter().map(|&s| self.positions[s] + 1).max().unwrap();
         // Gpu::attention's grid: (heads, or KV heads for the grouped
         // kernel; chunks the rows reach; rows).
-        let grid_x = if name == "attn_partial_gqa" { self.nkv } else { nh };
+        let grid_x = if name == "attn_partial_gqa" {
+            self.nkv
+        } else {
+            nh
+        };
         let cfg = cudarc::driver::LaunchConfig {
             grid_dim: (grid_x as u32, reach.div_ceil(ATT_CHUNK) as u32, n as u32),
             block_dim: (ATT_THREADS as u32, 1, 1),
@@ -191,6 +195,9 @@ fn decode_attention_rows_get_their_lone_bits() {
             shuffled == lone,
             "batched attn_partial rows depend on the thread order"
         );
-        assert!(grouped == lone, "attn_partial_gqa rows differ from lone rows");
+        assert!(
+            grouped == lone,
+            "attn_partial_gqa rows differ from lone rows"
+        );
     }
 }
