@@ -85,6 +85,7 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS)
 attn_partial(const float* q, const float* kc, const float* vc, float* part, int* counters, float* att_out,
              const int4* place, const int* tables, int table_len, int n_heads, int n_kv, int hd, int n_chunks,
              float scale) {
+    grid_dependency_sync();
     __shared__ __align__(16) float qs[256];
     __shared__ float sc[ATT_CHUNK];
     __shared__ float se[ATT_CHUNK];
@@ -217,6 +218,7 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS)
 attn_partial_gqa(const float* q, const float* kc, const float* vc, float* part, int* counters, float* att_out,
                  const int4* place, const int* tables, int table_len, int n_heads, int n_kv, int hd, int n_chunks,
                  float scale) {
+    grid_dependency_sync();
     __shared__ __align__(16) float qs[ATT_GROUP_MAX * 256];
     __shared__ float sc[ATT_GROUP_MAX][ATT_CHUNK];
     __shared__ float se[ATT_GROUP_MAX][ATT_CHUNK];
@@ -309,6 +311,7 @@ attn_partial_gqa(const float* q, const float* kc, const float* vc, float* part, 
 extern "C" __global__ void attn_prefill(const float* q, const float* kc, const float* vc, float* out,
                                         const int4* place, const int* tables, int table_len, int n_heads,
                                         int n_kv, int hd, float scale) {
+    grid_dependency_sync();
     __shared__ __align__(16) float qs[256];
     __shared__ float sc[ATT_CHUNK];
     __shared__ float se[ATT_CHUNK];
@@ -548,11 +551,13 @@ __device__ __forceinline__ void attn_prefill_tile_body(const float* q, const flo
 extern "C" __global__ void __launch_bounds__(128)
     attn_prefill_tile_64(const float* q, const float* kc, const float* vc, float* out, const int4* place,
                           const int* tables, int table_len, int n_heads, int n_kv, int n_tok, int tq, float scale) {
+    grid_dependency_sync();
     attn_prefill_tile_body<64>(q, kc, vc, out, place, tables, table_len, n_heads, n_kv, n_tok, tq, scale);
 }
 
 extern "C" __global__ void __launch_bounds__(128)
     attn_prefill_tile_128(const float* q, const float* kc, const float* vc, float* out, const int4* place,
                           const int* tables, int table_len, int n_heads, int n_kv, int n_tok, int tq, float scale) {
+    grid_dependency_sync();
     attn_prefill_tile_body<128>(q, kc, vc, out, place, tables, table_len, n_heads, n_kv, n_tok, tq, scale);
 }

@@ -27,6 +27,20 @@ __device__ __forceinline__ float f16_to_f32(u16 h) {
 #endif
 }
 
+// Programmatic dependent launch (sm_90+; issue 12 point 1): every kernel
+// calls this first. It waits until the grids this one depends on have
+// finished and their writes are visible, then lets the next grid on the
+// stream launch, so that grid's launch and block start-up overlap this one's
+// work instead of following it. Launched without the attribute (or before
+// sm_90, or in the kernel emulator) it does nothing. Nothing is read or
+// written before it, so no kernel sees another's half-written output.
+__device__ __forceinline__ void grid_dependency_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float bf16_to_f32(u16 h) {
     return __uint_as_float(((u32)h) << 16);
 }

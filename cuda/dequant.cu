@@ -38,7 +38,7 @@ __device__ __forceinline__ void dequant_impl(const u8* __restrict__ W, u64 row_b
 }
 
 #define DEQUANT(name, Q)                                                                         \
-    extern "C" __global__ void name(const u8* W, u64 row_bytes, float* out, int rows, int cols) { \
+    extern "C" __global__ void name(const u8* W, u64 row_bytes, float* out, int rows, int cols) { grid_dependency_sync(); \
         dequant_impl<Q>(W, row_bytes, out, rows, cols);                                          \
     }
 
@@ -57,6 +57,7 @@ DEQUANT(dequant_q6_k, Q6K)
 // y[t][r] += bias[r] for n token rows of `rows` outputs (the GEMM has no bias term).
 // grid (ceil(rows / 256), n), block 256.
 extern "C" __global__ void add_bias(float* y, const float* bias, int rows) {
+    grid_dependency_sync();
     const int r = blockIdx.x * blockDim.x + threadIdx.x;
     if (r < rows) y[(u64)blockIdx.y * rows + r] += bias[r];
 }
@@ -78,6 +79,7 @@ __device__ __forceinline__ float to_tf32(float v) {
 }
 
 extern "C" __global__ void split_tf32(const float* x, float* big, float* small, int n) {
+    grid_dependency_sync();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     const float v = x[i];

@@ -19,7 +19,7 @@ __device__ __forceinline__ void embed_impl(const u8* W, u64 row_bytes, const int
 }
 
 #define EMBED(name, Q)                                                                       \
-    extern "C" __global__ void name(const u8* W, u64 row_bytes, const int* tok, float* out, int cols) { \
+    extern "C" __global__ void name(const u8* W, u64 row_bytes, const int* tok, float* out, int cols) { grid_dependency_sync(); \
         embed_impl<Q>(W, row_bytes, tok, out, cols);                                         \
     }
 

@@ -626,46 +626,46 @@ __device__ __forceinline__ void gate_up_b_impl(const u8* __restrict__ Wg, const 
 #define MATVEC(name, Q)                                                                         \
     extern "C" __global__ void name(const u8* W, u64 row_bytes, const float* x, const float* bias, \
                                     float* y, int rows, int cols, int accumulate, const float* nw, \
-                                    float eps) {                                                \
+                                    float eps) { grid_dependency_sync();                                                \
         matvec_impl<Q>(W, row_bytes, x, bias, y, rows, cols, accumulate, nw, eps);              \
     }                                                                                           \
     extern "C" __global__ void name##_gu(const u8* Wg, const u8* Wu, u64 row_bytes, const float* x, \
-                                         const float* nw, float eps, float* out, int rows, int cols) { \
+                                         const float* nw, float eps, float* out, int rows, int cols) { grid_dependency_sync(); \
         gate_up_impl<Q>(Wg, Wu, row_bytes, x, nw, eps, out, rows, cols);                        \
     }                                                                                           \
     extern "C" __global__ void name##_b8(const u8* W, u64 row_bytes, const float* x, const float* bias, \
                                          float* y, int rows, int cols, int accumulate, int batch, \
-                                         const float* nw, const float* scale) {                 \
+                                         const float* nw, const float* scale) { grid_dependency_sync();                 \
         matmul_impl<Q, 8>(W, row_bytes, x, bias, y, rows, cols, accumulate, batch, nw, scale);  \
     }                                                                                           \
     extern "C" __global__ void name##_gu_b8(const u8* Wg, const u8* Wu, u64 row_bytes, const float* x, \
                                             const float* nw, const float* scale, float* out, int rows, \
-                                            int cols, int batch) {                              \
+                                            int cols, int batch) { grid_dependency_sync();                              \
         gate_up_b_impl<Q, 8>(Wg, Wu, row_bytes, x, nw, scale, out, rows, cols, batch);          \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(128) name##_bst(const u8* W, u64 row_bytes, const float* x, \
                                          const float* bias, float* y, int rows, int cols, int accumulate, \
-                                         int batch, int per, const float* nw, const float* scale) {    \
+                                         int batch, int per, const float* nw, const float* scale) { grid_dependency_sync();    \
         matmul_st_impl<Q>(W, row_bytes, x, bias, y, rows, cols, accumulate, batch, per, nw, scale);  \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(128) name##_gu_bst(const u8* Wg, const u8* Wu, u64 row_bytes, \
                                             const float* x, const float* nw, const float* scale, float* out, \
-                                            int rows, int cols, int batch, int per) {           \
+                                            int rows, int cols, int batch, int per) { grid_dependency_sync();           \
         gate_up_bst_impl<Q>(Wg, Wu, row_bytes, x, nw, scale, out, rows, cols, batch, per);      \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(256, 4) name##_st(const u8* W, u64 row_bytes, const float* x, const float* bias, \
                                          float* y, int rows, int cols, int accumulate, const float* nw, \
-                                         float eps) {                                           \
+                                         float eps) { grid_dependency_sync();                                           \
         matvec_st_impl<Q>(W, row_bytes, x, bias, y, rows, cols, accumulate, nw, eps);           \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(256, 3) name##_gu_st(const u8* Wg, const u8* Wu, u64 row_bytes, const float* x, \
-                                            const float* nw, float eps, float* out, int rows, int cols) { \
+                                            const float* nw, float eps, float* out, int rows, int cols) { grid_dependency_sync(); \
         gate_up_st_impl<Q>(Wg, Wu, row_bytes, x, nw, eps, out, rows, cols);                     \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(256, 4)                                        \
         name##_qkv_st(const u8* Wq, const u8* Wk, const u8* Wv, u64 row_bytes, const float* x,  \
                       const float* nw, float eps, const float* bq, const float* bk, const float* bv, \
-                      float* yq, float* yk, float* yv, int rq, int rk, int rv, int cols) {     \
+                      float* yq, float* yk, float* yv, int rq, int rk, int rv, int cols) { grid_dependency_sync();     \
         qkv_st_impl<Q>(Wq, Wk, Wv, row_bytes, x, nw, eps, bq, bk, bv, yq, yk, yv, rq, rk, rv, cols); \
     }
 

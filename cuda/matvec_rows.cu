@@ -206,12 +206,12 @@ __device__ __forceinline__ void rows_bt_impl(const u8* __restrict__ W0, const u8
 #define MATVEC_ROWS(name, Q)                                                                      \
     extern "C" __global__ void __launch_bounds__(BT_WARPS * 32, 2)                               \
         name##_bt(const u8* W, u64 row_bytes, const float* x, const float* bias, float* y, int rows, \
-                  int cols, int accumulate, int batch, const float* nw, const float* scale) {    \
+                  int cols, int accumulate, int batch, const float* nw, const float* scale) { grid_dependency_sync();    \
         rows_bt_impl<Q, 1>(W, W, row_bytes, x, bias, y, rows, cols, accumulate, batch, nw, scale); \
     }                                                                                             \
     extern "C" __global__ void __launch_bounds__(BT_WARPS * 32, 2)                               \
         name##_gu_bt(const u8* Wg, const u8* Wu, u64 row_bytes, const float* x, const float* nw,  \
-                     const float* scale, float* out, int rows, int cols, int batch) {            \
+                     const float* scale, float* out, int rows, int cols, int batch) { grid_dependency_sync();            \
         rows_bt_impl<Q, 2>(Wg, Wu, row_bytes, x, nullptr, out, rows, cols, 0, batch, nw, scale); \
     }
 

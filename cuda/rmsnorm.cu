@@ -4,6 +4,7 @@
 #include "common.cuh"
 
 extern "C" __global__ void rmsnorm(const float* x, const float* w, float* out, int n, float eps) {
+    grid_dependency_sync();
     __shared__ float sh[32];
     const float* xr = x + (u64)blockIdx.x * n;
     float* o = out + (u64)blockIdx.x * n;
@@ -19,6 +20,7 @@ extern "C" __global__ void rmsnorm(const float* x, const float* w, float* out, i
 // mat-vecs use, so a row's scale has the same bits alone or batched
 // (WORKER-4710). The batched mat-vecs (`_b8`, `_gu_b8`) then apply it.
 extern "C" __global__ void row_rms(const float* x, float* scale, int cols, int rows, float eps) {
+    grid_dependency_sync();
     const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (r >= rows) return;
     const float s = warp_rms(x + (u64)r * cols, cols, eps);

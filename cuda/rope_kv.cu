@@ -12,6 +12,7 @@
 
 extern "C" __global__ void rope_kv(float* q, const float* k, const float* v, float* kc, float* vc,
                                    const int4* place, int n_heads, int n_kv, int hd, int neox, float base) {
+    grid_dependency_sync();
     const int t = blockIdx.y;
     const int4 pl = place[t];
     const int pos = pl.x;

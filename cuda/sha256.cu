@@ -41,6 +41,7 @@ __device__ void compress(u32* st, u32* w) {
 
 // data must be 16-byte aligned; chunk must be a multiple of 64.
 extern "C" __global__ void sha256_leaves(const u8* data, u64 total, u64 chunk, int n_leaves, u8* out) {
+    grid_dependency_sync();
     const int leaf = blockIdx.x * blockDim.x + threadIdx.x;
     if (leaf >= n_leaves) return;
     const u64 start = (u64)leaf * chunk;

@@ -3,6 +3,7 @@
 #include "common.cuh"
 
 extern "C" __global__ void swiglu(const float* gate, const float* up, float* out, int n) {
+    grid_dependency_sync();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         const float g = gate[i];
@@ -11,6 +12,7 @@ extern "C" __global__ void swiglu(const float* gate, const float* up, float* out
 }
 
 extern "C" __global__ void add_inplace(float* y, const float* x, int n) {
+    grid_dependency_sync();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] += x[i];
 }

@@ -41,6 +41,7 @@ __device__ __forceinline__ bool better(float v, int i, float bv, int bi) {
 }
 
 extern "C" __global__ void topk(const float* logits, int n, int k, int* out_ids, float* out_vals) {
+    grid_dependency_sync();
     logits += (size_t)blockIdx.x * n;
     out_ids += (size_t)blockIdx.x * k;
     out_vals += (size_t)blockIdx.x * k;
@@ -176,6 +177,7 @@ __device__ bool tk_last_block(unsigned* ctr, int* s_last) {
 // Pass `pass` (0, 1, 2) of the radix select; grid = ceil(n / TK_CHUNK) <= 1024.
 extern "C" __global__ void __launch_bounds__(TK_THREADS)
 topk_radix_hist(const float* logits, int n, int k, int pass, unsigned* scratch) {
+    grid_dependency_sync();
     logits += (size_t)blockIdx.y * n;
     scratch += (size_t)blockIdx.y * TK_ROW_WORDS(n);
     __shared__ unsigned h[TK_BINS];
@@ -290,6 +292,7 @@ __device__ void tk_sort_desc(unsigned long long* s) {
 // its three passes. Writes k ids and their original logits.
 extern "C" __global__ void __launch_bounds__(TK_THREADS)
 topk_radix_gather(const float* logits, int n, int k, unsigned* scratch, int* out_ids, float* out_vals) {
+    grid_dependency_sync();
     logits += (size_t)blockIdx.y * n;
     scratch += (size_t)blockIdx.y * TK_ROW_WORDS(n);
     out_ids += (size_t)blockIdx.y * k;

@@ -104,6 +104,15 @@ pub const CUDA_GRAPH: EnvVar = EnvVar {
     doc: "`0` disables CUDA graph capture/replay of the decode step (debugging); anything else keeps it.",
 };
 
+/// Switch for programmatic dependent launch of the CUDA kernels.
+pub const PDL: EnvVar = EnvVar {
+    name: "WORKER_ORCD_PDL",
+    default: Some("1"),
+    doc: "`0` launches every CUDA kernel plainly, after the previous one has finished; anything \
+          else lets each kernel launch while the previous one runs on GPUs of compute capability \
+          9.0 and above (programmatic dependent launch; same results, for timing comparisons).",
+};
+
 /// Prefill GEMM numerics on the CUDA backend.
 pub const PREFILL_GEMM: EnvVar = EnvVar {
     name: "WORKER_ORCD_PREFILL_GEMM",
@@ -255,6 +264,7 @@ pub const ALL: &[EnvVar] = &[
     KERNEL_CACHE,
     XDG_CACHE_HOME,
     CUDA_GRAPH,
+    PDL,
     PREFILL_GEMM,
     CUDA_DEVICE_ORDER,
     TEST_MODELS,

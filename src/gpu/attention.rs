@@ -5,7 +5,7 @@
 //! the tile does not cover). Same validation rules as `ops`: every window is
 //! checked before the `unsafe` launch.
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 
 use super::cuda_err;
 use super::device::{Gpu, Span};
@@ -191,7 +191,7 @@ impl Gpu {
             ..cfg
         };
         let f = self.func(name)?;
-        let mut l = self.stream.launch_builder(f);
+        let mut l = self.kernel_launch(f);
         l.arg(&qp)
             .arg(&kcp)
             .arg(&vcp)
@@ -262,7 +262,7 @@ impl Gpu {
                 block_dim: (128, 1, 1),
                 shared_mem_bytes: smem as u32,
             };
-            let mut l = self.stream.launch_builder(f);
+            let mut l = self.kernel_launch(f);
             l.arg(&qp)
                 .arg(&kcp)
                 .arg(&vcp)
@@ -291,7 +291,7 @@ impl Gpu {
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut l = self.stream.launch_builder(f);
+        let mut l = self.kernel_launch(f);
         l.arg(&qp)
             .arg(&kcp)
             .arg(&vcp)

@@ -15,7 +15,7 @@
 //! `warp_rms` scale), so `matvec_norm` of one vector and `matvec_rows` with
 //! a norm give the same bits per row, as do `gate_up` and `gate_up_rows`.
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 
 use super::cuda_err;
 use super::device::{Gpu, Span};
@@ -79,7 +79,7 @@ impl Gpu {
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut l = self.stream.launch_builder(f);
+        let mut l = self.kernel_launch(f);
         l.arg(&xp).arg(&sp).arg(&cols_i).arg(&rows_i).arg(&eps);
         // SAFETY: windows checked above; one warp per row reads cols floats
         // of its row and writes one scale; types match cuda/rmsnorm.cu.
@@ -129,7 +129,7 @@ impl Gpu {
         let (rows_i, cols_i) = (as_i32(rows, "rows")?, as_i32(cols, "cols")?);
         let (rb64, acc) = (rb as u64, accumulate as i32);
         let f = self.func(&name)?;
-        let mut l = self.stream.launch_builder(f);
+        let mut l = self.kernel_launch(f);
         l.arg(&wp)
             .arg(&rb64)
             .arg(&xp)
@@ -184,7 +184,7 @@ impl Gpu {
         let op = out.need(4 * rows * batch, "out")?;
         let (rows_i, cols_i, rb64) = (as_i32(rows, "rows")?, as_i32(cols, "cols")?, rb as u64);
         let f = self.func(&name)?;
-        let mut l = self.stream.launch_builder(f);
+        let mut l = self.kernel_launch(f);
         l.arg(&gp)
             .arg(&up)
             .arg(&rb64)

@@ -209,6 +209,8 @@ pub struct Gpu {
     /// Tests only: route decode attention past `attn_partial_gqa`.
     #[cfg(test)]
     gqa_off: std::sync::atomic::AtomicBool,
+    /// Whether launches use programmatic dependent launch (`gpu::launch`).
+    pdl: bool,
     info: DeviceInfo,
     /// Where the kernel images came from and which NVRTC compiled them.
     pub kernels: KernelProvenance,
@@ -325,6 +327,16 @@ impl Gpu {
                 "kernel {missing} is missing from the compiled modules"
             )));
         }
+        let pdl = info.compute_capability.0 >= 9 && crate::env::PDL.get().as_deref() != Some("0");
+        tracing::info!(
+            human = if pdl {
+                "Kernels launch while the previous one finishes (programmatic dependent launch)."
+            } else {
+                "Kernels launch one after another (programmatic dependent launch is off: below compute capability 9.0, or WORKER_ORCD_PDL=0)."
+            },
+            pdl,
+            "kernel launches"
+        );
         let rows_bt = grant_rows_smem(&funcs, ["_bt", "_gu_bt"], super::launch_shape::rows_bt_smem);
         let rows_tl = grant_rows_smem(&funcs, ["_tl", "_gu_tl"], super::launch_shape::rows_tl_smem);
         let mut gpu = Self {
@@ -338,6 +350,7 @@ impl Gpu {
             tiles_off: std::sync::atomic::AtomicBool::new(false),
             #[cfg(test)]
             gqa_off: std::sync::atomic::AtomicBool::new(false),
+            pdl,
             info,
             kernels,
         };
@@ -482,6 +495,14 @@ impl Gpu {
     #[cfg(test)]
     pub(crate) fn gqa_off(&self) -> bool {
         self.gqa_off.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A launch of `f` on the engine's stream (`gpu::launch`).
+    pub(crate) fn kernel_launch<'a>(
+        &'a self,
+        f: &'a CudaFunction,
+    ) -> super::launch::KernelLaunch<'a> {
+        super::launch::KernelLaunch::new(&self.stream, f, self.pdl)
     }
 
     pub(crate) fn func(&self, name: &str) -> Result<&CudaFunction> {

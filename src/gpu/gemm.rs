@@ -42,7 +42,7 @@
 use std::sync::Arc;
 
 use cudarc::cublas::{result as blas, sys as bsys};
-use cudarc::driver::{CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaStream, LaunchConfig};
 
 use super::cuda_err;
 use super::device::{DeviceBuffer, Gpu, Span};
@@ -214,7 +214,7 @@ impl Gpu {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut l = self.stream.launch_builder(f);
+        let mut l = self.kernel_launch(f);
         l.arg(&wp).arg(&rb64).arg(&op).arg(&rows_i).arg(&cols_i);
         // SAFETY: windows checked above (whole rows of whole blocks in, rows*cols
         // f32 out); types match dequant_impl in cuda/dequant.cu.
@@ -239,7 +239,7 @@ impl Gpu {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut l = self.stream.launch_builder(f);
+        let mut l = self.kernel_launch(f);
         l.arg(&yp).arg(&bp).arg(&rows_i);
         // SAFETY: windows checked above; types match add_bias in cuda/dequant.cu.
         unsafe { l.launch(cfg) }
@@ -349,7 +349,7 @@ impl Gpu {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut l = self.stream.launch_builder(f);
+        let mut l = self.kernel_launch(f);
         l.arg(&xp).arg(&bp).arg(&sp).arg(&n_i);
         // SAFETY: the three n-float windows were checked above; the kernel is
         // elementwise (big may alias x); types match cuda/dequant.cu.

@@ -19,6 +19,7 @@ pub mod embedded;
 pub mod emu;
 pub mod gemm;
 pub mod kernel_units;
+pub mod launch;
 pub mod launch_shape;
 pub mod ops;
 pub mod qkv;

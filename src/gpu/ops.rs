@@ -5,7 +5,7 @@
 //! enough for the shape it is given, that the shape is one the kernel
 //! supports, and only then launches; the launch status is checked too.
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 
 use super::cuda_err;
 use super::device::{Gpu, Span};
@@ -113,7 +113,7 @@ impl Gpu {
         let acc = accumulate as i32;
         let f = self.func(&name)?;
         let (nw, eps) = (0u64, 0f32);
-        let mut l = self.stream.launch_builder(f);
+        let mut l = self.kernel_launch(f);
         l.arg(&wp)
             .arg(&rb64)
             .arg(&xp)
@@ -167,7 +167,7 @@ impl Gpu {
             rb as u64,
         );
         let f = self.func(&name)?;
-        let mut l = self.stream.launch_builder(f);
+        let mut l = self.kernel_launch(f);
         l.arg(&wp)
             .arg(&rb64)
             .arg(&xp)
@@ -210,7 +210,7 @@ impl Gpu {
         let op = out.need(4 * rows, "out")?;
         let (rows_i, cols_i, rb64) = (as_i32(rows, "rows")?, as_i32(cols, "cols")?, rb as u64);
         let f = self.func(&name)?;
-        let mut l = self.stream.launch_builder(f);
+        let mut l = self.kernel_launch(f);
         l.arg(&gp)
             .arg(&up)
             .arg(&rb64)
@@ -252,7 +252,7 @@ impl Gpu {
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut l = self.stream.launch_builder(f);
+        let mut l = self.kernel_launch(f);
         l.arg(&wp).arg(&rb64).arg(&tp).arg(&op).arg(&cols_i);
         // SAFETY: windows checked above; ids are validated by the caller
         // before upload; types match cuda/embed.cu.
@@ -281,7 +281,7 @@ impl Gpu {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut l = self.stream.launch_builder(f);
+        let mut l = self.kernel_launch(f);
         l.arg(&xp).arg(&wp).arg(&op).arg(&n_i).arg(&eps);
         // SAFETY: windows checked above; types match cuda/rmsnorm.cu.
         unsafe { l.launch(cfg) }
@@ -331,7 +331,7 @@ impl Gpu {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut l = self.stream.launch_builder(f);
+        let mut l = self.kernel_launch(f);
         l.arg(&qp)
             .arg(&kp)
             .arg(&vp)
@@ -364,7 +364,7 @@ impl Gpu {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut l = self.stream.launch_builder(f);
+        let mut l = self.kernel_launch(f);
         l.arg(&gp).arg(&up_).arg(&op).arg(&n_i);
         // SAFETY: windows checked above; types match cuda/swiglu.cu.
         unsafe { l.launch(cfg) }
@@ -383,7 +383,7 @@ impl Gpu {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut l = self.stream.launch_builder(f);
+        let mut l = self.kernel_launch(f);
         l.arg(&yp).arg(&xp).arg(&n_i);
         // SAFETY: windows checked above; types match cuda/swiglu.cu.
         unsafe { l.launch(cfg) }
@@ -423,7 +423,7 @@ impl Gpu {
             block_dim: (1024, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut l = self.stream.launch_builder(f);
+        let mut l = self.kernel_launch(f);
         l.arg(&lp).arg(&n_i).arg(&k_i).arg(&ip).arg(&vp);
         // SAFETY: windows checked above (rows * n logits, rows * k ids and
         // values; block r touches row r only); types match cuda/topk.cu.
@@ -452,7 +452,7 @@ impl Gpu {
             block_dim: (32, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut l = self.stream.launch_builder(f);
+        let mut l = self.kernel_launch(f);
         l.arg(&dp).arg(&t64).arg(&c64).arg(&n_i).arg(&op);
         // SAFETY: the kernel reads exactly `total` bytes from `data` (its span)
         // and writes 32*n bytes to `out` (checked); types match cuda/sha256.cu.

@@ -7,8 +7,6 @@
 //! value is computed exactly as `matvec_norm` computes it, so the fused and
 //! separate paths give bit-identical outputs (WORKER-4710).
 
-use cudarc::driver::PushKernelArg;
-
 use super::cuda_err;
 use super::device::{Gpu, Span};
 use super::launch_shape::{decode_launch, staged_smem};
@@ -79,7 +77,7 @@ impl Gpu {
         debug_assert_eq!(st, "_st");
         let name = format!("matvec_{}_qkv_st", dtype_suffix(dtype).unwrap_or("none"));
         let f = self.func(&name)?;
-        let mut l = self.stream.launch_builder(f);
+        let mut l = self.kernel_launch(f);
         l.arg(&w[0])
             .arg(&w[1])
             .arg(&w[2])

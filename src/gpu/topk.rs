@@ -21,7 +21,7 @@
 //! row, zero-filled once (as [`Gpu::alloc`] returns it) and used by nothing else:
 //! the kernels keep arrival counters in it and re-arm them to zero themselves.
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 
 use super::cuda_err;
 use super::device::{Gpu, Span};
@@ -142,7 +142,7 @@ impl Gpu {
         };
         let hist = self.func("topk_radix_hist")?;
         for pass in 0i32..3 {
-            let mut l = self.stream.launch_builder(hist);
+            let mut l = self.kernel_launch(hist);
             l.arg(&lp).arg(&n_i).arg(&k_i).arg(&pass).arg(&sp);
             // SAFETY: `logits` holds rows * n f32 and `scratch` rows times the
             // bytes topk_large_scratch_bytes(n) lays out for this grid (both
@@ -153,7 +153,7 @@ impl Gpu {
                 .map_err(cuda_err(&format!("launching topk_radix_hist pass {pass}")))?;
         }
         let gather = self.func("topk_radix_gather")?;
-        let mut l = self.stream.launch_builder(gather);
+        let mut l = self.kernel_launch(gather);
         l.arg(&lp).arg(&n_i).arg(&k_i).arg(&sp).arg(&ip).arg(&vp);
         // SAFETY: as above, and `ids`/`vals` hold rows * k i32/f32 each
         // (checked, disjoint from the scratch); the kernel writes exactly k of

@@ -229,6 +229,46 @@ fn entries(preprocessed: &str) -> Vec<String> {
     names
 }
 
+/// The first statement of each entry point's body in a preprocessed unit:
+/// (name, the text from just after its opening brace).
+fn entry_bodies(preprocessed: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for name in entries(preprocessed) {
+        let pat = format!("{name}(");
+        let Some(at) = preprocessed.match_indices(&pat).map(|(i, _)| i).find(|&i| {
+            preprocessed[..i]
+                .chars()
+                .next_back()
+                .is_some_and(char::is_whitespace)
+        }) else {
+            continue;
+        };
+        let rest = &preprocessed[at + name.len()..];
+        let mut depth = 0usize;
+        let mut close = None;
+        for (i, c) in rest.char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        close = Some(i);
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let Some(close) = close else { continue };
+        let body = &rest[close..];
+        if let Some(brace) = body.find('{') {
+            let first: String = body[brace + 1..].trim_start().chars().take(60).collect();
+            out.push((name, first));
+        }
+    }
+    out
+}
+
 fn run(cmd: &mut Command, what: &str) -> Result<String, String> {
     let out = cmd
         .output()
@@ -390,6 +430,45 @@ mod tests {
                    extern \"C\" __global__ void rmsnorm(float* x, int n) {}\n\
                    __device__ void helper(int a) {}";
         assert_eq!(entries(pre), vec!["matvec_q4_0_bt", "rmsnorm"]);
+    }
+
+    /// Every entry point of every kernel file calls grid_dependency_sync()
+    /// before anything else: launched with programmatic dependent launch
+    /// (`gpu::launch`), a kernel that read or wrote memory first could race
+    /// the kernel before it. (A structural rule no test on the host can
+    /// otherwise see: there the call does nothing.)
+    #[test]
+    fn every_entry_point_waits_for_the_previous_grid_first() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut checked = std::collections::BTreeSet::new();
+        for (name, src) in KERNEL_SOURCES {
+            let file = dir.path().join(format!("{name}.cpp"));
+            std::fs::write(&file, host_unit(name, src)).expect("write unit");
+            let pre = run(
+                Command::new("c++")
+                    .args(["-E", "-P", "-x", "c++"])
+                    .arg(&file),
+                "preprocessing",
+            )
+            .expect("preprocess");
+            let bodies = entry_bodies(&pre);
+            assert!(!bodies.is_empty(), "{name}: no entry points found");
+            for (entry, first) in bodies {
+                assert!(
+                    first.starts_with("grid_dependency_sync();"),
+                    "{name}: {entry} starts with `{first}`, not grid_dependency_sync()"
+                );
+                checked.insert(entry);
+            }
+        }
+        let unchecked: Vec<String> = super::super::device::kernel_names()
+            .into_iter()
+            .filter(|n| !checked.contains(n))
+            .collect();
+        assert!(
+            unchecked.is_empty(),
+            "not found in the sources: {unchecked:?}"
+        );
     }
 
     /// Every kernel the worker loads at start-up is in the emulator.
