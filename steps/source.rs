@@ -301,7 +301,7 @@ fn launchers_validate(w: &mut World, dir: String) {
         let code = code_of(&p);
         let lines: Vec<&str> = code.lines().collect();
         for (i, l) in lines.iter().enumerate() {
-            if !l.contains("launch_builder(") {
+            if !l.contains(".kernel_launch(") {
                 continue;
             }
             seen += 1;

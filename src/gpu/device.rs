@@ -328,15 +328,6 @@ impl Gpu {
             )));
         }
         let pdl = info.compute_capability.0 >= 9 && crate::env::PDL.get().as_deref() != Some("0");
-        tracing::info!(
-            human = if pdl {
-                "Kernels launch while the previous one finishes (programmatic dependent launch)."
-            } else {
-                "Kernels launch one after another (programmatic dependent launch is off: below compute capability 9.0, or WORKER_ORCD_PDL=0)."
-            },
-            pdl,
-            "kernel launches"
-        );
         let rows_bt = grant_rows_smem(&funcs, ["_bt", "_gu_bt"], super::launch_shape::rows_bt_smem);
         let rows_tl = grant_rows_smem(&funcs, ["_tl", "_gu_tl"], super::launch_shape::rows_tl_smem);
         let mut gpu = Self {
@@ -355,6 +346,18 @@ impl Gpu {
             kernels,
         };
         gpu.blas = Some(Blas::new(&gpu)?);
+        if gpu.pdl {
+            gpu.probe_pdl();
+        }
+        tracing::info!(
+            human = if gpu.pdl {
+                "Kernels launch while the previous one finishes (programmatic dependent launch)."
+            } else {
+                "Kernels launch one after another (programmatic dependent launch is off: below compute capability 9.0, WORKER_ORCD_PDL=0, or its probe failed)."
+            },
+            pdl = gpu.pdl,
+            "kernel launches"
+        );
         gpu.info.libraries = super::loaded_library_paths();
         tracing::info!(human = "The cuBLAS library is ready for the prefill matrix products.",
             libraries = ?gpu.info.libraries, "cuBLAS handle ready (prefill GEMM)");
@@ -495,6 +498,30 @@ impl Gpu {
     #[cfg(test)]
     pub(crate) fn gqa_off(&self) -> bool {
         self.gqa_off.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Launch one tiny kernel with programmatic dependent launch, plainly
+    /// and under graph capture; if either fails, launches go plain (same
+    /// results) and the log says why, rather than the first decode step
+    /// failing.
+    fn probe_pdl(&mut self) {
+        let probe = || -> Result<()> {
+            let b = self.alloc(8, "PDL probe")?;
+            let (y, x) = (b.span(0, 4)?, b.span(4, 4)?);
+            self.add_inplace(y, x, 1)?;
+            let _graph = self.capture(|| self.add_inplace(y, x, 1))?;
+            self.sync()
+        };
+        if let Err(e) = probe() {
+            self.pdl = false;
+            tracing::warn!(
+                human = format!(
+                    "Programmatic dependent launch failed its start-up probe ({}). Kernels will launch one after another instead: the same results, a little slower.",
+                    e.message()
+                ),
+                "PDL probe failed"
+            );
+        }
     }
 
     /// A launch of `f` on the engine's stream (`gpu::launch`).

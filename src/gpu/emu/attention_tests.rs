@@ -4,8 +4,8 @@
 //! same bits from `attn_partial` launched for all rows at once and from the
 //! GQA-grouped `attn_partial_gqa` as from `attn_partial` launched for each
 //! row alone, and they agree with a float64 attention. Covers
-//! groups of 7, 3, 4 and 1 query heads, head sizes 64, 128 and 256, partial
-//! chunks, and one row past a fold tile (ATT_THREADS chunks).
+//! groups of 7, 3, 4, 1 and 8 query heads, head sizes 64, 128 and 256,
+//! partial chunks, and one row past a fold tile (ATT_THREADS chunks).
 
 use super::{Arg, Emu, Order};
 use crate::engine::cuda::prefill_tests::cpu_attention;
@@ -168,6 +168,8 @@ fn decode_attention_rows_get_their_lone_bits() {
         ((9, 3, 64), vec![40, 3, 129, 64, 220, 11, 90, 33]),
         ((8, 2, 128), vec![70, 1, 33, 95, 12, 64, 128, 7]),
         ((4, 1, 256), vec![45, 2, 90, 31, 9, 60, 17, 100]),
+        ((4, 4, 64), vec![33, 70, 1, 64, 12, 99, 40, 5]),
+        ((16, 2, 256), vec![50, 7, 96, 31, 64, 2, 130, 18]),
         ((14, 2, 64), vec![tile + 40, 3, 260, 33, 95, 7, 64, 128]),
     ] {
         let step = Step::random(&mut r, shape, &positions);
