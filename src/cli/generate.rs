@@ -116,7 +116,7 @@ pub fn make_engine(
     m: &LoadedModel,
     opts: &LoadOptions,
 ) -> Result<Box<dyn Engine>> {
-    crate::engine::load_engine(kind, &m.gguf, &m.cfg, &m.weights, opts)
+    crate::engine::load_engine(kind, &m.gguf, &m.cfg, &m.weights, opts, None)
 }
 
 /// Refuse root unless overridden (same rule as the daemon).

@@ -168,6 +168,9 @@ pub fn load(
             ))
         })?;
     }
+    // The GPU opens while the file is read (gpu::opening).
+    let opening =
+        (cfg.backend == BackendKind::Cuda).then(|| crate::gpu::GpuOpening::start(cfg.gpu_device));
     // Step 1.
     let g = GgufFile::open(&path, &cfg.gguf_limits)?;
     crate::narrate!(
@@ -201,7 +204,7 @@ pub fn load(
         gpu_device: cfg.gpu_device,
         threads: 0,
     };
-    let mut engine = crate::engine::load_engine(cfg.backend, &g, &mc, &w, &opts)?;
+    let mut engine = crate::engine::load_engine(cfg.backend, &g, &mc, &w, &opts, opening)?;
     #[cfg(feature = "test-hooks")]
     inject_startup_fault(engine.as_mut())?;
     // Steps 4 and 5.

@@ -239,16 +239,21 @@ pub fn check_forward_args(
 ///
 /// The CPU engine copies the tensor data section into host memory; the CUDA
 /// engine uploads it, still in its GGUF block formats, to device memory.
+/// `opening`: the GPU's opening, started before the file was read (see
+/// `gpu::opening`); None opens it here. The CPU engine ignores it.
 pub fn load_engine(
     kind: BackendKind,
     gguf: &crate::model::gguf::GgufFile,
     config: &ModelConfig,
     weights: &crate::model::arch::ModelWeights,
     opts: &LoadOptions,
+    opening: Option<crate::gpu::GpuOpening>,
 ) -> Result<Box<dyn Engine>> {
     crate::model::arch::check_weights(gguf)?;
     Ok(match kind {
         BackendKind::Cpu => Box::new(cpu::CpuEngine::load(gguf, config, weights, opts)?),
-        BackendKind::Cuda => Box::new(cuda::CudaEngine::load(gguf, config, weights, opts)?),
+        BackendKind::Cuda => Box::new(cuda::CudaEngine::load_opened(
+            gguf, config, weights, opts, opening,
+        )?),
     })
 }

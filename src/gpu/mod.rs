@@ -21,11 +21,13 @@ pub mod gemm;
 pub mod kernel_units;
 pub mod launch;
 pub mod launch_shape;
+pub mod opening;
 pub mod ops;
 pub mod qkv;
 pub mod topk;
 
 pub use device::{DeviceBuffer, Gpu, GpuGraph, Span};
+pub use opening::GpuOpening;
 
 use std::sync::Arc;
 

@@ -158,6 +158,18 @@ impl CudaEngine {
         w: &ModelWeights,
         opts: &LoadOptions,
     ) -> Result<Self> {
+        Self::load_opened(g, cfg, w, opts, None)
+    }
+
+    /// [`CudaEngine::load`] on a GPU whose opening started earlier (while
+    /// the file was read), when there is one.
+    pub fn load_opened(
+        g: &GgufFile,
+        cfg: &ModelConfig,
+        w: &ModelWeights,
+        opts: &LoadOptions,
+        opening: Option<crate::gpu::GpuOpening>,
+    ) -> Result<Self> {
         let data = g.data_section();
         let dl = data.len();
         let (d, hd, nh, nkv, ffn, vocab) = (
@@ -211,7 +223,10 @@ impl CudaEngine {
             )))
             }
         };
-        let gpu = Gpu::open(opts.gpu_device)?;
+        let gpu = match opening {
+            Some(o) => o.wait(opts.gpu_device)?,
+            None => Gpu::open(opts.gpu_device)?,
+        };
         let info = gpu.info().clone();
         tracing::info!(human = %format!("Opened GPU {} ({}) for the CUDA backend; its kernel files: {}.",
                 opts.gpu_device, info.name, gpu.kernels.describe()),
