@@ -391,7 +391,7 @@ impl CudaEngine {
         let ids: Vec<i32> = rows.iter().map(|r| r.0 as i32).collect();
         self.upload_rows(&ids, rows.iter().map(|r| (r.1, r.2)))?;
         let reach = rows.iter().map(|r| r.1 + 1).max().unwrap_or(1);
-        let key = (rows.len(), self.graph_reach(rows.len(), reach));
+        let key = (rows.len(), self.graph_reach(reach));
         if !self.use_graph {
             return self.enqueue_step(key.0, true, 0, reach);
         }
@@ -412,15 +412,16 @@ impl CudaEngine {
         }
     }
 
-    /// Positions the graph for `n` rows reaching `reach` covers: a lone row
-    /// every position (one graph per context, as always); several rows the
-    /// next power of two (at least one attention chunk), so the attention
-    /// grid stays near the rows' real length and a graph serves many steps.
-    /// Covering more positions than a row has changes nothing it computes.
-    fn graph_reach(&self, n: usize, reach: usize) -> usize {
-        if n == 1 {
-            return self.max_ctx;
-        }
+    /// Positions the graph for rows reaching `reach` covers: the next
+    /// power of two (at least one attention chunk), so the attention grid
+    /// stays near the rows' real length and a graph serves many steps. A
+    /// lone row too: its graph used to cover every position of the
+    /// context, so at a short position almost every attention block of
+    /// every layer started only to find nothing to do (about 1,800 blocks a
+    /// layer at a 4,225-position context). Covering more positions than a
+    /// row has changes nothing it computes; a sequence crosses at most
+    /// log2(context / 32) boundaries, one capture each.
+    fn graph_reach(&self, reach: usize) -> usize {
         reach
             .next_power_of_two()
             .max(crate::gpu::attention::KV_PAGE_TOKENS)
