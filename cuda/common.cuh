@@ -90,6 +90,38 @@ __device__ __forceinline__ float block_max(float v, float* sh) {
     return t;
 }
 
+// One 4-byte copy from global to shared memory that does not hold a
+// register or wait (sm_80+; a plain copy before); cp_async_wait_all waits
+// for this thread's.
+__device__ __forceinline__ void cp_async4(u32* dst, const u32* src) {
+#if __CUDA_ARCH__ >= 800
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(src) : "memory");
+#else
+    *dst = __ldg(src);
+#endif
+}
+
+__device__ __forceinline__ void cp_async_wait_all() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
+}
+
+// Close this thread's outstanding copies into a group, and wait until at
+// most one group (the newest) is still in flight: a double buffer's wait.
+__device__ __forceinline__ void cp_async_commit() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void cp_async_wait_one() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+#endif
+}
+
 // ---------------------------------------------------------------------------
 // GGUF block formats. Each type exposes deq32(row, s, out): dequantize the
 // s-th run of 32 consecutive elements of a row (whose bytes start at `row`)

@@ -42,24 +42,6 @@ static_assert(BT_ROWS == BT_TOKENS, "lane i of a half-warp dequantizes staged ro
 static_assert(BT_ROWS % 2 == 0, "gate/up split");
 static_assert(32 * BT_ROWS * BT_PAD >= BT_ROWS * 32 * BT_TOKENS, "accumulators fit the run buffers");
 
-// One 4-byte copy from global to shared memory that does not hold a
-// register or wait (sm_80+; a plain copy before); cp_async_wait_all waits
-// for this thread's.
-__device__ __forceinline__ void cp_async4(u32* dst, const u32* src) {
-#if __CUDA_ARCH__ >= 800
-    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(src) : "memory");
-#else
-    *dst = __ldg(src);
-#endif
-}
-
-__device__ __forceinline__ void cp_async_wait_all() {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_all;\n" ::: "memory");
-#endif
-}
-
 // The butterfly of warp_sum over the 32 run accumulators acc[q * BT_TOKENS]
 // (q = the lone kernel's lane that would hold it), the same pairs in the same
 // order: level 16 adds q and q + 16, level 8 adds q and q + 8, ... The result

@@ -30,10 +30,13 @@
 // and tokens h, h + 8, h + 16, h + 24, so the four (eight) addresses of one
 // float4 load fall in distinct bank quads. A 1024-element chunk is taken in
 // four quarters of 8 runs; in quarter k warp w multiplies run 8k + w. The
-// weights are dequantized straight from global memory (the block reads each
-// byte once). gridDim.x = row blocks, gridDim.y = token blocks. Dynamic
-// shared memory (`rows_tl_smem`): TL_ROWS then TL_TOKENS rows of TL_STRIDE
-// floats (8 runs of TL_PAD, plus 4 to turn the bank quad).
+// weights' raw bytes of the next quarter are copied asynchronously into one
+// of two buffers while the block works on the current one, and dequantized
+// from shared memory (the block reads each byte once). gridDim.x = row
+// blocks, gridDim.y = token blocks. Dynamic shared memory (`rows_tl_smem`):
+// TL_ROWS then TL_TOKENS rows of TL_STRIDE floats (8 runs of TL_PAD, plus 4
+// to turn the bank quad), then two raw buffers of TL_ROWS rows of
+// CHUNK / 16 + 2 words.
 #include "common.cuh"
 
 #define TL_THREADS 256
@@ -41,6 +44,39 @@
 static_assert(TL_ROWS == 16 && TL_TOKENS == 32, "4 row groups x 8 token groups, 4 x 4 per thread");
 static_assert(TL_PAD % 4 == 0 && TL_PAD >= 32 && (8 * TL_PAD) % 32 == 0, "float4 runs; the stride turns by 4 banks");
 static_assert(8 * TL_ROWS * TL_TOKENS <= (TL_ROWS + TL_TOKENS) * TL_STRIDE, "the partial sums fit the tiles");
+
+// Words of one staging row's raw quarter chunk (8 runs): its bytes from the
+// word holding the first one, so up to 3 more.
+template <class Q>
+__device__ __forceinline__ constexpr int tl_raw_words() {
+    return Q::CHUNK / 16 + 2;
+}
+
+// Start copying quarter k of chunk c of the block's staging rows (row j:
+// matrix j / RPM, row r0 + j % RPM) into `raw` as whole words; words past a
+// row's end, and absent rows, are zero. The caller commits and waits.
+template <class Q, int RPM>
+__device__ __forceinline__ void tl_stage(u32* raw, const u8* W0, const u8* W1, u64 row_bytes, int r0, int rows,
+                                         int c, int k) {
+    constexpr int QB = Q::CHUNK / 4, RAWW = tl_raw_words<Q>();
+    const u64 start = (u64)c * Q::CHUNK + (u64)k * QB;
+    for (int i = threadIdx.x; i < TL_ROWS * RAWW; i += TL_THREADS) {
+        const int j = i / RAWW, wi = i - j * RAWW;
+        const int r = r0 + j % RPM;
+        bool copied = false;
+        if (r < rows && start < row_bytes) {
+            const u8* base = (j < RPM ? W0 : W1) + (u64)r * row_bytes + start;
+            const u64 left = row_bytes - start;
+            const int nb = left < (u64)QB ? (int)left : QB;
+            const int off = (int)((u64)base & 3);
+            if (wi < ((off + nb + 3) >> 2)) {
+                cp_async4(raw + i, (const u32*)(base - off) + wi);
+                copied = true;
+            }
+        }
+        if (!copied) raw[i] = 0u;
+    }
+}
 
 // NM = 1: y = W·x' (+ bias) (+ y); NM = 2: out = silu(Wg·x') * (Wu·x').
 // x' = x, or rmsnorm(x) * nw with each token's scale from row_rms.
@@ -51,8 +87,10 @@ __device__ __forceinline__ void rows_tl_impl(const u8* __restrict__ W0, const u8
                                              const float* __restrict__ nw, const float* __restrict__ scale) {
     extern __shared__ __align__(16) float smem[];
     constexpr int RPM = TL_ROWS / NM;  // rows of each matrix
+    constexpr int RAWW = tl_raw_words<Q>();
     float* wd = smem;                          // [TL_ROWS][TL_STRIDE] dequantized weight runs
     float* xs = smem + TL_ROWS * TL_STRIDE;    // [TL_TOKENS][TL_STRIDE] token runs
+    u32* raw = (u32*)(xs + TL_TOKENS * TL_STRIDE);  // [2][TL_ROWS][RAWW] raw quarter chunks
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane & 3, h = lane >> 2;  // row group, token group
     const int r0 = blockIdx.x * RPM, t0 = blockIdx.y * TL_TOKENS;
@@ -64,11 +102,24 @@ __device__ __forceinline__ void rows_tl_impl(const u8* __restrict__ W0, const u8
         for (int i = 0; i < 4; i++)
 #pragma unroll
             for (int j = 0; j < 4; j++) acc[k][i][j] = 0.0f;
+    // The weights' raw bytes arrive one quarter ahead, by asynchronous
+    // copies into two buffers, while the block multiplies the quarter
+    // before.
+    tl_stage<Q, RPM>(raw, W0, W1, row_bytes, r0, rows, 0, 0);
+    cp_async_commit();
     for (int c = 0; c < nch; c++) {
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             const int q0 = c * 32 + k * 8;  // first run of this quarter
-            __syncthreads();                // every warp is done with the previous quarter
+            u32* cur = raw + (k & 1) * (TL_ROWS * RAWW);
+            // Buffer k & 1 ^ 1 was last read before the previous quarter's
+            // second barrier, so every thread is done with it.
+            if (k < 3 || c + 1 < nch)
+                tl_stage<Q, RPM>(raw + ((k & 1) ^ 1) * (TL_ROWS * RAWW), W0, W1, row_bytes, r0, rows,
+                                 k < 3 ? c : c + 1, (k + 1) & 3);
+            cp_async_commit();
+            cp_async_wait_one();  // this quarter's copies (not the one just started) have landed
+            __syncthreads();      // ... every thread's; and every warp is done with the previous quarter
             // Tokens: 32 rows of 8 runs as float4s, coalesced.
             for (int f = threadIdx.x; f < TL_TOKENS * 64; f += TL_THREADS) {
                 const int t = f >> 6, run = (f >> 3) & 7, i4 = f & 7;
@@ -78,13 +129,15 @@ __device__ __forceinline__ void rows_tl_impl(const u8* __restrict__ W0, const u8
                 *(float4*)(xs + t * TL_STRIDE + run * TL_PAD + 4 * i4) = v;
             }
             // Weights: thread j < 128 dequantizes staging row j / 8's run
-            // j % 8 (staging row: matrix row / RPM, row r0 + row % RPM).
+            // j % 8 from the raw quarter (staging row: matrix row / RPM,
+            // row r0 + row % RPM), which starts at a block boundary.
             if (threadIdx.x < TL_ROWS * 8) {
                 const int row = threadIdx.x >> 3, run = threadIdx.x & 7, r = r0 + row % RPM;
                 if (r < rows && q0 + run < nsub) {
-                    const u8* base = (row < RPM ? W0 : W1) + (u64)r * row_bytes + (u64)c * Q::CHUNK;
+                    const u8* base = (row < RPM ? W0 : W1) + (u64)r * row_bytes + (u64)c * Q::CHUNK +
+                                     (u64)k * (Q::CHUNK / 4);
                     float v[32];
-                    Q::deq32(base, k * 8 + run, v);
+                    Q::deq32((const u8*)(cur + row * RAWW) + ((u64)base & 3), run, v);
                     if (nw) {
                         const float4* nv = (const float4*)(nw + (u64)(q0 + run) * 32);
 #pragma unroll

@@ -119,12 +119,14 @@ const TL_THREADS: u32 = 256;
 /// either way; where the crossover lies is for the GPU profile to show).
 pub const TL_MIN_BATCH: usize = 32;
 
-/// Dynamic shared bytes of a `_tl` launch: TL_ROWS weight rows and
-/// TL_TOKENS token rows of 8 runs of TL_PAD floats plus 4 (the same for
-/// every format: the weights are dequantized from global memory).
-pub fn rows_tl_smem(_: GgmlType) -> usize {
+/// Dynamic shared bytes of a `_tl` launch for format `t`: TL_ROWS weight
+/// rows and TL_TOKENS token rows of 8 runs of TL_PAD floats plus 4, then
+/// two raw buffers of TL_ROWS rows of a quarter chunk's words plus 2
+/// (`tl_raw_words` in cuda/matvec_tiles.cu).
+pub fn rows_tl_smem(t: GgmlType) -> usize {
     let (rows, tokens, pad) = TL_SHAPE;
-    4 * (rows + tokens) * (8 * pad + 4)
+    let chunk = 1024 / t.block_size() * t.type_size();
+    4 * (rows + tokens) * (8 * pad + 4) + 2 * rows * 4 * (chunk / 16 + 2)
 }
 
 /// Launch shape of a `_tl` kernel over `rows` output rows (of each matrix
