@@ -92,33 +92,43 @@ __device__ __forceinline__ float block_max(float v, float* sh) {
 
 // One 4-byte copy from global to shared memory that does not hold a
 // register or wait (sm_80+; a plain copy before); cp_async_wait_all waits
-// for this thread's.
+// for this thread's. The kernel emulator (tools/kernel-emu) holds each copy
+// back until the thread's wait, as the hardware may, so a read before the
+// wait sees what was there before.
 __device__ __forceinline__ void cp_async4(u32* dst, const u32* src) {
-#if __CUDA_ARCH__ >= 800
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(src) : "memory");
-#else
+#elif defined(__CUDA_ARCH__)
     *dst = __ldg(src);
+#else
+    emu_cp_async4(dst, src);
 #endif
 }
 
 __device__ __forceinline__ void cp_async_wait_all() {
-#if __CUDA_ARCH__ >= 800
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     asm volatile("cp.async.wait_all;\n" ::: "memory");
+#elif !defined(__CUDA_ARCH__)
+    emu_cp_async_wait(0);
 #endif
 }
 
 // Close this thread's outstanding copies into a group, and wait until at
 // most one group (the newest) is still in flight: a double buffer's wait.
 __device__ __forceinline__ void cp_async_commit() {
-#if __CUDA_ARCH__ >= 800
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     asm volatile("cp.async.commit_group;\n" ::: "memory");
+#elif !defined(__CUDA_ARCH__)
+    emu_cp_async_commit();
 #endif
 }
 
 __device__ __forceinline__ void cp_async_wait_one() {
-#if __CUDA_ARCH__ >= 800
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+#elif !defined(__CUDA_ARCH__)
+    emu_cp_async_wait(1);
 #endif
 }
 

@@ -179,6 +179,14 @@ inline T atomicAdd(T* p, T v) { const T o = *p; *p = o + v; return o; }
 template <class T>
 inline T atomicMax(T* p, T v) { const T o = *p; *p = o > v ? o : v; return o; }
 
+// Asynchronous copies (cp.async): held back per thread until its wait.
+// emu_cp_async_commit closes the thread's open copies into a group;
+// emu_cp_async_wait(n) lands every group but the n newest (n = 0: all,
+// the open copies included, as cp.async.wait_all).
+void emu_cp_async4(unsigned* dst, const unsigned* src);
+void emu_cp_async_commit();
+void emu_cp_async_wait(int newest_left);
+
 // The device's exact conversions (cvt.f32.f16 and cvt.rna.tf32.f32), for
 // common.cuh and dequant.cu's host paths.
 inline float emu_f16_to_f32(unsigned short h) {

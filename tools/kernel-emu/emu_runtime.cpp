@@ -31,7 +31,14 @@ constexpr size_t CANARY_BYTES = 4096;   // after the dynamic shared buffer
 // A thread starts on its own stack through makecontext/swapcontext once;
 // after that every switch is _setjmp/_longjmp, which, unlike swapcontext,
 // makes no system call (a launch switches millions of times).
+// Copies a thread has started and not yet waited for.
+struct AsyncCopies {
+    std::vector<std::pair<unsigned*, unsigned>> open;  // (dst, value read at issue)
+    std::vector<std::vector<std::pair<unsigned*, unsigned>>> groups;  // committed, oldest first
+};
+
 struct Thread {
+    AsyncCopies copies;
     ucontext_t ctx{};
     jmp_buf jb;
     bool started = false;
@@ -188,6 +195,27 @@ void* dyn_smem() { return g_block.smem.data(); }
 Registration::Registration(const char* name, Kernel k) { registry()[name] = k; }
 
 }  // namespace emu
+
+// The source is read at issue (a kernel never writes what it copies from
+// during the copy); the destination is written only at the wait.
+void emu_cp_async4(unsigned* dst, const unsigned* src) {
+    emu::g_block.threads[emu::g_block.current].copies.open.emplace_back(dst, *src);
+}
+
+void emu_cp_async_commit() {
+    auto& c = emu::g_block.threads[emu::g_block.current].copies;
+    c.groups.push_back(std::move(c.open));
+    c.open.clear();
+}
+
+void emu_cp_async_wait(int newest_left) {
+    auto& c = emu::g_block.threads[emu::g_block.current].copies;
+    if (newest_left == 0) emu_cp_async_commit();
+    while ((int)c.groups.size() > newest_left) {
+        for (auto& [dst, v] : c.groups.front()) *dst = v;
+        c.groups.erase(c.groups.begin());
+    }
+}
 
 using namespace emu;
 
