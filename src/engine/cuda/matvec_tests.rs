@@ -472,22 +472,28 @@ fn op_batched_rows_are_bit_identical_to_lone_rows() {
 /// Random inputs of the batched decode kernels (`matvec_rows.cu`) for one
 /// block format and shape: weights (two matrices, for gate/up), the rows'
 /// activations, a norm weight, a bias and the values a plain accumulating
-/// product adds to.
-struct RowsCase {
-    dt: GgmlType,
-    rows: usize,
-    cols: usize,
-    batch: usize,
-    wq: Vec<u8>,
-    uq: Vec<u8>,
-    x: Vec<f32>,
-    nw: Vec<f32>,
-    bias: Vec<f32>,
-    y0: Vec<f32>,
+/// product adds to. The kernel emulator's tests (`gpu::emu`) use it too.
+pub(crate) struct RowsCase {
+    pub(crate) dt: GgmlType,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) batch: usize,
+    pub(crate) wq: Vec<u8>,
+    pub(crate) uq: Vec<u8>,
+    pub(crate) x: Vec<f32>,
+    pub(crate) nw: Vec<f32>,
+    pub(crate) bias: Vec<f32>,
+    pub(crate) y0: Vec<f32>,
 }
 
 impl RowsCase {
-    fn random(r: &mut Rng, dt: GgmlType, rows: usize, cols: usize, batch: usize) -> Self {
+    pub(crate) fn random(
+        r: &mut Rng,
+        dt: GgmlType,
+        rows: usize,
+        cols: usize,
+        batch: usize,
+    ) -> Self {
         let (wf, uf) = (r.vec(rows * cols), r.vec(rows * cols));
         let (mut wq, mut uq) = (Vec::new(), Vec::new());
         quant::quantize(dt, &wf, &mut wq).expect("quantize");

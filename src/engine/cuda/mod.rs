@@ -38,7 +38,7 @@ mod plan;
 use plan::{kv_cache_bytes, scratch_plan, Buf, Layout};
 pub use plan::{planned_memory, CUDA_MAX_SEQUENCES};
 #[cfg(test)]
-mod matvec_tests;
+pub(crate) mod matvec_tests;
 #[cfg(test)]
 pub(crate) mod prefill_tests;
 #[cfg(test)]

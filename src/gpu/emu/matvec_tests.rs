@@ -12,29 +12,14 @@
 use cudarc::driver::LaunchConfig;
 
 use super::{Arg, Emu, Order};
+use crate::engine::cuda::matvec_tests::RowsCase;
 use crate::engine::cuda::tests::Rng;
 use crate::gpu::batched::b8_grid;
 use crate::gpu::launch_shape::{batched_launch, decode_launch, rows_bt_launch, rows_tl_launch};
 use crate::gpu::ops::{dtype_suffix, row_bytes, FORMATS};
-use crate::model::gguf::GgmlType;
 use crate::model::quant;
 
 const EPS: f32 = 1e-5;
-
-/// Random inputs for one format and shape: two weight matrices (gate/up),
-/// the token rows, a norm weight, a bias and what a plain product adds to.
-struct Case {
-    dt: GgmlType,
-    rows: usize,
-    cols: usize,
-    batch: usize,
-    wq: Vec<u8>,
-    uq: Vec<u8>,
-    x: Vec<f32>,
-    nw: Vec<f32>,
-    bias: Vec<f32>,
-    y0: Vec<f32>,
-}
 
 /// The three products' output bits: normed with bias, gate/up + SwiGLU,
 /// plain accumulating into y0.
@@ -49,28 +34,8 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|f| f.to_bits()).collect()
 }
 
-impl Case {
-    fn random(r: &mut Rng, dt: GgmlType, rows: usize, cols: usize, batch: usize) -> Case {
-        let quantized = |r: &mut Rng| {
-            let mut q = Vec::new();
-            quant::quantize(dt, &r.vec(rows * cols), &mut q).expect("quantize");
-            q
-        };
-        let (wq, uq) = (quantized(r), quantized(r));
-        Case {
-            dt,
-            rows,
-            cols,
-            batch,
-            wq,
-            uq,
-            x: r.vec(cols * batch),
-            nw: r.vec(cols),
-            bias: r.vec(rows),
-            y0: r.vec(rows * batch),
-        }
-    }
-
+/// The emulator's runs of a case (its inputs are the GPU suite's: `RowsCase`).
+impl RowsCase {
     fn name(&self, variant: &str) -> String {
         format!("matvec_{}{variant}", dtype_suffix(self.dt).expect("format"))
     }
@@ -293,7 +258,7 @@ fn batched_rows_are_bit_identical_to_lone_rows_in_every_format() {
             if cols % dt.block_size() != 0 {
                 continue; // 896 (Qwen's width) is no whole number of K-quant super-blocks
             }
-            let case = Case::random(&mut r, dt, rows, cols, batch);
+            let case = RowsCase::random(&mut r, dt, rows, cols, batch);
             let lone = case.lone(emu, Order::Forward);
             let e = case.normed_error(&lone.normed);
             assert!(e < 1e-5, "{} lone normed rel err {e}", dt.name());

@@ -383,28 +383,33 @@ fn load(path: &Path) -> Result<Emu, String> {
     let lib = unsafe { libloading::Library::new(path) }.map_err(|e| e.to_string())?;
     // SAFETY: each symbol is looked up with the exact C signature
     // emu_runtime.cpp defines for it.
-    unsafe {
-        let launch = *lib
-            .get::<LaunchFn>(b"emu_launch\0")
-            .map_err(|e| e.to_string())?;
-        let last_error = *lib
-            .get::<ErrorFn>(b"emu_last_error\0")
-            .map_err(|e| e.to_string())?;
-        let set_order = *lib
-            .get::<OrderFn>(b"emu_set_order\0")
-            .map_err(|e| e.to_string())?;
-        let has = *lib
-            .get::<HasFn>(b"emu_has_kernel\0")
-            .map_err(|e| e.to_string())?;
-        Ok(Emu {
-            _lib: lib,
-            launch,
-            last_error,
-            set_order,
-            has,
-            lock: Mutex::new(()),
-        })
-    }
+    let (launch, last_error, set_order, has) = unsafe {
+        (
+            symbol::<LaunchFn>(&lib, b"emu_launch\0")?,
+            symbol::<ErrorFn>(&lib, b"emu_last_error\0")?,
+            symbol::<OrderFn>(&lib, b"emu_set_order\0")?,
+            symbol::<HasFn>(&lib, b"emu_has_kernel\0")?,
+        )
+    };
+    Ok(Emu {
+        _lib: lib,
+        launch,
+        last_error,
+        set_order,
+        has,
+        lock: Mutex::new(()),
+    })
+}
+
+/// A function pointer from the library.
+///
+/// # Safety
+/// `T` must be the symbol's exact C signature.
+unsafe fn symbol<T: Copy>(lib: &libloading::Library, name: &[u8]) -> Result<T, String> {
+    // SAFETY: the caller's contract.
+    unsafe { lib.get::<T>(name) }
+        .map(|s| *s)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

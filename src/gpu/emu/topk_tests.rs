@@ -65,11 +65,15 @@ fn one_pass(emu: &Emu, l: &[f32], n: usize, rows: usize, k: usize) -> Vec<Vec<(u
     got(&ids, &vals, k)
 }
 
-/// `Gpu::topk_large_rows`' launches: three histogram passes and the
-/// gather over one zeroed scratch row per logits row.
-fn radix(emu: &Emu, l: &[f32], n: usize, rows: usize, k: usize, seed: u64) -> Vec<Vec<(u32, f32)>> {
-    let words = topk_large_scratch_bytes(n) * rows / 8;
-    let mut scratch = vec![0u64; words];
+/// `Gpu::topk_large_rows`' launches: three histogram passes (pass p in
+/// `hist_order(p)`) and the gather, over one scratch row per logits row.
+fn select(
+    emu: &Emu,
+    (l, n, rows, k): (&[f32], usize, usize, usize),
+    scratch: &mut [u64],
+    hist_order: impl Fn(i32) -> Order,
+    gather_order: Order,
+) -> Vec<Vec<(u32, f32)>> {
     let (mut ids, mut vals) = (vec![-1i32; k * rows], vec![f32::NAN; k * rows]);
     let cfg = LaunchConfig {
         grid_dim: (n.div_ceil(4096) as u32, rows as u32, 1),
@@ -82,53 +86,37 @@ fn radix(emu: &Emu, l: &[f32], n: usize, rows: usize, k: usize, seed: u64) -> Ve
             Arg::I32(n as i32),
             Arg::I32(k as i32),
             Arg::I32(pass),
-            Arg::of_mut(&mut scratch),
+            Arg::of_mut(scratch),
         ];
-        emu.launch(
-            "topk_radix_hist",
-            cfg,
-            Order::Shuffled(seed + pass as u64),
-            &args,
-        )
-        .unwrap();
+        emu.launch("topk_radix_hist", cfg, hist_order(pass), &args)
+            .unwrap();
     }
     let args = [
         Arg::of(l),
         Arg::I32(n as i32),
         Arg::I32(k as i32),
-        Arg::of_mut(&mut scratch),
+        Arg::of_mut(scratch),
         Arg::of_mut(&mut ids),
         Arg::of_mut(&mut vals),
     ];
-    emu.launch("topk_radix_gather", cfg, Order::Forward, &args)
+    emu.launch("topk_radix_gather", cfg, gather_order, &args)
         .unwrap();
-    // The kernels re-arm their counters; a second selection reuses the row.
-    let again = {
-        let (mut ids2, mut vals2) = (vec![-1i32; k * rows], vec![f32::NAN; k * rows]);
-        for pass in 0..3 {
-            let args = [
-                Arg::of(l),
-                Arg::I32(n as i32),
-                Arg::I32(k as i32),
-                Arg::I32(pass),
-                Arg::of_mut(&mut scratch),
-            ];
-            emu.launch("topk_radix_hist", cfg, Order::Forward, &args)
-                .unwrap();
-        }
-        let args = [
-            Arg::of(l),
-            Arg::I32(n as i32),
-            Arg::I32(k as i32),
-            Arg::of_mut(&mut scratch),
-            Arg::of_mut(&mut ids2),
-            Arg::of_mut(&mut vals2),
-        ];
-        emu.launch("topk_radix_gather", cfg, Order::Reverse, &args)
-            .unwrap();
-        got(&ids2, &vals2, k)
-    };
-    let first = got(&ids, &vals, k);
+    got(&ids, &vals, k)
+}
+
+/// The radix select over a zeroed scratch, then again over the same
+/// scratch (the kernels re-arm their counters), which must agree.
+fn radix(emu: &Emu, l: &[f32], n: usize, rows: usize, k: usize, seed: u64) -> Vec<Vec<(u32, f32)>> {
+    let mut scratch = vec![0u64; topk_large_scratch_bytes(n) * rows / 8];
+    let shape = (l, n, rows, k);
+    let first = select(
+        emu,
+        shape,
+        &mut scratch,
+        |pass| Order::Shuffled(seed + pass as u64),
+        Order::Forward,
+    );
+    let again = select(emu, shape, &mut scratch, |_| Order::Forward, Order::Reverse);
     assert_eq!(
         bits(&first),
         bits(&again),
