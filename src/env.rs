@@ -107,10 +107,11 @@ pub const CUDA_GRAPH: EnvVar = EnvVar {
 /// Switch for programmatic dependent launch of the CUDA kernels.
 pub const PDL: EnvVar = EnvVar {
     name: "WORKER_ORCD_PDL",
-    default: Some("1"),
-    doc: "`0` launches every CUDA kernel plainly, after the previous one has finished; anything \
-          else lets each kernel launch while the previous one runs on GPUs of compute capability \
-          9.0 and above (programmatic dependent launch; same results, for timing comparisons).",
+    default: Some("0"),
+    doc: "`1` lets each CUDA kernel launch while the previous one runs, on GPUs of compute \
+          capability 9.0 and above (programmatic dependent launch; same results). Off by default: \
+          on an H100 it made batch-1 decode 11% slower (700 against 789 tokens/s). For timing \
+          experiments only.",
 };
 
 /// Prefill GEMM numerics on the CUDA backend.

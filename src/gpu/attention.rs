@@ -18,9 +18,11 @@ pub use super::kernel_units::{ATT_CHUNK, ATT_GROUP_MAX, ATT_THREADS, KV_PAGE_TOK
 
 /// Fewest rows a decode attention launch takes the grouped kernel for
 /// (`attn_partial_gqa`: a block per (row, KV head, chunk) instead of per
-/// (row, head, chunk)). Both give the same bits; one row keeps the kernel
-/// with more blocks (where the crossover lies is for the GPU profile).
-pub const ATT_GQA_MIN_ROWS: usize = 8;
+/// (row, head, chunk)). Both give the same bits. Measured on an H100 at
+/// Qwen shapes (14 q / 2 KV heads, positions ~200, f43efe1): grouped against
+/// per head 26.2 / 12.9 us at 8 rows, 40.6 / 27.6 at 32, 48.7 / 50.2 at 64;
+/// with 7x fewer blocks the grouped kernel only pays once the rows fill the card.
+pub const ATT_GQA_MIN_ROWS: usize = 64;
 
 /// Kernel and launch shape of a split-KV decode attention over `n_tok`
 /// rows whose grid covers `grid_chunks` chunks: the GQA-grouped kernel from
@@ -316,6 +318,28 @@ impl Gpu {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A decode step takes the grouped kernel (one block per KV head) only
+    /// from ATT_GQA_MIN_ROWS rows and for groups it holds; otherwise one
+    /// block per query head. The grid's other dimensions are the chunks and
+    /// the rows either way.
+    #[test]
+    fn decode_attention_groups_heads_only_for_full_steps() {
+        for (rows, want) in [
+            (1, "attn_partial"),
+            (32, "attn_partial"),
+            (63, "attn_partial"),
+        ] {
+            let (name, cfg) = decode_attention_launch(14, 2, rows, 5);
+            assert_eq!((name, cfg.grid_dim), (want, (14, 5, rows as u32)));
+        }
+        let (name, cfg) = decode_attention_launch(14, 2, 64, 5);
+        assert_eq!((name, cfg.grid_dim), ("attn_partial_gqa", (2, 5, 64)));
+        // A group larger than ATT_GROUP_MAX stays per head.
+        let heads = 2 * (ATT_GROUP_MAX + 1);
+        let (name, cfg) = decode_attention_launch(heads, 2, 64, 5);
+        assert_eq!((name, cfg.grid_dim.0), ("attn_partial", heads as u32));
+    }
 
     /// The models' shapes take the tiled kernel, and every tile fits.
     #[test]

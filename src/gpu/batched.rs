@@ -20,7 +20,7 @@ use cudarc::driver::LaunchConfig;
 use super::cuda_err;
 use super::device::{Gpu, Span};
 use super::launch_shape::{
-    batched_launch, rows_bt_launch, rows_tl_launch, BT_MIN_BATCH, TL_MIN_BATCH,
+    batched_launch, rows_bt_launch, rows_tl_launch, rows_tl_pays, BT_MIN_BATCH, TL_MIN_BATCH,
 };
 use super::ops::{as_i32, blocks, dtype_suffix, row_bytes};
 use crate::error::{Result, WorkerError};
@@ -209,7 +209,8 @@ impl Gpu {
     }
 
     /// Which batched kernel serves this call, its grid and its `per`: the
-    /// register-tiled `_tl` kernels from TL_MIN_BATCH rows and the
+    /// register-tiled `_tl` kernels from TL_MIN_BATCH rows where their grid
+    /// fills the card ([`rows_tl_pays`]) and the
     /// token-on-lane `_bt` kernels from BT_MIN_BATCH rows when the format's
     /// are ready, else the staged `_bst` when their shared memory fits, else
     /// the `_b8`. All give every row the bits it gets alone. The `_tl`,
@@ -226,7 +227,8 @@ impl Gpu {
     ) -> RowsLaunch {
         let tl = (batch >= TL_MIN_BATCH && self.rows_tl_ready(dtype))
             .then(|| rows_tl_launch(dtype, rows, batch, gate_up))
-            .flatten();
+            .flatten()
+            .filter(|cfg| rows_tl_pays(cfg, self.info().multiprocessors));
         if let Some(cfg) = tl {
             return RowsLaunch {
                 suffix: "_tl",

@@ -327,7 +327,7 @@ impl Gpu {
                 "kernel {missing} is missing from the compiled modules"
             )));
         }
-        let pdl = info.compute_capability.0 >= 9 && crate::env::PDL.get().as_deref() != Some("0");
+        let pdl = info.compute_capability.0 >= 9 && crate::env::PDL.get().as_deref() == Some("1");
         let rows_bt = grant_rows_smem(&funcs, ["_bt", "_gu_bt"], super::launch_shape::rows_bt_smem);
         let rows_tl = grant_rows_smem(&funcs, ["_tl", "_gu_tl"], super::launch_shape::rows_tl_smem);
         let mut gpu = Self {
@@ -353,7 +353,7 @@ impl Gpu {
             human = if gpu.pdl {
                 "Kernels launch while the previous one finishes (programmatic dependent launch)."
             } else {
-                "Kernels launch one after another (programmatic dependent launch is off: below compute capability 9.0, WORKER_ORCD_PDL=0, or its probe failed)."
+                "Kernels launch one after another (programmatic dependent launch is off, as by default: WORKER_ORCD_PDL is not 1, the GPU is below compute capability 9.0, or its probe failed)."
             },
             pdl = gpu.pdl,
             "kernel launches"

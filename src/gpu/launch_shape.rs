@@ -116,8 +116,20 @@ pub use super::kernel_units::TL_SHAPE;
 const TL_THREADS: u32 = 256;
 /// Fewest rows the `_tl` kernels take: their blocks hold 32 tokens, so below
 /// it most of a block's arithmetic would be for absent tokens (same bits
-/// either way; where the crossover lies is for the GPU profile to show).
+/// either way).
 pub const TL_MIN_BATCH: usize = 32;
+
+/// Whether a `_tl` launch of `cfg` pays on a GPU of `multiprocessors` SMs:
+/// only when its grid gives every SM a block. Each `_tl` block walks the
+/// whole row, so a small grid leaves SMs idle. Measured on an H100 (132 SMs,
+/// Qwen shapes, f43efe1), `_tl` against `_bt`: the LM head at 64 rows
+/// 1,534 / 2,005 us and gate/up 99.6 / 127.7 us (1,216 and 9,496 blocks);
+/// down q4_K at 32 rows 59.3 / 40.5 us and q at 32 rows 16.5 / 10.9 us
+/// (56 blocks). Same bits either way.
+pub(super) fn rows_tl_pays(cfg: &LaunchConfig, multiprocessors: i32) -> bool {
+    let blocks = u64::from(cfg.grid_dim.0) * u64::from(cfg.grid_dim.1);
+    blocks >= u64::try_from(multiprocessors).unwrap_or(u64::MAX)
+}
 
 /// Dynamic shared bytes of a `_tl` launch for format `t`: TL_ROWS weight
 /// rows and TL_TOKENS token rows of 8 runs of TL_PAD floats plus 4, then
@@ -182,6 +194,27 @@ pub(super) fn decode_launch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On a 132-SM card (H100, H200) at Qwen shapes the `_tl` kernels serve
+    /// the LM head and gate/up from 32 rows and the 896-row matrices from
+    /// 65 rows (three groups of 32 tokens): only grids of a block per SM.
+    #[test]
+    fn tiled_rows_serve_only_grids_that_fill_the_card() {
+        let pays = |rows: usize, batch: usize, gate_up: bool| {
+            let cfg = rows_tl_launch(GgmlType::Q5_0, rows, batch, gate_up).unwrap();
+            rows_tl_pays(&cfg, 132)
+        };
+        for batch in [32, 64] {
+            assert!(pays(151_936, batch, false), "LM head x{batch}");
+            assert!(pays(4864, batch, true), "gate/up x{batch}");
+            assert!(!pays(896, batch, false), "q/o/down x{batch}");
+            assert!(!pays(128, batch, false), "k/v x{batch}");
+        }
+        assert!(!pays(896, 64, false) && pays(896, 65, false));
+        // A card of fewer SMs fills with fewer blocks.
+        let cfg = rows_tl_launch(GgmlType::Q4K, 896, 64, false).unwrap();
+        assert!(rows_tl_pays(&cfg, 112) && !rows_tl_pays(&cfg, 113));
+    }
 
     /// Every format's CHUNK in cuda/common.cuh is the byte size of 1024
     /// elements that `staged_smem` assumes, and the Qwen decode shapes fit.

@@ -408,6 +408,9 @@ fn op_batched_rows_are_bit_identical_to_lone_rows() {
             (d, 130, 1024, 13),
             (d, 40, 4864, 9),
             (d, 70, 768, 40),
+            // Enough row blocks to fill a 132-SM card: the `_tl` kernels
+            // (`launch_shape::rows_tl_pays`).
+            (d, 2200, 512, 33),
         ]
     }) {
         let case = RowsCase::random(&mut r, dt, rows, cols, batch);

@@ -307,8 +307,9 @@ fn op_profile_batched_qwen_shapes() {
         weight: nb.all(),
         scale: scale.all(),
     };
-    // x32 and x64 take the register-tiled `_tl` kernels; their "bt" rows
-    // time the token-on-lane `_bt` kernels on the same card.
+    // At x32 and x64 the register-tiled `_tl` kernels serve the matrices
+    // whose grid fills the card (`launch_shape::rows_tl_pays`); the "bt"
+    // rows time the token-on-lane `_bt` kernels on the same card.
     for (batch, tiles) in [
         (8usize, true),
         (32, true),
