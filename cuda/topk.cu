@@ -9,10 +9,15 @@
 // and the radix scratch by TK_ROW_WORDS(n) per row, so one launch selects the
 // candidates of every sequence of a step, each row exactly as alone.
 //
-// `topk` (small k, k = 1 is greedy argmax): one block of 1024 threads per row; round r
-// finds the best element strictly after pick r-1 in that total order, so no
-// element is mutated and the result does not depend on timing. Costs one pass
-// over the vocabulary per candidate, so it only suits k <= ~16.
+// `topk` (small k, k = 1 is greedy argmax): a row is cut into chunks of
+// TK_CHUNK logits, one 1024-thread block each (one block per row took 34 us
+// for k = 1 over 152k logits: one block cannot keep enough loads in flight).
+// Each block picks its chunk's best k by rounds: round r finds the best
+// element strictly after pick r-1 in that total order, so no element is
+// mutated and the result does not depend on timing. The row's best k are
+// among the chunks' best k, so the last block of the row to finish picks them
+// from those G * k by the same rounds. Costs one pass over the chunk per
+// candidate, so it only suits small k.
 //
 // `topk_radix_hist` x3 + `topk_radix_gather` (k up to 1024, n up to 4M; the
 // launcher is src/gpu/topk.rs): radix select on the order-preserving u32 key
@@ -36,77 +41,6 @@
 // re-armed to 0 by its own last block): see TK_* offsets below.
 #include "common.cuh"
 
-__device__ __forceinline__ bool better(float v, int i, float bv, int bi) {
-    return v > bv || (v == bv && i < bi);
-}
-
-extern "C" __global__ void topk(const float* logits, int n, int k, int* out_ids, float* out_vals) {
-    grid_dependency_sync();
-    logits += (size_t)blockIdx.x * n;
-    out_ids += (size_t)blockIdx.x * k;
-    out_vals += (size_t)blockIdx.x * k;
-    __shared__ float sv[32];
-    __shared__ int si[32];
-    __shared__ float pv_s;
-    __shared__ int pi_s;
-    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    if (threadIdx.x == 0) {
-        pv_s = __int_as_float(0x7f800000);  // +inf: everything is after it
-        pi_s = -1;
-    }
-    __syncthreads();
-    for (int r = 0; r < k; r++) {
-        const float pv = pv_s;
-        const int pi = pi_s;
-        float bv = __int_as_float(0xff800000);
-        int bi = 0x7fffffff;
-        for (int i = threadIdx.x; i < n; i += blockDim.x) {
-            float v = logits[i];
-            if (v != v) v = __int_as_float(0xff800000);
-            const bool after = v < pv || (v == pv && i > pi);
-            if (after && better(v, i, bv, bi)) {
-                bv = v;
-                bi = i;
-            }
-        }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-            const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (better(ov, oi, bv, bi)) {
-                bv = ov;
-                bi = oi;
-            }
-        }
-        __syncthreads();
-        if (lane == 0) {
-            sv[wid] = bv;
-            si[wid] = bi;
-        }
-        __syncthreads();
-        if (wid == 0) {
-            bv = lane < nw ? sv[lane] : __int_as_float(0xff800000);
-            bi = lane < nw ? si[lane] : 0x7fffffff;
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1) {
-                const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-                const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-                if (better(ov, oi, bv, bi)) {
-                    bv = ov;
-                    bi = oi;
-                }
-            }
-            if (lane == 0) {
-                out_ids[r] = bi;
-                out_vals[r] = bv;
-                pv_s = bv;
-                pi_s = bi;
-            }
-        }
-        __syncthreads();
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Large k: radix select + ordered gather. Must match src/gpu/topk.rs.
 #define TK_THREADS 1024                     // threads per block (32 warps)
@@ -117,6 +51,7 @@ extern "C" __global__ void topk(const float* logits, int n, int k, int* out_ids,
 #define TK_CTR 0                            // 4 arrival counters: passes 0..2, gather
 #define TK_PREFIX 4                         // key prefix chosen by pass p (p = 0..2)
 #define TK_ABOVE 8                          // keys strictly above that prefix
+#define TK_SMALL_CTR 12                     // arrival counter of `topk`
 #define TK_CAND 16                          // TK_MAX_K u64 candidates (8-byte aligned)
 #define TK_BLK (TK_CAND + 2 * TK_MAX_K)     // over[G], gt_off[G], eq_off[G], then
                                             // G rows of TK_BINS suffix counts
@@ -127,6 +62,7 @@ static_assert(TK_BINS == 2 * TK_THREADS, "each thread owns two histogram bins");
 static_assert(TK_MAX_K == TK_THREADS, "the bitonic sort uses one slot per thread");
 static_assert(TK_PER * TK_THREADS == TK_CHUNK, "whole chunk per block");
 static_assert(TK_CHUNK < 65536, "the gather packs two per-block counts in 16 bits each");
+static_assert(2 * TK_MAX_K <= 3 + TK_BINS, "topk's picks (value and id, k each) fit a block's area");
 
 // Larger key = better logit; the u32 order equals f32::total_cmp, and every
 // NaN gets the key of -inf (the sampler ranks NaN as -inf, ties by id).
@@ -267,6 +203,107 @@ topk_radix_hist(const float* logits, int n, int k, int pass, unsigned* scratch) 
             blk[2 * G + tid] = eq_incl - eq;
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Small k: rounds over each chunk, then over the chunks' picks.
+
+__device__ __forceinline__ bool better(float v, int i, float bv, int bi) {
+    return v > bv || (v == bv && i < bi);
+}
+
+// The best k of `count` items in the sampler's order into out_v / out_i
+// (written by thread 0 of the block). Item j has value v[j] (NaN counted as
+// -inf) and id ids[j], or id0 + j when ids is null. Reads bypass L1: the
+// last block reads what other blocks wrote. A round with nothing left picks
+// (-inf, INT_MAX), which ranks after every real item. All TK_THREADS
+// threads must call it (it synchronises).
+__device__ void tk_pick_rounds(const float* v, const int* ids, int id0, int count, int k,
+                               float* out_v, int* out_i) {
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    __shared__ float pv_s;
+    __shared__ int pi_s;
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    if (threadIdx.x == 0) {
+        pv_s = __int_as_float(0x7f800000);  // +inf: everything is after it
+        pi_s = -1;
+    }
+    __syncthreads();
+    for (int r = 0; r < k; r++) {
+        const float pv = pv_s;
+        const int pi = pi_s;
+        float bv = __int_as_float(0xff800000);
+        int bi = 0x7fffffff;
+        for (int j = threadIdx.x; j < count; j += blockDim.x) {
+            float x = __ldcg(v + j);
+            if (x != x) x = __int_as_float(0xff800000);
+            const int i = ids ? __ldcg(ids + j) : id0 + j;
+            const bool after = x < pv || (x == pv && i > pi);
+            if (after && better(x, i, bv, bi)) {
+                bv = x;
+                bi = i;
+            }
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (better(ov, oi, bv, bi)) {
+                bv = ov;
+                bi = oi;
+            }
+        }
+        __syncthreads();
+        if (lane == 0) {
+            sv[wid] = bv;
+            si[wid] = bi;
+        }
+        __syncthreads();
+        if (wid == 0) {
+            bv = lane < nw ? sv[lane] : __int_as_float(0xff800000);
+            bi = lane < nw ? si[lane] : 0x7fffffff;
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) {
+                const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+                const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+                if (better(ov, oi, bv, bi)) {
+                    bv = ov;
+                    bi = oi;
+                }
+            }
+            if (lane == 0) {
+                out_i[r] = bi;
+                out_v[r] = bv;
+                pv_s = bv;
+                pi_s = bi;
+            }
+        }
+        __syncthreads();
+    }
+}
+
+// grid = (ceil(n / TK_CHUNK), rows), TK_THREADS threads; k <= TK_MAX_K.
+// Scratch as the radix kernels': block g's picks at TK_BLK (values as the
+// first G * k words, ids as the next G * k), the row's arrival counter at
+// TK_SMALL_CTR, re-armed by the row's last block.
+extern "C" __global__ void __launch_bounds__(TK_THREADS)
+topk(const float* logits, int n, int k, unsigned* scratch, int* out_ids, float* out_vals) {
+    grid_dependency_sync();
+    logits += (size_t)blockIdx.y * n;
+    scratch += (size_t)blockIdx.y * TK_ROW_WORDS(n);
+    out_ids += (size_t)blockIdx.y * k;
+    out_vals += (size_t)blockIdx.y * k;
+    __shared__ int s_last;
+    const int G = gridDim.x, base = blockIdx.x * TK_CHUNK;
+    float* picks_v = reinterpret_cast<float*>(scratch + TK_BLK);
+    int* picks_i = reinterpret_cast<int*>(scratch + TK_BLK) + G * k;
+    const int count = min(TK_CHUNK, n - base);
+    tk_pick_rounds(logits + base, nullptr, base, count, k, picks_v + blockIdx.x * k,
+                   picks_i + blockIdx.x * k);
+    if (!tk_last_block(scratch + TK_SMALL_CTR, &s_last)) return;
+    tk_pick_rounds(picks_v, picks_i, 0, G * k, k, out_vals, out_ids);
+    if (threadIdx.x == 0) scratch[TK_SMALL_CTR] = 0;  // re-arm for the next call
 }
 
 // Sort TK_MAX_K composites descending (bitonic network, one slot per thread).

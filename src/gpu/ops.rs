@@ -391,47 +391,6 @@ impl Gpu {
             .map_err(cuda_err("launching add_inplace"))
     }
 
-    /// The k best of n logits (descending, lowest id on ties) into ids/vals.
-    pub fn topk(&self, logits: Span, n: usize, k: usize, ids: Span, vals: Span) -> Result<()> {
-        self.topk_rows(logits, n, 1, k, ids, vals)
-    }
-
-    /// [`Gpu::topk`] of `rows` consecutive rows of n logits in one launch
-    /// (one block per row): row r's k ids and values at r * k.
-    pub fn topk_rows(
-        &self,
-        logits: Span,
-        n: usize,
-        rows: usize,
-        k: usize,
-        ids: Span,
-        vals: Span,
-    ) -> Result<()> {
-        if k == 0 || k > n || rows == 0 || rows > crate::gpu::topk::TOPK_MAX_ROWS {
-            return Err(WorkerError::invalid(format!(
-                "top-k: k = {k} must be in 1..={n}, rows ({rows}) in 1..={}",
-                crate::gpu::topk::TOPK_MAX_ROWS
-            )));
-        }
-        let lp = logits.need(4 * n * rows, "logits")?;
-        let ip = ids.need(4 * k * rows, "ids")?;
-        let vp = vals.need(4 * k * rows, "vals")?;
-        let (n_i, k_i) = (as_i32(n, "n")?, as_i32(k, "k")?);
-        let f = self.func("topk")?;
-        let cfg = LaunchConfig {
-            grid_dim: (rows as u32, 1, 1),
-            block_dim: (1024, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut l = self.kernel_launch(f);
-        l.arg(&lp).arg(&n_i).arg(&k_i).arg(&ip).arg(&vp);
-        // SAFETY: windows checked above (rows * n logits, rows * k ids and
-        // values; block r touches row r only); types match cuda/topk.cu.
-        unsafe { l.launch(cfg) }
-            .map(|_| ())
-            .map_err(cuda_err("launching topk"))
-    }
-
     /// SHA-256 of each `chunk`-byte piece of `data` (the last may be short) into `out` (32 bytes each).
     pub fn sha256_leaves(&self, data: Span, chunk: usize, out: Span) -> Result<usize> {
         if chunk == 0 || chunk % 64 != 0 || data.ptr % 16 != 0 {

@@ -1,5 +1,6 @@
-//! Device top-k for large candidate pools (KERNEL-SAMPLE, WORKER-4700, 4710):
-//! the launcher of `topk_radix_hist` / `topk_radix_gather` in `cuda/topk.cu`.
+//! Device top-k (KERNEL-SAMPLE, WORKER-4700, 4710): the launchers of
+//! `cuda/topk.cu`, `topk` for small pools (greedy) and `topk_radix_hist` /
+//! `topk_radix_gather` for large ones.
 //!
 //! Why: the sampler's pool is the best `min(top_k, 1024)` logits in the order
 //! of `engine::sampler` (logit descending, id ascending on ties, NaN as -inf).
@@ -115,31 +116,9 @@ impl Gpu {
         ids: Span,
         vals: Span,
     ) -> Result<()> {
-        let grid = check_shape(n, k, rows)?;
-        let lp = logits.need(4 * n * rows, "logits")?;
-        let scratch_bytes = topk_large_scratch_bytes(n) * rows;
-        let sp = scratch.need(scratch_bytes, "top-k scratch")?;
-        let ip = ids.need(4 * k * rows, "ids")?;
-        let vp = vals.need(4 * k * rows, "vals")?;
-        if lp % 4 != 0 || sp % 8 != 0 || ip % 4 != 0 || vp % 4 != 0 {
-            return Err(WorkerError::internal(
-                "top-k: logits, ids and vals need 4-byte and the scratch 8-byte alignment",
-            ));
-        }
-        let sw = (sp, scratch_bytes);
-        let (lw, iw, vw) = ((lp, 4 * n * rows), (ip, 4 * k * rows), (vp, 4 * k * rows));
-        if ![lw, iw, vw].into_iter().all(|w| disjoint(sw, w)) || !disjoint(iw, vw) {
-            return Err(WorkerError::internal(
-                "top-k: the scratch, ids and vals windows must not overlap each other or the logits",
-            ));
-        }
-        // Both fit i32: n <= TOPK_LARGE_MAX_N and k <= 1024 (checked above).
+        let (cfg, [lp, sp, ip, vp]) = checked_launch(logits, n, rows, k, scratch, ids, vals)?;
+        // Both fit i32: n <= TOPK_LARGE_MAX_N and k <= 1024 (checked).
         let (n_i, k_i) = (n as i32, k as i32);
-        let cfg = LaunchConfig {
-            grid_dim: (grid as u32, rows as u32, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
         let hist = self.func("topk_radix_hist")?;
         for pass in 0i32..3 {
             let mut l = self.kernel_launch(hist);
@@ -163,6 +142,92 @@ impl Gpu {
             .map(|_| ())
             .map_err(cuda_err("launching topk_radix_gather"))
     }
+
+    /// The best `k` of `n` logits (descending, lowest id on ties, NaN as
+    /// -inf, which is also the value written for it) into `ids` and `vals`
+    /// with the small-k `topk` kernel: one launch, one pass over the logits
+    /// per candidate, so for small k only (greedy is k = 1). The scratch is
+    /// the radix select's ([`topk_large_scratch_bytes`] per row).
+    pub fn topk(
+        &self,
+        logits: Span,
+        n: usize,
+        k: usize,
+        scratch: Span,
+        ids: Span,
+        vals: Span,
+    ) -> Result<()> {
+        self.topk_rows(logits, n, 1, k, scratch, ids, vals)
+    }
+
+    /// [`Gpu::topk`] of `rows` consecutive rows of `n` logits in one launch:
+    /// row r's k ids and values at r * k, its scratch at r *
+    /// [`topk_large_scratch_bytes`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn topk_rows(
+        &self,
+        logits: Span,
+        n: usize,
+        rows: usize,
+        k: usize,
+        scratch: Span,
+        ids: Span,
+        vals: Span,
+    ) -> Result<()> {
+        let (cfg, [lp, sp, ip, vp]) = checked_launch(logits, n, rows, k, scratch, ids, vals)?;
+        // Both fit i32: n <= TOPK_LARGE_MAX_N and k <= 1024 (checked).
+        let (n_i, k_i) = (n as i32, k as i32);
+        let mut l = self.kernel_launch(self.func("topk")?);
+        l.arg(&lp).arg(&n_i).arg(&k_i).arg(&sp).arg(&ip).arg(&vp);
+        // SAFETY: `logits` holds rows * n f32, `scratch` rows times
+        // topk_large_scratch_bytes(n) (whose per-block area holds a block's k
+        // values and ids: 2k <= 3 + TK_BINS words), `ids`/`vals` rows * k
+        // i32/f32, all disjoint (checked); the grid is ceil(n / TK_CHUNK)
+        // blocks of TK_THREADS threads per row (y), as the kernel requires;
+        // argument types and order match topk in cuda/topk.cu.
+        unsafe { l.launch(cfg) }
+            .map(|_| ())
+            .map_err(cuda_err("launching topk"))
+    }
+}
+
+/// The launch shape shared by the top-k kernels (ceil(n / TK_CHUNK) blocks
+/// of TK_THREADS threads per row), after checking the shape and that each
+/// window is large enough, aligned and disjoint from the others: the device
+/// addresses of logits, scratch, ids and vals.
+fn checked_launch(
+    logits: Span,
+    n: usize,
+    rows: usize,
+    k: usize,
+    scratch: Span,
+    ids: Span,
+    vals: Span,
+) -> Result<(LaunchConfig, [u64; 4])> {
+    let grid = check_shape(n, k, rows)?;
+    let lp = logits.need(4 * n * rows, "logits")?;
+    let scratch_bytes = topk_large_scratch_bytes(n) * rows;
+    let sp = scratch.need(scratch_bytes, "top-k scratch")?;
+    let ip = ids.need(4 * k * rows, "ids")?;
+    let vp = vals.need(4 * k * rows, "vals")?;
+    if lp % 4 != 0 || sp % 8 != 0 || ip % 4 != 0 || vp % 4 != 0 {
+        return Err(WorkerError::internal(
+            "top-k: logits, ids and vals need 4-byte and the scratch 8-byte alignment",
+        ));
+    }
+    let sw = (sp, scratch_bytes);
+    let (lw, iw, vw) = ((lp, 4 * n * rows), (ip, 4 * k * rows), (vp, 4 * k * rows));
+    if ![lw, iw, vw].into_iter().all(|w| disjoint(sw, w)) || !disjoint(iw, vw) {
+        return Err(WorkerError::internal(
+            "top-k: the scratch, ids and vals windows must not overlap each other or the logits",
+        ));
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (grid as u32, rows as u32, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    Ok((cfg, [lp, sp, ip, vp]))
 }
 
 #[cfg(test)]

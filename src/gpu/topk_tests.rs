@@ -195,7 +195,7 @@ fn topk_rows_select_each_row_as_alone() {
                 g.topk_large_rows(l, n, rows, k, scratch.all(), i, v)
                     .unwrap();
             } else {
-                g.topk_rows(l, n, rows, k, i, v).unwrap();
+                g.topk_rows(l, n, rows, k, scratch.all(), i, v).unwrap();
             }
             let ids: Vec<i32> = g.download(&ib, 0, k * rows).unwrap();
             let vals: Vec<f32> = g.download(&vb, 0, k * rows).unwrap();
@@ -334,7 +334,7 @@ fn topk_large_timing() {
             if label == "large" {
                 g.topk_large(lb.all(), n, k, sb.all(), ib.all(), vb.all())
             } else {
-                g.topk(lb.all(), n, k, ib.all(), vb.all())
+                g.topk(lb.all(), n, k, sb.all(), ib.all(), vb.all())
             }
         };
         call().unwrap();

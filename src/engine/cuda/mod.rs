@@ -93,11 +93,14 @@ const PREFILL_CHUNK: usize = 512;
 /// 8 tokens. `op_profile_qwen_shapes` prints both at 8 tokens to confirm.
 const GEMM_MIN_TOKENS: usize = 8;
 
-/// Largest pool selected by the one-block `topk` kernel (one pass over the
-/// vocabulary per candidate: 34 us for k = 1 at 152k logits on an H200);
+/// Largest pool selected by the small-k `topk` kernel (one pass over the
+/// vocabulary per candidate; when it ran one block per row it took 34 us
+/// for k = 1 at 152k logits on an H200, now a block per 4,096 logits);
 /// larger pools use the radix select of `crate::gpu::topk` (53 us for any k
 /// up to 1024, where the one-block kernel took 513 us at k = 16). Both run
-/// on the device and return the same candidates in the same order.
+/// on the device and return the same candidates in the same order. The op
+/// profile times both at k = 16 and 40: where the crossover lies decides
+/// whether this grows.
 const DEVICE_TOPK_MAX: usize = 1;
 
 /// Most decode graphs kept at once (each ~250 kernel nodes); past it the

@@ -238,11 +238,23 @@ fn op_profile_qwen_shapes() {
     let lb = buf_from(&g, &r.vec(151_936), "logits");
     let ib = g.alloc(4 * 1024, "ids").unwrap();
     let vb = g.alloc(4 * 1024, "vals").unwrap();
+    let sb = g
+        .alloc(
+            crate::gpu::topk::topk_large_scratch_bytes(151_936),
+            "scratch",
+        )
+        .unwrap();
     time("topk k=1 over 151936", 151_936 * 4, &|| {
-        g.topk(lb.all(), 151_936, 1, ib.all(), vb.all())
+        g.topk(lb.all(), 151_936, 1, sb.all(), ib.all(), vb.all())
+    });
+    time("topk k=16 over 151936", 151_936 * 4, &|| {
+        g.topk(lb.all(), 151_936, 16, sb.all(), ib.all(), vb.all())
     });
     time("topk k=40 over 151936", 151_936 * 4, &|| {
-        g.topk(lb.all(), 151_936, 40, ib.all(), vb.all())
+        g.topk(lb.all(), 151_936, 40, sb.all(), ib.all(), vb.all())
+    });
+    time("topk radix k=40 over 151936", 151_936 * 4, &|| {
+        g.topk_large(lb.all(), 151_936, 40, sb.all(), ib.all(), vb.all())
     });
     let big = g.alloc(489 << 20, "digest data").unwrap();
     let leaves = g
@@ -440,12 +452,19 @@ fn op_profile_batched_qwen_shapes() {
     // and two downloads per row (host time included: wall clock).
     let ib = g.alloc(4 * 1024, "ids").unwrap();
     let vb = g.alloc(4 * 1024, "vals").unwrap();
+    let sb = g
+        .alloc(
+            crate::gpu::topk::topk_large_scratch_bytes(151_936),
+            "scratch",
+        )
+        .unwrap();
     g.sync().unwrap();
     let t0 = std::time::Instant::now();
     for _ in 0..10 {
         for row in 0..big {
             let logits = yb.f32s(row * 151_936, 151_936).unwrap();
-            g.topk(logits, 151_936, 1, ib.all(), vb.all()).unwrap();
+            g.topk(logits, 151_936, 1, sb.all(), ib.all(), vb.all())
+                .unwrap();
             let _: Vec<i32> = g.download(&ib, 0, 1).unwrap();
             let _: Vec<f32> = g.download(&vb, 0, 1).unwrap();
         }

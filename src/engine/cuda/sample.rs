@@ -48,10 +48,10 @@ impl CudaEngine {
         let n = self.cfg.vocab_size;
         let logits = a[Buf::Logits].f32s(first * n, n * rows)?;
         let (ids, vals) = (a[Buf::CandIds].all(), a[Buf::CandVals].all());
+        let scratch = a[Buf::TopkScratch].all();
         if k <= DEVICE_TOPK_MAX {
-            self.gpu.topk_rows(logits, n, rows, k, ids, vals)?;
+            self.gpu.topk_rows(logits, n, rows, k, scratch, ids, vals)?;
         } else {
-            let scratch = a[Buf::TopkScratch].all();
             self.gpu
                 .topk_large_rows(logits, n, rows, k, scratch, ids, vals)?;
         }

@@ -525,10 +525,14 @@ fn op_topk_matches_the_shared_sampler_order() {
     l[n - 1] = 3.0;
     l[100] = f32::NAN;
     let lb = buf_from(&g, &l, "logits");
+    let sb = g
+        .alloc(crate::gpu::topk::topk_large_scratch_bytes(n), "scratch")
+        .unwrap();
     for k in [1usize, 40, crate::engine::sampler::MAX_CANDIDATES] {
         let ib = g.alloc(4 * k, "ids").unwrap();
         let vb = g.alloc(4 * k, "vals").unwrap();
-        g.topk(lb.all(), n, k, ib.all(), vb.all()).unwrap();
+        g.topk(lb.all(), n, k, sb.all(), ib.all(), vb.all())
+            .unwrap();
         let ids: Vec<i32> = g.download(&ib, 0, k).unwrap();
         let vals: Vec<f32> = g.download(&vb, 0, k).unwrap();
         let want = crate::engine::sampler::top_candidates(&l, k);

@@ -1,6 +1,6 @@
 //! Device candidate selection under the kernel emulator (KERNEL-SAMPLE,
 //! WORKER-4700, 4710; issue 12 point 2): for several logits rows in one
-//! launch (ties, a NaN, a row of equal values), the one-pass `topk` kernel
+//! launch (ties, a NaN, a row of equal values), the small-k `topk` kernel
 //! and the radix select (`topk_radix_hist` x 3, `topk_radix_gather`) give
 //! every row exactly `engine::sampler::top_candidates`' ids and values in its
 //! order, and leave their scratch counters at zero for the next launch. The
@@ -46,11 +46,17 @@ fn bits(c: &[Vec<(u32, f32)>]) -> Vec<Vec<(u32, u32)>> {
         .collect()
 }
 
-/// `Gpu::topk_rows`' launch: one 1024-thread block per row.
-fn one_pass(emu: &Emu, l: &[f32], n: usize, rows: usize, k: usize) -> Vec<Vec<(u32, f32)>> {
+/// `Gpu::topk_rows`' launch: a 1024-thread block per 4096 logits of each
+/// row (y), blocks in `order`, over the radix select's scratch rows.
+fn one_pass(
+    emu: &Emu,
+    (l, n, rows, k): (&[f32], usize, usize, usize),
+    scratch: &mut [u64],
+    order: Order,
+) -> Vec<Vec<(u32, f32)>> {
     let (mut ids, mut vals) = (vec![-1i32; k * rows], vec![f32::NAN; k * rows]);
     let cfg = LaunchConfig {
-        grid_dim: (rows as u32, 1, 1),
+        grid_dim: (n.div_ceil(4096) as u32, rows as u32, 1),
         block_dim: (1024, 1, 1),
         shared_mem_bytes: 0,
     };
@@ -58,11 +64,28 @@ fn one_pass(emu: &Emu, l: &[f32], n: usize, rows: usize, k: usize) -> Vec<Vec<(u
         Arg::of(l),
         Arg::I32(n as i32),
         Arg::I32(k as i32),
+        Arg::of_mut(scratch),
         Arg::of_mut(&mut ids),
         Arg::of_mut(&mut vals),
     ];
-    emu.launch("topk", cfg, Order::Reverse, &args).unwrap();
+    emu.launch("topk", cfg, order, &args).unwrap();
     got(&ids, &vals, k)
+}
+
+/// The small-k selection over a zeroed scratch in shuffled block order,
+/// then again over the same scratch in reverse order (the last block of
+/// each row re-arms its counter), which must agree.
+fn small(emu: &Emu, l: &[f32], n: usize, rows: usize, k: usize, seed: u64) -> Vec<Vec<(u32, f32)>> {
+    let mut scratch = vec![0u64; topk_large_scratch_bytes(n) * rows / 8];
+    let shape = (l, n, rows, k);
+    let first = one_pass(emu, shape, &mut scratch, Order::Shuffled(seed));
+    let again = one_pass(emu, shape, &mut scratch, Order::Reverse);
+    assert_eq!(
+        bits(&first),
+        bits(&again),
+        "a second small-k selection over the same scratch differs"
+    );
+    first
 }
 
 /// `Gpu::topk_large_rows`' launches: three histogram passes (pass p in
@@ -129,21 +152,23 @@ fn radix(emu: &Emu, l: &[f32], n: usize, rows: usize, k: usize, seed: u64) -> Ve
 fn device_candidates_are_the_host_samplers_for_every_row() {
     let emu = Emu::get();
     let mut r = Rng::fresh("emu_topk");
-    for (n, rows) in [(151_936usize, 2usize), (9_000, 3)] {
+    // 4,116 logits: the second block of a row holds 20, fewer than k = 40.
+    for (n, rows) in [(151_936usize, 2usize), (9_000, 3), (4_116, 2)] {
         let l = logits(&mut r, n, rows);
-        let w1 = want(&l, n, 1);
-        assert_eq!(
-            bits(&one_pass(emu, &l, n, rows, 1)),
-            bits(&w1),
-            "topk k=1, n {n}"
-        );
+        // k = 40 over the full vocabulary adds only emulator time.
+        let ks: &[usize] = if n > 10_000 { &[1, 5] } else { &[1, 5, 40] };
+        for &k in ks {
+            let seed = r.vec(1)[0].to_bits() as u64;
+            let g = small(emu, &l, n, rows, k, seed);
+            assert_eq!(bits(&g), bits(&want(&l, n, k)), "topk k={k}, n {n}");
+        }
         for k in [1usize, 40, MAX_CANDIDATES] {
             let seed = r.vec(1)[0].to_bits() as u64;
             let g = radix(emu, &l, n, rows, k, seed);
             assert_eq!(bits(&g), bits(&want(&l, n, k)), "radix k={k}, n {n}");
         }
         println!(
-            "emu topk: {rows} rows of {n}: one-pass k=1 and radix k=1, 40, {MAX_CANDIDATES} identical to sampler::top_candidates"
+            "emu topk: {rows} rows of {n}: small-k topk k={ks:?} and radix k=1, 40, {MAX_CANDIDATES} identical to sampler::top_candidates"
         );
     }
 }
