@@ -145,9 +145,10 @@ impl Gpu {
         l.arg(&nw).arg(&sc);
         // SAFETY: windows checked above (x and y hold `batch` rows, the
         // scales one per row); argument types and order match `matmul_impl`
-        // (`_b8`), `matmul_st_impl` (`_bst`, also `per`) in cuda/matvec.cu or
-        // `name##_bt` in cuda/matvec_rows.cu; grid and shared size come from
-        // `rows_launch` (for `_bt`, the size granted at open).
+        // (`_b8`), `matmul_st_impl` (`_bst`, also `per`) in cuda/matvec.cu,
+        // `name##_bt` in cuda/matvec_rows.cu or `name##_tl` in
+        // cuda/matvec_tiles.cu; grid and shared size come from `rows_launch`
+        // (for `_bt` and `_tl`, the size granted at open).
         unsafe { l.launch(plan.cfg) }
             .map(|_| ())
             .map_err(cuda_err(&format!("launching {name}")))
@@ -200,9 +201,9 @@ impl Gpu {
         }
         // SAFETY: windows checked above; argument types and order match
         // `gate_up_b_impl` (`_gu_b8`) or `gate_up_bst_impl` (`_gu_bst`, which
-        // also takes `per`) in cuda/matvec.cu, or `name##_gu_bt` in
-        // cuda/matvec_rows.cu; the grid and shared size come from
-        // `rows_launch`.
+        // also takes `per`) in cuda/matvec.cu, `name##_gu_bt` in
+        // cuda/matvec_rows.cu or `name##_gu_tl` in cuda/matvec_tiles.cu; the
+        // grid and shared size come from `rows_launch`.
         unsafe { l.launch(plan.cfg) }
             .map(|_| ())
             .map_err(cuda_err(&format!("launching {name}")))

@@ -1,6 +1,7 @@
 //! Kernel launches (WORKER-4400, 4710; issue 12 point 1): every launcher
 //! builds its arguments here and launches through `cuLaunchKernelEx`, with
-//! programmatic dependent launch (PDL) where the device has it.
+//! programmatic dependent launch (PDL) when it is switched on and the device
+//! has it (off by default; see below).
 //!
 //! Why: a decode step is about 150 small kernels back to back, and under a
 //! CUDA graph each boundary still costs a launch and a block start-up after

@@ -2,9 +2,9 @@
 //! about a second). Creating the context, loading the kernel images and
 //! making the cuBLAS handle took about 0.8 s on an H200 and reading and
 //! hashing the Qwen file about 1.4 s, one after the other; neither needs the
-//! other, so the daemon's start-up and `generate` start the GPU's opening on
-//! a thread of its own before they read the file, and the engine takes the
-//! opened GPU when it loads.
+//! other, so the daemon's start-up and commits start the GPU's opening on a
+//! thread of its own before they read the file, and the engine takes the
+//! opened GPU when it loads (`generate` and `bench` open it when they load).
 
 use super::Gpu;
 use crate::error::{Result, WorkerError};
