@@ -229,6 +229,33 @@ pub struct KernelProvenance {
 
 /// Say why the kernels did not come from the binary: a warning when some
 /// were compiled now (a slow start), a note when the on-disk cache had them.
+/// Why launches do not use programmatic dependent launch.
+#[derive(Debug, PartialEq, Eq)]
+enum PdlOff {
+    /// WORKER_ORCD_PDL unset or `0`.
+    Default,
+    /// Asked for but not possible, or a value that is neither 0 nor 1: the
+    /// operator's reason, logged as a warning.
+    Refused(String),
+}
+
+/// Whether launches use PDL, from `WORKER_ORCD_PDL` and the GPU's compute
+/// capability (major): on only for `1` on 9.0 and above.
+fn pdl_choice(setting: Option<&str>, major: i32) -> std::result::Result<(), PdlOff> {
+    match setting {
+        None | Some("0") => Err(PdlOff::Default),
+        Some("1") if major >= 9 => Ok(()),
+        Some("1") => Err(PdlOff::Refused(format!(
+            "WORKER_ORCD_PDL=1 asks for programmatic dependent launch, which needs compute \
+             capability 9.0 or above; this GPU has {major}.x. Unset it to silence this warning."
+        ))),
+        Some(other) => Err(PdlOff::Refused(format!(
+            "WORKER_ORCD_PDL={other:?} is neither 0 nor 1, so programmatic dependent launch \
+             stays off; set it to 1 to turn it on, or unset it."
+        ))),
+    }
+}
+
 fn log_fallback(arch: &str, unusable: &Unusable, compiled: usize) {
     let cache = super::compile::cache_dir();
     if compiled > 0 {
@@ -327,7 +354,8 @@ impl Gpu {
                 "kernel {missing} is missing from the compiled modules"
             )));
         }
-        let pdl = info.compute_capability.0 >= 9 && crate::env::PDL.get().as_deref() == Some("1");
+        let pdl_choice = pdl_choice(crate::env::PDL.get().as_deref(), info.compute_capability.0);
+        let pdl = pdl_choice.is_ok();
         let rows_bt = grant_rows_smem(&funcs, ["_bt", "_gu_bt"], super::launch_shape::rows_bt_smem);
         let rows_tl = grant_rows_smem(&funcs, ["_tl", "_gu_tl"], super::launch_shape::rows_tl_smem);
         let mut gpu = Self {
@@ -347,17 +375,30 @@ impl Gpu {
         };
         gpu.blas = Some(Blas::new(&gpu)?);
         if gpu.pdl {
-            gpu.probe_pdl();
+            gpu.probe_pdl()?;
         }
-        tracing::info!(
-            human = if gpu.pdl {
-                "Kernels launch while the previous one finishes (programmatic dependent launch)."
-            } else {
-                "Kernels launch one after another (programmatic dependent launch is off, as by default: WORKER_ORCD_PDL is not 1, the GPU is below compute capability 9.0, or its probe failed)."
-            },
-            pdl = gpu.pdl,
-            "kernel launches"
-        );
+        match (gpu.pdl, pdl_choice) {
+            (true, _) => tracing::info!(
+                human = "Kernels launch while the previous one finishes (programmatic dependent launch, WORKER_ORCD_PDL=1).",
+                pdl = true,
+                "kernel launches"
+            ),
+            (false, Ok(())) => tracing::info!(
+                human = "Kernels launch one after another: programmatic dependent launch failed its start-up probe (see the warning above).",
+                pdl = false,
+                "kernel launches"
+            ),
+            (false, Err(PdlOff::Default)) => tracing::info!(
+                human = "Kernels launch one after another (programmatic dependent launch is off, the default).",
+                pdl = false,
+                "kernel launches"
+            ),
+            (false, Err(PdlOff::Refused(why))) => tracing::warn!(
+                human = format!("Kernels launch one after another: {why}"),
+                pdl = false,
+                "kernel launches"
+            ),
+        }
         gpu.info.libraries = super::loaded_library_paths();
         tracing::info!(human = "The cuBLAS library is ready for the prefill matrix products.",
             libraries = ?gpu.info.libraries, "cuBLAS handle ready (prefill GEMM)");
@@ -501,16 +542,18 @@ impl Gpu {
     }
 
     /// Launch one tiny kernel with programmatic dependent launch, plainly
-    /// and under graph capture; if either fails, launches go plain (same
-    /// results) and the log says why, rather than the first decode step
-    /// failing.
-    fn probe_pdl(&mut self) {
+    /// and under graph capture; if either is refused, launches go plain
+    /// (same results) and the log says why, rather than the first decode
+    /// step failing. A fault once the probe runs is another matter: it
+    /// leaves the context unusable whatever PDL does, so opening fails
+    /// with it instead of blaming PDL.
+    fn probe_pdl(&mut self) -> Result<()> {
         let probe = || -> Result<()> {
             let b = self.alloc(8, "PDL probe")?;
             let (y, x) = (b.span(0, 4)?, b.span(4, 4)?);
             self.add_inplace(y, x, 1)?;
             let _graph = self.capture(|| self.add_inplace(y, x, 1))?;
-            self.sync()
+            Ok(())
         };
         if let Err(e) = probe() {
             self.pdl = false;
@@ -522,6 +565,7 @@ impl Gpu {
                 "PDL probe failed"
             );
         }
+        self.sync()
     }
 
     /// A launch of `f` on the engine's stream (`gpu::launch`).
@@ -572,5 +616,28 @@ pub(crate) fn map_driver(what: &str, e: DriverError) -> WorkerError {
         }
     } else {
         WorkerError::cuda(format!("CUDA error while {what}: {e}; the worker cannot trust the device any more and will stop"))
+    }
+}
+
+#[cfg(test)]
+mod pdl_tests {
+    use super::{pdl_choice, PdlOff};
+
+    /// PDL is on only when asked for with `1` on compute capability 9.0 and
+    /// above; any other value is refused with a reason naming it.
+    #[test]
+    fn pdl_is_on_only_when_asked_for_on_a_gpu_that_has_it() {
+        assert_eq!(pdl_choice(None, 9), Err(PdlOff::Default));
+        assert_eq!(pdl_choice(Some("0"), 9), Err(PdlOff::Default));
+        assert_eq!(pdl_choice(Some("1"), 9), Ok(()));
+        assert_eq!(pdl_choice(Some("1"), 10), Ok(()));
+        let Err(PdlOff::Refused(why)) = pdl_choice(Some("1"), 8) else {
+            panic!("compute capability 8.x must refuse PDL");
+        };
+        assert!(why.contains("8.x") && why.contains("9.0"), "{why}");
+        let Err(PdlOff::Refused(why)) = pdl_choice(Some("true"), 9) else {
+            panic!("a value other than 0 or 1 must be refused");
+        };
+        assert!(why.contains("\"true\""), "{why}");
     }
 }

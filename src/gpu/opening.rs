@@ -27,16 +27,31 @@ impl GpuOpening {
     }
 
     /// The opened GPU `device` (waiting for the opening to finish), or its
-    /// error. A request for another device than the one being opened opens
-    /// that one here.
-    pub fn wait(self, device: u32) -> Result<Gpu> {
-        match self.thread {
+    /// error. A request for another device than the one being opened waits
+    /// for that opening to end, drops it, and opens the requested one here.
+    pub fn wait(mut self, device: u32) -> Result<Gpu> {
+        match self.thread.take() {
             Some(t) if self.device == device => t.join().unwrap_or_else(|_| {
                 Err(WorkerError::internal(
                     "the thread opening the GPU panicked; see the log above",
                 ))
             }),
-            _ => Gpu::open(device),
+            Some(t) => {
+                let _ = t.join();
+                Gpu::open(device)
+            }
+            None => Gpu::open(device),
+        }
+    }
+}
+
+impl Drop for GpuOpening {
+    /// An opening nobody waited for (start-up failed before the engine
+    /// loaded: a bad file, a refused signature) ends here, so the process
+    /// never exits while that thread is inside the driver or NVRTC.
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
