@@ -47,12 +47,13 @@ mod profile_tests;
 pub(crate) mod tests;
 
 mod checks;
+mod graph_cache;
 mod sample;
 mod step;
 pub use checks::supported_quant;
 use checks::{check_f32_vec, check_tensor};
 
-use std::collections::HashMap;
+use graph_cache::GraphCache;
 
 use crate::engine::batch::{check_admission, check_step, KvUsage, SeqBounds, SeqSlot, StepChunk};
 use crate::engine::kv::{KvPool, PageTable};
@@ -104,7 +105,7 @@ const GEMM_MIN_TOKENS: usize = 8;
 const DEVICE_TOPK_MAX: usize = 1;
 
 /// Most decode graphs kept at once (each ~250 kernel nodes); past it the
-/// cache starts over.
+/// least recently replayed is dropped (`graph_cache`).
 const MAX_DECODE_GRAPHS: usize = 64;
 
 /// Candidates copied back per sampled token when not greedy.
@@ -120,7 +121,7 @@ struct SeqState {
 pub struct CudaEngine {
     // Field order is drop order: the graphs refer to the buffers below, so they go first.
     /// Decode steps captured by (rows, positions the attention grid covers).
-    graphs: HashMap<(usize, usize), GpuGraph>,
+    graphs: GraphCache<(usize, usize), GpuGraph>,
     use_graph: bool,
     act: Act,
     kv: DeviceBuffer,
@@ -270,7 +271,7 @@ impl CudaEngine {
             .map(|v| v != "0")
             .unwrap_or(true);
         Ok(Self {
-            graphs: HashMap::new(),
+            graphs: GraphCache::new(MAX_DECODE_GRAPHS),
             use_graph,
             act,
             kv,
@@ -398,12 +399,7 @@ impl CudaEngine {
         if !self.use_graph {
             return self.enqueue_step(key.0, true, 0, reach);
         }
-        if !self.graphs.contains_key(&key) {
-            if self.graphs.len() >= MAX_DECODE_GRAPHS {
-                // Rare (row counts and position buckets change slowly):
-                // start over rather than track use.
-                self.graphs.clear();
-            }
+        if !self.graphs.contains(&key) {
             let graph = self
                 .gpu
                 .capture(|| self.enqueue_step(key.0, true, 0, key.1))?;
