@@ -108,10 +108,10 @@ pub const CUDA_GRAPH: EnvVar = EnvVar {
 pub const PDL: EnvVar = EnvVar {
     name: "WORKER_ORCD_PDL",
     default: Some("0"),
-    doc: "`1` lets each CUDA kernel launch while the previous one runs, on GPUs of compute \
-          capability 9.0 and above (programmatic dependent launch; same results). Off by default: \
-          on an H100 it made batch-1 decode 11% slower (700 against 789 tokens/s). For timing \
-          experiments only.",
+    doc: "`1` lets each CUDA kernel launch while the previous one runs, on compute capability \
+          9.0 and above, each waiting for the one before it on the device (programmatic dependent \
+          launch; the same results either way). Off by default: it measured slower (the figures \
+          are in src/gpu/launch.rs). For timing experiments; the start-up log says which",
 };
 
 /// Prefill GEMM numerics on the CUDA backend.

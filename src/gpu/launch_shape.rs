@@ -123,7 +123,7 @@ pub const TL_MIN_BATCH: usize = 32;
 /// only when its grid gives every SM a block. Each `_tl` block walks the
 /// whole row, so a small grid leaves SMs idle. Measured on an H100 (132 SMs,
 /// Qwen shapes, f43efe1), `_tl` against `_bt`: the LM head at 64 rows
-/// 1,534 / 2,005 us and gate/up 99.6 / 127.7 us (1,216 and 9,496 blocks);
+/// 1,534 / 2,005 us and gate/up 99.6 / 127.7 us (18,992 and 1,216 blocks);
 /// down q4_K at 32 rows 59.3 / 40.5 us and q at 32 rows 16.5 / 10.9 us
 /// (56 blocks). Same bits either way.
 pub(super) fn rows_tl_pays(cfg: &LaunchConfig, multiprocessors: i32) -> bool {
