@@ -227,8 +227,6 @@ pub struct KernelProvenance {
     pub compiled: usize,
 }
 
-/// Say why the kernels did not come from the binary: a warning when some
-/// were compiled now (a slow start), a note when the on-disk cache had them.
 /// Why launches do not use programmatic dependent launch.
 #[derive(Debug, PartialEq, Eq)]
 enum PdlOff {
@@ -256,6 +254,8 @@ fn pdl_choice(setting: Option<&str>, major: i32) -> std::result::Result<(), PdlO
     }
 }
 
+/// Say why the kernels did not come from the binary: a warning when some
+/// were compiled now (a slow start), a note when the on-disk cache had them.
 fn log_fallback(arch: &str, unusable: &Unusable, compiled: usize) {
     let cache = super::compile::cache_dir();
     if compiled > 0 {
@@ -377,28 +377,19 @@ impl Gpu {
         if gpu.pdl {
             gpu.probe_pdl()?;
         }
-        match (gpu.pdl, pdl_choice) {
-            (true, _) => tracing::info!(
-                human = "Kernels launch while the previous one finishes (programmatic dependent launch, WORKER_ORCD_PDL=1).",
-                pdl = true,
-                "kernel launches"
-            ),
-            (false, Ok(())) => tracing::info!(
-                human = "Kernels launch one after another: programmatic dependent launch failed its start-up probe (see the warning above).",
-                pdl = false,
-                "kernel launches"
-            ),
-            (false, Err(PdlOff::Default)) => tracing::info!(
-                human = "Kernels launch one after another (programmatic dependent launch is off, the default).",
-                pdl = false,
-                "kernel launches"
-            ),
-            (false, Err(PdlOff::Refused(why))) => tracing::warn!(
-                human = format!("Kernels launch one after another: {why}"),
-                pdl = false,
-                "kernel launches"
-            ),
+        if let Err(PdlOff::Refused(why)) = &pdl_choice {
+            tracing::warn!(human = why.as_str(), "WORKER_ORCD_PDL refused");
         }
+        tracing::info!(
+            human = match (gpu.pdl, &pdl_choice) {
+                (true, _) => "Kernels launch while the previous one finishes (programmatic dependent launch, WORKER_ORCD_PDL=1).",
+                (false, Ok(())) => "Kernels launch one after another: programmatic dependent launch failed its start-up probe (see the warning above).",
+                (false, Err(PdlOff::Default)) => "Kernels launch one after another (programmatic dependent launch is off, the default).",
+                (false, Err(PdlOff::Refused(_))) => "Kernels launch one after another (see the warning above about WORKER_ORCD_PDL).",
+            },
+            pdl = gpu.pdl,
+            "kernel launches"
+        );
         gpu.info.libraries = super::loaded_library_paths();
         tracing::info!(human = "The cuBLAS library is ready for the prefill matrix products.",
             libraries = ?gpu.info.libraries, "cuBLAS handle ready (prefill GEMM)");
