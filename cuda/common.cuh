@@ -41,6 +41,18 @@ __device__ __forceinline__ void grid_dependency_sync() {
 #endif
 }
 
+// v rounded to TF32 (10 mantissa bits, to nearest, ties away from zero):
+// the part of a 3xTF32 split the tensor cores take exactly.
+__device__ __forceinline__ float to_tf32(float v) {
+#ifdef __CUDA_ARCH__
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(v));
+    return __uint_as_float(r);
+#else
+    return __uint_as_float(emu_tf32_rna(v));  // the kernel emulator (tools/kernel-emu)
+#endif
+}
+
 __device__ __forceinline__ float bf16_to_f32(u16 h) {
     return __uint_as_float(((u32)h) << 16);
 }

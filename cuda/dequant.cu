@@ -68,16 +68,6 @@ extern "C" __global__ void add_bias(float* y, const float* bias, int rows) {
 // x·w ≈ big(x)·big(w) + big(x)·small(w) + small(x)·big(w); the dropped
 // small·small term is below f32 rounding. Elementwise, so big may alias x.
 // grid ceil(n / 256), block 256.
-__device__ __forceinline__ float to_tf32(float v) {
-#ifdef __CUDA_ARCH__
-    unsigned r;
-    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(v));
-    return __uint_as_float(r);
-#else
-    return __uint_as_float(emu_tf32_rna(v));  // the kernel emulator (tools/kernel-emu)
-#endif
-}
-
 extern "C" __global__ void split_tf32(const float* x, float* big, float* small, int n) {
     grid_dependency_sync();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;

@@ -123,6 +123,19 @@ pub const PREFILL_GEMM: EnvVar = EnvVar {
           faster for large matrices, slower for small ones, see README).",
 };
 
+/// Which decode mat-vecs run on the tensor cores (issue 11 point 7).
+pub const TENSOR_DECODE: EnvVar = EnvVar {
+    name: "WORKER_ORCD_TENSOR_DECODE",
+    default: Some("none"),
+    doc: "Decode mat-vecs computed on the tensor cores (3xTF32, about FP32 accuracy; the same kernel \
+          for a lone row and a step of many, so streams stay batch-invariant) on the cuda backend: a \
+          comma list of `lm_head`, `ffn` (gate, up, down) and `attn` (q, k, v, output), or `none` \
+          (all on the FP32 cores). A group whose formats have no tensor-core kernel on the GPU stays \
+          on the FP32 cores; the start-up log and the numerics version name what runs where. Any \
+          other value stops the worker at start-up (exit 2, `INVALID_CONFIG`). Off by default: these \
+          kernels measured slower than the FP32 ones (src/engine/cuda/tensor_routes.rs has the figures).",
+};
+
 /// Read by the CUDA driver itself, not by worker-orcd.
 pub const CUDA_DEVICE_ORDER: EnvVar = EnvVar {
     name: "CUDA_DEVICE_ORDER",
@@ -267,6 +280,7 @@ pub const ALL: &[EnvVar] = &[
     CUDA_GRAPH,
     PDL,
     PREFILL_GEMM,
+    TENSOR_DECODE,
     CUDA_DEVICE_ORDER,
     TEST_MODELS,
     CI,

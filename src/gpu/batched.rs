@@ -5,7 +5,9 @@
 //! `matvec_*_bst` / `matvec_*_gu_bst`, staged, and `matvec_*_b8` /
 //! `matvec_*_gu_b8` where the staged ones' shared memory does not fit, in
 //! cuda/matvec.cu) and of `row_rms` (cuda/rmsnorm.cu): one launch over many
-//! rows (KERNEL-MATVEC; issue 11 points 4, 5 and 7).
+//! rows (KERNEL-MATVEC; issue 11 points 4, 5 and 7). With
+//! [`RowsMath::Tensor`], the tensor-core `matvec_*_mm` / `matvec_*_gu_mm`
+//! (cuda/matvec_mma.cu) for any row count, one included.
 //!
 //! Why they exist: a prefill chunk of fewer than GEMM_MIN_TOKENS tokens, and
 //! a decode step of many sequences, one row each. For the decode step every
@@ -20,7 +22,8 @@ use cudarc::driver::LaunchConfig;
 use super::cuda_err;
 use super::device::{Gpu, Span};
 use super::launch_shape::{
-    batched_launch, rows_bt_launch, rows_tl_launch, rows_tl_pays, BT_MIN_BATCH, TL_MIN_BATCH,
+    batched_launch, rows_bt_launch, rows_mm_launch, rows_tl_launch, rows_tl_pays, BT_MIN_BATCH,
+    TL_MIN_BATCH,
 };
 use super::ops::{as_i32, blocks, dtype_suffix, row_bytes};
 use crate::error::{Result, WorkerError};
@@ -32,6 +35,19 @@ use crate::model::gguf::GgmlType;
 pub struct RowNorm<'a> {
     pub weight: Span<'a>,
     pub scale: Span<'a>,
+}
+
+/// The arithmetic of a batched product. A matrix is multiplied one way for
+/// every row count (a lone row included), so a row's bits never depend on
+/// its step: the engine picks the way once per matrix.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RowsMath {
+    /// FP32 FMA chains, each row's as the lone `_st` kernels compute it
+    /// (`_tl`, `_bt`, `_bst`, `_b8`).
+    Fp32,
+    /// 3xTF32 on the tensor cores (`_mm`, cuda/matvec_mma.cu); only where
+    /// `Gpu::rows_mm_ready` says the format's kernels are ready.
+    Tensor,
 }
 
 /// The kernel variant of a batched launch (`Gpu::rows_launch`).
@@ -104,8 +120,28 @@ impl Gpu {
         batch: usize,
         accumulate: bool,
     ) -> Result<()> {
+        let math = RowsMath::Fp32;
+        self.matvec_rows_in(math, dtype, w, x, norm, bias, y, rows, cols, batch, accumulate)
+    }
+
+    /// [`Gpu::matvec_rows`] in the arithmetic `math`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matvec_rows_in(
+        &self,
+        math: RowsMath,
+        dtype: GgmlType,
+        w: Span,
+        x: Span,
+        norm: Option<RowNorm>,
+        bias: Option<Span>,
+        y: Span,
+        rows: usize,
+        cols: usize,
+        batch: usize,
+        accumulate: bool,
+    ) -> Result<()> {
         let batch_i = check_batch(batch)?;
-        let plan = self.rows_launch(dtype, rows, cols, batch, norm.is_some(), false);
+        let plan = self.rows_launch(math, dtype, rows, cols, batch, norm.is_some(), false)?;
         let name = format!(
             "matvec_{}{}",
             dtype_suffix(dtype).unwrap_or("none"),
@@ -145,10 +181,9 @@ impl Gpu {
         l.arg(&nw).arg(&sc);
         // SAFETY: windows checked above (x and y hold `batch` rows, the
         // scales one per row); argument types and order match `matmul_impl`
-        // (`_b8`), `matmul_st_impl` (`_bst`, also `per`) in cuda/matvec.cu,
-        // `name##_bt` in cuda/matvec_rows.cu or `name##_tl` in
-        // cuda/matvec_tiles.cu; grid and shared size come from `rows_launch`
-        // (for `_bt` and `_tl`, the size granted at open).
+        // (`_b8`), `matmul_st_impl` (`_bst`, also `per`) in cuda/matvec.cu
+        // and the `_bt`, `_tl`, `_mm` kernels (matvec_rows.cu, _tiles.cu,
+        // _mma.cu); grid and shared size from `rows_launch` (granted at open).
         unsafe { l.launch(plan.cfg) }
             .map(|_| ())
             .map_err(cuda_err(&format!("launching {name}")))
@@ -169,8 +204,27 @@ impl Gpu {
         cols: usize,
         batch: usize,
     ) -> Result<()> {
+        let math = RowsMath::Fp32;
+        self.gate_up_rows_in(math, dtype, wg, wu, x, norm, out, rows, cols, batch)
+    }
+
+    /// [`Gpu::gate_up_rows`] in the arithmetic `math`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gate_up_rows_in(
+        &self,
+        math: RowsMath,
+        dtype: GgmlType,
+        wg: Span,
+        wu: Span,
+        x: Span,
+        norm: RowNorm,
+        out: Span,
+        rows: usize,
+        cols: usize,
+        batch: usize,
+    ) -> Result<()> {
         let batch_i = check_batch(batch)?;
-        let plan = self.rows_launch(dtype, rows, cols, batch, true, true);
+        let plan = self.rows_launch(math, dtype, rows, cols, batch, true, true)?;
         let name = format!(
             "matvec_{}_gu{}",
             dtype_suffix(dtype).unwrap_or("none"),
@@ -202,7 +256,8 @@ impl Gpu {
         // SAFETY: windows checked above; argument types and order match
         // `gate_up_b_impl` (`_gu_b8`) or `gate_up_bst_impl` (`_gu_bst`, which
         // also takes `per`) in cuda/matvec.cu, `name##_gu_bt` in
-        // cuda/matvec_rows.cu or `name##_gu_tl` in cuda/matvec_tiles.cu; the
+        // cuda/matvec_rows.cu, `name##_gu_tl` in cuda/matvec_tiles.cu or
+        // `name##_gu_mm` in cuda/matvec_mma.cu; the
         // grid and shared size come from `rows_launch`.
         unsafe { l.launch(plan.cfg) }
             .map(|_| ())
@@ -217,37 +272,58 @@ impl Gpu {
     /// the `_b8`. All give every row the bits it gets alone. The `_tl`,
     /// `_bt` and `_b8` kernels take the same arguments; `_bst` also takes
     /// `per`, its vectors per block.
+    #[allow(clippy::too_many_arguments)]
     fn rows_launch(
         &self,
+        math: RowsMath,
         dtype: GgmlType,
         rows: usize,
         cols: usize,
         batch: usize,
         normed: bool,
         gate_up: bool,
-    ) -> RowsLaunch {
+    ) -> Result<RowsLaunch> {
+        if math == RowsMath::Tensor {
+            // Never a silent fall-back to the FP32 kernels: a row's bits
+            // would then depend on which kernel its step happened to get.
+            let cfg = self
+                .rows_mm_ready(dtype)
+                .then(|| rows_mm_launch(dtype, rows, batch, gate_up))
+                .flatten()
+                .ok_or_else(|| {
+                    WorkerError::invalid(format!(
+                        "no tensor-core mat-vec for {} rows x {batch} of {dtype:?} on this GPU",
+                        rows
+                    ))
+                })?;
+            return Ok(RowsLaunch {
+                suffix: "_mm",
+                cfg,
+                per: None,
+            });
+        }
         let tl = (batch >= TL_MIN_BATCH && self.rows_tl_ready(dtype))
             .then(|| rows_tl_launch(dtype, rows, batch, gate_up))
             .flatten()
             .filter(|cfg| rows_tl_pays(cfg, self.info().multiprocessors));
         if let Some(cfg) = tl {
-            return RowsLaunch {
+            return Ok(RowsLaunch {
                 suffix: "_tl",
                 cfg,
                 per: None,
-            };
+            });
         }
         let bt = (batch >= BT_MIN_BATCH && self.rows_bt_ready(dtype))
             .then(|| rows_bt_launch(dtype, rows, batch, gate_up))
             .flatten();
         if let Some(cfg) = bt {
-            return RowsLaunch {
+            return Ok(RowsLaunch {
                 suffix: "_bt",
                 cfg,
                 per: None,
-            };
+            });
         }
-        match batched_launch(dtype, rows, cols, batch, normed) {
+        Ok(match batched_launch(dtype, rows, cols, batch, normed) {
             Some((per, cfg)) => RowsLaunch {
                 suffix: "_bst",
                 cfg,
@@ -258,6 +334,6 @@ impl Gpu {
                 cfg: b8_grid(rows, batch),
                 per: None,
             },
-        }
+        })
     }
 }

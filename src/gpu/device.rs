@@ -26,9 +26,9 @@ use crate::error::{Result, WorkerError};
 
 /// The variants the `MATVEC` macros of cuda/matvec.cu, cuda/matvec_rows.cu
 /// and cuda/matvec_tiles.cu define for every format.
-const MATVEC_VARIANTS: [&str; 13] = [
+const MATVEC_VARIANTS: [&str; 15] = [
     "", "_gu", "_b8", "_gu_b8", "_st", "_gu_st", "_qkv_st", "_bst", "_gu_bst", "_bt", "_gu_bt",
-    "_tl", "_gu_tl",
+    "_tl", "_gu_tl", "_mm", "_gu_mm",
 ];
 
 /// Kernels that exist once, whatever the format.
@@ -202,6 +202,8 @@ pub struct Gpu {
     rows_bt: Vec<crate::model::gguf::GgmlType>,
     /// Formats whose register-tiled batched kernels (`_tl`) got their shared memory.
     rows_tl: Vec<crate::model::gguf::GgmlType>,
+    /// Formats whose tensor-core `_mm` kernels are ready (`rows_mm_ready`).
+    rows_mm: Vec<crate::model::gguf::GgmlType>,
     /// Tests only: route batched mat-vecs past the `_tl` kernels, so a
     /// profile can time `_bt` beside them on the same card.
     #[cfg(test)]
@@ -358,6 +360,12 @@ impl Gpu {
         let pdl = pdl_choice.is_ok();
         let rows_bt = grant_rows_smem(&funcs, ["_bt", "_gu_bt"], super::launch_shape::rows_bt_smem);
         let rows_tl = grant_rows_smem(&funcs, ["_tl", "_gu_tl"], super::launch_shape::rows_tl_smem);
+        // The tensor-core kernels need sm_80's TF32 MMA.
+        let rows_mm = if info.compute_capability.0 >= 8 {
+            grant_rows_smem(&funcs, ["_mm", "_gu_mm"], super::launch_shape::rows_mm_smem)
+        } else {
+            Vec::new()
+        };
         let mut gpu = Self {
             blas: None,
             stream,
@@ -365,6 +373,7 @@ impl Gpu {
             funcs,
             rows_bt,
             rows_tl,
+            rows_mm,
             #[cfg(test)]
             tiles_off: std::sync::atomic::AtomicBool::new(false),
             #[cfg(test)]
@@ -502,6 +511,12 @@ impl Gpu {
     /// Whether format `t` has its token-on-lane batched kernels ready.
     pub(crate) fn rows_bt_ready(&self, t: crate::model::gguf::GgmlType) -> bool {
         self.rows_bt.contains(&t)
+    }
+
+    /// Whether format `t` has its tensor-core decode mat-vecs ready (sm_80+,
+    /// shared memory granted).
+    pub(crate) fn rows_mm_ready(&self, t: crate::model::gguf::GgmlType) -> bool {
+        self.rows_mm.contains(&t)
     }
 
     /// Whether format `t` has its register-tiled batched kernels ready.

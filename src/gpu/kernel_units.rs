@@ -52,6 +52,13 @@ pub const BT_SHAPE: (usize, usize, usize) = (16, 16, 36);
 /// tokens, 256 threads) assumes 16 and 32.
 pub const TL_SHAPE: (usize, usize, usize) = (16, 32, 36);
 
+/// Shape of the tensor-core decode mat-vecs (`_mm`, `_gu_mm` in
+/// cuda/matvec_mma.cu, which receives these as MM_ROWS, MM_WARPS,
+/// MM_TOKENS, MM_PAD): weight rows per block (one m16 tile), warps per
+/// block (two runs each per pass over a 32-run chunk), token rows per block
+/// (eight n8 tiles), floats per dequantized run in shared memory.
+pub const MM_SHAPE: (usize, usize, usize, usize) = (16, 8, 64, 36);
+
 /// The shared header every kernel file includes.
 pub const COMMON_CUH: &str = include_str!("../../cuda/common.cuh");
 
@@ -69,6 +76,7 @@ kernel_files!(
     "matvec.cu",
     "matvec_rows.cu",
     "matvec_tiles.cu",
+    "matvec_mma.cu",
     "embed.cu",
     "rmsnorm.cu",
     "rope_kv.cu",
@@ -109,9 +117,11 @@ pub fn translation_unit(name: &str, src: &str) -> String {
         .join("\n");
     let (rows, warps, pad) = BT_SHAPE;
     let (tl_rows, tl_tokens, tl_pad) = TL_SHAPE;
+    let (mm_rows, mm_warps, mm_tokens, mm_pad) = MM_SHAPE;
     format!(
         "#define KV_PAGE {KV_PAGE_TOKENS}\n#define ATT_CHUNK {ATT_CHUNK}\n#define ATT_THREADS {ATT_THREADS}\n#define ATT_GROUP_MAX {ATT_GROUP_MAX}\n#define BT_ROWS {rows}\n#define BT_WARPS {warps}\n#define BT_PAD {pad}\n\
          #define TL_ROWS {tl_rows}\n#define TL_TOKENS {tl_tokens}\n#define TL_PAD {tl_pad}\n\
+         #define MM_ROWS {mm_rows}\n#define MM_WARPS {mm_warps}\n#define MM_TOKENS {mm_tokens}\n#define MM_PAD {mm_pad}\n\
          {COMMON_CUH}\n#line 1 \"{name}\"\n{body}\n"
     )
 }

@@ -162,6 +162,42 @@ pub(super) fn rows_tl_launch(
     })
 }
 
+/// Shape of the tensor-core decode mat-vecs, defined once in `kernel_units`
+/// (MM_ROWS, MM_WARPS, MM_TOKENS, MM_PAD in cuda/matvec_mma.cu).
+pub use super::kernel_units::MM_SHAPE;
+
+/// Dynamic shared bytes of a `_mm` launch for format `t`: MM_ROWS staged
+/// chunk rows of CHUNK / 4 + 2 words, then two dequantized tiles of MM_ROWS
+/// runs of MM_PAD floats per warp (reused for the warps' sums, which need
+/// MM_WARPS x MM_ROWS x MM_TOKENS floats: never more).
+pub fn rows_mm_smem(t: GgmlType) -> usize {
+    let (rows, warps, tokens, pad) = MM_SHAPE;
+    let chunk = 1024 / t.block_size() * t.type_size();
+    let body = 4 * rows * (chunk / 4 + 2) + 4 * warps * 2 * rows * pad;
+    body.max(4 * warps * rows * tokens)
+}
+
+/// Launch shape of a `_mm` kernel over `rows` output rows (of each matrix
+/// for gate/up) and `batch` token rows; None when the grid would not fit.
+pub(super) fn rows_mm_launch(
+    t: GgmlType,
+    rows: usize,
+    batch: usize,
+    gate_up: bool,
+) -> Option<LaunchConfig> {
+    let (per_block, warps, tokens, _) = MM_SHAPE;
+    let per_block = if gate_up { per_block / 2 } else { per_block };
+    let (row_blocks, groups) = (rows.div_ceil(per_block), batch.div_ceil(tokens));
+    if rows == 0 || batch == 0 || row_blocks > i32::MAX as usize || groups > 65_535 {
+        return None;
+    }
+    Some(LaunchConfig {
+        grid_dim: (row_blocks as u32, groups as u32, 1),
+        block_dim: (32 * warps as u32, 1, 1),
+        shared_mem_bytes: rows_mm_smem(t) as u32,
+    })
+}
+
 /// Kernel-name suffix and launch shape of a single-vector decode mat-vec:
 /// the staged variant when its shared memory fits, else (and for
 /// `vectors == 0`) the plain one.

@@ -216,3 +216,55 @@ inline unsigned emu_tf32_rna(float v) {
     u += 0x1000u;  // half of the 13 dropped bits: ties away from zero
     return u & 0xffffe000u;
 }
+
+// One warp's m16n8k8 TF32 MMA, c += A·B (mma.sync in cuda/matvec_mma.cu;
+// fragments as the PTX ISA lays them out: lane 4g + t holds A(g, t),
+// A(g + 8, t), A(g, t + 4), A(g + 8, t + 4), B(t, g), B(t + 4, g) and
+// C(g, 2t), C(g, 2t + 1), C(g + 8, 2t), C(g + 8, 2t + 1)). Each lane
+// gathers its two rows of A and two columns of B through the warp's
+// exchange slots, two floats a round, then adds the eight exact products
+// in k order (the hardware's order inside one MMA may differ: the
+// emulator checks the kernel's structure, the GPU suite the device's bits).
+inline void emu_mma_tf32(float* c, const float* a, const float* b) {
+    unsigned long long* s = emu::warp_slots();
+    const unsigned lane = emu::lane_id(), g = lane >> 2, t = lane & 3;
+    float r0[8], r1[8], k0[8], k1[8];
+    auto part = [](unsigned long long w, int i) {
+        float p[2];
+        memcpy(p, &w, 8);
+        return p[i];
+    };
+    auto publish = [&](float lo, float hi) {
+        const float p[2] = {lo, hi};
+        unsigned long long w;
+        memcpy(&w, p, 8);
+        s[lane] = w;
+        emu::warp_barrier(0xffffffffu);
+    };
+    publish(a[0], a[1]);
+    for (int k = 0; k < 4; k++) {
+        r0[k] = part(s[4 * g + k], 0);
+        r1[k] = part(s[4 * g + k], 1);
+    }
+    emu::warp_barrier(0xffffffffu);
+    publish(a[2], a[3]);
+    for (int k = 0; k < 4; k++) {
+        r0[k + 4] = part(s[4 * g + k], 0);
+        r1[k + 4] = part(s[4 * g + k], 1);
+    }
+    emu::warp_barrier(0xffffffffu);
+    publish(b[0], b[1]);
+    for (int k = 0; k < 4; k++) {
+        k0[k] = part(s[8 * t + k], 0);
+        k0[k + 4] = part(s[8 * t + k], 1);
+        k1[k] = part(s[8 * t + 4 + k], 0);
+        k1[k + 4] = part(s[8 * t + 4 + k], 1);
+    }
+    emu::warp_barrier(0xffffffffu);
+    for (int k = 0; k < 8; k++) {
+        c[0] += r0[k] * k0[k];
+        c[1] += r0[k] * k1[k];
+        c[2] += r1[k] * k0[k];
+        c[3] += r1[k] * k1[k];
+    }
+}

@@ -8,6 +8,7 @@
 //! the GPU suite (`cfg(gpu_tests)`).
 
 use super::tests::{buf_from, gpu_or_skip, poisoned, rel_err, Rng};
+use crate::gpu::batched::RowsMath;
 use super::*;
 use crate::gpu::ops::row_bytes;
 use crate::gpu::qkv::Proj;
@@ -472,6 +473,59 @@ fn op_batched_rows_are_bit_identical_to_lone_rows() {
     }
 }
 
+/// The tensor-core mat-vecs (`_mm`, issue 11 point 7) give every token row
+/// the bits it gets alone (batch 1), normed with bias, gate/up + SwiGLU and
+/// plain accumulating, in every block format, at batch sizes of one and of
+/// several 8-token tiles, a part-filled and a full 64-token block and two
+/// blocks (65), at widths of one partial chunk, whole chunks and a partial
+/// last one, and row counts that leave a block part-filled; and the normed
+/// product agrees with float64 (3xTF32 is about FP32 accurate).
+#[test]
+#[cfg_attr(
+    not(gpu_tests),
+    ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
+)]
+fn op_tensor_rows_are_bit_identical_to_lone_rows() {
+    let Some(g) = gpu_or_skip("op_tensor_rows") else {
+        return;
+    };
+    let mut r = Rng::fresh("op_tensor_rows");
+    for (dt, rows, cols, batch) in supported_quant().into_iter().flat_map(|d| {
+        [
+            (d, 67usize, 512usize, 3usize),
+            (d, 130, 1024, 13),
+            (d, 40, 4864, 64),
+            (d, 70, 768, 65),
+            (d, 2200, 512, 33),
+        ]
+    }) {
+        if !g.rows_mm_ready(dt) {
+            panic!("{} has no tensor-core mat-vec on this GPU", dt.name());
+        }
+        let case = RowsCase::random(&mut r, dt, rows, cols, batch);
+        let all = case.run_rows(&g, RowsMath::Tensor);
+        let (mut wn, mut wg, mut wa) = (Vec::new(), Vec::new(), Vec::new());
+        for t in 0..batch {
+            let (n, gu, a) = case.token(t).run_rows(&g, RowsMath::Tensor);
+            wn.extend(n);
+            wg.extend(gu);
+            wa.extend(a);
+        }
+        let e = case.normed_error(&all.0, 1e-5);
+        println!(
+            "tensor rows {:>5} {rows}x{cols} batch {batch}: normed {}, gate/up {}, plain {} (bit-identical to lone rows), normed rel err {e:.1e}",
+            dt.name(),
+            all.0 == wn,
+            all.1 == wg,
+            all.2 == wa
+        );
+        assert!(e < 1e-5, "{} tensor normed rel err {e}", dt.name());
+        assert!(all.0 == wn, "{} tensor normed rows differ from lone rows", dt.name());
+        assert!(all.1 == wg, "{} tensor gate/up rows differ from lone rows", dt.name());
+        assert!(all.2 == wa, "{} tensor plain rows differ from lone rows", dt.name());
+    }
+}
+
 /// Random inputs of the batched decode kernels (`matvec_rows.cu`) for one
 /// block format and shape: weights (two matrices, for gate/up), the rows'
 /// activations, a norm weight, a bias and the values a plain accumulating
@@ -524,9 +578,53 @@ impl RowsCase {
         (up(&self.wq, "w"), up(&self.uq, "u"))
     }
 
+    /// Token row `t` alone: the same weights, norm and bias.
+    pub(crate) fn token(&self, t: usize) -> RowsCase {
+        let (rows, cols) = (self.rows, self.cols);
+        RowsCase {
+            batch: 1,
+            wq: self.wq.clone(),
+            uq: self.uq.clone(),
+            x: self.x[t * cols..(t + 1) * cols].to_vec(),
+            nw: self.nw.clone(),
+            bias: self.bias.clone(),
+            y0: self.y0[t * rows..(t + 1) * rows].to_vec(),
+            ..*self
+        }
+    }
+
+    /// Relative error of normed product bits `got` (with bias, every token
+    /// row) against float64 over the dequantized weights.
+    pub(crate) fn normed_error(&self, got: &[u32], eps: f32) -> f64 {
+        let (rows, cols) = (self.rows, self.cols);
+        let mut deq = vec![0f32; rows * cols];
+        quant::dequantize(self.dt, &self.wq, &mut deq).expect("dequantize");
+        let (mut num, mut den) = (0f64, 0f64);
+        for t in 0..self.batch {
+            let x = &self.x[t * cols..(t + 1) * cols];
+            let ms = x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / cols as f64;
+            let sc = 1.0 / (ms + eps as f64).sqrt();
+            for r in 0..rows {
+                let dot: f64 = (0..cols)
+                    .map(|j| deq[r * cols + j] as f64 * x[j] as f64 * sc * self.nw[j] as f64)
+                    .sum();
+                let want = dot + self.bias[r] as f64;
+                let g = f32::from_bits(got[t * rows + r]) as f64;
+                num += (g - want).powi(2);
+                den += want.powi(2);
+            }
+        }
+        (num / den.max(1e-30)).sqrt()
+    }
+
     /// The bits of the three batched kernels' outputs on `g`: normed with
     /// bias, gate/up + SwiGLU, and plain accumulating.
     fn run_batched(&self, g: &Gpu) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+        self.run_rows(g, RowsMath::Fp32)
+    }
+
+    /// [`RowsCase::run_batched`] in the arithmetic `math`.
+    fn run_rows(&self, g: &Gpu, math: RowsMath) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
         let (dt, rows, cols, batch) = (self.dt, self.rows, self.cols, self.batch);
         let (wb, ub) = self.upload_weights(g);
         let (xb, nb, bb) = (
@@ -541,7 +639,8 @@ impl RowsCase {
             scale: scale.all(),
         };
         let yn = poisoned(g, rows * batch, "yn");
-        g.matvec_rows(
+        g.matvec_rows_in(
+            math,
             dt,
             wb.all(),
             xb.all(),
@@ -555,7 +654,8 @@ impl RowsCase {
         )
         .unwrap();
         let yg = poisoned(g, rows * batch, "yg");
-        g.gate_up_rows(
+        g.gate_up_rows_in(
+            math,
             dt,
             wb.all(),
             ub.all(),
@@ -568,7 +668,8 @@ impl RowsCase {
         )
         .unwrap();
         let ya = buf_from(g, &self.y0, "ya");
-        g.matvec_rows(
+        g.matvec_rows_in(
+            math,
             dt,
             wb.all(),
             xb.all(),

@@ -54,12 +54,14 @@ pub use checks::supported_quant;
 use checks::{check_f32_vec, check_tensor};
 
 use graph_cache::GraphCache;
+mod tensor_routes;
 
 use crate::engine::batch::{check_admission, check_step, KvUsage, SeqBounds, SeqSlot, StepChunk};
 use crate::engine::kv::{KvPool, PageTable};
 use crate::engine::{BackendKind, Engine, LoadOptions, MemoryReport, SamplingParams};
 use crate::error::{Result, WorkerError};
 use crate::gpu::attention::{KvRows, KV_PAGE_TOKENS};
+use tensor_routes::{Group, TensorRoutes};
 use crate::gpu::gemm::Tf32Split;
 use crate::gpu::{DeviceBuffer, Gpu, GpuGraph, Span};
 use crate::model::arch::{ModelConfig, ModelWeights, TensorRef};
@@ -147,6 +149,10 @@ pub struct CudaEngine {
     memory: MemoryReport,
     /// Prefill GEMMs as 3xTF32 (WORKER_ORCD_PREFILL_GEMM).
     tf32x3: bool,
+    /// The matrix groups whose decode products run on the tensor cores,
+    /// for every row of every step (a lone decode row, a prompt's last
+    /// token's LM head, a batched step alike).
+    tensor: TensorRoutes,
     #[cfg(feature = "test-hooks")]
     fail_next: bool,
     /// Test builds: the next step sleeps this long first (a hung device).
@@ -227,6 +233,7 @@ impl CudaEngine {
             )))
             }
         };
+        let tensor_routes = TensorRoutes::parse(crate::env::TENSOR_DECODE.get().as_deref())?;
         let gpu = match opening {
             Some(o) => o.wait(opts.gpu_device)?,
             None => Gpu::open(opts.gpu_device)?,
@@ -266,6 +273,17 @@ impl CudaEngine {
         gpu.sync()?;
         // The cuBLAS workspace (allocated at open) is scratch too.
         let blas_ws = gpu.blas_workspace_bytes();
+        let tensor = tensor_routes.keep_ready(|group| {
+            let ready = |t: &TensorRef| gpu.rows_mm_ready(t.dtype);
+            w.layers.iter().all(|l| match group {
+                Group::LmHead => ready(&w.output),
+                Group::Ffn => ready(&l.w_gate) && ready(&l.w_down) && l.w_up.dtype == l.w_gate.dtype,
+                Group::Attn => ready(&l.wq) && ready(&l.wk) && ready(&l.wv) && ready(&l.wo),
+            })
+        });
+        tracing::info!(human = %format!("Decode mat-vecs on the tensor cores: {} (asked: {}).",
+                tensor.describe(), tensor_routes.describe()),
+            tensor_decode = %tensor.describe(), "decode arithmetic chosen");
         let use_graph = crate::env::CUDA_GRAPH
             .get()
             .map(|v| v != "0")
@@ -288,6 +306,7 @@ impl CudaEngine {
             logits_row: vec![None; layout.max_seqs],
             prefetched: None,
             tf32x3,
+            tensor,
             memory: MemoryReport {
                 weights_bytes: dl as u64,
                 kv_cache_bytes: kv_bytes as u64,
@@ -575,6 +594,7 @@ impl Engine for CudaEngine {
                 "prefill_gemm={}",
                 if self.tf32x3 { "tf32x3" } else { "f32" }
             ),
+            format!("tensor_decode={}", self.tensor.describe()),
         ];
         device.extend(
             info.libraries

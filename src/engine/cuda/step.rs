@@ -12,10 +12,11 @@
 //! normalises once and multiplies through `CudaEngine::mm` (GEMM or
 //! batched mat-vec).
 
+use super::tensor_routes::Group;
 use super::{Buf, CudaEngine};
 use crate::engine::kernels::BlockKernels;
 use crate::error::Result;
-use crate::gpu::batched::RowNorm;
+use crate::gpu::batched::{RowNorm, RowsMath};
 use crate::gpu::qkv::Proj;
 use crate::gpu::Span;
 use crate::model::arch::{RopeStyle, TensorRef};
@@ -82,6 +83,26 @@ impl CudaStep<'_> {
         self.e.mm(t, x, bias, y, rows, cols, self.n, accumulate)
     }
 
+    /// The arithmetic of `group`'s products in this step: a prefill chunk's
+    /// go through `CudaEngine::mm` (GEMM) whatever the decode rows use.
+    fn decode_math(&self, group: Group) -> RowsMath {
+        if self.decode {
+            self.e.tensor.math(group)
+        } else {
+            RowsMath::Fp32
+        }
+    }
+
+    /// y += x·Wᵀ for the step's decode rows on the tensor cores (a
+    /// residual product: attention output, FFN down).
+    fn tensor_proj(&self, t: &TensorRef, x: Span, y: Span, rows: usize, cols: usize) -> Result<()> {
+        let w = self.wt(t)?;
+        let math = RowsMath::Tensor;
+        self.e
+            .gpu
+            .matvec_rows_in(math, t.dtype, w, x, None, None, y, rows, cols, self.n, true)
+    }
+
     /// Each row's RMS scale of x, for the batched normed kernels.
     fn row_norm<'b>(&'b self, weight: &TensorRef) -> Result<RowNorm<'b>> {
         let (c, a) = (&self.e.cfg, &self.e.act);
@@ -121,7 +142,8 @@ impl BlockKernels for CudaStep<'_> {
         let l = &self.e.w.layers[layer];
         let (d, hd, nh, nkv, n) = (c.d_model, c.head_dim, c.n_heads, c.n_kv_heads, self.n);
         let (nw, eps) = (self.wt(&l.attn_norm)?, c.norm_eps);
-        if self.batched() {
+        let math = self.decode_math(Group::Attn);
+        if self.batched() || math == RowsMath::Tensor {
             let norm = self.row_norm(&l.attn_norm)?;
             for (t, b, out, rows) in [
                 (&l.wq, &l.bq, a[Buf::Q].all(), nh * hd),
@@ -129,7 +151,8 @@ impl BlockKernels for CudaStep<'_> {
                 (&l.wv, &l.bv, a[Buf::V].all(), nkv * hd),
             ] {
                 let (w, x) = (self.wt(t)?, a[Buf::X].all());
-                g.matvec_rows(
+                g.matvec_rows_in(
+                    math,
                     t.dtype,
                     w,
                     x,
@@ -249,6 +272,9 @@ impl BlockKernels for CudaStep<'_> {
         let (c, a) = (&self.e.cfg, &self.e.act);
         let wo = &self.e.w.layers[layer].wo;
         let (d, qd) = (c.d_model, c.n_heads * c.head_dim);
+        if self.decode_math(Group::Attn) == RowsMath::Tensor {
+            return self.tensor_proj(wo, a[Buf::Att].all(), a[Buf::X].all(), d, qd);
+        }
         self.proj(wo, a[Buf::Att].all(), None, a[Buf::X].all(), d, qd, true)
     }
 
@@ -256,9 +282,11 @@ impl BlockKernels for CudaStep<'_> {
         let (g, c, a) = (&self.e.gpu, &self.e.cfg, &self.e.act);
         let l = &self.e.w.layers[layer];
         let (d, ffn, n, eps) = (c.d_model, c.ffn_dim, self.n, c.norm_eps);
-        if self.batched() && l.w_gate.dtype == l.w_up.dtype {
+        let math = self.decode_math(Group::Ffn);
+        if (self.batched() || math == RowsMath::Tensor) && l.w_gate.dtype == l.w_up.dtype {
             let norm = self.row_norm(&l.ffn_norm)?;
-            return g.gate_up_rows(
+            return g.gate_up_rows_in(
+                math,
                 l.w_gate.dtype,
                 self.wt(&l.w_gate)?,
                 self.wt(&l.w_up)?,
@@ -322,14 +350,45 @@ impl BlockKernels for CudaStep<'_> {
         let (c, a) = (&self.e.cfg, &self.e.act);
         let w_down = &self.e.w.layers[layer].w_down;
         let (x, hid) = (a[Buf::X].all(), a[Buf::Hid].all());
+        if self.decode_math(Group::Ffn) == RowsMath::Tensor {
+            return self.tensor_proj(w_down, hid, x, c.d_model, c.ffn_dim);
+        }
         self.proj(w_down, hid, None, x, c.d_model, c.ffn_dim, true)
     }
 
     /// Every decode row's logits; a chunk's last token's only (a step never
-    /// asks for all).
+    /// asks for all). On the tensor cores (`CudaEngine::lm_head_math`) every
+    /// row goes through the same kernel, whatever the step: each row's
+    /// scale by `row_rms`, then the `_mm` product.
     fn lm_head(&mut self) -> Result<()> {
         let (c, a, w) = (&self.e.cfg, &self.e.act, &self.e.w);
         let d = c.d_model;
+        if self.e.tensor.math(Group::LmHead) == RowsMath::Tensor {
+            // Decode rows: all n; a prefill chunk: its last token's row.
+            let (first, rows) = if self.decode { (0, self.n) } else { (self.n - 1, 1) };
+            let x = a[Buf::X].f32s(first * d, rows * d)?;
+            let scale = a[Buf::Scale].f32s(0, rows)?;
+            self.e.gpu.row_rms(x, scale, d, rows, c.norm_eps)?;
+            let norm = RowNorm {
+                weight: self.wt(&w.output_norm)?,
+                scale,
+            };
+            let out =
+                self.e.act[Buf::Logits].f32s(self.out_row * c.vocab_size, rows * c.vocab_size)?;
+            return self.e.gpu.matvec_rows_in(
+                RowsMath::Tensor,
+                w.output.dtype,
+                self.wt(&w.output)?,
+                x,
+                Some(norm),
+                None,
+                out,
+                c.vocab_size,
+                d,
+                rows,
+                false,
+            );
+        }
         if self.batched() {
             let norm = self.row_norm(&w.output_norm)?;
             let out =

@@ -15,7 +15,9 @@ use super::{Arg, Emu, Order};
 use crate::engine::cuda::matvec_tests::RowsCase;
 use crate::engine::cuda::tests::Rng;
 use crate::gpu::batched::b8_grid;
-use crate::gpu::launch_shape::{batched_launch, decode_launch, rows_bt_launch, rows_tl_launch};
+use crate::gpu::launch_shape::{
+    batched_launch, decode_launch, rows_bt_launch, rows_mm_launch, rows_tl_launch,
+};
 use crate::gpu::ops::{dtype_suffix, row_bytes, FORMATS};
 use crate::model::quant;
 
@@ -107,6 +109,62 @@ impl RowsCase {
             out.plain.extend(bits(&a));
         }
         out
+    }
+
+    /// All token rows through the tensor-core `_mm` kernels, with their
+    /// launcher's shape (`Gpu::matvec_rows_in` with `RowsMath::Tensor`).
+    fn tensor(&self, emu: &Emu, order: Order) -> Bits {
+        let (rows, cols, batch) = (self.rows, self.cols, self.batch);
+        let scale = self.scales(emu, order);
+        let (ri, ci, bi) = (
+            Arg::I32(rows as i32),
+            Arg::I32(cols as i32),
+            Arg::I32(batch as i32),
+        );
+        let cfg = rows_mm_launch(self.dt, rows, batch, false).expect("mm shape");
+        let product = |bias: Arg, y: &mut [f32], acc: i32, normed: bool| {
+            let mut args = vec![
+                Arg::of(&self.wq),
+                Arg::U64(self.rb()),
+                Arg::of(&self.x),
+                bias,
+                Arg::of_mut(y),
+                ri,
+                ci,
+                Arg::I32(acc),
+                bi,
+            ];
+            if normed {
+                args.extend([Arg::of(&self.nw), Arg::of(&scale)]);
+            } else {
+                args.extend([Arg::Ptr(0), Arg::Ptr(0)]);
+            }
+            emu.launch(&self.name("_mm"), cfg, order, &args).unwrap();
+        };
+        let mut normed = vec![f32::NAN; rows * batch];
+        product(Arg::of(&self.bias), &mut normed, 0, true);
+        let mut plain = self.y0.clone();
+        product(Arg::Ptr(0), &mut plain, 1, false);
+        let mut g = vec![f32::NAN; rows * batch];
+        let args = [
+            Arg::of(&self.wq),
+            Arg::of(&self.uq),
+            Arg::U64(self.rb()),
+            Arg::of(&self.x),
+            Arg::of(&self.nw),
+            Arg::of(&scale),
+            Arg::of_mut(&mut g),
+            ri,
+            ci,
+            bi,
+        ];
+        let cfg = rows_mm_launch(self.dt, rows, batch, true).expect("mm shape");
+        emu.launch(&self.name("_gu_mm"), cfg, order, &args).unwrap();
+        Bits {
+            normed: bits(&normed),
+            gate_up: bits(&g),
+            plain: bits(&plain),
+        }
     }
 
     /// Every row's norm scale, by `row_rms` (`Gpu::row_rms`'s launch).
@@ -205,30 +263,6 @@ impl RowsCase {
             plain: bits(&plain),
         }
     }
-
-    /// Relative error of the lone normed product against float64 over the
-    /// dequantized weights (the emulated kernels compute the product at all).
-    fn normed_error(&self, got: &[u32]) -> f64 {
-        let (rows, cols) = (self.rows, self.cols);
-        let mut deq = vec![0f32; rows * cols];
-        quant::dequantize(self.dt, &self.wq, &mut deq).expect("dequantize");
-        let (mut num, mut den) = (0f64, 0f64);
-        for t in 0..self.batch {
-            let x = &self.x[t * cols..(t + 1) * cols];
-            let ms = x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / cols as f64;
-            let sc = 1.0 / (ms + EPS as f64).sqrt();
-            for r in 0..rows {
-                let dot: f64 = (0..cols)
-                    .map(|j| deq[r * cols + j] as f64 * x[j] as f64 * sc * self.nw[j] as f64)
-                    .sum();
-                let want = dot + self.bias[r] as f64;
-                let g = f32::from_bits(got[t * rows + r]) as f64;
-                num += (g - want).powi(2);
-                den += want.powi(2);
-            }
-        }
-        (num / den.max(1e-30)).sqrt()
-    }
 }
 
 fn orders(r: &mut Rng) -> [Order; 4] {
@@ -260,7 +294,7 @@ fn batched_rows_are_bit_identical_to_lone_rows_in_every_format() {
             }
             let case = RowsCase::random(&mut r, dt, rows, cols, batch);
             let lone = case.lone(emu, Order::Forward);
-            let e = case.normed_error(&lone.normed);
+            let e = case.normed_error(&lone.normed, EPS);
             assert!(e < 1e-5, "{} lone normed rel err {e}", dt.name());
             // Each variant meets every order over the cases.
             case_no += 1;
@@ -371,4 +405,61 @@ fn fused_qkv_equals_three_normed_products_in_every_format() {
         );
     }
     println!("emu qkv: fused q/k/v identical to three normed products in all 11 formats");
+}
+
+/// The tensor-core kernels (`_mm`, `_gu_mm`: 3xTF32 MMAs, emulated lane by
+/// lane) give every token row the bits it gets alone in every format, under
+/// every thread order, at batches of part of one 8-token tile, two tiles,
+/// and a full 64-token block plus a second block (rows 0, batch / 2 and the
+/// last alone); and the normed product agrees with float64 over the
+/// dequantized weights.
+#[test]
+fn tensor_rows_are_bit_identical_to_lone_rows_in_every_format() {
+    let emu = Emu::get();
+    let mut r = Rng::fresh("emu_tensor_rows");
+    let mut case_no = 0;
+    for &(dt, _) in FORMATS.iter() {
+        for (rows, cols, batch) in [(21, 512, 3), (40, 1280, 9), (13, 2304, 65)] {
+            if cols % dt.block_size() != 0 {
+                continue;
+            }
+            let case = RowsCase::random(&mut r, dt, rows, cols, batch);
+            case_no += 1;
+            let mut ord = orders(&mut r);
+            ord.rotate_left(case_no % 4);
+            let all = case.tensor(emu, ord[0]);
+            let e = case.normed_error(&all.normed, EPS);
+            // Alone: the first row, one in a later 8-token tile, the last.
+            let mut tokens = vec![0, batch / 2, batch - 1];
+            tokens.dedup();
+            let pick = |v: &[u32]| -> Vec<u32> {
+                tokens.iter().flat_map(|&t| v[t * rows..(t + 1) * rows].to_vec()).collect()
+            };
+            let got = Bits {
+                normed: pick(&all.normed),
+                gate_up: pick(&all.gate_up),
+                plain: pick(&all.plain),
+            };
+            let mut lone = Bits {
+                normed: vec![],
+                gate_up: vec![],
+                plain: vec![],
+            };
+            for (i, &t) in tokens.iter().enumerate() {
+                let one = case.token(t).tensor(emu, ord[1 + i]);
+                lone.normed.extend(one.normed);
+                lone.gate_up.extend(one.gate_up);
+                lone.plain.extend(one.plain);
+            }
+            println!(
+                "emu {:>5} {rows}x{cols} batch {batch} _mm: normed {}, gate/up {}, plain {} (rel err {e:.1e})",
+                dt.name(),
+                got.normed == lone.normed,
+                got.gate_up == lone.gate_up,
+                got.plain == lone.plain
+            );
+            assert!(e < 1e-5, "{} _mm normed rel err {e}", dt.name());
+            assert!(got == lone, "{} _mm rows differ from lone rows", dt.name());
+        }
+    }
 }
