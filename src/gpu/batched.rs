@@ -121,7 +121,9 @@ impl Gpu {
         accumulate: bool,
     ) -> Result<()> {
         let math = RowsMath::Fp32;
-        self.matvec_rows_in(math, dtype, w, x, norm, bias, y, rows, cols, batch, accumulate)
+        self.matvec_rows_in(
+            math, dtype, w, x, norm, bias, y, rows, cols, batch, accumulate,
+        )
     }
 
     /// [`Gpu::matvec_rows`] in the arithmetic `math`.

@@ -8,8 +8,8 @@
 //! the GPU suite (`cfg(gpu_tests)`).
 
 use super::tests::{buf_from, gpu_or_skip, poisoned, rel_err, Rng};
-use crate::gpu::batched::RowsMath;
 use super::*;
+use crate::gpu::batched::RowsMath;
 use crate::gpu::ops::row_bytes;
 use crate::gpu::qkv::Proj;
 use crate::model::gguf::GgmlType;
@@ -520,9 +520,21 @@ fn op_tensor_rows_are_bit_identical_to_lone_rows() {
             all.2 == wa
         );
         assert!(e < 1e-5, "{} tensor normed rel err {e}", dt.name());
-        assert!(all.0 == wn, "{} tensor normed rows differ from lone rows", dt.name());
-        assert!(all.1 == wg, "{} tensor gate/up rows differ from lone rows", dt.name());
-        assert!(all.2 == wa, "{} tensor plain rows differ from lone rows", dt.name());
+        assert!(
+            all.0 == wn,
+            "{} tensor normed rows differ from lone rows",
+            dt.name()
+        );
+        assert!(
+            all.1 == wg,
+            "{} tensor gate/up rows differ from lone rows",
+            dt.name()
+        );
+        assert!(
+            all.2 == wa,
+            "{} tensor plain rows differ from lone rows",
+            dt.name()
+        );
     }
 }
 

@@ -61,11 +61,11 @@ use crate::engine::kv::{KvPool, PageTable};
 use crate::engine::{BackendKind, Engine, LoadOptions, MemoryReport, SamplingParams};
 use crate::error::{Result, WorkerError};
 use crate::gpu::attention::{KvRows, KV_PAGE_TOKENS};
-use tensor_routes::{Group, TensorRoutes};
 use crate::gpu::gemm::Tf32Split;
 use crate::gpu::{DeviceBuffer, Gpu, GpuGraph, Span};
 use crate::model::arch::{ModelConfig, ModelWeights, TensorRef};
 use crate::model::gguf::GgufFile;
+use tensor_routes::{Group, TensorRoutes};
 
 /// The fixed scratch buffers, allocated once in [`Buf::ALL`]'s order and
 /// reached by name: `act[Buf::X]`.
@@ -277,7 +277,9 @@ impl CudaEngine {
             let ready = |t: &TensorRef| gpu.rows_mm_ready(t.dtype);
             w.layers.iter().all(|l| match group {
                 Group::LmHead => ready(&w.output),
-                Group::Ffn => ready(&l.w_gate) && ready(&l.w_down) && l.w_up.dtype == l.w_gate.dtype,
+                Group::Ffn => {
+                    ready(&l.w_gate) && ready(&l.w_down) && l.w_up.dtype == l.w_gate.dtype
+                }
                 Group::Attn => ready(&l.wq) && ready(&l.wk) && ready(&l.wv) && ready(&l.wo),
             })
         });

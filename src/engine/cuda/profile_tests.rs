@@ -3,8 +3,8 @@
 //! op, run explicitly on the GPU machine. Not a correctness test.
 
 use super::tests::{buf_from, gpu_or_skip, Rng, TestRows};
-use crate::gpu::batched::RowsMath;
 use super::*;
+use crate::gpu::batched::RowsMath;
 use crate::model::gguf::GgmlType;
 use crate::model::quant;
 
@@ -453,7 +453,13 @@ fn op_profile_batched_qwen_shapes() {
     // row included: where they pay decides which matrices take them.
     for batch in [1usize, 8, 32, big] {
         for (dt, rows, cols, normed, label) in [
-            (GgmlType::Q5_0, 896usize, 896usize, true, "q q5_0 896x896 +norm"),
+            (
+                GgmlType::Q5_0,
+                896usize,
+                896usize,
+                true,
+                "q q5_0 896x896 +norm",
+            ),
             (GgmlType::Q5_0, 128, 896, true, "k/v q5_0 128x896 +norm"),
             (GgmlType::Q4K, 896, 4864, false, "down q4_K 896x4864"),
             (GgmlType::Q6K, 896, 4864, false, "down q6_K 896x4864"),
@@ -463,26 +469,43 @@ fn op_profile_batched_qwen_shapes() {
             let n = normed.then_some(norm);
             time_op(&g, &format!("x{batch} mm {label}"), bytes, &|| {
                 let (x, y) = (xb.all(), yb.all());
-                g.matvec_rows_in(RowsMath::Tensor, dt, wb.all(), x, n, None, y, rows, cols, batch, false)
+                g.matvec_rows_in(
+                    RowsMath::Tensor,
+                    dt,
+                    wb.all(),
+                    x,
+                    n,
+                    None,
+                    y,
+                    rows,
+                    cols,
+                    batch,
+                    false,
+                )
             });
         }
         let (wg, bytes) = upload_quant(&mut r, GgmlType::Q5_0, 4864, 896);
         let (wu, _) = upload_quant(&mut r, GgmlType::Q5_0, 4864, 896);
-        time_op(&g, &format!("x{batch} mm gate_up q5_0 4864x896"), 2 * bytes, &|| {
-            let (x, y) = (xb.all(), yb.all());
-            g.gate_up_rows_in(
-                RowsMath::Tensor,
-                GgmlType::Q5_0,
-                wg.all(),
-                wu.all(),
-                x,
-                norm,
-                y,
-                4864,
-                896,
-                batch,
-            )
-        });
+        time_op(
+            &g,
+            &format!("x{batch} mm gate_up q5_0 4864x896"),
+            2 * bytes,
+            &|| {
+                let (x, y) = (xb.all(), yb.all());
+                g.gate_up_rows_in(
+                    RowsMath::Tensor,
+                    GgmlType::Q5_0,
+                    wg.all(),
+                    wu.all(),
+                    x,
+                    norm,
+                    y,
+                    4864,
+                    896,
+                    batch,
+                )
+            },
+        );
     }
     // Sampling as a step of 64 greedy sequences does it today: one top-k
     // and two downloads per row (host time included: wall clock).

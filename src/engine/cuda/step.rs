@@ -365,7 +365,11 @@ impl BlockKernels for CudaStep<'_> {
         let d = c.d_model;
         if self.e.tensor.math(Group::LmHead) == RowsMath::Tensor {
             // Decode rows: all n; a prefill chunk: its last token's row.
-            let (first, rows) = if self.decode { (0, self.n) } else { (self.n - 1, 1) };
+            let (first, rows) = if self.decode {
+                (0, self.n)
+            } else {
+                (self.n - 1, 1)
+            };
             let x = a[Buf::X].f32s(first * d, rows * d)?;
             let scale = a[Buf::Scale].f32s(0, rows)?;
             self.e.gpu.row_rms(x, scale, d, rows, c.norm_eps)?;

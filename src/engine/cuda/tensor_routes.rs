@@ -140,7 +140,10 @@ mod tests {
                 ..Default::default()
             }
         );
-        assert_eq!(TensorRoutes::parse(Some("none")).unwrap(), TensorRoutes::default());
+        assert_eq!(
+            TensorRoutes::parse(Some("none")).unwrap(),
+            TensorRoutes::default()
+        );
         assert_eq!(TensorRoutes::parse(Some("attn, ffn,lm_head")).unwrap(), all);
         assert_eq!(all.describe(), "lm_head+ffn+attn");
         assert_eq!(TensorRoutes::default().describe(), "none");

@@ -433,7 +433,10 @@ fn tensor_rows_are_bit_identical_to_lone_rows_in_every_format() {
             let mut tokens = vec![0, batch / 2, batch - 1];
             tokens.dedup();
             let pick = |v: &[u32]| -> Vec<u32> {
-                tokens.iter().flat_map(|&t| v[t * rows..(t + 1) * rows].to_vec()).collect()
+                tokens
+                    .iter()
+                    .flat_map(|&t| v[t * rows..(t + 1) * rows].to_vec())
+                    .collect()
             };
             let got = Bits {
                 normed: pick(&all.normed),
