@@ -111,62 +111,6 @@ impl RowsCase {
         out
     }
 
-    /// All token rows through the tensor-core `_mm` kernels, with their
-    /// launcher's shape (`Gpu::matvec_rows_in` with `RowsMath::Tensor`).
-    fn tensor(&self, emu: &Emu, order: Order) -> Bits {
-        let (rows, cols, batch) = (self.rows, self.cols, self.batch);
-        let scale = self.scales(emu, order);
-        let (ri, ci, bi) = (
-            Arg::I32(rows as i32),
-            Arg::I32(cols as i32),
-            Arg::I32(batch as i32),
-        );
-        let cfg = rows_mm_launch(self.dt, rows, batch, false).expect("mm shape");
-        let product = |bias: Arg, y: &mut [f32], acc: i32, normed: bool| {
-            let mut args = vec![
-                Arg::of(&self.wq),
-                Arg::U64(self.rb()),
-                Arg::of(&self.x),
-                bias,
-                Arg::of_mut(y),
-                ri,
-                ci,
-                Arg::I32(acc),
-                bi,
-            ];
-            if normed {
-                args.extend([Arg::of(&self.nw), Arg::of(&scale)]);
-            } else {
-                args.extend([Arg::Ptr(0), Arg::Ptr(0)]);
-            }
-            emu.launch(&self.name("_mm"), cfg, order, &args).unwrap();
-        };
-        let mut normed = vec![f32::NAN; rows * batch];
-        product(Arg::of(&self.bias), &mut normed, 0, true);
-        let mut plain = self.y0.clone();
-        product(Arg::Ptr(0), &mut plain, 1, false);
-        let mut g = vec![f32::NAN; rows * batch];
-        let args = [
-            Arg::of(&self.wq),
-            Arg::of(&self.uq),
-            Arg::U64(self.rb()),
-            Arg::of(&self.x),
-            Arg::of(&self.nw),
-            Arg::of(&scale),
-            Arg::of_mut(&mut g),
-            ri,
-            ci,
-            bi,
-        ];
-        let cfg = rows_mm_launch(self.dt, rows, batch, true).expect("mm shape");
-        emu.launch(&self.name("_gu_mm"), cfg, order, &args).unwrap();
-        Bits {
-            normed: bits(&normed),
-            gate_up: bits(&g),
-            plain: bits(&plain),
-        }
-    }
-
     /// Every row's norm scale, by `row_rms` (`Gpu::row_rms`'s launch).
     fn scales(&self, emu: &Emu, order: Order) -> Vec<f32> {
         let mut scale = vec![f32::NAN; self.batch];
@@ -187,7 +131,7 @@ impl RowsCase {
     }
 
     /// All token rows at once through one batched variant (`_tl`, `_bt`,
-    /// `_bst` or `_b8`), with the launch shape its launcher gives it.
+    /// `_mm`, `_bst` or `_b8`), with the launch shape its launcher gives it.
     fn batched(&self, emu: &Emu, variant: &str, order: Order) -> Bits {
         let (rows, cols, batch) = (self.rows, self.cols, self.batch);
         let scale = self.scales(emu, order);
@@ -199,6 +143,10 @@ impl RowsCase {
                 ),
                 "_tl" => (
                     rows_tl_launch(self.dt, rows, batch, gate_up).expect("tl shape"),
+                    None,
+                ),
+                "_mm" => (
+                    rows_mm_launch(self.dt, rows, batch, gate_up).expect("mm shape"),
                     None,
                 ),
                 "_bst" => {
@@ -427,7 +375,7 @@ fn tensor_rows_are_bit_identical_to_lone_rows_in_every_format() {
             case_no += 1;
             let mut ord = orders(&mut r);
             ord.rotate_left(case_no % 4);
-            let all = case.tensor(emu, ord[0]);
+            let all = case.batched(emu, "_mm", ord[0]);
             let e = case.normed_error(&all.normed, EPS);
             // Alone: the first row, one in a later 8-token tile, the last.
             let mut tokens = vec![0, batch / 2, batch - 1];
@@ -449,7 +397,7 @@ fn tensor_rows_are_bit_identical_to_lone_rows_in_every_format() {
                 plain: vec![],
             };
             for (i, &t) in tokens.iter().enumerate() {
-                let one = case.token(t).tensor(emu, ord[1 + i]);
+                let one = case.token(t).batched(emu, "_mm", ord[1 + i]);
                 lone.normed.extend(one.normed);
                 lone.gate_up.extend(one.gate_up);
                 lone.plain.extend(one.plain);
