@@ -1,5 +1,6 @@
 // attention.cu: attention of query tokens over the KV cache with GQA and a
-// causal mask (KERNEL-ATTN), as split-KV ("flash-decoding") in two launches.
+// causal mask (KERNEL-ATTN): decode rows as split-KV ("flash-decoding"),
+// prefill chunks with an online softmax.
 // Query row t of a launch sits at position place[t].x of sequence
 // place[t].y and attends to that sequence's cache rows 0..=position: a
 // decode step is one row per sequence, a prefill chunk one sequence's
@@ -8,9 +9,10 @@
 // consecutive.
 // Deterministic by construction (WORKER-4710): the split size is fixed
 // (ATT_CHUNK rows), never derived from timing or occupancy; inside a chunk
-// every sum runs in row order; the combine kernel folds chunks in index
-// order. No atomics. Grids cover max_ctx so a captured graph stays valid as
-// the position grows; chunks past the causal limit exit at once.
+// every sum runs in row order; the last block of a (row, head) to finish
+// folds the chunks in index order (an integer ticket finds it; no
+// floating-point atomics). Grids cover a captured graph's reach so it stays
+// valid as the position grows; chunks past the causal limit exit at once.
 // Scratch per (token, head, chunk): hd partial outputs, then (max, sum).
 // attn_prefill (below) serves prefill chunks of many tokens without scratch:
 // the split-KV scratch grows with n_tok * max_ctx, far too big at 512 tokens
@@ -21,57 +23,6 @@
 static_assert(KV_PAGE % ATT_CHUNK == 0, "a KV page holds whole attention chunks");
 static_assert((ATT_THREADS & (ATT_THREADS - 1)) == 0 && ATT_THREADS >= ATT_CHUNK && 2 * ATT_THREADS >= 256,
               "the decode fold's tree needs a power of two, a thread per chunk row and two dims per thread");
-
-// Fold a (token, head)'s nc chunk partials at `base` (hd outputs, max, sum
-// each) into att_out's row th (hd floats), in chunk order; every thread of
-// the block calls it. Loads bypass L1: other blocks wrote the partials.
-// The same steps as the end of attn_partial, which keeps its own copy:
-// calling this there changed its register allocation (NVRTC 13.0 spilled
-// eleven values), and its code is the code the GPU suite has run.
-__device__ __forceinline__ void fold_chunks(const float* base, int nc, int hd, float* att_out, u64 th,
-                                            float* fold_w, float* fold_s) {
-    // The max over every chunk's max does not depend on the order it is
-    // taken in, so the threads take it together: each over every
-    // ATT_THREADS-th chunk, then a tree over the threads.
-    float M = __int_as_float(0xff800000);  // -inf
-    for (int k = threadIdx.x; k < nc; k += ATT_THREADS) M = fmaxf(M, __ldcg(base + (u64)k * (hd + 2) + hd));
-    fold_w[threadIdx.x] = M;
-    __syncthreads();
-    for (int span = ATT_THREADS / 2; span > 0; span >>= 1) {
-        if (threadIdx.x < span) fold_w[threadIdx.x] = fmaxf(fold_w[threadIdx.x], fold_w[threadIdx.x + span]);
-        __syncthreads();
-    }
-    M = fold_w[0];
-    __syncthreads();
-    // The sum and the outputs run over the chunks in chunk order, as one
-    // thread would: a tile of ATT_THREADS chunks at a time, whose weights
-    // exp(max_k - M) are computed once, by one thread each.
-    float S = 0.0f, o0 = 0.0f, o1 = 0.0f;
-    const int d0 = threadIdx.x, d1 = threadIdx.x + ATT_THREADS;
-    for (int k0 = 0; k0 < nc; k0 += ATT_THREADS) {
-        const int kn = min(ATT_THREADS, nc - k0);
-        if (threadIdx.x < kn) {
-            const float* p = base + (u64)(k0 + threadIdx.x) * (hd + 2);
-            fold_w[threadIdx.x] = expf(__ldcg(p + hd) - M);
-            fold_s[threadIdx.x] = __ldcg(p + hd + 1);
-        }
-        __syncthreads();
-        for (int i = 0; i < kn; i++) S += fold_s[i] * fold_w[i];
-        const float* pk = base + (u64)k0 * (hd + 2);
-        if (d0 < hd) {
-#pragma unroll 8
-            for (int i = 0; i < kn; i++) o0 = fmaf(__ldcg(pk + (u64)i * (hd + 2) + d0), fold_w[i], o0);
-        }
-        if (d1 < hd) {
-#pragma unroll 8
-            for (int i = 0; i < kn; i++) o1 = fmaf(__ldcg(pk + (u64)i * (hd + 2) + d1), fold_w[i], o1);
-        }
-        __syncthreads();
-    }
-    float* dst = att_out + th * hd;
-    if (d0 < hd) dst[d0] = o0 / S;
-    if (d1 < hd) dst[d1] = o1 / S;
-}
 
 // Split-KV decode attention in one launch: grid (n_heads, n_chunks, n_tok),
 // block ATT_THREADS threads (the launcher's table); hd <= 256. Each block
@@ -204,102 +155,201 @@ attn_partial(const float* q, const float* kc, const float* vc, float* part, int*
     if (d1 < hd) dst[d1] = o1 / S;
 }
 
-// Split-KV decode attention with the query heads of a GQA group in one
-// block: grid (n_kv, n_chunks, n_tok), block ATT_THREADS threads; hd <= 256,
-// at most ATT_GROUP_MAX query heads per KV head. For each of its group's
-// heads a block computes exactly what attn_partial's block of that (token,
-// head, chunk) computes (the same scores, max, weights and sums, each in the
-// same order), so outputs are the same bits; the chunk's keys and values
-// are read once for the group instead of once per head, and a decode step
-// of many rows launches a group's-size times fewer blocks. The last block of
-// a (token, KV head) folds each head of the group as attn_partial's does.
-// Its ticket counter is the (token, head) counter of the group's first head.
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-attn_partial_gqa(const float* q, const float* kc, const float* vc, float* part, int* counters, float* att_out,
-                 const int4* place, const int* tables, int table_len, int n_heads, int n_kv, int hd, int n_chunks,
-                 float scale) {
-    grid_dependency_sync();
-    __shared__ __align__(16) float qs[ATT_GROUP_MAX * 256];
-    __shared__ float sc[ATT_GROUP_MAX][ATT_CHUNK];
-    __shared__ float se[ATT_GROUP_MAX][ATT_CHUNK];
-    __shared__ float fold_w[ATT_THREADS];
-    __shared__ float fold_s[ATT_THREADS];
+// Split-KV decode attention with a warp per chunk and a GQA group per block
+// (`attn_decode_<HD>`, HD 64 or 128): grid (n_kv, ceil(chunks / ATT_WARPS),
+// n_tok), block ATT_THREADS threads, at most ATT_GROUP_MAX query heads per KV
+// head. Warp w of block (g, b, t) takes chunk ATT_WARPS * b + w of row t for
+// every query head of KV head g and writes exactly the partial attn_partial's
+// block of that (row, head, chunk) writes: lane j scores cache row j of the
+// chunk (each key row loaded once for the whole group, its dot over HD in
+// order), the chunk's max is a warp max (a max is the same whatever the
+// order), weights exp(score - max) and their sum in row order, and lane l
+// sums output dims l, l + 32, ... over the chunk's rows in order. The last
+// block of a (row, KV head) to finish, found by an integer ticket on the
+// group's first head's counter, folds each head's partials in chunk order as
+// attn_partial does (warp w folds heads w, w + ATT_WARPS, ...), so every
+// output has attn_partial's bits (WORKER-4710; the kernel emulator checks
+// it) and which launch shape serves a step changes nothing a row computes.
+// Why: attn_partial starts a block of 128 threads per (row, head, chunk), in
+// which 32 threads score and 64 sum, each a chain of dependent global
+// loads, and a long context's fold then walks its chunks one load after the
+// other. Here a block has four chunks of work for a whole group in flight,
+// and the fold loads a tile of 32 chunks' values before adding any of them.
+template <int HD>
+__device__ __forceinline__ void attn_decode_body(const float* q, const float* kc, const float* vc, float* part,
+                                                 int* counters, float* att_out, const int4* place,
+                                                 const int* tables, int table_len, int n_heads, int n_kv,
+                                                 int n_chunks, float scale) {
+    constexpr int W = ATT_THREADS / 32, G = ATT_GROUP_MAX, DL = HD / 32, P = HD + 2;
+    __shared__ __align__(16) float qs[G * HD];
+    __shared__ float ew[W][G][32];
+    __shared__ float fw[W][32];
+    __shared__ float fs[W][32];
     __shared__ int is_last;
-    const int kvh = blockIdx.x, c = blockIdx.y, t = blockIdx.z;
+    const int kvh = blockIdx.x, t = blockIdx.z, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int grp = n_heads / n_kv, h0 = kvh * grp;
     const int4 pl = place[t];
     const int n = pl.x + 1;
+    const int nc = (n + ATT_CHUNK - 1) / ATT_CHUNK;
+    if (blockIdx.y * W >= nc) return;  // the whole block: past this row's chunks
     const int* table = tables + (u64)pl.y * table_len;
-    const int t0 = c * ATT_CHUNK;
-    if (t0 >= n) return;
-    const int tn = min(ATT_CHUNK, n - t0);
-    const int kv_stride = n_kv * hd;
-    const u64 row0 = kv_row(table, t0);
-    const float* qg = q + ((u64)t * n_heads + h0) * hd;
-    for (int d = threadIdx.x; d < grp * hd; d += blockDim.x) qs[d] = qg[d];
+    const float* qg = q + ((u64)t * n_heads + h0) * HD;
+    for (int i = threadIdx.x; i < grp * HD; i += ATT_THREADS) qs[i] = qg[i];
     __syncthreads();
-    // One thread per (head, cache row) score, each as attn_partial's thread
-    // of that row computes it.
-    for (int i = threadIdx.x; i < grp * ATT_CHUNK; i += blockDim.x) {
-        const int g = i / ATT_CHUNK, j = i % ATT_CHUNK;
-        if (j >= tn) continue;
-        const float4* kr = (const float4*)(kc + (row0 + j) * kv_stride + kvh * hd);
-        const float4* q4 = (const float4*)(qs + g * hd);
-        float p = 0.0f;
+    const int c = blockIdx.y * W + warp;
+    if (c < nc) {
+        const int t0 = c * ATT_CHUNK, tn = min(ATT_CHUNK, n - t0);
+        const int kv_stride = n_kv * HD;
+        const u64 row0 = kv_row(table, t0);
+        float p[G];
+#pragma unroll
+        for (int g = 0; g < G; g++) p[g] = 0.0f;
+        if (lane < tn) {
+            const float4* kr = (const float4*)(kc + (row0 + lane) * kv_stride + kvh * HD);
 #pragma unroll 4
-        for (int d = 0; d < (hd >> 2); d++) {
-            const float4 kv = kr[d], qv = q4[d];
-            p = fmaf(qv.x, kv.x, p);
-            p = fmaf(qv.y, kv.y, p);
-            p = fmaf(qv.z, kv.z, p);
-            p = fmaf(qv.w, kv.w, p);
+            for (int d = 0; d < HD / 4; d++) {
+                const float4 kv = kr[d];
+#pragma unroll
+                for (int g = 0; g < G; g++) {
+                    if (g < grp) {
+                        const float4 qv = ((const float4*)(qs + g * HD))[d];
+                        p[g] = fmaf(qv.x, kv.x, p[g]);
+                        p[g] = fmaf(qv.y, kv.y, p[g]);
+                        p[g] = fmaf(qv.z, kv.z, p[g]);
+                        p[g] = fmaf(qv.w, kv.w, p[g]);
+                    }
+                }
+            }
         }
-        sc[g][j] = p * scale;
+        // Each head's chunk max and row weights; lane g keeps head g's max.
+        float my_max = 0.0f;
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            if (g < grp) {
+                const float sv = lane < tn ? p[g] * scale : __int_as_float(0xff800000);
+                const float m = warp_max(sv);
+                ew[warp][g][lane] = lane < tn ? expf(sv - m) : 0.0f;
+                if (lane == g) my_max = m;
+            }
+        }
+        __syncwarp();
+        float o[G][DL];
+#pragma unroll
+        for (int g = 0; g < G; g++)
+#pragma unroll
+            for (int i = 0; i < DL; i++) o[g][i] = 0.0f;
+        const float* vr = vc + row0 * kv_stride + kvh * HD + lane;
+#pragma unroll 4
+        for (int j = 0; j < tn; j++) {
+            float v[DL];
+#pragma unroll
+            for (int i = 0; i < DL; i++) v[i] = vr[(u64)j * kv_stride + 32 * i];
+#pragma unroll
+            for (int g = 0; g < G; g++) {
+                if (g < grp) {
+                    const float e = ew[warp][g][j];
+#pragma unroll
+                    for (int i = 0; i < DL; i++) o[g][i] = fmaf(e, v[i], o[g][i]);
+                }
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            if (g < grp) {
+                float* out = part + (((u64)t * n_heads + h0 + g) * n_chunks + c) * P;
+#pragma unroll
+                for (int i = 0; i < DL; i++) out[lane + 32 * i] = o[g][i];
+            }
+        }
+        if (lane < grp) {
+            float s = 0.0f;
+            for (int j = 0; j < tn; j++) s += ew[warp][lane][j];
+            float* out = part + (((u64)t * n_heads + h0 + lane) * n_chunks + c) * P;
+            out[HD] = my_max;
+            out[HD + 1] = s;
+        }
     }
-    __syncthreads();
-    // Each head's max in row order, and row j's weight exp(score - max).
-    for (int i = threadIdx.x; i < grp * ATT_CHUNK; i += blockDim.x) {
-        const int g = i / ATT_CHUNK, j = i % ATT_CHUNK;
-        if (j >= tn) continue;
-        float m = sc[g][0];
-        for (int k = 1; k < tn; k++) m = fmaxf(m, sc[g][k]);
-        se[g][j] = expf(sc[g][j] - m);
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < grp * hd; i += blockDim.x) {
-        const int g = i / hd, d = i % hd;
-        const float* vr = vc + row0 * kv_stride + kvh * hd + d;
-        float o = 0.0f;
-#pragma unroll 8
-        for (int j = 0; j < tn; j++) o = fmaf(se[g][j], vr[(u64)j * kv_stride], o);
-        part[(((u64)t * n_heads + h0 + g) * n_chunks + c) * (hd + 2) + d] = o;
-    }
-    if (threadIdx.x < grp) {
-        const int g = threadIdx.x;
-        float m = sc[g][0];
-        for (int k = 1; k < tn; k++) m = fmaxf(m, sc[g][k]);
-        float s = 0.0f;
-        for (int j = 0; j < tn; j++) s += se[g][j];
-        float* out = part + (((u64)t * n_heads + h0 + g) * n_chunks + c) * (hd + 2);
-        out[hd] = m;
-        out[hd + 1] = s;
-    }
+    // Publish this block's partials device-wide before taking a ticket.
     __threadfence();
     __syncthreads();
-    const int nc = (n + ATT_CHUNK - 1) / ATT_CHUNK;
     if (threadIdx.x == 0) {
         int* ctr = counters + (u64)t * n_heads + h0;
-        is_last = atomicAdd(ctr, 1) == nc - 1;
+        is_last = atomicAdd(ctr, 1) == (nc + W - 1) / W - 1;
         if (is_last) *ctr = 0;
     }
     __syncthreads();
     if (!is_last) return;
     __threadfence();
-    for (int g = 0; g < grp; g++) {
+    // The fold, attn_partial's arithmetic: M the max of the chunk maxima, then
+    // S and every output over the chunks in chunk order with weights
+    // exp(max_k - M), a tile of 32 chunks at a time. A tile's maxima, sums
+    // and (up to PF dims per lane) values are loaded together before any is
+    // used, so a context of up to 32 chunks folds in one round of loads
+    // (its M comes from the tile itself). Loads bypass L1: other blocks
+    // wrote the partials.
+    constexpr int PF = DL < 2 ? DL : 2;  // dims per lane loaded with the tile
+    for (int g = warp; g < grp; g += W) {
         const u64 th = (u64)t * n_heads + h0 + g;
-        fold_chunks(part + th * n_chunks * (hd + 2), nc, hd, att_out, th, fold_w, fold_s);
+        const float* base = part + th * n_chunks * P;
+        float M = __int_as_float(0xff800000);  // -inf
+        if (nc > 32) {
+            for (int k = lane; k < nc; k += 32) M = fmaxf(M, __ldcg(base + (u64)k * P + HD));
+            M = warp_max(M);
+        }
+        float S = 0.0f, o[DL];
+#pragma unroll
+        for (int i = 0; i < DL; i++) o[i] = 0.0f;
+        for (int k0 = 0; k0 < nc; k0 += 32) {
+            const int kn = min(32, nc - k0);
+            const float* tile = base + (u64)k0 * P;
+            const float* pk = tile + lane;  // dim lane of the tile's first chunk
+            float mk = __int_as_float(0xff800000), sk = 0.0f, pv[PF][32];
+            if (lane < kn) {
+                mk = __ldcg(tile + (u64)lane * P + HD);
+                sk = __ldcg(tile + (u64)lane * P + HD + 1);
+            }
+#pragma unroll
+            for (int i = 0; i < PF; i++)
+#pragma unroll
+                for (int k = 0; k < 32; k++) pv[i][k] = k < kn ? __ldcg(pk + (u64)k * P + 32 * i) : 0.0f;
+            if (nc <= 32) M = warp_max(mk);
+            fw[warp][lane] = lane < kn ? expf(mk - M) : 0.0f;
+            fs[warp][lane] = sk;
+            __syncwarp();
+            for (int i = 0; i < kn; i++) S += fs[warp][i] * fw[warp][i];
+#pragma unroll
+            for (int i = 0; i < DL; i++) {
+                if (i >= PF) {
+#pragma unroll
+                    for (int k = 0; k < 32; k++) pv[0][k] = k < kn ? __ldcg(pk + (u64)k * P + 32 * i) : 0.0f;
+                }
+                const int slot = i < PF ? i : 0;
+#pragma unroll
+                for (int k = 0; k < 32; k++)
+                    if (k < kn) o[i] = fmaf(pv[slot][k], fw[warp][k], o[i]);
+            }
+            __syncwarp();
+        }
+        float* dst = att_out + th * HD;
+#pragma unroll
+        for (int i = 0; i < DL; i++) dst[lane + 32 * i] = o[i] / S;
     }
 }
+
+static_assert(ATT_CHUNK == 32, "attn_decode: a lane per chunk row");
+static_assert(ATT_THREADS % 32 == 0, "attn_decode: whole warps");
+
+#define ATTN_DECODE(HD)                                                                                        \
+    extern "C" __global__ void __launch_bounds__(ATT_THREADS)                                                  \
+        attn_decode_##HD(const float* q, const float* kc, const float* vc, float* part, int* counters,         \
+                         float* att_out, const int4* place, const int* tables, int table_len, int n_heads,     \
+                         int n_kv, int hd, int n_chunks, float scale) {                                        \
+        grid_dependency_sync();                                                                                \
+        attn_decode_body<HD>(q, kc, vc, part, counters, att_out, place, tables, table_len, n_heads, n_kv,      \
+                             n_chunks, scale);                                                                 \
+    }
+ATTN_DECODE(64)
+ATTN_DECODE(128)
 
 // Prefill: grid (n_heads, n_tok), block 128 threads; hd <= 256, hd % 4 == 0.
 // One block per (head, query token) walks cache rows 0..=pos0+t in chunks of

@@ -16,33 +16,34 @@ use crate::error::{Result, WorkerError};
 /// `kernel_units` (the build script compiles the kernels with them too).
 pub use super::kernel_units::{ATT_CHUNK, ATT_GROUP_MAX, ATT_THREADS, KV_PAGE_TOKENS};
 
-/// Fewest rows a decode attention launch takes the grouped kernel for
-/// (`attn_partial_gqa`: a block per (row, KV head, chunk) instead of per
-/// (row, head, chunk)). Both give the same bits. Measured on an H100 at
-/// Qwen shapes (14 q / 2 KV heads, positions ~200, f43efe1): grouped against
-/// per head 26.2 / 12.9 us at 8 rows, 40.6 / 27.6 at 32, 48.7 / 50.2 at 64;
-/// with 7x fewer blocks the grouped kernel only pays once the rows fill the card.
-pub const ATT_GQA_MIN_ROWS: usize = 64;
+/// Chunks one block of `attn_decode_<hd>` takes: a warp each.
+pub const ATT_WARPS: usize = ATT_THREADS / 32;
 
 /// Kernel and launch shape of a split-KV decode attention over `n_tok`
-/// rows whose grid covers `grid_chunks` chunks: the GQA-grouped kernel from
-/// ATT_GQA_MIN_ROWS rows when a group fits it, else one block per head.
-pub(super) fn decode_attention_launch(
+/// rows whose grid covers `grid_chunks` chunks: `attn_decode_<hd>` (a warp
+/// per chunk, a block per GQA group and ATT_WARPS chunks) for head sizes 64
+/// and 128 and groups of at most ATT_GROUP_MAX query heads, else
+/// `attn_partial` (a block per head and chunk). Both give every row the same
+/// bits (the kernel emulator and the GPU suite check it), so the choice is
+/// speed alone. Measured on an H100 at Qwen shapes (14 q / 2 KV heads):
+/// see `engine::cuda::profile_tests` ("attention ... per head").
+pub(crate) fn decode_attention_launch(
     n_heads: usize,
     n_kv: usize,
+    hd: usize,
     n_tok: usize,
     grid_chunks: usize,
 ) -> (&'static str, LaunchConfig) {
-    let grouped = n_tok >= ATT_GQA_MIN_ROWS && n_heads / n_kv <= ATT_GROUP_MAX;
-    let (name, blocks_x) = if grouped {
-        ("attn_partial_gqa", n_kv)
-    } else {
-        ("attn_partial", n_heads)
+    let grouped = n_kv > 0 && n_heads / n_kv <= ATT_GROUP_MAX;
+    let (name, blocks_x, blocks_y) = match hd {
+        64 if grouped => ("attn_decode_64", n_kv, grid_chunks.div_ceil(ATT_WARPS)),
+        128 if grouped => ("attn_decode_128", n_kv, grid_chunks.div_ceil(ATT_WARPS)),
+        _ => ("attn_partial", n_heads, grid_chunks),
     };
     (
         name,
         LaunchConfig {
-            grid_dim: (blocks_x as u32, grid_chunks as u32, n_tok as u32),
+            grid_dim: (blocks_x as u32, blocks_y as u32, n_tok as u32),
             block_dim: (ATT_THREADS as u32, 1, 1),
             shared_mem_bytes: 0,
         },
@@ -182,15 +183,12 @@ impl Gpu {
             as_i32(n_chunks, "chunks")?,
         );
         let scale = 1.0f32 / (hd as f32).sqrt();
-        let (name, cfg) = decode_attention_launch(n_heads, n_kv, n_tok, grid_chunks);
+        let (name, cfg) = decode_attention_launch(n_heads, n_kv, hd, n_tok, grid_chunks);
         #[cfg(test)]
-        let (name, cfg) = match self.gqa_off() {
-            true => decode_attention_launch(n_heads, n_kv, 1, grid_chunks),
+        let (name, cfg) = match self.per_head_attention() {
+            // Head size 0 matches no grouped kernel: the per-head shape.
+            true => decode_attention_launch(n_heads, n_kv, 0, n_tok, grid_chunks),
             false => (name, cfg),
-        };
-        let cfg = LaunchConfig {
-            grid_dim: (cfg.grid_dim.0, cfg.grid_dim.1, n_tok as u32),
-            ..cfg
         };
         let f = self.func(name)?;
         let mut l = self.kernel_launch(f);
@@ -212,8 +210,8 @@ impl Gpu {
         // partials and counters of cap_rows >= n_tok rows); the rows' sequences,
         // pages and positions are the engine's checked values (see KvRows),
         // so every cache row read is inside the pool windows; types match
-        // attn_partial and attn_partial_gqa in cuda/attention.cu (the same
-        // parameters).
+        // attn_partial and attn_decode_<hd> in cuda/attention.cu (the same
+        // parameters; the launch shape's hd is the kernel's HD).
         unsafe { l.launch(cfg) }
             .map(|_| ())
             .map_err(cuda_err(&format!("launching {name}")))
@@ -319,26 +317,26 @@ impl Gpu {
 mod tests {
     use super::*;
 
-    /// A decode step takes the grouped kernel (one block per KV head) only
-    /// from ATT_GQA_MIN_ROWS rows and for groups it holds; otherwise one
-    /// block per query head. The grid's other dimensions are the chunks and
-    /// the rows either way.
+    /// Head sizes 64 and 128 with groups the block holds take
+    /// attn_decode_<hd> (a block per KV head and ATT_WARPS chunks, however
+    /// many rows); every other shape one block per head and chunk.
     #[test]
-    fn decode_attention_groups_heads_only_for_full_steps() {
-        for (rows, want) in [
-            (1, "attn_partial"),
-            (32, "attn_partial"),
-            (63, "attn_partial"),
-        ] {
-            let (name, cfg) = decode_attention_launch(14, 2, rows, 5);
-            assert_eq!((name, cfg.grid_dim), (want, (14, 5, rows as u32)));
+    fn decode_attention_takes_the_grouped_kernel_for_the_shapes_it_has() {
+        for rows in [1, 32, 64] {
+            let (name, cfg) = decode_attention_launch(14, 2, 64, rows, 5);
+            assert_eq!(
+                (name, cfg.grid_dim),
+                ("attn_decode_64", (2, 2, rows as u32))
+            );
         }
-        let (name, cfg) = decode_attention_launch(14, 2, 64, 5);
-        assert_eq!((name, cfg.grid_dim), ("attn_partial_gqa", (2, 5, 64)));
-        // A group larger than ATT_GROUP_MAX stays per head.
-        let heads = 2 * (ATT_GROUP_MAX + 1);
-        let (name, cfg) = decode_attention_launch(heads, 2, 64, 5);
-        assert_eq!((name, cfg.grid_dim.0), ("attn_partial", heads as u32));
+        let (name, cfg) = decode_attention_launch(12, 2, 128, 3, 8);
+        assert_eq!((name, cfg.grid_dim), ("attn_decode_128", (2, 2, 3)));
+        let (name, cfg) = decode_attention_launch(9, 3, 64, 1, 9);
+        assert_eq!((name, cfg.grid_dim), ("attn_decode_64", (3, 3, 1)));
+        for (heads, hd) in [(2 * (ATT_GROUP_MAX + 1), 64), (14, 256), (14, 80)] {
+            let (name, cfg) = decode_attention_launch(heads, 2, hd, 7, 5);
+            assert_eq!((name, cfg.grid_dim), ("attn_partial", (heads as u32, 5, 7)));
+        }
     }
 
     /// The models' shapes take the tiled kernel, and every tile fits.

@@ -37,7 +37,8 @@ const SINGLE_KERNELS: &[&str] = &[
     "row_rms",
     "rope_kv",
     "attn_partial",
-    "attn_partial_gqa",
+    "attn_decode_64",
+    "attn_decode_128",
     "attn_prefill",
     "attn_prefill_tile_64",
     "attn_prefill_tile_128",
@@ -208,9 +209,10 @@ pub struct Gpu {
     /// profile can time `_bt` beside them on the same card.
     #[cfg(test)]
     tiles_off: std::sync::atomic::AtomicBool,
-    /// Tests only: route decode attention past `attn_partial_gqa`.
+    /// Tests only: route decode attention to `attn_partial` (one block per
+    /// head), so tests and the profile can hold it beside `attn_decode_<hd>`.
     #[cfg(test)]
-    gqa_off: std::sync::atomic::AtomicBool,
+    per_head_attention: std::sync::atomic::AtomicBool,
     /// Whether launches use programmatic dependent launch (`gpu::launch`).
     pdl: bool,
     info: DeviceInfo,
@@ -377,7 +379,7 @@ impl Gpu {
             #[cfg(test)]
             tiles_off: std::sync::atomic::AtomicBool::new(false),
             #[cfg(test)]
-            gqa_off: std::sync::atomic::AtomicBool::new(false),
+            per_head_attention: std::sync::atomic::AtomicBool::new(false),
             pdl,
             info,
             kernels,
@@ -535,16 +537,17 @@ impl Gpu {
             .store(off, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Tests only: whether decode attention skips `attn_partial_gqa`.
+    /// Tests only: whether decode attention takes `attn_partial` alone.
     #[cfg(test)]
-    pub(crate) fn set_gqa_off(&self, off: bool) {
-        self.gqa_off
-            .store(off, std::sync::atomic::Ordering::Relaxed);
+    pub(crate) fn set_per_head_attention(&self, on: bool) {
+        self.per_head_attention
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     #[cfg(test)]
-    pub(crate) fn gqa_off(&self) -> bool {
-        self.gqa_off.load(std::sync::atomic::Ordering::Relaxed)
+    pub(crate) fn per_head_attention(&self) -> bool {
+        self.per_head_attention
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Launch one tiny kernel with programmatic dependent launch, plainly

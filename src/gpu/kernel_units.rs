@@ -35,7 +35,7 @@ pub const KV_PAGE_TOKENS: usize = ATT_CHUNK;
 /// so the launch must use exactly this block size.
 pub const ATT_THREADS: usize = 128;
 /// Most query heads per KV head the grouped decode attention
-/// (`attn_partial_gqa`) holds (`ATT_GROUP_MAX` in cuda/attention.cu);
+/// (`attn_decode_<hd>`) holds (`ATT_GROUP_MAX` in cuda/attention.cu);
 /// larger groups take the per-head kernel.
 pub const ATT_GROUP_MAX: usize = 8;
 

@@ -167,7 +167,7 @@ fn op_profile_qwen_shapes() {
             Ok(())
         });
     }
-    let (nh, nkv, hd, max_ctx) = (14usize, 2usize, 64usize, 1024usize);
+    let (nh, nkv, hd, max_ctx) = (14usize, 2usize, 64usize, 4352usize);
     let kc = buf_from(&g, &r.vec(max_ctx * nkv * hd), "kc");
     let vc = buf_from(&g, &r.vec(max_ctx * nkv * hd), "vc");
     let qb = buf_from(&g, &r.vec(nh * hd), "q");
@@ -176,27 +176,38 @@ fn op_profile_qwen_shapes() {
     let part = g
         .alloc(Gpu::attn_scratch_floats(nh, hd, max_ctx, 1) * 4, "part")
         .unwrap();
-    let rows600 = TestRows::reversed(&g, max_ctx, 600, 1);
-    time(
-        "attention pos 600 (14q/2kv, hd 64)",
-        2 * 601 * nkv * hd * 4,
-        &|| {
-            g.attention(
-                qb.all(),
-                kc.all(),
-                vc.all(),
-                ob.all(),
-                part.all(),
-                rows600.rows(),
-                nh,
-                nkv,
-                hd,
-                max_ctx,
-                1,
-                max_ctx,
-            )
-        },
-    );
+    // One row at a short, a middling and a long position, over the reach a
+    // decode graph gives it (the next power of two), through the launcher's
+    // choice and through the one-block-per-head kernel.
+    for pos in [100usize, 600, 4100] {
+        let rows = TestRows::reversed(&g, max_ctx, pos, 1);
+        let reach = (pos + 1).next_power_of_two().min(max_ctx);
+        for per_head in [false, true] {
+            g.set_per_head_attention(per_head);
+            let how = if per_head { " per head" } else { "" };
+            time(
+                &format!("attention pos {pos} (14q/2kv, hd 64){how}"),
+                2 * (pos + 1) * nkv * hd * 4,
+                &|| {
+                    g.attention(
+                        qb.all(),
+                        kc.all(),
+                        vc.all(),
+                        ob.all(),
+                        part.all(),
+                        rows.rows(),
+                        nh,
+                        nkv,
+                        hd,
+                        max_ctx,
+                        1,
+                        reach,
+                    )
+                },
+            );
+        }
+        g.set_per_head_attention(false);
+    }
     {
         // Prefill attention of a 512-token chunk at position 0 (causal).
         let (n, q512) = (512usize, buf_from(&g, &r.vec(512 * nh * hd), "q512"));
@@ -216,6 +227,7 @@ fn op_profile_qwen_shapes() {
             )
         });
     }
+    let rows600 = TestRows::reversed(&g, max_ctx, 600, 1);
     time("rope_kv", 0, &|| {
         g.rope_kv(
             qb.all(),
@@ -407,7 +419,7 @@ fn op_profile_batched_qwen_shapes() {
             )
         });
         // The same rows through the one-block-per-head kernel.
-        g.set_gqa_off(true);
+        g.set_per_head_attention(true);
         time_op(
             &g,
             &format!("x{batch} attention pos ~200+ per head"),
@@ -430,7 +442,7 @@ fn op_profile_batched_qwen_shapes() {
                 )
             },
         );
-        g.set_gqa_off(false);
+        g.set_per_head_attention(false);
         time_op(&g, &format!("x{batch} rope_kv"), 0, &|| {
             let (q, k) = (xb.all(), yb.all());
             g.rope_kv(

@@ -474,36 +474,50 @@ fn op_attention_long_context_and_wide_heads() {
         let scores = g
             .alloc(Gpu::attn_scratch_floats(nh, hd, max_ctx, 1) * 4, "scores")
             .unwrap();
-        let mut worst = 0f64;
-        for p in [tile - 1, tile, tile + 40, 2 * tile - 1, max_ctx - 1] {
+        let (mut worst, mut same_bits) = (0f64, true);
+        for p in [5, 100, tile - 1, tile, tile + 40, 2 * tile - 1, max_ctx - 1] {
             let q = r.vec(nh * hd);
             let qb = buf_from(&g, &q, "q");
             let rows = TestRows::reversed(&g, max_ctx, p, 1);
-            let ob = poisoned(&g, nh * hd, "o");
-            g.attention(
-                qb.all(),
-                kc.all(),
-                vc.all(),
-                ob.all(),
-                scores.all(),
-                rows.rows(),
-                nh,
-                nkv,
-                hd,
-                max_ctx,
-                1,
-                max_ctx,
-            )
-            .unwrap();
-            let got: Vec<f32> = g.download(&ob, 0, nh * hd).unwrap();
+            // The launcher's kernel, then the one-block-per-head kernel: the
+            // same bits (the grouped kernel's promise, on the GPU's own
+            // arithmetic), over a graph's reach and over the whole context.
+            let mut outs = Vec::new();
+            for (per_head, reach) in [(false, p + 1), (false, max_ctx), (true, max_ctx)] {
+                g.set_per_head_attention(per_head);
+                let ob = poisoned(&g, nh * hd, "o");
+                g.attention(
+                    qb.all(),
+                    kc.all(),
+                    vc.all(),
+                    ob.all(),
+                    scores.all(),
+                    rows.rows(),
+                    nh,
+                    nkv,
+                    hd,
+                    max_ctx,
+                    1,
+                    reach,
+                )
+                .unwrap();
+                outs.push(g.download::<f32>(&ob, 0, nh * hd).unwrap());
+            }
+            g.set_per_head_attention(false);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+            same_bits &= outs.iter().all(|o| bits(o) == bits(&outs[2]));
             let want = super::prefill_tests::cpu_attention(&q, &kseq, &vseq, nh, nkv, hd, p, 1);
-            worst = worst.max(rel_err(&got, &want));
+            worst = worst.max(rel_err(&outs[0], &want));
         }
         println!(
-            "attention {nh}q/{nkv}kv hd {hd} at positions up to {}: worst rel err {worst:.2e} (tol 1e-4)",
+            "attention {nh}q/{nkv}kv hd {hd} at positions up to {}: worst rel err {worst:.2e} (tol 1e-4); launcher's kernel bit-identical to per head: {same_bits}",
             max_ctx - 1
         );
         assert!(worst < 1e-4, "attention hd {hd}: rel err {worst}");
+        assert!(
+            same_bits,
+            "attention hd {hd}: the launcher's kernel differs from attn_partial"
+        );
     }
 }
 
