@@ -109,6 +109,14 @@ Feature: Configuration
     Then the worker exits with code 2 within 10 seconds
     And the worker log mentions "1024"
 
+  @WORKER-4983
+  Scenario: A misspelt engine numerics switch stops start-up on every backend
+    Given a worker configured for the tiny test model
+    And the environment sets "WORKER_ORCD_TENSOR_DECODE" to "mlp"
+    When the worker is started
+    Then the worker exits with code 2 within 10 seconds
+    And the worker log mentions "WORKER_ORCD_TENSOR_DECODE"
+
   @WORKER-4980 @source
   Scenario: Help explains every option
     Then "worker-orcd --help" mentions "--config", "--model-path", "--worker-id", "--allow-root"

@@ -229,24 +229,22 @@ impl Config {
     }
 }
 
-/// The CUDA engine's numerics switch (`WORKER_ORCD_PREFILL_GEMM`) accepts
-/// only its documented values.
+/// The CUDA engine's numerics switches (`WORKER_ORCD_PREFILL_GEMM`,
+/// `WORKER_ORCD_TENSOR_DECODE`) accept only their documented values, read by
+/// the engine's own parsers so the two checks cannot drift apart.
 fn check_engine_env(lookup: env::Lookup<'_>) -> Result<(), ConfigError> {
-    let name = env::PREFILL_GEMM.name;
-    match env::PREFILL_GEMM
-        .read_with(lookup)
-        .map_err(|e| ConfigError::new(name, e))?
-        .as_deref()
-    {
-        None | Some("f32") | Some("tf32x3") => Ok(()),
-        Some(other) => Err(ConfigError::new(
-            name,
-            format!(
-                "\"{other}\" is not a prefill GEMM mode; use \"f32\" (the default, FP32 SGEMM) or \"tf32x3\" \
-                 (3xTF32 tensor-core GEMMs), or unset it"
-            ),
-        )),
-    }
+    use crate::engine::cuda::tensor_routes::{prefill_tf32x3, TensorRoutes};
+    let read = |var: env::EnvVar| {
+        var.read_with(lookup)
+            .map_err(|e| ConfigError::new(var.name, e))
+    };
+    let refuse = |var: env::EnvVar| {
+        move |e: crate::error::WorkerError| ConfigError::new(var.name, e.to_string())
+    };
+    prefill_tf32x3(read(env::PREFILL_GEMM)?.as_deref()).map_err(refuse(env::PREFILL_GEMM))?;
+    TensorRoutes::parse(read(env::TENSOR_DECODE)?.as_deref())
+        .map_err(refuse(env::TENSOR_DECODE))?;
+    Ok(())
 }
 
 fn build(m: &Layer, lookup: env::Lookup<'_>) -> Result<Config, ConfigError> {

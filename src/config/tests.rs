@@ -167,6 +167,21 @@ fn prefill_gemm_mode_is_validated() {
     assert!(e.to_string().contains("tf32x3"), "{e}");
 }
 
+/// So is the tensor-core decode route, on every backend (a CPU worker
+/// with a typo there would otherwise start and the GPU one refuse).
+#[test]
+fn tensor_decode_routes_are_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = base_args(&dir);
+    for ok in ["none", "lm_head", "attn,ffn"] {
+        resolve(&args, &env_of(&[("WORKER_ORCD_TENSOR_DECODE", ok)])).unwrap();
+    }
+    let e = resolve(&args, &env_of(&[("WORKER_ORCD_TENSOR_DECODE", "mlp")])).unwrap_err();
+    assert_eq!(e.field, "WORKER_ORCD_TENSOR_DECODE");
+    assert!(e.to_string().contains("\"mlp\""), "{e}");
+    assert!(e.to_string().contains("lm_head"), "{e}");
+}
+
 #[test]
 fn credentials_directory_used_when_no_path_configured() {
     let dir = tempfile::tempdir().unwrap();

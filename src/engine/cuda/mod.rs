@@ -54,7 +54,7 @@ pub use checks::supported_quant;
 use checks::{check_f32_vec, check_tensor};
 
 use graph_cache::GraphCache;
-mod tensor_routes;
+pub(crate) mod tensor_routes;
 
 use crate::engine::batch::{check_admission, check_step, KvUsage, SeqBounds, SeqSlot, StepChunk};
 use crate::engine::kv::{KvPool, PageTable};
@@ -224,15 +224,7 @@ impl CudaEngine {
         let layout = Layout::new(cfg, asked, opts.kv_pool_tokens, opts.max_sequences);
         let max_ctx = layout.max_ctx;
         // Before any allocation: a bad mode changes nothing on the device.
-        let tf32x3 = match crate::env::PREFILL_GEMM.get().as_deref() {
-            None | Some("f32") => false,
-            Some("tf32x3") => true,
-            Some(other) => {
-                return Err(WorkerError::invalid(format!(
-                "WORKER_ORCD_PREFILL_GEMM is \"{other}\"; use \"f32\" (the default) or \"tf32x3\""
-            )))
-            }
-        };
+        let tf32x3 = tensor_routes::prefill_tf32x3(crate::env::PREFILL_GEMM.get().as_deref())?;
         let tensor_routes = TensorRoutes::parse(crate::env::TENSOR_DECODE.get().as_deref())?;
         let gpu = match opening {
             Some(o) => o.wait(opts.gpu_device)?,

@@ -113,6 +113,22 @@ impl TensorRoutes {
     }
 }
 
+/// Whether prefill GEMMs run as 3xTF32 on the tensor cores
+/// (`WORKER_ORCD_PREFILL_GEMM`: `None` or "f32" no, "tf32x3" yes). Any other
+/// value is INVALID_CONFIG, the code `config::check_engine_env` gives the
+/// daemon for it, so `generate` and `bench` refuse it the same way.
+pub fn prefill_tf32x3(value: Option<&str>) -> Result<bool> {
+    match value {
+        None | Some("f32") => Ok(false),
+        Some("tf32x3") => Ok(true),
+        Some(other) => Err(WorkerError::InvalidConfig {
+            message: format!(
+                "WORKER_ORCD_PREFILL_GEMM is \"{other}\"; use \"f32\" (the default) or \"tf32x3\", or unset it"
+            ),
+        }),
+    }
+}
+
 /// A group of matrices that takes one arithmetic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Group {
@@ -155,5 +171,16 @@ mod tests {
         assert_eq!(only_ffn.math(Group::Ffn), RowsMath::Tensor);
         assert_eq!(only_ffn.math(Group::Attn), RowsMath::Fp32);
         assert_eq!(only_ffn.math(Group::LmHead), RowsMath::Fp32);
+    }
+
+    #[test]
+    fn the_prefill_gemm_mode_is_f32_tf32x3_or_a_config_error() {
+        assert!(!prefill_tf32x3(None).unwrap());
+        assert!(!prefill_tf32x3(Some("f32")).unwrap());
+        assert!(prefill_tf32x3(Some("tf32x3")).unwrap());
+        for bad in ["", "fast", "TF32X3", "f32 "] {
+            let e = prefill_tf32x3(Some(bad)).unwrap_err();
+            assert_eq!(e.code(), "INVALID_CONFIG", "{bad:?}: {e}");
+        }
     }
 }
