@@ -156,35 +156,103 @@ attn_partial(const float* q, const float* kc, const float* vc, float* part, int*
 }
 
 // Split-KV decode attention with a warp per chunk and a GQA group per block
-// (`attn_decode_<HD>`, HD 64 or 128): grid (n_kv, ceil(chunks / ATT_WARPS),
-// n_tok), block ATT_THREADS threads, at most ATT_GROUP_MAX query heads per KV
-// head. Warp w of block (g, b, t) takes chunk ATT_WARPS * b + w of row t for
-// every query head of KV head g and writes exactly the partial attn_partial's
-// block of that (row, head, chunk) writes: lane j scores cache row j of the
-// chunk (each key row loaded once for the whole group, its dot over HD in
-// order), the chunk's max is a warp max (a max is the same whatever the
-// order), weights exp(score - max) and their sum in row order, and lane l
-// sums output dims l, l + 32, ... over the chunk's rows in order. The last
-// block of a (row, KV head) to finish, found by an integer ticket on the
-// group's first head's counter, folds each head's partials in chunk order as
-// attn_partial does (warp w folds heads w, w + ATT_WARPS, ...), so every
-// output has attn_partial's bits (WORKER-4710; the kernel emulator checks
-// it) and which launch shape serves a step changes nothing a row computes.
+// (`attn_decode_<HD>`, HD 64 or 128): grid (n_kv, ceil(chunks / AD_WARPS),
+// n_tok), block 32 * AD_WARPS threads, at most ATT_GROUP_MAX query heads per
+// KV head. Warp w of block (g, b, t) takes chunk AD_WARPS * b + w of row t
+// for every query head of KV head g and computes exactly the partial
+// attn_partial's block of that (row, head, chunk) computes: lane j scores
+// cache row j of the chunk (each key row loaded once for the whole group,
+// its dot over HD in order), the chunk's max is a warp max (a max is the
+// same whatever the order), weights exp(score - max) and their sum in row
+// order, and lane l sums output dims l, l + 32, ... over the chunk's rows in
+// order. Then each head's partials are folded in chunk order as attn_partial
+// folds them (fold_head), warp w folding heads w, w + AD_WARPS, ...: by the
+// block itself, from shared memory, when one block covers the row (up to
+// 32 * AD_WARPS positions); otherwise by the last block of the (row, KV
+// head) to finish, from global memory, found by an integer ticket on the
+// group's first head's counter. Every output has attn_partial's bits
+// (WORKER-4710; the kernel emulator and the GPU suite check it), so which
+// launch shape serves a step changes nothing a row computes.
 // Why: attn_partial starts a block of 128 threads per (row, head, chunk), in
 // which 32 threads score and 64 sum, each a chain of dependent global
-// loads, and a long context's fold then walks its chunks one load after the
-// other. Here a block has four chunks of work for a whole group in flight,
-// and the fold loads a tile of 32 chunks' values before adding any of them.
+// loads, and its fold walks a long context's chunks one load after another.
+// Here a block has AD_WARPS chunks of a whole group in flight, a short
+// context never leaves the block, and a long one's fold loads a tile's
+// maxima, sums and values before adding any of them.
+
+// A load of a partial: from shared memory, or from global memory past L1
+// (other blocks wrote it).
+template <bool SHARED>
+__device__ __forceinline__ float ld_partial(const float* p) {
+    return SHARED ? *p : __ldcg(p);
+}
+
+// Fold one head's nc chunk partials (chunk c's HD values, max and sum at
+// base + c * stride) into dst[0..HD) in chunk order, by one warp, as
+// attn_partial's fold: M the max of the chunk maxima, then S and every
+// output over the chunks in order with weights exp(max_c - M), a tile of 32
+// chunks at a time. A tile's maxima, sums and (up to two dims per lane)
+// values are loaded together before any is used, so up to 32 chunks fold in
+// one round of loads (M then comes from the tile itself).
+template <int HD, bool SHARED>
+__device__ __forceinline__ void fold_head(const float* base, u64 stride, int nc, float* dst, float* fw, float* fs) {
+    constexpr int DL = HD / 32, PF = DL < 2 ? DL : 2;
+    const int lane = threadIdx.x & 31;
+    float M = __int_as_float(0xff800000);  // -inf
+    if (nc > 32) {
+#pragma unroll 8
+        for (int k = lane; k < nc; k += 32) M = fmaxf(M, ld_partial<SHARED>(base + (u64)k * stride + HD));
+        M = warp_max(M);
+    }
+    float S = 0.0f, o[DL];
+#pragma unroll
+    for (int i = 0; i < DL; i++) o[i] = 0.0f;
+    for (int k0 = 0; k0 < nc; k0 += 32) {
+        const int kn = min(32, nc - k0);
+        const float* tile = base + (u64)k0 * stride;
+        const float* pk = tile + lane;  // dim lane of the tile's first chunk
+        float mk = __int_as_float(0xff800000), sk = 0.0f, pv[PF][32];
+        if (lane < kn) {
+            mk = ld_partial<SHARED>(tile + (u64)lane * stride + HD);
+            sk = ld_partial<SHARED>(tile + (u64)lane * stride + HD + 1);
+        }
+#pragma unroll
+        for (int i = 0; i < PF; i++)
+#pragma unroll
+            for (int k = 0; k < 32; k++) pv[i][k] = k < kn ? ld_partial<SHARED>(pk + (u64)k * stride + 32 * i) : 0.0f;
+        if (nc <= 32) M = warp_max(mk);
+        fw[lane] = lane < kn ? expf(mk - M) : 0.0f;
+        fs[lane] = sk;
+        __syncwarp();
+        for (int i = 0; i < kn; i++) S += fs[i] * fw[i];
+#pragma unroll
+        for (int i = 0; i < DL; i++) {
+            if (i >= PF) {
+#pragma unroll
+                for (int k = 0; k < 32; k++) pv[0][k] = k < kn ? ld_partial<SHARED>(pk + (u64)k * stride + 32 * i) : 0.0f;
+            }
+            const int slot = i < PF ? i : 0;
+#pragma unroll
+            for (int k = 0; k < 32; k++)
+                if (k < kn) o[i] = fmaf(pv[slot][k], fw[k], o[i]);
+        }
+        __syncwarp();
+    }
+#pragma unroll
+    for (int i = 0; i < DL; i++) dst[lane + 32 * i] = o[i] / S;
+}
+
 template <int HD>
 __device__ __forceinline__ void attn_decode_body(const float* q, const float* kc, const float* vc, float* part,
                                                  int* counters, float* att_out, const int4* place,
                                                  const int* tables, int table_len, int n_heads, int n_kv,
                                                  int n_chunks, float scale) {
-    constexpr int W = ATT_THREADS / 32, G = ATT_GROUP_MAX, DL = HD / 32, P = HD + 2;
+    constexpr int W = AD_WARPS, G = ATT_GROUP_MAX, DL = HD / 32, P = HD + 2;
     __shared__ __align__(16) float qs[G * HD];
     __shared__ float ew[W][G][32];
     __shared__ float fw[W][32];
     __shared__ float fs[W][32];
+    __shared__ float local[W][G][P];  // the partials, when one block covers the row
     __shared__ int is_last;
     const int kvh = blockIdx.x, t = blockIdx.z, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int grp = n_heads / n_kv, h0 = kvh * grp;
@@ -192,9 +260,10 @@ __device__ __forceinline__ void attn_decode_body(const float* q, const float* kc
     const int n = pl.x + 1;
     const int nc = (n + ATT_CHUNK - 1) / ATT_CHUNK;
     if (blockIdx.y * W >= nc) return;  // the whole block: past this row's chunks
+    const bool alone = nc <= W;         // this block holds every chunk of the row
     const int* table = tables + (u64)pl.y * table_len;
     const float* qg = q + ((u64)t * n_heads + h0) * HD;
-    for (int i = threadIdx.x; i < grp * HD; i += ATT_THREADS) qs[i] = qg[i];
+    for (int i = threadIdx.x; i < grp * HD; i += 32 * W) qs[i] = qg[i];
     __syncthreads();
     const int c = blockIdx.y * W + warp;
     if (c < nc) {
@@ -253,10 +322,15 @@ __device__ __forceinline__ void attn_decode_body(const float* q, const float* kc
                 }
             }
         }
+        // Head h0 + g's partial of chunk c: in this block's shared memory when
+        // it folds alone, else in the scratch.
+        auto out_of = [&](int g) {
+            return alone ? &local[warp][g][0] : part + (((u64)t * n_heads + h0 + g) * n_chunks + c) * P;
+        };
 #pragma unroll
         for (int g = 0; g < G; g++) {
             if (g < grp) {
-                float* out = part + (((u64)t * n_heads + h0 + g) * n_chunks + c) * P;
+                float* out = out_of(g);
 #pragma unroll
                 for (int i = 0; i < DL; i++) out[lane + 32 * i] = o[g][i];
             }
@@ -264,10 +338,17 @@ __device__ __forceinline__ void attn_decode_body(const float* q, const float* kc
         if (lane < grp) {
             float s = 0.0f;
             for (int j = 0; j < tn; j++) s += ew[warp][lane][j];
-            float* out = part + (((u64)t * n_heads + h0 + lane) * n_chunks + c) * P;
+            float* out = out_of(lane);
             out[HD] = my_max;
             out[HD + 1] = s;
         }
+    }
+    if (alone) {
+        __syncthreads();
+        for (int g = warp; g < grp; g += W)
+            fold_head<HD, true>(&local[0][g][0], (u64)G * P, nc, att_out + ((u64)t * n_heads + h0 + g) * HD, fw[warp],
+                                fs[warp]);
+        return;
     }
     // Publish this block's partials device-wide before taking a ticket.
     __threadfence();
@@ -280,67 +361,16 @@ __device__ __forceinline__ void attn_decode_body(const float* q, const float* kc
     __syncthreads();
     if (!is_last) return;
     __threadfence();
-    // The fold, attn_partial's arithmetic: M the max of the chunk maxima, then
-    // S and every output over the chunks in chunk order with weights
-    // exp(max_k - M), a tile of 32 chunks at a time. A tile's maxima, sums
-    // and (up to PF dims per lane) values are loaded together before any is
-    // used, so a context of up to 32 chunks folds in one round of loads
-    // (its M comes from the tile itself). Loads bypass L1: other blocks
-    // wrote the partials.
-    constexpr int PF = DL < 2 ? DL : 2;  // dims per lane loaded with the tile
     for (int g = warp; g < grp; g += W) {
         const u64 th = (u64)t * n_heads + h0 + g;
-        const float* base = part + th * n_chunks * P;
-        float M = __int_as_float(0xff800000);  // -inf
-        if (nc > 32) {
-            for (int k = lane; k < nc; k += 32) M = fmaxf(M, __ldcg(base + (u64)k * P + HD));
-            M = warp_max(M);
-        }
-        float S = 0.0f, o[DL];
-#pragma unroll
-        for (int i = 0; i < DL; i++) o[i] = 0.0f;
-        for (int k0 = 0; k0 < nc; k0 += 32) {
-            const int kn = min(32, nc - k0);
-            const float* tile = base + (u64)k0 * P;
-            const float* pk = tile + lane;  // dim lane of the tile's first chunk
-            float mk = __int_as_float(0xff800000), sk = 0.0f, pv[PF][32];
-            if (lane < kn) {
-                mk = __ldcg(tile + (u64)lane * P + HD);
-                sk = __ldcg(tile + (u64)lane * P + HD + 1);
-            }
-#pragma unroll
-            for (int i = 0; i < PF; i++)
-#pragma unroll
-                for (int k = 0; k < 32; k++) pv[i][k] = k < kn ? __ldcg(pk + (u64)k * P + 32 * i) : 0.0f;
-            if (nc <= 32) M = warp_max(mk);
-            fw[warp][lane] = lane < kn ? expf(mk - M) : 0.0f;
-            fs[warp][lane] = sk;
-            __syncwarp();
-            for (int i = 0; i < kn; i++) S += fs[warp][i] * fw[warp][i];
-#pragma unroll
-            for (int i = 0; i < DL; i++) {
-                if (i >= PF) {
-#pragma unroll
-                    for (int k = 0; k < 32; k++) pv[0][k] = k < kn ? __ldcg(pk + (u64)k * P + 32 * i) : 0.0f;
-                }
-                const int slot = i < PF ? i : 0;
-#pragma unroll
-                for (int k = 0; k < 32; k++)
-                    if (k < kn) o[i] = fmaf(pv[slot][k], fw[warp][k], o[i]);
-            }
-            __syncwarp();
-        }
-        float* dst = att_out + th * HD;
-#pragma unroll
-        for (int i = 0; i < DL; i++) dst[lane + 32 * i] = o[i] / S;
+        fold_head<HD, false>(part + th * n_chunks * P, P, nc, att_out + th * HD, fw[warp], fs[warp]);
     }
 }
 
 static_assert(ATT_CHUNK == 32, "attn_decode: a lane per chunk row");
-static_assert(ATT_THREADS % 32 == 0, "attn_decode: whole warps");
 
 #define ATTN_DECODE(HD)                                                                                        \
-    extern "C" __global__ void __launch_bounds__(ATT_THREADS)                                                  \
+    extern "C" __global__ void __launch_bounds__(32 * AD_WARPS)                                                \
         attn_decode_##HD(const float* q, const float* kc, const float* vc, float* part, int* counters,         \
                          float* att_out, const int4* place, const int* tables, int table_len, int n_heads,     \
                          int n_kv, int hd, int n_chunks, float scale) {                                        \

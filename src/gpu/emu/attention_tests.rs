@@ -6,13 +6,16 @@
 //! launcher's own shape) as from `attn_partial` launched for each row alone,
 //! and they agree with a float64 attention. Covers groups of 7, 3, 4, 1 and
 //! 8 query heads, head sizes 64, 128 and 256 (the grouped kernel has 64 and
-//! 128), partial chunks, rows past a fold tile of the grouped kernel (32
-//! chunks) and of attn_partial (ATT_THREADS chunks).
+//! 128), partial chunks, rows folded inside one grouped block and by the
+//! last of several, past a fold tile of the grouped kernel (32 chunks) and
+//! of attn_partial (ATT_THREADS chunks).
 
 use super::{Arg, Emu, Order};
 use crate::engine::cuda::prefill_tests::cpu_attention;
 use crate::engine::cuda::tests::Rng;
-use crate::gpu::attention::{decode_attention_launch, ATT_CHUNK, ATT_THREADS, KV_PAGE_TOKENS};
+use crate::gpu::attention::{
+    decode_attention_launch, AD_WARPS, ATT_CHUNK, ATT_THREADS, KV_PAGE_TOKENS,
+};
 use crate::gpu::Gpu;
 
 /// One decode step: `positions[s]` is sequence s's row; keys and values per
@@ -169,7 +172,25 @@ fn decode_attention_rows_get_their_lone_bits() {
         ((14, 2, 64), vec![tile + 40, 3, 260, 33, 95, 7, 64, 128]),
         (
             (12, 2, 128),
-            vec![32 * ATT_CHUNK + 5, 1100, 3, 64 * ATT_CHUNK - 1],
+            vec![
+                32 * ATT_CHUNK + 5,
+                1100,
+                3,
+                64 * ATT_CHUNK - 1,
+                32 * ATT_CHUNK - 1,
+            ],
+        ),
+        // Around one grouped block's reach (AD_WARPS chunks): folded in
+        // the block, then by the last of two blocks.
+        (
+            (14, 2, 64),
+            vec![
+                AD_WARPS * ATT_CHUNK - 1,
+                AD_WARPS * ATT_CHUNK,
+                AD_WARPS * ATT_CHUNK + 1,
+                0,
+                2 * AD_WARPS * ATT_CHUNK,
+            ],
         ),
     ] {
         let step = Step::random(&mut r, shape, &positions);
