@@ -29,15 +29,16 @@ __device__ __forceinline__ float f16_to_f32(u16 h) {
 
 // Programmatic dependent launch (sm_90+; issue 12 point 1): every kernel
 // calls this first. It waits until the grids this one depends on have
-// finished and their writes are visible, then lets the next grid on the
-// stream launch, so that grid's launch and block start-up overlap this one's
-// work instead of following it. Launched without the attribute (or before
-// sm_90, or in the kernel emulator) it does nothing. Nothing is read or
-// written before it, so no kernel sees another's half-written output.
+// finished and their writes are visible. It does not trigger its dependents
+// early: they launch as this grid's blocks exit (the implicit trigger), so
+// no dependent block waits on an SM this grid could still use; triggering
+// at entry measured slower than no PDL at all (src/gpu/launch.rs). Launched
+// without the attribute (or before sm_90, or in the kernel emulator) it does
+// nothing. Nothing is read or written before it, so no kernel sees
+// another's half-written output.
 __device__ __forceinline__ void grid_dependency_sync() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
 

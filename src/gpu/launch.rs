@@ -16,9 +16,12 @@
 //! PDL is off unless `WORKER_ORCD_PDL` is `1` (and the device has compute
 //! capability 9.0 or above): measured on an H100 (f43efe1, Qwen-shaped
 //! Q4_K_M), it made batch-1 decode 11% slower (700 against 789 tokens/s) and
-//! pp512 prefill 17% slower, most likely because every kernel triggers its
-//! dependents at entry and their blocks then wait on SMs the running kernel
-//! could use. Off, launches are plain and the kernels' wait does nothing.
+//! pp512 prefill 17% slower, most likely because every kernel triggered its
+//! dependents at entry and their blocks then waited on SMs the running
+//! kernel could use (at 39220e8: 750 against 850). The kernels now only
+//! wait, so dependents launch as the previous grid's blocks exit; that
+//! variant is benched by ci/gpu-run phase 1 (`bench_qwen_pdl`). Off,
+//! launches are plain and the kernels' wait does nothing.
 //! Arguments are passed as cuLaunchKernel takes them: one pointer per
 //! argument, here to an 8-byte slot holding the value (every kernel
 //! parameter is a pointer, an integer or an f32).
