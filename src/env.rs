@@ -110,8 +110,9 @@ pub const PDL: EnvVar = EnvVar {
     default: Some("0"),
     doc: "`1` lets each CUDA kernel launch while the previous one runs, on compute capability \
           9.0 and above, each waiting for the one before it on the device (programmatic dependent \
-          launch; the same results either way). Off by default: it measured slower (the figures \
-          are in src/gpu/launch.rs). For timing experiments; the start-up log says which",
+          launch; the same results either way). Off by default until the whole GPU suite has run \
+          with it on: its first form measured slower, the current one about 2% faster (the \
+          figures are in src/gpu/launch.rs). The start-up log says which",
 };
 
 /// Prefill GEMM numerics on the CUDA backend.
@@ -387,6 +388,42 @@ mod tests {
         let bad = |_: &str| Some(OsString::from_vec(vec![0xff, 0xfe]));
         let err = GPU_DEVICE.read_with(&bad).unwrap_err();
         assert!(err.contains("WORKER_GPU_DEVICE"), "{err}");
+    }
+
+    /// docs/operations.md's environment table is written by hand (its
+    /// wording is longer than the docs here), so this holds it to the
+    /// declarations: its rows are the run-time variables of [`ALL`] (every
+    /// one up to CUDA_DEVICE_ORDER; the test-only ones follow), in order,
+    /// with the same defaults.
+    #[test]
+    fn operations_doc_lists_the_run_time_variables_with_their_defaults() {
+        let doc = include_str!("../docs/operations.md");
+        let start = doc
+            .find("| variable | default | meaning |\n|---|---|---|\n")
+            .expect("the environment table's header");
+        let rows: Vec<(String, String)> = doc[start..]
+            .lines()
+            .skip(2)
+            .take_while(|l| l.starts_with("| `"))
+            .map(|l| {
+                let cells: Vec<&str> = l.split(" | ").collect();
+                let name = cells[0].trim_start_matches("| ").trim_matches('`');
+                (name.to_string(), cells[1].to_string())
+            })
+            .collect();
+        let run_time = ALL
+            .iter()
+            .position(|v| v.name == CUDA_DEVICE_ORDER.name)
+            .unwrap()
+            + 1;
+        let want: Vec<(String, String)> = ALL[..run_time]
+            .iter()
+            .map(|v| {
+                let default = v.default.map_or("(unset)".into(), |d| format!("`{d}`"));
+                (v.name.to_string(), default)
+            })
+            .collect();
+        assert_eq!(rows, want, "docs/operations.md's environment table");
     }
 
     #[test]

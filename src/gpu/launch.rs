@@ -19,9 +19,13 @@
 //! pp512 prefill 17% slower, most likely because every kernel triggered its
 //! dependents at entry and their blocks then waited on SMs the running
 //! kernel could use (at 39220e8: 750 against 850). The kernels now only
-//! wait, so dependents launch as the previous grid's blocks exit; that
-//! variant is benched by ci/gpu-run phase 1 (`bench_qwen_pdl`). Off,
-//! launches are plain and the kernels' wait does nothing.
+//! wait, so dependents launch as the previous grid's blocks exit. That
+//! variant measured faster on an H100 (7ad5591, Qwen-shaped file, same
+//! binary and call, ci/gpu-run phase 1 `bench_qwen_pdl` against
+//! `bench_qwen`): batch-1 decode 925 against 905 tokens/s, pp512 35,169
+//! against 34,156. It stays off by default until the whole GPU suite has
+//! run with it on (every scenario and golden run so far used plain
+//! launches). Off, launches are plain and the kernels' wait does nothing.
 //! Arguments are passed as cuLaunchKernel takes them: one pointer per
 //! argument, here to an 8-byte slot holding the value (every kernel
 //! parameter is a pointer, an integer or an f32).
