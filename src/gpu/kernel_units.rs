@@ -30,9 +30,10 @@ pub const ATT_CHUNK: usize = 32;
 /// chunk's rows are consecutive in the pool and a short request wastes at
 /// most 31 positions. Handed to every kernel as `KV_PAGE`.
 pub const KV_PAGE_TOKENS: usize = ATT_CHUNK;
-/// Threads per block of the split-KV decode attention (`ATT_THREADS` in
-/// cuda/attention.cu): its fold of the chunks works in tiles of this many,
-/// so the launch must use exactly this block size.
+/// Threads per block of the per-head split-KV decode attention,
+/// `attn_partial` (`ATT_THREADS` in cuda/attention.cu): its fold of the
+/// chunks works in tiles of this many, so its launch must use exactly this
+/// block size (`attn_decode_<hd>` has its own, `AD_WARPS`).
 pub const ATT_THREADS: usize = 128;
 /// Most query heads per KV head the grouped decode attention
 /// (`attn_decode_<hd>`) holds (`ATT_GROUP_MAX` in cuda/attention.cu);
