@@ -401,47 +401,33 @@ fn op_profile_batched_qwen_shapes() {
             .unwrap();
         // Rows at positions 200.. (a 128 + 128 sweep's middle).
         let rows = TestRows::reversed(&g, max_ctx, 200, batch);
-        time_op(&g, &format!("x{batch} attention pos ~200+"), 0, &|| {
-            let (q, o) = (xb.all(), yb.all());
-            g.attention(
-                q,
-                kc.all(),
-                vc.all(),
-                o,
-                part.all(),
-                rows.rows(),
-                nh,
-                nkv,
-                hd,
-                max_ctx,
-                batch,
-                200 + batch,
-            )
-        });
-        // The same rows through the one-block-per-head kernel.
-        g.set_per_head_attention(true);
-        time_op(
-            &g,
-            &format!("x{batch} attention pos ~200+ per head"),
-            0,
-            &|| {
-                let (q, o) = (xb.all(), yb.all());
-                g.attention(
-                    q,
-                    kc.all(),
-                    vc.all(),
-                    o,
-                    part.all(),
-                    rows.rows(),
-                    nh,
-                    nkv,
-                    hd,
-                    max_ctx,
-                    batch,
-                    200 + batch,
-                )
-            },
-        );
+        // Through the launcher's choice, then the one-block-per-head kernel.
+        for per_head in [false, true] {
+            g.set_per_head_attention(per_head);
+            let how = if per_head { " per head" } else { "" };
+            time_op(
+                &g,
+                &format!("x{batch} attention pos ~200+{how}"),
+                0,
+                &|| {
+                    let (q, o) = (xb.all(), yb.all());
+                    g.attention(
+                        q,
+                        kc.all(),
+                        vc.all(),
+                        o,
+                        part.all(),
+                        rows.rows(),
+                        nh,
+                        nkv,
+                        hd,
+                        max_ctx,
+                        batch,
+                        200 + batch,
+                    )
+                },
+            );
+        }
         g.set_per_head_attention(false);
         time_op(&g, &format!("x{batch} rope_kv"), 0, &|| {
             let (q, k) = (xb.all(), yb.all());
