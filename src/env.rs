@@ -107,12 +107,12 @@ pub const CUDA_GRAPH: EnvVar = EnvVar {
 /// Switch for programmatic dependent launch of the CUDA kernels.
 pub const PDL: EnvVar = EnvVar {
     name: "WORKER_ORCD_PDL",
-    default: Some("0"),
-    doc: "`1` lets each CUDA kernel launch while the previous one runs, on compute capability \
-          9.0 and above, each waiting for the one before it on the device (programmatic dependent \
-          launch; the same results either way). Off by default until the whole GPU suite has run \
-          with it on: its first form measured slower, the current one about 2% faster (the \
-          figures are in src/gpu/launch.rs). The start-up log says which",
+    default: Some("1"),
+    doc: "`1` (default) lets each CUDA kernel launch while the previous one runs, on compute \
+          capability 9.0 and above, each waiting for the one before it on the device (programmatic \
+          dependent launch; the same results either way; about 2% faster, figures in \
+          src/gpu/launch.rs); `0` launches them one after another. Older GPUs always launch one \
+          after another. The start-up log says which",
 };
 
 /// Prefill GEMM numerics on the CUDA backend.

@@ -234,7 +234,7 @@ pub struct KernelProvenance {
 /// Why launches do not use programmatic dependent launch.
 #[derive(Debug, PartialEq, Eq)]
 enum PdlOff {
-    /// WORKER_ORCD_PDL unset or `0`.
+    /// WORKER_ORCD_PDL is `0`.
     Default,
     /// Asked for but not possible, or a value that is neither 0 nor 1: the
     /// operator's reason, logged as a warning.
@@ -242,11 +242,13 @@ enum PdlOff {
 }
 
 /// Whether launches use PDL, from `WORKER_ORCD_PDL` and the GPU's compute
-/// capability (major): on only for `1` on 9.0 and above.
+/// capability (major): on by default (unset or `1`) on 9.0 and above, off for
+/// `0`; unset on an older GPU is plainly off, an explicit `1` there a warning.
 fn pdl_choice(setting: Option<&str>, major: i32) -> std::result::Result<(), PdlOff> {
     match setting {
-        None | Some("0") => Err(PdlOff::Default),
-        Some("1") if major >= 9 => Ok(()),
+        Some("0") => Err(PdlOff::Default),
+        None | Some("1") if major >= 9 => Ok(()),
+        None => Err(PdlOff::Default),
         Some("1") => Err(PdlOff::Refused(format!(
             "WORKER_ORCD_PDL=1 asks for programmatic dependent launch, which needs compute \
              capability 9.0 or above; this GPU has {major}.x. Unset it to silence this warning."
@@ -393,9 +395,9 @@ impl Gpu {
         }
         tracing::info!(
             human = match (gpu.pdl, &pdl_choice) {
-                (true, _) => "Kernels launch while the previous one finishes (programmatic dependent launch, WORKER_ORCD_PDL=1).",
+                (true, _) => "Kernels launch while the previous one finishes (programmatic dependent launch, the default on this GPU; WORKER_ORCD_PDL=0 turns it off).",
                 (false, Ok(())) => "Kernels launch one after another: programmatic dependent launch failed its start-up probe (see the warning above).",
-                (false, Err(PdlOff::Default)) => "Kernels launch one after another (programmatic dependent launch is off, the default).",
+                (false, Err(PdlOff::Default)) => "Kernels launch one after another (programmatic dependent launch is off: WORKER_ORCD_PDL=0, or a GPU older than compute capability 9.0).",
                 (false, Err(PdlOff::Refused(_))) => "Kernels launch one after another (see the warning above about WORKER_ORCD_PDL).",
             },
             pdl = gpu.pdl,
@@ -632,11 +634,13 @@ pub(crate) fn map_driver(what: &str, e: DriverError) -> WorkerError {
 mod pdl_tests {
     use super::{pdl_choice, PdlOff};
 
-    /// PDL is on only when asked for with `1` on compute capability 9.0 and
-    /// above; any other value is refused with a reason naming it.
+    /// PDL is on by default (unset or `1`) on compute capability 9.0 and
+    /// above and off for `0`; unset on an older GPU is quietly off, an
+    /// explicit `1` there or any other value is refused with a reason.
     #[test]
-    fn pdl_is_on_only_when_asked_for_on_a_gpu_that_has_it() {
-        assert_eq!(pdl_choice(None, 9), Err(PdlOff::Default));
+    fn pdl_is_on_by_default_on_a_gpu_that_has_it() {
+        assert_eq!(pdl_choice(None, 9), Ok(()));
+        assert_eq!(pdl_choice(None, 8), Err(PdlOff::Default));
         assert_eq!(pdl_choice(Some("0"), 9), Err(PdlOff::Default));
         assert_eq!(pdl_choice(Some("1"), 9), Ok(()));
         assert_eq!(pdl_choice(Some("1"), 10), Ok(()));

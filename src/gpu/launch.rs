@@ -1,7 +1,7 @@
 //! Kernel launches (WORKER-4400, 4710; issue 12 point 1): every launcher
 //! builds its arguments here and launches through `cuLaunchKernelEx`, with
 //! programmatic dependent launch (PDL) when it is switched on and the device
-//! has it (off by default; see below).
+//! has it (on by default from compute capability 9.0; see below).
 //!
 //! Why: a decode step is about 150 small kernels back to back, and under a
 //! CUDA graph each boundary still costs a launch and a block start-up after
@@ -13,8 +13,8 @@
 //! and start-up overlap. Captured into a graph, the launches become
 //! programmatic edges.
 //!
-//! PDL is off unless `WORKER_ORCD_PDL` is `1` (and the device has compute
-//! capability 9.0 or above): measured on an H100 (f43efe1, Qwen-shaped
+//! PDL is on unless `WORKER_ORCD_PDL` is `0`, on devices of compute
+//! capability 9.0 or above. History, measured on an H100 (f43efe1, Qwen-shaped
 //! Q4_K_M), it made batch-1 decode 11% slower (700 against 789 tokens/s) and
 //! pp512 prefill 17% slower, most likely because every kernel triggered its
 //! dependents at entry and their blocks then waited on SMs the running
@@ -23,9 +23,10 @@
 //! variant measured faster on an H100 (7ad5591, Qwen-shaped file, same
 //! binary and call, ci/gpu-run phase 1 `bench_qwen_pdl` against
 //! `bench_qwen`): batch-1 decode 925 against 905 tokens/s, pp512 35,169
-//! against 34,156. It stays off by default until the whole GPU suite has
-//! run with it on (every scenario and golden run so far used plain
-//! launches). Off, launches are plain and the kernels' wait does nothing.
+//! against 34,156. With it on by default, the whole GPU suite (golden,
+//! GPU-vs-CPU, BDD) runs with PDL, and ci/gpu-run phase 1 benches
+//! `WORKER_ORCD_PDL=0` beside it. Off, launches are plain and the kernels'
+//! wait does nothing.
 //! Arguments are passed as cuLaunchKernel takes them: one pointer per
 //! argument, here to an 8-byte slot holding the value (every kernel
 //! parameter is a pointer, an integer or an f32).
