@@ -16,7 +16,7 @@ use crate::engine::cuda::matvec_tests::RowsCase;
 use crate::engine::cuda::tests::Rng;
 use crate::gpu::batched::b8_grid;
 use crate::gpu::launch_shape::{
-    batched_launch, decode_launch, rows_bt_launch, rows_mm_launch, rows_tl_launch,
+    batched_launch, decode_launch, rows_bt_launch, rows_mm_launch, rows_tl_launch, staged_smem,
 };
 use crate::gpu::ops::{dtype_suffix, row_bytes, FORMATS};
 use crate::model::quant;
@@ -49,6 +49,19 @@ impl RowsCase {
     /// Each token row alone through the decode kernels the engine uses for
     /// one sequence (`Gpu::matvec_norm`, `gate_up`, `matvec`).
     fn lone(&self, emu: &Emu, order: Order) -> Bits {
+        self.lone_shaped(emu, order, |vectors| {
+            decode_launch(self.dt, self.rows, self.cols, vectors)
+        })
+    }
+
+    /// As `lone`, with the kernel and launch shape `shape(vectors)` gives
+    /// (`decode_launch`'s, or another grid, or the plain kernel).
+    fn lone_shaped(
+        &self,
+        emu: &Emu,
+        order: Order,
+        shape: impl Fn(usize) -> (&'static str, LaunchConfig),
+    ) -> Bits {
         let (rows, cols) = (self.rows, self.cols);
         let (ri, ci) = (Arg::I32(rows as i32), Arg::I32(cols as i32));
         let mut out = Bits {
@@ -58,7 +71,7 @@ impl RowsCase {
         };
         for t in 0..self.batch {
             let xt = &self.x[t * cols..(t + 1) * cols];
-            let (st, cfg) = decode_launch(self.dt, rows, cols, 2);
+            let (st, cfg) = shape(2);
             let mut y = vec![f32::NAN; rows];
             let args = [
                 Arg::of(&self.wq),
@@ -91,7 +104,7 @@ impl RowsCase {
                 .unwrap();
             out.gate_up.extend(bits(&g));
 
-            let (st, cfg) = decode_launch(self.dt, rows, cols, 1);
+            let (st, cfg) = shape(1);
             let mut a = self.y0[t * rows..(t + 1) * rows].to_vec();
             let args = [
                 Arg::of(&self.wq),
@@ -267,6 +280,48 @@ fn batched_rows_are_bit_identical_to_lone_rows_in_every_format() {
     }
 }
 
+/// The staged decode kernels (`_st`, `_gu_st`) keep the plain kernels' bits
+/// however many rows a warp walks: grids of one, two and three blocks make
+/// each warp take several rows, prefetching the next row's first chunk
+/// while it finishes the current one (the LM head's case: 151,936 rows over
+/// at most 1,024 blocks, which the launcher's own grids never show at test
+/// sizes), rows of one to three chunks, every thread order.
+#[test]
+fn staged_rows_keep_the_plain_kernels_bits_however_many_rows_a_warp_walks() {
+    let emu = Emu::get();
+    let mut r = Rng::fresh("emu_staged_ring");
+    let mut case_no = 0;
+    for &(dt, _) in FORMATS.iter() {
+        for (rows, cols) in [(67, 512), (40, 1280), (29, 2304), (37, 896)] {
+            // 896 is no whole number of K-quant super-blocks; a wide f32
+            // row with its norm weight does not fit the staged layout.
+            if cols % dt.block_size() != 0 || staged_smem(dt, cols, 2).is_none() {
+                continue;
+            }
+            let case = RowsCase::random(&mut r, dt, rows, cols, 1);
+            let plain = case.lone_shaped(emu, Order::Forward, |_| decode_launch(dt, rows, cols, 0));
+            let mut ord = orders(&mut r);
+            case_no += 1;
+            ord.rotate_left(case_no % 4);
+            for (grid, order) in [1u32, 2, 3, 0].into_iter().zip(ord) {
+                let got = case.lone_shaped(emu, order, |vectors| {
+                    let (st, mut cfg) = decode_launch(dt, rows, cols, vectors);
+                    if grid > 0 {
+                        cfg.grid_dim.0 = grid;
+                    }
+                    (st, cfg)
+                });
+                assert!(
+                    got == plain,
+                    "{} {rows}x{cols} staged on {grid} blocks ({order:?}) differs from the plain kernel",
+                    dt.name()
+                );
+            }
+        }
+    }
+    println!("emu staged ring: staged rows equal plain rows in all 11 formats, 1..3 blocks");
+}
+
 /// The fused q/k/v decode kernel (`_qkv_st`, what a lone decode row runs)
 /// gives each projection the bits the normed `_st` kernel gives it alone,
 /// which is what the batched kernels reproduce: the link that makes a lone
@@ -316,41 +371,43 @@ fn fused_qkv_equals_three_normed_products_in_every_format() {
             alone(&wk, &bk, rk),
             alone(&wv, &bv, rk),
         ];
-        // All three in one launch (`Gpu::qkv_norm`'s shape and arguments).
-        let (_, cfg) = decode_launch(dt, rq + 2 * rk, cols, 2);
-        let (mut yq, mut yk, mut yv) = (vec![f32::NAN; rq], vec![f32::NAN; rk], vec![f32::NAN; rk]);
-        let args = [
-            Arg::of(&wq),
-            Arg::of(&wk),
-            Arg::of(&wv),
-            Arg::U64(rb),
-            Arg::of(&x),
-            Arg::of(&nw),
-            Arg::F32(EPS),
-            Arg::of(&bq),
-            Arg::of(&bk),
-            Arg::of(&bv),
-            Arg::of_mut(&mut yq),
-            Arg::of_mut(&mut yk),
-            Arg::of_mut(&mut yv),
-            Arg::I32(rq as i32),
-            Arg::I32(rk as i32),
-            Arg::I32(rk as i32),
-            Arg::I32(cols as i32),
-        ];
-        emu.launch(
-            &format!("matvec_{suffix}_qkv_st"),
-            cfg,
-            Order::Reverse,
-            &args,
-        )
-        .unwrap();
-        let got = [bits(&yq), bits(&yk), bits(&yv)];
-        assert!(
-            got == want,
-            "{} fused q/k/v differs from three normed products",
-            dt.name()
-        );
+        // All three in one launch (`Gpu::qkv_norm`'s shape and arguments),
+        // and on one block, whose warps walk 16 rows each across the three.
+        let (_, launcher) = decode_launch(dt, rq + 2 * rk, cols, 2);
+        let mut one_block = launcher;
+        one_block.grid_dim.0 = 1;
+        for (cfg, order) in [(launcher, Order::Reverse), (one_block, Order::Forward)] {
+            let (mut yq, mut yk, mut yv) =
+                (vec![f32::NAN; rq], vec![f32::NAN; rk], vec![f32::NAN; rk]);
+            let args = [
+                Arg::of(&wq),
+                Arg::of(&wk),
+                Arg::of(&wv),
+                Arg::U64(rb),
+                Arg::of(&x),
+                Arg::of(&nw),
+                Arg::F32(EPS),
+                Arg::of(&bq),
+                Arg::of(&bk),
+                Arg::of(&bv),
+                Arg::of_mut(&mut yq),
+                Arg::of_mut(&mut yk),
+                Arg::of_mut(&mut yv),
+                Arg::I32(rq as i32),
+                Arg::I32(rk as i32),
+                Arg::I32(rk as i32),
+                Arg::I32(cols as i32),
+            ];
+            emu.launch(&format!("matvec_{suffix}_qkv_st"), cfg, order, &args)
+                .unwrap();
+            let got = [bits(&yq), bits(&yk), bits(&yv)];
+            assert!(
+                got == want,
+                "{} fused q/k/v on {} blocks differs from three normed products",
+                dt.name(),
+                cfg.grid_dim.0
+            );
+        }
     }
     println!("emu qkv: fused q/k/v identical to three normed products in all 11 formats");
 }
