@@ -156,7 +156,9 @@ attn_partial(const float* q, const float* kc, const float* vc, float* part, int*
 }
 
 // Split-KV decode attention with a warp per chunk and a GQA group per block
-// (`attn_decode_<HD>`, HD 64 or 128): grid (n_kv, ceil(chunks / AD_WARPS),
+// (`attn_decode_<HD>`, HD 64 or 128), fusing the step's RoPE and cache store
+// when given the step's k and v (decode_queries; a launch per layer saved):
+// grid (n_kv, ceil(chunks / AD_WARPS),
 // n_tok), block 32 * AD_WARPS threads, at most ATT_GROUP_MAX query heads per
 // KV head. Warp w of block (g, b, t) takes chunk AD_WARPS * b + w of row t
 // for every query head of KV head g and computes exactly the partial
@@ -242,11 +244,47 @@ __device__ __forceinline__ void fold_head(const float* base, u64 stride, int nc,
     for (int i = 0; i < DL; i++) dst[lane + 32 * i] = o[i] / S;
 }
 
+// The block's query heads into shared memory, rotated here when the step's
+// RoPE is fused (k not null): the angles once per pair index, then every
+// head's pairs by rope_pair, as rope_kv rotates them. The block holding the
+// row's own position also rotates the row's key into the cache and copies
+// its value there, before any of its warps reads that cache row (the
+// __syncthreads after this); no other block reads it (each row is its own
+// sequence's, and other blocks of the row cover earlier positions).
+// rot: HD floats of shared memory free until the __syncthreads after this
+// (the angles' cosines, then sines).
 template <int HD>
-__device__ __forceinline__ void attn_decode_body(const float* q, const float* kc, const float* vc, float* part,
-                                                 int* counters, float* att_out, const int4* place,
-                                                 const int* tables, int table_len, int n_heads, int n_kv,
-                                                 int n_chunks, float scale) {
+__device__ __forceinline__ void decode_queries(const float* qg, const float* k, const float* v, float* kc, float* vc,
+                                               float* qs, float* rot, int grp, int t, int kvh, int n_kv, int4 pl,
+                                               bool holds_pos, int neox, float base) {
+    constexpr int HALF = HD / 2;
+    const int nt = blockDim.x;
+    if (!k) {
+        for (int i = threadIdx.x; i < grp * HD; i += nt) qs[i] = qg[i];
+        return;
+    }
+    float* rcs = rot;
+    float* rsn = rot + HALF;
+    for (int j = threadIdx.x; j < HALF; j += nt) rope_angle(pl.x, j, HD, base, &rcs[j], &rsn[j]);
+    __syncthreads();
+    for (int i = threadIdx.x; i < grp * HALF; i += nt) {
+        const int g = i / HALF, j = i - g * HALF;
+        rope_pair(qg + g * HD, qs + g * HD, j, HD, neox, rcs[j], rsn[j]);
+    }
+    if (holds_pos) {
+        const u64 at = ((u64)pl.z * n_kv + kvh) * HD;
+        const u64 from = ((u64)t * n_kv + kvh) * HD;
+        for (int j = threadIdx.x; j < HALF; j += nt) rope_pair(k + from, kc + at, j, HD, neox, rcs[j], rsn[j]);
+        for (int i = threadIdx.x; i < HD; i += nt) vc[at + i] = v[from + i];
+    }
+}
+
+template <int HD>
+__device__ __forceinline__ void attn_decode_body(const float* q, const float* k, const float* v, float* kc,
+                                                 float* vc, float* part, int* counters, float* att_out,
+                                                 const int4* place, const int* tables, int table_len,
+                                                 int n_heads, int n_kv, int n_chunks, float scale, int neox,
+                                                 float base) {
     constexpr int W = AD_WARPS, G = ATT_GROUP_MAX, DL = HD / 32, P = HD + 2;
     __shared__ __align__(16) float qs[G * HD];
     __shared__ float ew[W][G][32];
@@ -263,7 +301,10 @@ __device__ __forceinline__ void attn_decode_body(const float* q, const float* kc
     const bool alone = nc <= W;         // this block holds every chunk of the row
     const int* table = tables + (u64)pl.y * table_len;
     const float* qg = q + ((u64)t * n_heads + h0) * HD;
-    for (int i = threadIdx.x; i < grp * HD; i += 32 * W) qs[i] = qg[i];
+    // The angles go where the weights go later (free until then).
+    static_assert(W * G * 32 >= HD, "the rotation's angles fit the weights' shared memory");
+    decode_queries<HD>(qg, k, v, kc, vc, qs, &ew[0][0][0], grp, t, kvh, n_kv, pl, blockIdx.y == (nc - 1) / W, neox,
+                       base);
     __syncthreads();
     const int c = blockIdx.y * W + warp;
     if (c < nc) {
@@ -371,12 +412,12 @@ static_assert(ATT_CHUNK == 32, "attn_decode: a lane per chunk row");
 
 #define ATTN_DECODE(HD)                                                                                        \
     extern "C" __global__ void __launch_bounds__(32 * AD_WARPS)                                                \
-        attn_decode_##HD(const float* q, const float* kc, const float* vc, float* part, int* counters,         \
-                         float* att_out, const int4* place, const int* tables, int table_len, int n_heads,     \
-                         int n_kv, int hd, int n_chunks, float scale) {                                        \
+        attn_decode_##HD(const float* q, float* kc, float* vc, float* part, int* counters, float* att_out,     \
+                         const int4* place, const int* tables, int table_len, int n_heads, int n_kv, int hd,   \
+                         int n_chunks, float scale, const float* k, const float* v, int neox, float base) {    \
         grid_dependency_sync();                                                                                \
-        attn_decode_body<HD>(q, kc, vc, part, counters, att_out, place, tables, table_len, n_heads, n_kv,      \
-                             n_chunks, scale);                                                                 \
+        attn_decode_body<HD>(q, k, v, kc, vc, part, counters, att_out, place, tables, table_len, n_heads,      \
+                             n_kv, n_chunks, scale, neox, base);                                               \
     }
 ATTN_DECODE(64)
 ATTN_DECODE(128)

@@ -364,3 +364,21 @@ __device__ __forceinline__ float warp_rms(const float* x, int cols, float eps) {
 __device__ __forceinline__ u64 kv_row(const int* table, int t) {
     return (u64)table[t / KV_PAGE] * KV_PAGE + (u64)(t % KV_PAGE);
 }
+
+// RoPE, written once for rope_kv.cu and the fused decode attention
+// (attention.cu), so both rotate to the same bits: pair j of a head of hd
+// dims turns by pos * base^(-2j/hd); llama's "norm" style pairs dims 2j and
+// 2j + 1, NeoX's j and j + hd/2. src and dst may be the same head.
+__device__ __forceinline__ void rope_angle(int pos, int j, int hd, float base, float* cs, float* sn) {
+    const float freq = powf(base, -2.0f * (float)j / (float)hd);
+    const float ang = (float)pos * freq;
+    sincosf(ang, sn, cs);
+}
+
+__device__ __forceinline__ void rope_pair(const float* src, float* dst, int j, int hd, int neox, float cs, float sn) {
+    const int a = neox ? j : 2 * j;
+    const int b = neox ? j + (hd >> 1) : 2 * j + 1;
+    const float x0 = src[a], x1 = src[b];
+    dst[a] = x0 * cs - x1 * sn;
+    dst[b] = x0 * sn + x1 * cs;
+}

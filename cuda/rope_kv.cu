@@ -8,6 +8,8 @@
 // looks the pool row up in the sequence's page table, so the store needs
 // no table read of its own.
 // Cache: the layer's pool of pages, [pool row][n_kv][head_dim] f32.
+// A decode step with the grouped attention kernel does not launch this: that
+// kernel rotates and stores the same way (rope_angle / rope_pair, common.cuh).
 #include "common.cuh"
 
 extern "C" __global__ void rope_kv(float* q, const float* k, const float* v, float* kc, float* vc,
@@ -25,24 +27,13 @@ extern "C" __global__ void rope_kv(float* q, const float* k, const float* v, flo
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n_rot) {
         const int h = i / half, j = i % half;
-        const float freq = powf(base, -2.0f * (float)j / (float)hd);
-        const float ang = (float)pos * freq;
-        float sn, cs;
-        sincosf(ang, &sn, &cs);
-        const int a = neox ? j : 2 * j;
-        const int b = neox ? j + half : 2 * j + 1;
+        float cs, sn;
+        rope_angle(pos, j, hd, base, &cs, &sn);
         if (h < n_heads) {
-            float* qh = q + h * hd;
-            const float x0 = qh[a], x1 = qh[b];
-            qh[a] = x0 * cs - x1 * sn;
-            qh[b] = x0 * sn + x1 * cs;
+            rope_pair(q + h * hd, q + h * hd, j, hd, neox, cs, sn);
         } else {
             const int kh = h - n_heads;
-            const float* kr = k + kh * hd;
-            float* dst = kc + (row * n_kv + kh) * hd;
-            const float x0 = kr[a], x1 = kr[b];
-            dst[a] = x0 * cs - x1 * sn;
-            dst[b] = x0 * sn + x1 * cs;
+            rope_pair(k + kh * hd, kc + (row * n_kv + kh) * hd, j, hd, neox, cs, sn);
         }
         return;
     }

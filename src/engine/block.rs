@@ -19,7 +19,6 @@ pub fn forward<K: BlockKernels + ?Sized>(k: &mut K, cfg: &ModelConfig) -> Result
             k.embed()?;
             for layer in 0..cfg.n_layers {
                 k.norm_qkv(layer)?;
-                k.rope_kv_store(layer)?;
                 k.attention(layer)?;
                 k.attn_out(layer)?;
                 k.norm_gate_up(layer)?;

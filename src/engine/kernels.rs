@@ -21,10 +21,10 @@ pub trait BlockKernels {
     fn embed(&mut self) -> Result<()>;
     /// q, k, v ← RMSNorm(x)·W{q,k,v}ᵀ (+ their biases) of layer `layer`.
     fn norm_qkv(&mut self, layer: usize) -> Result<()>;
-    /// Rotate q and k at the tokens' positions (RoPE), then store k and v
-    /// in the layer's KV cache.
-    fn rope_kv_store(&mut self, layer: usize) -> Result<()>;
-    /// att ← causal attention of q over the layer's cache (grouped-query heads).
+    /// Rotate q and k at the tokens' positions (RoPE), store k and v in the
+    /// layer's KV cache, then att ← causal attention of q over the cache
+    /// (grouped-query heads). One operation, so a backend may do all three
+    /// in one kernel (the CUDA decode attention does).
     fn attention(&mut self, layer: usize) -> Result<()>;
     /// x ← x + att·Woᵀ
     fn attn_out(&mut self, layer: usize) -> Result<()>;

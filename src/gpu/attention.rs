@@ -50,6 +50,17 @@ pub(crate) fn decode_attention_launch(
     )
 }
 
+/// A decode step's keys and values before RoPE ([n_tok][n_kv][hd] f32) and
+/// its rotary settings, for [`Gpu::attention_with_rope`].
+#[derive(Clone, Copy)]
+pub struct StepRope<'a> {
+    pub k: Span<'a>,
+    pub v: Span<'a>,
+    /// NeoX halves (qwen2), else llama's adjacent pairs.
+    pub neox: bool,
+    pub base: f32,
+}
+
 /// Where each row of a launch finds its KV rows: its place, four i32 per
 /// row {position, sequence, pool row of that position, 0} (one 16-byte load
 /// in the kernels), every sequence's page table (`table_len` i32 page ids
@@ -158,6 +169,52 @@ impl Gpu {
         n_tok: usize,
         reach: usize,
     ) -> Result<()> {
+        let shape = (n_heads, n_kv, hd, max_ctx, n_tok, reach);
+        self.decode_attention(q, kc, vc, out, part, rows, shape, None)
+    }
+
+    /// As [`Gpu::attention`], for q and k not yet rotated and k and v not
+    /// yet in the cache (a decode step's rows, each its own sequence): the
+    /// grouped kernel rotates and stores them itself, bit for bit as
+    /// `rope_kv` would (one `rope_pair` in cuda/common.cuh), which saves a
+    /// launch per layer; for the per-head kernel, whose blocks of one row
+    /// cannot see each other's stores, `rope_kv` runs first.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_with_rope(
+        &self,
+        q: Span,
+        kc: Span,
+        vc: Span,
+        out: Span,
+        part: Span,
+        rows: KvRows,
+        n_heads: usize,
+        n_kv: usize,
+        hd: usize,
+        max_ctx: usize,
+        n_tok: usize,
+        reach: usize,
+        rope: StepRope,
+    ) -> Result<()> {
+        let shape = (n_heads, n_kv, hd, max_ctx, n_tok, reach);
+        self.decode_attention(q, kc, vc, out, part, rows, shape, Some(rope))
+    }
+
+    /// The split-KV decode launch of both entry points above; `shape` is
+    /// (n_heads, n_kv, hd, max_ctx, n_tok, reach).
+    #[allow(clippy::too_many_arguments)]
+    fn decode_attention(
+        &self,
+        q: Span,
+        kc: Span,
+        vc: Span,
+        out: Span,
+        part: Span,
+        rows: KvRows,
+        shape: (usize, usize, usize, usize, usize, usize),
+        rope: Option<StepRope>,
+    ) -> Result<()> {
+        let (n_heads, n_kv, hd, max_ctx, n_tok, reach) = shape;
         check_shape("attention", n_heads, n_kv, hd, n_tok)?;
         let n_chunks = max_ctx.div_ceil(ATT_CHUNK);
         let grid_chunks = reach.clamp(1, max_ctx.max(1)).div_ceil(ATT_CHUNK);
@@ -190,6 +247,26 @@ impl Gpu {
             true => decode_attention_launch(n_heads, n_kv, 0, n_tok, grid_chunks),
             false => (name, cfg),
         };
+        let grouped = name != "attn_partial";
+        let fused = match rope {
+            Some(r) if !grouped => {
+                self.rope_kv(
+                    q, r.k, r.v, kc, vc, rows, n_heads, n_kv, hd, r.neox, r.base, n_tok,
+                )?;
+                None
+            }
+            other => other,
+        };
+        // The fused rotation's inputs; null pointers when q is already rotated.
+        let (kp, vp, neox, base) = match fused {
+            Some(r) => (
+                r.k.need(4 * n_kv * hd * n_tok, "k")?,
+                r.v.need(4 * n_kv * hd * n_tok, "v")?,
+                i32::from(r.neox),
+                r.base,
+            ),
+            None => (0u64, 0u64, 0i32, 0f32),
+        };
         let f = self.func(name)?;
         let mut l = self.kernel_launch(f);
         l.arg(&qp)
@@ -206,12 +283,17 @@ impl Gpu {
             .arg(&hdi)
             .arg(&nc)
             .arg(&scale);
+        if grouped {
+            l.arg(&kp).arg(&vp).arg(&neox).arg(&base);
+        }
         // SAFETY: windows checked above (the scratch window holds the
-        // partials and counters of cap_rows >= n_tok rows); the rows' sequences,
-        // pages and positions are the engine's checked values (see KvRows),
-        // so every cache row read is inside the pool windows; types match
+        // partials and counters of cap_rows >= n_tok rows; k and v hold
+        // n_tok rows when fused); the rows' sequences, pages, pool rows and
+        // positions are the engine's checked values (see KvRows), so every
+        // cache row read or written is inside the pool windows; types match
         // attn_partial and attn_decode_<hd> in cuda/attention.cu (the same
-        // parameters; the launch shape's hd is the kernel's HD).
+        // first parameters, attn_decode's four more: k, v, neox, base; the
+        // launch shape's hd is the kernel's HD).
         unsafe { l.launch(cfg) }
             .map(|_| ())
             .map_err(cuda_err(&format!("launching {name}")))

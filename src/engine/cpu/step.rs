@@ -46,6 +46,41 @@ pub(super) struct CpuStep<'a> {
 }
 
 impl<'a> CpuStep<'a> {
+    /// Rotate q and k at the rows' positions, then store k and v in the
+    /// layer's pool rows (the first part of `BlockKernels::attention`).
+    fn rope_kv_store(&mut self, layer: usize) -> Result<()> {
+        let c = &self.e.cfg;
+        let hd = c.head_dim;
+        let (qd, kvd) = (c.n_heads * hd, c.n_kv_heads * hd);
+        for (t, row) in self.rows.iter().enumerate() {
+            ops::rope(
+                &mut self.q[t * qd..(t + 1) * qd],
+                hd,
+                row.pos,
+                c.rope_base,
+                c.rope_style,
+            );
+            ops::rope(
+                &mut self.k[t * kvd..(t + 1) * kvd],
+                hd,
+                row.pos,
+                c.rope_base,
+                c.rope_style,
+            );
+        }
+        if self.e.llamacpp_rounding {
+            ops::round_f16(&mut self.q);
+            ops::round_f16(&mut self.k);
+            ops::round_f16(&mut self.v);
+        }
+        for (t, row) in self.rows.iter().enumerate() {
+            let at = self.pool_row(row.chunk, row.pos) * kvd;
+            self.e.k_pool[layer][at..at + kvd].copy_from_slice(&self.k[t * kvd..(t + 1) * kvd]);
+            self.e.v_pool[layer][at..at + kvd].copy_from_slice(&self.v[t * kvd..(t + 1) * kvd]);
+        }
+        Ok(())
+    }
+
     /// A step over `chunks` (already checked, every sequence admitted); the
     /// logits of every row when `all`, else of each chunk's last row.
     pub(super) fn new(e: &'a mut CpuEngine, chunks: &[StepChunk<'_>], all: bool) -> Self {
@@ -165,40 +200,8 @@ impl BlockKernels for CpuStep<'_> {
         Ok(())
     }
 
-    fn rope_kv_store(&mut self, layer: usize) -> Result<()> {
-        let c = &self.e.cfg;
-        let hd = c.head_dim;
-        let (qd, kvd) = (c.n_heads * hd, c.n_kv_heads * hd);
-        for (t, row) in self.rows.iter().enumerate() {
-            ops::rope(
-                &mut self.q[t * qd..(t + 1) * qd],
-                hd,
-                row.pos,
-                c.rope_base,
-                c.rope_style,
-            );
-            ops::rope(
-                &mut self.k[t * kvd..(t + 1) * kvd],
-                hd,
-                row.pos,
-                c.rope_base,
-                c.rope_style,
-            );
-        }
-        if self.e.llamacpp_rounding {
-            ops::round_f16(&mut self.q);
-            ops::round_f16(&mut self.k);
-            ops::round_f16(&mut self.v);
-        }
-        for (t, row) in self.rows.iter().enumerate() {
-            let at = self.pool_row(row.chunk, row.pos) * kvd;
-            self.e.k_pool[layer][at..at + kvd].copy_from_slice(&self.k[t * kvd..(t + 1) * kvd]);
-            self.e.v_pool[layer][at..at + kvd].copy_from_slice(&self.v[t * kvd..(t + 1) * kvd]);
-        }
-        Ok(())
-    }
-
     fn attention(&mut self, layer: usize) -> Result<()> {
+        self.rope_kv_store(layer)?;
         let c = &self.e.cfg;
         let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
         let qd = nh * hd;

@@ -4,6 +4,7 @@
 
 use super::tests::{buf_from, gpu_or_skip, Rng, TestRows};
 use super::*;
+use crate::gpu::attention::StepRope;
 use crate::gpu::batched::RowsMath;
 use crate::model::gguf::GgmlType;
 use crate::model::quant;
@@ -178,31 +179,42 @@ fn op_profile_qwen_shapes() {
         .unwrap();
     // One row at a short, a middling and a long position, over the reach a
     // decode graph gives it (the next power of two), through the launcher's
-    // choice and through the one-block-per-head kernel.
+    // choice, through the one-block-per-head kernel, and with the step's
+    // RoPE and cache store fused in (what a decode step runs; rope_kv below
+    // is the launch it saves).
     for pos in [100usize, 600, 4100] {
         let rows = TestRows::reversed(&g, max_ctx, pos, 1);
         let reach = (pos + 1).next_power_of_two().min(max_ctx);
-        for per_head in [false, true] {
+        for (how, per_head, fused) in [
+            ("", false, false),
+            (" per head", true, false),
+            (" + RoPE", false, true),
+        ] {
             g.set_per_head_attention(per_head);
-            let how = if per_head { " per head" } else { "" };
+            let rope = StepRope {
+                k: kb.all(),
+                v: kb.all(),
+                neox: true,
+                base: 1e6,
+            };
             time(
                 &format!("attention pos {pos} (14q/2kv, hd 64){how}"),
                 2 * (pos + 1) * nkv * hd * 4,
                 &|| {
-                    g.attention(
+                    let (q, kc, vc, o, p, rows) = (
                         qb.all(),
                         kc.all(),
                         vc.all(),
                         ob.all(),
                         part.all(),
                         rows.rows(),
-                        nh,
-                        nkv,
-                        hd,
-                        max_ctx,
-                        1,
-                        reach,
-                    )
+                    );
+                    match fused {
+                        true => g.attention_with_rope(
+                            q, kc, vc, o, p, rows, nh, nkv, hd, max_ctx, 1, reach, rope,
+                        ),
+                        false => g.attention(q, kc, vc, o, p, rows, nh, nkv, hd, max_ctx, 1, reach),
+                    }
                 },
             );
         }

@@ -16,6 +16,7 @@ use super::tensor_routes::Group;
 use super::{Buf, CudaEngine};
 use crate::engine::kernels::BlockKernels;
 use crate::error::Result;
+use crate::gpu::attention::StepRope;
 use crate::gpu::batched::{RowNorm, RowsMath};
 use crate::gpu::qkv::Proj;
 use crate::gpu::Span;
@@ -35,6 +36,28 @@ pub(super) struct CudaStep<'a> {
 }
 
 impl CudaStep<'_> {
+    /// Rotate q and k at the rows' positions, then store k and v in the
+    /// layer's pool rows: the prefill chunk's first part of
+    /// `BlockKernels::attention` (a decode step's attention kernel does it).
+    fn rope_kv_store(&mut self, layer: usize) -> Result<()> {
+        let (c, a) = (&self.e.cfg, &self.e.act);
+        let (kc, vc) = self.kv(layer)?;
+        self.e.gpu.rope_kv(
+            a[Buf::Q].all(),
+            a[Buf::K].all(),
+            a[Buf::V].all(),
+            kc,
+            vc,
+            self.e.kv_rows(),
+            c.n_heads,
+            c.n_kv_heads,
+            c.head_dim,
+            c.rope_style == RopeStyle::Neox,
+            c.rope_base,
+            self.n,
+        )
+    }
+
     fn wt(&self, t: &TensorRef) -> Result<Span<'_>> {
         self.e.weights.span(t.offset, t.n_bytes)
     }
@@ -215,31 +238,23 @@ impl BlockKernels for CudaStep<'_> {
         Ok(())
     }
 
-    fn rope_kv_store(&mut self, layer: usize) -> Result<()> {
-        let (c, a) = (&self.e.cfg, &self.e.act);
-        let (kc, vc) = self.kv(layer)?;
-        self.e.gpu.rope_kv(
-            a[Buf::Q].all(),
-            a[Buf::K].all(),
-            a[Buf::V].all(),
-            kc,
-            vc,
-            self.e.kv_rows(),
-            c.n_heads,
-            c.n_kv_heads,
-            c.head_dim,
-            c.rope_style == RopeStyle::Neox,
-            c.rope_base,
-            self.n,
-        )
-    }
-
     fn attention(&mut self, layer: usize) -> Result<()> {
+        if !self.decode {
+            self.rope_kv_store(layer)?;
+        }
         let (g, c, a) = (&self.e.gpu, &self.e.cfg, &self.e.act);
         let (kc, vc) = self.kv(layer)?;
         let (nh, nkv, hd, ctx) = (c.n_heads, c.n_kv_heads, c.head_dim, self.e.max_ctx);
         if self.decode {
-            g.attention(
+            // The decode attention rotates q and k and stores k and v itself
+            // (or runs rope_kv first where its kernel cannot).
+            let rope = StepRope {
+                k: a[Buf::K].all(),
+                v: a[Buf::V].all(),
+                neox: c.rope_style == RopeStyle::Neox,
+                base: c.rope_base,
+            };
+            g.attention_with_rope(
                 a[Buf::Q].all(),
                 kc,
                 vc,
@@ -252,6 +267,7 @@ impl BlockKernels for CudaStep<'_> {
                 ctx,
                 self.n,
                 self.reach,
+                rope,
             )
         } else {
             g.attention_prefill(

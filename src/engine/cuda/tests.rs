@@ -97,6 +97,11 @@ pub(super) fn poisoned(g: &Gpu, n: usize, what: &str) -> DeviceBuffer {
     buf_from(g, &vec![f32::NAN; n], what)
 }
 
+/// Whether two float slices hold the same bits (NaN poison included).
+fn bits_equal(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
 /// Device copies of a launch's rows for one sequence (positions from `pos0`,
 /// `n` of them, sequence 0) and its page table: the sequence's page i is
 /// pool page `pages[i]`. Tests scramble the pages so a kernel that ignores the table
@@ -267,7 +272,9 @@ fn op_rmsnorm_swiglu_add() {
     assert!(rel_err(&got, &want) < 1e-7);
 }
 
-/// RoPE + KV write at positions 0..P, then attention at every position, vs an f64 reference.
+/// RoPE + KV write at positions 0..P, then attention at every position, vs an f64 reference;
+/// the decode attention with the RoPE and store fused in (`attention_with_rope`, on its own
+/// caches) gives every position the same bits and leaves the same caches.
 #[test]
 #[cfg_attr(
     not(gpu_tests),
@@ -284,6 +291,11 @@ fn op_rope_kv_attention_gqa_both_styles() {
         let pool_rows = max_ctx.div_ceil(KV_PAGE_TOKENS) * KV_PAGE_TOKENS;
         let kc = poisoned(&g, pool_rows * nkv * hd, "kc");
         let vc = poisoned(&g, pool_rows * nkv * hd, "vc");
+        let (kc_fused, vc_fused) = (
+            poisoned(&g, pool_rows * nkv * hd, "kc"),
+            poisoned(&g, pool_rows * nkv * hd, "vc"),
+        );
+        let mut fused_same = true;
         let scores = g
             .alloc(Gpu::attn_scratch_floats(nh, hd, max_ctx, 1) * 4, "scores")
             .unwrap();
@@ -300,6 +312,30 @@ fn op_rope_kv_attention_gqa_both_styles() {
             );
             let rows = TestRows::reversed(&g, max_ctx, p, 1);
             let ob = poisoned(&g, nh * hd, "o");
+            // The fused path first, on q before rope_kv rotates it in place.
+            let of = poisoned(&g, nh * hd, "o");
+            let rope = crate::gpu::attention::StepRope {
+                k: kb.all(),
+                v: vb.all(),
+                neox,
+                base,
+            };
+            g.attention_with_rope(
+                qb.all(),
+                kc_fused.all(),
+                vc_fused.all(),
+                of.all(),
+                scores.all(),
+                rows.rows(),
+                nh,
+                nkv,
+                hd,
+                max_ctx,
+                1,
+                max_ctx,
+                rope,
+            )
+            .unwrap();
             g.rope_kv(
                 qb.all(),
                 kb.all(),
@@ -331,6 +367,8 @@ fn op_rope_kv_attention_gqa_both_styles() {
             )
             .unwrap();
             let got: Vec<f32> = g.download(&ob, 0, nh * hd).unwrap();
+            let fused: Vec<f32> = g.download(&of, 0, nh * hd).unwrap();
+            fused_same &= bits_equal(&fused, &got);
             all_q.extend_from_slice(&q);
             all_k.extend_from_slice(&k);
             all_v.extend_from_slice(&v);
@@ -375,8 +413,23 @@ fn op_rope_kv_attention_gqa_both_styles() {
             }
             worst = worst.max(rel_err(&got, &want));
         }
-        println!("rope({}) + kv + attention over {steps} positions: worst rel err {worst:.2e} (tol 1e-4)", if neox { "neox" } else { "norm" });
+        let cache_same = [(&kc, &kc_fused), (&vc, &vc_fused)].iter().all(|(a, b)| {
+            let n = pool_rows * nkv * hd;
+            bits_equal(&g.download(a, 0, n).unwrap(), &g.download(b, 0, n).unwrap())
+        });
+        println!(
+            "rope({}) + kv + attention over {steps} positions: worst rel err {worst:.2e} (tol 1e-4); fused RoPE: outputs identical {fused_same}, caches identical {cache_same}",
+            if neox { "neox" } else { "norm" }
+        );
         assert!(worst < 1e-4, "attention rel err {worst}");
+        assert!(
+            fused_same,
+            "attention_with_rope outputs differ from rope_kv + attention"
+        );
+        assert!(
+            cache_same,
+            "attention_with_rope caches differ from rope_kv's"
+        );
         // The same tokens as one causal batch (prefill) give bit-identical outputs.
         let (qb, kb, vb) = (
             buf_from(&g, &all_q, "q"),

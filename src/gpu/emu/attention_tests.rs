@@ -82,20 +82,9 @@ impl Step {
         self.max_ctx / KV_PAGE_TOKENS
     }
 
-    /// Rows `rows` of the step through kernel `name` (Gpu::attention's
-    /// arguments, its scratch and counters for exactly these rows).
-    fn run(&self, emu: &Emu, name: &str, rows: &[usize], order: Order) -> Vec<u32> {
-        let (nh, hd, n) = (self.nh, self.hd, rows.len());
-        let n_chunks = self.max_ctx.div_ceil(ATT_CHUNK);
-        let reach = rows.iter().map(|&s| self.positions[s] + 1).max().unwrap();
-        // Gpu::attention's launch shape for `name` (head size 0 gives the
-        // per-head kernel's).
-        let shape_hd = if name == "attn_partial" { 0 } else { hd };
-        let (chosen, cfg) =
-            decode_attention_launch(nh, self.nkv, shape_hd, n, reach.div_ceil(ATT_CHUNK));
-        assert_eq!(chosen, name, "the launcher's kernel for this shape");
-        let place: Vec<i32> = rows
-            .iter()
+    /// Each of `rows`' place: {position, sequence, pool row, 0}.
+    fn place(&self, rows: &[usize]) -> Vec<i32> {
+        rows.iter()
             .flat_map(|&s| {
                 let p = self.positions[s];
                 let page = self.tables[s * self.table_len() + p / KV_PAGE_TOKENS];
@@ -106,20 +95,58 @@ impl Step {
                     0,
                 ]
             })
-            .collect();
-        let q: Vec<f32> = rows
-            .iter()
-            .flat_map(|&s| self.q[s * nh * hd..(s + 1) * nh * hd].to_vec())
-            .collect();
+            .collect()
+    }
+
+    /// Rows `rows`' queries, in row order.
+    fn queries(&self, rows: &[usize]) -> Vec<f32> {
+        let w = self.nh * self.hd;
+        rows.iter()
+            .flat_map(|&s| self.q[s * w..(s + 1) * w].to_vec())
+            .collect()
+    }
+
+    /// Rows `rows` of the step through kernel `name` (Gpu::attention's
+    /// arguments, its scratch and counters for exactly these rows).
+    fn run(&self, emu: &Emu, name: &str, rows: &[usize], order: Order) -> Vec<u32> {
+        let (mut kpool, mut vpool) = (self.kpool.clone(), self.vpool.clone());
+        let q = self.queries(rows);
+        self.run_on(emu, name, rows, order, &q, (&mut kpool, &mut vpool), None)
+    }
+
+    /// As `run`, with these queries and pools, and for the grouped kernel
+    /// this step's un-rotated keys and values to rotate and store
+    /// (`Gpu::attention_with_rope`'s arguments: k, v, neox, base).
+    #[allow(clippy::too_many_arguments)]
+    fn run_on(
+        &self,
+        emu: &Emu,
+        name: &str,
+        rows: &[usize],
+        order: Order,
+        q: &[f32],
+        (kpool, vpool): (&mut [f32], &mut [f32]),
+        rope: Option<(&[f32], &[f32], bool, f32)>,
+    ) -> Vec<u32> {
+        let (nh, hd, n) = (self.nh, self.hd, rows.len());
+        let n_chunks = self.max_ctx.div_ceil(ATT_CHUNK);
+        let reach = rows.iter().map(|&s| self.positions[s] + 1).max().unwrap();
+        // Gpu::attention's launch shape for `name` (head size 0 gives the
+        // per-head kernel's).
+        let shape_hd = if name == "attn_partial" { 0 } else { hd };
+        let (chosen, cfg) =
+            decode_attention_launch(nh, self.nkv, shape_hd, n, reach.div_ceil(ATT_CHUNK));
+        assert_eq!(chosen, name, "the launcher's kernel for this shape");
+        let place = self.place(rows);
         // Partials, then one zeroed counter per (row, head).
         let partials = n * nh * n_chunks * (hd + 2);
         let mut scratch = vec![0f32; Gpu::attn_scratch_floats(nh, hd, self.max_ctx, n)];
         let counters = scratch[partials..].as_mut_ptr() as u64;
         let mut out = vec![f32::NAN; n * nh * hd];
-        let args = [
-            Arg::of(&q),
-            Arg::of(&self.kpool),
-            Arg::of(&self.vpool),
+        let mut args = vec![
+            Arg::of(q),
+            Arg::of_mut(kpool),
+            Arg::of_mut(vpool),
             Arg::of_mut(&mut scratch),
             Arg::Ptr(counters),
             Arg::of_mut(&mut out),
@@ -132,6 +159,17 @@ impl Step {
             Arg::I32(n_chunks as i32),
             Arg::F32(1.0 / (hd as f32).sqrt()),
         ];
+        if name != "attn_partial" {
+            args.extend(match rope {
+                Some((k, v, neox, base)) => [
+                    Arg::of(k),
+                    Arg::of(v),
+                    Arg::I32(i32::from(neox)),
+                    Arg::F32(base),
+                ],
+                None => [Arg::Ptr(0), Arg::Ptr(0), Arg::I32(0), Arg::F32(0.0)],
+            });
+        }
         emu.launch(name, cfg, order, &args).unwrap();
         assert!(
             scratch[partials..].iter().all(|&c| c.to_bits() == 0),
@@ -227,6 +265,111 @@ fn decode_attention_rows_get_their_lone_bits() {
             assert!(
                 grouped == lone,
                 "attn_decode_<hd> rows differ from lone rows"
+            );
+        }
+    }
+}
+
+/// The grouped decode kernel with the step's RoPE fused in
+/// (`Gpu::attention_with_rope`) gives every row the bits `rope_kv` followed
+/// by the same kernel gives it, and leaves both pools exactly as `rope_kv`
+/// leaves them (each row's key rotated, its value copied, into the row's
+/// pool row; nothing else touched): both rotation styles, head sizes 64 and
+/// 128, rows one block covers and rows of two and four blocks (the last one
+/// holding the row's own position stores it), three thread orders.
+#[test]
+fn fused_rope_decode_attention_matches_rope_kv_then_attention() {
+    let emu = Emu::get();
+    let mut r = Rng::fresh("emu_fused_rope_attention");
+    let reach = AD_WARPS * ATT_CHUNK;
+    let cases = [
+        (
+            (14, 2, 64),
+            true,
+            vec![0, 31, 200, reach, 77, 3 * reach + 5],
+        ),
+        ((9, 3, 64), false, vec![40, 3, reach - 1, 64, 2 * reach + 1]),
+        ((8, 2, 128), true, vec![70, 1, reach + 33, 95, 12]),
+    ];
+    for (case_no, (shape, neox, positions)) in cases.into_iter().enumerate() {
+        let mut step = Step::random(&mut r, shape, &positions);
+        let (nh, nkv, hd) = shape;
+        let rows: Vec<usize> = (0..positions.len()).collect();
+        let n = rows.len();
+        let base = [10_000.0f32, 1_000_000.0, 100_000.0][case_no];
+        // The step's own rows are not in the cache yet.
+        let place = step.place(&rows);
+        for p in place.chunks_exact(4) {
+            let at = p[2] as usize * nkv * hd;
+            step.kpool[at..at + nkv * hd].fill(f32::NAN);
+            step.vpool[at..at + nkv * hd].fill(f32::NAN);
+        }
+        let (k, v) = (r.vec(n * nkv * hd), r.vec(n * nkv * hd));
+        let q = step.queries(&rows);
+        // rope_kv (Gpu::rope_kv's launch), then the kernel on rotated q.
+        let (mut q_rot, mut kp_ref, mut vp_ref) =
+            (q.clone(), step.kpool.clone(), step.vpool.clone());
+        let total = (nh + nkv) * hd / 2 + nkv * hd;
+        let cfg = cudarc::driver::LaunchConfig {
+            grid_dim: (total.div_ceil(256) as u32, n as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let args = [
+            Arg::of_mut(&mut q_rot),
+            Arg::of(&k),
+            Arg::of(&v),
+            Arg::of_mut(&mut kp_ref),
+            Arg::of_mut(&mut vp_ref),
+            Arg::of(&place),
+            Arg::I32(nh as i32),
+            Arg::I32(nkv as i32),
+            Arg::I32(hd as i32),
+            Arg::I32(i32::from(neox)),
+            Arg::F32(base),
+        ];
+        emu.launch("rope_kv", cfg, Order::Forward, &args).unwrap();
+        let name = if hd == 64 {
+            "attn_decode_64"
+        } else {
+            "attn_decode_128"
+        };
+        let want = step.run_on(
+            emu,
+            name,
+            &rows,
+            Order::Forward,
+            &q_rot,
+            (&mut kp_ref, &mut vp_ref),
+            None,
+        );
+        for order in [Order::Reverse, Order::Shuffled(case_no as u64 + 3)] {
+            let (mut kp, mut vp) = (step.kpool.clone(), step.vpool.clone());
+            let got = step.run_on(
+                emu,
+                name,
+                &rows,
+                order,
+                &q,
+                (&mut kp, &mut vp),
+                Some((&k, &v, neox, base)),
+            );
+            let same_pool =
+                |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            println!(
+                "emu fused rope {nh}q/{nkv}kv hd {hd} neox {neox} at {positions:?} ({order:?}): out {}, k pool {}, v pool {}",
+                got == want,
+                same_pool(&kp, &kp_ref),
+                same_pool(&vp, &vp_ref)
+            );
+            assert!(got == want, "fused rows differ from rope_kv + {name}");
+            assert!(
+                same_pool(&kp, &kp_ref),
+                "fused key stores differ from rope_kv's"
+            );
+            assert!(
+                same_pool(&vp, &vp_ref),
+                "fused value stores differ from rope_kv's"
             );
         }
     }
