@@ -25,7 +25,10 @@ pub use super::kernel_units::{AD_WARPS, ATT_CHUNK, ATT_GROUP_MAX, ATT_THREADS, K
 /// speed alone. Measured on an H100 at Qwen shapes (14 q / 2 KV heads, op
 /// profile at 7ad5591, µs, grouped against per head): one row at position
 /// 100: 9.6 / 11.9, at 600: 13.7 / 14.2, at 4,100: 21.4 / 37.9; 8 rows at
-/// ~200: 11.1 / 13.8, 32 rows: 11.9 / 29.1, 64 rows: 18.7 / 51.2.
+/// ~200: 11.1 / 13.8, 32 rows: 11.9 / 29.1, 64 rows: 18.7 / 51.2. With the
+/// step's RoPE fused in (`attention_with_rope`, 9bf78df): 9.2 against 8.5
+/// at position 100, 12.8 / 12.7 at 600, 20.6 / 20.5 at 4,100, for the
+/// 2.7 us rope_kv launch it saves.
 pub(crate) fn decode_attention_launch(
     n_heads: usize,
     n_kv: usize,

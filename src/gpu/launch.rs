@@ -23,7 +23,8 @@
 //! variant measured faster on an H100 (7ad5591, Qwen-shaped file, same
 //! binary and call, ci/gpu-run phase 1 `bench_qwen_pdl` against
 //! `bench_qwen`): batch-1 decode 925 against 905 tokens/s, pp512 35,169
-//! against 34,156. With it on by default, the whole GPU suite (golden,
+//! against 34,156; at 9bf78df (same H100 call): 951.6 against 919.9, pp512
+//! 35,192 against 33,701. With it on by default, the GPU suite (golden,
 //! GPU-vs-CPU, BDD) runs with PDL, and ci/gpu-run phase 1 benches
 //! `WORKER_ORCD_PDL=0` beside it. Off, launches are plain and the kernels'
 //! wait does nothing.
