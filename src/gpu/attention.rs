@@ -181,7 +181,11 @@ impl Gpu {
     /// grouped kernel rotates and stores them itself, bit for bit as
     /// `rope_kv` would (one `rope_pair` in cuda/common.cuh), which saves a
     /// launch per layer; for the per-head kernel, whose blocks of one row
-    /// cannot see each other's stores, `rope_kv` runs first.
+    /// cannot see each other's stores, `rope_kv` runs first. Every row's
+    /// position must be below `reach` here all the more: the block that
+    /// stores a row's key and value is one the grid covers only then, so a
+    /// row past it would leave its cache row unwritten for later steps (the
+    /// engine's decode and prefill pass a reach past every row's position).
     #[allow(clippy::too_many_arguments)]
     pub fn attention_with_rope(
         &self,

@@ -274,9 +274,9 @@ fn decode_attention_rows_get_their_lone_bits() {
 /// (`Gpu::attention_with_rope`) gives every row the bits `rope_kv` followed
 /// by the same kernel gives it, and leaves both pools exactly as `rope_kv`
 /// leaves them (each row's key rotated, its value copied, into the row's
-/// pool row; nothing else touched): both rotation styles, head sizes 64 and
-/// 128, rows one block covers and rows of two and four blocks (the last one
-/// holding the row's own position stores it), three thread orders.
+/// pool row; nothing else touched): both rotation styles at head sizes 64
+/// and 128, rows one block covers and rows of two and four blocks (the last
+/// one holding the row's own position stores it), three thread orders.
 #[test]
 fn fused_rope_decode_attention_matches_rope_kv_then_attention() {
     let emu = Emu::get();
@@ -290,13 +290,14 @@ fn fused_rope_decode_attention_matches_rope_kv_then_attention() {
         ),
         ((9, 3, 64), false, vec![40, 3, reach - 1, 64, 2 * reach + 1]),
         ((8, 2, 128), true, vec![70, 1, reach + 33, 95, 12]),
+        ((8, 2, 128), false, vec![3, reach + 2, 40]),
     ];
     for (case_no, (shape, neox, positions)) in cases.into_iter().enumerate() {
         let mut step = Step::random(&mut r, shape, &positions);
         let (nh, nkv, hd) = shape;
         let rows: Vec<usize> = (0..positions.len()).collect();
         let n = rows.len();
-        let base = [10_000.0f32, 1_000_000.0, 100_000.0][case_no];
+        let base = [10_000.0f32, 1_000_000.0, 100_000.0, 500_000.0][case_no];
         // The step's own rows are not in the cache yet.
         let place = step.place(&rows);
         for p in place.chunks_exact(4) {
@@ -343,7 +344,11 @@ fn fused_rope_decode_attention_matches_rope_kv_then_attention() {
             (&mut kp_ref, &mut vp_ref),
             None,
         );
-        for order in [Order::Reverse, Order::Shuffled(case_no as u64 + 3)] {
+        for order in [
+            Order::Forward,
+            Order::Reverse,
+            Order::Shuffled(case_no as u64 + 3),
+        ] {
             let (mut kp, mut vp) = (step.kpool.clone(), step.vpool.clone());
             let got = step.run_on(
                 emu,
