@@ -293,14 +293,11 @@ impl Gpu {
         if grouped {
             l.arg(&kp).arg(&vp).arg(&neox).arg(&base);
         }
-        // SAFETY: windows checked above (the scratch window holds the
-        // partials and counters of cap_rows >= n_tok rows; k and v hold
-        // n_tok rows when fused); the rows' sequences, pages, pool rows and
-        // positions are the engine's checked values (see KvRows), so every
-        // cache row read or written is inside the pool windows; types match
-        // attn_partial and attn_decode_<hd> in cuda/attention.cu (the same
-        // first parameters, attn_decode's four more: k, v, neox, base; the
-        // launch shape's hd is the kernel's HD).
+        // SAFETY: windows checked above (scratch: partials and counters of
+        // cap_rows >= n_tok rows; k, v: n_tok rows when fused); rows, pages
+        // and positions are the engine's checked values (KvRows), so every
+        // cache row read or written lies in the pool windows; argument types
+        // and order match attn_partial / attn_decode_<hd> (+ k, v, neox, base).
         unsafe { l.launch(cfg) }
             .map(|_| ())
             .map_err(cuda_err(&format!("launching {name}")))
