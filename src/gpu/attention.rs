@@ -26,7 +26,7 @@ pub use super::kernel_units::{AD_WARPS, ATT_CHUNK, ATT_GROUP_MAX, ATT_THREADS, K
 /// profile at 7ad5591, µs, grouped against per head): one row at position
 /// 100: 9.6 / 11.9, at 600: 13.7 / 14.2, at 4,100: 21.4 / 37.9; 8 rows at
 /// ~200: 11.1 / 13.8, 32 rows: 11.9 / 29.1, 64 rows: 18.7 / 51.2. With the
-/// step's RoPE fused in (`attention_with_rope`, 9bf78df): 9.2 against 8.5
+/// step's RoPE fused in (`rope` given, 9bf78df): 9.2 against 8.5
 /// at position 100, 12.8 / 12.7 at 600, 20.6 / 20.5 at 4,100, for the
 /// 2.7 us rope_kv launch it saves.
 pub(crate) fn decode_attention_launch(
@@ -54,7 +54,7 @@ pub(crate) fn decode_attention_launch(
 }
 
 /// A decode step's keys and values before RoPE ([n_tok][n_kv][hd] f32) and
-/// its rotary settings, for [`Gpu::attention_with_rope`].
+/// its rotary settings, for [`Gpu::attention`] to rotate and store.
 #[derive(Clone, Copy)]
 pub struct StepRope<'a> {
     pub k: Span<'a>,
@@ -156,6 +156,17 @@ impl Gpu {
     /// folds them in chunk order. The grid covers `reach` positions (at most
     /// `max_ctx`; a captured graph passes `max_ctx` so it stays valid as
     /// positions grow); every row's position must be below `reach`.
+    ///
+    /// With `rope` (a decode step's rows, each its own sequence), q and k
+    /// are not yet rotated and k and v not yet in the cache: the grouped
+    /// kernel rotates and stores them itself, bit for bit as `rope_kv`
+    /// would (one `rope_pair` in cuda/common.cuh), which saves a launch per
+    /// layer; for the per-head kernel, whose blocks of one row cannot see
+    /// each other's stores, `rope_kv` runs first. Every row's position must
+    /// be below `reach` here all the more: the block that stores a row's key
+    /// and value is one the grid covers only then, so a row past it would
+    /// leave its cache row unwritten for later steps (the engine's decode
+    /// and prefill pass a reach past every row's position).
     #[allow(clippy::too_many_arguments)]
     pub fn attention(
         &self,
@@ -171,57 +182,8 @@ impl Gpu {
         max_ctx: usize,
         n_tok: usize,
         reach: usize,
-    ) -> Result<()> {
-        let shape = (n_heads, n_kv, hd, max_ctx, n_tok, reach);
-        self.decode_attention(q, kc, vc, out, part, rows, shape, None)
-    }
-
-    /// As [`Gpu::attention`], for q and k not yet rotated and k and v not
-    /// yet in the cache (a decode step's rows, each its own sequence): the
-    /// grouped kernel rotates and stores them itself, bit for bit as
-    /// `rope_kv` would (one `rope_pair` in cuda/common.cuh), which saves a
-    /// launch per layer; for the per-head kernel, whose blocks of one row
-    /// cannot see each other's stores, `rope_kv` runs first. Every row's
-    /// position must be below `reach` here all the more: the block that
-    /// stores a row's key and value is one the grid covers only then, so a
-    /// row past it would leave its cache row unwritten for later steps (the
-    /// engine's decode and prefill pass a reach past every row's position).
-    #[allow(clippy::too_many_arguments)]
-    pub fn attention_with_rope(
-        &self,
-        q: Span,
-        kc: Span,
-        vc: Span,
-        out: Span,
-        part: Span,
-        rows: KvRows,
-        n_heads: usize,
-        n_kv: usize,
-        hd: usize,
-        max_ctx: usize,
-        n_tok: usize,
-        reach: usize,
-        rope: StepRope,
-    ) -> Result<()> {
-        let shape = (n_heads, n_kv, hd, max_ctx, n_tok, reach);
-        self.decode_attention(q, kc, vc, out, part, rows, shape, Some(rope))
-    }
-
-    /// The split-KV decode launch of both entry points above; `shape` is
-    /// (n_heads, n_kv, hd, max_ctx, n_tok, reach).
-    #[allow(clippy::too_many_arguments)]
-    fn decode_attention(
-        &self,
-        q: Span,
-        kc: Span,
-        vc: Span,
-        out: Span,
-        part: Span,
-        rows: KvRows,
-        shape: (usize, usize, usize, usize, usize, usize),
         rope: Option<StepRope>,
     ) -> Result<()> {
-        let (n_heads, n_kv, hd, max_ctx, n_tok, reach) = shape;
         check_shape("attention", n_heads, n_kv, hd, n_tok)?;
         let n_chunks = max_ctx.div_ceil(ATT_CHUNK);
         let grid_chunks = reach.clamp(1, max_ctx.max(1)).div_ceil(ATT_CHUNK);

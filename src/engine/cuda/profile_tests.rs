@@ -201,20 +201,21 @@ fn op_profile_qwen_shapes() {
                 &format!("attention pos {pos} (14q/2kv, hd 64){how}"),
                 2 * (pos + 1) * nkv * hd * 4,
                 &|| {
-                    let (q, kc, vc, o, p, rows) = (
+                    g.attention(
                         qb.all(),
                         kc.all(),
                         vc.all(),
                         ob.all(),
                         part.all(),
                         rows.rows(),
-                    );
-                    match fused {
-                        true => g.attention_with_rope(
-                            q, kc, vc, o, p, rows, nh, nkv, hd, max_ctx, 1, reach, rope,
-                        ),
-                        false => g.attention(q, kc, vc, o, p, rows, nh, nkv, hd, max_ctx, 1, reach),
-                    }
+                        nh,
+                        nkv,
+                        hd,
+                        max_ctx,
+                        1,
+                        reach,
+                        fused.then_some(rope),
+                    )
                 },
             );
         }
@@ -436,6 +437,7 @@ fn op_profile_batched_qwen_shapes() {
                         max_ctx,
                         batch,
                         200 + batch,
+                        None,
                     )
                 },
             );

@@ -254,7 +254,7 @@ impl BlockKernels for CudaStep<'_> {
                 neox: c.rope_style == RopeStyle::Neox,
                 base: c.rope_base,
             };
-            g.attention_with_rope(
+            g.attention(
                 a[Buf::Q].all(),
                 kc,
                 vc,
@@ -267,7 +267,7 @@ impl BlockKernels for CudaStep<'_> {
                 ctx,
                 self.n,
                 self.reach,
-                rope,
+                Some(rope),
             )
         } else {
             g.attention_prefill(

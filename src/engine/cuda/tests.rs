@@ -273,7 +273,7 @@ fn op_rmsnorm_swiglu_add() {
 }
 
 /// RoPE + KV write at positions 0..P, then attention at every position, vs an f64 reference;
-/// the decode attention with the RoPE and store fused in (`attention_with_rope`, on its own
+/// the decode attention with the RoPE and store fused in (`Gpu::attention` with the step's RoPE, on its own
 /// caches) gives every position the same bits and leaves the same caches.
 #[test]
 #[cfg_attr(
@@ -320,7 +320,7 @@ fn op_rope_kv_attention_gqa_both_styles() {
                 neox,
                 base,
             };
-            g.attention_with_rope(
+            g.attention(
                 qb.all(),
                 kc_fused.all(),
                 vc_fused.all(),
@@ -333,7 +333,7 @@ fn op_rope_kv_attention_gqa_both_styles() {
                 max_ctx,
                 1,
                 max_ctx,
-                rope,
+                Some(rope),
             )
             .unwrap();
             g.rope_kv(
@@ -364,6 +364,7 @@ fn op_rope_kv_attention_gqa_both_styles() {
                 max_ctx,
                 1,
                 max_ctx,
+                None,
             )
             .unwrap();
             let got: Vec<f32> = g.download(&ob, 0, nh * hd).unwrap();
@@ -424,11 +425,11 @@ fn op_rope_kv_attention_gqa_both_styles() {
         assert!(worst < 1e-4, "attention rel err {worst}");
         assert!(
             fused_same,
-            "attention_with_rope outputs differ from rope_kv + attention"
+            "fused-RoPE attention outputs differ from rope_kv + attention"
         );
         assert!(
             cache_same,
-            "attention_with_rope caches differ from rope_kv's"
+            "fused-RoPE attention caches differ from rope_kv's"
         );
         // The same tokens as one causal batch (prefill) give bit-identical outputs.
         let (qb, kb, vb) = (
@@ -477,6 +478,7 @@ fn op_rope_kv_attention_gqa_both_styles() {
             max_ctx,
             steps,
             max_ctx,
+            None,
         )
         .unwrap();
         let batched: Vec<f32> = g.download(&ob, 0, steps * nh * hd).unwrap();
@@ -552,6 +554,7 @@ fn op_attention_long_context_and_wide_heads() {
                     max_ctx,
                     1,
                     reach,
+                    None,
                 )
                 .unwrap();
                 outs.push(g.download::<f32>(&ob, 0, nh * hd).unwrap());

@@ -116,7 +116,7 @@ impl Step {
 
     /// As `run`, with these queries and pools, and for the grouped kernel
     /// this step's un-rotated keys and values to rotate and store
-    /// (`Gpu::attention_with_rope`'s arguments: k, v, neox, base).
+    /// (`Gpu::attention`'s `rope`: k, v, neox, base).
     #[allow(clippy::too_many_arguments)]
     fn run_on(
         &self,
@@ -271,7 +271,7 @@ fn decode_attention_rows_get_their_lone_bits() {
 }
 
 /// The grouped decode kernel with the step's RoPE fused in
-/// (`Gpu::attention_with_rope`) gives every row the bits `rope_kv` followed
+/// (`Gpu::attention` given the step's `rope`) gives every row the bits `rope_kv` followed
 /// by the same kernel gives it, and leaves both pools exactly as `rope_kv`
 /// leaves them (each row's key rotated, its value copied, into the row's
 /// pool row; nothing else touched): both rotation styles at head sizes 64

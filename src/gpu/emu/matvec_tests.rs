@@ -289,7 +289,7 @@ fn batched_rows_are_bit_identical_to_lone_rows_in_every_format() {
 #[test]
 fn staged_rows_keep_the_plain_kernels_bits_however_many_rows_a_warp_walks() {
     let emu = Emu::get();
-    let mut r = Rng::fresh("emu_staged_ring");
+    let mut r = Rng::fresh("emu_staged_rows");
     let mut case_no = 0;
     for &(dt, _) in FORMATS.iter() {
         // 5,376 columns: two staging rounds of the vector without a norm weight.
@@ -323,7 +323,7 @@ fn staged_rows_keep_the_plain_kernels_bits_however_many_rows_a_warp_walks() {
             }
         }
     }
-    println!("emu staged ring: staged rows equal plain rows in all 11 formats, 1..3 blocks");
+    println!("emu staged rows: staged rows equal plain rows in all 11 formats, 1..3 blocks");
 }
 
 /// The fused q/k/v decode kernel (`_qkv_st`, what a lone decode row runs)
