@@ -93,27 +93,6 @@ __device__ __forceinline__ void gate_up_impl(const u8* __restrict__ Wg, const u8
 // ---------------------------------------------------------------------------
 #define XPAD 36
 
-// Copy a vector (16-byte aligned, cols % 32 == 0) into the padded layout:
-// float4 loads, four per thread issued before any is stored, so a 4864-wide
-// vector costs two memory round trips, not one per element batch.
-__device__ __forceinline__ void stage_vec(const float* __restrict__ v, float* sh, int cols) {
-    const float4* v4 = (const float4*)v;
-    const int n4 = cols >> 2;
-    for (int base = threadIdx.x; base < n4; base += 4 * blockDim.x) {
-        float4 t[4];
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            const int i = base + k * blockDim.x;
-            if (i < n4) t[k] = v4[i];
-        }
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            const int i = base + k * blockDim.x;
-            if (i < n4) *(float4*)(sh + ((4 * i) >> 5) * XPAD + ((4 * i) & 31)) = t[k];
-        }
-    }
-}
-
 // The vector and (when fused) the norm weight of a single-vector staged
 // kernel: every load of a round issued before any is stored (K float4s per
 // thread and vector: 2 with the norm weight, 5 without), so both arrive in
@@ -147,6 +126,13 @@ __device__ __forceinline__ void stage_vecs_k(const float* __restrict__ x, float*
             }
         }
     }
+}
+
+// Copy one vector (16-byte aligned, cols % 32 == 0) into the padded layout
+// (the batched `_bst` kernels, a vector per token): four float4s per thread
+// issued before any is stored.
+__device__ __forceinline__ void stage_vec(const float* __restrict__ v, float* sh, int cols) {
+    stage_vecs_k<4>(v, sh, nullptr, nullptr, cols);
 }
 
 __device__ __forceinline__ void stage_vecs(const float* x, float* xs, const float* nw, float* ns, int cols) {

@@ -104,6 +104,16 @@ pub const CUDA_GRAPH: EnvVar = EnvVar {
     doc: "`0` disables CUDA graph capture/replay of the decode step (debugging); anything else keeps it.",
 };
 
+/// Switch for chained greedy decode steps on the CUDA backend.
+pub const CHAIN_DECODE: EnvVar = EnvVar {
+    name: "WORKER_ORCD_CHAIN_DECODE",
+    default: Some("1"),
+    doc: "`1` (default) lets the CUDA backend pick greedy tokens on the GPU and start the next \
+          decode step before the host has read them, so the GPU does not wait for the host \
+          between tokens (the same tokens either way; figures in src/engine/cuda/chain.rs); `0` \
+          reads every step's picks before the next step starts",
+};
+
 /// Switch for programmatic dependent launch of the CUDA kernels.
 pub const PDL: EnvVar = EnvVar {
     name: "WORKER_ORCD_PDL",
@@ -279,6 +289,7 @@ pub const ALL: &[EnvVar] = &[
     KERNEL_CACHE,
     XDG_CACHE_HOME,
     CUDA_GRAPH,
+    CHAIN_DECODE,
     PDL,
     PREFILL_GEMM,
     TENSOR_DECODE,

@@ -186,6 +186,24 @@ pub trait Engine: Send {
         Ok(())
     }
 
+    /// Start the next decode step of `rows` now, before their samples are
+    /// read (issue 12 point 1: no host round trip per token). The caller
+    /// promises that every one of them samples greedily from the last step
+    /// and will feed its pick at its next position unless the pick ends it,
+    /// and that the last step's logits are read no more. An engine that
+    /// takes the offer picks each row's token on the device, makes it the
+    /// next step's input and starts that step; `seq_sample` then returns the
+    /// picks, and the next `step` whose chunks are exactly those rows, picks
+    /// and positions in that order adopts the running step instead of
+    /// computing it again. Any other next step is computed as usual (the
+    /// early step only wrote what that step writes again), so streams are
+    /// what they are without it. Returns whether it started one; the
+    /// default declines.
+    fn chain_greedy(&mut self, rows: &[batch::SeqSlot]) -> Result<bool> {
+        let _ = rows;
+        Ok(false)
+    }
+
     /// Recompute the digest of the resident weight bytes (see `shard::digest`).
     fn resident_digest(&mut self) -> Result<[u8; 32]>;
 

@@ -20,10 +20,11 @@ pub type Outcome = Result<(Finish, Timeline)>;
 
 /// Where the steps of a batch spent their time, summed (issue 11 point 7):
 /// handing the step to the engine (`enqueue`: on CUDA the launches, which
-/// run while the host goes on), selecting the samples (`select`: on CUDA it
-/// waits for the step's kernels, so it holds the device time the enqueue
-/// did not cover) and the host's work per sequence (`host`: picking,
-/// detokenizing, stop text, events).
+/// run while the host goes on; nothing when a chained step is adopted),
+/// selecting the samples (`select`: on CUDA it waits for the step's
+/// kernels, so it holds the device time the enqueue did not cover; a
+/// chained start goes here) and the host's work per sequence (`host`:
+/// picking, detokenizing, stop text, events; a chained pick's wait).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StepPhases {
     pub steps: u64,
@@ -131,6 +132,19 @@ impl<'t, S: EventSink> Batch<'t, S> {
         let mut t1 = t0;
         let stepped = engine.step(&chunks).and_then(|()| {
             t1 = std::time::Instant::now();
+            // Every sequence a greedy decoder that goes on: the next step
+            // may start before the samples are read.
+            let chain: Option<Vec<_>> = self
+                .running
+                .iter()
+                .zip(&fed)
+                .map(|(s, &n)| s.chain_slot(n))
+                .collect();
+            if let Some(rows) = chain {
+                if engine.chain_greedy(&rows)? {
+                    return Ok(());
+                }
+            }
             let wants: Vec<_> = self
                 .running
                 .iter()
@@ -176,3 +190,7 @@ impl<'t, S: EventSink> Batch<'t, S> {
 #[cfg(test)]
 #[path = "sched_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "sched_chain_tests.rs"]
+mod chain_tests;

@@ -299,6 +299,21 @@ impl<'t, S: EventSink> Sequence<'t, S> {
         ))
     }
 
+    /// The slot to offer [`Engine::chain_greedy`] once a step that ran this
+    /// sequence's `fed` tokens ends: Some when that step completes its
+    /// prompt or continues its output, it samples greedily, and the token
+    /// it samples next is not its last by count or context, so it will feed
+    /// that token at its next position unless the token itself ends it
+    /// (end of generation, stop text).
+    pub fn chain_slot(&self, fed: usize) -> Option<SeqSlot> {
+        let slot = self.slot?;
+        let at = self.fed + fed;
+        let greedy = self.params.sampling.is_greedy();
+        let last =
+            self.events + 1 >= u64::from(self.params.max_tokens) || at + 1 >= self.max_context;
+        (self.finished.is_none() && at >= self.prompt.len() && greedy && !last).then_some(slot)
+    }
+
     /// Take the result of a step that ran this sequence's `fed` tokens (its
     /// [`Self::next_chunk`]): once the prompt is complete, sample the next
     /// token, deliver its event and decide whether the sequence is done.
@@ -363,6 +378,9 @@ impl<'t, S: EventSink> Sequence<'t, S> {
             };
             let fed = chunk.tokens.len();
             engine.step(&[chunk])?;
+            if let Some(slot) = self.chain_slot(fed) {
+                engine.chain_greedy(&[slot])?;
+            }
             // Asked before every sample, so nothing is delivered after a
             // cancel, a disconnect or the deadline.
             self.sink.check()?;

@@ -94,9 +94,9 @@ fn grant_rows_smem(
 /// One device allocation, freed exactly once when dropped (cudarc's
 /// `CudaSlice` owns the pointer).
 pub struct DeviceBuffer {
-    slice: CudaSlice<u8>,
+    pub(super) slice: CudaSlice<u8>,
     ptr: u64,
-    what: String,
+    pub(super) what: String,
 }
 
 impl DeviceBuffer {
@@ -196,7 +196,7 @@ pub struct Gpu {
     // its workspace lives in the context.
     blas: Option<Blas>,
     pub(crate) stream: Arc<CudaStream>,
-    ctx: Arc<CudaContext>,
+    pub(super) ctx: Arc<CudaContext>,
     funcs: HashMap<String, CudaFunction>,
     /// Formats whose token-on-lane batched kernels (`_bt`) were granted the
     /// shared memory they need; the others use the staged `_bst` kernels.

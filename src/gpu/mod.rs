@@ -18,6 +18,7 @@ pub mod embedded;
 #[cfg(test)]
 pub mod emu;
 pub mod gemm;
+pub mod inbox;
 pub mod kernel_units;
 pub mod launch;
 pub mod launch_shape;

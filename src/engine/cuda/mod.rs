@@ -11,7 +11,10 @@
 //! allocated once at load, nothing per step (issue 11 point 3). Every step
 //! row reads its token id, position and sequence from device memory, so the
 //! same captured graph replays for every token of every sequence; per token
-//! the host copies 12 bytes in and, when sampling, the chosen candidates out.
+//! the host copies 20 bytes a row in (id and place) and, when sampling, the chosen
+//! candidates out. Greedy decode chains (`chain`): the device writes each
+//! pick into the next step's ids and starts that step before the host has
+//! read the picks from page-locked memory.
 //! A step (issue 11 point 4) runs its decode rows (one token of each of
 //! several sequences) together, with kernels whose arithmetic per row is
 //! that of a lone row (`gpu::batched`), so a sequence's tokens do not depend
@@ -46,6 +49,7 @@ mod profile_tests;
 #[cfg(test)]
 pub(crate) mod tests;
 
+mod chain;
 mod checks;
 mod graph_cache;
 mod sample;
@@ -126,6 +130,8 @@ pub struct CudaEngine {
     graphs: GraphCache<(usize, usize), GpuGraph>,
     use_graph: bool,
     act: Act,
+    /// Where chained steps' picks arrive on the host (`chain`).
+    inbox: crate::gpu::inbox::HostInbox,
     kv: DeviceBuffer,
     weights: DeviceBuffer,
     gpu: Gpu,
@@ -146,6 +152,12 @@ pub struct CudaEngine {
     /// Candidates of every logits row of the last step, selected at once
     /// (`Engine::prefetch_samples`); cleared by the next step.
     prefetched: Option<sample::Prefetched>,
+    /// Whether `chain_greedy` starts steps early (WORKER_ORCD_CHAIN_DECODE).
+    chain_on: bool,
+    /// The decode step started early, until the next step adopts or replaces it.
+    chained: Option<chain::Chained>,
+    /// Steps that were adopted from a chained start (tests, the bench).
+    chained_steps: u64,
     memory: MemoryReport,
     /// Prefill GEMMs as 3xTF32 (WORKER_ORCD_PREFILL_GEMM).
     tf32x3: bool,
@@ -282,10 +294,16 @@ impl CudaEngine {
             .get()
             .map(|v| v != "0")
             .unwrap_or(true);
+        let chain_on = crate::env::CHAIN_DECODE
+            .get()
+            .map(|v| v != "0")
+            .unwrap_or(true);
+        let inbox = gpu.inbox(layout.max_seqs)?;
         Ok(Self {
             graphs: GraphCache::new(MAX_DECODE_GRAPHS),
             use_graph,
             act,
+            inbox,
             kv,
             weights,
             gpu,
@@ -299,6 +317,9 @@ impl CudaEngine {
             solo: None,
             logits_row: vec![None; layout.max_seqs],
             prefetched: None,
+            chain_on,
+            chained: None,
+            chained_steps: 0,
             tf32x3,
             tensor,
             memory: MemoryReport {
@@ -377,15 +398,21 @@ impl CudaEngine {
         }
     }
 
-    /// Upload the step rows: token ids, and the places of `(position,
-    /// sequence)` with the pool row each position's k and v go to (from
-    /// the sequence's page table, checked by `check_step`).
+    /// Upload the step rows: token ids, then their places (`upload_places`).
     fn upload_rows(
         &mut self,
         ids: &[i32],
         rows: impl Iterator<Item = (usize, SeqSlot)>,
     ) -> Result<()> {
-        let mut place = Vec::with_capacity(4 * ids.len());
+        self.gpu.upload(&mut self.act[Buf::Tok], 0, ids)?;
+        self.upload_places(rows)
+    }
+
+    /// Upload the places of the step rows `(position, sequence)` with the
+    /// pool row each position's k and v go to (from the sequence's page
+    /// table, checked by `check_step`).
+    fn upload_places(&mut self, rows: impl Iterator<Item = (usize, SeqSlot)>) -> Result<()> {
+        let mut place = Vec::new();
         for (pos, seq) in rows {
             let row = self
                 .seq(seq)
@@ -398,7 +425,6 @@ impl CudaEngine {
                 })?;
             place.extend_from_slice(&[pos as i32, seq.0 as i32, row as i32, 0]);
         }
-        self.gpu.upload(&mut self.act[Buf::Tok], 0, ids)?;
         self.gpu.upload(&mut self.act[Buf::Place], 0, &place)
     }
 
@@ -406,8 +432,17 @@ impl CudaEngine {
     /// to rows 0..rows.len(), by replaying the graph of that many rows.
     fn run_decode(&mut self, rows: &[(u32, usize, SeqSlot)]) -> Result<()> {
         let ids: Vec<i32> = rows.iter().map(|r| r.0 as i32).collect();
-        self.upload_rows(&ids, rows.iter().map(|r| (r.1, r.2)))?;
-        let reach = rows.iter().map(|r| r.1 + 1).max().unwrap_or(1);
+        self.gpu.upload(&mut self.act[Buf::Tok], 0, &ids)?;
+        let places: Vec<(usize, SeqSlot)> = rows.iter().map(|r| (r.1, r.2)).collect();
+        self.replay_decode(&places)
+    }
+
+    /// Decode rows `(position, sequence)` whose token ids are already in
+    /// `Buf::Tok` (row r's at r): their places, then the graph of that many
+    /// rows, captured on first use.
+    fn replay_decode(&mut self, rows: &[(usize, SeqSlot)]) -> Result<()> {
+        self.upload_places(rows.iter().copied())?;
+        let reach = rows.iter().map(|r| r.0 + 1).max().unwrap_or(1);
         let key = (rows.len(), self.graph_reach(reach));
         if !self.use_graph {
             return self.enqueue_step(key.0, true, 0, reach);
@@ -634,6 +669,7 @@ impl Engine for CudaEngine {
     }
 
     fn release(&mut self, seq: SeqSlot) {
+        self.forget_chained(seq);
         if let Some(st) = self.seqs.get_mut(seq.0 as usize).and_then(Option::take) {
             self.pool.release(st.table);
             self.logits_row[seq.0 as usize] = None;
@@ -653,10 +689,12 @@ impl Engine for CudaEngine {
                 capacity: st.capacity,
             })
         })?;
+        // A chained step of exactly these rows already runs (`chain`).
+        let adopted = self.adopt_chained(chunks)?;
         self.logits_row.iter_mut().for_each(|r| *r = None);
         self.prefetched = None;
         let (decode, prefill): (Vec<_>, Vec<_>) = chunks.iter().partition(|c| c.tokens.len() == 1);
-        if !decode.is_empty() {
+        if !decode.is_empty() && !adopted {
             let rows: Vec<(u32, usize, SeqSlot)> = decode
                 .iter()
                 .map(|c: &&StepChunk| (c.tokens[0], c.pos, c.seq))
@@ -689,6 +727,15 @@ impl Engine for CudaEngine {
     }
 
     fn seq_sample(&mut self, seq: SeqSlot, params: &SamplingParams, draw: f32) -> Result<u32> {
+        if let Some(pick) = self.chained_pick(seq)? {
+            if !params.is_greedy() {
+                return Err(WorkerError::internal(
+                    "a sequence whose step was chained as greedy sampled otherwise",
+                ));
+            }
+            self.take_fault()?;
+            return Ok(pick);
+        }
         let row = self.logits_row_of(seq)?;
         self.take_fault()?;
         self.row_sample(row, params, draw)
@@ -699,6 +746,10 @@ impl Engine for CudaEngine {
         self.take_fault()?;
         self.row_sample(row, params, draw)
     }
+    fn chain_greedy(&mut self, rows: &[SeqSlot]) -> Result<bool> {
+        self.start_chain(rows)
+    }
+
     fn prefetch_samples(&mut self, wants: &[(SeqSlot, usize)]) -> Result<()> {
         self.prefetch_rows(wants)
     }

@@ -1,0 +1,201 @@
+//! When the decode loops offer the engine a chained step (issue 12 point 1,
+//! `Engine::chain_greedy`): only when every running sequence samples
+//! greedily and will feed its pick next, never on a sequence's last token
+//! by count, never beside a sampled sequence, with the running slots in
+//! step order. An engine that declines changes nothing. The CPU engine
+//! declines, so this runs it behind a recorder of the offers.
+
+use super::*;
+use crate::engine::batch::{KvUsage, SeqSlot, StepChunk};
+use crate::engine::cpu::CpuEngine;
+use crate::engine::sequence::{GenerationParams, Prompt};
+use crate::engine::test_sink::Recorder;
+use crate::engine::{BackendKind, LoadOptions, MemoryReport, SamplingParams};
+use crate::model::arch::ModelConfig;
+use crate::model::gguf::{GgufFile, GgufLimits};
+use crate::model::test_model::{write_test_model, TestModelSpec};
+use crate::model::tokenizer::Tokenizer;
+
+/// A CPU engine that records every chain offer and declines it.
+struct Offers {
+    inner: CpuEngine,
+    offers: Vec<Vec<SeqSlot>>,
+}
+
+impl Engine for Offers {
+    fn backend(&self) -> BackendKind {
+        self.inner.backend()
+    }
+    fn config(&self) -> &ModelConfig {
+        self.inner.config()
+    }
+    fn max_context(&self) -> usize {
+        self.inner.max_context()
+    }
+    fn reset(&mut self) {
+        self.inner.reset()
+    }
+    fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<()> {
+        self.inner.forward(tokens, pos)
+    }
+    fn logits(&mut self) -> Result<Vec<f32>> {
+        self.inner.logits()
+    }
+    fn sample(&mut self, params: &SamplingParams, draw: f32) -> Result<u32> {
+        self.inner.sample(params, draw)
+    }
+    fn kv_usage(&self) -> KvUsage {
+        self.inner.kv_usage()
+    }
+    fn max_sequences(&self) -> usize {
+        self.inner.max_sequences()
+    }
+    fn prefill_chunk(&self) -> usize {
+        self.inner.prefill_chunk()
+    }
+    fn numerics(&self) -> crate::engine::numerics::NumericsKey {
+        self.inner.numerics()
+    }
+    fn admit(&mut self, positions: usize) -> Result<SeqSlot> {
+        self.inner.admit(positions)
+    }
+    fn release(&mut self, seq: SeqSlot) {
+        self.inner.release(seq)
+    }
+    fn step(&mut self, chunks: &[StepChunk<'_>]) -> Result<()> {
+        self.inner.step(chunks)
+    }
+    fn seq_logits(&mut self, seq: SeqSlot) -> Result<Vec<f32>> {
+        self.inner.seq_logits(seq)
+    }
+    fn seq_sample(&mut self, seq: SeqSlot, params: &SamplingParams, draw: f32) -> Result<u32> {
+        self.inner.seq_sample(seq, params, draw)
+    }
+    fn prefetch_samples(&mut self, wants: &[(SeqSlot, usize)]) -> Result<()> {
+        self.inner.prefetch_samples(wants)
+    }
+    fn chain_greedy(&mut self, rows: &[SeqSlot]) -> Result<bool> {
+        self.offers.push(rows.to_vec());
+        Ok(false)
+    }
+    fn resident_digest(&mut self) -> Result<[u8; 32]> {
+        self.inner.resident_digest()
+    }
+    fn memory(&self) -> MemoryReport {
+        self.inner.memory()
+    }
+    #[cfg(feature = "test-hooks")]
+    fn inject_fault(&mut self, fault: crate::engine::Fault) -> Result<()> {
+        self.inner.inject_fault(fault)
+    }
+}
+
+fn engine() -> (Offers, Tokenizer) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("m.gguf");
+    write_test_model(&TestModelSpec::tiny_llama(), &path).expect("write test model");
+    let g = GgufFile::open(&path, &GgufLimits::default()).expect("open");
+    let (cfg, w) = crate::model::arch::from_gguf(&g).expect("config");
+    let opts = LoadOptions {
+        max_context: 64,
+        kv_pool_tokens: 64 * 4,
+        max_sequences: 4,
+        gpu_device: 0,
+        threads: 2,
+    };
+    let inner = CpuEngine::load(&g, &cfg, &w, &opts).expect("load");
+    let offers = Offers {
+        inner,
+        offers: Vec::new(),
+    };
+    (offers, Tokenizer::from_gguf(&g).expect("tokenizer"))
+}
+
+fn sequence<'t>(
+    tok: &'t Tokenizer,
+    prompt: &[u32],
+    max_tokens: u32,
+    sampling: SamplingParams,
+) -> Sequence<'t, Recorder> {
+    let params = GenerationParams {
+        max_tokens,
+        sampling,
+        seed: 5,
+        stop: Vec::new(),
+    };
+    let prompt = Prompt::new(prompt.to_vec(), 64).expect("prompt fits");
+    Sequence::new(tok, prompt, params, Recorder::default())
+        .expect("sequence")
+        .ignoring_eos()
+}
+
+const SAMPLED: SamplingParams = SamplingParams {
+    temperature: 0.9,
+    top_k: 10,
+    top_p: 1.0,
+};
+
+/// Alone, a greedy sequence of n tokens is offered every sample but its
+/// last: n - 1 offers of its own slot, from the sample that ends its prompt.
+#[test]
+fn a_lone_greedy_sequence_is_offered_every_sample_but_its_last() {
+    let (mut e, tok) = engine();
+    for n in [1u32, 2, 5] {
+        e.offers.clear();
+        let mut seq = sequence(&tok, &[1, 4, 9, 16], n, SamplingParams::GREEDY);
+        let (_, _) = seq.run(&mut e).expect("run");
+        assert_eq!(seq.tokens_out(), u64::from(n));
+        let slot = SeqSlot(0);
+        assert_eq!(e.offers, vec![vec![slot]; n as usize - 1], "max_tokens {n}");
+    }
+    e.offers.clear();
+    let mut seq = sequence(&tok, &[1, 4, 9, 16], 5, SAMPLED);
+    seq.run(&mut e).expect("run");
+    assert_eq!(
+        e.offers,
+        Vec::<Vec<SeqSlot>>::new(),
+        "a sampled sequence is never offered"
+    );
+}
+
+/// In a batch: the running slots in step order while all of them are
+/// greedy and go on; nothing while a sampled one runs beside them, or on a
+/// step after which one of them takes its last token.
+#[test]
+fn a_batch_is_offered_only_while_every_sequence_goes_on_greedily() {
+    let (mut e, tok) = engine();
+    // Prompt chunks of 2: a's 3-token prompt takes two steps.
+    let mut batch = Batch::new(2);
+    let a = sequence(&tok, &[1, 2, 3], 4, SamplingParams::GREEDY);
+    let b = sequence(&tok, &[7, 8], 6, SamplingParams::GREEDY);
+    assert!(batch.admit(&mut e, a).is_ok() && batch.admit(&mut e, b).is_ok());
+    // Step 1: b samples, a is still in its prompt: no offer.
+    assert!(batch.step(&mut e).is_empty());
+    assert!(e.offers.is_empty(), "no offer while a prompt is unfinished");
+    // Steps 2..4: a's tokens 1..3, b's 2..4.
+    let both = vec![SeqSlot(0), SeqSlot(1)];
+    for step in 2..=4 {
+        assert!(batch.step(&mut e).is_empty());
+        assert_eq!(e.offers.len(), step - 1, "step {step}");
+        assert_eq!(e.offers.last(), Some(&both), "step {step}");
+    }
+    // Step 5 samples a's last token: no offer, and a leaves.
+    assert_eq!(batch.step(&mut e).len(), 1);
+    assert_eq!(
+        e.offers.len(),
+        3,
+        "no offer on a step that samples a last token"
+    );
+    // A sampled sequence joins before b's last token: no offer while it
+    // runs (b ends at the first step beside it, c runs on alone).
+    let c = sequence(&tok, &[5], 3, SAMPLED);
+    assert!(batch.admit(&mut e, c).is_ok());
+    let mut steps = 0;
+    while !batch.is_empty() {
+        batch.step(&mut e);
+        steps += 1;
+    }
+    assert_eq!(steps, 3, "c's three tokens, b's last at the first");
+    assert_eq!(e.offers.len(), 3, "no offer beside a sampled sequence");
+    assert_eq!(e.kv_usage().used_pages, 0);
+}
