@@ -158,26 +158,26 @@ fn a_lone_greedy_sequence_is_offered_every_sample_but_its_last() {
     );
 }
 
-/// In a batch: the running slots in step order while all of them are
-/// greedy and go on; nothing while a sampled one runs beside them, or on a
-/// step after which one of them takes its last token.
+/// In a batch: the running slots in step order (not slot order) while all
+/// of them are greedy and go on; nothing while a prompt is unfinished, on a
+/// step that samples a last token, or while a sampled one runs beside them.
 #[test]
 fn a_batch_is_offered_only_while_every_sequence_goes_on_greedily() {
     let (mut e, tok) = engine();
     // Prompt chunks of 2: a's 3-token prompt takes two steps.
     let mut batch = Batch::new(2);
     let a = sequence(&tok, &[1, 2, 3], 4, SamplingParams::GREEDY);
-    let b = sequence(&tok, &[7, 8], 6, SamplingParams::GREEDY);
+    let b = sequence(&tok, &[7, 8], 12, SamplingParams::GREEDY);
     assert!(batch.admit(&mut e, a).is_ok() && batch.admit(&mut e, b).is_ok());
     // Step 1: b samples, a is still in its prompt: no offer.
     assert!(batch.step(&mut e).is_empty());
     assert!(e.offers.is_empty(), "no offer while a prompt is unfinished");
     // Steps 2..4: a's tokens 1..3, b's 2..4.
-    let both = vec![SeqSlot(0), SeqSlot(1)];
+    let ab = vec![SeqSlot(0), SeqSlot(1)];
     for step in 2..=4 {
         assert!(batch.step(&mut e).is_empty());
         assert_eq!(e.offers.len(), step - 1, "step {step}");
-        assert_eq!(e.offers.last(), Some(&both), "step {step}");
+        assert_eq!(e.offers.last(), Some(&ab), "step {step}");
     }
     // Step 5 samples a's last token: no offer, and a leaves.
     assert_eq!(batch.step(&mut e).len(), 1);
@@ -186,8 +186,23 @@ fn a_batch_is_offered_only_while_every_sequence_goes_on_greedily() {
         3,
         "no offer on a step that samples a last token"
     );
-    // A sampled sequence joins before b's last token: no offer while it
-    // runs (b ends at the first step beside it, c runs on alone).
+    // d takes a's slot 0 but runs after b: offers name b's slot first.
+    let d = sequence(&tok, &[5], 3, SamplingParams::GREEDY);
+    assert!(batch.admit(&mut e, d).is_ok());
+    let bd = vec![SeqSlot(1), SeqSlot(0)];
+    for step in 6..=7 {
+        assert!(batch.step(&mut e).is_empty());
+        assert_eq!(
+            e.offers.last(),
+            Some(&bd),
+            "step {step}: step order, not slot order"
+        );
+    }
+    // Step 8 samples d's last token.
+    assert_eq!(batch.step(&mut e).len(), 1);
+    assert_eq!(e.offers.len(), 5);
+    // A sampled sequence joins: no offer while it runs (its three tokens at
+    // steps 9..11; b's last token, its twelfth, comes at step 12).
     let c = sequence(&tok, &[5], 3, SAMPLED);
     assert!(batch.admit(&mut e, c).is_ok());
     let mut steps = 0;
@@ -195,7 +210,28 @@ fn a_batch_is_offered_only_while_every_sequence_goes_on_greedily() {
         batch.step(&mut e);
         steps += 1;
     }
-    assert_eq!(steps, 3, "c's three tokens, b's last at the first");
-    assert_eq!(e.offers.len(), 3, "no offer beside a sampled sequence");
+    assert_eq!(steps, 4, "c's three tokens, then b's last");
+    assert_eq!(
+        e.offers.len(),
+        5,
+        "no offer beside a sampled sequence, nor on b's last token"
+    );
     assert_eq!(e.kv_usage().used_pages, 0);
+}
+
+/// A sequence that reaches the end of its context takes its last token
+/// there, whatever its max_tokens: no offer on that sample.
+#[test]
+fn no_offer_on_the_token_that_fills_the_context() {
+    let (mut e, tok) = engine();
+    // 60 prompt tokens in a 64-position context: tokens at positions 60..63.
+    let prompt: Vec<u32> = (0..60).map(|i| 3 + i % 50).collect();
+    let mut seq = sequence(&tok, &prompt, 10, SamplingParams::GREEDY);
+    seq.run(&mut e).expect("run");
+    assert_eq!(seq.tokens_out(), 4, "the context ends the sequence");
+    assert_eq!(
+        e.offers.len(),
+        3,
+        "every sample but the one that fills the context"
+    );
 }

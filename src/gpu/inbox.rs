@@ -22,9 +22,13 @@ pub struct HostInbox {
     posted: usize,
 }
 
-// SAFETY: the inbox's page-locked memory and event belong to the context,
-// not to a thread; the engine that owns it is used by one thread at a time.
-unsafe impl Send for HostInbox {}
+impl Drop for HostInbox {
+    /// A copy still queued into the memory must land before it is freed
+    /// (an engine dropped with picks nobody read).
+    fn drop(&mut self) {
+        let _ = self.arrived.synchronize();
+    }
+}
 
 impl HostInbox {
     pub fn capacity(&self) -> usize {

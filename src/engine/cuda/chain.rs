@@ -19,13 +19,15 @@
 //! and with the binary from before.
 //!
 //! Bits: the chained step is the step the caller would have asked for (same
-//! ids, positions, rows, graph), so its logits and KV rows are the same. If
-//! the caller asks for another step (a sequence ended on its pick, left or
-//! joined), that step runs as usual: it rewrites every KV row the chained
-//! step wrote for a sequence still running (batch invariance: the same
-//! bits), and a row it wrote for a sequence that left lies in pages nobody
-//! reads before writing them (a sequence reads only positions it computed,
-//! and the stream orders the early step first).
+//! ids, positions, rows, graph), so its logits and KV rows are the same.
+//! When sequences left since (one ended on its pick, was cancelled), the
+//! next step takes the chained step for the rows still running, and
+//! sequences that joined run after it (their logits in the rows after the
+//! chained step's); a row written for a sequence that left lies in pages
+//! nobody reads before writing them (a sequence reads only positions it
+//! computed, and the stream orders the early step first). Any other next
+//! step runs as usual: it rewrites every KV row the chained step wrote for
+//! a sequence still running (batch invariance: the same bits).
 
 use super::{Buf, CudaEngine};
 use crate::engine::batch::{SeqSlot, StepChunk};
@@ -110,38 +112,117 @@ impl CudaEngine {
         })
     }
 
-    /// Take the chained step as the step of `chunks` when they are exactly
-    /// its rows, picks and positions in order (then it is already running);
-    /// false otherwise. Either way no chained step remains.
-    pub(super) fn adopt_chained(&mut self, chunks: &[StepChunk<'_>]) -> Result<bool> {
+    /// Take the chained step for the step of `chunks` when its rows still
+    /// running lead them, with their picks and positions, in order (the
+    /// rows of sequences that left since are skipped): then those rows'
+    /// logits are already being computed, at their rows of the chained
+    /// step, and only the chunks after them (sequences that joined since)
+    /// remain to run, from logits row `rows()` on. Returns those logits
+    /// rows, one per leading chunk; None when nothing is adopted. Either
+    /// way no chained step remains.
+    pub(super) fn adopt_chained(&mut self, chunks: &[StepChunk<'_>]) -> Result<Option<Adopted>> {
         let picks = match self.chained_picks()? {
             Some(p) => p.to_vec(),
-            None => return Ok(false),
+            None => return Ok(None),
         };
         let Some(ch) = self.chained.take() else {
-            return Ok(false);
+            return Ok(None);
         };
-        let same = chunks.len() == ch.rows.len()
-            && chunks
-                .iter()
-                .zip(&ch.rows)
-                .zip(&picks)
-                .all(|((c, row), &pick)| *row == Some((c.seq, c.pos)) && c.tokens == [pick]);
-        if same {
-            self.chained_steps += 1;
+        let live: Vec<(usize, SeqSlot, usize)> = ch
+            .rows
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.map(|(s, p)| (i, s, p)))
+            .collect();
+        if live.is_empty() {
+            return Ok(None);
         }
-        Ok(same)
+        let extra = chunks.len().saturating_sub(live.len());
+        let leads = chunks.len() >= live.len()
+            && live
+                .iter()
+                .zip(chunks)
+                .all(|(&(i, s, p), c)| c.seq == s && c.pos == p && c.tokens == [picks[i]]);
+        if !leads || ch.rows.len() + extra > self.layout.max_seqs {
+            // Every row is computed again: the chained step was wasted.
+            self.chain_counts.dropped += 1;
+            return Ok(None);
+        }
+        self.chain_counts.adopted += 1;
+        if live.len() < ch.rows.len() || extra > 0 {
+            self.chain_counts.adopted_in_part += 1;
+        }
+        Ok(Some(Adopted {
+            rows: live.iter().map(|l| l.0).collect(),
+            after: ch.rows.len(),
+        }))
+    }
+
+    /// The rest of a step that adopted a chained step: the chunks after its
+    /// leading rows run as prompt chunks (logits rows from `after` on),
+    /// then every sequence's position and logits row are recorded.
+    pub(super) fn finish_adopted(
+        &mut self,
+        chunks: &[StepChunk<'_>],
+        adopted: &Adopted,
+    ) -> Result<()> {
+        self.logits_row.iter_mut().for_each(|r| *r = None);
+        self.prefetched = None;
+        let lead = adopted.rows.len();
+        for (j, c) in chunks[lead..].iter().enumerate() {
+            self.run_prefill(c, adopted.after + j)?;
+        }
+        if chunks.len() > lead {
+            // As after any prompt chunk: a fault surfaces here.
+            self.gpu.sync()?;
+        }
+        let rows = adopted.rows.iter().copied().chain(adopted.after..);
+        for (c, row) in chunks.iter().zip(rows) {
+            let i = c.seq.0 as usize;
+            if let Some(st) = self.seqs[i].as_mut() {
+                st.n_past = c.pos + c.tokens.len();
+            }
+            self.logits_row[i] = Some(row);
+        }
+        Ok(())
     }
 
     /// A released sequence is no row of the chained step any more: its
-    /// slot may be admitted again before the next step.
+    /// slot may be admitted again before the next step. Once no row of it
+    /// is left, the step is waited for here, so no device work outlives
+    /// the engine step that made it useless (the watchdog bounds those).
     pub(super) fn forget_chained(&mut self, seq: SeqSlot) {
-        if let Some(ch) = self.chained.as_mut() {
-            for row in ch.rows.iter_mut().filter(|r| r.map(|r| r.0) == Some(seq)) {
-                *row = None;
-            }
+        let Some(ch) = self.chained.as_mut() else {
+            return;
+        };
+        for row in ch.rows.iter_mut().filter(|r| r.map(|r| r.0) == Some(seq)) {
+            *row = None;
+        }
+        if ch.rows.iter().all(Option::is_none) {
+            self.chained = None;
+            // A fault surfaces at the next step's first device call.
+            let _ = self.gpu.sync();
         }
     }
+}
+
+/// What a step took over from a chained step (`adopt_chained`).
+pub(super) struct Adopted {
+    /// The logits row of each leading chunk, in the chained step.
+    pub(super) rows: Vec<usize>,
+    /// The first logits row after the chained step's: the other chunks' from here.
+    pub(super) after: usize,
+}
+
+/// How chained steps ended, since load (tests and the profile read them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct ChainCounts {
+    /// Steps that took a chained step over (wholly or for the rows still running).
+    pub(super) adopted: u64,
+    /// Of those, steps where sequences had left or joined since the chain.
+    pub(super) adopted_in_part: u64,
+    /// Chained steps computed again row for row while rows of them still ran.
+    pub(super) dropped: u64,
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! step when a sequence ends, leaves or joins, and declined.
 
 use super::super::tests::gpu_or_skip;
+use super::ChainCounts;
 use super::*;
 use crate::engine::batch::SeqSlot;
 use crate::engine::sched::{Batch, Outcome};
@@ -156,17 +157,22 @@ fn engine_chained_greedy_steps_stream_what_unchained_steps_stream() {
         let want_alone = alone(&mut e, &tok, &reqs);
         let want_batched = together(&mut e, &tok, &reqs);
         assert_eq!(
-            e.chained_steps, 0,
+            e.chain_counts,
+            ChainCounts::default(),
             "{}: chaining off, yet steps were chained",
             spec.name
         );
         e.chain_on = true;
         let got_alone = alone(&mut e, &tok, &reqs);
-        let solo_chained = e.chained_steps;
+        let solo = e.chain_counts;
         let got_batched = together(&mut e, &tok, &reqs);
-        let batch_chained = e.chained_steps - solo_chained;
+        let batched = ChainCounts {
+            adopted: e.chain_counts.adopted - solo.adopted,
+            adopted_in_part: e.chain_counts.adopted_in_part - solo.adopted_in_part,
+            dropped: e.chain_counts.dropped - solo.dropped,
+        };
         println!(
-            "{}: {solo_chained} chained steps adopted alone, {batch_chained} in the batch",
+            "{}: chained steps alone {solo:?}, in the batch {batched:?}",
             spec.name
         );
         for (i, r) in reqs.iter().enumerate() {
@@ -189,10 +195,24 @@ fn engine_chained_greedy_steps_stream_what_unchained_steps_stream() {
                 "{what}: alone and batched differ"
             );
         }
-        // Not vacuous: chained steps ran, alone and in the batch.
+        // Not vacuous: chained steps ran alone and in the batch, where
+        // sequences left and joined beside them; and none was computed
+        // again while its rows still ran (arrivals and departures keep the
+        // chained rows).
         assert!(
-            solo_chained > 0 && batch_chained > 0,
+            solo.adopted > 0 && batched.adopted > 0,
             "{}: nothing was chained",
+            spec.name
+        );
+        assert!(
+            batched.adopted_in_part > 0,
+            "{}: no chained step saw a sequence leave or join",
+            spec.name
+        );
+        assert_eq!(
+            (solo.dropped, batched.dropped),
+            (0, 0),
+            "{}: chained steps were computed again",
             spec.name
         );
         assert_eq!(e.kv_usage().used_pages, 0, "pages left after the runs");

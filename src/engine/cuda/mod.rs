@@ -156,8 +156,8 @@ pub struct CudaEngine {
     chain_on: bool,
     /// The decode step started early, until the next step adopts or replaces it.
     chained: Option<chain::Chained>,
-    /// Steps that were adopted from a chained start (tests, the bench).
-    chained_steps: u64,
+    /// How chained steps ended (tests).
+    chain_counts: chain::ChainCounts,
     memory: MemoryReport,
     /// Prefill GEMMs as 3xTF32 (WORKER_ORCD_PREFILL_GEMM).
     tf32x3: bool,
@@ -319,7 +319,7 @@ impl CudaEngine {
             prefetched: None,
             chain_on,
             chained: None,
-            chained_steps: 0,
+            chain_counts: chain::ChainCounts::default(),
             tf32x3,
             tensor,
             memory: MemoryReport {
@@ -689,12 +689,14 @@ impl Engine for CudaEngine {
                 capacity: st.capacity,
             })
         })?;
-        // A chained step of exactly these rows already runs (`chain`).
-        let adopted = self.adopt_chained(chunks)?;
+        // A chained step of these rows already runs (`chain`).
+        if let Some(adopted) = self.adopt_chained(chunks)? {
+            return self.finish_adopted(chunks, &adopted);
+        }
         self.logits_row.iter_mut().for_each(|r| *r = None);
         self.prefetched = None;
         let (decode, prefill): (Vec<_>, Vec<_>) = chunks.iter().partition(|c| c.tokens.len() == 1);
-        if !decode.is_empty() && !adopted {
+        if !decode.is_empty() {
             let rows: Vec<(u32, usize, SeqSlot)> = decode
                 .iter()
                 .map(|c: &&StepChunk| (c.tokens[0], c.pos, c.seq))
