@@ -27,7 +27,11 @@
 //! 35,192 against 33,701. With it on by default, the GPU suite (golden,
 //! GPU-vs-CPU, BDD) runs with PDL, and ci/gpu-run phase 1 benches
 //! `WORKER_ORCD_PDL=0` beside it. Off, launches are plain and the kernels'
-//! wait does nothing.
+//! wait does nothing. Triggering right after the wait instead (so at most
+//! one grid waits ahead; tried at ea076ee, not landed) was slower still on
+//! an H100 (same call, medians of 10, three rounds): batch-1 decode 817
+//! against 957 tokens/s, pp4096 14,048 against 24,187; the waiting
+//! dependent's blocks hold SM slots the running grid's later blocks need.
 //! Arguments are passed as cuLaunchKernel takes them: one pointer per
 //! argument, here to an 8-byte slot holding the value (every kernel
 //! parameter is a pointer, an integer or an f32).
