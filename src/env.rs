@@ -343,6 +343,11 @@ impl EnvVar {
         self.read_with(&process_lookup).ok().flatten()
     }
 
+    /// A switch that is on unless set to `0` (unset: on).
+    pub fn on_unless_zero(&self) -> bool {
+        self.get().is_none_or(|v| v != "0")
+    }
+
     /// The value, or the declared default.
     pub fn get_or_default(&self) -> Option<String> {
         self.get().or_else(|| self.default.map(str::to_string))

@@ -10,10 +10,8 @@ use crate::engine::batch::{KvUsage, SeqSlot, StepChunk};
 use crate::engine::cpu::CpuEngine;
 use crate::engine::sequence::{GenerationParams, Prompt};
 use crate::engine::test_sink::Recorder;
-use crate::engine::{BackendKind, LoadOptions, MemoryReport, SamplingParams};
+use crate::engine::{BackendKind, MemoryReport, SamplingParams};
 use crate::model::arch::ModelConfig;
-use crate::model::gguf::{GgufFile, GgufLimits};
-use crate::model::test_model::{write_test_model, TestModelSpec};
 use crate::model::tokenizer::Tokenizer;
 
 /// A CPU engine that records every chain offer and declines it.
@@ -91,24 +89,12 @@ impl Engine for Offers {
 }
 
 fn engine() -> (Offers, Tokenizer) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("m.gguf");
-    write_test_model(&TestModelSpec::tiny_llama(), &path).expect("write test model");
-    let g = GgufFile::open(&path, &GgufLimits::default()).expect("open");
-    let (cfg, w) = crate::model::arch::from_gguf(&g).expect("config");
-    let opts = LoadOptions {
-        max_context: 64,
-        kv_pool_tokens: 64 * 4,
-        max_sequences: 4,
-        gpu_device: 0,
-        threads: 2,
-    };
-    let inner = CpuEngine::load(&g, &cfg, &w, &opts).expect("load");
+    let (inner, tok) = super::tests::cpu_engine(64, 64 * 4, 4);
     let offers = Offers {
         inner,
         offers: Vec::new(),
     };
-    (offers, Tokenizer::from_gguf(&g).expect("tokenizer"))
+    (offers, tok)
 }
 
 fn sequence<'t>(

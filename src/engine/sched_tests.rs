@@ -17,15 +17,24 @@ use crate::model::tokenizer::Tokenizer;
 const MAX_CONTEXT: usize = 96;
 
 fn model() -> (CpuEngine, Tokenizer) {
+    cpu_engine(MAX_CONTEXT, MAX_CONTEXT * 12, 1)
+}
+
+/// The CPU engine on the generated tiny llama model.
+pub(super) fn cpu_engine(
+    max_context: usize,
+    kv_pool_tokens: usize,
+    max_sequences: usize,
+) -> (CpuEngine, Tokenizer) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("m.gguf");
     write_test_model(&TestModelSpec::tiny_llama(), &path).expect("write test model");
     let g = GgufFile::open(&path, &GgufLimits::default()).expect("open");
     let (cfg, w) = crate::model::arch::from_gguf(&g).expect("config");
     let opts = LoadOptions {
-        max_context: MAX_CONTEXT,
-        kv_pool_tokens: MAX_CONTEXT * 12,
-        max_sequences: 1,
+        max_context,
+        kv_pool_tokens,
+        max_sequences,
         gpu_device: 0,
         threads: 2,
     };

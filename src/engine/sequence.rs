@@ -309,9 +309,14 @@ impl<'t, S: EventSink> Sequence<'t, S> {
         let slot = self.slot?;
         let at = self.fed + fed;
         let greedy = self.params.sampling.is_greedy();
-        let last =
-            self.events + 1 >= u64::from(self.params.max_tokens) || at + 1 >= self.max_context;
+        let last = self.next_is_last(at);
         (self.finished.is_none() && at >= self.prompt.len() && greedy && !last).then_some(slot)
+    }
+
+    /// Whether the token sampled next, to be written at position `pos`,
+    /// is the sequence's last by count (`max_tokens`) or by context.
+    fn next_is_last(&self, pos: usize) -> bool {
+        self.events + 1 >= u64::from(self.params.max_tokens) || pos + 1 >= self.max_context
     }
 
     /// Take the result of a step that ran this sequence's `fed` tokens (its
@@ -413,9 +418,7 @@ impl<'t, S: EventSink> Sequence<'t, S> {
         if out.stopped {
             return Ok((Some(out.emit), Some(Finish::Stop)));
         }
-        let last =
-            self.events + 1 >= u64::from(self.params.max_tokens) || pos + 1 >= self.max_context;
-        if !last {
+        if !self.next_is_last(pos) {
             return Ok((Some(out.emit), None));
         }
         let (rest, stopped) = self.flush();

@@ -120,7 +120,7 @@ impl CudaEngine {
     /// rows of sequences that left since are skipped): then those rows'
     /// logits are already being computed, at their rows of the chained
     /// step, and only the chunks after them (sequences that joined since)
-    /// remain to run, from logits row `rows()` on. Returns those logits
+    /// remain to run, from logits row `after` on. Returns those logits
     /// rows, one per leading chunk; None when nothing is adopted. Either
     /// way no chained step remains.
     pub(super) fn adopt_chained(&mut self, chunks: &[StepChunk<'_>]) -> Result<Option<Adopted>> {
@@ -159,35 +159,6 @@ impl CudaEngine {
             rows: live.iter().map(|l| l.0).collect(),
             after: ch.rows.len(),
         }))
-    }
-
-    /// The rest of a step that adopted a chained step: the chunks after its
-    /// leading rows run as prompt chunks (logits rows from `after` on),
-    /// then every sequence's position and logits row are recorded.
-    pub(super) fn finish_adopted(
-        &mut self,
-        chunks: &[StepChunk<'_>],
-        adopted: &Adopted,
-    ) -> Result<()> {
-        self.logits_row.iter_mut().for_each(|r| *r = None);
-        self.prefetched = None;
-        let lead = adopted.rows.len();
-        for (j, c) in chunks[lead..].iter().enumerate() {
-            self.run_prefill(c, adopted.after + j)?;
-        }
-        if chunks.len() > lead {
-            // As after any prompt chunk: a fault surfaces here.
-            self.gpu.sync()?;
-        }
-        let rows = adopted.rows.iter().copied().chain(adopted.after..);
-        for (c, row) in chunks.iter().zip(rows) {
-            let i = c.seq.0 as usize;
-            if let Some(st) = self.seqs[i].as_mut() {
-                st.n_past = c.pos + c.tokens.len();
-            }
-            self.logits_row[i] = Some(row);
-        }
-        Ok(())
     }
 
     /// A released sequence is no row of the chained step any more: its

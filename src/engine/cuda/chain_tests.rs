@@ -84,6 +84,25 @@ fn sequence<'t>(tok: &'t Tokenizer, r: &Request, id: usize) -> Sequence<'t, Reco
     Sequence::new(tok, prompt, r.params.clone(), sink).expect("sequence")
 }
 
+/// The CUDA engine on generated model `spec`, with a pool of `seqs` whole
+/// contexts of `max_context` and step buffers for `seqs` sequences.
+fn load(spec: &TestModelSpec, max_context: usize, seqs: usize) -> (CudaEngine, Tokenizer) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join(format!("{}.gguf", spec.name));
+    write_test_model(spec, &p).expect("make model");
+    let g = GgufFile::open(&p, &GgufLimits::default()).expect("open model");
+    let (cfg, w) = crate::model::arch::from_gguf(&g).expect("arch");
+    let opts = LoadOptions {
+        max_context,
+        kv_pool_tokens: seqs * max_context,
+        max_sequences: seqs,
+        gpu_device: 0,
+        threads: 0,
+    };
+    let e = CudaEngine::load(&g, &cfg, &w, &opts).expect("cuda load");
+    (e, Tokenizer::from_gguf(&g).expect("tokenizer"))
+}
+
 /// Each request alone (`Sequence::run`).
 fn alone(e: &mut CudaEngine, tok: &Tokenizer, reqs: &[Request]) -> Vec<Stream> {
     reqs.iter()
@@ -137,21 +156,8 @@ fn engine_chained_greedy_steps_stream_what_unchained_steps_stream() {
     if gpu_or_skip("engine_chained_greedy").is_none() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
     for spec in [TestModelSpec::tiny_llama(), TestModelSpec::tiny_qwen2()] {
-        let p = dir.path().join(format!("{}.gguf", spec.name));
-        write_test_model(&spec, &p).expect("make model");
-        let g = GgufFile::open(&p, &GgufLimits::default()).expect("open model");
-        let (cfg, w) = crate::model::arch::from_gguf(&g).expect("arch");
-        let tok = Tokenizer::from_gguf(&g).expect("tokenizer");
-        let opts = LoadOptions {
-            max_context: MAX_CONTEXT,
-            kv_pool_tokens: 16 * MAX_CONTEXT,
-            max_sequences: 16,
-            gpu_device: 0,
-            threads: 0,
-        };
-        let mut e = CudaEngine::load(&g, &cfg, &w, &opts).expect("cuda load");
+        let (mut e, tok) = load(&spec, MAX_CONTEXT, 16);
         let reqs = requests(&tok);
         e.chain_on = false;
         let want_alone = alone(&mut e, &tok, &reqs);
@@ -231,19 +237,7 @@ fn engine_chained_step_leaves_no_stale_logits_or_picks() {
     if gpu_or_skip("engine_chained_stale").is_none() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("tiny.gguf");
-    write_test_model(&TestModelSpec::tiny_llama(), &p).expect("make model");
-    let g = GgufFile::open(&p, &GgufLimits::default()).expect("open model");
-    let (cfg, w) = crate::model::arch::from_gguf(&g).expect("arch");
-    let opts = LoadOptions {
-        max_context: 32,
-        kv_pool_tokens: 4 * 32,
-        max_sequences: 4,
-        gpu_device: 0,
-        threads: 0,
-    };
-    let mut e = CudaEngine::load(&g, &cfg, &w, &opts).expect("cuda load");
+    let (mut e, _) = load(&TestModelSpec::tiny_llama(), 32, 4);
     let greedy = SamplingParams::GREEDY;
     let s: SeqSlot = e.admit(16).expect("admit");
     let prompt = [1u32, 5, 9];

@@ -290,14 +290,8 @@ impl CudaEngine {
         tracing::info!(human = %format!("Decode mat-vecs on the tensor cores: {} (asked: {}).",
                 tensor.describe(), tensor_routes.describe()),
             tensor_decode = %tensor.describe(), "decode arithmetic chosen");
-        let use_graph = crate::env::CUDA_GRAPH
-            .get()
-            .map(|v| v != "0")
-            .unwrap_or(true);
-        let chain_on = crate::env::CHAIN_DECODE
-            .get()
-            .map(|v| v != "0")
-            .unwrap_or(true);
+        let use_graph = crate::env::CUDA_GRAPH.on_unless_zero();
+        let chain_on = crate::env::CHAIN_DECODE.on_unless_zero();
         let inbox = gpu.inbox(layout.max_seqs)?;
         Ok(Self {
             graphs: GraphCache::new(MAX_DECODE_GRAPHS),
@@ -489,6 +483,38 @@ impl CudaEngine {
             self.enqueue_step(piece.len(), decode, out_row, start + piece.len())?;
         }
         Ok(())
+    }
+
+    /// Prompt chunks, each on its own, their logits to rows `first_row`...
+    /// in order. A prompt ends with a sync so a device fault surfaces here
+    /// and prefill timings are real; a decode step stays asynchronous until
+    /// its logits or samples are read.
+    fn run_prompts<'c, 'd: 'c>(
+        &mut self,
+        chunks: impl IntoIterator<Item = &'c StepChunk<'d>>,
+        first_row: usize,
+    ) -> Result<()> {
+        let mut ran = 0;
+        for c in chunks {
+            self.run_prefill(c, first_row + ran)?;
+            ran += 1;
+        }
+        if ran > 0 {
+            self.gpu.sync()?;
+        }
+        Ok(())
+    }
+
+    /// After a step: each chunk's sequence has computed through its chunk,
+    /// and its logits are in the row paired with it.
+    fn record_rows<'c, 'd: 'c>(&mut self, rows: impl Iterator<Item = (&'c StepChunk<'d>, usize)>) {
+        for (c, row) in rows {
+            let i = c.seq.0 as usize;
+            if let Some(st) = self.seqs[i].as_mut() {
+                st.n_past = c.pos + c.tokens.len();
+            }
+            self.logits_row[i] = Some(row);
+        }
     }
 
     #[cfg(feature = "test-hooks")]
@@ -689,12 +715,18 @@ impl Engine for CudaEngine {
                 capacity: st.capacity,
             })
         })?;
-        // A chained step of these rows already runs (`chain`).
-        if let Some(adopted) = self.adopt_chained(chunks)? {
-            return self.finish_adopted(chunks, &adopted);
-        }
+        // A chained step of these rows may already run (`chain`).
+        let adopted = self.adopt_chained(chunks)?;
         self.logits_row.iter_mut().for_each(|r| *r = None);
         self.prefetched = None;
+        if let Some(a) = adopted {
+            // Its rows keep their logits rows; sequences that joined since
+            // run after them.
+            let lead = a.rows.len();
+            self.run_prompts(&chunks[lead..], a.after)?;
+            self.record_rows(chunks.iter().zip(a.rows.iter().copied().chain(a.after..)));
+            return Ok(());
+        }
         let (decode, prefill): (Vec<_>, Vec<_>) = chunks.iter().partition(|c| c.tokens.len() == 1);
         if !decode.is_empty() {
             let rows: Vec<(u32, usize, SeqSlot)> = decode
@@ -703,22 +735,8 @@ impl Engine for CudaEngine {
                 .collect();
             self.run_decode(&rows)?;
         }
-        for (i, c) in prefill.iter().enumerate() {
-            self.run_prefill(c, decode.len() + i)?;
-        }
-        if !prefill.is_empty() {
-            // A prompt ends with a sync so a device fault surfaces here and
-            // prefill timings are real; a decode step stays asynchronous
-            // until its logits or samples are read.
-            self.gpu.sync()?;
-        }
-        for (row, c) in decode.iter().chain(&prefill).enumerate() {
-            let i = c.seq.0 as usize;
-            if let Some(st) = self.seqs[i].as_mut() {
-                st.n_past = c.pos + c.tokens.len();
-            }
-            self.logits_row[i] = Some(row);
-        }
+        self.run_prompts(prefill.iter().copied(), decode.len())?;
+        self.record_rows(decode.iter().chain(&prefill).copied().zip(0..));
         Ok(())
     }
 
@@ -748,6 +766,7 @@ impl Engine for CudaEngine {
         self.take_fault()?;
         self.row_sample(row, params, draw)
     }
+
     fn chain_greedy(&mut self, rows: &[SeqSlot]) -> Result<bool> {
         self.start_chain(rows)
     }
