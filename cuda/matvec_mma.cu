@@ -1,6 +1,7 @@
 // matvec_mma.cu: decode mat-vecs on the tensor cores (`matvec_<fmt>_mm`,
 // `matvec_<fmt>_gu_mm`; KERNEL-MATVEC, WORKER-4710; issue 11 point 7, issue
-// 12 point 1). The launcher is src/gpu/tensor_rows.rs.
+// 12 point 1). The launcher is `Gpu::rows_launch` (src/gpu/batched.rs), the shape
+// `launch_shape::rows_mm_launch`.
 //
 // Why: a decode step of 64 sequences multiplies every weight with 64
 // vectors. On the FP32 pipes (matvec_rows.cu, matvec_tiles.cu) the Qwen LM
@@ -22,27 +23,40 @@
 // in the last bits; the engine uses one family or the other for a matrix,
 // never both.
 //
-// Block: MM_WARPS warps over MM_ROWS weight rows (gate/up: MM_ROWS / 2 of
-// each) and MM_TOKENS token rows (gridDim.y groups of them). The block
-// stages a 1024-element chunk of its rows with asynchronous copies, then
-// warp w dequantizes runs 2w, 2w + 1 (first pass) and 16 + 2w, 17 + 2w
-// (second pass) of the chunk into its own shared tile, one lane per (row,
-// run), and multiplies them into its accumulators: four MMA steps per run,
-// each for every 8-token tile in use. At the end the warps' accumulators
-// are added in warp order through shared memory (a fixed order: no atomics).
+// Block: MM_WARPS warps over `tiles` (1..MM_TILES, the launcher's choice
+// by matrix size; gate/up: half of them each) m16 tiles of weight rows and
+// MM_TOKENS token rows (gridDim.x groups of them; gridDim.y row blocks, so
+// the token groups of one row block run side by side and share its weight
+// reads in L2). The block stages a 16-run half chunk of its rows with
+// asynchronous copies; warp w dequantizes run w (first pass) and 8 + w
+// (second pass) of it into its own shared tile, a lane per (row, run), and
+// multiplies the tile into its accumulators: four MMA steps per run, each
+// for every m16 tile and every 8-token tile in use. The weights' split is
+// made once per MMA step and serves every token tile; the vectors' split
+// once per token tile and serves every m16 tile. At the end the warps'
+// accumulators are added in warp order through shared memory (a fixed
+// order: no atomics). Which warp sums which runs depends on the columns
+// alone, not on `tiles` or the batch, so neither changes a bit.
 // MMA fragment layout (PTX ISA, m16n8k8 .tf32): lane = 4g + t holds
 // A(g, t), A(g + 8, t), A(g, t + 4), A(g + 8, t + 4); B(t, g), B(t + 4, g);
-// C(g, 2t), C(g, 2t + 1), C(g + 8, 2t), C(g + 8, 2t + 1).
-// MM_ROWS, MM_WARPS, MM_TOKENS and MM_PAD come from `kernel_units::MM_SHAPE`.
-// Dynamic shared memory (`launch_shape::rows_mm_smem`): MM_ROWS staged chunk
-// rows of CHUNK / 4 + 2 words, then MM_WARPS x 2 tiles of MM_ROWS x MM_PAD
-// floats; reused at the end for the MM_WARPS x MM_ROWS x MM_TOKENS sums.
+// C(g, 2t), C(g, 2t + 1), C(g + 8, 2t), C(g + 8, 2t + 1). The k index is
+// permuted inside each run (sums do not care which k is which as long as A
+// and B agree): in MMA step ks, k = t stands for column 8t + 2ks and
+// k = t + 4 for column 8t + 2ks + 1, so a lane reads two adjacent columns
+// with one 8-byte load, of the tile and of the vector alike.
+// MM_ROWS, MM_WARPS, MM_TOKENS, MM_PAD and MM_TILES come from
+// `kernel_units::MM_SHAPE`. Dynamic shared memory (`launch_shape::rows_mm_smem`):
+// 16 x tiles staged rows of CHUNK / 8 + 2 words, then MM_WARPS tiles of
+// 16 x tiles x MM_PAD floats; reused at the end for the 16 x tiles x
+// MM_TOKENS sums. MM_PAD = 34 keeps the 8-byte fragment loads of a
+// half-warp on 32 distinct banks.
 #include "common.cuh"
 
 static_assert(MM_ROWS == 16, "one m16 tile of rows");
-static_assert(MM_WARPS == 8, "8 warps x 2 runs x 2 passes = the 32 runs of a chunk");
+static_assert(MM_WARPS == 8, "8 warps x 1 run x 2 passes = the 16 runs of a half chunk");
 static_assert(MM_TOKENS % 8 == 0 && MM_TOKENS <= 64, "whole n8 tiles, at most 8");
-static_assert(MM_PAD % 4 == 0 && MM_PAD >= 32, "float4-aligned runs");
+static_assert(MM_TILES == 1 || MM_TILES == 2 || MM_TILES == 4, "m16 tiles per block: 1, 2 or 4");
+static_assert(MM_PAD % 2 == 0 && MM_PAD >= 32, "8-byte-aligned runs");
 
 // c += A·B for one m16n8k8 TF32 tile (fragments as in the header).
 __device__ __forceinline__ void mma_tf32(float* c, const float* a, const float* b) {
@@ -67,35 +81,39 @@ template <class Q, int NM>
 __device__ __forceinline__ void rows_mm_impl(const u8* __restrict__ W0, const u8* __restrict__ W1, u64 row_bytes,
                                              const float* __restrict__ x, const float* __restrict__ bias,
                                              float* __restrict__ y, int rows, int cols, int accumulate, int batch,
-                                             const float* __restrict__ nw, const float* __restrict__ scale) {
+                                             int tiles, const float* __restrict__ nw, const float* __restrict__ scale) {
     extern __shared__ __align__(16) float smem[];
-    constexpr int RPM = MM_ROWS / NM;      // rows of each matrix
     constexpr int NT = MM_TOKENS / 8;      // 8-token tiles per block
-    constexpr int WBW = Q::CHUNK / 4 + 2;  // words of one staged chunk row
-    u32* wb = (u32*)smem;
+    constexpr int HC = Q::CHUNK / 2;       // bytes of a half chunk (16 runs, whole blocks)
+    constexpr int WBW = HC / 4 + 2;        // words of one staged half-chunk row
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
-    float* tiles = smem + MM_ROWS * WBW + warp * (2 * MM_ROWS * MM_PAD);
-    const int r0 = blockIdx.x * RPM;
-    const int tok0 = blockIdx.y * MM_TOKENS;
+    const int srows = 16 * tiles;          // staged rows: every matrix's
+    const int rpm = srows / NM;            // rows of each matrix
+    u32* wb = (u32*)smem;
+    float* tile = smem + srows * WBW + warp * (srows * MM_PAD);
+    const int r0 = blockIdx.y * rpm;
+    const int tok0 = blockIdx.x * MM_TOKENS;
     const int left = (batch - tok0 + 7) >> 3;
     const int ntiles = left < NT ? left : NT;
-    const int nsub = cols >> 5, nch = (nsub + 31) >> 5;
-    float acc[NT][4];
+    const int nsub = cols >> 5, nch = (nsub + 15) >> 4;
+    float acc[MM_TILES][NT][4];
 #pragma unroll
-    for (int n = 0; n < NT; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    for (int m = 0; m < MM_TILES; m++)
+#pragma unroll
+        for (int n = 0; n < NT; n++) acc[m][n][0] = acc[m][n][1] = acc[m][n][2] = acc[m][n][3] = 0.0f;
     for (int c = 0; c < nch; c++) {
-        __syncthreads();  // every warp is done with the previous chunk's bytes
-        // Stage chunk c of the block's rows (staging row j: matrix j / RPM,
-        // row r0 + j % RPM) as whole words from the word holding its first
-        // byte (as matvec_rows.cu does).
-        for (int i = threadIdx.x; i < MM_ROWS * WBW; i += blockDim.x) {
+        __syncthreads();  // every warp is done with the previous half chunk's bytes
+        // Stage half chunk c of the block's rows (staging row j: matrix
+        // j / rpm, row r0 + j % rpm) as whole words from the word holding
+        // its first byte (as matvec_rows.cu does).
+        for (int i = threadIdx.x; i < srows * WBW; i += blockDim.x) {
             const int j = i / WBW, k = i - j * WBW;
-            const int r = r0 + j % RPM;
+            const int r = r0 + j % rpm;
             bool copied = false;
             if (r < rows) {
-                const u8* base = (j < RPM ? W0 : W1) + (u64)r * row_bytes + (u64)c * Q::CHUNK;
-                const u64 left = row_bytes - (u64)c * Q::CHUNK;
-                const int nb = left < (u64)Q::CHUNK ? (int)left : Q::CHUNK;
+                const u8* base = (j < rpm ? W0 : W1) + (u64)r * row_bytes + (u64)c * HC;
+                const u64 rest = row_bytes - (u64)c * HC;
+                const int nb = rest < (u64)HC ? (int)rest : HC;
                 const int off = (int)((u64)base & 3);
                 if (k < ((off + nb + 3) >> 2)) {
                     cp_async4(wb + i, (const u32*)(base - off) + k);
@@ -107,14 +125,15 @@ __device__ __forceinline__ void rows_mm_impl(const u8* __restrict__ W0, const u8
         cp_async_wait_all();
         __syncthreads();
         for (int pass = 0; pass < 2; pass++) {
-            const int first = pass * 16 + warp * 2;  // this warp's two runs in the chunk
-            if (c * 32 + first >= nsub) break;       // warp-uniform: no run of the pair exists
-            {
-                // Lane (h, j): staging row j's run first + h, into tile h.
-                const int h = lane >> 4, j = lane & 15, l = first + h, s = c * 32 + l;
-                float4* d = (float4*)(tiles + h * (MM_ROWS * MM_PAD) + j * MM_PAD);
-                if (s < nsub && r0 + j % RPM < rows) {
-                    const u8* base = (j < RPM ? W0 : W1) + (u64)(r0 + j % RPM) * row_bytes + (u64)c * Q::CHUNK;
+            const int l = pass * MM_WARPS + warp;  // this warp's run in the half chunk
+            const int s = c * 16 + l;              // ... and in the row
+            if (s >= nsub) break;                  // warp-uniform: later passes are further on
+            // Lane j dequantizes staging rows j, j + 32, ... of run l.
+            for (int j = lane; j < srows; j += 32) {
+                const int r = r0 + j % rpm;
+                float2* d = (float2*)(tile + j * MM_PAD);
+                if (r < rows) {
+                    const u8* base = (j < rpm ? W0 : W1) + (u64)r * row_bytes + (u64)c * HC;
                     float w[32];
                     Q::deq32((const u8*)(wb + j * WBW) + ((u64)base & 3), l, w);
                     if (nw) {
@@ -129,69 +148,84 @@ __device__ __forceinline__ void rows_mm_impl(const u8* __restrict__ W0, const u8
                         }
                     }
 #pragma unroll
-                    for (int i = 0; i < 8; i++) d[i] = make_float4(w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]);
+                    for (int i = 0; i < 16; i++) d[i] = make_float2(w[2 * i], w[2 * i + 1]);
                 } else {
 #pragma unroll
-                    for (int i = 0; i < 8; i++) d[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                    for (int i = 0; i < 16; i++) d[i] = make_float2(0.0f, 0.0f);
                 }
             }
             __syncwarp();
 #pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int s = c * 32 + first + h;
-                if (s >= nsub) break;  // warp-uniform
-                const float* T = tiles + h * (MM_ROWS * MM_PAD);
+            for (int ks = 0; ks < 4; ks++) {
+                const int k = 8 * t4 + 2 * ks;  // this lane's two columns of the run
+                float ab[MM_TILES][4], as[MM_TILES][4];
 #pragma unroll
-                for (int ks = 0; ks < 4; ks++) {
-                    const int k = ks * 8 + t4;
-                    const float a[4] = {T[g * MM_PAD + k], T[(g + 8) * MM_PAD + k], T[g * MM_PAD + k + 4],
-                                        T[(g + 8) * MM_PAD + k + 4]};
-                    float ab[4], as[4];
+                for (int m = 0; m < MM_TILES; m++) {
+                    if (m >= tiles) break;  // block-uniform
+                    const float2 p = *(const float2*)(tile + (16 * m + g) * MM_PAD + k);
+                    const float2 q = *(const float2*)(tile + (16 * m + g + 8) * MM_PAD + k);
+                    const float a[4] = {p.x, q.x, p.y, q.y};
 #pragma unroll
                     for (int i = 0; i < 4; i++) {
-                        ab[i] = to_tf32(a[i]);
-                        as[i] = to_tf32(a[i] - ab[i]);
+                        ab[m][i] = to_tf32(a[i]);
+                        as[m][i] = to_tf32(a[i] - ab[m][i]);
                     }
+                }
 #pragma unroll
-                    for (int n = 0; n < NT; n++) {
-                        if (n >= ntiles) break;  // warp-uniform
-                        const int tok = tok0 + n * 8 + g;
-                        float v[2] = {0.0f, 0.0f};
-                        if (tok < batch) {
-                            const float* xv = x + (u64)tok * cols + (u64)s * 32 + k;
-                            v[0] = __ldg(xv);
-                            v[1] = __ldg(xv + 4);
-                        }
-                        const float vb[2] = {to_tf32(v[0]), to_tf32(v[1])};
-                        const float vs[2] = {to_tf32(v[0] - vb[0]), to_tf32(v[1] - vb[1])};
-                        mma_tf32(acc[n], as, vb);
-                        mma_tf32(acc[n], ab, vs);
-                        mma_tf32(acc[n], ab, vb);
+                for (int n = 0; n < NT; n++) {
+                    if (n >= ntiles) break;  // block-uniform
+                    const int tok = tok0 + n * 8 + g;
+                    float2 v = make_float2(0.0f, 0.0f);
+                    if (tok < batch) v = __ldg((const float2*)(x + (u64)tok * cols + (u64)s * 32 + k));
+                    const float vb[2] = {to_tf32(v.x), to_tf32(v.y)};
+                    const float vs[2] = {to_tf32(v.x - vb[0]), to_tf32(v.y - vb[1])};
+#pragma unroll
+                    for (int m = 0; m < MM_TILES; m++) {
+                        if (m >= tiles) break;  // block-uniform
+                        mma_tf32(acc[m][n], as[m], vb);
+                        mma_tf32(acc[m][n], ab[m], vs);
+                        mma_tf32(acc[m][n], ab[m], vb);
                     }
                 }
             }
-            __syncwarp();  // the tiles are rewritten by the next pass
+            __syncwarp();  // the tile is rewritten by the next pass
         }
     }
     __syncthreads();
-    // The warps' sums, [warp][row][token], added in warp order.
+    // The warps' sums, [row][token], added in warp order: warp 0 writes,
+    // then each next warp adds its own.
     float* red = smem;
+    for (int w = 0; w < MM_WARPS; w++) {
+        if (warp == w) {
 #pragma unroll
-    for (int n = 0; n < NT; n++) {
-        const int col = n * 8 + 2 * t4;
-        red[(warp * MM_ROWS + g) * MM_TOKENS + col] = acc[n][0];
-        red[(warp * MM_ROWS + g) * MM_TOKENS + col + 1] = acc[n][1];
-        red[(warp * MM_ROWS + g + 8) * MM_TOKENS + col] = acc[n][2];
-        red[(warp * MM_ROWS + g + 8) * MM_TOKENS + col + 1] = acc[n][3];
+            for (int m = 0; m < MM_TILES; m++) {
+                if (m >= tiles) break;
+#pragma unroll
+                for (int n = 0; n < NT; n++) {
+                    if (n >= ntiles) break;
+                    float* p0 = red + (16 * m + g) * MM_TOKENS + n * 8 + 2 * t4;
+                    float* p1 = p0 + 8 * MM_TOKENS;
+                    if (w == 0) {
+                        p0[0] = acc[m][n][0];
+                        p0[1] = acc[m][n][1];
+                        p1[0] = acc[m][n][2];
+                        p1[1] = acc[m][n][3];
+                    } else {
+                        p0[0] += acc[m][n][0];
+                        p0[1] += acc[m][n][1];
+                        p1[0] += acc[m][n][2];
+                        p1[1] += acc[m][n][3];
+                    }
+                }
+            }
+        }
+        __syncthreads();
     }
-    __syncthreads();
-    for (int i = threadIdx.x; i < RPM * MM_TOKENS; i += blockDim.x) {
+    for (int i = threadIdx.x; i < rpm * MM_TOKENS; i += blockDim.x) {
         const int j = i / MM_TOKENS, col = i - j * MM_TOKENS;
         const int r = r0 + j, tok = tok0 + col;
         if (r >= rows || tok >= batch) continue;
         float a = red[j * MM_TOKENS + col];
-#pragma unroll
-        for (int w = 1; w < MM_WARPS; w++) a += red[(w * MM_ROWS + j) * MM_TOKENS + col];
         if (NM == 1) {
             if (nw) a *= scale[tok];
             if (bias) a += bias[r];
@@ -199,9 +233,7 @@ __device__ __forceinline__ void rows_mm_impl(const u8* __restrict__ W0, const u8
             if (accumulate) a += *yt;
             *yt = a;
         } else {
-            float u = red[(j + RPM) * MM_TOKENS + col];
-#pragma unroll
-            for (int w = 1; w < MM_WARPS; w++) u += red[(w * MM_ROWS + j + RPM) * MM_TOKENS + col];
+            const float u = red[(j + rpm) * MM_TOKENS + col];
             const float gs = a * scale[tok];
             y[(u64)tok * rows + r] = gs / (1.0f + expf(-gs)) * (u * scale[tok]);
         }
@@ -211,15 +243,15 @@ __device__ __forceinline__ void rows_mm_impl(const u8* __restrict__ W0, const u8
 #define MATVEC_MMA(name, Q)                                                                        \
     extern "C" __global__ void __launch_bounds__(MM_WARPS * 32)                                    \
         name##_mm(const u8* W, u64 row_bytes, const float* x, const float* bias, float* y, int rows, \
-                  int cols, int accumulate, int batch, const float* nw, const float* scale) {      \
+                  int cols, int accumulate, int batch, int tiles, const float* nw, const float* scale) { \
         grid_dependency_sync();                                                                    \
-        rows_mm_impl<Q, 1>(W, W, row_bytes, x, bias, y, rows, cols, accumulate, batch, nw, scale);   \
+        rows_mm_impl<Q, 1>(W, W, row_bytes, x, bias, y, rows, cols, accumulate, batch, tiles, nw, scale); \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(MM_WARPS * 32)                                    \
         name##_gu_mm(const u8* Wg, const u8* Wu, u64 row_bytes, const float* x, const float* nw,    \
-                     const float* scale, float* out, int rows, int cols, int batch) {              \
+                     const float* scale, float* out, int rows, int cols, int batch, int tiles) {   \
         grid_dependency_sync();                                                                    \
-        rows_mm_impl<Q, 2>(Wg, Wu, row_bytes, x, nullptr, out, rows, cols, 0, batch, nw, scale);   \
+        rows_mm_impl<Q, 2>(Wg, Wu, row_bytes, x, nullptr, out, rows, cols, 0, batch, tiles, nw, scale); \
     }
 
 MATVEC_MMA(matvec_f32, QF32)

@@ -54,7 +54,8 @@ pub enum RowsMath {
 struct RowsLaunch {
     suffix: &'static str,
     cfg: LaunchConfig,
-    /// Vectors per block, passed to the `_bst` kernels only.
+    /// Vectors per block of the `_bst` kernels, m16 tiles per block of the
+    /// `_mm` kernels; passed to those two only.
     per: Option<i32>,
 }
 
@@ -288,7 +289,7 @@ impl Gpu {
         if math == RowsMath::Tensor {
             // Never a silent fall-back to the FP32 kernels: a row's bits
             // would then depend on which kernel its step happened to get.
-            let cfg = self
+            let (tiles, cfg) = self
                 .rows_mm_ready(dtype)
                 .then(|| rows_mm_launch(dtype, rows, batch, gate_up))
                 .flatten()
@@ -301,7 +302,7 @@ impl Gpu {
             return Ok(RowsLaunch {
                 suffix: "_mm",
                 cfg,
-                per: None,
+                per: Some(tiles),
             });
         }
         let tl = (batch >= TL_MIN_BATCH && self.rows_tl_ready(dtype))

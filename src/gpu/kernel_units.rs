@@ -59,10 +59,12 @@ pub const TL_SHAPE: (usize, usize, usize) = (16, 32, 36);
 
 /// Shape of the tensor-core decode mat-vecs (`_mm`, `_gu_mm` in
 /// cuda/matvec_mma.cu, which receives these as MM_ROWS, MM_WARPS,
-/// MM_TOKENS, MM_PAD): weight rows per block (one m16 tile), warps per
-/// block (two runs each per pass over a 32-run chunk), token rows per block
-/// (eight n8 tiles), floats per dequantized run in shared memory.
-pub const MM_SHAPE: (usize, usize, usize, usize) = (16, 8, 64, 36);
+/// MM_TOKENS, MM_PAD, MM_TILES): weight rows of one m16 tile, warps per
+/// block (one run each per pass over a 16-run half chunk), token rows per
+/// block (four n8 tiles), floats per dequantized run in shared memory
+/// (34: a half-warp's 8-byte fragment loads hit 32 distinct banks), and
+/// the most m16 tiles one block takes (`launch_shape::rows_mm_tiles`).
+pub const MM_SHAPE: (usize, usize, usize, usize, usize) = (16, 8, 32, 34, 4);
 
 /// The shared header every kernel file includes.
 pub const COMMON_CUH: &str = include_str!("../../cuda/common.cuh");
@@ -122,11 +124,11 @@ pub fn translation_unit(name: &str, src: &str) -> String {
         .join("\n");
     let (rows, warps, pad) = BT_SHAPE;
     let (tl_rows, tl_tokens, tl_pad) = TL_SHAPE;
-    let (mm_rows, mm_warps, mm_tokens, mm_pad) = MM_SHAPE;
+    let (mm_rows, mm_warps, mm_tokens, mm_pad, mm_tiles) = MM_SHAPE;
     format!(
         "#define KV_PAGE {KV_PAGE_TOKENS}\n#define ATT_CHUNK {ATT_CHUNK}\n#define ATT_THREADS {ATT_THREADS}\n#define ATT_GROUP_MAX {ATT_GROUP_MAX}\n#define AD_WARPS {AD_WARPS}\n#define BT_ROWS {rows}\n#define BT_WARPS {warps}\n#define BT_PAD {pad}\n\
          #define TL_ROWS {tl_rows}\n#define TL_TOKENS {tl_tokens}\n#define TL_PAD {tl_pad}\n\
-         #define MM_ROWS {mm_rows}\n#define MM_WARPS {mm_warps}\n#define MM_TOKENS {mm_tokens}\n#define MM_PAD {mm_pad}\n\
+         #define MM_ROWS {mm_rows}\n#define MM_WARPS {mm_warps}\n#define MM_TOKENS {mm_tokens}\n#define MM_PAD {mm_pad}\n#define MM_TILES {mm_tiles}\n\
          {COMMON_CUH}\n#line 1 \"{name}\"\n{body}\n"
     )
 }

@@ -166,36 +166,76 @@ pub(super) fn rows_tl_launch(
 /// (MM_ROWS, MM_WARPS, MM_TOKENS, MM_PAD in cuda/matvec_mma.cu).
 pub use super::kernel_units::MM_SHAPE;
 
-/// Dynamic shared bytes of a `_mm` launch for format `t`: MM_ROWS staged
-/// chunk rows of CHUNK / 4 + 2 words, then two dequantized tiles of MM_ROWS
-/// runs of MM_PAD floats per warp (reused for the warps' sums, which need
-/// MM_WARPS x MM_ROWS x MM_TOKENS floats: never more).
+/// Dynamic shared bytes of a `_mm` launch for format `t` with `tiles` m16
+/// tiles per block: 16 x tiles staged half-chunk rows of CHUNK / 8 + 2
+/// words, then one dequantized run of 16 x tiles rows of MM_PAD floats per
+/// warp (reused for the sums, 16 x tiles x MM_TOKENS floats: never more).
+pub fn rows_mm_smem_for(t: GgmlType, tiles: usize) -> usize {
+    let (rows, warps, tokens, pad, _) = MM_SHAPE;
+    let half_chunk = 512 / t.block_size() * t.type_size();
+    let staged = rows * tiles;
+    let body = 4 * staged * (half_chunk / 4 + 2) + 4 * warps * staged * pad;
+    body.max(4 * staged * tokens)
+}
+
+/// The most dynamic shared bytes a `_mm` launch of format `t` asks for
+/// (granted once at open).
 pub fn rows_mm_smem(t: GgmlType) -> usize {
-    let (rows, warps, tokens, pad) = MM_SHAPE;
-    let chunk = 1024 / t.block_size() * t.type_size();
-    let body = 4 * rows * (chunk / 4 + 2) + 4 * warps * 2 * rows * pad;
-    body.max(4 * warps * rows * tokens)
+    rows_mm_smem_for(t, MM_SHAPE.4)
+}
+
+/// m16 tiles per `_mm` block for a matrix of `rows` rows (of each matrix
+/// for gate/up). More tiles let one block's vector loads and splits serve
+/// more weight rows (the LM head's 64-token step reads its vectors once
+/// per 64 rows instead of once per 16); fewer keep a small matrix spread
+/// over the card. The choice depends on the shape alone and never changes
+/// a bit: which warp sums which runs depends on the columns only.
+pub fn rows_mm_tiles(rows: usize, gate_up: bool) -> usize {
+    let rows = if gate_up { 2 * rows } else { rows };
+    match rows {
+        r if r >= 32_768 => 4,
+        r if r >= 8_192 => 2,
+        _ => 1,
+    }
 }
 
 /// Launch shape of a `_mm` kernel over `rows` output rows (of each matrix
-/// for gate/up) and `batch` token rows; None when the grid would not fit.
+/// for gate/up) and `batch` token rows, with its m16 tiles per block
+/// (the kernel's `tiles` argument); None when the grid would not fit.
+/// Token groups run along x, so a row block's groups run side by side.
 pub(super) fn rows_mm_launch(
     t: GgmlType,
     rows: usize,
     batch: usize,
     gate_up: bool,
-) -> Option<LaunchConfig> {
-    let (per_block, warps, tokens, _) = MM_SHAPE;
-    let per_block = if gate_up { per_block / 2 } else { per_block };
-    let (row_blocks, groups) = (rows.div_ceil(per_block), batch.div_ceil(tokens));
-    if rows == 0 || batch == 0 || row_blocks > i32::MAX as usize || groups > 65_535 {
+) -> Option<(i32, LaunchConfig)> {
+    rows_mm_launch_tiles(t, rows, batch, gate_up, rows_mm_tiles(rows, gate_up))
+}
+
+/// [`rows_mm_launch`] with `tiles` m16 tiles per block (tests run every
+/// choice to show the bits do not depend on it).
+pub(super) fn rows_mm_launch_tiles(
+    t: GgmlType,
+    rows: usize,
+    batch: usize,
+    gate_up: bool,
+    tiles: usize,
+) -> Option<(i32, LaunchConfig)> {
+    let (tile_rows, warps, tokens, _, most) = MM_SHAPE;
+    if !matches!(tiles, 1 | 2 | 4) || tiles > most {
         return None;
     }
-    Some(LaunchConfig {
-        grid_dim: (row_blocks as u32, groups as u32, 1),
+    let per_block = tile_rows * tiles / if gate_up { 2 } else { 1 };
+    let (row_blocks, groups) = (rows.div_ceil(per_block), batch.div_ceil(tokens));
+    if rows == 0 || batch == 0 || row_blocks > 65_535 || groups > i32::MAX as usize {
+        return None;
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (groups as u32, row_blocks as u32, 1),
         block_dim: (32 * warps as u32, 1, 1),
-        shared_mem_bytes: rows_mm_smem(t) as u32,
-    })
+        shared_mem_bytes: rows_mm_smem_for(t, tiles) as u32,
+    };
+    Some((tiles as i32, cfg))
 }
 
 /// Kernel-name suffix and launch shape of a single-vector decode mat-vec:

@@ -16,7 +16,8 @@ use crate::engine::cuda::matvec_tests::RowsCase;
 use crate::engine::cuda::tests::Rng;
 use crate::gpu::batched::b8_grid;
 use crate::gpu::launch_shape::{
-    batched_launch, decode_launch, rows_bt_launch, rows_mm_launch, rows_tl_launch, staged_smem,
+    batched_launch, decode_launch, rows_bt_launch, rows_mm_launch, rows_mm_launch_tiles,
+    rows_tl_launch, staged_smem,
 };
 use crate::gpu::ops::{dtype_suffix, row_bytes, FORMATS};
 use crate::model::quant;
@@ -146,6 +147,18 @@ impl RowsCase {
     /// All token rows at once through one batched variant (`_tl`, `_bt`,
     /// `_mm`, `_bst` or `_b8`), with the launch shape its launcher gives it.
     fn batched(&self, emu: &Emu, variant: &str, order: Order) -> Bits {
+        self.batched_tiles(emu, variant, order, None)
+    }
+
+    /// [`RowsCase::batched`]; a `_mm` launch takes `mm_tiles` m16 tiles
+    /// per block when given, else its launcher's choice.
+    fn batched_tiles(
+        &self,
+        emu: &Emu,
+        variant: &str,
+        order: Order,
+        mm_tiles: Option<usize>,
+    ) -> Bits {
         let (rows, cols, batch) = (self.rows, self.cols, self.batch);
         let scale = self.scales(emu, order);
         let shape = |normed: bool, gate_up: bool| -> (LaunchConfig, Option<i32>) {
@@ -158,10 +171,14 @@ impl RowsCase {
                     rows_tl_launch(self.dt, rows, batch, gate_up).expect("tl shape"),
                     None,
                 ),
-                "_mm" => (
-                    rows_mm_launch(self.dt, rows, batch, gate_up).expect("mm shape"),
-                    None,
-                ),
+                "_mm" => {
+                    let (tiles, cfg) = match mm_tiles {
+                        Some(t) => rows_mm_launch_tiles(self.dt, rows, batch, gate_up, t),
+                        None => rows_mm_launch(self.dt, rows, batch, gate_up),
+                    }
+                    .expect("mm shape");
+                    (cfg, Some(tiles))
+                }
                 "_bst" => {
                     let (per, cfg) =
                         batched_launch(self.dt, rows, cols, batch, normed).expect("bst shape");
@@ -419,9 +436,9 @@ fn fused_qkv_equals_three_normed_products_in_every_format() {
 /// The tensor-core kernels (`_mm`, `_gu_mm`: 3xTF32 MMAs, emulated lane by
 /// lane) give every token row the bits it gets alone in every format, under
 /// every thread order, at batches of part of one 8-token tile, two tiles,
-/// and a full 64-token block plus a second block (rows 0, batch / 2 and the
-/// last alone); and the normed product agrees with float64 over the
-/// dequantized weights.
+/// and two full 32-token blocks plus a third (rows 0, batch / 2 and the
+/// last alone), whatever number of m16 tiles a block takes; and the normed
+/// product agrees with float64 over the dequantized weights.
 #[test]
 fn tensor_rows_are_bit_identical_to_lone_rows_in_every_format() {
     let emu = Emu::get();
@@ -438,6 +455,15 @@ fn tensor_rows_are_bit_identical_to_lone_rows_in_every_format() {
             ord.rotate_left(case_no % 4);
             let all = case.batched(emu, "_mm", ord[0]);
             let e = case.normed_error(&all.normed, EPS);
+            // Every choice of m16 tiles per block gives the same bits.
+            for tiles in [1, 2, 4] {
+                let other = case.batched_tiles(emu, "_mm", ord[tiles % 4], Some(tiles));
+                assert!(
+                    other == all,
+                    "{} _mm with {tiles} m16 tiles per block differs from the launcher's choice",
+                    dt.name()
+                );
+            }
             // Alone: the first row, one in a later 8-token tile, the last.
             let mut tokens = vec![0, batch / 2, batch - 1];
             tokens.dedup();
