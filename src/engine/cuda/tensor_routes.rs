@@ -10,9 +10,10 @@
 //! the product. The groups are chosen once, at load, from the variable and
 //! from what the GPU has.
 //!
-//! Off by default, because the first version of the kernel is slower than
-//! the FP32 kernels everywhere it was measured (H100, Qwen2.5-0.5B shapes,
-//! op profile at ad5ea86, µs per launch, `_mm` against the FP32 route):
+//! Off by default, because the kernels are slower than the FP32 kernels
+//! everywhere they were measured. µs per launch, `_mm` against the FP32
+//! route, Qwen2.5-0.5B shapes, op profile; first version (16 weight rows
+//! and 64 token rows a block) on an H100 at ad5ea86:
 //!
 //! | rows | LM head q8_0 | gate/up q5_0 | down q4_K | q q5_0 |
 //! |---|---|---|---|---|
@@ -21,17 +22,39 @@
 //! | 32 | 908 / 767 | 70.3 / 60.8 | 105.9 / 41.5 | 24.8 / 11.9 |
 //! | 64 | 1,534 / 1,526 | 121 / 100 | 186 / 63 | 41.1 / 16.8 |
 //!
-//! Decode with `lm_head` was 676 against 795 tokens/s at batch 1, and the
-//! 64-sequence sweep 7,692 against 7,657 (`ffn` too: 339 tokens/s at batch
-//! 1). The MMAs are not what limits it: every lane loads its vector
-//! elements one float at a time from global memory per 8-token tile and
-//! converts them to TF32 parts in every block, the weights are dequantized
-//! by half a warp per run, and the time grows with the rows as the FP32
-//! kernels' does. Staging the split vectors in shared memory once per
-//! block, dequantizing with all lanes, and more rows per block are the next
-//! steps; the correctness side (bits per row independent of the step,
-//! error against float64 ≤ 4.4e-6) is shown on the GPU by
-//! `op_tensor_rows_are_bit_identical_to_lone_rows`.
+//! Decode with `lm_head` was then 676 against 795 tokens/s at batch 1.
+//!
+//! The second version (80326e5: up to 64 weight rows and 32 token rows a
+//! block, vectors read with one 8-byte load per fragment; see
+//! cuda/matvec_mma.cu) on an H200, the whole GPU suite's phase 1:
+//!
+//! | rows | LM head q8_0 | gate/up q5_0 | down q4_K | q q5_0 |
+//! |---|---|---|---|---|
+//! | 1 | 548 / 109 | 49.3 / 9.3 | 50.2 / 5.6 | 13.5 / 4.3 |
+//! | 8 | 555 / 435 | 49.6 / 30.8 | 50.8 / 31.9 | 13.6 / 8.7 |
+//! | 32 | 936 / 768 | 83.1 / 59.5 | 87.2 / 40.0 | 22.6 / 10.6 |
+//! | 64 | 1,884 / 1,532 | 144 / 98.9 | 87.4 / 61.7 | 23.0 / 15.7 |
+//!
+//! Decode, 1 / 8 / 32 / 64 sequences (tok/s, same card and call): FP32
+//! 937 / 2,367 / 6,685 / 8,704; `lm_head` 665 / 2,282 / 6,461 / 8,303;
+//! `lm_head,ffn` 267 / 1,800 / 4,770 / 6,769; all three 205 / 1,614 /
+//! 4,027 / 6,103. So it is no better than the first version. What limits
+//! it, read off the numbers and the compiler: the time hardly moves from 1
+//! to 8 rows (the MMAs are not the cost) and doubles from 32 to 64 (each
+//! 32-token group stages and dequantizes the weights again); ptxas gives
+//! the q8_0 kernel 194 registers, so one 256-thread block fits an SM and
+//! its eight warps wait, unhidden, on the staging copies and on the vector
+//! loads from global memory inside the MMA loop. Next: every token group
+//! of a row block in one block (the dequantized tile serves all of them),
+//! the vectors staged in shared memory with the weights, fewer registers
+//! (two blocks an SM), the staging of the next half chunk overlapped with
+//! the MMAs of this one, and the columns split over blocks for matrices of
+//! few rows (the down projection's 56 blocks each walk 152 runs in turn).
+//!
+//! The correctness side (bits per row independent of the step and of the
+//! tiles a block takes, error against float64 ≤ 4.4e-6) is shown on the
+//! GPU by `op_tensor_rows_are_bit_identical_to_lone_rows` and in every
+//! format by the emulator's `tensor_rows_are_bit_identical_to_lone_rows_in_every_format`.
 
 use crate::error::{Result, WorkerError};
 use crate::gpu::batched::RowsMath;
