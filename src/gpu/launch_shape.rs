@@ -163,7 +163,7 @@ pub(super) fn rows_tl_launch(
 }
 
 /// Shape of the tensor-core decode mat-vecs, defined once in `kernel_units`
-/// (MM_ROWS, MM_WARPS, MM_TOKENS, MM_PAD in cuda/matvec_mma.cu).
+/// (MM_ROWS, MM_WARPS, MM_TOKENS, MM_PAD, MM_TILES in cuda/matvec_mma.cu).
 pub use super::kernel_units::MM_SHAPE;
 
 /// Dynamic shared bytes of a `_mm` launch for format `t` with `tiles` m16
