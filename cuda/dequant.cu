@@ -9,12 +9,29 @@
 // dequantized values. Pure elementwise work: no reductions, deterministic.
 #include "common.cuh"
 
+// 3xTF32 (tensor cores at about FP32 accuracy): v = big + small, big = v
+// rounded to TF32 (to nearest, 10-bit mantissa), small = the remainder
+// rounded to TF32. Laid along k as weights [big | small | big] and inputs
+// [small | big | big] (row strides 3 * cols), one GEMM over 3 * cols sums
+// big(w)·small(x) + small(w)·big(x) + big(w)·big(x); the dropped small·small
+// term is below f32 rounding. dst[0], dst[cols], dst[2 * cols] get the
+// weights' order, or the inputs' when `input`.
+__device__ __forceinline__ void split3(float v, float* dst, int cols, bool input) {
+    const float big = to_tf32(v), small = to_tf32(v - big);
+    dst[0] = input ? small : big;
+    dst[cols] = input ? big : small;
+    dst[2 * (u64)cols] = big;
+}
+
 // One thread per 32-element run: run i (row r = i / nsub, s = i % nsub) lands
 // at out + 32 i, since out is row-major [rows][cols]. A warp's 32 runs are
 // one contiguous 4 KB span: each lane dequantizes its run into shared memory
 // (padded to avoid bank conflicts), then the warp stores the span 128
 // contiguous bytes per instruction. grid ceil(rows * nsub / 256), block 256.
-template <class Q>
+// SPLIT (the 3xTF32 path): row r of out is [big | small | big], 3 * cols
+// floats, with big the value rounded to TF32 and small the remainder rounded
+// to TF32 (split3 below); a run's three pieces are each 128 contiguous bytes.
+template <class Q, bool SPLIT>
 __device__ __forceinline__ void dequant_impl(const u8* __restrict__ W, u64 row_bytes, float* __restrict__ out,
                                              int rows, int cols) {
     __shared__ float sh[8][32][33];
@@ -33,26 +50,38 @@ __device__ __forceinline__ void dequant_impl(const u8* __restrict__ W, u64 row_b
     }
     __syncwarp();
     const int nrun = (int)min((u64)32, total - first);
-    float* o = out + first * 32;
-    for (int k = 0; k < nrun; k++) o[k * 32 + lane] = sh[wid][k][lane];
+    if (!SPLIT) {
+        float* o = out + first * 32;
+        for (int k = 0; k < nrun; k++) o[k * 32 + lane] = sh[wid][k][lane];
+        return;
+    }
+    for (int k = 0; k < nrun; k++) {
+        const u64 run = first + k, r = run / nsub, s = run % nsub;
+        split3(sh[wid][k][lane], out + r * 3 * cols + s * 32 + lane, cols, false);
+    }
 }
 
-#define DEQUANT(name, Q)                                                                         \
-    extern "C" __global__ void name(const u8* W, u64 row_bytes, float* out, int rows, int cols) { grid_dependency_sync(); \
-        dequant_impl<Q>(W, row_bytes, out, rows, cols);                                          \
+#define DEQUANT(suffix, Q)                                                                               \
+    extern "C" __global__ void dequant_##suffix(const u8* W, u64 row_bytes, float* out, int rows, int cols) { \
+        grid_dependency_sync();                                                                          \
+        dequant_impl<Q, false>(W, row_bytes, out, rows, cols);                                           \
+    }                                                                                                    \
+    extern "C" __global__ void dequant_split_##suffix(const u8* W, u64 row_bytes, float* out, int rows,     \
+                                                      int cols) {                                        \
+        grid_dependency_sync();                                                                          \
+        dequant_impl<Q, true>(W, row_bytes, out, rows, cols);                                            \
     }
-
-DEQUANT(dequant_f32, QF32)
-DEQUANT(dequant_f16, QF16)
-DEQUANT(dequant_bf16, QBF16)
-DEQUANT(dequant_q4_0, Q4_0)
-DEQUANT(dequant_q4_1, Q4_1)
-DEQUANT(dequant_q5_0, Q5_0)
-DEQUANT(dequant_q5_1, Q5_1)
-DEQUANT(dequant_q8_0, Q8_0)
-DEQUANT(dequant_q4_k, Q4K)
-DEQUANT(dequant_q5_k, Q5K)
-DEQUANT(dequant_q6_k, Q6K)
+DEQUANT(f32, QF32)
+DEQUANT(f16, QF16)
+DEQUANT(bf16, QBF16)
+DEQUANT(q4_0, Q4_0)
+DEQUANT(q4_1, Q4_1)
+DEQUANT(q5_0, Q5_0)
+DEQUANT(q5_1, Q5_1)
+DEQUANT(q8_0, Q8_0)
+DEQUANT(q4_k, Q4K)
+DEQUANT(q5_k, Q5K)
+DEQUANT(q6_k, Q6K)
 
 // y[t][r] += bias[r] for n token rows of `rows` outputs (the GEMM has no bias term).
 // grid (ceil(rows / 256), n), block 256.
@@ -62,18 +91,12 @@ extern "C" __global__ void add_bias(float* y, const float* bias, int rows) {
     if (r < rows) y[(u64)blockIdx.y * rows + r] += bias[r];
 }
 
-// 3xTF32 split for the prefill GEMM (tensor cores at about FP32 accuracy):
-// v = big + small, big = v rounded to TF32 (round to nearest, 10-bit
-// mantissa), small = the remainder rounded to TF32. Then
-// x·w ≈ big(x)·big(w) + big(x)·small(w) + small(x)·big(w); the dropped
-// small·small term is below f32 rounding. Elementwise, so big may alias x.
-// grid ceil(n / 256), block 256.
-extern "C" __global__ void split_tf32(const float* x, float* big, float* small, int n) {
+// The inputs of a 3xTF32 GEMM: x [n][cols] to out [n][3 * cols] as
+// [small | big | big] per row (split3). grid (ceil(cols / 256), n), block 256.
+extern "C" __global__ void split_tf32_rows(const float* x, float* out, int cols) {
     grid_dependency_sync();
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    const float v = x[i];
-    const float b = to_tf32(v);
-    big[i] = b;
-    small[i] = to_tf32(v - b);
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    const u64 t = blockIdx.y;
+    split3(x[t * cols + c], out + t * 3 * cols + c, cols, true);
 }

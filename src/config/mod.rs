@@ -233,7 +233,7 @@ impl Config {
 /// `WORKER_ORCD_TENSOR_DECODE`) accept only their documented values, read by
 /// the engine's own parsers so the two checks cannot drift apart.
 fn check_engine_env(lookup: env::Lookup<'_>) -> Result<(), ConfigError> {
-    use crate::engine::cuda::tensor_routes::{prefill_tf32x3, TensorRoutes};
+    use crate::engine::cuda::tensor_routes::{PrefillGemm, TensorRoutes};
     let read = |var: env::EnvVar| {
         var.read_with(lookup)
             .map_err(|e| ConfigError::new(var.name, e))
@@ -241,7 +241,7 @@ fn check_engine_env(lookup: env::Lookup<'_>) -> Result<(), ConfigError> {
     let refuse = |var: env::EnvVar| {
         move |e: crate::error::WorkerError| ConfigError::new(var.name, e.to_string())
     };
-    prefill_tf32x3(read(env::PREFILL_GEMM)?.as_deref()).map_err(refuse(env::PREFILL_GEMM))?;
+    PrefillGemm::parse(read(env::PREFILL_GEMM)?.as_deref()).map_err(refuse(env::PREFILL_GEMM))?;
     TensorRoutes::parse(read(env::TENSOR_DECODE)?.as_deref())
         .map_err(refuse(env::TENSOR_DECODE))?;
     Ok(())

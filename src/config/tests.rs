@@ -158,7 +158,7 @@ fn bind_addr_validated() {
 fn prefill_gemm_mode_is_validated() {
     let dir = tempfile::tempdir().unwrap();
     let args = base_args(&dir);
-    for ok in ["f32", "tf32x3"] {
+    for ok in ["f32", "tf32x3", "by_size"] {
         resolve(&args, &env_of(&[("WORKER_ORCD_PREFILL_GEMM", ok)])).unwrap();
     }
     let e = resolve(&args, &env_of(&[("WORKER_ORCD_PREFILL_GEMM", "fast")])).unwrap_err();

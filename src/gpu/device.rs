@@ -43,7 +43,7 @@ const SINGLE_KERNELS: &[&str] = &[
     "attn_prefill_tile_64",
     "attn_prefill_tile_128",
     "add_bias",
-    "split_tf32",
+    "split_tf32_rows",
     "swiglu",
     "add_inplace",
     "topk",
@@ -54,13 +54,18 @@ const SINGLE_KERNELS: &[&str] = &[
 
 /// Every kernel entry point the engine may launch, loaded at start-up so a
 /// missing one is a start-up error, not a mid-request one: the per-format
-/// families (mat-vec variants, embed, dequant) from one table of formats.
+/// families (mat-vec variants, embed, dequant plain and split) from one
+/// table of formats.
 pub fn kernel_names() -> Vec<String> {
     let per_format = super::ops::FORMATS.iter().flat_map(|&(_, f)| {
         MATVEC_VARIANTS
             .iter()
             .map(move |v| format!("matvec_{f}{v}"))
-            .chain([format!("embed_{f}"), format!("dequant_{f}")])
+            .chain([
+                format!("embed_{f}"),
+                format!("dequant_{f}"),
+                format!("dequant_split_{f}"),
+            ])
     });
     per_format
         .chain(SINGLE_KERNELS.iter().map(|s| s.to_string()))

@@ -16,14 +16,15 @@
 //! CPU reference (KERNEL-GEMM-005: `op_gemm_every_block_format`, tolerance
 //! 1e-5). `CUBLAS_PEDANTIC_MATH` would add nothing for SGEMM but may rule out
 //! faster FP32 kernels.
-//! 3xTF32 (opt-in, `WORKER_ORCD_PREFILL_GEMM=tf32x3`): weights and inputs
-//! are split into a TF32-exact part and a TF32-rounded remainder
-//! (`split_tf32`), and three tensor-core GEMMs (`CUBLAS_COMPUTE_32F_FAST_TF32`,
-//! f32 accumulation) add small·big, big·small and big·big, dropping
-//! small·small: measured ≤ 7e-7 relative against the CPU reference (the same
-//! 1e-5 test). On an H200 it is faster for the 4864x896 FFN matrices
-//! (134 -> 95 us at 512 tokens) and slower for 896x896 (35 -> 63 us), where
-//! the splits cost more than the GEMM saves.
+//! 3xTF32 (`WORKER_ORCD_PREFILL_GEMM=tf32x3`, or `by_size` for the matrices
+//! where it was measured faster): the dequant writes each weight as its
+//! TF32-exact part and TF32-rounded remainder laid along k as
+//! `[big | small | big]`, the inputs are laid `[small | big | big]`
+//! (`split_tf32_rows`), and one tensor-core GEMM over 3 x cols
+//! (`CUBLAS_COMPUTE_32F_FAST_TF32`, f32 accumulation) sums
+//! big·small + small·big + big·big, dropping small·small: about FP32 accuracy
+//! (the same 1e-5 test against the CPU reference). One GEMM, not three: the
+//! output is written once, and no separate pass splits the weights.
 //! Determinism (WORKER-4710): cuBLAS documents bit-wise
 //! reproducible results run to run for the same architecture and SM count
 //! when one stream is used and the workspace is fixed with
@@ -163,13 +164,11 @@ fn as_i32(v: usize, what: &str) -> Result<i32> {
     })
 }
 
-/// Scratch of the 3xTF32 GEMM path: the weight's TF32 remainder (as large as
-/// the dequant scratch) and the input split into its TF32 part and remainder.
+/// Scratch of the 3xTF32 GEMM path beside the dequant scratch (which then
+/// holds the weights' parts): the input rows' parts, 3 x cols floats a row.
 #[derive(Clone, Copy, Debug)]
 pub struct Tf32Split<'a> {
-    pub w_small: Span<'a>,
-    pub x_big: Span<'a>,
-    pub x_small: Span<'a>,
+    pub x_parts: Span<'a>,
 }
 
 /// What every GEMM launch here needs once its windows are checked: the
@@ -186,12 +185,15 @@ struct GemmArgs<'b> {
 }
 
 impl Gpu {
-    /// Bytes of f32 scratch `dequant` needs for a `rows` x `cols` matrix.
-    pub fn dequant_scratch_bytes(rows: usize, cols: usize) -> usize {
-        rows * cols * 4
+    /// Bytes of f32 scratch `dequant` needs for a `rows` x `cols` matrix:
+    /// three floats a weight when `split` (3xTF32), else one.
+    pub fn dequant_scratch_bytes(rows: usize, cols: usize, split: bool) -> usize {
+        rows * cols * 4 * if split { 3 } else { 1 }
     }
 
-    /// out[r][c] = W[r][c] as f32 for a `rows` x `cols` matrix in `dtype`.
+    /// out[r][c] = W[r][c] as f32 for a `rows` x `cols` matrix in `dtype`,
+    /// or, when `split`, out[r] = [big | small | big] of row r (3 x cols
+    /// floats; see the module's 3xTF32 notes).
     pub fn dequant(
         &self,
         dtype: GgmlType,
@@ -199,11 +201,16 @@ impl Gpu {
         out: Span,
         rows: usize,
         cols: usize,
+        split: bool,
     ) -> Result<()> {
-        let name = format!("dequant_{}", dtype_suffix(dtype).unwrap_or("none"));
+        let kind = if split { "dequant_split" } else { "dequant" };
+        let name = format!("{kind}_{}", dtype_suffix(dtype).unwrap_or("none"));
         let rb = row_bytes(dtype, cols)?;
         let wp = w.need(rb * rows, "weights")?;
-        let op = out.need(Self::dequant_scratch_bytes(rows, cols), "dequant scratch")?;
+        let op = out.need(
+            Self::dequant_scratch_bytes(rows, cols, split),
+            "dequant scratch",
+        )?;
         let (rows_i, cols_i, rb64) = (as_i32(rows, "rows")?, as_i32(cols, "cols")?, rb as u64);
         let runs = rows * (cols / 32);
         let grid = u32::try_from(runs.div_ceil(256))
@@ -336,31 +343,35 @@ impl Gpu {
         .map_err(blas_err("running SGEMM"))
     }
 
-    /// big = x rounded to TF32, small = the remainder rounded to TF32, over
-    /// `n` floats (`big` may be `x`).
-    pub fn split_tf32(&self, x: Span, big: Span, small: Span, n: usize) -> Result<()> {
-        let xp = x.need(4 * n, "x")?;
-        let bp = big.need(4 * n, "tf32 part")?;
-        let sp = small.need(4 * n, "tf32 remainder")?;
-        let n_i = as_i32(n, "elements")?;
-        let f = self.func("split_tf32")?;
+    /// out[t] = [small | big | big] of input row t (3 x `cols` floats) for
+    /// `n` rows of `cols` floats: the inputs of a 3xTF32 GEMM.
+    pub fn split_tf32_rows(&self, x: Span, out: Span, cols: usize, n: usize) -> Result<()> {
+        if n == 0 || n > 65_535 {
+            return Err(WorkerError::invalid(format!(
+                "TF32 split of {n} rows is out of range"
+            )));
+        }
+        let xp = x.need(4 * cols * n, "x")?;
+        let op = out.need(12 * cols * n, "tf32 input parts")?;
+        let cols_i = as_i32(cols, "cols")?;
+        let f = self.func("split_tf32_rows")?;
         let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(256).max(1) as u32, 1, 1),
+            grid_dim: (cols.div_ceil(256).max(1) as u32, n as u32, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
         let mut l = self.kernel_launch(f);
-        l.arg(&xp).arg(&bp).arg(&sp).arg(&n_i);
-        // SAFETY: the three n-float windows were checked above; the kernel is
-        // elementwise (big may alias x); types match cuda/dequant.cu.
+        l.arg(&xp).arg(&op).arg(&cols_i);
+        // SAFETY: the windows were checked above (n rows of cols floats in,
+        // of 3 x cols out, n <= 65535 grid rows); types match cuda/dequant.cu.
         unsafe { l.launch(cfg) }
             .map(|_| ())
-            .map_err(cuda_err("launching split_tf32"))
+            .map_err(cuda_err("launching split_tf32_rows"))
     }
 
     /// Y[n][rows] (+)= X[n][cols] · Wfᵀ on TF32 tensor cores
     /// (`CUBLAS_COMPUTE_32F_FAST_TF32`; inputs already TF32-exact, f32
-    /// accumulation). One of the three products of the 3xTF32 path.
+    /// accumulation): the 3xTF32 path's GEMM, over its 3 x cols parts.
     #[allow(clippy::too_many_arguments)]
     fn gemm_tf32_xwt(
         &self,
@@ -414,9 +425,9 @@ impl Gpu {
 
     /// y = x·Wᵀ (+ bias) (+ y) for `n` token rows, W in GGUF blocks:
     /// dequantize W into `scratch`, then either one FP32 SGEMM (`split` None)
-    /// or 3xTF32 (`split` Some): W and x split into TF32 parts and remainders,
-    /// three tensor-core GEMMs, the two small cross terms first and the large
-    /// product last, each accumulated in f32; then the bias (prefill path).
+    /// or 3xTF32 (`split` Some: W dequantized straight into its parts, x
+    /// split into `split`, one tensor-core GEMM over 3 x cols); then the bias
+    /// (prefill path).
     #[allow(clippy::too_many_arguments)]
     pub fn gemm(
         &self,
@@ -432,15 +443,15 @@ impl Gpu {
         n: usize,
         accumulate: bool,
     ) -> Result<()> {
-        self.dequant(dtype, w, scratch, rows, cols)?;
         match split {
-            None => self.sgemm_xwt(scratch, x, y, rows, cols, n, accumulate)?,
+            None => {
+                self.dequant(dtype, w, scratch, rows, cols, false)?;
+                self.sgemm_xwt(scratch, x, y, rows, cols, n, accumulate)?;
+            }
             Some(s) => {
-                self.split_tf32(scratch, scratch, s.w_small, rows * cols)?;
-                self.split_tf32(x, s.x_big, s.x_small, cols * n)?;
-                self.gemm_tf32_xwt(scratch, s.x_small, y, rows, cols, n, accumulate)?;
-                self.gemm_tf32_xwt(s.w_small, s.x_big, y, rows, cols, n, true)?;
-                self.gemm_tf32_xwt(scratch, s.x_big, y, rows, cols, n, true)?;
+                self.dequant(dtype, w, scratch, rows, cols, true)?;
+                self.split_tf32_rows(x, s.x_parts, cols, n)?;
+                self.gemm_tf32_xwt(scratch, s.x_parts, y, rows, 3 * cols, n, accumulate)?;
             }
         }
         match bias {

@@ -69,7 +69,7 @@ use crate::gpu::gemm::Tf32Split;
 use crate::gpu::{DeviceBuffer, Gpu, GpuGraph, Span};
 use crate::model::arch::{ModelConfig, ModelWeights, TensorRef};
 use crate::model::gguf::GgufFile;
-use tensor_routes::{Group, TensorRoutes};
+use tensor_routes::{Group, PrefillGemm, TensorRoutes};
 
 /// The fixed scratch buffers, allocated once in [`Buf::ALL`]'s order and
 /// reached by name: `act[Buf::X]`.
@@ -159,8 +159,8 @@ pub struct CudaEngine {
     /// How chained steps ended (tests).
     chain_counts: chain::ChainCounts,
     memory: MemoryReport,
-    /// Prefill GEMMs as 3xTF32 (WORKER_ORCD_PREFILL_GEMM).
-    tf32x3: bool,
+    /// How prefill GEMMs multiply (WORKER_ORCD_PREFILL_GEMM).
+    prefill_gemm: PrefillGemm,
     /// The matrix groups whose decode products run on the tensor cores,
     /// for every row of every step (a lone decode row, a prompt's last
     /// token's LM head, a batched step alike).
@@ -236,7 +236,7 @@ impl CudaEngine {
         let layout = Layout::new(cfg, asked, opts.kv_pool_tokens, opts.max_sequences);
         let max_ctx = layout.max_ctx;
         // Before any allocation: a bad mode changes nothing on the device.
-        let tf32x3 = tensor_routes::prefill_tf32x3(crate::env::PREFILL_GEMM.get().as_deref())?;
+        let prefill_gemm = PrefillGemm::parse(crate::env::PREFILL_GEMM.get().as_deref())?;
         let tensor_routes = TensorRoutes::parse(crate::env::TENSOR_DECODE.get().as_deref())?;
         let gpu = match opening {
             Some(o) => o.wait(opts.gpu_device)?,
@@ -314,7 +314,7 @@ impl CudaEngine {
             chain_on,
             chained: None,
             chain_counts: chain::ChainCounts::default(),
-            tf32x3,
+            prefill_gemm,
             tensor,
             memory: MemoryReport {
                 weights_bytes: dl as u64,
@@ -378,11 +378,12 @@ impl CudaEngine {
         let w = self.weights.span(t.offset, t.n_bytes)?;
         if n >= GEMM_MIN_TOKENS {
             let scratch = self.act[Buf::Wf].all();
-            let split = self.tf32x3.then(|| Tf32Split {
-                w_small: self.act[Buf::WfSmall].all(),
-                x_big: self.act[Buf::XBig].all(),
-                x_small: self.act[Buf::XSmall].all(),
-            });
+            let split = self
+                .prefill_gemm
+                .tf32x3_for(rows, cols, n)
+                .then(|| Tf32Split {
+                    x_parts: self.act[Buf::XParts].all(),
+                });
             self.gpu.gemm(
                 t.dtype, w, x, bias, y, scratch, split, rows, cols, n, accumulate,
             )
@@ -645,10 +646,7 @@ impl Engine for CudaEngine {
             ),
             format!("multiprocessors={}", info.multiprocessors),
             format!("kernels_compiled_by={}", self.gpu.kernels.compiler),
-            format!(
-                "prefill_gemm={}",
-                if self.tf32x3 { "tf32x3" } else { "f32" }
-            ),
+            format!("prefill_gemm={}", self.prefill_gemm.describe()),
             format!("tensor_decode={}", self.tensor.describe()),
         ];
         device.extend(

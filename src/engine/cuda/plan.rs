@@ -100,13 +100,12 @@ pub(super) enum Buf {
     CandVals,
     /// SHA-256 leaves of the resident digest.
     Leaves,
-    /// One weight matrix dequantized to f32 for the prefill GEMM.
+    /// One weight matrix dequantized for the prefill GEMM: f32, or its
+    /// 3xTF32 parts (three floats a weight).
     Wf,
     TopkScratch,
-    /// 3xTF32 prefill GEMM: the weight's TF32 remainder and the split input.
-    WfSmall,
-    XBig,
-    XSmall,
+    /// 3xTF32 prefill GEMM: the input rows' parts.
+    XParts,
 }
 
 /// The shapes the table's sizes are made of.
@@ -128,7 +127,7 @@ struct Shapes {
 
 impl Buf {
     /// Allocation order.
-    pub(super) const ALL: [Buf; 23] = [
+    pub(super) const ALL: [Buf; 21] = [
         Buf::X,
         Buf::Xn,
         Buf::Q,
@@ -149,16 +148,15 @@ impl Buf {
         Buf::Leaves,
         Buf::Wf,
         Buf::TopkScratch,
-        Buf::WfSmall,
-        Buf::XBig,
-        Buf::XSmall,
+        Buf::XParts,
     ];
 
     /// Bytes and label of this buffer: the one table of the plan.
     fn plan(self, s: &Shapes) -> (usize, &'static str) {
         let rows = |width: usize| width * 4 * s.rows;
         // Every layer matrix is (q_dim | kv_dim | ffn) x d or its transpose.
-        let wf = Gpu::dequant_scratch_bytes(s.q_dim.max(s.ffn), s.d);
+        // Sized for the 3xTF32 parts, so any matrix may take either arithmetic.
+        let wf = Gpu::dequant_scratch_bytes(s.q_dim.max(s.ffn), s.d, true);
         let widest = s.d.max(s.q_dim).max(s.ffn);
         match self {
             Buf::X => (rows(s.d), "x"),
@@ -194,9 +192,7 @@ impl Buf {
                 crate::gpu::topk::topk_large_scratch_bytes(s.vocab) * s.max_seqs,
                 "top-k scratch",
             ),
-            Buf::WfSmall => (wf, "prefill tf32 weight remainder"),
-            Buf::XBig => (rows(widest), "prefill tf32 input part"),
-            Buf::XSmall => (rows(widest), "prefill tf32 input remainder"),
+            Buf::XParts => (3 * rows(widest), "prefill tf32 input parts"),
         }
     }
 }
@@ -206,7 +202,7 @@ pub(super) fn scratch_plan(
     cfg: &ModelConfig,
     layout: &Layout,
     weight_bytes: usize,
-) -> [(usize, &'static str); 23] {
+) -> [(usize, &'static str); 21] {
     let s = Shapes {
         d: cfg.d_model,
         q_dim: cfg.n_heads * cfg.head_dim,

@@ -41,9 +41,11 @@ fn op_gemm_every_block_format() {
             let mut deq = vec![0f32; rows * cols];
             quant::dequantize(dt, &wq, &mut deq).expect("dequantize");
             let wb = upload_bytes(&g, &wq, "w");
-            let scratch = poisoned(&g, rows * cols, "scratch");
+            // Room for the 3xTF32 parts (three floats a weight).
+            let scratch = poisoned(&g, 3 * rows * cols, "scratch");
             // The dequantized matrix itself: the same values the CPU reads.
-            g.dequant(dt, wb.all(), scratch.all(), rows, cols).unwrap();
+            g.dequant(dt, wb.all(), scratch.all(), rows, cols, false)
+                .unwrap();
             let got: Vec<f32> = g.download(&scratch, 0, rows * cols).unwrap();
             let want: Vec<f64> = deq.iter().map(|&v| v as f64).collect();
             let e = rel_err(&got, &want);
@@ -66,15 +68,9 @@ fn op_gemm_every_block_format() {
                             .sum()
                     })
                     .collect();
-                let (w_small, x_big, x_small) = (
-                    poisoned(&g, rows * cols, "w small"),
-                    poisoned(&g, cols * n, "x big"),
-                    poisoned(&g, cols * n, "x small"),
-                );
+                let x_parts = poisoned(&g, 3 * cols * n, "x parts");
                 let split = Tf32Split {
-                    w_small: w_small.all(),
-                    x_big: x_big.all(),
-                    x_small: x_small.all(),
+                    x_parts: x_parts.all(),
                 };
                 for (acc, with_bias, tf32) in [
                     (false, true, false),

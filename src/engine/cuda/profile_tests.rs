@@ -78,37 +78,40 @@ fn op_profile_qwen_shapes() {
             // Prefill path: dequantize into the f32 scratch + cuBLAS SGEMM, 512 tokens.
             let xb = buf_from(&g, &r.vec(cols * 512), "x512");
             let yb = g.alloc(rows * 4 * 512, "y512").unwrap();
-            let wf = g.alloc(rows * cols * 4, "wf").unwrap();
-            let (ws, xbig, xsmall) = (
-                g.alloc(rows * cols * 4, "w small").unwrap(),
-                g.alloc(cols * 512 * 4, "x big").unwrap(),
-                g.alloc(cols * 512 * 4, "x small").unwrap(),
-            );
+            let wf = g.alloc(3 * rows * cols * 4, "wf").unwrap();
+            let x_parts = g.alloc(3 * cols * 512 * 4, "x parts").unwrap();
             let split = crate::gpu::gemm::Tf32Split {
-                w_small: ws.all(),
-                x_big: xbig.all(),
-                x_small: xsmall.all(),
+                x_parts: x_parts.all(),
             };
-            for (name, sp) in [("gemm x512", None), ("3xtf32 x512", Some(split))] {
-                time(&format!("{label} {name}"), wq.len(), &|| {
-                    g.gemm(
-                        dt,
-                        wb.all(),
-                        xb.all(),
-                        None,
-                        yb.all(),
-                        wf.all(),
-                        sp,
-                        rows,
-                        cols,
-                        512,
-                        false,
-                    )
-                });
+            // Both arithmetics at three chunk sizes: where 3xTF32 repays
+            // its splits (tensor_routes::PrefillGemm::tf32x3_for).
+            for n in [128, 256, 512] {
+                for (name, sp) in [("gemm", None), ("3xtf32", Some(split))] {
+                    time(&format!("{label} {name} x{n}"), wq.len(), &|| {
+                        g.gemm(
+                            dt,
+                            wb.all(),
+                            xb.all(),
+                            None,
+                            yb.all(),
+                            wf.all(),
+                            sp,
+                            rows,
+                            cols,
+                            n,
+                            false,
+                        )
+                    });
+                }
             }
             time(&format!("{label} dequant only"), rows * cols * 4, &|| {
-                g.dequant(dt, wb.all(), wf.all(), rows, cols)
+                g.dequant(dt, wb.all(), wf.all(), rows, cols, false)
             });
+            time(
+                &format!("{label} dequant split only"),
+                rows * cols * 12,
+                &|| g.dequant(dt, wb.all(), wf.all(), rows, cols, true),
+            );
             // The crossover (GEMM_MIN_TOKENS in mod.rs): both paths at 8 tokens.
             time(&format!("{label} gemm x8"), wq.len(), &|| {
                 g.gemm(

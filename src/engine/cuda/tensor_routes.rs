@@ -136,19 +136,66 @@ impl TensorRoutes {
     }
 }
 
-/// Whether prefill GEMMs run as 3xTF32 on the tensor cores
-/// (`WORKER_ORCD_PREFILL_GEMM`: `None` or "f32" no, "tf32x3" yes). Any other
-/// value is INVALID_CONFIG, the code `config::check_engine_env` gives the
-/// daemon for it, so `generate` and `bench` refuse it the same way.
-pub fn prefill_tf32x3(value: Option<&str>) -> Result<bool> {
-    match value {
-        None | Some("f32") => Ok(false),
-        Some("tf32x3") => Ok(true),
-        Some(other) => Err(WorkerError::InvalidConfig {
-            message: format!(
-                "WORKER_ORCD_PREFILL_GEMM is \"{other}\"; use \"f32\" (the default) or \"tf32x3\", or unset it"
-            ),
-        }),
+/// How prefill GEMMs multiply (`WORKER_ORCD_PREFILL_GEMM`): one FP32 SGEMM,
+/// 3xTF32 on the tensor cores for every matrix, or 3xTF32 only where it was
+/// measured faster (`by_size`, the default: [`PrefillGemm::tf32x3_for`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrefillGemm {
+    F32,
+    Tf32x3,
+    BySize,
+}
+
+/// Chunk tokens from which `by_size` takes 3xTF32. Op profile on an H100 at
+/// Qwen2.5-0.5B shapes, µs per GEMM (dequant included), SGEMM against
+/// 3xTF32 at 128 / 256 / 512 tokens: gate/up 4864x896 48.0 / 73.9 / 135.0
+/// against 53.3 / 62.8 / 80.6; q/o 896x896 17.6 / 21.8 / 33.3 against
+/// 31.7 / 22.3 / 24.6; SmolLM2's 1536x576 17.3 / 22.3 / 32.8 against
+/// 18.6 / 22.9 / 24.8. Splitting the weights costs the same at any chunk
+/// size, so a short chunk's GEMM does not repay it.
+pub const TF32X3_MIN_TOKENS: usize = 256;
+
+impl PrefillGemm {
+    /// The mode a variable's value names: `None` or "by_size", "f32",
+    /// "tf32x3". Any other value is INVALID_CONFIG, the code
+    /// `config::check_engine_env` gives the daemon for it, so `generate` and
+    /// `bench` refuse it the same way.
+    pub fn parse(value: Option<&str>) -> Result<PrefillGemm> {
+        match value {
+            None | Some("by_size") => Ok(PrefillGemm::BySize),
+            Some("f32") => Ok(PrefillGemm::F32),
+            Some("tf32x3") => Ok(PrefillGemm::Tf32x3),
+            Some(other) => Err(WorkerError::InvalidConfig {
+                message: format!(
+                    "WORKER_ORCD_PREFILL_GEMM is \"{other}\"; use \"by_size\" (the default), \"f32\" or \"tf32x3\", or unset it"
+                ),
+            }),
+        }
+    }
+
+    /// Whether a `rows` x `cols` matrix times a chunk of `n` tokens runs as
+    /// 3xTF32. `by_size`: chunks of at least [`TF32X3_MIN_TOKENS`] and
+    /// matrices with at least as many rows as columns. A long reduction over
+    /// few rows (the FFN down projection, 896x4864: 113 µs SGEMM against
+    /// 117 µs 3xTF32 at 512 tokens, and slower still at fewer) leaves the
+    /// tensor cores too few output tiles. A function of the matrix and the
+    /// chunk alone, and a prompt's chunks depend only on the request
+    /// (WORKER-4710), so the choice never depends on other sequences.
+    pub fn tf32x3_for(self, rows: usize, cols: usize, n: usize) -> bool {
+        match self {
+            PrefillGemm::F32 => false,
+            PrefillGemm::Tf32x3 => true,
+            PrefillGemm::BySize => rows >= cols && n >= TF32X3_MIN_TOKENS,
+        }
+    }
+
+    /// The variable's value for this mode (build info, numerics version).
+    pub fn describe(self) -> &'static str {
+        match self {
+            PrefillGemm::F32 => "f32",
+            PrefillGemm::Tf32x3 => "tf32x3",
+            PrefillGemm::BySize => "by_size",
+        }
     }
 }
 
@@ -197,13 +244,40 @@ mod tests {
     }
 
     #[test]
-    fn the_prefill_gemm_mode_is_f32_tf32x3_or_a_config_error() {
-        assert!(!prefill_tf32x3(None).unwrap());
-        assert!(!prefill_tf32x3(Some("f32")).unwrap());
-        assert!(prefill_tf32x3(Some("tf32x3")).unwrap());
-        for bad in ["", "fast", "TF32X3", "f32 "] {
-            let e = prefill_tf32x3(Some(bad)).unwrap_err();
+    fn the_prefill_gemm_mode_is_f32_tf32x3_by_size_or_a_config_error() {
+        assert_eq!(PrefillGemm::parse(None).unwrap(), PrefillGemm::BySize);
+        assert_eq!(PrefillGemm::parse(Some("f32")).unwrap(), PrefillGemm::F32);
+        assert_eq!(
+            PrefillGemm::parse(Some("tf32x3")).unwrap(),
+            PrefillGemm::Tf32x3
+        );
+        assert_eq!(
+            PrefillGemm::parse(Some("by_size")).unwrap(),
+            PrefillGemm::BySize
+        );
+        for mode in [PrefillGemm::F32, PrefillGemm::Tf32x3, PrefillGemm::BySize] {
+            assert_eq!(PrefillGemm::parse(Some(mode.describe())).unwrap(), mode);
+        }
+        for bad in ["", "fast", "TF32X3", "f32 ", "bysize"] {
+            let e = PrefillGemm::parse(Some(bad)).unwrap_err();
             assert_eq!(e.code(), "INVALID_CONFIG", "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn by_size_splits_wide_matrices_of_long_chunks_only() {
+        let by_size = PrefillGemm::BySize;
+        // Qwen2.5-0.5B: gate/up 4864x896, down 896x4864, q/o 896x896, k/v 128x896.
+        assert!(by_size.tf32x3_for(4864, 896, 512));
+        assert!(by_size.tf32x3_for(896, 896, 512));
+        assert!(!by_size.tf32x3_for(896, 4864, 512));
+        assert!(!by_size.tf32x3_for(128, 896, 512));
+        // The edges: a square matrix and a chunk of exactly the threshold
+        // split; one token or one row fewer does not.
+        assert!(by_size.tf32x3_for(896, 896, TF32X3_MIN_TOKENS));
+        assert!(!by_size.tf32x3_for(896, 896, TF32X3_MIN_TOKENS - 1));
+        assert!(!by_size.tf32x3_for(895, 896, TF32X3_MIN_TOKENS));
+        assert!(PrefillGemm::Tf32x3.tf32x3_for(128, 896, 8));
+        assert!(!PrefillGemm::F32.tf32x3_for(4864, 896, 512));
     }
 }

@@ -19,6 +19,8 @@
 #[cfg(test)]
 mod attention_tests;
 #[cfg(test)]
+mod dequant_tests;
+#[cfg(test)]
 mod matvec_tests;
 #[cfg(test)]
 mod topk_tests;

@@ -1,0 +1,122 @@
+//! The prefill GEMM's 3xTF32 operands under the kernel emulator
+//! (KERNEL-GEMM-005; issue 12 point 3): `dequant_split_<format>` writes each
+//! weight row as `[big | small | big]` and `split_tf32_rows` each input row
+//! as `[small | big | big]`, with big the value rounded to TF32 and small the
+//! remainder rounded to TF32, so one GEMM over 3 x cols sums the three
+//! products of 3xTF32. The expected parts come from the plain dequant's
+//! values and a host rounding written here, not from the kernels' own split.
+
+use cudarc::driver::LaunchConfig;
+
+use super::{Arg, Emu, Order};
+use crate::engine::cuda::tests::Rng;
+use crate::gpu::ops::{row_bytes, FORMATS};
+use crate::model::quant;
+
+/// `v` rounded to TF32 (10 mantissa bits) to nearest, ties away from zero,
+/// as `cvt.rna.tf32.f32` rounds finite values: add half of the dropped 13
+/// bits' unit to the magnitude, then drop them.
+fn tf32(v: f32) -> f32 {
+    f32::from_bits((v.to_bits() + 0x1000) & !0x1fff)
+}
+
+/// The three pieces a value becomes, in the weights' order.
+fn parts(v: f32) -> [f32; 3] {
+    let big = tf32(v);
+    [big, tf32(v - big), big]
+}
+
+fn launch_1d(emu: &Emu, name: &str, grid: (u32, u32), args: &[Arg]) {
+    let cfg = LaunchConfig {
+        grid_dim: (grid.0, grid.1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    emu.launch(name, cfg, Order::Shuffled(5), args)
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn split_dequant_lays_every_weight_as_big_small_big() {
+    let emu = Emu::get();
+    let mut r = Rng::fresh("emu_dequant_split");
+    // 9 rows of 512: 144 runs, so the last warp's runs end mid-warp and a
+    // warp's runs cross rows (the store computes each run's row).
+    let (rows, cols) = (9usize, 512usize);
+    for (dt, suffix) in FORMATS {
+        let mut wq = Vec::new();
+        quant::quantize(dt, &r.vec(rows * cols), &mut wq).expect("quantize");
+        let rb = row_bytes(dt, cols).expect("row bytes") as u64;
+        let runs = (rows * cols / 32) as u32;
+        let grid = (runs.div_ceil(256), 1);
+        let mut plain = vec![f32::NAN; rows * cols];
+        let mut split = vec![f32::NAN; 3 * rows * cols];
+        for (name, out) in [
+            (format!("dequant_{suffix}"), &mut plain),
+            (format!("dequant_split_{suffix}"), &mut split),
+        ] {
+            let args = [
+                Arg::of(&wq),
+                Arg::U64(rb),
+                Arg::of_mut(out.as_mut_slice()),
+                Arg::I32(rows as i32),
+                Arg::I32(cols as i32),
+            ];
+            launch_1d(emu, &name, grid, &args);
+        }
+        for row in 0..rows {
+            for c in 0..cols {
+                let want = parts(plain[row * cols + c]);
+                let got = [0, 1, 2].map(|p| split[row * 3 * cols + p * cols + c]);
+                assert_eq!(
+                    got.map(f32::to_bits),
+                    want.map(f32::to_bits),
+                    "{suffix}: weight ({row}, {c}) split as {got:?}, want {want:?}"
+                );
+            }
+        }
+        // The split is exact where TF32 can hold the remainder: big + small
+        // gives back the weight within f32 rounding of the dropped bits.
+        let worst = (0..rows * cols)
+            .map(|i| {
+                let (row, c) = (i / cols, i % cols);
+                let s = &split[row * 3 * cols..];
+                let back = s[c] as f64 + s[cols + c] as f64;
+                (back - plain[i] as f64).abs() / (plain[i].abs() as f64).max(1e-30)
+            })
+            .fold(0.0f64, f64::max);
+        assert!(worst < 1e-6, "{suffix}: big + small is {worst:e} off");
+    }
+}
+
+#[test]
+fn split_inputs_lay_every_value_as_small_big_big() {
+    let emu = Emu::get();
+    let mut r = Rng::fresh("emu_split_rows");
+    let (cols, n) = (300usize, 5usize);
+    let x = r.vec(cols * n);
+    let mut out = vec![f32::NAN; 3 * cols * n];
+    let args = [
+        Arg::of(&x),
+        Arg::of_mut(out.as_mut_slice()),
+        Arg::I32(cols as i32),
+    ];
+    launch_1d(
+        emu,
+        "split_tf32_rows",
+        (cols.div_ceil(256) as u32, n as u32),
+        &args,
+    );
+    for t in 0..n {
+        for c in 0..cols {
+            let [big, small, _] = parts(x[t * cols + c]);
+            let want = [small, big, big];
+            let got = [0, 1, 2].map(|p| out[t * 3 * cols + p * cols + c]);
+            assert_eq!(
+                got.map(f32::to_bits),
+                want.map(f32::to_bits),
+                "input ({t}, {c}) split as {got:?}, want {want:?}"
+            );
+        }
+    }
+}
