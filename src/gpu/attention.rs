@@ -29,6 +29,17 @@ pub use super::kernel_units::{AD_WARPS, ATT_CHUNK, ATT_GROUP_MAX, ATT_THREADS, K
 /// step's RoPE fused in (`rope` given, 9bf78df): 9.2 against 8.5
 /// at position 100, 12.8 / 12.7 at 600, 20.6 / 20.5 at 4,100, for the
 /// 2.7 us rope_kv launch it saves.
+///
+/// Tried and not landed (2026-12-06, H100 op profile): issuing every key and
+/// value load of a chunk before the queries are staged (the whole chunk in
+/// registers, the value loop unrolled over its 32 rows; 245 registers, no
+/// spills, the same bits) made the kernel slower, not faster: 13.2 µs at
+/// position 100 and 24.0 at 4,100 (9.6 and 21.4 in the profile above), and
+/// batch-1 decode 901 tok/s against the binary before's 969 in the same
+/// call. The likely cause is the unrolled body's
+/// size: a grid of two blocks runs it once per layer from a cold
+/// instruction cache. Cheaper load overlap would keep the loops compact
+/// (values staged into shared memory by cp.async, say).
 pub(crate) fn decode_attention_launch(
     n_heads: usize,
     n_kv: usize,

@@ -817,7 +817,6 @@ fn batched_steps_give_solo_logits(paths: Vec<std::path::PathBuf>) {
     }
 }
 
-#[allow(clippy::explicit_counter_loop)]
 /// Logits of the prompt and the first decode steps, GPU vs CPU reference, on
 /// generated tiny llama/qwen2 models (the real files: the next test).
 #[test]
@@ -846,6 +845,7 @@ fn real_files_logits_and_greedy_tokens_match_cpu() {
     logits_and_greedy_tokens_match_cpu(real_models());
 }
 
+#[allow(clippy::explicit_counter_loop)]
 fn logits_and_greedy_tokens_match_cpu(paths: Vec<std::path::PathBuf>) {
     for p in paths {
         let (mut cuda, mut cpu, g) = load_both(&p);
