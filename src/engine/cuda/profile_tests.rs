@@ -83,10 +83,18 @@ fn op_profile_qwen_shapes() {
             let split = crate::gpu::gemm::Tf32Split {
                 x_parts: x_parts.all(),
             };
-            // Both arithmetics at three chunk sizes: where 3xTF32 repays
-            // its splits (tensor_routes::PrefillGemm::tf32x3_for).
-            for n in [128, 256, 512] {
-                for (name, sp) in [("gemm", None), ("3xtf32", Some(split))] {
+            // Both arithmetics at three chunk sizes (where 3xTF32 repays its
+            // splits: tensor_routes::PrefillGemm::tf32x3_for), and SGEMM at
+            // the crossover with the mat-vec (GEMM_MIN_TOKENS in mod.rs: both
+            // paths at 8 tokens).
+            for n in [8, 128, 256, 512] {
+                let splits: &[_] = if n == 8 {
+                    &[None]
+                } else {
+                    &[None, Some(split)]
+                };
+                for &sp in splits {
+                    let name = if sp.is_some() { "3xtf32" } else { "gemm" };
                     time(&format!("{label} {name} x{n}"), wq.len(), &|| {
                         g.gemm(
                             dt,
@@ -112,22 +120,6 @@ fn op_profile_qwen_shapes() {
                 rows * cols * 12,
                 &|| g.dequant(dt, wb.all(), wf.all(), rows, cols, true),
             );
-            // The crossover (GEMM_MIN_TOKENS in mod.rs): both paths at 8 tokens.
-            time(&format!("{label} gemm x8"), wq.len(), &|| {
-                g.gemm(
-                    dt,
-                    wb.all(),
-                    xb.all(),
-                    None,
-                    yb.all(),
-                    wf.all(),
-                    None,
-                    rows,
-                    cols,
-                    8,
-                    false,
-                )
-            });
             time(&format!("{label} matvec x8"), wq.len(), &|| {
                 g.matvec(dt, wb.all(), xb.all(), None, yb.all(), rows, cols, 8, false)
             });
