@@ -100,3 +100,16 @@ extern "C" __global__ void split_tf32_rows(const float* x, float* out, int cols)
     const u64 t = blockIdx.y;
     split3(x[t * cols + c], out + t * 3 * cols + c, cols, true);
 }
+
+// A split-K GEMM's sum: y[i] = p[0][i] + p[1][i] + ... in slice order (then
+// + the old y[i] when accumulating), for `len` outputs and `parts` slices
+// `len` floats apart. Fixed order, no atomics (WORKER-4710).
+// grid ceil(len / 256), block 256.
+extern "C" __global__ void add_parts(const float* p, float* y, int len, int parts, int accumulate) {
+    grid_dependency_sync();
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= len) return;
+    float s = p[i];
+    for (int k = 1; k < parts; k++) s += p[(u64)k * len + i];
+    y[i] = accumulate ? y[i] + s : s;
+}

@@ -128,11 +128,12 @@ pub const PDL: EnvVar = EnvVar {
 /// Prefill GEMM numerics on the CUDA backend.
 pub const PREFILL_GEMM: EnvVar = EnvVar {
     name: "WORKER_ORCD_PREFILL_GEMM",
-    default: Some("f32"),
-    doc: "`f32` (default): prefill matrix products as one FP32 SGEMM on the CUDA cores; `by_size`: 3xTF32 \
-          on the tensor cores for matrices with at least as many rows as columns in chunks of 256 tokens \
-          or more, else one FP32 SGEMM (faster prefill, see README); `tf32x3`: always 3xTF32 (one \
-          tensor-core GEMM over operands split into TF32 parts and remainders: about FP32 accuracy).",
+    default: Some("by_size"),
+    doc: "`by_size` (default): prefill matrix products in chunks of 256 tokens or more as 3xTF32 on the \
+          tensor cores (operands split into TF32 parts and remainders: about FP32 accuracy) for matrices \
+          with at least as many rows as columns, or with fewer and at least 2^21 weights (then split-K), \
+          else one FP32 SGEMM on the CUDA cores (see README); `f32`: always FP32 SGEMM; `tf32x3`: always \
+          3xTF32.",
 };
 
 /// Which decode mat-vecs run on the tensor cores (issue 11 point 7).

@@ -1,8 +1,8 @@
 //! Attention launchers (KERNEL-ATTN-*): split-KV decode attention with an
-//! in-order combine, and prefill attention, tiled per KV head so the query
-//! heads of a GQA group and several tokens share each cache chunk loaded into
-//! shared memory (the one-block-per-(head, token) kernel remains for shapes
-//! the tile does not cover). Same validation rules as `ops`: every window is
+//! in-order combine, and prefill attention, register-tiled per KV head so
+//! 64 query rows of a GQA group share each cache chunk loaded into shared
+//! memory (the one-block-per-(head, token) kernel remains for head sizes
+//! other than 64 and 128). Same validation rules as `ops`: every window is
 //! checked before the `unsafe` launch.
 
 use cudarc::driver::LaunchConfig;
@@ -113,28 +113,38 @@ impl KvRows<'_> {
         })
     }
 }
-/// Cache rows per chunk and query rows per block of attn_prefill_tile
-/// (PT_KC and PT_ROWS in cuda/attention.cu).
-const PT_KC: usize = 32;
-const PT_ROWS: usize = 32;
-/// Shared memory a block may use without an opt-in attribute.
-const SMEM_MAX: usize = 48 * 1024;
-
-/// Tokens per block and dynamic shared-memory bytes of attn_prefill_tile_<hd>,
-/// or None when the shape needs the untiled kernel (a head size without an
-/// instantiation, i.e. not 64 or 128, or a query group larger than a block's rows).
-pub fn prefill_tile_shape(n_heads: usize, n_kv: usize, hd: usize) -> Option<(usize, usize)> {
-    if !(hd == 64 || hd == 128) || n_kv == 0 || n_heads % n_kv != 0 {
-        return None;
-    }
-    let grp = n_heads / n_kv;
-    let smem = |rows: usize| {
-        4 * (PT_KC * hd + rows * (hd + 1) + PT_KC * (hd + 1) + (rows + 1) * (PT_KC + 1))
+/// Dynamic shared-memory bytes of the register-tiled prefill attention
+/// (cuda/attention_prefill.cu) for head size `hd` with `groups` key groups
+/// (2: `attn_prefill_rt_<hd>`, 1: `attn_prefill_rt1_<hd>`), or None for a
+/// head size without an instantiation (the one-block-per-(head, token)
+/// kernel serves those). Over the 48 KiB default, so `Gpu::open` grants it
+/// per function. The layout is the kernel's: RT_ROWS query rows of hd + 4
+/// floats, then per group `keys` key rows of hd + 4 floats, `keys` value
+/// rows of hd floats and `keys` weight rows of RT_ROWS + 4 floats.
+pub fn prefill_rt_smem(hd: usize, groups: usize) -> Option<usize> {
+    let keys = match hd {
+        64 => 64,
+        128 => 32,
+        _ => return None,
     };
-    let rows = (1..=PT_ROWS).rev().find(|&r| smem(r) <= SMEM_MAX)?;
-    let tq = rows / grp;
-    (tq >= 1).then(|| (tq, smem(tq * grp)))
+    let group = keys * (hd + 4) + keys * hd + keys * (RT_ROWS + 4);
+    Some(4 * (RT_ROWS * (hd + 4) + groups * group))
 }
+
+/// The register-tiled prefill kernel for head size `hd` with `groups` key groups.
+pub fn prefill_rt_name(hd: usize, groups: usize) -> &'static str {
+    match (hd, groups) {
+        (64, 2) => "attn_prefill_rt_64",
+        (128, 2) => "attn_prefill_rt_128",
+        (64, _) => "attn_prefill_rt1_64",
+        _ => "attn_prefill_rt1_128",
+    }
+}
+
+/// Query rows per block of the register-tiled prefill kernels (RT_ROWS) and
+/// threads per key group (RT_GROUP).
+pub const RT_ROWS: usize = 64;
+pub const RT_GROUP: usize = 256;
 
 /// The shapes both attention kernels take: head size a multiple of 4 up to
 /// 256, whole GQA groups, 1..=65535 query tokens (one grid dimension).
@@ -307,18 +317,23 @@ impl Gpu {
             as_i32(hd, "hd")?,
         );
         let scale = 1.0f32 / (hd as f32).sqrt();
-        // The tiled kernel when a KV head's query group fits its rows and
-        // shared memory; the one-block-per-(head, token) kernel otherwise.
-        if let Some((tq, smem)) = prefill_tile_shape(n_heads, n_kv, hd) {
-            let (nt, tqi) = (as_i32(n_tok, "n_tok")?, as_i32(tq, "tq")?);
-            let f = self.func(if hd == 64 {
-                "attn_prefill_tile_64"
-            } else {
-                "attn_prefill_tile_128"
-            })?;
+        // The register-tiled kernel for head sizes 64 and 128 with two key
+        // groups, else one, when the device granted its shared memory; the
+        // one-block-per-(head, token) kernel otherwise.
+        let tiled = [2, 1].into_iter().find_map(|groups| {
+            let smem = prefill_rt_smem(hd, groups)?;
+            self.prefill_rt_granted(hd, groups)
+                .then_some((groups, smem))
+        });
+        if let Some((groups, smem)) = tiled {
+            let rows = n_tok
+                .checked_mul(n_heads / n_kv)
+                .ok_or_else(|| WorkerError::internal("prefill attention rows overflow"))?;
+            let nt = as_i32(n_tok, "n_tok")?;
+            let f = self.func(prefill_rt_name(hd, groups))?;
             let cfg = LaunchConfig {
-                grid_dim: (n_kv as u32, blocks(n_tok, tq), 1),
-                block_dim: (128, 1, 1),
+                grid_dim: (n_kv as u32, blocks(rows, RT_ROWS), 1),
+                block_dim: ((groups * RT_GROUP) as u32, 1, 1),
                 shared_mem_bytes: smem as u32,
             };
             let mut l = self.kernel_launch(f);
@@ -332,17 +347,17 @@ impl Gpu {
                 .arg(&nh)
                 .arg(&nk)
                 .arg(&nt)
-                .arg(&tqi)
                 .arg(&scale);
             // SAFETY: windows checked above; the rows' sequence, pages and
             // positions are the engine's checked values (see KvRows), so
-            // every cache row read is inside the pool windows; tq * (n_heads / n_kv) <= PT_ROWS and hd is the
-            // kernel's HD (prefill_tile_shape), smem sized by the same formula
-            // as the kernel's layout; types match attn_prefill_tile_<HD> in
-            // cuda/attention.cu.
+            // every cache row read is inside the pool windows; hd and the
+            // block's key groups are the kernel's HD and G, the shared
+            // memory is sized by the kernel's layout (prefill_rt_smem) and
+            // was granted to this function at open; types match
+            // attn_prefill_rt<_|1_><HD> in cuda/attention_prefill.cu.
             return unsafe { l.launch(cfg) }
                 .map(|_| ())
-                .map_err(cuda_err("launching attn_prefill_tile_<hd>"));
+                .map_err(cuda_err("launching attn_prefill_rt_<hd>"));
         }
         let f = self.func("attn_prefill")?;
         let cfg = LaunchConfig {
@@ -403,26 +418,25 @@ mod tests {
         }
     }
 
-    /// The models' shapes take the tiled kernel, and every tile fits.
+    /// The register-tiled kernels' shared memory for the two head sizes
+    /// they have (the formula is the kernel's layout): one key group fits
+    /// every architecture the binary ships for (99 KiB on sm_89), two fit
+    /// sm_90's 227 KiB.
     #[test]
-    fn prefill_tile_shapes() {
-        // Qwen2.5-0.5B: 14 q / 2 kv heads of 64; SmolLM2: 9 / 3 of 64.
-        assert_eq!(prefill_tile_shape(14, 2, 64).map(|s| s.0), Some(4));
-        assert_eq!(prefill_tile_shape(9, 3, 64).map(|s| s.0), Some(10));
-        // Qwen2.5-1.5B: 12 / 2 heads of 128.
-        assert!(prefill_tile_shape(12, 2, 128).is_some());
-        assert_eq!(prefill_tile_shape(4, 1, 256), None);
-        assert_eq!(prefill_tile_shape(6, 3, 80), None);
-        assert_eq!(prefill_tile_shape(64, 1, 64), None);
-        for (nh, nkv, hd) in [
-            (14, 2, 64),
-            (9, 3, 64),
-            (12, 2, 128),
-            (2, 2, 64),
-            (32, 8, 128),
-        ] {
-            let (tq, smem) = prefill_tile_shape(nh, nkv, hd).unwrap();
-            assert!(tq * (nh / nkv) <= PT_ROWS && smem <= SMEM_MAX);
+    fn prefill_rt_shapes() {
+        assert_eq!(prefill_rt_smem(64, 1), Some(4 * (64 * 68 * 3 + 64 * 64)));
+        assert_eq!(
+            prefill_rt_smem(128, 2),
+            Some(4 * (64 * 132 + 2 * (32 * 132 + 32 * 128 + 32 * 68)))
+        );
+        for hd in [64, 128] {
+            assert!(prefill_rt_smem(hd, 1).unwrap() <= 99 * 1024);
+            assert!(prefill_rt_smem(hd, 2).unwrap() <= 227 * 1024);
         }
+        for hd in [16, 80, 256] {
+            assert_eq!(prefill_rt_smem(hd, 1), None);
+        }
+        assert_eq!(prefill_rt_name(64, 2), "attn_prefill_rt_64");
+        assert_eq!(prefill_rt_name(128, 1), "attn_prefill_rt1_128");
     }
 }

@@ -40,10 +40,13 @@ const SINGLE_KERNELS: &[&str] = &[
     "attn_decode_64",
     "attn_decode_128",
     "attn_prefill",
-    "attn_prefill_tile_64",
-    "attn_prefill_tile_128",
+    "attn_prefill_rt_64",
+    "attn_prefill_rt_128",
+    "attn_prefill_rt1_64",
+    "attn_prefill_rt1_128",
     "add_bias",
     "split_tf32_rows",
+    "add_parts",
     "swiglu",
     "add_inplace",
     "topk",
@@ -93,6 +96,23 @@ fn grant_rows_smem(
             })
         })
         .map(|&(t, _)| t)
+        .collect()
+}
+
+/// Let the register-tiled prefill attention kernels use the shared memory
+/// their layouts need (over the 48 KiB default); returns the (head size,
+/// key groups) where the device agreed.
+fn grant_prefill_rt_smem(funcs: &HashMap<String, CudaFunction>) -> Vec<(usize, usize)> {
+    use super::attention::{prefill_rt_name, prefill_rt_smem};
+    use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAX_DYN;
+    [(64usize, 2usize), (128, 2), (64, 1), (128, 1)]
+        .into_iter()
+        .filter(|&(hd, groups)| {
+            let need = prefill_rt_smem(hd, groups).unwrap_or(0) as i32;
+            funcs
+                .get(prefill_rt_name(hd, groups))
+                .is_some_and(|k| k.set_attribute(MAX_DYN, need).is_ok())
+        })
         .collect()
 }
 
@@ -210,6 +230,9 @@ pub struct Gpu {
     rows_tl: Vec<crate::model::gguf::GgmlType>,
     /// Formats whose tensor-core `_mm` kernels are ready (`rows_mm_ready`).
     rows_mm: Vec<crate::model::gguf::GgmlType>,
+    /// (Head size, key groups) of the register-tiled prefill attention
+    /// kernels granted their shared memory.
+    prefill_rt: Vec<(usize, usize)>,
     /// Tests only: route batched mat-vecs past the `_tl` kernels, so a
     /// profile can time `_bt` beside them on the same card.
     #[cfg(test)]
@@ -218,6 +241,9 @@ pub struct Gpu {
     /// head), so tests and the profile can hold it beside `attn_decode_<hd>`.
     #[cfg(test)]
     per_head_attention: std::sync::atomic::AtomicBool,
+    /// Tests only: route prefill attention to the one-key-group kernels.
+    #[cfg(test)]
+    prefill_one_group: std::sync::atomic::AtomicBool,
     /// Whether launches use programmatic dependent launch (`gpu::launch`).
     pdl: bool,
     info: DeviceInfo,
@@ -375,6 +401,7 @@ impl Gpu {
         } else {
             Vec::new()
         };
+        let prefill_rt = grant_prefill_rt_smem(&funcs);
         let mut gpu = Self {
             blas: None,
             stream,
@@ -383,10 +410,13 @@ impl Gpu {
             rows_bt,
             rows_tl,
             rows_mm,
+            prefill_rt,
             #[cfg(test)]
             tiles_off: std::sync::atomic::AtomicBool::new(false),
             #[cfg(test)]
             per_head_attention: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            prefill_one_group: std::sync::atomic::AtomicBool::new(false),
             pdl,
             info,
             kernels,
@@ -526,6 +556,27 @@ impl Gpu {
     /// shared memory granted).
     pub(crate) fn rows_mm_ready(&self, t: crate::model::gguf::GgmlType) -> bool {
         self.rows_mm.contains(&t)
+    }
+
+    /// Whether the register-tiled prefill attention for head size `hd` with
+    /// `groups` key groups got its shared memory.
+    pub(crate) fn prefill_rt_granted(&self, hd: usize, groups: usize) -> bool {
+        #[cfg(test)]
+        if groups == 2
+            && self
+                .prefill_one_group
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return false;
+        }
+        self.prefill_rt.contains(&(hd, groups))
+    }
+
+    /// Tests only: whether prefill attention skips the two-group kernels.
+    #[cfg(test)]
+    pub(crate) fn set_prefill_one_group(&self, on: bool) {
+        self.prefill_one_group
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether format `t` has its register-tiled batched kernels ready.

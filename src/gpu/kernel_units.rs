@@ -88,6 +88,7 @@ kernel_files!(
     "rmsnorm.cu",
     "rope_kv.cu",
     "attention.cu",
+    "attention_prefill.cu",
     "dequant.cu",
     "swiglu.cu",
     "topk.cu",

@@ -383,6 +383,7 @@ impl CudaEngine {
                 .tf32x3_for(rows, cols, n)
                 .then(|| Tf32Split {
                     x_parts: self.act[Buf::XParts].all(),
+                    partials: self.k_split_partials(rows, cols, n),
                 });
             self.gpu.gemm(
                 t.dtype, w, x, bias, y, scratch, split, rows, cols, n, accumulate,
@@ -391,6 +392,19 @@ impl CudaEngine {
             self.gpu
                 .matvec(t.dtype, w, x, bias, y, rows, cols, n, accumulate)
         }
+    }
+
+    /// The partial outputs' buffer when a 3xTF32 product of `rows` x `cols`
+    /// over `n` tokens runs split-K: more columns than rows (too few output
+    /// tiles for one GEMM to fill the GPU), slices that fit, and partials
+    /// that fit the buffer (sized for `d` rows). A function of the shape and
+    /// the chunk length only, as the arithmetic must be.
+    fn k_split_partials(&self, rows: usize, cols: usize, n: usize) -> Option<Span<'_>> {
+        let parts = &self.act[Buf::GemmParts];
+        (rows < cols
+            && crate::gpu::gemm::tf32x3_k_split_fits(cols)
+            && 4 * crate::gpu::gemm::TF32X3_K_SLICES * rows * n <= parts.len())
+        .then(|| parts.all())
     }
 
     /// Upload the step rows: token ids, then their places (`upload_places`).

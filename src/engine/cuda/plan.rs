@@ -106,6 +106,9 @@ pub(super) enum Buf {
     TopkScratch,
     /// 3xTF32 prefill GEMM: the input rows' parts.
     XParts,
+    /// Split-K 3xTF32 prefill GEMM (matrices of at most `d` rows and more
+    /// columns than rows): the k slices' partial outputs.
+    GemmParts,
 }
 
 /// The shapes the table's sizes are made of.
@@ -127,7 +130,7 @@ struct Shapes {
 
 impl Buf {
     /// Allocation order.
-    pub(super) const ALL: [Buf; 21] = [
+    pub(super) const ALL: [Buf; 22] = [
         Buf::X,
         Buf::Xn,
         Buf::Q,
@@ -149,6 +152,7 @@ impl Buf {
         Buf::Wf,
         Buf::TopkScratch,
         Buf::XParts,
+        Buf::GemmParts,
     ];
 
     /// Bytes and label of this buffer: the one table of the plan.
@@ -193,6 +197,10 @@ impl Buf {
                 "top-k scratch",
             ),
             Buf::XParts => (3 * rows(widest), "prefill tf32 input parts"),
+            Buf::GemmParts => (
+                crate::gpu::gemm::TF32X3_K_SLICES * rows(s.d),
+                "prefill split-K partial outputs",
+            ),
         }
     }
 }
@@ -202,7 +210,7 @@ pub(super) fn scratch_plan(
     cfg: &ModelConfig,
     layout: &Layout,
     weight_bytes: usize,
-) -> [(usize, &'static str); 21] {
+) -> [(usize, &'static str); 22] {
     let s = Shapes {
         d: cfg.d_model,
         q_dim: cfg.n_heads * cfg.head_dim,

@@ -9,7 +9,7 @@
 use super::tests::{buf_from, gpu_or_skip, poisoned, rel_err, Rng, TestRows};
 use super::*;
 use crate::engine::cpu::CpuEngine;
-use crate::gpu::gemm::Tf32Split;
+use crate::gpu::gemm::{Tf32Split, TF32X3_K_SLICES};
 use crate::model::gguf::GgufLimits;
 use crate::model::quant;
 
@@ -20,7 +20,8 @@ fn upload_bytes(g: &Gpu, data: &[u8], what: &str) -> DeviceBuffer {
 }
 
 /// y = x·Wᵀ (+ bias) (+ y) through dequant + SGEMM and through dequant +
-/// 3xTF32 (split operands, three tensor-core GEMMs), every format, rows that
+/// 3xTF32 (split operands, one tensor-core GEMM, or k slices side by side
+/// and their partial outputs summed), every format, rows that
 /// are not a multiple of any tile, several token counts; y starts as NaN when
 /// not accumulating (beta = 0 must not read it), the split buffers too.
 #[test]
@@ -69,15 +70,23 @@ fn op_gemm_every_block_format() {
                     })
                     .collect();
                 let x_parts = poisoned(&g, 3 * cols * n, "x parts");
-                let split = Tf32Split {
+                let partials = poisoned(&g, TF32X3_K_SLICES * rows * n, "partials");
+                let one = Tf32Split {
                     x_parts: x_parts.all(),
+                    partials: None,
                 };
-                for (acc, with_bias, tf32) in [
-                    (false, true, false),
-                    (true, false, false),
-                    (true, true, false),
-                    (false, true, true),
-                    (true, true, true),
+                let sliced = Tf32Split {
+                    partials: Some(partials.all()),
+                    ..one
+                };
+                for (acc, with_bias, split) in [
+                    (false, true, None),
+                    (true, false, None),
+                    (true, true, None),
+                    (false, true, Some(one)),
+                    (true, true, Some(one)),
+                    (false, false, Some(sliced)),
+                    (true, true, Some(sliced)),
                 ] {
                     let y0 = r.vec(rows * n);
                     let yb = if acc {
@@ -92,7 +101,7 @@ fn op_gemm_every_block_format() {
                         with_bias.then(|| bb.all()),
                         yb.all(),
                         scratch.all(),
-                        tf32.then_some(split),
+                        split,
                         rows,
                         cols,
                         n,
@@ -112,7 +121,11 @@ fn op_gemm_every_block_format() {
                         })
                         .collect();
                     let e = rel_err(&got, &want);
-                    let how = if tf32 { "3xtf32" } else { "sgemm " };
+                    let how = match split.map(|s| s.partials.is_some()) {
+                        None => "sgemm ",
+                        Some(false) => "3xtf32",
+                        Some(true) => "3xtf32 split-K",
+                    };
                     println!(
                         "gemm {how} {:>5} {rows}x{cols} n {n:>3} acc {acc:<5} bias {with_bias:<5}: rel err {e:.2e} (tol 1e-5)",
                         dt.name()
@@ -172,8 +185,8 @@ pub(crate) fn cpu_attention(
 }
 
 /// Prefill attention vs a CPU attention: GQA, pos0 > 0, up to 512 queries,
-/// the tiled kernels (groups of 3, 6, 7 heads; hd 64 and 128) and the
-/// untiled one (hd 256, 80, 16). Cache rows past the causal
+/// the register-tiled kernels with two key groups and with one (groups of
+/// 3, 6, 7 heads; hd 64 and 128) and the untiled one (hd 256, 80, 16). Cache rows past the causal
 /// limit are NaN, so reading one would show. Twice: bit-identical.
 #[test]
 #[cfg_attr(
@@ -225,19 +238,25 @@ fn op_attn_prefill() {
             .unwrap();
             g.download(&ob, 0, n * nh * hd).unwrap()
         };
-        let got = run();
-        let e = rel_err(&got, &want);
-        println!(
-            "attn_prefill {nh}q/{nkv}kv hd {hd} pos0 {pos0} n {n}: rel err {e:.2e} (tol 1e-5)"
-        );
-        assert!(e < 1e-5, "attn_prefill rel err {e}");
-        let again = run();
-        assert!(
-            got.iter()
-                .zip(&again)
-                .all(|(a, b)| a.to_bits() == b.to_bits()),
-            "attn_prefill is not bit-identical run to run"
-        );
+        // The two-key-group kernel, then the one-group kernel (the route
+        // of a device that cannot grant the first its shared memory).
+        for one_group in [false, true] {
+            g.set_prefill_one_group(one_group);
+            let got = run();
+            let e = rel_err(&got, &want);
+            println!(
+                "attn_prefill {nh}q/{nkv}kv hd {hd} pos0 {pos0} n {n} one group {one_group}: rel err {e:.2e} (tol 1e-5)"
+            );
+            assert!(e < 1e-5, "attn_prefill rel err {e}");
+            let again = run();
+            assert!(
+                got.iter()
+                    .zip(&again)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "attn_prefill is not bit-identical run to run"
+            );
+        }
+        g.set_prefill_one_group(false);
     }
 }
 

@@ -80,8 +80,19 @@ fn op_profile_qwen_shapes() {
             let yb = g.alloc(rows * 4 * 512, "y512").unwrap();
             let wf = g.alloc(3 * rows * cols * 4, "wf").unwrap();
             let x_parts = g.alloc(3 * cols * 512 * 4, "x parts").unwrap();
+            let partials = g
+                .alloc(
+                    crate::gpu::gemm::TF32X3_K_SLICES * rows * 512 * 4,
+                    "partials",
+                )
+                .unwrap();
             let split = crate::gpu::gemm::Tf32Split {
                 x_parts: x_parts.all(),
+                partials: None,
+            };
+            let sliced = crate::gpu::gemm::Tf32Split {
+                partials: Some(partials.all()),
+                ..split
             };
             // Both arithmetics at three chunk sizes (where 3xTF32 repays its
             // splits: tensor_routes::PrefillGemm::tf32x3_for), and SGEMM at
@@ -91,10 +102,14 @@ fn op_profile_qwen_shapes() {
                 let splits: &[_] = if n == 8 {
                     &[None]
                 } else {
-                    &[None, Some(split)]
+                    &[None, Some(split), Some(sliced)]
                 };
                 for &sp in splits {
-                    let name = if sp.is_some() { "3xtf32" } else { "gemm" };
+                    let name = match sp.map(|s| s.partials.is_some()) {
+                        None => "gemm",
+                        Some(false) => "3xtf32",
+                        Some(true) => "3xtf32 split-K",
+                    };
                     time(&format!("{label} {name} x{n}"), wq.len(), &|| {
                         g.gemm(
                             dt,
@@ -216,25 +231,37 @@ fn op_profile_qwen_shapes() {
         }
         g.set_per_head_attention(false);
     }
-    {
-        // Prefill attention of a 512-token chunk at position 0 (causal).
-        let (n, q512) = (512usize, buf_from(&g, &r.vec(512 * nh * hd), "q512"));
-        let o512 = g.alloc(n * nh * hd * 4, "o512").unwrap();
-        let rows0 = TestRows::reversed(&g, max_ctx, 0, n);
-        time("attn_prefill 512 tokens at pos 0", 0, &|| {
-            g.attention_prefill(
-                q512.all(),
-                kc.all(),
-                vc.all(),
-                o512.all(),
-                rows0.rows(),
-                nh,
-                nkv,
-                hd,
-                n,
-            )
-        });
+    // Prefill attention of a 512-token chunk (causal): the first of a
+    // prompt, and the last of a 4,096-token one.
+    let (n, q512) = (512usize, buf_from(&g, &r.vec(512 * nh * hd), "q512"));
+    let o512 = g.alloc(n * nh * hd * 4, "o512").unwrap();
+    for (pos0, one_group) in [(0usize, false), (3584, false), (0, true), (3584, true)] {
+        g.set_prefill_one_group(one_group);
+        let rows0 = TestRows::reversed(&g, max_ctx, pos0, n);
+        let groups = if one_group {
+            "1 key group"
+        } else {
+            "2 key groups"
+        };
+        time(
+            &format!("attn_prefill 512 tokens at pos {pos0}, {groups}"),
+            0,
+            &|| {
+                g.attention_prefill(
+                    q512.all(),
+                    kc.all(),
+                    vc.all(),
+                    o512.all(),
+                    rows0.rows(),
+                    nh,
+                    nkv,
+                    hd,
+                    n,
+                )
+            },
+        );
     }
+    g.set_prefill_one_group(false);
     let rows600 = TestRows::reversed(&g, max_ctx, 600, 1);
     time("rope_kv", 0, &|| {
         g.rope_kv(

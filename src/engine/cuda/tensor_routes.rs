@@ -136,11 +136,10 @@ impl TensorRoutes {
     }
 }
 
-/// How prefill GEMMs multiply (`WORKER_ORCD_PREFILL_GEMM`): one FP32 SGEMM,
-/// 3xTF32 on the tensor cores for every matrix, or 3xTF32 only where it was
-/// measured faster (`by_size`: [`PrefillGemm::tf32x3_for`]). `f32` stays the
-/// default until the golden rule on the real files has run with `by_size`
-/// on a GPU (the op tests and the Qwen-shaped bench have).
+/// How prefill GEMMs multiply (`WORKER_ORCD_PREFILL_GEMM`): 3xTF32 on the
+/// tensor cores where it was measured faster (`by_size`, the default:
+/// [`PrefillGemm::tf32x3_for`]), one FP32 SGEMM for every matrix, or 3xTF32
+/// for every matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PrefillGemm {
     F32,
@@ -157,37 +156,50 @@ pub enum PrefillGemm {
 /// size, so a short chunk's GEMM does not repay it.
 pub const TF32X3_MIN_TOKENS: usize = 256;
 
+/// Weights from which `by_size` takes 3xTF32 for a matrix with fewer rows
+/// than columns (run split-K: `gpu::gemm::TF32X3_K_SLICES` slices side by
+/// side, the engine's `k_split_partials`). Op profile on an H100, the Qwen
+/// FFN down projection (896x4864, 4.4 M weights), SGEMM against one 3xTF32
+/// GEMM against split-K 3xTF32 at 128 / 256 / 512 tokens: 48.3 / 73.0 /
+/// 113.0 against 69.6 / 80.6 / 117.6 against 61.9 / 71.9 / 93.4 µs. With
+/// every wide matrix split-K (`tf32x3`), SmolLM2-shaped prefill (down
+/// 576x1536, 0.9 M weights; k/v 192x576) was slower than with them on
+/// SGEMM: 70,626 against 71,782 tok/s at 512 tokens, where the Qwen-shaped
+/// file gained (48,464 against 46,823).
+pub const TF32X3_WIDE_MIN_WEIGHTS: usize = 1 << 21;
+
 impl PrefillGemm {
-    /// The mode a variable's value names: `None` or "f32", "tf32x3",
-    /// "by_size". Any other value is INVALID_CONFIG, the code
+    /// The mode a variable's value names: `None` or "by_size", "f32",
+    /// "tf32x3". Any other value is INVALID_CONFIG, the code
     /// `config::check_engine_env` gives the daemon for it, so `generate` and
     /// `bench` refuse it the same way.
     pub fn parse(value: Option<&str>) -> Result<PrefillGemm> {
         match value {
-            None | Some("f32") => Ok(PrefillGemm::F32),
+            None | Some("by_size") => Ok(PrefillGemm::BySize),
+            Some("f32") => Ok(PrefillGemm::F32),
             Some("tf32x3") => Ok(PrefillGemm::Tf32x3),
-            Some("by_size") => Ok(PrefillGemm::BySize),
             Some(other) => Err(WorkerError::InvalidConfig {
                 message: format!(
-                    "WORKER_ORCD_PREFILL_GEMM is \"{other}\"; use \"f32\" (the default), \"tf32x3\" or \"by_size\", or unset it"
+                    "WORKER_ORCD_PREFILL_GEMM is \"{other}\"; use \"by_size\" (the default), \"f32\" or \"tf32x3\", or unset it"
                 ),
             }),
         }
     }
 
     /// Whether a `rows` x `cols` matrix times a chunk of `n` tokens runs as
-    /// 3xTF32. `by_size`: chunks of at least [`TF32X3_MIN_TOKENS`] and
-    /// matrices with at least as many rows as columns. A long reduction over
-    /// few rows (the FFN down projection, 896x4864: 113 µs SGEMM against
-    /// 117 µs 3xTF32 at 512 tokens, and slower still at fewer) leaves the
-    /// tensor cores too few output tiles. A function of the matrix and the
+    /// 3xTF32. `by_size`: chunks of at least [`TF32X3_MIN_TOKENS`], and
+    /// matrices with at least as many rows as columns or, with fewer (a long
+    /// reduction over few rows, run split-K), at least
+    /// [`TF32X3_WIDE_MIN_WEIGHTS`] weights. A function of the matrix and the
     /// chunk alone, and a prompt's chunks depend only on the request
     /// (WORKER-4710), so the choice never depends on other sequences.
     pub fn tf32x3_for(self, rows: usize, cols: usize, n: usize) -> bool {
         match self {
             PrefillGemm::F32 => false,
             PrefillGemm::Tf32x3 => true,
-            PrefillGemm::BySize => rows >= cols && n >= TF32X3_MIN_TOKENS,
+            PrefillGemm::BySize => {
+                n >= TF32X3_MIN_TOKENS && (rows >= cols || rows * cols >= TF32X3_WIDE_MIN_WEIGHTS)
+            }
         }
     }
 
@@ -247,7 +259,7 @@ mod tests {
 
     #[test]
     fn the_prefill_gemm_mode_is_f32_tf32x3_by_size_or_a_config_error() {
-        assert_eq!(PrefillGemm::parse(None).unwrap(), PrefillGemm::F32);
+        assert_eq!(PrefillGemm::parse(None).unwrap(), PrefillGemm::BySize);
         assert_eq!(PrefillGemm::parse(Some("f32")).unwrap(), PrefillGemm::F32);
         assert_eq!(
             PrefillGemm::parse(Some("tf32x3")).unwrap(),
@@ -267,18 +279,25 @@ mod tests {
     }
 
     #[test]
-    fn by_size_splits_wide_matrices_of_long_chunks_only() {
+    fn by_size_takes_tall_and_large_wide_matrices_in_long_chunks_only() {
         let by_size = PrefillGemm::BySize;
-        // Qwen2.5-0.5B: gate/up 4864x896, down 896x4864, q/o 896x896, k/v 128x896.
+        // Qwen2.5-0.5B: gate/up 4864x896, q/o 896x896 and down 896x4864
+        // take 3xTF32, k/v 128x896 do not; SmolLM2's down 576x1536 does not.
         assert!(by_size.tf32x3_for(4864, 896, 512));
         assert!(by_size.tf32x3_for(896, 896, 512));
-        assert!(!by_size.tf32x3_for(896, 4864, 512));
+        assert!(by_size.tf32x3_for(896, 4864, 512));
         assert!(!by_size.tf32x3_for(128, 896, 512));
+        assert!(!by_size.tf32x3_for(576, 1536, 512));
         // The edges: a square matrix and a chunk of exactly the threshold
-        // split; one token or one row fewer does not.
+        // split; one token fewer does not; a wide matrix at exactly the
+        // weight threshold does, one row fewer does not.
         assert!(by_size.tf32x3_for(896, 896, TF32X3_MIN_TOKENS));
         assert!(!by_size.tf32x3_for(896, 896, TF32X3_MIN_TOKENS - 1));
-        assert!(!by_size.tf32x3_for(895, 896, TF32X3_MIN_TOKENS));
+        assert!(!by_size.tf32x3_for(896, 4864, TF32X3_MIN_TOKENS - 1));
+        let cols = 4096;
+        let rows = TF32X3_WIDE_MIN_WEIGHTS / cols;
+        assert!(by_size.tf32x3_for(rows, cols, TF32X3_MIN_TOKENS));
+        assert!(!by_size.tf32x3_for(rows - 1, cols, TF32X3_MIN_TOKENS));
         assert!(PrefillGemm::Tf32x3.tf32x3_for(128, 896, 8));
         assert!(!PrefillGemm::F32.tf32x3_for(4864, 896, 512));
     }

@@ -23,6 +23,8 @@ mod dequant_tests;
 #[cfg(test)]
 mod matvec_tests;
 #[cfg(test)]
+mod prefill_attention_tests;
+#[cfg(test)]
 mod topk_tests;
 
 use std::path::{Path, PathBuf};
