@@ -348,12 +348,11 @@ impl Gpu {
                 .arg(&nk)
                 .arg(&nt)
                 .arg(&scale);
-            // SAFETY: windows checked above; the rows' sequence, pages and
-            // positions are the engine's checked values (see KvRows), so
-            // every cache row read is inside the pool windows; hd and the
-            // block's key groups are the kernel's HD and G, the shared
-            // memory is sized by the kernel's layout (prefill_rt_smem) and
-            // was granted to this function at open; types match
+            // SAFETY: windows checked above; rows' sequence, pages and
+            // positions are the engine's checked values (KvRows), so every
+            // cache row read is inside the pool windows; hd and the key
+            // groups are the kernel's HD and G, its shared memory sized by
+            // its layout (prefill_rt_smem) and granted at open; types match
             // attn_prefill_rt<_|1_><HD> in cuda/attention_prefill.cu.
             return unsafe { l.launch(cfg) }
                 .map(|_| ())
