@@ -289,9 +289,9 @@ impl Gpu {
     /// Prefill attention of `n_tok` query rows of one sequence at
     /// consecutive positions (row t at row 0's position + t, every row's
     /// sequence the same) over its cache rows 0..=pos with an online softmax and no
-    /// scratch, so the chunk can be large: tiled per KV head
-    /// (`attn_prefill_tile_<hd>`) when the shape allows, else one block per
-    /// (head, token).
+    /// scratch, so the chunk can be large: register-tiled per KV head
+    /// (`attn_prefill_rt_<hd>`, two key groups, else `attn_prefill_rt1_<hd>`)
+    /// for head sizes 64 and 128, else one block per (head, token).
     #[allow(clippy::too_many_arguments)]
     pub fn attention_prefill(
         &self,
@@ -320,10 +320,14 @@ impl Gpu {
         // The register-tiled kernel for head sizes 64 and 128 with two key
         // groups, else one, when the device granted its shared memory; the
         // one-block-per-(head, token) kernel otherwise.
+        // A grid row per 64 query rows: at most 65,535 (a bound no prefill
+        // chunk reaches; the untiled kernel's grid takes such a shape).
+        let tile_rows_fit = n_tok
+            .checked_mul(n_heads / n_kv)
+            .is_some_and(|rows| rows.div_ceil(RT_ROWS) <= 65_535);
         let tiled = [2, 1].into_iter().find_map(|groups| {
             let smem = prefill_rt_smem(hd, groups)?;
-            self.prefill_rt_granted(hd, groups)
-                .then_some((groups, smem))
+            (tile_rows_fit && self.prefill_rt_granted(hd, groups)).then_some((groups, smem))
         });
         if let Some((groups, smem)) = tiled {
             let rows = n_tok

@@ -24,7 +24,10 @@
 //! (`CUBLAS_COMPUTE_32F_FAST_TF32`, f32 accumulation) sums
 //! big·small + small·big + big·big, dropping small·small: about FP32 accuracy
 //! (the same 1e-5 test against the CPU reference). One GEMM, not three: the
-//! output is written once, and no separate pass splits the weights.
+//! output is written once, and no separate pass splits the weights. A
+//! matrix of few rows and many columns runs split-K instead: its 3 x cols
+//! in [`TF32X3_K_SLICES`] slices side by side, one partial output each,
+//! summed in slice order (`add_parts`).
 //! Determinism (WORKER-4710): cuBLAS documents bit-wise
 //! reproducible results run to run for the same architecture and SM count
 //! when one stream is used and the workspace is fixed with
@@ -527,6 +530,11 @@ impl Gpu {
         }
         let pp = partials.need(4 * len * parts, "partial outputs")?;
         let yp = y.need(4 * len, "y")?;
+        // The kernel's thread index (an int) must not wrap in the last block.
+        as_i32(
+            len.next_multiple_of(256),
+            "outputs rounded up to whole blocks",
+        )?;
         let (len_i, parts_i, acc_i) = (
             as_i32(len, "outputs")?,
             as_i32(parts, "parts")?,
@@ -550,8 +558,9 @@ impl Gpu {
     /// y = x·Wᵀ (+ bias) (+ y) for `n` token rows, W in GGUF blocks:
     /// dequantize W into `scratch`, then either one FP32 SGEMM (`split` None)
     /// or 3xTF32 (`split` Some: W dequantized straight into its parts, x
-    /// split into `split`, one tensor-core GEMM over 3 x cols); then the bias
-    /// (prefill path).
+    /// split into `split`, one tensor-core GEMM over 3 x cols, or its k
+    /// slices side by side and their sum when `partials` is given); then
+    /// the bias (prefill path).
     #[allow(clippy::too_many_arguments)]
     pub fn gemm(
         &self,

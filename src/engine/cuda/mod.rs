@@ -25,11 +25,13 @@
 //! Prefill runs a prompt in fixed chunks of PREFILL_CHUNK tokens. A chunk of
 //! at least GEMM_MIN_TOKENS tokens multiplies each weight through cuBLAS:
 //! the matrix is dequantized into one shared f32 scratch buffer (`wf`, sized
-//! for the largest layer matrix; the LM head runs for the last token only,
-//! by mat-vec), then SGEMM; shorter chunks use the batched mat-vec. Every
-//! prefill chunk's attention is the prefill attention (`gpu::attention`:
-//! tiled per KV head so a GQA group and several tokens share each cache
-//! chunk in shared memory; online softmax, no scratch).
+//! for the largest layer matrix, three floats a weight for 3xTF32; the LM
+//! head runs for the last token only, by mat-vec), then SGEMM or 3xTF32 as
+//! `tensor_routes::PrefillGemm` decides by shape and chunk length; shorter
+//! chunks use the batched mat-vec. Every prefill chunk's attention is the
+//! prefill attention (`gpu::attention`: register-tiled per KV head so 64
+//! query rows share each cache chunk in shared memory; online softmax, no
+//! scratch).
 //! Decode (one token): fused mat-vecs (q, k, v in one launch when they share
 //! a format) and split-KV attention,
 //! captured as a graph; no cuBLAS call on the decode path.

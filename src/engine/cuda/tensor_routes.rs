@@ -189,8 +189,9 @@ impl PrefillGemm {
     /// Whether a `rows` x `cols` matrix times a chunk of `n` tokens runs as
     /// 3xTF32. `by_size`: chunks of at least [`TF32X3_MIN_TOKENS`], and
     /// matrices with at least as many rows as columns or, with fewer (a long
-    /// reduction over few rows, run split-K), at least
-    /// [`TF32X3_WIDE_MIN_WEIGHTS`] weights. A function of the matrix and the
+    /// reduction over few rows, run split-K where its columns divide into
+    /// the slices, `gpu::gemm::tf32x3_k_split_fits`, else as one GEMM), at
+    /// least [`TF32X3_WIDE_MIN_WEIGHTS`] weights. A function of the matrix and the
     /// chunk alone, and a prompt's chunks depend only on the request
     /// (WORKER-4710), so the choice never depends on other sequences.
     pub fn tf32x3_for(self, rows: usize, cols: usize, n: usize) -> bool {
