@@ -27,7 +27,12 @@
 //! output is written once, and no separate pass splits the weights. A
 //! matrix of few rows and many columns runs split-K instead: its 3 x cols
 //! in [`TF32X3_K_SLICES`] slices side by side, one partial output each,
-//! summed in slice order (`add_parts`).
+//! summed in slice order (`add_parts`). Tried and not kept (an H100, one
+//! experiment call beside the 098cb0d binaries): weights as `[big | small]` and
+//! inputs as `[small | big]` with two GEMMs (the second adding big·big)
+//! write a third less in the dequant (16.1 against 22.0 µs for gate/up) but
+//! lose more in the second GEMM (gate/up 84.4 against 81.2 µs at 512
+//! tokens; Qwen-shaped pp512 47,757 against 50,060 tok/s).
 //! Determinism (WORKER-4710): cuBLAS documents bit-wise
 //! reproducible results run to run for the same architecture and SM count
 //! when one stream is used and the workspace is fixed with
