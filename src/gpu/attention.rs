@@ -322,17 +322,17 @@ impl Gpu {
         // one-block-per-(head, token) kernel otherwise.
         // A grid row per 64 query rows: at most 65,535 (a bound no prefill
         // chunk reaches; the untiled kernel's grid takes such a shape).
-        let tile_rows_fit = n_tok
+        let tile_rows = n_tok
             .checked_mul(n_heads / n_kv)
-            .is_some_and(|rows| rows.div_ceil(RT_ROWS) <= 65_535);
-        let tiled = [2, 1].into_iter().find_map(|groups| {
-            let smem = prefill_rt_smem(hd, groups)?;
-            (tile_rows_fit && self.prefill_rt_granted(hd, groups)).then_some((groups, smem))
+            .filter(|rows| rows.div_ceil(RT_ROWS) <= 65_535);
+        let tiled = tile_rows.and_then(|rows| {
+            [2, 1].into_iter().find_map(|groups| {
+                let smem = prefill_rt_smem(hd, groups)?;
+                self.prefill_rt_granted(hd, groups)
+                    .then_some((rows, groups, smem))
+            })
         });
-        if let Some((groups, smem)) = tiled {
-            let rows = n_tok
-                .checked_mul(n_heads / n_kv)
-                .ok_or_else(|| WorkerError::internal("prefill attention rows overflow"))?;
+        if let Some((rows, groups, smem)) = tiled {
             let nt = as_i32(n_tok, "n_tok")?;
             let f = self.func(prefill_rt_name(hd, groups))?;
             let cfg = LaunchConfig {

@@ -84,19 +84,27 @@ fn grant_rows_smem(
     variants: [&str; 2],
     smem: fn(crate::model::gguf::GgmlType) -> usize,
 ) -> Vec<crate::model::gguf::GgmlType> {
-    use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAX_DYN;
     super::ops::FORMATS
         .iter()
         .filter(|&&(t, f)| {
-            let need = smem(t) as i32;
-            variants.iter().all(|v| {
-                funcs
-                    .get(&format!("matvec_{f}{v}"))
-                    .is_some_and(|k| k.set_attribute(MAX_DYN, need).is_ok())
-            })
+            variants
+                .iter()
+                .all(|v| grant_smem(funcs, &format!("matvec_{f}{v}"), smem(t)))
         })
         .map(|&(t, _)| t)
         .collect()
+}
+
+/// Let kernel `name` use `bytes` of dynamic shared memory (over the 48 KiB
+/// default, so it must be granted per function); whether the device agreed.
+fn grant_smem(funcs: &HashMap<String, CudaFunction>, name: &str, bytes: usize) -> bool {
+    use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAX_DYN;
+    let Ok(need) = i32::try_from(bytes) else {
+        return false;
+    };
+    funcs
+        .get(name)
+        .is_some_and(|k| k.set_attribute(MAX_DYN, need).is_ok())
 }
 
 /// Let the register-tiled prefill attention kernels use the shared memory
@@ -104,14 +112,11 @@ fn grant_rows_smem(
 /// key groups) where the device agreed.
 fn grant_prefill_rt_smem(funcs: &HashMap<String, CudaFunction>) -> Vec<(usize, usize)> {
     use super::attention::{prefill_rt_name, prefill_rt_smem};
-    use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAX_DYN;
     [(64usize, 2usize), (128, 2), (64, 1), (128, 1)]
         .into_iter()
         .filter(|&(hd, groups)| {
-            let need = prefill_rt_smem(hd, groups).unwrap_or(0) as i32;
-            funcs
-                .get(prefill_rt_name(hd, groups))
-                .is_some_and(|k| k.set_attribute(MAX_DYN, need).is_ok())
+            prefill_rt_smem(hd, groups)
+                .is_some_and(|bytes| grant_smem(funcs, prefill_rt_name(hd, groups), bytes))
         })
         .collect()
 }

@@ -55,7 +55,7 @@ use cudarc::driver::{CudaStream, LaunchConfig};
 
 use super::cuda_err;
 use super::device::{DeviceBuffer, Gpu, Span};
-use super::ops::{dtype_suffix, row_bytes};
+use super::ops::{blocks, dtype_suffix, row_bytes};
 use crate::error::{Result, WorkerError};
 use crate::model::gguf::GgmlType;
 
@@ -194,7 +194,13 @@ pub const TF32X3_K_SLICES: usize = 4;
 /// 3 x cols parts divide into [`TF32X3_K_SLICES`] slices of whole 16-byte
 /// groups (aligned operands for the tensor cores).
 pub fn tf32x3_k_split_fits(cols: usize) -> bool {
-    (3 * cols) % (4 * TF32X3_K_SLICES) == 0
+    k_slices_fit(3 * cols)
+}
+
+/// Whether a reduction of `k` floats divides into [`TF32X3_K_SLICES`]
+/// slices of whole 16-byte groups.
+fn k_slices_fit(k: usize) -> bool {
+    k % (4 * TF32X3_K_SLICES) == 0
 }
 
 /// What every GEMM launch here needs once its windows are checked: the
@@ -461,7 +467,7 @@ impl Gpu {
         cols: usize,
         n: usize,
     ) -> Result<()> {
-        if cols % (4 * TF32X3_K_SLICES) != 0 {
+        if !k_slices_fit(cols) {
             return Err(WorkerError::internal(format!(
                 "split-K GEMM over {cols} columns: not {TF32X3_K_SLICES} slices of whole 16-byte groups"
             )));
@@ -547,7 +553,7 @@ impl Gpu {
         );
         let f = self.func("add_parts")?;
         let cfg = LaunchConfig {
-            grid_dim: (len.div_ceil(256) as u32, 1, 1),
+            grid_dim: (blocks(len, 256), 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };

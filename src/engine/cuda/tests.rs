@@ -60,7 +60,7 @@ impl Rng {
     }
 }
 
-pub(super) fn rel_err(got: &[f32], want: &[f64]) -> f64 {
+pub(crate) fn rel_err(got: &[f32], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len());
     assert!(got.iter().all(|v| v.is_finite()), "non-finite output");
     let num: f64 = got

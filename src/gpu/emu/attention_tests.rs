@@ -12,7 +12,7 @@
 
 use super::{Arg, Emu, Order};
 use crate::engine::cuda::prefill_tests::cpu_attention;
-use crate::engine::cuda::tests::Rng;
+use crate::engine::cuda::tests::{rel_err, Rng};
 use crate::gpu::attention::{
     decode_attention_launch, AD_WARPS, ATT_CHUNK, ATT_THREADS, KV_PAGE_TOKENS,
 };
@@ -178,20 +178,21 @@ impl Step {
         out.iter().map(|f| f.to_bits()).collect()
     }
 
-    /// Worst relative error of `got` (all rows in order) against float64.
+    /// Relative error (root of summed squares) of `got` (all rows in order)
+    /// against float64.
     fn error(&self, got: &[u32]) -> f64 {
         let (nh, hd) = (self.nh, self.hd);
-        let (mut num, mut den) = (0f64, 0f64);
-        for (s, &p) in self.positions.iter().enumerate() {
-            let q = &self.q[s * nh * hd..(s + 1) * nh * hd];
-            let want = cpu_attention(q, &self.kseq[s], &self.vseq[s], nh, self.nkv, hd, p, 1);
-            for (i, w) in want.iter().enumerate() {
-                let g = f32::from_bits(got[s * nh * hd + i]) as f64;
-                num += (g - w).powi(2);
-                den += w.powi(2);
-            }
-        }
-        (num / den).sqrt()
+        let want: Vec<f64> = self
+            .positions
+            .iter()
+            .enumerate()
+            .flat_map(|(s, &p)| {
+                let q = &self.q[s * nh * hd..(s + 1) * nh * hd];
+                cpu_attention(q, &self.kseq[s], &self.vseq[s], nh, self.nkv, hd, p, 1)
+            })
+            .collect();
+        let got: Vec<f32> = got.iter().map(|&b| f32::from_bits(b)).collect();
+        rel_err(&got, &want)
     }
 }
 

@@ -13,7 +13,7 @@ use cudarc::driver::LaunchConfig;
 
 use super::{Arg, Emu, Order};
 use crate::engine::cuda::prefill_tests::cpu_attention;
-use crate::engine::cuda::tests::Rng;
+use crate::engine::cuda::tests::{rel_err, Rng};
 use crate::gpu::attention::{prefill_rt_name, prefill_rt_smem, KV_PAGE_TOKENS, RT_GROUP, RT_ROWS};
 
 /// One sequence's prompt of `n` tokens after `pos0` cached ones: keys and
@@ -97,19 +97,14 @@ impl Prompt {
         out.iter().map(|f| f.to_bits()).collect()
     }
 
-    /// Relative error (root of summed squares) of `got` against float64.
+    /// Relative error (root of summed squares) of `got` against float64;
+    /// a non-finite output (a NaN row read) fails.
     fn error(&self, got: &[u32]) -> f64 {
         let want = cpu_attention(
             &self.q, &self.k, &self.v, self.nh, self.nkv, self.hd, self.pos0, self.n,
         );
-        let (mut num, mut den) = (0f64, 0f64);
-        for (g, w) in got.iter().zip(&want) {
-            let g = f32::from_bits(*g) as f64;
-            assert!(g.is_finite(), "a non-finite output (a NaN row read?)");
-            num += (g - w).powi(2);
-            den += w.powi(2);
-        }
-        (num / den).sqrt()
+        let got: Vec<f32> = got.iter().map(|&b| f32::from_bits(b)).collect();
+        rel_err(&got, &want)
     }
 }
 
