@@ -22,7 +22,8 @@
 //! (rows, positions bucket), so the host does not launch ~250 kernels per
 //! step (point 4). Each prefill chunk then runs on its own, exactly as it
 //! runs alone.
-//! Prefill runs a prompt in fixed chunks of PREFILL_CHUNK tokens. A chunk of
+//! Prefill runs a prompt in fixed chunks (`plan::PREFILL_CHUNKS`: 2,048
+//! tokens where the model's step buffers allow, down to 512). A chunk of
 //! at least GEMM_MIN_TOKENS tokens multiplies each weight through cuBLAS:
 //! the matrix is dequantized into one shared f32 scratch buffer (`wf`, sized
 //! for the largest layer matrix, three floats a weight for 3xTF32; the LM
@@ -90,17 +91,6 @@ impl std::ops::IndexMut<Buf> for Act {
     }
 }
 
-/// Prompt tokens per prefill launch sequence: activations are sized for this
-/// many tokens; each GEMM reads (and dequantizes) its weight once per chunk.
-/// Measured, not yet changed (an H100, one call, the Qwen-shaped file,
-/// binaries that differ only here, prefill tok/s at 512 / 1,024 / 2,048 /
-/// 4,096 tokens): 512 gives 49,722 / 47,911 / 44,079 / 37,820; 1,024 gives
-/// 50,055 / 67,552 / 60,112 / 49,091; 2,048 gives 49,828 / 67,062 / 68,913 /
-/// 54,998. A larger chunk costs activation memory (rows of every step
-/// buffer) and holds running decode streams for longer per chunk, and it
-/// needs the whole GPU suite before it becomes the default.
-const PREFILL_CHUNK: usize = 512;
-
 /// Chunks of at least this many tokens go through dequantize + cuBLAS SGEMM;
 /// shorter ones through the batched mat-vec. A first estimate, not yet
 /// measured: at 4864x896 q5_0 the batched mat-vec took 300 us for 64 tokens
@@ -148,7 +138,7 @@ pub struct CudaEngine {
     w: ModelWeights,
     layout: Layout,
     max_ctx: usize,
-    /// Prefill chunk: PREFILL_CHUNK, or max_ctx when smaller.
+    /// Prefill chunk (`Layout::chunk`).
     chunk: usize,
     pool: KvPool,
     /// Admitted sequences by slot id (`layout.max_seqs` slots).
@@ -260,7 +250,7 @@ impl CudaEngine {
             kernels_compiled = gpu.kernels.compiled, "CUDA backend opened");
 
         let kv_bytes = kv_cache_bytes(cfg, layout.pool_pages);
-        let chunk = layout.chunk();
+        let chunk = layout.chunk;
         let scratch = scratch_plan(cfg, &layout, dl);
         let scratch_bytes: usize = scratch.iter().map(|s| s.0).sum();
         let (free, _) = gpu.mem_info()?;

@@ -274,12 +274,12 @@ fn engine_prefill_longer_than_a_chunk_matches_cpu() {
     }
     let dir = tempfile::tempdir().unwrap();
     let llama = crate::model::test_model::TestModelSpec {
-        ctx: 1024,
+        ctx: 4096,
         ..crate::model::test_model::TestModelSpec::tiny_llama()
     };
     // d = 256 so the Q4_K_M rules really produce K-quant matrices.
     let qwen = crate::model::test_model::TestModelSpec {
-        ctx: 1024,
+        ctx: 4096,
         d_model: 256,
         ffn: 512,
         ..crate::model::test_model::TestModelSpec::tiny_qwen2()
@@ -290,17 +290,19 @@ fn engine_prefill_longer_than_a_chunk_matches_cpu() {
         let gg = GgufFile::open(&p, &GgufLimits::default()).expect("open model");
         let (cfg, w) = crate::model::arch::from_gguf(&gg).expect("arch");
         let opts = LoadOptions {
-            max_context: 1024,
+            max_context: 4096,
             kv_pool_tokens: 0,
             max_sequences: 1,
             gpu_device: 0,
             threads: 0,
         };
         let mut cuda = CudaEngine::load(&gg, &cfg, &w, &opts).expect("cuda load");
+        let chunk = cuda.prefill_chunk();
+        assert!(chunk + 188 < 4096, "{} prefill chunk {chunk}", spec.name);
         let mut cpu = CpuEngine::load(&gg, &cfg, &w, &opts).expect("cpu load");
         let vocab = cfg.vocab_size as u32;
-        // 700 = 512 + 188 (two GEMM chunks); 515 = 512 + 3 (GEMM, then mat-vec).
-        for len in [700usize, 515] {
+        // Two GEMM chunks; a GEMM chunk, then a mat-vec of 3 tokens.
+        for len in [chunk + 188, chunk + 3] {
             let prompt: Vec<u32> = (0..len as u32)
                 .map(|i| (i.wrapping_mul(7919) + 13) % vocab)
                 .collect();
