@@ -349,6 +349,7 @@ fn sweep(
         warmup: a.warmup,
         reps: a.reps,
         vocab,
+        prefill_chunk: eng.prefill_chunk(),
     };
     let mut summary = bench_sweep::run_sweep(eng, tok, levels, &cfg)?;
     for l in &mut summary {
@@ -370,7 +371,7 @@ fn sweep(
         backend: r.backend.as_str(),
         prompt_tokens: a.prompt_tokens,
         gen_tokens: a.gen_tokens,
-        max_prefill: bench_sweep::MAX_PREFILL,
+        max_prefill: cfg.prefill_chunk,
         warmup_reps: a.warmup,
         levels: &summary,
         peer_source: summary

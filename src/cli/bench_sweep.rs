@@ -7,8 +7,8 @@
 //! `--prompt-tokens` synthetic prompt (the bench's scheme, shifted per
 //! sequence so no two prompts are equal) and `--gen-tokens` greedy tokens
 //! generated through end-of-generation tokens, so every length is fixed.
-//! They run through `engine::sched::Batch`, prompts cut into chunks of at
-//! most [`MAX_PREFILL`] tokens: as many are admitted as the engine accepts
+//! They run through `engine::sched::Batch`, prompts cut into the engine's
+//! own prefill chunks, as the daemon cuts them: as many are admitted as the engine accepts
 //! and the rest wait in order, joining as running ones leave. An engine that
 //! holds fewer than N at once (its pool or its step buffers are smaller)
 //! therefore runs the level as admission allows, and the table says how
@@ -48,9 +48,6 @@ use std::collections::VecDeque;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Most prompt tokens one sequence feeds a step (the daemon may later take
-/// this from the engine; 512 is the peer's pp512 chunk).
-pub const MAX_PREFILL: usize = 512;
 /// Largest level `--concurrency` accepts.
 pub const MAX_LEVEL: usize = 1024;
 /// Most levels one `--concurrency` list may name.
@@ -117,6 +114,9 @@ pub struct SweepConfig {
     /// Measured repetitions per level.
     pub reps: usize,
     pub vocab: usize,
+    /// Most prompt tokens one sequence feeds a step: the engine's prefill
+    /// chunk, which the daemon's batcher uses too.
+    pub prefill_chunk: usize,
 }
 
 /// Records when each token of one sequence was sampled.
@@ -257,7 +257,7 @@ pub fn run_level(
     cfg: &SweepConfig,
 ) -> Result<LevelRun> {
     let mut waiting = level_sequences(tok, n, cfg, eng.max_context())?;
-    let mut batch = Batch::new(MAX_PREFILL);
+    let mut batch = Batch::new(cfg.prefill_chunk);
     let mut finished: Vec<(u64, Vec<Instant>)> = Vec::with_capacity(n);
     let mut max_running = 0;
     let t0 = Instant::now();
@@ -376,8 +376,8 @@ pub fn print_table(levels: &[LevelSummary], cfg: &SweepConfig, run: &RunStamp) {
     println!();
     println!(
         "concurrency sweep: {} prompt + {} generated tokens per sequence, all submitted at once, \
-         prefill chunks of {MAX_PREFILL}, median of {} after {} warm-up",
-        cfg.prompt_tokens, cfg.gen_tokens, cfg.reps, cfg.warmup
+         prefill chunks of {}, median of {} after {} warm-up",
+        cfg.prompt_tokens, cfg.gen_tokens, cfg.prefill_chunk, cfg.reps, cfg.warmup
     );
     println!("{}", run.line());
     println!(

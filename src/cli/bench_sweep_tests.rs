@@ -84,6 +84,7 @@ fn cfg(reps: usize) -> SweepConfig {
         warmup: 1,
         reps,
         vocab: 512,
+        prefill_chunk: 64,
     }
 }
 
@@ -179,7 +180,7 @@ fn results_are_written_as_csv_and_json() {
         backend: "cpu",
         prompt_tokens: 4,
         gen_tokens: 1,
-        max_prefill: MAX_PREFILL,
+        max_prefill: 64,
         warmup_reps: 1,
         levels: &levels,
         peer_source: None,
