@@ -25,6 +25,8 @@ pub mod launch_shape;
 pub mod opening;
 pub mod ops;
 pub mod qkv;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod topk;
 
 pub use device::{DeviceBuffer, Gpu, GpuGraph, Span};

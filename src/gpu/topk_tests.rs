@@ -2,57 +2,15 @@
 //! result must equal `engine::sampler::top_candidates` exactly (ids and value
 //! bits) on fresh random logits with many exact ties, ±0, ±inf and NaN.
 //! GPU tests are ignored unless built for the GPU suite (`cfg(gpu_tests)`,
-//! build.rs), and fail there without a usable GPU under REQUIRE_REAL_GPU=1. The NVRTC test compiles `cuda/topk.cu` here (no GPU).
+//! build.rs), and fail there without a usable GPU. The NVRTC test compiles
+//! `cuda/topk.cu` here (no GPU).
 //! Seeds are printed; replay with WORKER_ORCD_TEST_SEED.
 
 use super::*;
 use crate::engine::sampler::top_candidates;
 use crate::gpu::compile::{compile_cubin, nvrtc_present, translation_unit, KERNEL_SOURCES};
 
-fn gpu_or_skip(test: &str) -> Option<Gpu> {
-    match Gpu::open(0) {
-        Ok(g) => Some(g),
-        Err(e) => {
-            if crate::env::REQUIRE_REAL_GPU.get().as_deref() == Some("1") {
-                panic!("{test}: REQUIRE_REAL_GPU=1 but the GPU is unusable: {e}");
-            }
-            println!(
-                "SKIPPED: {test}: no usable GPU ({})",
-                e.message().lines().next().unwrap_or("")
-            );
-            None
-        }
-    }
-}
-
-/// xorshift64*: a fresh seed per run (printed), fixed by WORKER_ORCD_TEST_SEED.
-struct Rng(u64);
-impl Rng {
-    fn fresh(test: &str) -> Self {
-        let seed = crate::env::TEST_SEED
-            .get()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(7)
-                    | 1
-            });
-        println!("{test}: seed {seed}");
-        Self(seed)
-    }
-    fn u(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545F4914F6CDD1D)
-    }
-    /// Uniform in [0, 1).
-    fn f(&mut self) -> f32 {
-        (self.u() >> 40) as f32 / (1u64 << 24) as f32
-    }
-}
+use crate::gpu::test_support::{test_gpu, Rng};
 
 /// Logits in one of four shapes: coarse values (many exact ties) with
 /// specials sprinkled in; continuous values; a masked vocabulary (almost all
@@ -60,7 +18,7 @@ impl Rng {
 fn logits(r: &mut Rng, n: usize, shape: usize) -> Vec<f32> {
     (0..n)
         .map(|_| {
-            let p = r.f();
+            let p = r.unit();
             match shape {
                 0 | 1 if p < 0.04 => f32::NEG_INFINITY,
                 0 | 1 if p < 0.06 => {
@@ -75,9 +33,9 @@ fn logits(r: &mut Rng, n: usize, shape: usize) -> Vec<f32> {
                         -0.0
                     }
                 }
-                0 => ((r.f() * 2.0 - 1.0) * 12.0).round() / 4.0,
-                1 => (r.f() * 2.0 - 1.0) * 30.0,
-                2 if p < 0.001 => (r.f() * 16.0).round(),
+                0 => ((r.unit() * 2.0 - 1.0) * 12.0).round() / 4.0,
+                1 => (r.unit() * 2.0 - 1.0) * 30.0,
+                2 if p < 0.001 => (r.unit() * 16.0).round(),
                 2 => f32::NEG_INFINITY,
                 _ => f32::NAN,
             }
@@ -115,9 +73,7 @@ fn first_mismatch(want: &[(u32, f32)], ids: &[i32], vals: &[f32]) -> Option<Stri
 )]
 fn topk_large_matches_the_sampler_on_random_logits() {
     let test = "topk_large_matches_the_sampler";
-    let Some(g) = gpu_or_skip(test) else {
-        return;
-    };
+    let g = test_gpu(test);
     let mut r = Rng::fresh(test);
     let max_n = 151_936;
     // One scratch for every call: the kernels must re-arm their own counters.
@@ -166,9 +122,7 @@ fn topk_large_matches_the_sampler_on_random_logits() {
 )]
 fn topk_rows_select_each_row_as_alone() {
     let test = "topk_rows_select_each_row_as_alone";
-    let Some(g) = gpu_or_skip(test) else {
-        return;
-    };
+    let g = test_gpu(test);
     let mut r = Rng::fresh(test);
     // 3 blocks per row: an odd word count before rounding, so a row's
     // scratch would start 4-byte aligned without it (u64 candidates).
@@ -223,9 +177,7 @@ fn topk_rows_select_each_row_as_alone() {
 )]
 fn topk_large_refuses_bad_shapes_and_windows() {
     let test = "topk_large_refuses_bad_shapes";
-    let Some(g) = gpu_or_skip(test) else {
-        return;
-    };
+    let g = test_gpu(test);
     let n = 5000;
     let lb = g.alloc(4 * n, "logits").unwrap();
     let sb = g.alloc(topk_large_scratch_bytes(n), "scratch").unwrap();
@@ -309,9 +261,7 @@ fn topk_radix_kernels_compile_and_are_exported() {
 #[test]
 #[ignore = "timing only; run on the GPU with --ignored --nocapture"]
 fn topk_large_timing() {
-    let Some(g) = gpu_or_skip("topk_large_timing") else {
-        return;
-    };
+    let g = test_gpu("topk_large_timing");
     let mut r = Rng::fresh("topk_large_timing");
     let n = 151_936;
     let l = logits(&mut r, n, 1);

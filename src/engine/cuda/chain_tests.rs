@@ -6,7 +6,7 @@
 //! one is never chained), so chained steps are adopted, replaced by another
 //! step when a sequence ends, leaves or joins, and declined.
 
-use super::super::tests::gpu_or_skip;
+use super::super::tests::test_gpu;
 use super::ChainCounts;
 use super::*;
 use crate::engine::batch::SeqSlot;
@@ -153,9 +153,7 @@ fn together(e: &mut CudaEngine, tok: &Tokenizer, reqs: &[Request]) -> Vec<Stream
     ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
 )]
 fn engine_chained_greedy_steps_stream_what_unchained_steps_stream() {
-    if gpu_or_skip("engine_chained_greedy").is_none() {
-        return;
-    }
+    test_gpu("engine_chained_greedy");
     for spec in [TestModelSpec::tiny_llama(), TestModelSpec::tiny_qwen2()] {
         let (mut e, tok) = load(&spec, MAX_CONTEXT, 16);
         let reqs = requests(&tok);
@@ -234,9 +232,7 @@ fn engine_chained_greedy_steps_stream_what_unchained_steps_stream() {
     ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
 )]
 fn engine_chained_step_leaves_no_stale_logits_or_picks() {
-    if gpu_or_skip("engine_chained_stale").is_none() {
-        return;
-    }
+    test_gpu("engine_chained_stale");
     let (mut e, _) = load(&TestModelSpec::tiny_llama(), 32, 4);
     let greedy = SamplingParams::GREEDY;
     let s: SeqSlot = e.admit(16).expect("admit");

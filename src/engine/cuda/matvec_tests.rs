@@ -7,7 +7,7 @@
 //! stated tolerances printed as `rel err X (tol Y)`, ignored unless built for
 //! the GPU suite (`cfg(gpu_tests)`).
 
-use super::tests::{buf_from, gpu_or_skip, poisoned, rel_err, Rng};
+use super::tests::{buf_from, poisoned, rel_err, test_gpu, Rng};
 use super::*;
 use crate::gpu::batched::RowsMath;
 use crate::gpu::ops::row_bytes;
@@ -21,9 +21,7 @@ use crate::model::quant;
     ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
 )]
 fn op_matvec_and_embed_every_block_format() {
-    let Some(g) = gpu_or_skip("op_matvec") else {
-        return;
-    };
+    let g = test_gpu("op_matvec");
     let mut r = Rng::fresh("op_matvec");
     let (rows, cols) = (67usize, 512usize);
     for (dt, batch) in supported_quant()
@@ -177,9 +175,7 @@ fn op_matvec_and_embed_every_block_format() {
     ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
 )]
 fn op_matvec_staged_grid_stride_chunks_and_alignment() {
-    let Some(g) = gpu_or_skip("op_matvec_staged") else {
-        return;
-    };
+    let g = test_gpu("op_matvec_staged");
     let mut r = Rng::fresh("op_matvec_staged");
     let types = [
         GgmlType::Q8_0,
@@ -295,9 +291,7 @@ fn op_matvec_staged_grid_stride_chunks_and_alignment() {
     ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
 )]
 fn op_qkv_fused_matches_three_matvecs() {
-    let Some(g) = gpu_or_skip("op_qkv") else {
-        return;
-    };
+    let g = test_gpu("op_qkv");
     let mut r = Rng::fresh("op_qkv");
     for (dt, cols, rows) in [
         (GgmlType::Q5_0, 896usize, [896usize, 128, 128]),
@@ -399,9 +393,7 @@ fn op_qkv_fused_matches_three_matvecs() {
     ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
 )]
 fn op_batched_rows_are_bit_identical_to_lone_rows() {
-    let Some(g) = gpu_or_skip("op_batched_rows") else {
-        return;
-    };
+    let g = test_gpu("op_batched_rows");
     let mut r = Rng::fresh("op_batched_rows");
     for (dt, rows, cols, batch) in supported_quant().into_iter().flat_map(|d| {
         [
@@ -486,9 +478,7 @@ fn op_batched_rows_are_bit_identical_to_lone_rows() {
     ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
 )]
 fn op_tensor_rows_are_bit_identical_to_lone_rows() {
-    let Some(g) = gpu_or_skip("op_tensor_rows") else {
-        return;
-    };
+    let g = test_gpu("op_tensor_rows");
     let mut r = Rng::fresh("op_tensor_rows");
     for (dt, rows, cols, batch) in supported_quant().into_iter().flat_map(|d| {
         [
@@ -713,9 +703,7 @@ impl RowsCase {
     ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
 )]
 fn op_nvrtc_images_compute_the_built_in_bits_for_every_format() {
-    let Some(built_in) = gpu_or_skip("op_nvrtc_rows") else {
-        return;
-    };
+    let built_in = test_gpu("op_nvrtc_rows");
     let nvrtc = super::tests::nvrtc_only_gpu();
     let mut r = Rng::fresh("op_nvrtc_rows");
     let mut cases = 0;

@@ -6,7 +6,7 @@
 //! stated tolerances printed as `rel err X (tol Y)`, ignored unless built for
 //! the GPU suite (`cfg(gpu_tests)`).
 
-use super::tests::{buf_from, gpu_or_skip, poisoned, rel_err, Rng, TestRows};
+use super::tests::{buf_from, poisoned, rel_err, test_gpu, Rng, TestRows};
 use super::*;
 use crate::engine::cpu::CpuEngine;
 use crate::gpu::gemm::{Tf32Split, TF32X3_K_SLICES};
@@ -30,9 +30,7 @@ fn upload_bytes(g: &Gpu, data: &[u8], what: &str) -> DeviceBuffer {
     ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
 )]
 fn op_gemm_every_block_format() {
-    let Some(g) = gpu_or_skip("op_gemm") else {
-        return;
-    };
+    let g = test_gpu("op_gemm");
     let mut r = Rng::fresh("op_gemm");
     for dt in supported_quant() {
         for (rows, cols) in [(67usize, 512usize), (129, 256)] {
@@ -194,9 +192,7 @@ pub(crate) fn cpu_attention(
     ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
 )]
 fn op_attn_prefill() {
-    let Some(g) = gpu_or_skip("op_attn_prefill") else {
-        return;
-    };
+    let g = test_gpu("op_attn_prefill");
     let mut r = Rng::fresh("op_attn_prefill");
     for (nh, nkv, hd, pos0, n) in [
         (14usize, 2usize, 64usize, 37usize, 300usize),
@@ -269,9 +265,7 @@ fn op_attn_prefill() {
     ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
 )]
 fn engine_prefill_longer_than_a_chunk_matches_cpu() {
-    if gpu_or_skip("engine_prefill").is_none() {
-        return;
-    }
+    test_gpu("engine_prefill");
     let dir = tempfile::tempdir().unwrap();
     let llama = crate::model::test_model::TestModelSpec {
         ctx: 4096,

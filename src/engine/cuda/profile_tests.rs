@@ -2,7 +2,7 @@
 //! (issue 5 point 10): an ignored test that prints one `profile` line per
 //! op, run explicitly on the GPU machine. Not a correctness test.
 
-use super::tests::{buf_from, gpu_or_skip, Rng, TestRows};
+use super::tests::{buf_from, test_gpu, Rng, TestRows};
 use super::*;
 use crate::gpu::attention::StepRope;
 use crate::gpu::batched::RowsMath;
@@ -16,9 +16,7 @@ use crate::model::quant;
 #[test]
 #[ignore]
 fn op_profile_qwen_shapes() {
-    let Some(g) = gpu_or_skip("op_profile") else {
-        return;
-    };
+    let g = test_gpu("op_profile");
     let mut r = Rng::fresh("op_profile");
     let time = |name: &str, bytes: usize, f: &dyn Fn() -> Result<()>| time_op(&g, name, bytes, f);
     for (dt, rows, cols, label) in [
@@ -347,9 +345,7 @@ fn time_op(g: &Gpu, name: &str, bytes: usize, f: &dyn Fn() -> Result<()>) {
 #[test]
 #[ignore]
 fn op_profile_batched_qwen_shapes() {
-    let Some(g) = gpu_or_skip("op_profile_batched") else {
-        return;
-    };
+    let g = test_gpu("op_profile_batched");
     let mut r = Rng::fresh("op_profile_batched");
     let upload_quant = |r: &mut Rng, dt: GgmlType, rows: usize, cols: usize| {
         let mut wq = Vec::new();

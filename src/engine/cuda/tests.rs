@@ -3,9 +3,8 @@
 //! then the whole engine against `CpuEngine`, and llama.cpp's golden greedy
 //! tokens with the float64 reference (`engine::conformance`, the body the
 //! reference path runs too). The tests are ignored unless built for the GPU
-//! suite (`cfg(gpu_tests)`, build.rs); run there without a usable GPU each
-//! prints `SKIPPED:` and returns, except with `REQUIRE_REAL_GPU=1` (as
-//! ci/gpu-run sets it), where that is a failure.
+//! suite (`cfg(gpu_tests)`, build.rs), and there a missing or unusable GPU
+//! fails them (`gpu::test_support::test_gpu`).
 //! Env: WORKER_ORCD_TEST_MODELS (folder with the SmolLM2 and Qwen2.5-Coder
 //! files), WORKER_ORCD_GOLDEN (folder with the golden and f64 files; the
 //! committed tests/golden_data is searched last).
@@ -15,62 +14,7 @@ use crate::engine::cpu::CpuEngine;
 use crate::gpu::attention::{KvRows, KV_PAGE_TOKENS};
 use crate::model::gguf::GgufLimits;
 
-pub(super) fn gpu_or_skip(test: &str) -> Option<Gpu> {
-    match Gpu::open(0) {
-        Ok(g) => Some(g),
-        Err(e) => {
-            if crate::env::REQUIRE_REAL_GPU.get().as_deref() == Some("1") {
-                panic!("{test}: REQUIRE_REAL_GPU=1 but the GPU is unusable: {e}");
-            }
-            println!(
-                "SKIPPED: {test}: no usable GPU ({})",
-                e.message().lines().next().unwrap_or("")
-            );
-            None
-        }
-    }
-}
-
-/// xorshift64*: fresh seed per run (printed), reproducible with WORKER_ORCD_TEST_SEED.
-pub(crate) struct Rng(u64);
-impl Rng {
-    pub(crate) fn fresh(test: &str) -> Self {
-        let seed = crate::env::TEST_SEED
-            .get()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                let t = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(7);
-                t | 1
-            });
-        println!("{test}: seed {seed}");
-        Self(seed)
-    }
-    fn f(&mut self) -> f32 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let v = self.0.wrapping_mul(0x2545F4914F6CDD1D);
-        ((v >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    pub(crate) fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.f()).collect()
-    }
-}
-
-pub(crate) fn rel_err(got: &[f32], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    assert!(got.iter().all(|v| v.is_finite()), "non-finite output");
-    let num: f64 = got
-        .iter()
-        .zip(want)
-        .map(|(&g, &w)| (g as f64 - w).powi(2))
-        .sum();
-    let den: f64 = want.iter().map(|w| w * w).sum();
-    (num / den.max(1e-300)).sqrt()
-}
+pub(crate) use crate::gpu::test_support::{rel_err, test_gpu, Rng};
 
 /// GPU 0 opened with no built-in kernel images, so every kernel file comes
 /// from NVRTC (compiled now or from the on-disk cache): the start-up
@@ -180,9 +124,7 @@ impl TestRows {
     ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
 )]
 fn op_nvrtc_images_run_like_the_built_in_ones() {
-    let Some(built_in) = gpu_or_skip("op_nvrtc_images") else {
-        return;
-    };
+    let built_in = test_gpu("op_nvrtc_images");
     let nvrtc = nvrtc_only_gpu();
     assert_eq!(
         nvrtc.kernels.compiled + nvrtc.kernels.from_cache,
@@ -218,9 +160,7 @@ fn op_nvrtc_images_run_like_the_built_in_ones() {
     ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
 )]
 fn op_rmsnorm_swiglu_add() {
-    let Some(g) = gpu_or_skip("op_rmsnorm") else {
-        return;
-    };
+    let g = test_gpu("op_rmsnorm");
     let mut r = Rng::fresh("op_rmsnorm");
     let (n, rows) = (896usize, 3usize);
     let (x, w) = (r.vec(n * rows), r.vec(n));
@@ -281,9 +221,7 @@ fn op_rmsnorm_swiglu_add() {
     ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
 )]
 fn op_rope_kv_attention_gqa_both_styles() {
-    let Some(g) = gpu_or_skip("op_attention") else {
-        return;
-    };
+    let g = test_gpu("op_attention");
     let mut r = Rng::fresh("op_attention");
     let (nh, nkv, hd, max_ctx, steps) = (14usize, 2usize, 64usize, 80usize, 70usize);
     for neox in [false, true] {
@@ -502,9 +440,7 @@ fn op_rope_kv_attention_gqa_both_styles() {
     ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
 )]
 fn op_attention_long_context_and_wide_heads() {
-    let Some(g) = gpu_or_skip("op_attention_long") else {
-        return;
-    };
+    let g = test_gpu("op_attention_long");
     let mut r = Rng::fresh("op_attention_long");
     let tile = crate::gpu::attention::ATT_THREADS * crate::gpu::attention::ATT_CHUNK;
     let max_ctx = 2 * tile + 3 * KV_PAGE_TOKENS;
@@ -583,9 +519,7 @@ fn op_attention_long_context_and_wide_heads() {
     ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
 )]
 fn op_topk_matches_the_shared_sampler_order() {
-    let Some(g) = gpu_or_skip("op_topk") else {
-        return;
-    };
+    let g = test_gpu("op_topk");
     let mut r = Rng::fresh("op_topk");
     let n = 151_936usize;
     let mut l = r.vec(n);
@@ -628,9 +562,7 @@ fn op_topk_matches_the_shared_sampler_order() {
     ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
 )]
 fn op_sha256_leaves_give_the_cpu_root() {
-    let Some(g) = gpu_or_skip("op_sha256") else {
-        return;
-    };
+    let g = test_gpu("op_sha256");
     let mut r = Rng::fresh("op_sha256");
     let chunk = crate::shard::digest::CHUNK_BYTES;
     for len in [
@@ -647,7 +579,7 @@ fn op_sha256_leaves_give_the_cpu_root() {
         3 * chunk + 17,
         2 * chunk - 9,
     ] {
-        let data: Vec<u8> = (0..len).map(|_| (r.f() * 127.0) as i8 as u8).collect();
+        let data: Vec<u8> = (0..len).map(|_| (r.signed() * 127.0) as i8 as u8).collect();
         let want = crate::shard::digest::resident_digest(&data);
         let mut b = g.alloc(len, "data").unwrap();
         if len > 0 {
@@ -734,9 +666,7 @@ fn load_both(path: &std::path::Path) -> (CudaEngine, CpuEngine, GgufFile) {
     ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
 )]
 fn engine_edge_cases_are_the_shared_contract() {
-    if gpu_or_skip("engine_edge_cases").is_none() {
-        return;
-    }
+    test_gpu("engine_edge_cases");
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("tiny.gguf");
     let spec = crate::model::test_model::TestModelSpec::tiny_llama();
@@ -766,9 +696,7 @@ fn engine_edge_cases_are_the_shared_contract() {
     ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
 )]
 fn engine_batched_steps_give_each_sequence_its_solo_logits() {
-    if gpu_or_skip("engine_batch_invariance").is_none() {
-        return;
-    }
+    test_gpu("engine_batch_invariance");
     let dir = tempfile::tempdir().unwrap();
     batched_steps_give_solo_logits(tiny_models(dir.path()));
 }
@@ -780,9 +708,7 @@ fn engine_batched_steps_give_each_sequence_its_solo_logits() {
     ignore = "needs a GPU and the real model files: run by ci/gpu-run phase 2"
 )]
 fn real_files_batched_steps_give_each_sequence_its_solo_logits() {
-    if gpu_or_skip("real_files_batch_invariance").is_none() {
-        return;
-    }
+    test_gpu("real_files_batch_invariance");
     batched_steps_give_solo_logits(real_models());
 }
 
@@ -825,9 +751,7 @@ fn batched_steps_give_solo_logits(paths: Vec<std::path::PathBuf>) {
     ignore = "needs a GPU: built for the GPU suite by ci/gpu-stage (WORKER_ORCD_GPU_TESTS=1)"
 )]
 fn engine_logits_and_greedy_tokens_match_cpu() {
-    if gpu_or_skip("engine_vs_cpu").is_none() {
-        return;
-    }
+    test_gpu("engine_vs_cpu");
     let dir = tempfile::tempdir().unwrap();
     logits_and_greedy_tokens_match_cpu(tiny_models(dir.path()));
 }
@@ -839,9 +763,7 @@ fn engine_logits_and_greedy_tokens_match_cpu() {
     ignore = "needs a GPU and the real model files: run by ci/gpu-run phase 2"
 )]
 fn real_files_logits_and_greedy_tokens_match_cpu() {
-    if gpu_or_skip("real_files_vs_cpu").is_none() {
-        return;
-    }
+    test_gpu("real_files_vs_cpu");
     logits_and_greedy_tokens_match_cpu(real_models());
 }
 
@@ -949,9 +871,7 @@ fn logits_and_greedy_tokens_match_cpu(paths: Vec<std::path::PathBuf>) {
 )]
 fn real_files_golden_on_gpu() {
     use crate::engine::conformance;
-    if gpu_or_skip("golden_gpu").is_none() {
-        return;
-    }
+    test_gpu("golden_gpu");
     for ((file, golden, f64_name), p) in conformance::REAL_MODELS.iter().zip(real_models()) {
         let g = GgufFile::open(&p, &GgufLimits::default()).unwrap();
         let cases = conformance::load(golden, f64_name, &hex::encode(g.file_sha256))

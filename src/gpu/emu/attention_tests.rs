@@ -12,10 +12,10 @@
 
 use super::{Arg, Emu, Order};
 use crate::engine::cuda::prefill_tests::cpu_attention;
-use crate::engine::cuda::tests::{rel_err, Rng};
 use crate::gpu::attention::{
     decode_attention_launch, AD_WARPS, ATT_CHUNK, ATT_THREADS, KV_PAGE_TOKENS,
 };
+use crate::gpu::test_support::{rel_err, Rng};
 use crate::gpu::Gpu;
 
 /// One decode step: `positions[s]` is sequence s's row; keys and values per

@@ -9,8 +9,8 @@
 use cudarc::driver::LaunchConfig;
 
 use super::{Arg, Emu, Order};
-use crate::engine::cuda::tests::Rng;
 use crate::gpu::ops::{row_bytes, FORMATS};
+use crate::gpu::test_support::Rng;
 use crate::model::quant;
 
 /// `v` rounded to TF32 (10 mantissa bits) to nearest, ties away from zero,

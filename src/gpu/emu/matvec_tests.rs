@@ -13,13 +13,13 @@ use cudarc::driver::LaunchConfig;
 
 use super::{Arg, Emu, Order};
 use crate::engine::cuda::matvec_tests::RowsCase;
-use crate::engine::cuda::tests::Rng;
 use crate::gpu::batched::b8_grid;
 use crate::gpu::launch_shape::{
     batched_launch, decode_launch, rows_bt_launch, rows_mm_launch, rows_mm_launch_tiles,
     rows_tl_launch, staged_smem,
 };
 use crate::gpu::ops::{dtype_suffix, row_bytes, FORMATS};
+use crate::gpu::test_support::Rng;
 use crate::model::quant;
 
 const EPS: f32 = 1e-5;

@@ -13,8 +13,8 @@ use cudarc::driver::LaunchConfig;
 
 use super::{Arg, Emu, Order};
 use crate::engine::cuda::prefill_tests::cpu_attention;
-use crate::engine::cuda::tests::{rel_err, Rng};
 use crate::gpu::attention::{prefill_rt_name, prefill_rt_smem, KV_PAGE_TOKENS, RT_GROUP, RT_ROWS};
+use crate::gpu::test_support::{rel_err, Rng};
 
 /// One sequence's prompt of `n` tokens after `pos0` cached ones: keys and
 /// values in position order (the reference's layout) and scattered into a

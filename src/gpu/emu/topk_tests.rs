@@ -9,8 +9,8 @@
 use cudarc::driver::LaunchConfig;
 
 use super::{Arg, Emu, Order};
-use crate::engine::cuda::tests::Rng;
 use crate::engine::sampler::{top_candidates, MAX_CANDIDATES};
+use crate::gpu::test_support::Rng;
 use crate::gpu::topk::topk_large_scratch_bytes;
 
 /// `rows` rows of `n` logits: random, with ties across the row, a NaN and
