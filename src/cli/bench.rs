@@ -240,6 +240,9 @@ fn bench(a: &BenchArgs) -> Result<()> {
     let has_peer = results
         .iter()
         .any(|p| p.peer_prefill_tok_s.is_some() || p.peer_decode_tok_s.is_some());
+    let peer_source = has_peer
+        .then(|| report::peer_source(kind, &stamp.device))
+        .flatten();
     let r = BenchResult {
         run: stamp,
         model,
@@ -252,7 +255,7 @@ fn bench(a: &BenchArgs) -> Result<()> {
         load_s,
         seal_verify_s,
         points: results,
-        peer_source: has_peer.then_some(report::PEER_SOURCE),
+        peer_source,
     };
     bench_output::print_table(&r);
     bench_output::write_files(&a.out_dir, &r)?;
@@ -364,7 +367,12 @@ fn sweep(
             .then(|| report::peer_figure(r.backend, &r.run.device, r.file_bytes, measure))
             .flatten();
     }
-    bench_sweep::print_table(&summary, &cfg, &r.run);
+    let peer_source = summary
+        .iter()
+        .any(|l| l.peer_decode_tok_s.is_some())
+        .then(|| report::peer_source(r.backend, &r.run.device))
+        .flatten();
+    bench_sweep::print_table(&summary, &cfg, &r.run, peer_source);
     let report = bench_sweep::SweepReport {
         run: &r.run,
         model: &r.model,
@@ -374,10 +382,7 @@ fn sweep(
         max_prefill: cfg.prefill_chunk,
         warmup_reps: a.warmup,
         levels: &summary,
-        peer_source: summary
-            .iter()
-            .any(|l| l.peer_decode_tok_s.is_some())
-            .then_some(report::PEER_SOURCE),
+        peer_source,
     };
     let stem = format!(
         "bench-{}-{}-concurrency",

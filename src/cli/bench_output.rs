@@ -94,7 +94,7 @@ pub fn print_table(r: &BenchResult) {
         Some(src) => println!("peer: {src}"),
         None => println!(
             "peer: no ratio (the peer figures are for the CUDA backend on one {}, these files and protocols)",
-            report::PEER_CARD
+            report::peer_cards()
         ),
     }
 }

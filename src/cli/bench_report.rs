@@ -124,8 +124,8 @@ const SMOLLM2_Q4_1: u64 = 98_362_432;
 
 /// `../shared/GUIDE.md` §4: llama.cpp on one NVIDIA H200, medians of 5
 /// samples (llama-bench -r 5, the slow first sample not averaged in), and
-/// llama-batched-bench for many sequences. One table; every lookup reads it.
-const PEER_FIGURES: &[PeerFigure] = &[
+/// llama-batched-bench for many sequences.
+const H200_FIGURES: &[PeerFigure] = &[
     PeerFigure {
         file_bytes: QWEN_Q4KM,
         measure: Measure::Decode { after: 0, gen: 128 },
@@ -206,11 +206,156 @@ const PEER_FIGURES: &[PeerFigure] = &[
     },
 ];
 
-/// The card the peer figures were measured on.
-pub const PEER_CARD: &str = "NVIDIA H200";
-/// Said beside every ratio.
-pub const PEER_SOURCE: &str =
-    "llama.cpp on one NVIDIA H200, medians (../shared/GUIDE.md §4, measured 2026-12-03)";
+/// `make-model --like qwen2.5-0.5b` and `--like smollm2-135m` as of
+/// 2026-12-06 (the files of GUIDE §4 were written by an earlier make-model,
+/// with other metadata: other sizes).
+const QWEN_LIKE: u64 = 488_855_360;
+const SMOL_LIKE: u64 = 97_666_368;
+
+/// llama.cpp 0c1e570 built for sm_90, on one NVIDIA H100 80GB HBM3 beside
+/// worker-orcd in the same device call (2026-12-06): `llama-bench -ngl 99
+/// -fa 1 -r 5` (pp512, pp4096, tg128, tg128 after `-d 4096`), medians of
+/// the 5 samples; `llama-batched-bench -fa on -npp 128 -ntg 128 -npl
+/// 1,4,8,16,32,64`, one run, S_TG.
+const H100_FIGURES: &[PeerFigure] = &[
+    PeerFigure {
+        file_bytes: QWEN_LIKE,
+        measure: Measure::Decode { after: 0, gen: 128 },
+        tok_s: 907.3,
+    },
+    PeerFigure {
+        file_bytes: QWEN_LIKE,
+        measure: Measure::Prefill { prompt: 512 },
+        tok_s: 51_210.4,
+    },
+    PeerFigure {
+        file_bytes: QWEN_LIKE,
+        measure: Measure::Decode {
+            after: 4096,
+            gen: 128,
+        },
+        tok_s: 852.0,
+    },
+    PeerFigure {
+        file_bytes: QWEN_LIKE,
+        measure: Measure::Prefill { prompt: 4096 },
+        tok_s: 51_820.1,
+    },
+    PeerFigure {
+        file_bytes: QWEN_LIKE,
+        measure: Measure::Batched {
+            seqs: 1,
+            prompt: 128,
+            gen: 128,
+        },
+        tok_s: 822.8,
+    },
+    PeerFigure {
+        file_bytes: QWEN_LIKE,
+        measure: Measure::Batched {
+            seqs: 4,
+            prompt: 128,
+            gen: 128,
+        },
+        tok_s: 2_361.5,
+    },
+    PeerFigure {
+        file_bytes: QWEN_LIKE,
+        measure: Measure::Batched {
+            seqs: 8,
+            prompt: 128,
+            gen: 128,
+        },
+        tok_s: 3_979.9,
+    },
+    PeerFigure {
+        file_bytes: QWEN_LIKE,
+        measure: Measure::Batched {
+            seqs: 16,
+            prompt: 128,
+            gen: 128,
+        },
+        tok_s: 4_320.6,
+    },
+    PeerFigure {
+        file_bytes: QWEN_LIKE,
+        measure: Measure::Batched {
+            seqs: 32,
+            prompt: 128,
+            gen: 128,
+        },
+        tok_s: 6_973.2,
+    },
+    PeerFigure {
+        file_bytes: QWEN_LIKE,
+        measure: Measure::Batched {
+            seqs: 64,
+            prompt: 128,
+            gen: 128,
+        },
+        tok_s: 10_671.4,
+    },
+    PeerFigure {
+        file_bytes: SMOL_LIKE,
+        measure: Measure::Decode { after: 0, gen: 128 },
+        tok_s: 966.0,
+    },
+    PeerFigure {
+        file_bytes: SMOL_LIKE,
+        measure: Measure::Prefill { prompt: 512 },
+        tok_s: 60_173.3,
+    },
+];
+
+/// Said beside every ratio to [`H100_FIGURES`].
+const H100_SOURCE: &str =
+    "llama.cpp 0c1e570 on one NVIDIA H100 80GB HBM3, medians of 5 (llama-bench) \
+     and one llama-batched-bench run, measured beside worker-orcd on 2026-12-06 (README)";
+
+/// One card's peer measurements.
+struct PeerRun {
+    /// The card's name as the driver gives it, exactly: an H200 NVL or a
+    /// MIG slice is another card.
+    card: &'static str,
+    /// Said beside every ratio to these figures.
+    source: &'static str,
+    figures: &'static [PeerFigure],
+}
+
+/// Every card the peer was measured on. One table; every lookup reads it.
+const PEER_RUNS: &[PeerRun] = &[
+    PeerRun {
+        card: "NVIDIA H200",
+        source:
+            "llama.cpp on one NVIDIA H200, medians (../shared/GUIDE.md §4, measured 2026-12-03)",
+        figures: H200_FIGURES,
+    },
+    PeerRun {
+        card: "NVIDIA H100 80GB HBM3",
+        source: H100_SOURCE,
+        figures: H100_FIGURES,
+    },
+];
+
+/// The peer run on this backend and card, if any: a CPU run has none.
+fn peer_run(backend: BackendKind, device: &str) -> Option<&'static PeerRun> {
+    let card = device.split(" (").next().unwrap_or(device);
+    if backend != BackendKind::Cuda {
+        return None;
+    }
+    PEER_RUNS.iter().find(|r| r.card == card)
+}
+
+/// Where the peer figures for this backend and card come from.
+pub fn peer_source(backend: BackendKind, device: &str) -> Option<&'static str> {
+    peer_run(backend, device).map(|r| r.source)
+}
+
+/// The cards the peer was measured on, for a table that shows no ratio.
+pub fn peer_cards() -> String {
+    let cards: Vec<&str> = PEER_RUNS.iter().map(|r| r.card).collect();
+    cards.join(" or ")
+}
 
 /// The peer's figure for this measurement, only where comparing is honest:
 /// the CUDA backend on the card the peer ran on, the same file (by size,
@@ -222,12 +367,8 @@ pub fn peer_figure(
     file_bytes: u64,
     measure: Measure,
 ) -> Option<f64> {
-    // The card's own name, exactly: not an H200 NVL, not a MIG slice.
-    let card = device.split(" (").next().unwrap_or(device);
-    if backend != BackendKind::Cuda || card != PEER_CARD {
-        return None;
-    }
-    PEER_FIGURES
+    peer_run(backend, device)?
+        .figures
         .iter()
         .find(|p| p.file_bytes == file_bytes && p.measure == measure)
         .map(|p| p.tok_s)

@@ -71,10 +71,8 @@ fn peer_only_where_the_comparison_is_fair() {
     );
     // The same file and protocol on the CPU, or on another card: none.
     assert_eq!(peer_figure(BackendKind::Cpu, H200, QWEN, pp512), None);
-    assert_eq!(
-        peer_figure(BackendKind::Cuda, "NVIDIA H100 80GB HBM3", QWEN, pp512),
-        None
-    );
+    assert_eq!(peer_figure(BackendKind::Cuda, H100, QWEN, pp512), None);
+    assert_eq!(peer_figure(BackendKind::Cuda, H200, QWEN_LIKE, pp512), None);
     assert_eq!(
         peer_figure(
             BackendKind::Cuda,
@@ -119,6 +117,44 @@ fn peer_only_where_the_comparison_is_fair() {
         None,
         "the peer did not run 8 sequences"
     );
+}
+
+const QWEN_LIKE: u64 = 488_855_360;
+const H100: &str = "NVIDIA H100 80GB HBM3 (GPU 0, cc 9.0, driver 13.0)";
+
+/// Each card's run answers for its own card only, with its own source: the
+/// H100 figures (measured side by side on 2026-12-06) for an H100 80GB HBM3,
+/// not for an H100 PCIe, an H200 or a CPU run.
+#[test]
+fn each_card_has_its_own_peer_figures_and_source() {
+    let pp512 = Measure::Prefill { prompt: 512 };
+    let tg_after_4096 = Measure::Decode {
+        after: 4096,
+        gen: 128,
+    };
+    let eight = Measure::Batched {
+        seqs: 8,
+        prompt: 128,
+        gen: 128,
+    };
+    let h100 = |m| peer_figure(BackendKind::Cuda, H100, QWEN_LIKE, m);
+    assert_eq!(h100(pp512), Some(51_210.4));
+    assert_eq!(h100(tg_after_4096), Some(852.0));
+    assert_eq!(h100(eight), Some(3_979.9));
+    assert_eq!(
+        peer_figure(BackendKind::Cuda, H100, 97_666_368, pp512),
+        Some(60_173.3)
+    );
+    let pcie = "NVIDIA H100 PCIe (GPU 0, cc 9.0)";
+    assert_eq!(peer_figure(BackendKind::Cuda, pcie, QWEN_LIKE, pp512), None);
+    assert_eq!(peer_figure(BackendKind::Cpu, H100, QWEN_LIKE, pp512), None);
+    let h100_source = peer_source(BackendKind::Cuda, H100).unwrap();
+    let h200_source = peer_source(BackendKind::Cuda, H200).unwrap();
+    assert!(h100_source.contains("H100 80GB HBM3"), "{h100_source}");
+    assert!(h200_source.contains("H200"), "{h200_source}");
+    assert_eq!(peer_source(BackendKind::Cuda, pcie), None);
+    assert_eq!(peer_source(BackendKind::Cpu, H100), None);
+    assert_eq!(peer_cards(), "NVIDIA H200 or NVIDIA H100 80GB HBM3");
 }
 
 /// Two runs in the same second get two names; nothing is overwritten.

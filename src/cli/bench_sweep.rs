@@ -371,8 +371,14 @@ pub fn csv_cell(v: Option<f64>) -> String {
     v.map_or_else(String::new, |v| format!("{v:.4}"))
 }
 
-/// Print the sweep's table, with a note on levels that waited for admission.
-pub fn print_table(levels: &[LevelSummary], cfg: &SweepConfig, run: &RunStamp) {
+/// Print the sweep's table, with a note on levels that waited for admission
+/// and the peer's source when a level has a peer figure.
+pub fn print_table(
+    levels: &[LevelSummary],
+    cfg: &SweepConfig,
+    run: &RunStamp,
+    peer_source: Option<&str>,
+) {
     println!();
     println!(
         "concurrency sweep: {} prompt + {} generated tokens per sequence, all submitted at once, \
@@ -423,8 +429,8 @@ pub fn print_table(levels: &[LevelSummary], cfg: &SweepConfig, run: &RunStamp) {
             l.max_running, l.concurrency
         );
     }
-    if levels.iter().any(|l| l.peer_decode_tok_s.is_some()) {
-        println!("peer: {}", super::bench_report::PEER_SOURCE);
+    if let Some(source) = peer_source {
+        println!("peer: {source}");
     }
 }
 
