@@ -206,9 +206,10 @@ const H200_FIGURES: &[PeerFigure] = &[
     },
 ];
 
-/// `make-model --like qwen2.5-0.5b` and `--like smollm2-135m` as of
-/// 2026-12-06 (the files of GUIDE §4 were written by an earlier make-model,
-/// with other metadata: other sizes).
+/// The files `make-model --like qwen2.5-0.5b` and `--like smollm2-135m`
+/// write (2026-12-06). The H200 figures are keyed by the sizes of the real
+/// Qwen2.5-Coder and SmolLM2 release files, which GUIDE §4's files share;
+/// make-model's carry less tokenizer metadata, so their sizes differ.
 const QWEN_LIKE: u64 = 488_855_360;
 const SMOL_LIKE: u64 = 97_666_368;
 
