@@ -119,6 +119,29 @@ struct PeerFigure {
     tok_s: f64,
 }
 
+/// A row of a peer table.
+const fn figure(file_bytes: u64, measure: Measure, tok_s: f64) -> PeerFigure {
+    PeerFigure {
+        file_bytes,
+        measure,
+        tok_s,
+    }
+}
+
+/// llama-bench's tg128 after `after` tokens of context.
+const fn tg128_after(after: usize) -> Measure {
+    Measure::Decode { after, gen: 128 }
+}
+
+/// llama-batched-bench's S_TG for `seqs` sequences of 128 + 128 tokens.
+const fn batched(seqs: usize) -> Measure {
+    Measure::Batched {
+        seqs,
+        prompt: 128,
+        gen: 128,
+    }
+}
+
 const QWEN_Q4KM: u64 = 491_400_064;
 const SMOLLM2_Q4_1: u64 = 98_362_432;
 
@@ -126,84 +149,17 @@ const SMOLLM2_Q4_1: u64 = 98_362_432;
 /// samples (llama-bench -r 5, the slow first sample not averaged in), and
 /// llama-batched-bench for many sequences.
 const H200_FIGURES: &[PeerFigure] = &[
-    PeerFigure {
-        file_bytes: QWEN_Q4KM,
-        measure: Measure::Decode { after: 0, gen: 128 },
-        tok_s: 870.0,
-    },
-    PeerFigure {
-        file_bytes: QWEN_Q4KM,
-        measure: Measure::Prefill { prompt: 512 },
-        tok_s: 50_200.0,
-    },
-    PeerFigure {
-        file_bytes: QWEN_Q4KM,
-        measure: Measure::Decode {
-            after: 4096,
-            gen: 128,
-        },
-        tok_s: 783.0,
-    },
-    PeerFigure {
-        file_bytes: QWEN_Q4KM,
-        measure: Measure::Prefill { prompt: 4096 },
-        tok_s: 48_100.0,
-    },
-    PeerFigure {
-        file_bytes: QWEN_Q4KM,
-        measure: Measure::Batched {
-            seqs: 1,
-            prompt: 128,
-            gen: 128,
-        },
-        tok_s: 775.0,
-    },
-    PeerFigure {
-        file_bytes: QWEN_Q4KM,
-        measure: Measure::Batched {
-            seqs: 4,
-            prompt: 128,
-            gen: 128,
-        },
-        tok_s: 2_332.0,
-    },
-    PeerFigure {
-        file_bytes: QWEN_Q4KM,
-        measure: Measure::Batched {
-            seqs: 16,
-            prompt: 128,
-            gen: 128,
-        },
-        tok_s: 4_304.0,
-    },
-    PeerFigure {
-        file_bytes: QWEN_Q4KM,
-        measure: Measure::Batched {
-            seqs: 32,
-            prompt: 128,
-            gen: 128,
-        },
-        tok_s: 7_247.0,
-    },
-    PeerFigure {
-        file_bytes: QWEN_Q4KM,
-        measure: Measure::Batched {
-            seqs: 64,
-            prompt: 128,
-            gen: 128,
-        },
-        tok_s: 10_979.0,
-    },
-    PeerFigure {
-        file_bytes: SMOLLM2_Q4_1,
-        measure: Measure::Decode { after: 0, gen: 128 },
-        tok_s: 930.0,
-    },
-    PeerFigure {
-        file_bytes: SMOLLM2_Q4_1,
-        measure: Measure::Prefill { prompt: 512 },
-        tok_s: 58_600.0,
-    },
+    figure(QWEN_Q4KM, tg128_after(0), 870.0),
+    figure(QWEN_Q4KM, Measure::Prefill { prompt: 512 }, 50_200.0),
+    figure(QWEN_Q4KM, tg128_after(4096), 783.0),
+    figure(QWEN_Q4KM, Measure::Prefill { prompt: 4096 }, 48_100.0),
+    figure(QWEN_Q4KM, batched(1), 775.0),
+    figure(QWEN_Q4KM, batched(4), 2_332.0),
+    figure(QWEN_Q4KM, batched(16), 4_304.0),
+    figure(QWEN_Q4KM, batched(32), 7_247.0),
+    figure(QWEN_Q4KM, batched(64), 10_979.0),
+    figure(SMOLLM2_Q4_1, tg128_after(0), 930.0),
+    figure(SMOLLM2_Q4_1, Measure::Prefill { prompt: 512 }, 58_600.0),
 ];
 
 /// The files `make-model --like qwen2.5-0.5b` and `--like smollm2-135m`
@@ -219,93 +175,18 @@ const SMOL_LIKE: u64 = 97_666_368;
 /// the 5 samples; `llama-batched-bench -fa on -npp 128 -ntg 128 -npl
 /// 1,4,8,16,32,64`, one run, S_TG.
 const H100_FIGURES: &[PeerFigure] = &[
-    PeerFigure {
-        file_bytes: QWEN_LIKE,
-        measure: Measure::Decode { after: 0, gen: 128 },
-        tok_s: 907.3,
-    },
-    PeerFigure {
-        file_bytes: QWEN_LIKE,
-        measure: Measure::Prefill { prompt: 512 },
-        tok_s: 51_210.4,
-    },
-    PeerFigure {
-        file_bytes: QWEN_LIKE,
-        measure: Measure::Decode {
-            after: 4096,
-            gen: 128,
-        },
-        tok_s: 852.0,
-    },
-    PeerFigure {
-        file_bytes: QWEN_LIKE,
-        measure: Measure::Prefill { prompt: 4096 },
-        tok_s: 51_820.1,
-    },
-    PeerFigure {
-        file_bytes: QWEN_LIKE,
-        measure: Measure::Batched {
-            seqs: 1,
-            prompt: 128,
-            gen: 128,
-        },
-        tok_s: 822.8,
-    },
-    PeerFigure {
-        file_bytes: QWEN_LIKE,
-        measure: Measure::Batched {
-            seqs: 4,
-            prompt: 128,
-            gen: 128,
-        },
-        tok_s: 2_361.5,
-    },
-    PeerFigure {
-        file_bytes: QWEN_LIKE,
-        measure: Measure::Batched {
-            seqs: 8,
-            prompt: 128,
-            gen: 128,
-        },
-        tok_s: 3_979.9,
-    },
-    PeerFigure {
-        file_bytes: QWEN_LIKE,
-        measure: Measure::Batched {
-            seqs: 16,
-            prompt: 128,
-            gen: 128,
-        },
-        tok_s: 4_320.6,
-    },
-    PeerFigure {
-        file_bytes: QWEN_LIKE,
-        measure: Measure::Batched {
-            seqs: 32,
-            prompt: 128,
-            gen: 128,
-        },
-        tok_s: 6_973.2,
-    },
-    PeerFigure {
-        file_bytes: QWEN_LIKE,
-        measure: Measure::Batched {
-            seqs: 64,
-            prompt: 128,
-            gen: 128,
-        },
-        tok_s: 10_671.4,
-    },
-    PeerFigure {
-        file_bytes: SMOL_LIKE,
-        measure: Measure::Decode { after: 0, gen: 128 },
-        tok_s: 966.0,
-    },
-    PeerFigure {
-        file_bytes: SMOL_LIKE,
-        measure: Measure::Prefill { prompt: 512 },
-        tok_s: 60_173.3,
-    },
+    figure(QWEN_LIKE, tg128_after(0), 907.3),
+    figure(QWEN_LIKE, Measure::Prefill { prompt: 512 }, 51_210.4),
+    figure(QWEN_LIKE, tg128_after(4096), 852.0),
+    figure(QWEN_LIKE, Measure::Prefill { prompt: 4096 }, 51_820.1),
+    figure(QWEN_LIKE, batched(1), 822.8),
+    figure(QWEN_LIKE, batched(4), 2_361.5),
+    figure(QWEN_LIKE, batched(8), 3_979.9),
+    figure(QWEN_LIKE, batched(16), 4_320.6),
+    figure(QWEN_LIKE, batched(32), 6_973.2),
+    figure(QWEN_LIKE, batched(64), 10_671.4),
+    figure(SMOL_LIKE, tg128_after(0), 966.0),
+    figure(SMOL_LIKE, Measure::Prefill { prompt: 512 }, 60_173.3),
 ];
 
 /// Said beside every ratio to [`H100_FIGURES`].
