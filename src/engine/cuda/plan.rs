@@ -66,13 +66,18 @@ impl Layout {
 
     /// Entries of one sequence's page table: enough pages for a whole context.
     pub(super) fn table_len(&self) -> usize {
-        self.max_ctx.div_ceil(KV_PAGE_TOKENS)
+        table_len(self.max_ctx)
     }
 
     /// Rows of the step buffers: a prefill chunk or one decode row per sequence.
     pub(super) fn rows(&self) -> usize {
         self.chunk.max(self.max_seqs)
     }
+}
+
+/// Page-table entries for a context of `max_ctx` positions: whole pages.
+fn table_len(max_ctx: usize) -> usize {
+    max_ctx.div_ceil(KV_PAGE_TOKENS)
 }
 
 /// The longest of [`PREFILL_CHUNKS`] whose rows of the step buffers fit
@@ -182,7 +187,7 @@ impl Shapes {
             rows,
             max_ctx,
             max_seqs,
-            table_len: max_ctx.div_ceil(KV_PAGE_TOKENS),
+            table_len: table_len(max_ctx),
             n_heads: cfg.n_heads,
             head_dim: cfg.head_dim,
             weight_bytes,
