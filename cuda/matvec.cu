@@ -304,21 +304,23 @@ __device__ __forceinline__ void gate_up_st_impl(const u8* __restrict__ Wg, const
 }
 
 // ---------------------------------------------------------------------------
-// Batched staged variant (`_bst`, `_gu_bst`) for the rows of a batched
-// decode step (issue 11 points 4, 5 and 7). A block stages `per` token
-// vectors (and the norm weight) into shared memory once, in the padded
-// layout of the `_st` kernels; each of its warps takes BST_RPW rows, stages
-// each row's weight chunks as row_dot_st does, and dots every dequantized
-// run with every staged vector. Per output (row, token) the runs are taken
-// by the same lanes in the same order, scaled and summed as in row_dot_st
-// and reduced by the same butterfly, so a row gets the bits a lone vector
-// gets from the `_st` kernels (WORKER-4710). gridDim.x = token groups of
-// `per` (fastest, so the groups of one row block run together and share its
-// weights in L2); gridDim.y = row blocks of 4 * BST_RPW rows.
+// Batched staged variant (`_bst`, `_gu_bst`, `_qkv_bst`) for the rows of a
+// batched decode step of 2 to 7 sequences (issue 11 points 4, 5 and 7). A
+// block stages `per` token vectors (and the norm weight) into shared memory
+// once, in the padded layout of the `_st` kernels; its warps then walk the
+// rows with a grid stride, as the lone `_st` kernels do, staging each row's
+// weight chunks as row_dot_st does and dotting every dequantized run with
+// every staged vector. Per output (row, token) the runs are taken by the
+// same lanes in the same order, scaled and summed as in row_dot_st and
+// reduced by the same butterfly, so a row gets the bits a lone vector gets
+// from the `_st` kernels (WORKER-4710); which warp takes a row changes no
+// bit. gridDim.x = token groups of `per` (fastest, so the groups of one row
+// block run together and share its weights in L2); gridDim.y = blocks
+// walking the rows (`launch_shape::batched_launch`: a few per SM, so the
+// vectors are staged a few times per SM, not once per 16 rows).
 // Shared bytes: 4 * nsub * XPAD * (per + (nw ? 1 : 0)) + 4 * (CHUNK + 8).
 // ---------------------------------------------------------------------------
 #define BST_NT 8
-#define BST_RPW 4
 
 template <class Q>
 __device__ __forceinline__ void rows_dot_st(const u8* row, u64 row_bytes, const u8* next, const float* xs,
@@ -379,37 +381,45 @@ __device__ __forceinline__ void rows_dot_st(const u8* row, u64 row_bytes, const 
     for (int t = 0; t < BST_NT; t++) acc[t] = warp_sum(acc[t]);
 }
 
-// Shared layout and first fetch common to both batched staged kernels.
+// Shared layout and first fetch common to the batched staged kernels.
+// `row_ptr(r)` is row r's first byte (of the concatenated [Wq; Wk; Wv]
+// for `_qkv_bst`).
 struct BstBlock {
-    int tb, nt, r0, rend, xstride;
+    int tb, nt, r0, stride, xstride;
     float* xs;
     float* ns;
     u32* wsh;
 };
 
-template <class Q>
-__device__ __forceinline__ BstBlock bst_block(const u8* W, u64 row_bytes, const float* x, const float* nw, int rows,
-                                              int cols, int batch, int per, u32 (&v)[NWL(Q)], Staged& st) {
+template <class Q, class RowPtr>
+__device__ __forceinline__ BstBlock bst_block(RowPtr row_ptr, u64 row_bytes, const float* x, const float* nw,
+                                              int rows, int cols, int batch, int per, u32 (&v)[NWL(Q)],
+                                              Staged& st) {
     extern __shared__ __align__(16) float smem[];
     const int wid = threadIdx.x >> 5, nwarp = blockDim.x >> 5;
     const int nsub = cols >> 5;
     BstBlock b;
     b.tb = blockIdx.x * per;
     b.nt = min(per, batch - b.tb);
-    const int rb0 = blockIdx.y * nwarp * BST_RPW;
-    b.rend = min(rows, rb0 + nwarp * BST_RPW);
-    b.r0 = rb0 + wid;
+    b.r0 = blockIdx.y * nwarp + wid;
+    b.stride = gridDim.y * nwarp;
     b.xstride = nsub * XPAD;
     b.xs = smem;
     b.ns = nw ? smem + per * b.xstride : nullptr;
     b.wsh = (u32*)(smem + (per + (nw ? 1 : 0)) * b.xstride) + wid * (Q::CHUNK / 4 + 2);
     st.off = 0;
     st.nwords = 0;
-    if (b.r0 < b.rend) st = fetch_chunk<Q>(W + (u64)b.r0 * row_bytes, row_bytes, 0, v);
+    if (b.r0 < rows) st = fetch_chunk<Q>(row_ptr(b.r0), row_bytes, 0, v);
     for (int t = 0; t < b.nt; t++) stage_vec(x + (u64)(b.tb + t) * cols, b.xs + t * b.xstride, cols);
     if (nw) stage_vec(nw, b.ns, cols);
     __syncthreads();
     return b;
+}
+
+// The row a warp takes after r, when there is one.
+template <class RowPtr>
+__device__ __forceinline__ const u8* bst_next(RowPtr row_ptr, int r, int stride, int rows) {
+    return (long long)r + stride < rows ? row_ptr(r + stride) : nullptr;
 }
 
 template <class Q>
@@ -418,15 +428,15 @@ __device__ __forceinline__ void matmul_st_impl(const u8* __restrict__ W, u64 row
                                                float* __restrict__ y, int rows, int cols, int accumulate, int batch,
                                                int per, const float* __restrict__ nw,
                                                const float* __restrict__ scale) {
-    const int lane = threadIdx.x & 31, nwarp = blockDim.x >> 5;
+    const int lane = threadIdx.x & 31;
+    auto row_ptr = [&](int r) -> const u8* { return W + (u64)r * row_bytes; };
     u32 v[NWL(Q)];
     Staged st;
-    const BstBlock b = bst_block<Q>(W, row_bytes, x, nw, rows, cols, batch, per, v, st);
-    for (int r = b.r0; r < b.rend; r += nwarp) {
-        const u8* next = r + nwarp < b.rend ? W + (u64)(r + nwarp) * row_bytes : nullptr;
+    const BstBlock b = bst_block<Q>(row_ptr, row_bytes, x, nw, rows, cols, batch, per, v, st);
+    for (int r = b.r0; r < rows; r += b.stride) {
+        const u8* next = bst_next(row_ptr, r, b.stride, rows);
         float acc[BST_NT];
-        rows_dot_st<Q>(W + (u64)r * row_bytes, row_bytes, next, b.xs, b.xstride, b.nt, b.ns, b.wsh, cols >> 5, v,
-                       st, acc);
+        rows_dot_st<Q>(row_ptr(r), row_bytes, next, b.xs, b.xstride, b.nt, b.ns, b.wsh, cols >> 5, v, st, acc);
         if (lane == 0) {
 #pragma unroll
             for (int t = 0; t < BST_NT; t++) {
@@ -448,16 +458,16 @@ __device__ __forceinline__ void gate_up_bst_impl(const u8* __restrict__ Wg, cons
                                                  u64 row_bytes, const float* __restrict__ x,
                                                  const float* __restrict__ nw, const float* __restrict__ scale,
                                                  float* __restrict__ out, int rows, int cols, int batch, int per) {
-    const int lane = threadIdx.x & 31, nwarp = blockDim.x >> 5;
+    const int lane = threadIdx.x & 31;
+    auto gate_row = [&](int r) -> const u8* { return Wg + (u64)r * row_bytes; };
     u32 v[NWL(Q)];
     Staged st;
-    const BstBlock b = bst_block<Q>(Wg, row_bytes, x, nw, rows, cols, batch, per, v, st);
-    for (int r = b.r0; r < b.rend; r += nwarp) {
-        const u8* gr = Wg + (u64)r * row_bytes;
+    const BstBlock b = bst_block<Q>(gate_row, row_bytes, x, nw, rows, cols, batch, per, v, st);
+    for (int r = b.r0; r < rows; r += b.stride) {
         const u8* ur = Wu + (u64)r * row_bytes;
-        const u8* next = r + nwarp < b.rend ? Wg + (u64)(r + nwarp) * row_bytes : nullptr;
+        const u8* next = bst_next(gate_row, r, b.stride, rows);
         float ag[BST_NT], au[BST_NT];
-        rows_dot_st<Q>(gr, row_bytes, ur, b.xs, b.xstride, b.nt, b.ns, b.wsh, cols >> 5, v, st, ag);
+        rows_dot_st<Q>(gate_row(r), row_bytes, ur, b.xs, b.xstride, b.nt, b.ns, b.wsh, cols >> 5, v, st, ag);
         rows_dot_st<Q>(ur, row_bytes, next, b.xs, b.xstride, b.nt, b.ns, b.wsh, cols >> 5, v, st, au);
         if (lane == 0) {
 #pragma unroll
@@ -466,6 +476,62 @@ __device__ __forceinline__ void gate_up_bst_impl(const u8* __restrict__ Wg, cons
                     const float g = ag[t] * scale[b.tb + t];
                     const float u = au[t] * scale[b.tb + t];
                     out[(u64)(b.tb + t) * rows + r] = g / (1.0f + expf(-g)) * u;
+                }
+            }
+        }
+    }
+}
+
+// q, k and v of a 2-to-7-row decode step in one launch: the rows of the
+// concatenation [Wq; Wk; Wv] on the grid stride, each (row, token) output
+// the normed `_st` kernel's bits for that row alone (the sum times the
+// token's RMS scale, then the bias), written to yq/yk/yv ([batch][rq] etc.).
+// One staging of the vectors serves all three matrices, where three
+// `_bst` launches staged them three times.
+template <class Q>
+__device__ __forceinline__ void qkv_bst_impl(const u8* __restrict__ Wq, const u8* __restrict__ Wk,
+                                             const u8* __restrict__ Wv, u64 row_bytes, const float* __restrict__ x,
+                                             const float* __restrict__ nw, const float* __restrict__ scale,
+                                             const float* __restrict__ bq, const float* __restrict__ bk,
+                                             const float* __restrict__ bv, float* __restrict__ yq,
+                                             float* __restrict__ yk, float* __restrict__ yv, int rq, int rk, int rv,
+                                             int cols, int batch, int per) {
+    const int lane = threadIdx.x & 31;
+    const int rows = rq + rk + rv;
+    auto row_ptr = [&](int r) -> const u8* {
+        if (r < rq) return Wq + (u64)r * row_bytes;
+        if (r < rq + rk) return Wk + (u64)(r - rq) * row_bytes;
+        return Wv + (u64)(r - rq - rk) * row_bytes;
+    };
+    u32 v[NWL(Q)];
+    Staged st;
+    const BstBlock b = bst_block<Q>(row_ptr, row_bytes, x, nw, rows, cols, batch, per, v, st);
+    for (int r = b.r0; r < rows; r += b.stride) {
+        const u8* next = bst_next(row_ptr, r, b.stride, rows);
+        float acc[BST_NT];
+        rows_dot_st<Q>(row_ptr(r), row_bytes, next, b.xs, b.xstride, b.nt, b.ns, b.wsh, cols >> 5, v, st, acc);
+        if (lane == 0) {
+            int i = r, width = rq;
+            const float* bias = bq;
+            float* y = yq;
+            if (i >= rq) {
+                i -= rq;
+                width = rk;
+                bias = bk;
+                y = yk;
+                if (i >= rk) {
+                    i -= rk;
+                    width = rv;
+                    bias = bv;
+                    y = yv;
+                }
+            }
+#pragma unroll
+            for (int t = 0; t < BST_NT; t++) {
+                if (t < b.nt) {
+                    float a = acc[t] * scale[b.tb + t];
+                    if (bias) a += bias[i];
+                    y[(u64)(b.tb + t) * width + i] = a;
                 }
             }
         }
@@ -678,6 +744,13 @@ __device__ __forceinline__ void gate_up_b_impl(const u8* __restrict__ Wg, const 
                                             const float* x, const float* nw, const float* scale, float* out, \
                                             int rows, int cols, int batch, int per) { grid_dependency_sync();           \
         gate_up_bst_impl<Q>(Wg, Wu, row_bytes, x, nw, scale, out, rows, cols, batch, per);      \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(128) name##_qkv_bst(const u8* Wq, const u8* Wk, const u8* Wv, \
+                                            u64 row_bytes, const float* x, const float* nw, const float* scale, \
+                                            const float* bq, const float* bk, const float* bv, float* yq, float* yk, \
+                                            float* yv, int rq, int rk, int rv, int cols, int batch, int per) { \
+        grid_dependency_sync();                                                                 \
+        qkv_bst_impl<Q>(Wq, Wk, Wv, row_bytes, x, nw, scale, bq, bk, bv, yq, yk, yv, rq, rk, rv, cols, batch, per); \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(256, 4) name##_st(const u8* W, u64 row_bytes, const float* x, const float* bias, \
                                          float* y, int rows, int cols, int accumulate, const float* nw, \

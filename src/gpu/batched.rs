@@ -326,17 +326,20 @@ impl Gpu {
                 per: None,
             });
         }
-        Ok(match batched_launch(dtype, rows, cols, batch, normed) {
-            Some((per, cfg)) => RowsLaunch {
-                suffix: "_bst",
-                cfg,
-                per: Some(per as i32),
+        let sms = self.info().multiprocessors;
+        Ok(
+            match batched_launch(dtype, rows, cols, batch, normed, sms) {
+                Some((per, cfg)) => RowsLaunch {
+                    suffix: "_bst",
+                    cfg,
+                    per: Some(per as i32),
+                },
+                None => RowsLaunch {
+                    suffix: "_b8",
+                    cfg: b8_grid(rows, batch),
+                    per: None,
+                },
             },
-            None => RowsLaunch {
-                suffix: "_b8",
-                cfg: b8_grid(rows, batch),
-                per: None,
-            },
-        })
+        )
     }
 }

@@ -26,9 +26,9 @@ use crate::error::{Result, WorkerError};
 
 /// The variants the `MATVEC` macros of cuda/matvec.cu, cuda/matvec_rows.cu
 /// and cuda/matvec_tiles.cu define for every format.
-const MATVEC_VARIANTS: [&str; 15] = [
-    "", "_gu", "_b8", "_gu_b8", "_st", "_gu_st", "_qkv_st", "_bst", "_gu_bst", "_bt", "_gu_bt",
-    "_tl", "_gu_tl", "_mm", "_gu_mm",
+const MATVEC_VARIANTS: [&str; 16] = [
+    "", "_gu", "_b8", "_gu_b8", "_st", "_gu_st", "_qkv_st", "_bst", "_gu_bst", "_qkv_bst", "_bt",
+    "_gu_bt", "_tl", "_gu_tl", "_mm", "_gu_mm",
 ];
 
 /// Kernels that exist once, whatever the format.

@@ -31,24 +31,34 @@ pub fn staged_smem(t: GgmlType, cols: usize, vectors: usize) -> Option<usize> {
     (bytes <= ST_SMEM_MAX).then_some(bytes)
 }
 
-/// Warps per block and rows per warp of the batched staged kernels (`_bst`,
-/// `_gu_bst`: 128 threads and BST_RPW in cuda/matvec.cu).
+/// Warps per block of the batched staged kernels (`_bst`, `_gu_bst`,
+/// `_qkv_bst`: 128 threads in cuda/matvec.cu).
 const BST_WARPS: usize = 4;
-const BST_RPW: usize = 4;
 /// Most token vectors one batched staged block holds (BST_NT in cuda/matvec.cu).
 const BST_NT: usize = 8;
+/// Blocks per SM a batched staged launch aims for. Its warps walk the rows
+/// with a grid stride, so each block stages its vectors once however many
+/// rows it serves: a few blocks per SM keep the card's loads in flight
+/// while the vectors are staged a few times per SM rather than once per
+/// 16 rows (the LM head at 4 rows once staged as many vector bytes as it
+/// read weight bytes).
+pub const BST_BLOCKS_PER_SM: usize = 4;
 
 /// Vectors per block and launch shape of a batched staged mat-vec over
-/// `batch` vectors of `cols` (the norm weight staged too when `normed`): as
-/// many vectors as the default shared memory holds, up to BST_NT; None when
-/// not even one fits, or the rows need more blocks than a grid dimension
-/// has (the `_b8` kernels run then). Must match `bst_block` in cuda/matvec.cu.
+/// `batch` vectors of `cols` and `rows` rows (the norm weight staged too
+/// when `normed`) on a card of `multiprocessors` SMs: as many vectors as
+/// the default shared memory holds, up to BST_NT, then blocks along y
+/// walking the rows, BST_BLOCKS_PER_SM per SM spread over the token groups
+/// and never more than one per 4 rows (one row per warp). None when not
+/// even one vector fits (the `_b8` kernels run then). Must match
+/// `bst_block` in cuda/matvec.cu. Which warp takes a row changes no bit.
 pub(super) fn batched_launch(
     t: GgmlType,
     rows: usize,
     cols: usize,
     batch: usize,
     normed: bool,
+    multiprocessors: i32,
 ) -> Option<(usize, LaunchConfig)> {
     let chunk = 1024 / t.block_size() * t.type_size();
     let per_vec = 4 * (cols / 32) * 36;
@@ -56,14 +66,18 @@ pub(super) fn batched_launch(
     let per = (ST_SMEM_MAX.checked_sub(fixed)? / per_vec.max(1))
         .min(BST_NT)
         .min(batch);
-    let row_blocks = rows.div_ceil(BST_WARPS * BST_RPW);
-    if per == 0 || row_blocks == 0 || row_blocks > 65_535 {
+    if per == 0 || rows == 0 {
         return None;
     }
+    let groups = batch.div_ceil(per);
+    let sms = usize::try_from(multiprocessors).unwrap_or(1).max(1);
+    let walkers = (BST_BLOCKS_PER_SM * sms / groups)
+        .clamp(1, rows.div_ceil(BST_WARPS))
+        .min(65_535);
     Some((
         per,
         LaunchConfig {
-            grid_dim: (batch.div_ceil(per) as u32, row_blocks as u32, 1),
+            grid_dim: (u32::try_from(groups).ok()?, walkers as u32, 1),
             block_dim: (32 * BST_WARPS as u32, 1, 1),
             shared_mem_bytes: (fixed + per * per_vec) as u32,
         },
@@ -290,6 +304,36 @@ mod tests {
         // A card of fewer SMs fills with fewer blocks.
         let cfg = rows_tl_launch(GgmlType::Q4K, 896, 64, false).unwrap();
         assert!(rows_tl_pays(&cfg, 112) && !rows_tl_pays(&cfg, 113));
+    }
+
+    /// On a 132-SM card (H100, H200) at Qwen decode shapes the batched
+    /// staged kernels get four blocks per SM, so each stages its vectors
+    /// once for hundreds of rows; small matrices get one block per 4 rows.
+    #[test]
+    fn batched_staged_grids_fill_the_card_once() {
+        let shape = |t: GgmlType, rows: usize, cols: usize, batch: usize| {
+            let normed = cols == 896; // the FFN down product takes no norm
+            let (per, cfg) = batched_launch(t, rows, cols, batch, normed, 132).expect("fits");
+            (per, cfg.grid_dim.0, cfg.grid_dim.1)
+        };
+        assert_eq!(
+            shape(GgmlType::Q8_0, 151_936, 896, 4),
+            (4, 1, 528),
+            "LM head x4"
+        );
+        assert_eq!(
+            shape(GgmlType::Q5_0, 4864, 896, 7),
+            (7, 1, 528),
+            "gate/up x7"
+        );
+        assert_eq!(shape(GgmlType::Q5_0, 128, 896, 2), (2, 1, 32), "k/v x2");
+        // FFN down is 4864 wide: two vectors fit a block, four groups of 7.
+        assert_eq!(shape(GgmlType::Q6K, 896, 4864, 7), (2, 4, 132), "down x7");
+        // A card of one SM still gets a block per group.
+        let (_, cfg) = batched_launch(GgmlType::Q4_0, 67, 512, 3, true, 1).unwrap();
+        assert_eq!(cfg.grid_dim, (1, 4, 1));
+        let (_, cfg) = batched_launch(GgmlType::Q6K, 896, 4864, 7, false, 1).unwrap();
+        assert_eq!(cfg.grid_dim, (4, 1, 1));
     }
 
     /// Every format's CHUNK in cuda/common.cuh is the byte size of 1024

@@ -138,8 +138,6 @@ pub struct CudaEngine {
     w: ModelWeights,
     layout: Layout,
     max_ctx: usize,
-    /// Prefill chunk (`Layout::chunk`).
-    chunk: usize,
     pool: KvPool,
     /// Admitted sequences by slot id (`layout.max_seqs` slots).
     seqs: Vec<Option<SeqState>>,
@@ -250,7 +248,6 @@ impl CudaEngine {
             kernels_compiled = gpu.kernels.compiled, "CUDA backend opened");
 
         let kv_bytes = kv_cache_bytes(cfg, layout.pool_pages);
-        let chunk = layout.chunk;
         let scratch = scratch_plan(cfg, &layout, dl);
         let scratch_bytes: usize = scratch.iter().map(|s| s.0).sum();
         let (free, _) = gpu.mem_info()?;
@@ -304,7 +301,6 @@ impl CudaEngine {
             w: w.clone(),
             layout,
             max_ctx,
-            chunk,
             pool: KvPool::new(KV_PAGE_TOKENS, layout.pool_pages)?,
             seqs: (0..layout.max_seqs).map(|_| None).collect(),
             solo: None,
@@ -489,8 +485,9 @@ impl CudaEngine {
     /// last token's logits go to `out_row`. A lone token runs the decode
     /// kernels, as it always has.
     fn run_prefill(&mut self, c: &StepChunk<'_>, out_row: usize) -> Result<()> {
-        for (i, piece) in c.tokens.chunks(self.chunk).enumerate() {
-            let start = c.pos + i * self.chunk;
+        let chunk = self.layout.chunk;
+        for (i, piece) in c.tokens.chunks(chunk).enumerate() {
+            let start = c.pos + i * chunk;
             let ids: Vec<i32> = piece.iter().map(|&t| t as i32).collect();
             self.upload_rows(&ids, (start..start + piece.len()).map(|p| (p, c.seq)))?;
             let decode = piece.len() == 1;
@@ -642,7 +639,7 @@ impl Engine for CudaEngine {
     }
 
     fn prefill_chunk(&self) -> usize {
-        self.chunk
+        self.layout.chunk
     }
 
     /// The device's part: the architecture the kernels were compiled for,
@@ -671,7 +668,7 @@ impl Engine for CudaEngine {
         );
         crate::engine::numerics::NumericsKey {
             backend: BackendKind::Cuda,
-            prefill_chunk: self.chunk,
+            prefill_chunk: self.layout.chunk,
             device,
         }
     }

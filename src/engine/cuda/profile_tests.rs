@@ -6,6 +6,7 @@ use super::tests::{buf_from, test_gpu, Rng, TestRows};
 use super::*;
 use crate::gpu::attention::StepRope;
 use crate::gpu::batched::RowsMath;
+use crate::gpu::qkv::Proj;
 use crate::model::gguf::GgmlType;
 use crate::model::quant;
 
@@ -339,7 +340,7 @@ fn time_op(g: &Gpu, name: &str, bytes: usize, f: &dyn Fn() -> Result<()>) {
 }
 
 /// Device time of one batched decode step's operations at Qwen2.5-0.5B
-/// shapes for 8 and 64 sequences (issue 11 point 7): where a step of many
+/// shapes for 2 to 64 sequences (issue 11 point 7): where a step of many
 /// rows spends its time. Not a correctness test: run explicitly with
 /// `--ignored op_profile` on the GPU machine.
 #[test]
@@ -367,7 +368,10 @@ fn op_profile_batched_qwen_shapes() {
     // whose grid fills the card (`launch_shape::rows_tl_pays`); the "bt"
     // rows time the token-on-lane `_bt` kernels on the same card.
     for (batch, tiles) in [
-        (8usize, true),
+        (2usize, true),
+        (4, true),
+        (8, true),
+        (16, true),
         (32, true),
         (32, false),
         (big, true),
@@ -417,6 +421,32 @@ fn op_profile_batched_qwen_shapes() {
                 )
             },
         );
+        if tiles {
+            // q, k and v in one launch below BT_MIN_BATCH rows (`_qkv_bst`),
+            // else three (`Gpu::qkv_rows`).
+            let (wq, bq) = upload_quant(&mut r, GgmlType::Q5_0, 896, 896);
+            let (wk, bk) = upload_quant(&mut r, GgmlType::Q5_0, 128, 896);
+            let (wv, _) = upload_quant(&mut r, GgmlType::Q5_0, 128, 896);
+            let stride = 4 * 896 * big;
+            time_op(
+                &g,
+                &format!("x{batch} qkv q5_0 +norm"),
+                bq + 2 * bk,
+                &|| {
+                    let mut p = [(&wq, 896), (&wk, 128), (&wv, 128)]
+                        .into_iter()
+                        .enumerate()
+                        .map(|(at, (w, rows))| Proj {
+                            w: w.all(),
+                            bias: None,
+                            out: yb.span(at * stride, 4 * rows * batch).expect("y"),
+                            rows,
+                        });
+                    let p = [(); 3].map(|_| p.next().expect("three projections"));
+                    g.qkv_rows(GgmlType::Q5_0, p, xb.all(), norm, 896, batch)
+                },
+            );
+        }
         g.set_tiles_off(false);
         if !tiles {
             continue; // the rows below use no batched mat-vec

@@ -5,8 +5,8 @@
 //!
 //! Decode rows (one token of each of `n` sequences) fuse what they can: the
 //! RMSNorm runs inside the q/k/v mat-vecs (one launch for all three when
-//! they share a format, for a lone row), gate, up and SwiGLU run in one
-//! launch, and attention is the split-KV decode kernel. Several decode rows
+//! they share a format, for a lone row and for 2 to 7 rows), gate, up and
+//! SwiGLU run in one launch, and attention is the split-KV decode kernel. Several decode rows
 //! run the batched kernels of `gpu::batched`, whose arithmetic per row is
 //! the lone row's. A prefill chunk (consecutive tokens of one sequence)
 //! normalises once and multiplies through `CudaEngine::mm` (GEMM or
@@ -166,6 +166,26 @@ impl BlockKernels for CudaStep<'_> {
         let (d, hd, nh, nkv, n) = (c.d_model, c.head_dim, c.n_heads, c.n_kv_heads, self.n);
         let (nw, eps) = (self.wt(&l.attn_norm)?, c.norm_eps);
         let math = self.decode_math(Group::Attn);
+        let one_format = l.wk.dtype == l.wq.dtype && l.wv.dtype == l.wq.dtype;
+        let p = |t: &TensorRef, b: &Option<TensorRef>, out, rows| -> Result<Proj<'_>> {
+            Ok(Proj {
+                w: self.wt(t)?,
+                bias: self.bias(b)?,
+                out,
+                rows,
+            })
+        };
+        if self.batched() && math == RowsMath::Fp32 && one_format {
+            // Decode rows, one format: q, k, v in one launch below
+            // BT_MIN_BATCH rows (bit-identical to three).
+            let norm = self.row_norm(&l.attn_norm)?;
+            let qkv = [
+                p(&l.wq, &l.bq, a[Buf::Q].all(), nh * hd)?,
+                p(&l.wk, &l.bk, a[Buf::K].all(), nkv * hd)?,
+                p(&l.wv, &l.bv, a[Buf::V].all(), nkv * hd)?,
+            ];
+            return g.qkv_rows(l.wq.dtype, qkv, a[Buf::X].all(), norm, d, n);
+        }
         if self.batched() || math == RowsMath::Tensor {
             let norm = self.row_norm(&l.attn_norm)?;
             for (t, b, out, rows) in [
@@ -193,17 +213,8 @@ impl BlockKernels for CudaStep<'_> {
         if n > 1 {
             g.rmsnorm(a[Buf::X].all(), nw, a[Buf::Xn].all(), d, n, eps)?;
         }
-        let one_format = l.wk.dtype == l.wq.dtype && l.wv.dtype == l.wq.dtype;
         if n == 1 && one_format {
             // Decode, one format: q, k, v in one launch (bit-identical to three).
-            let p = |t: &TensorRef, b: &Option<TensorRef>, out, rows| -> Result<Proj<'_>> {
-                Ok(Proj {
-                    w: self.wt(t)?,
-                    bias: self.bias(b)?,
-                    out,
-                    rows,
-                })
-            };
             let qkv = [
                 p(&l.wq, &l.bq, a[Buf::Q].all(), nh * hd)?,
                 p(&l.wk, &l.bk, a[Buf::K].all(), nkv * hd)?,
