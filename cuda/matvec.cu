@@ -305,7 +305,7 @@ __device__ __forceinline__ void gate_up_st_impl(const u8* __restrict__ Wg, const
 
 // ---------------------------------------------------------------------------
 // Batched staged variant (`_bst`, `_gu_bst`, `_qkv_bst`) for the rows of a
-// batched decode step of 2 to 7 sequences (issue 11 points 4, 5 and 7). A
+// batched decode step of 2 to 16 sequences (issue 11 points 4, 5 and 7). A
 // block stages `per` token vectors (and the norm weight) into shared memory
 // once, in the padded layout of the `_st` kernels; its warps then walk the
 // rows with a grid stride, as the lone `_st` kernels do, staging each row's
@@ -482,7 +482,31 @@ __device__ __forceinline__ void gate_up_bst_impl(const u8* __restrict__ Wg, cons
     }
 }
 
-// q, k and v of a 2-to-7-row decode step in one launch: the rows of the
+// The three matrices of a fused q/k/v launch as one concatenation
+// [Wq; Wk; Wv]: where row r's weights lie, and where its output goes (the
+// row's index i within its own matrix, that matrix's width, bias and output).
+// Both fused kernels (`_qkv_st`, `_qkv_bst`) route rows through these.
+struct QkvTarget {
+    int i, width;
+    const float* bias;
+    float* y;
+};
+
+__device__ __forceinline__ const u8* qkv_row(int r, const u8* Wq, const u8* Wk, const u8* Wv, int rq, int rk,
+                                             u64 row_bytes) {
+    if (r < rq) return Wq + (u64)r * row_bytes;
+    if (r < rq + rk) return Wk + (u64)(r - rq) * row_bytes;
+    return Wv + (u64)(r - rq - rk) * row_bytes;
+}
+
+__device__ __forceinline__ QkvTarget qkv_target(int r, int rq, int rk, int rv, const float* bq, const float* bk,
+                                                const float* bv, float* yq, float* yk, float* yv) {
+    if (r < rq) return {r, rq, bq, yq};
+    if (r < rq + rk) return {r - rq, rk, bk, yk};
+    return {r - rq - rk, rv, bv, yv};
+}
+
+// q, k and v of a 2-to-16-row decode step in one launch: the rows of the
 // concatenation [Wq; Wk; Wv] on the grid stride, each (row, token) output
 // the normed `_st` kernel's bits for that row alone (the sum times the
 // token's RMS scale, then the bias), written to yq/yk/yv ([batch][rq] etc.).
@@ -498,11 +522,7 @@ __device__ __forceinline__ void qkv_bst_impl(const u8* __restrict__ Wq, const u8
                                              int cols, int batch, int per) {
     const int lane = threadIdx.x & 31;
     const int rows = rq + rk + rv;
-    auto row_ptr = [&](int r) -> const u8* {
-        if (r < rq) return Wq + (u64)r * row_bytes;
-        if (r < rq + rk) return Wk + (u64)(r - rq) * row_bytes;
-        return Wv + (u64)(r - rq - rk) * row_bytes;
-    };
+    auto row_ptr = [&](int r) { return qkv_row(r, Wq, Wk, Wv, rq, rk, row_bytes); };
     u32 v[NWL(Q)];
     Staged st;
     const BstBlock b = bst_block<Q>(row_ptr, row_bytes, x, nw, rows, cols, batch, per, v, st);
@@ -511,27 +531,13 @@ __device__ __forceinline__ void qkv_bst_impl(const u8* __restrict__ Wq, const u8
         float acc[BST_NT];
         rows_dot_st<Q>(row_ptr(r), row_bytes, next, b.xs, b.xstride, b.nt, b.ns, b.wsh, cols >> 5, v, st, acc);
         if (lane == 0) {
-            int i = r, width = rq;
-            const float* bias = bq;
-            float* y = yq;
-            if (i >= rq) {
-                i -= rq;
-                width = rk;
-                bias = bk;
-                y = yk;
-                if (i >= rk) {
-                    i -= rk;
-                    width = rv;
-                    bias = bv;
-                    y = yv;
-                }
-            }
+            const QkvTarget o = qkv_target(r, rq, rk, rv, bq, bk, bv, yq, yk, yv);
 #pragma unroll
             for (int t = 0; t < BST_NT; t++) {
                 if (t < b.nt) {
                     float a = acc[t] * scale[b.tb + t];
-                    if (bias) a += bias[i];
-                    y[(u64)(b.tb + t) * width + i] = a;
+                    if (o.bias) a += o.bias[o.i];
+                    o.y[(u64)(b.tb + t) * o.width + o.i] = a;
                 }
             }
         }
@@ -558,11 +564,7 @@ __device__ __forceinline__ void qkv_st_impl(const u8* __restrict__ Wq, const u8*
     float* xs = smem;
     float* ns = smem + nsub * XPAD;
     u32* wsh = (u32*)(smem + nsub * XPAD * 2) + wid * (Q::CHUNK / 4 + 2);
-    auto row_ptr = [&](int r) -> const u8* {
-        if (r < rq) return Wq + (u64)r * row_bytes;
-        if (r < rq + rk) return Wk + (u64)(r - rq) * row_bytes;
-        return Wv + (u64)(r - rq - rk) * row_bytes;
-    };
+    auto row_ptr = [&](int r) { return qkv_row(r, Wq, Wk, Wv, rq, rk, row_bytes); };
     u32 v[NWL(Q)];
     Staged st = {0, 0};
     if (r0 < rows) st = fetch_chunk<Q>(row_ptr(r0), row_bytes, 0, v);
@@ -573,21 +575,9 @@ __device__ __forceinline__ void qkv_st_impl(const u8* __restrict__ Wq, const u8*
         const u8* next = (long long)r + stride < rows ? row_ptr(r + stride) : nullptr;
         float acc = row_dot_st<Q>(row_ptr(r), row_bytes, next, xs, ns, wsh, nsub, v, st) * scale;
         if (lane == 0) {
-            int i = r;
-            const float* b = bq;
-            float* y = yq;
-            if (i >= rq) {
-                i -= rq;
-                b = bk;
-                y = yk;
-                if (i >= rk) {
-                    i -= rk;
-                    b = bv;
-                    y = yv;
-                }
-            }
-            if (b) acc += b[i];
-            y[i] = acc;
+            const QkvTarget o = qkv_target(r, rq, rk, rv, bq, bk, bv, yq, yk, yv);
+            if (o.bias) acc += o.bias[o.i];
+            o.y[o.i] = acc;
         }
     }
 }

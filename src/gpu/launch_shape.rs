@@ -90,9 +90,13 @@ pub use super::kernel_units::BT_SHAPE;
 /// Tokens per block of the `_bt` kernels: one per lane of a half-warp
 /// (BT_TOKENS in cuda/matvec_rows.cu).
 const BT_TOKENS: usize = 16;
-/// Fewest rows the `_bt` kernels take: below it a block's lanes would mostly
-/// idle and the staged `_bst` kernels are faster (same bits either way).
-pub const BT_MIN_BATCH: usize = 8;
+/// Fewest rows the `_bt` kernels take: below it the staged `_bst` kernels,
+/// walking the rows on a grid stride, are faster (same bits either way).
+/// Measured on an H100 (2026-12-06, Qwen-shaped Q4_K_M, aggregate decode
+/// tok/s of 128 + 128 tokens a sequence, `_bt` from 8 rows against `_bst`
+/// up to 16): 8 rows 2,389 / 3,343, 10 rows 2,829 / 3,122, 12 rows 3,275 /
+/// 3,652, 16 rows 4,136 / 4,613. Rows 17 to 31 are not yet measured.
+pub const BT_MIN_BATCH: usize = 17;
 
 /// Dynamic shared bytes of a `_bt` launch for format `t`: the staged chunk
 /// rows, then the dequantized runs (reused for the accumulators).

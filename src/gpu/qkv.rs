@@ -1,5 +1,5 @@
 //! Launchers of the fused decode q/k/v projection (`matvec_*_qkv_st` for a
-//! lone row, `matvec_*_qkv_bst` for a step of 2 to 7 rows, in
+//! lone row, `matvec_*_qkv_bst` for a step of 2 to 16 rows, in
 //! cuda/matvec.cu; KERNEL-MATVEC, WORKER-4700, WORKER-4710, issue 5 point
 //! 10, issue 11 point 7).
 //!
@@ -13,9 +13,10 @@
 use super::batched::RowNorm;
 use super::cuda_err;
 use super::device::{Gpu, Span};
+use super::launch::{KernelLaunch, LaunchArg};
 use super::launch_shape::{batched_launch, decode_launch, staged_smem, BT_MIN_BATCH};
 use super::ops::{as_i32, dtype_suffix, row_bytes};
-use crate::error::{Result, WorkerError};
+use crate::error::Result;
 use crate::model::gguf::GgmlType;
 
 /// One projection of the fused launch: weights, optional bias, output, rows.
@@ -25,6 +26,67 @@ pub struct Proj<'a> {
     pub bias: Option<Span<'a>>,
     pub out: Span<'a>,
     pub rows: usize,
+}
+
+/// The three projections as both fused kernels take them: weight, bias and
+/// output pointers and row counts, each window checked for what the kernel
+/// touches over `batch` token rows.
+struct ProjArgs {
+    w: [u64; 3],
+    b: [u64; 3],
+    y: [u64; 3],
+    n: [i32; 3],
+    row_bytes: u64,
+}
+
+impl ProjArgs {
+    /// Check every window and the concatenated row count (which must fit a
+    /// kernel index, so each projection's count does too).
+    fn new(dtype: GgmlType, p: &[Proj<'_>; 3], cols: usize, batch: usize) -> Result<Self> {
+        as_i32(p[0].rows + p[1].rows + p[2].rows, "q/k/v rows")?;
+        let rb = row_bytes(dtype, cols)?;
+        let mut a = Self {
+            w: [0; 3],
+            b: [0; 3],
+            y: [0; 3],
+            n: [0; 3],
+            row_bytes: rb as u64,
+        };
+        for (i, q) in p.iter().enumerate() {
+            a.w[i] = q.w.need(rb * q.rows, "q/k/v weights")?;
+            a.b[i] = match q.bias {
+                Some(s) => s.need(4 * q.rows, "q/k/v bias")?,
+                None => 0,
+            };
+            a.y[i] = q.out.need(4 * q.rows * batch, "q/k/v out")?;
+            a.n[i] = as_i32(q.rows, "q/k/v rows")?;
+        }
+        Ok(a)
+    }
+
+    /// Push the arguments both kernels share, in their order: the weights,
+    /// row bytes, x, the norm weight, `norm_arg` (eps for `_qkv_st`, the row
+    /// scales for `_qkv_bst`), biases, outputs, row counts, cols.
+    fn push<T: LaunchArg>(
+        &self,
+        l: &mut KernelLaunch<'_>,
+        x: u64,
+        norm_w: u64,
+        norm_arg: &T,
+        cols: i32,
+    ) {
+        for w in &self.w {
+            l.arg(w);
+        }
+        l.arg(&self.row_bytes).arg(&x).arg(&norm_w).arg(norm_arg);
+        for ptr in self.b.iter().chain(&self.y) {
+            l.arg(ptr);
+        }
+        for n in &self.n {
+            l.arg(n);
+        }
+        l.arg(&cols);
+    }
 }
 
 impl Gpu {
@@ -53,56 +115,21 @@ impl Gpu {
         if total == 0 {
             return Ok(());
         }
-        i32::try_from(total).map_err(|_| {
-            WorkerError::invalid(format!(
-                "q/k/v rows {total} are too many for a kernel index"
-            ))
-        })?;
-        let cols_i = i32::try_from(cols)
-            .map_err(|_| WorkerError::invalid(format!("cols {cols} is too large")))?;
-        let rb = row_bytes(dtype, cols)?;
-        let mut w = [0u64; 3];
-        let mut b = [0u64; 3];
-        let mut y = [0u64; 3];
-        let mut n = [0i32; 3];
-        for (i, q) in p.iter().enumerate() {
-            w[i] = q.w.need(rb * q.rows, "q/k/v weights")?;
-            b[i] = match q.bias {
-                Some(s) => s.need(4 * q.rows, "q/k/v bias")?,
-                None => 0,
-            };
-            y[i] = q.out.need(4 * q.rows, "q/k/v out")?;
-            n[i] = q.rows as i32; // each <= total, which fits i32 (checked above)
-        }
+        let args = ProjArgs::new(dtype, &p, cols, 1)?;
+        let cols_i = as_i32(cols, "cols")?;
         let xp = x.need(4 * cols, "x")?;
         let nw = norm_w.need(4 * cols, "norm weight")?;
-        let rb64 = rb as u64;
         let (st, cfg) = decode_launch(dtype, total, cols, 2);
         debug_assert_eq!(st, "_st");
         let name = format!("matvec_{}_qkv_st", dtype_suffix(dtype).unwrap_or("none"));
         let f = self.func(&name)?;
         let mut l = self.kernel_launch(f);
-        l.arg(&w[0])
-            .arg(&w[1])
-            .arg(&w[2])
-            .arg(&rb64)
-            .arg(&xp)
-            .arg(&nw)
-            .arg(&eps)
-            .arg(&b[0])
-            .arg(&b[1])
-            .arg(&b[2])
-            .arg(&y[0])
-            .arg(&y[1])
-            .arg(&y[2])
-            .arg(&n[0])
-            .arg(&n[1])
-            .arg(&n[2])
-            .arg(&cols_i);
-        // SAFETY: every window was checked above for the bytes its projection
-        // reads or writes; argument types and order match qkv_st_impl in
-        // cuda/matvec.cu; the shared size comes from `staged_smem` (2 vectors)
-        // via `decode_launch`, which chose the staged shape (checked above).
+        args.push(&mut l, xp, nw, &eps, cols_i);
+        // SAFETY: every window was checked above (`ProjArgs::new`, x, norm
+        // weight) for the bytes its projection reads or writes; argument
+        // types and order match qkv_st_impl in cuda/matvec.cu; the shared
+        // size comes from `staged_smem` (2 vectors) via `decode_launch`,
+        // which chose the staged shape (checked above).
         unsafe { l.launch(cfg) }
             .map(|_| ())
             .map_err(cuda_err(&format!("launching {name}")))
@@ -113,7 +140,6 @@ impl Gpu {
     /// BT_MIN_BATCH rows, where the staged shape fits; else (and from
     /// BT_MIN_BATCH rows, where the token-on-lane and tiled kernels serve)
     /// three `matvec_rows`. Every row gets its lone bits either way.
-    #[allow(clippy::too_many_arguments)]
     pub fn qkv_rows(
         &self,
         dtype: GgmlType,
@@ -145,57 +171,25 @@ impl Gpu {
             }
             return Ok(());
         };
-        as_i32(total, "q/k/v rows")?;
+        let args = ProjArgs::new(dtype, &p, cols, batch)?;
         let (cols_i, batch_i, per_i) = (
             as_i32(cols, "cols")?,
             as_i32(batch, "batch")?,
             as_i32(per, "vectors per block")?,
         );
-        let rb = row_bytes(dtype, cols)?;
-        let mut w = [0u64; 3];
-        let mut b = [0u64; 3];
-        let mut y = [0u64; 3];
-        let mut n = [0i32; 3];
-        for (i, q) in p.iter().enumerate() {
-            w[i] = q.w.need(rb * q.rows, "q/k/v weights")?;
-            b[i] = match q.bias {
-                Some(s) => s.need(4 * q.rows, "q/k/v bias")?,
-                None => 0,
-            };
-            y[i] = q.out.need(4 * q.rows * batch, "q/k/v out")?;
-            n[i] = q.rows as i32; // each <= total, which fits i32 (checked above)
-        }
         let xp = x.need(4 * cols * batch, "x")?;
         let nw = norm.weight.need(4 * cols, "norm weight")?;
         let sc = norm.scale.need(4 * batch, "row scales")?;
-        let rb64 = rb as u64;
         let name = format!("matvec_{}_qkv_bst", dtype_suffix(dtype).unwrap_or("none"));
         let f = self.func(&name)?;
         let mut l = self.kernel_launch(f);
-        l.arg(&w[0])
-            .arg(&w[1])
-            .arg(&w[2])
-            .arg(&rb64)
-            .arg(&xp)
-            .arg(&nw)
-            .arg(&sc)
-            .arg(&b[0])
-            .arg(&b[1])
-            .arg(&b[2])
-            .arg(&y[0])
-            .arg(&y[1])
-            .arg(&y[2])
-            .arg(&n[0])
-            .arg(&n[1])
-            .arg(&n[2])
-            .arg(&cols_i)
-            .arg(&batch_i)
-            .arg(&per_i);
-        // SAFETY: every window was checked above for the bytes its projection
-        // reads or writes over `batch` rows (x and the outputs hold `batch`
-        // rows, the scales one per row); argument types and order match
-        // qkv_bst_impl in cuda/matvec.cu; grid, `per` and shared size come
-        // from `batched_launch` for the concatenated rows.
+        args.push(&mut l, xp, nw, &sc, cols_i);
+        l.arg(&batch_i).arg(&per_i);
+        // SAFETY: every window was checked above (`ProjArgs::new` over `batch`
+        // rows, x over `batch` rows, the scales one per row) for the bytes the
+        // kernel reads or writes; argument types and order match qkv_bst_impl
+        // in cuda/matvec.cu; grid, `per` and shared size come from
+        // `batched_launch` for the concatenated rows.
         unsafe { l.launch(cfg) }
             .map(|_| ())
             .map_err(cuda_err(&format!("launching {name}")))

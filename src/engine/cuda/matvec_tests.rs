@@ -9,7 +9,7 @@
 
 use super::tests::{buf_from, poisoned, rel_err, test_gpu, Rng};
 use super::*;
-use crate::gpu::batched::RowsMath;
+use crate::gpu::batched::{RowNorm, RowsMath};
 use crate::gpu::ops::row_bytes;
 use crate::gpu::qkv::Proj;
 use crate::model::gguf::GgmlType;
@@ -376,17 +376,74 @@ fn op_qkv_fused_matches_three_matvecs() {
             assert!(same, "qkv {} part {i} differs from matvec_norm", dt.name());
         }
     }
+    qkv_short_output_is_refused(&g, &mut r);
+}
+
+/// An output window one float short of its projection is refused before any
+/// launch, by the lone (`qkv_norm`) and the batched (`qkv_rows`, 4 rows:
+/// the `_qkv_bst` route) fused launchers alike, and no output changes.
+fn qkv_short_output_is_refused(g: &Gpu, r: &mut Rng) {
+    let (dt, rows, cols, batch) = (GgmlType::Q8_0, 128usize, 896usize, 4usize);
+    let mut wq = Vec::new();
+    quant::quantize(dt, &r.vec(rows * cols), &mut wq).expect("quantize");
+    let mut wb = g.alloc(wq.len(), "w").unwrap();
+    g.upload(&mut wb, 0, &wq).unwrap();
+    let (xb, nb) = (
+        buf_from(g, &r.vec(batch * cols), "x"),
+        buf_from(g, &r.vec(cols), "nw"),
+    );
+    let scale = buf_from(g, &vec![1.0f32; batch], "scale");
+    for (n, how) in [(1usize, "qkv_norm"), (batch, "qkv_rows")] {
+        let outs = [
+            poisoned(g, rows * n, "yq"),
+            poisoned(g, rows * n - 1, "yk"),
+            poisoned(g, rows * n, "yv"),
+        ];
+        let p = |i: usize| Proj {
+            w: wb.all(),
+            bias: None,
+            out: outs[i].all(),
+            rows,
+        };
+        let got = if n == 1 {
+            g.qkv_norm(dt, [p(0), p(1), p(2)], xb.all(), nb.all(), 1e-6, cols)
+        } else {
+            let norm = RowNorm {
+                weight: nb.all(),
+                scale: scale.all(),
+            };
+            g.qkv_rows(dt, [p(0), p(1), p(2)], xb.all(), norm, cols, n)
+        };
+        let err = got.expect_err("a k output one float short must be refused");
+        assert!(
+            err.message().contains("q/k/v out"),
+            "{how}: {}",
+            err.message()
+        );
+        for (i, o) in outs.iter().enumerate() {
+            let len = rows * n - usize::from(i == 1);
+            let y: Vec<f32> = g.download(o, 0, len).unwrap();
+            assert!(
+                y.iter().all(|v| v.is_nan()),
+                "{how} wrote output {i} before refusing"
+            );
+        }
+        println!("qkv {how}: a short k output window is refused, nothing written");
+    }
 }
 
 /// A batched decode step's rows get, bit for bit, what the lone-vector
 /// decode kernels give each row (issue 11 point 5): `matvec_rows` with a
 /// norm vs `matvec_norm`, `gate_up_rows` vs `gate_up`, and `matvec_rows`
 /// without one vs `matvec` of one vector, for every block format, at batch
-/// sizes that fill, split and overflow the staged kernel's groups of 8 (3:
-/// `_bst`), that take the token-on-lane `_bt` kernels (9, 13 and 40: one
-/// and two groups of 32 lanes, row counts that leave a block part-filled, a
-/// width of 5 chunks whose last is partial, a width of 24 runs that leaves
-/// warps idle). Widths are whole 256-element blocks, as K-quants need.
+/// sizes that take the staged `_bst` kernels (below BT_MIN_BATCH = 17
+/// rows: 3, and 9, whose 4,864-wide rows leave room for one or two staged
+/// vectors a block, so many token groups), that take the token-on-lane
+/// `_bt` kernels (20 and 40: two and three groups of 16 lanes, the last
+/// part-filled, row counts that leave a block part-filled, a width of 5
+/// chunks whose last is partial, a width of 24 runs that leaves warps idle)
+/// and the tiled `_tl` kernels (33 rows over 2,200 output rows). Widths are
+/// whole 256-element blocks, as K-quants need.
 #[test]
 #[cfg_attr(
     not(gpu_tests),
@@ -398,7 +455,7 @@ fn op_batched_rows_are_bit_identical_to_lone_rows() {
     for (dt, rows, cols, batch) in supported_quant().into_iter().flat_map(|d| {
         [
             (d, 67usize, 512usize, 3usize),
-            (d, 130, 1024, 13),
+            (d, 130, 1024, 20),
             (d, 40, 4864, 9),
             (d, 70, 768, 40),
             // Enough row blocks to fill a 132-SM card: the `_tl` kernels

@@ -433,17 +433,21 @@ fn op_profile_batched_qwen_shapes() {
                 &format!("x{batch} qkv q5_0 +norm"),
                 bq + 2 * bk,
                 &|| {
-                    let mut p = [(&wq, 896), (&wk, 128), (&wv, 128)]
-                        .into_iter()
-                        .enumerate()
-                        .map(|(at, (w, rows))| Proj {
-                            w: w.all(),
-                            bias: None,
-                            out: yb.span(at * stride, 4 * rows * batch).expect("y"),
-                            rows,
-                        });
-                    let p = [(); 3].map(|_| p.next().expect("three projections"));
-                    g.qkv_rows(GgmlType::Q5_0, p, xb.all(), norm, 896, batch)
+                    let ws = [(&wq, 896), (&wk, 128), (&wv, 128)];
+                    let p = |i: usize| Proj {
+                        w: ws[i].0.all(),
+                        bias: None,
+                        out: yb.span(i * stride, 4 * ws[i].1 * batch).expect("y"),
+                        rows: ws[i].1,
+                    };
+                    g.qkv_rows(
+                        GgmlType::Q5_0,
+                        [p(0), p(1), p(2)],
+                        xb.all(),
+                        norm,
+                        896,
+                        batch,
+                    )
                 },
             );
         }

@@ -5,10 +5,10 @@
 //!
 //! Decode rows (one token of each of `n` sequences) fuse what they can: the
 //! RMSNorm runs inside the q/k/v mat-vecs (one launch for all three when
-//! they share a format, for a lone row and for 2 to 7 rows), gate, up and
-//! SwiGLU run in one launch, and attention is the split-KV decode kernel. Several decode rows
-//! run the batched kernels of `gpu::batched`, whose arithmetic per row is
-//! the lone row's. A prefill chunk (consecutive tokens of one sequence)
+//! they share a format, for a lone row and for 2 to 16 rows), gate, up and
+//! SwiGLU run in one launch, and attention is the split-KV decode kernel.
+//! Several decode rows run the batched kernels of `gpu::batched`, whose
+//! arithmetic per row is the lone row's. A prefill chunk (consecutive tokens of one sequence)
 //! normalises once and multiplies through `CudaEngine::mm` (GEMM or
 //! batched mat-vec).
 
