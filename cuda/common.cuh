@@ -119,6 +119,21 @@ __device__ __forceinline__ void cp_async4(u32* dst, const u32* src) {
 #endif
 }
 
+// One 16-byte copy (both addresses 16-byte aligned) from global to shared
+// memory, bypassing L1 (.cg): for data a block reads from L2 once, such as
+// the token runs of the `_tl` kernels. The emulator takes it as four 4-byte
+// copies of one group.
+__device__ __forceinline__ void cp_async16(float* dst, const float* src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
+#elif defined(__CUDA_ARCH__)
+    *(float4*)dst = __ldg((const float4*)src);
+#else
+    for (int i = 0; i < 4; i++) emu_cp_async4((u32*)dst + i, (const u32*)src + i);
+#endif
+}
+
 __device__ __forceinline__ void cp_async_wait_all() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     asm volatile("cp.async.wait_all;\n" ::: "memory");

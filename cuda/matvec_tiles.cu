@@ -9,7 +9,10 @@
 // an H200, a few percent of the card's FMA rate. Here each thread reads four
 // weight runs and four token runs (two float4 loads each, broadcast across
 // the lanes that share them) and does 64 FMAs per pair of loads, and a
-// block's weights are dequantized once per 32 tokens.
+// block's weights are dequantized once per 32 tokens. Both the weights' raw
+// bytes and the token runs arrive by asynchronous copies a quarter ahead, so
+// no thread waits on a load from L2 between the quarters' barriers (the
+// token runs, 32 KB a quarter, were once loaded and stored synchronously).
 //
 // Bits (WORKER-4710 under batching): every output (row, token) is computed
 // as the lone `_st` kernel computes it. The lone kernel's lane l owns the
@@ -32,18 +35,20 @@
 // four quarters of 8 runs; in quarter k warp w multiplies run 8k + w. The
 // weights' raw bytes of the next quarter are copied asynchronously into one
 // of two buffers while the block works on the current one, and dequantized
-// from shared memory (the block reads each byte once). gridDim.x = row
-// blocks, gridDim.y = token blocks. Dynamic shared memory (`rows_tl_smem`):
-// TL_ROWS then TL_TOKENS rows of TL_STRIDE floats (8 runs of TL_PAD, plus 4
-// to turn the bank quad), then two raw buffers of TL_ROWS rows of
-// CHUNK / 16 + 2 words.
+// from shared memory (the block reads each byte once); the token runs of the
+// next quarter are copied likewise into the second of two token buffers
+// once every warp is done with the quarter before. gridDim.x = row blocks,
+// gridDim.y = token blocks. Dynamic shared memory (`rows_tl_smem`): TL_ROWS
+// then 2 x TL_TOKENS rows of TL_STRIDE floats (8 runs of TL_PAD, plus 4 to
+// turn the bank quad), then two raw buffers of TL_ROWS rows of CHUNK / 16 +
+// 2 words.
 #include "common.cuh"
 
 #define TL_THREADS 256
 #define TL_STRIDE (8 * TL_PAD + 4)
 static_assert(TL_ROWS == 16 && TL_TOKENS == 32, "4 row groups x 8 token groups, 4 x 4 per thread");
 static_assert(TL_PAD % 4 == 0 && TL_PAD >= 32 && (8 * TL_PAD) % 32 == 0, "float4 runs; the stride turns by 4 banks");
-static_assert(8 * TL_ROWS * TL_TOKENS <= (TL_ROWS + TL_TOKENS) * TL_STRIDE, "the partial sums fit the tiles");
+static_assert(8 * TL_ROWS * TL_TOKENS <= (TL_ROWS + 2 * TL_TOKENS) * TL_STRIDE, "the partial sums fit the tiles");
 
 // Words of one staging row's raw quarter chunk (8 runs): its bytes from the
 // word holding the first one, so up to 3 more.
@@ -78,6 +83,21 @@ __device__ __forceinline__ void tl_stage(u32* raw, const u8* W0, const u8* W1, u
     }
 }
 
+// Start copying the token runs of the quarter whose first run is q0 (tokens
+// t0.. of the block, 8 runs of 32 floats each) into `xs` as float4s; absent
+// tokens and runs past the row's end are zero. The caller commits and waits.
+__device__ __forceinline__ void tl_stage_tokens(float* xs, const float* __restrict__ x, int t0, int batch, int cols,
+                                                int nsub, int q0) {
+    for (int f = threadIdx.x; f < TL_TOKENS * 64; f += TL_THREADS) {
+        const int t = f >> 6, run = (f >> 3) & 7, i4 = f & 7;
+        float* d = xs + t * TL_STRIDE + run * TL_PAD + 4 * i4;
+        if (t0 + t < batch && q0 + run < nsub)
+            cp_async16(d, x + (u64)(t0 + t) * cols + (u64)(q0 + run) * 32 + 4 * i4);
+        else
+            *(float4*)d = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+}
+
 // NM = 1: y = W·x' (+ bias) (+ y); NM = 2: out = silu(Wg·x') * (Wu·x').
 // x' = x, or rmsnorm(x) * nw with each token's scale from row_rms.
 template <class Q, int NM>
@@ -88,9 +108,10 @@ __device__ __forceinline__ void rows_tl_impl(const u8* __restrict__ W0, const u8
     extern __shared__ __align__(16) float smem[];
     constexpr int RPM = TL_ROWS / NM;  // rows of each matrix
     constexpr int RAWW = tl_raw_words<Q>();
+    constexpr int XSF = TL_TOKENS * TL_STRIDE;  // floats of one token buffer
     float* wd = smem;                          // [TL_ROWS][TL_STRIDE] dequantized weight runs
-    float* xs = smem + TL_ROWS * TL_STRIDE;    // [TL_TOKENS][TL_STRIDE] token runs
-    u32* raw = (u32*)(xs + TL_TOKENS * TL_STRIDE);  // [2][TL_ROWS][RAWW] raw quarter chunks
+    float* xs = smem + TL_ROWS * TL_STRIDE;    // [2][TL_TOKENS][TL_STRIDE] token runs
+    u32* raw = (u32*)(xs + 2 * XSF);           // [2][TL_ROWS][RAWW] raw quarter chunks
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane & 3, h = lane >> 2;  // row group, token group
     const int r0 = blockIdx.x * RPM, t0 = blockIdx.y * TL_TOKENS;
@@ -102,32 +123,35 @@ __device__ __forceinline__ void rows_tl_impl(const u8* __restrict__ W0, const u8
         for (int i = 0; i < 4; i++)
 #pragma unroll
             for (int j = 0; j < 4; j++) acc[k][i][j] = 0.0f;
-    // The weights' raw bytes arrive one quarter ahead, by asynchronous
-    // copies into two buffers, while the block multiplies the quarter
-    // before.
+    // The weights' raw bytes and the token runs arrive one quarter ahead,
+    // by asynchronous copies into two buffers each, while the block
+    // multiplies the quarter before. Groups commit in the order W(0), X(0),
+    // then per quarter n: W(n + 1) before its first barrier, X(n + 1) after
+    // it; so waiting for all but the newest group at quarter n's first
+    // barrier lands W(n) and X(n).
     tl_stage<Q, RPM>(raw, W0, W1, row_bytes, r0, rows, 0, 0);
+    cp_async_commit();
+    tl_stage_tokens(xs, x, t0, batch, cols, nsub, 0);
     cp_async_commit();
     for (int c = 0; c < nch; c++) {
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             const int q0 = c * 32 + k * 8;  // first run of this quarter
+            const bool more = k < 3 || c + 1 < nch;
             u32* cur = raw + (k & 1) * (TL_ROWS * RAWW);
+            const float* xcur = xs + (k & 1) * XSF;
             // Buffer k & 1 ^ 1 was last read before the previous quarter's
             // second barrier, so every thread is done with it.
-            if (k < 3 || c + 1 < nch)
+            if (more)
                 tl_stage<Q, RPM>(raw + ((k & 1) ^ 1) * (TL_ROWS * RAWW), W0, W1, row_bytes, r0, rows,
                                  k < 3 ? c : c + 1, (k + 1) & 3);
             cp_async_commit();
             cp_async_wait_one();  // this quarter's copies (not the one just started) have landed
             __syncthreads();      // ... every thread's; and every warp is done with the previous quarter
-            // Tokens: 32 rows of 8 runs as float4s, coalesced.
-            for (int f = threadIdx.x; f < TL_TOKENS * 64; f += TL_THREADS) {
-                const int t = f >> 6, run = (f >> 3) & 7, i4 = f & 7;
-                float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                if (t0 + t < batch && q0 + run < nsub)
-                    v = __ldg((const float4*)(x + (u64)(t0 + t) * cols + (u64)(q0 + run) * 32) + i4);
-                *(float4*)(xs + t * TL_STRIDE + run * TL_PAD + 4 * i4) = v;
-            }
+            // The next quarter's token runs, into the buffer the previous
+            // quarter's products read (every warp is past them now).
+            if (more) tl_stage_tokens(xs + ((k & 1) ^ 1) * XSF, x, t0, batch, cols, nsub, q0 + 8);
+            cp_async_commit();
             // Weights: thread j < 128 dequantizes staging row j / 8's run
             // j % 8 from the raw quarter (staging row: matrix row / RPM,
             // row r0 + row % RPM), which starts at a block boundary.
@@ -157,7 +181,7 @@ __device__ __forceinline__ void rows_tl_impl(const u8* __restrict__ W0, const u8
             __syncthreads();
             if (q0 + w >= nsub) continue;  // no run: the lone lane's acc stays as it is
             const float* wp = wd + g * TL_STRIDE + w * TL_PAD;
-            const float* xp = xs + h * TL_STRIDE + w * TL_PAD;
+            const float* xp = xcur + h * TL_STRIDE + w * TL_PAD;
             float p[4][4];
 #pragma unroll
             for (int i = 0; i < 4; i++)
@@ -189,6 +213,8 @@ __device__ __forceinline__ void rows_tl_impl(const u8* __restrict__ W0, const u8
         }
     }
     // The butterfly: levels 16 and 8 here, then 4, 2 and 1 over the warps.
+    // The partial sums reuse the tiles: no copy may still be landing there.
+    cp_async_wait_all();
     __syncthreads();
     float* red = smem;  // [8 warps][TL_ROWS][TL_TOKENS]
 #pragma unroll

@@ -150,13 +150,14 @@ pub(super) fn rows_tl_pays(cfg: &LaunchConfig, multiprocessors: i32) -> bool {
 }
 
 /// Dynamic shared bytes of a `_tl` launch for format `t`: TL_ROWS weight
-/// rows and TL_TOKENS token rows of 8 runs of TL_PAD floats plus 4, then
-/// two raw buffers of TL_ROWS rows of a quarter chunk's words plus 2
-/// (`tl_raw_words` in cuda/matvec_tiles.cu).
+/// rows and two buffers of TL_TOKENS token rows, each row 8 runs of TL_PAD
+/// floats plus 4, then two raw buffers of TL_ROWS rows of a quarter chunk's
+/// words plus 2 (`tl_raw_words` in cuda/matvec_tiles.cu). About 98 KB for
+/// a K-quant, so two blocks share an SM of 228 KB (sm_90).
 pub fn rows_tl_smem(t: GgmlType) -> usize {
     let (rows, tokens, pad) = TL_SHAPE;
     let chunk = 1024 / t.block_size() * t.type_size();
-    4 * (rows + tokens) * (8 * pad + 4) + 2 * rows * 4 * (chunk / 16 + 2)
+    4 * (rows + 2 * tokens) * (8 * pad + 4) + 2 * rows * 4 * (chunk / 16 + 2)
 }
 
 /// Launch shape of a `_tl` kernel over `rows` output rows (of each matrix
