@@ -48,7 +48,7 @@
 #define TL_STRIDE (8 * TL_PAD + 4)
 static_assert(TL_ROWS == 16 && TL_TOKENS == 32, "4 row groups x 8 token groups, 4 x 4 per thread");
 static_assert(TL_PAD % 4 == 0 && TL_PAD >= 32 && (8 * TL_PAD) % 32 == 0, "float4 runs; the stride turns by 4 banks");
-static_assert(8 * TL_ROWS * TL_TOKENS <= (TL_ROWS + 2 * TL_TOKENS) * TL_STRIDE, "the partial sums fit the tiles");
+static_assert(8 * TL_ROWS * TL_TOKENS <= TL_ROWS * TL_STRIDE, "the partial sums fit the dequantized-weight tile");
 
 // Words of one staging row's raw quarter chunk (8 runs): its bytes from the
 // word holding the first one, so up to 3 more.
@@ -108,147 +108,164 @@ __device__ __forceinline__ void rows_tl_impl(const u8* __restrict__ W0, const u8
     extern __shared__ __align__(16) float smem[];
     constexpr int RPM = TL_ROWS / NM;  // rows of each matrix
     constexpr int RAWW = tl_raw_words<Q>();
+    constexpr int RAWF = TL_ROWS * RAWW;        // words of one raw buffer
     constexpr int XSF = TL_TOKENS * TL_STRIDE;  // floats of one token buffer
     float* wd = smem;                          // [TL_ROWS][TL_STRIDE] dequantized weight runs
     float* xs = smem + TL_ROWS * TL_STRIDE;    // [2][TL_TOKENS][TL_STRIDE] token runs
     u32* raw = (u32*)(xs + 2 * XSF);           // [2][TL_ROWS][RAWW] raw quarter chunks
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane & 3, h = lane >> 2;  // row group, token group
-    const int r0 = blockIdx.x * RPM, t0 = blockIdx.y * TL_TOKENS;
+    const int t0 = blockIdx.y * TL_TOKENS;
     const int nsub = cols >> 5, nch = (nsub + 31) >> 5;
-    float acc[4][4][4];  // [lone lane w + 8k][row g + 4i][token h + 8j]
-#pragma unroll
-    for (int k = 0; k < 4; k++)
-#pragma unroll
-        for (int i = 0; i < 4; i++)
-#pragma unroll
-            for (int j = 0; j < 4; j++) acc[k][i][j] = 0.0f;
-    // The weights' raw bytes and the token runs arrive one quarter ahead,
-    // by asynchronous copies into two buffers each, while the block
-    // multiplies the quarter before. Groups commit in the order W(0), X(0),
-    // then per quarter n: W(n + 1) before its first barrier, X(n + 1) after
-    // it; so waiting for all but the newest group at quarter n's first
-    // barrier lands W(n) and X(n).
-    tl_stage<Q, RPM>(raw, W0, W1, row_bytes, r0, rows, 0, 0);
+    const long long nrb = ((long long)rows + RPM - 1) / RPM;  // row blocks
+    if ((long long)blockIdx.x >= nrb || nch == 0) return;
+    // The block walks the row blocks blockIdx.x, + gridDim.x, ... The
+    // weights' raw bytes and the token runs arrive one quarter ahead, by
+    // asynchronous copies into two buffers each, while the block multiplies
+    // the quarter before; the last quarter of a row block fetches the first
+    // of the next, so the copies never drain between row blocks. Groups
+    // commit in the order W(0), X(0), then per quarter n: W(n + 1) before
+    // its first barrier, X(n + 1) after it; so waiting for all but the
+    // newest group at quarter n's first barrier lands W(n) and X(n). A row
+    // block has 4 x nch quarters, an even count, so quarter k of a chunk
+    // always uses buffer k & 1.
+    tl_stage<Q, RPM>(raw, W0, W1, row_bytes, blockIdx.x * RPM, rows, 0, 0);
     cp_async_commit();
     tl_stage_tokens(xs, x, t0, batch, cols, nsub, 0);
     cp_async_commit();
-    for (int c = 0; c < nch; c++) {
+    for (long long rb = blockIdx.x; rb < nrb; rb += gridDim.x) {
+        const int r0 = (int)(rb * RPM);
+        const bool next_block = rb + gridDim.x < nrb;
+        float acc[4][4][4];  // [lone lane w + 8k][row g + 4i][token h + 8j]
 #pragma unroll
-        for (int k = 0; k < 4; k++) {
-            const int q0 = c * 32 + k * 8;  // first run of this quarter
-            const bool more = k < 3 || c + 1 < nch;
-            u32* cur = raw + (k & 1) * (TL_ROWS * RAWW);
-            const float* xcur = xs + (k & 1) * XSF;
-            // Buffer k & 1 ^ 1 was last read before the previous quarter's
-            // second barrier, so every thread is done with it.
-            if (more)
-                tl_stage<Q, RPM>(raw + ((k & 1) ^ 1) * (TL_ROWS * RAWW), W0, W1, row_bytes, r0, rows,
-                                 k < 3 ? c : c + 1, (k + 1) & 3);
-            cp_async_commit();
-            cp_async_wait_one();  // this quarter's copies (not the one just started) have landed
-            __syncthreads();      // ... every thread's; and every warp is done with the previous quarter
-            // The next quarter's token runs, into the buffer the previous
-            // quarter's products read (every warp is past them now).
-            if (more) tl_stage_tokens(xs + ((k & 1) ^ 1) * XSF, x, t0, batch, cols, nsub, q0 + 8);
-            cp_async_commit();
-            // Weights: thread j < 128 dequantizes staging row j / 8's run
-            // j % 8 from the raw quarter (staging row: matrix row / RPM,
-            // row r0 + row % RPM), which starts at a block boundary.
-            if (threadIdx.x < TL_ROWS * 8) {
-                const int row = threadIdx.x >> 3, run = threadIdx.x & 7, r = r0 + row % RPM;
-                if (r < rows && q0 + run < nsub) {
-                    const u8* base = (row < RPM ? W0 : W1) + (u64)r * row_bytes + (u64)c * Q::CHUNK +
-                                     (u64)k * (Q::CHUNK / 4);
-                    float v[32];
-                    Q::deq32((const u8*)(cur + row * RAWW) + ((u64)base & 3), run, v);
-                    if (nw) {
-                        const float4* nv = (const float4*)(nw + (u64)(q0 + run) * 32);
+        for (int k = 0; k < 4; k++)
 #pragma unroll
-                        for (int i = 0; i < 8; i++) {
-                            const float4 n = __ldg(nv + i);
-                            v[4 * i + 0] *= n.x;
-                            v[4 * i + 1] *= n.y;
-                            v[4 * i + 2] *= n.z;
-                            v[4 * i + 3] *= n.w;
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) acc[k][i][j] = 0.0f;
+        for (int c = 0; c < nch; c++) {
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const int q0 = c * 32 + k * 8;  // first run of this quarter
+                // The next quarter: this row block's next, else the first
+                // of the block's next row block (if it has one).
+                const bool last = k == 3 && c + 1 == nch;
+                const bool more = !last || next_block;
+                const int nr0 = last ? (int)((rb + gridDim.x) * RPM) : r0;
+                const int nc = last ? 0 : (k < 3 ? c : c + 1), nk = (k + 1) & 3;
+                u32* cur = raw + (k & 1) * RAWF;
+                const float* xcur = xs + (k & 1) * XSF;
+                // Raw buffer k & 1 ^ 1 was last read before the previous
+                // quarter's second barrier, so every thread is done with it.
+                if (more) tl_stage<Q, RPM>(raw + ((k & 1) ^ 1) * RAWF, W0, W1, row_bytes, nr0, rows, nc, nk);
+                cp_async_commit();
+                cp_async_wait_one();  // this quarter's copies (not the one just started) have landed
+                __syncthreads();      // ... every thread's; and every warp is done with the previous quarter
+                // The next quarter's token runs, into the buffer the previous
+                // quarter's products read (every warp is past them now).
+                if (more) tl_stage_tokens(xs + ((k & 1) ^ 1) * XSF, x, t0, batch, cols, nsub, nc * 32 + nk * 8);
+                cp_async_commit();
+                // Weights: thread j < 128 dequantizes staging row j / 8's run
+                // j % 8 from the raw quarter (staging row: matrix row / RPM,
+                // row r0 + row % RPM), which starts at a block boundary.
+                if (threadIdx.x < TL_ROWS * 8) {
+                    const int row = threadIdx.x >> 3, run = threadIdx.x & 7, r = r0 + row % RPM;
+                    if (r < rows && q0 + run < nsub) {
+                        const u8* base = (row < RPM ? W0 : W1) + (u64)r * row_bytes + (u64)c * Q::CHUNK +
+                                         (u64)k * (Q::CHUNK / 4);
+                        float v[32];
+                        Q::deq32((const u8*)(cur + row * RAWW) + ((u64)base & 3), run, v);
+                        if (nw) {
+                            const float4* nv = (const float4*)(nw + (u64)(q0 + run) * 32);
+#pragma unroll
+                            for (int i = 0; i < 8; i++) {
+                                const float4 n = __ldg(nv + i);
+                                v[4 * i + 0] *= n.x;
+                                v[4 * i + 1] *= n.y;
+                                v[4 * i + 2] *= n.z;
+                                v[4 * i + 3] *= n.w;
+                            }
+                        }
+                        float4* d = (float4*)(wd + row * TL_STRIDE + run * TL_PAD);
+#pragma unroll
+                        for (int i = 0; i < 8; i++)
+                            d[i] = make_float4(v[4 * i], v[4 * i + 1], v[4 * i + 2], v[4 * i + 3]);
+                    }
+                }
+                __syncthreads();
+                if (q0 + w >= nsub) continue;  // no run: the lone lane's acc stays as it is
+                const float* wp = wd + g * TL_STRIDE + w * TL_PAD;
+                const float* xp = xcur + h * TL_STRIDE + w * TL_PAD;
+                float p[4][4];
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+#pragma unroll
+                    for (int j = 0; j < 4; j++) p[i][j] = 0.0f;
+#pragma unroll
+                for (int e = 0; e < 8; e++) {
+                    // The four token runs' float4s stay; each weight run's is
+                    // used for its 16 FMAs and dropped (register pressure).
+                    float4 xv[4];
+#pragma unroll
+                    for (int j = 0; j < 4; j++) xv[j] = *(const float4*)(xp + 8 * j * TL_STRIDE + 4 * e);
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        const float4 wv = *(const float4*)(wp + 4 * i * TL_STRIDE + 4 * e);
+#pragma unroll
+                        for (int j = 0; j < 4; j++) {
+                            p[i][j] = fmaf(wv.x, xv[j].x, p[i][j]);
+                            p[i][j] = fmaf(wv.y, xv[j].y, p[i][j]);
+                            p[i][j] = fmaf(wv.z, xv[j].z, p[i][j]);
+                            p[i][j] = fmaf(wv.w, xv[j].w, p[i][j]);
                         }
                     }
-                    float4* d = (float4*)(wd + row * TL_STRIDE + run * TL_PAD);
-#pragma unroll
-                    for (int i = 0; i < 8; i++) d[i] = make_float4(v[4 * i], v[4 * i + 1], v[4 * i + 2], v[4 * i + 3]);
                 }
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+#pragma unroll
+                    for (int j = 0; j < 4; j++) acc[k][i][j] += p[i][j];
             }
-            __syncthreads();
-            if (q0 + w >= nsub) continue;  // no run: the lone lane's acc stays as it is
-            const float* wp = wd + g * TL_STRIDE + w * TL_PAD;
-            const float* xp = xcur + h * TL_STRIDE + w * TL_PAD;
-            float p[4][4];
+        }
+        // The butterfly: levels 16 and 8 here, then 4, 2 and 1 over the
+        // warps, through the dequantized-weight tile (the copies in flight
+        // land in the raw and token buffers only).
+        __syncthreads();  // every warp is done with this row block's runs
+        float* red = wd;  // [8 warps][TL_ROWS][TL_TOKENS]
 #pragma unroll
-            for (int i = 0; i < 4; i++)
+        for (int i = 0; i < 4; i++)
 #pragma unroll
-                for (int j = 0; j < 4; j++) p[i][j] = 0.0f;
+            for (int j = 0; j < 4; j++)
+                red[(w * TL_ROWS + g + 4 * i) * TL_TOKENS + h + 8 * j] =
+                    (acc[0][i][j] + acc[2][i][j]) + (acc[1][i][j] + acc[3][i][j]);
+        __syncthreads();
+        for (int o = threadIdx.x; o < RPM * TL_TOKENS; o += TL_THREADS) {
+            const int j = o / TL_TOKENS, t = o % TL_TOKENS;
+            const int r = r0 + j, tok = t0 + t;
+            if (r >= rows || tok >= batch) continue;
+            float v[NM];
 #pragma unroll
-            for (int e = 0; e < 8; e++) {
-                // The four token runs' float4s stay; each weight run's is
-                // used for its 16 FMAs and dropped (register pressure).
-                float4 xv[4];
+            for (int m = 0; m < NM; m++) {
+                const float* s = red + (m * RPM + j) * TL_TOKENS + t;
+                float a[4];
 #pragma unroll
-                for (int j = 0; j < 4; j++) xv[j] = *(const float4*)(xp + 8 * j * TL_STRIDE + 4 * e);
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    const float4 wv = *(const float4*)(wp + 4 * i * TL_STRIDE + 4 * e);
-#pragma unroll
-                    for (int j = 0; j < 4; j++) {
-                        p[i][j] = fmaf(wv.x, xv[j].x, p[i][j]);
-                        p[i][j] = fmaf(wv.y, xv[j].y, p[i][j]);
-                        p[i][j] = fmaf(wv.z, xv[j].z, p[i][j]);
-                        p[i][j] = fmaf(wv.w, xv[j].w, p[i][j]);
-                    }
-                }
+                for (int q = 0; q < 4; q++) a[q] = s[q * TL_ROWS * TL_TOKENS] + s[(q + 4) * TL_ROWS * TL_TOKENS];
+                v[m] = (a[0] + a[2]) + (a[1] + a[3]);
             }
-#pragma unroll
-            for (int i = 0; i < 4; i++)
-#pragma unroll
-                for (int j = 0; j < 4; j++) acc[k][i][j] += p[i][j];
+            if (NM == 1) {
+                float a = v[0];
+                if (nw) a *= scale[tok];
+                if (bias) a += bias[r];
+                float* yt = y + (u64)tok * rows + r;
+                if (accumulate) a += *yt;
+                *yt = a;
+            } else {
+                const float gt = v[0] * scale[tok];
+                const float u = v[NM - 1] * scale[tok];
+                y[(u64)tok * rows + r] = gt / (1.0f + expf(-gt)) * u;
+            }
         }
-    }
-    // The butterfly: levels 16 and 8 here, then 4, 2 and 1 over the warps.
-    // The partial sums reuse the tiles: no copy may still be landing there.
-    cp_async_wait_all();
-    __syncthreads();
-    float* red = smem;  // [8 warps][TL_ROWS][TL_TOKENS]
-#pragma unroll
-    for (int i = 0; i < 4; i++)
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-            red[(w * TL_ROWS + g + 4 * i) * TL_TOKENS + h + 8 * j] =
-                (acc[0][i][j] + acc[2][i][j]) + (acc[1][i][j] + acc[3][i][j]);
-    __syncthreads();
-    for (int o = threadIdx.x; o < RPM * TL_TOKENS; o += TL_THREADS) {
-        const int j = o / TL_TOKENS, t = o % TL_TOKENS;
-        const int r = r0 + j, tok = t0 + t;
-        if (r >= rows || tok >= batch) continue;
-        float v[NM];
-#pragma unroll
-        for (int m = 0; m < NM; m++) {
-            const float* s = red + (m * RPM + j) * TL_TOKENS + t;
-            float a[4];
-#pragma unroll
-            for (int q = 0; q < 4; q++) a[q] = s[q * TL_ROWS * TL_TOKENS] + s[(q + 4) * TL_ROWS * TL_TOKENS];
-            v[m] = (a[0] + a[2]) + (a[1] + a[3]);
-        }
-        if (NM == 1) {
-            float a = v[0];
-            if (nw) a *= scale[tok];
-            if (bias) a += bias[r];
-            float* yt = y + (u64)tok * rows + r;
-            if (accumulate) a += *yt;
-            *yt = a;
-        } else {
-            const float gt = v[0] * scale[tok];
-            const float u = v[NM - 1] * scale[tok];
-            y[(u64)tok * rows + r] = gt / (1.0f + expf(-gt)) * u;
-        }
+        // The next row block's first barrier keeps its dequantization from
+        // overwriting these sums before every thread has read them.
     }
 }
 

@@ -305,10 +305,12 @@ impl Gpu {
                 per: Some(tiles),
             });
         }
-        let tl = (batch >= TL_MIN_BATCH && self.rows_tl_ready(dtype))
-            .then(|| rows_tl_launch(dtype, rows, batch, gate_up))
-            .flatten()
-            .filter(|cfg| rows_tl_pays(cfg, self.info().multiprocessors));
+        let sms = self.info().multiprocessors;
+        let tl = (batch >= TL_MIN_BATCH
+            && self.rows_tl_ready(dtype)
+            && rows_tl_pays(rows, batch, gate_up, sms))
+        .then(|| rows_tl_launch(dtype, rows, batch, gate_up, sms))
+        .flatten();
         if let Some(cfg) = tl {
             return Ok(RowsLaunch {
                 suffix: "_tl",
@@ -326,7 +328,6 @@ impl Gpu {
                 per: None,
             });
         }
-        let sms = self.info().multiprocessors;
         Ok(
             match batched_launch(dtype, rows, cols, batch, normed, sms) {
                 Some((per, cfg)) => RowsLaunch {

@@ -137,17 +137,26 @@ const TL_THREADS: u32 = 256;
 /// either way).
 pub const TL_MIN_BATCH: usize = 32;
 
-/// Whether a `_tl` launch of `cfg` pays on a GPU of `multiprocessors` SMs:
-/// only when its grid gives every SM a block. Each `_tl` block walks the
-/// whole row, so a small grid leaves SMs idle. Measured on an H100 (132 SMs,
+/// Whether a `_tl` launch over `rows` rows (of each matrix for gate/up) and
+/// `batch` token rows pays on a GPU of `multiprocessors` SMs: only when its
+/// row blocks give every SM one. Each `_tl` row block walks the whole row,
+/// so fewer leave SMs idle. Measured on an H100 (132 SMs,
 /// Qwen shapes, f43efe1), `_tl` against `_bt`: the LM head at 64 rows
 /// 1,534 / 2,005 us and gate/up 99.6 / 127.7 us (18,992 and 1,216 blocks);
 /// down q4_K at 32 rows 59.3 / 40.5 us and q at 32 rows 16.5 / 10.9 us
 /// (56 blocks). Same bits either way.
-pub(super) fn rows_tl_pays(cfg: &LaunchConfig, multiprocessors: i32) -> bool {
-    let blocks = u64::from(cfg.grid_dim.0) * u64::from(cfg.grid_dim.1);
+pub(super) fn rows_tl_pays(rows: usize, batch: usize, gate_up: bool, multiprocessors: i32) -> bool {
+    let (per_block, tokens, _) = TL_SHAPE;
+    let per_block = if gate_up { per_block / 2 } else { per_block };
+    let blocks = rows.div_ceil(per_block) as u64 * batch.div_ceil(tokens) as u64;
     blocks >= u64::try_from(multiprocessors).unwrap_or(u64::MAX)
 }
+
+/// Blocks per SM a `_tl` launch keeps resident: two fit
+/// (`__launch_bounds__(256, 2)`, about 98 KB of shared memory each), and
+/// each walks row blocks on a grid stride, so its copies run on from one
+/// row block into the next.
+const TL_BLOCKS_PER_SM: usize = 2;
 
 /// Dynamic shared bytes of a `_tl` launch for format `t`: TL_ROWS weight
 /// rows and two buffers of TL_TOKENS token rows, each row 8 runs of TL_PAD
@@ -161,12 +170,17 @@ pub fn rows_tl_smem(t: GgmlType) -> usize {
 }
 
 /// Launch shape of a `_tl` kernel over `rows` output rows (of each matrix
-/// for gate/up) and `batch` token rows; None when the grid would not fit.
+/// for gate/up) and `batch` token rows on a card of `multiprocessors` SMs:
+/// gridDim.y = token blocks, gridDim.x = blocks walking the row blocks,
+/// TL_BLOCKS_PER_SM per SM spread over the token blocks, never more than
+/// there are row blocks; None when the grid would not fit. Which block
+/// takes a row block changes no bit.
 pub(super) fn rows_tl_launch(
     t: GgmlType,
     rows: usize,
     batch: usize,
     gate_up: bool,
+    multiprocessors: i32,
 ) -> Option<LaunchConfig> {
     let (per_block, tokens, _) = TL_SHAPE;
     let per_block = if gate_up { per_block / 2 } else { per_block };
@@ -174,8 +188,12 @@ pub(super) fn rows_tl_launch(
     if rows == 0 || batch == 0 || row_blocks > i32::MAX as usize || groups > 65_535 {
         return None;
     }
+    let sms = usize::try_from(multiprocessors).unwrap_or(1).max(1);
+    let walkers = (TL_BLOCKS_PER_SM * sms)
+        .div_ceil(groups)
+        .clamp(1, row_blocks);
     Some(LaunchConfig {
-        grid_dim: (row_blocks as u32, groups as u32, 1),
+        grid_dim: (walkers as u32, groups as u32, 1),
         block_dim: (TL_THREADS, 1, 1),
         shared_mem_bytes: rows_tl_smem(t) as u32,
     })
@@ -295,10 +313,8 @@ mod tests {
     /// 65 rows (three groups of 32 tokens): only grids of a block per SM.
     #[test]
     fn tiled_rows_serve_only_grids_that_fill_the_card() {
-        let pays = |rows: usize, batch: usize, gate_up: bool| {
-            let cfg = rows_tl_launch(GgmlType::Q5_0, rows, batch, gate_up).unwrap();
-            rows_tl_pays(&cfg, 132)
-        };
+        let pays =
+            |rows: usize, batch: usize, gate_up: bool| rows_tl_pays(rows, batch, gate_up, 132);
         for batch in [32, 64] {
             assert!(pays(151_936, batch, false), "LM head x{batch}");
             assert!(pays(4864, batch, true), "gate/up x{batch}");
@@ -307,8 +323,7 @@ mod tests {
         }
         assert!(!pays(896, 64, false) && pays(896, 65, false));
         // A card of fewer SMs fills with fewer blocks.
-        let cfg = rows_tl_launch(GgmlType::Q4K, 896, 64, false).unwrap();
-        assert!(rows_tl_pays(&cfg, 112) && !rows_tl_pays(&cfg, 113));
+        assert!(rows_tl_pays(896, 64, false, 112) && !rows_tl_pays(896, 64, false, 113));
     }
 
     /// On a 132-SM card (H100, H200) at Qwen decode shapes the batched

@@ -159,7 +159,7 @@ impl RowsCase {
                     None,
                 ),
                 "_tl" => (
-                    rows_tl_launch(self.dt, rows, batch, gate_up).expect("tl shape"),
+                    rows_tl_launch(self.dt, rows, batch, gate_up, EMU_SMS).expect("tl shape"),
                     None,
                 ),
                 "_mm" => {
