@@ -37,11 +37,15 @@
 // of two buffers while the block works on the current one, and dequantized
 // from shared memory (the block reads each byte once); the token runs of the
 // next quarter are copied likewise into the second of two token buffers
-// once every warp is done with the quarter before. gridDim.x = row blocks,
-// gridDim.y = token blocks. Dynamic shared memory (`rows_tl_smem`): TL_ROWS
-// then 2 x TL_TOKENS rows of TL_STRIDE floats (8 runs of TL_PAD, plus 4 to
-// turn the bank quad), then two raw buffers of TL_ROWS rows of CHUNK / 16 +
-// 2 words.
+// once every warp is done with the quarter before. gridDim.y = token
+// blocks; gridDim.x = blocks walking the row blocks on a grid stride (two
+// per SM, `launch_shape::rows_tl_launch`), the last quarter of one row
+// block fetching the first of the next, so the copies never drain. Which
+// block takes a row block changes no bit. Dynamic shared memory
+// (`rows_tl_smem`): TL_ROWS then 2 x TL_TOKENS rows of TL_STRIDE floats (8
+// runs of TL_PAD, plus 4 to turn the bank quad; the first TL_ROWS rows also
+// hold the partial sums at the end of each row block), then two raw
+// buffers of TL_ROWS rows of CHUNK / 16 + 2 words.
 #include "common.cuh"
 
 #define TL_THREADS 256
