@@ -305,17 +305,17 @@ __device__ __forceinline__ void gate_up_st_impl(const u8* __restrict__ Wg, const
 
 // ---------------------------------------------------------------------------
 // Batched staged variant (`_bst`, `_gu_bst`, `_qkv_bst`) for the rows of a
-// batched decode step of 2 to 16 sequences (issue 11 points 4, 5 and 7). A
-// block stages `per` token vectors (and the norm weight) into shared memory
-// once, in the padded layout of the `_st` kernels; its warps then walk the
-// rows with a grid stride, as the lone `_st` kernels do, staging each row's
-// weight chunks as row_dot_st does and dotting every dequantized run with
-// every staged vector. Per output (row, token) the runs are taken by the
-// same lanes in the same order, scaled and summed as in row_dot_st and
-// reduced by the same butterfly, so a row gets the bits a lone vector gets
-// from the `_st` kernels (WORKER-4710); which warp takes a row changes no
-// bit. gridDim.x = token groups of `per` (fastest, so the groups of one row
-// block run together and share its weights in L2); gridDim.y = blocks
+// batched decode step of 2 to 16 sequences (`_qkv_bst`: any number; issue 11
+// points 4, 5 and 7). A block stages `per` token vectors (and the norm weight)
+// into shared memory once, in the padded layout of the `_st` kernels; its
+// warps then walk the rows with a grid stride, as the lone `_st` kernels do,
+// staging each row's weight chunks as row_dot_st does and dotting every
+// dequantized run with every staged vector. Per output (row, token) the runs
+// are taken by the same lanes in the same order, scaled and summed as in
+// row_dot_st and reduced by the same butterfly, so a row gets the bits a lone
+// vector gets from the `_st` kernels (WORKER-4710); which warp takes a row
+// changes no bit. gridDim.x = token groups of `per` (fastest, so the groups of
+// one row block run together and share its weights in L2); gridDim.y = blocks
 // walking the rows (`launch_shape::batched_launch`: a few per SM, so the
 // vectors are staged a few times per SM, not once per 16 rows).
 // Shared bytes: 4 * nsub * XPAD * (per + (nw ? 1 : 0)) + 4 * (CHUNK + 8).
@@ -506,7 +506,7 @@ __device__ __forceinline__ QkvTarget qkv_target(int r, int rq, int rk, int rv, c
     return {r - rq - rk, rv, bv, yv};
 }
 
-// q, k and v of a 2-to-16-row decode step in one launch: the rows of the
+// q, k and v of a decode step of several rows in one launch: the rows of the
 // concatenation [Wq; Wk; Wv] on the grid stride, each (row, token) output
 // the normed `_st` kernel's bits for that row alone (the sum times the
 // token's RMS scale, then the bias), written to yq/yk/yv ([batch][rq] etc.).

@@ -1,5 +1,5 @@
 //! Launchers of the fused decode q/k/v projection (`matvec_*_qkv_st` for a
-//! lone row, `matvec_*_qkv_bst` for a step of 2 to 16 rows, in
+//! lone row, `matvec_*_qkv_bst` for a step of several rows, in
 //! cuda/matvec.cu; KERNEL-MATVEC, WORKER-4700, WORKER-4710, issue 5 point
 //! 10, issue 11 point 7).
 //!
@@ -14,7 +14,7 @@ use super::batched::RowNorm;
 use super::cuda_err;
 use super::device::{Gpu, Span};
 use super::launch::{KernelLaunch, LaunchArg};
-use super::launch_shape::{batched_launch, decode_launch, staged_smem, BT_MIN_BATCH};
+use super::launch_shape::{batched_launch, decode_launch, staged_smem};
 use super::ops::{as_i32, dtype_suffix, row_bytes};
 use crate::error::Result;
 use crate::model::gguf::GgmlType;
@@ -136,10 +136,11 @@ impl Gpu {
     }
 
     /// out_i[t] = W_i·(rmsnorm(x[t]) * norm.weight) (+ bias_i) for `batch`
-    /// rows (norm.scale from `row_rms`): one `_qkv_bst` launch below
-    /// BT_MIN_BATCH rows, where the staged shape fits; else (and from
-    /// BT_MIN_BATCH rows, where the token-on-lane and tiled kernels serve)
-    /// three `matvec_rows`. Every row gets its lone bits either way.
+    /// rows (norm.scale from `row_rms`): one `_qkv_bst` launch where the
+    /// staged shape fits, at every row count (three launches of the
+    /// token-on-lane kernels took 30.2 us at 32 rows and 35.5 at 64 on an
+    /// H100, the k and v matrices' 128 rows too few to fill the card);
+    /// else three `matvec_rows`. Every row gets its lone bits either way.
     pub fn qkv_rows(
         &self,
         dtype: GgmlType,
@@ -151,10 +152,7 @@ impl Gpu {
     ) -> Result<()> {
         let total = p[0].rows + p[1].rows + p[2].rows;
         let sms = self.info().multiprocessors;
-        let shape = (batch < BT_MIN_BATCH)
-            .then(|| batched_launch(dtype, total, cols, batch, true, sms))
-            .flatten();
-        let Some((per, cfg)) = shape else {
+        let Some((per, cfg)) = batched_launch(dtype, total, cols, batch, true, sms) else {
             for q in p {
                 self.matvec_rows(
                     dtype,

@@ -422,8 +422,7 @@ fn op_profile_batched_qwen_shapes() {
             },
         );
         if tiles {
-            // q, k and v in one launch below BT_MIN_BATCH rows (`_qkv_bst`),
-            // else three (`Gpu::qkv_rows`).
+            // q, k and v in one launch (`_qkv_bst`, `Gpu::qkv_rows`).
             let (wq, bq) = upload_quant(&mut r, GgmlType::Q5_0, 896, 896);
             let (wk, bk) = upload_quant(&mut r, GgmlType::Q5_0, 128, 896);
             let (wv, _) = upload_quant(&mut r, GgmlType::Q5_0, 128, 896);

@@ -5,7 +5,7 @@
 //!
 //! Decode rows (one token of each of `n` sequences) fuse what they can: the
 //! RMSNorm runs inside the q/k/v mat-vecs (one launch for all three when
-//! they share a format, for a lone row and for 2 to 16 rows), gate, up and
+//! they share a format, for a lone row and for several), gate, up and
 //! SwiGLU run in one launch, and attention is the split-KV decode kernel.
 //! Several decode rows run the batched kernels of `gpu::batched`, whose
 //! arithmetic per row is the lone row's. A prefill chunk (consecutive tokens of one sequence)
@@ -176,8 +176,8 @@ impl BlockKernels for CudaStep<'_> {
             })
         };
         if self.batched() && math == RowsMath::Fp32 && one_format {
-            // Decode rows, one format: q, k, v in one launch below
-            // BT_MIN_BATCH rows (bit-identical to three).
+            // Decode rows, one format: q, k, v in one launch
+            // (bit-identical to three).
             let norm = self.row_norm(&l.attn_norm)?;
             let qkv = [
                 p(&l.wq, &l.bq, a[Buf::Q].all(), nh * hd)?,

@@ -7,7 +7,7 @@
 //! with a float64 product of the dequantized weights. The GPU suite's
 //! `op_batched_rows_are_bit_identical_to_lone_rows` checks the same on the
 //! GPU; these run in every `cargo test`. The fused q/k/v kernels a lone row
-//! (`_qkv_st`) and a 2-to-16-row step (`_qkv_bst`) run give each projection
+//! (`_qkv_st`) and a step of several rows (`_qkv_bst`) run give each projection
 //! the normed `_st` kernel's bits.
 
 use cudarc::driver::LaunchConfig;
@@ -443,7 +443,7 @@ fn fused_qkv_equals_three_normed_products_in_every_format() {
     println!("emu qkv: fused q/k/v identical to three normed products in all 11 formats");
 }
 
-/// The fused q/k/v kernel of a 2-to-16-row decode step (`_qkv_bst`,
+/// The fused q/k/v kernel of a decode step of several rows (`_qkv_bst`,
 /// `Gpu::qkv_rows`) gives every token row of each projection the bits the
 /// normed `_st` kernel gives that row alone, in every format and thread
 /// order, on the launcher's grid for one SM (warps walk rows across the
@@ -468,8 +468,9 @@ fn batched_fused_qkv_rows_are_bit_identical_to_lone_rows_in_every_format() {
         let nw = r.vec(cols);
         let (bq, bk, bv) = (r.vec(rq), r.vec(rk), r.vec(rk));
         let rb = row_bytes(dt, cols).expect("row bytes") as u64;
-        // 12 rows: a full group of 8 vectors and a partial one.
-        for batch in [2usize, 12] {
+        // 12 rows: a full group of 8 vectors and a partial one; 33 rows:
+        // five groups, as a step of more rows than BT_MIN_BATCH takes it.
+        for batch in [2usize, 12, 33] {
             let x = r.vec(batch * cols);
             // Each token row of each projection alone through the normed
             // decode kernel (what a lone row's q, k and v equal).
