@@ -114,9 +114,31 @@ pub fn test_model(name: &str) -> Result<PathBuf, String> {
     result
 }
 
+/// A port for a worker to listen on. Not one the kernel hands out (port 0
+/// gives one from the ephemeral range, 32768 and up on Linux, from which
+/// every outgoing connection of the scenarios running beside this one also
+/// takes its local port, so the worker's bind could find it taken: a CI run
+/// once failed so, "Address already in use"), but the next of a counter
+/// below that range, so no two scenarios of a run get the same one; a port
+/// that cannot be bound right now is skipped.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    const SPAN: u32 = 22_000; // ports 10000..32000, below the ephemeral range
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Harness processes started side by side begin at different places.
+    let start = std::process::id() % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (start + n) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!(
+        "no port between {FIRST} and {} could be bound",
+        FIRST + SPAN
+    )
 }
 
 pub fn running_as_root() -> bool {
