@@ -8,9 +8,9 @@
 //! they share a format, for a lone row and for several), gate, up and
 //! SwiGLU run in one launch, and attention is the split-KV decode kernel.
 //! Several decode rows run the batched kernels of `gpu::batched`, whose
-//! arithmetic per row is the lone row's. A prefill chunk (consecutive tokens of one sequence)
-//! normalises once and multiplies through `CudaEngine::mm` (GEMM or
-//! batched mat-vec).
+//! arithmetic per row is the lone row's. A prefill chunk (consecutive
+//! tokens of one sequence) normalises once and multiplies through
+//! `CudaEngine::mm` (GEMM or batched mat-vec).
 
 use super::tensor_routes::Group;
 use super::{Buf, CudaEngine};
