@@ -391,7 +391,9 @@ struct BstBlock {
     u32* wsh;
 };
 
-template <class Q, class RowPtr>
+// WSH: words of a warp's staged-chunk slot (the largest chunk the block
+// stages: a mixed q/k/v launch stages two formats' chunks in one slot).
+template <class Q, class RowPtr, int WSH = Q::CHUNK / 4 + 2>
 __device__ __forceinline__ BstBlock bst_block(RowPtr row_ptr, u64 row_bytes, const float* x, const float* nw,
                                               int rows, int cols, int batch, int per, u32 (&v)[NWL(Q)],
                                               Staged& st) {
@@ -406,7 +408,7 @@ __device__ __forceinline__ BstBlock bst_block(RowPtr row_ptr, u64 row_bytes, con
     b.xstride = nsub * XPAD;
     b.xs = smem;
     b.ns = nw ? smem + per * b.xstride : nullptr;
-    b.wsh = (u32*)(smem + (per + (nw ? 1 : 0)) * b.xstride) + wid * (Q::CHUNK / 4 + 2);
+    b.wsh = (u32*)(smem + (per + (nw ? 1 : 0)) * b.xstride) + wid * WSH;
     st.off = 0;
     st.nwords = 0;
     if (b.r0 < rows) st = fetch_chunk<Q>(row_ptr(b.r0), row_bytes, 0, v);
@@ -483,21 +485,29 @@ __device__ __forceinline__ void gate_up_bst_impl(const u8* __restrict__ Wg, cons
 }
 
 // The three matrices of a fused q/k/v launch as one concatenation
-// [Wq; Wk; Wv]: where row r's weights lie, and where its output goes (the
-// row's index i within its own matrix, that matrix's width, bias and output).
+// [Wq; Wk; Wv]: q and k in format QA, v in format QB (QB == QA, or a pair
+// of QKV_MIXED_PAIRS: quant mixes such as Q4_K_M give v more bits in half
+// the layers). Rows below rq + rk are q/k rows (row_bytes qk_bytes), the
+// rest v rows (v_bytes). qkv_target says where a row's output goes (its
+// index i within its own matrix, that matrix's width, bias and output).
 // Both fused kernels (`_qkv_st`, `_qkv_bst`) route rows through these.
+struct QkvMats {
+    const u8 *Wq, *Wk, *Wv;
+    u64 qk_bytes, v_bytes;
+    int rq, rk, rv;
+    __device__ __forceinline__ int rqk() const { return rq + rk; }
+    __device__ __forceinline__ int rows() const { return rq + rk + rv; }
+    __device__ __forceinline__ const u8* qk_row(int r) const {
+        return r < rq ? Wq + (u64)r * qk_bytes : Wk + (u64)(r - rq) * qk_bytes;
+    }
+    __device__ __forceinline__ const u8* v_row(int r) const { return Wv + (u64)(r - rq - rk) * v_bytes; }
+};
+
 struct QkvTarget {
     int i, width;
     const float* bias;
     float* y;
 };
-
-__device__ __forceinline__ const u8* qkv_row(int r, const u8* Wq, const u8* Wk, const u8* Wv, int rq, int rk,
-                                             u64 row_bytes) {
-    if (r < rq) return Wq + (u64)r * row_bytes;
-    if (r < rq + rk) return Wk + (u64)(r - rq) * row_bytes;
-    return Wv + (u64)(r - rq - rk) * row_bytes;
-}
 
 __device__ __forceinline__ QkvTarget qkv_target(int r, int rq, int rk, int rv, const float* bq, const float* bk,
                                                 const float* bv, float* yq, float* yk, float* yv) {
@@ -506,32 +516,67 @@ __device__ __forceinline__ QkvTarget qkv_target(int r, int rq, int rk, int rv, c
     return {r - rq - rk, rv, bv, yv};
 }
 
+// Words of a warp's staged-chunk slot in a q/k/v launch: the larger chunk.
+template <class QA, class QB>
+struct QkvSlot {
+    static constexpr int WORDS = (QA::CHUNK > QB::CHUNK ? QA::CHUNK : QB::CHUNK) / 4 + 2;
+};
+
+// A warp's walk over its rows of the concatenation (r0, r0 + stride, ...):
+// the q/k rows by row_dot_st<QA> (or rows_dot_st), then the v rows by
+// <QB>. Each row's next row is requested while this one is consumed, as in
+// the one-matrix kernels; the first v row is requested (into its own
+// registers, in QB's layout) before the last q/k row is consumed, so the
+// switch of format costs no extra round trip. `dot(row, bytes, next, v,
+// st, r)` runs one row's product and writes its outputs; `va`/`sa` hold
+// the warp's first q/k row's chunk 0 when r0 < rq + rk.
+template <class QA, class QB, class DotA, class DotB>
+__device__ __forceinline__ void qkv_walk(const QkvMats& m, int r0, int stride, u32 (&va)[NWL(QA)], Staged& sa,
+                                         DotA dot_a, DotB dot_b) {
+    u32 vb[NWL(QB)];
+    Staged sb = {0, 0};
+    bool fetched_b = false;
+    int r = r0;
+    for (; r < m.rqk(); r += stride) {
+        const bool last_qk = (long long)r + stride >= m.rqk();
+        const u8* next = last_qk ? nullptr : m.qk_row(r + stride);
+        if (last_qk && (long long)r + stride < m.rows()) {
+            sb = fetch_chunk<QB>(m.v_row(r + stride), m.v_bytes, 0, vb);
+            fetched_b = true;
+        }
+        dot_a(m.qk_row(r), m.qk_bytes, next, va, sa, r);
+    }
+    if (r < m.rows() && !fetched_b) sb = fetch_chunk<QB>(m.v_row(r), m.v_bytes, 0, vb);
+    for (; r < m.rows(); r += stride) {
+        const u8* next = (long long)r + stride < m.rows() ? m.v_row(r + stride) : nullptr;
+        dot_b(m.v_row(r), m.v_bytes, next, vb, sb, r);
+    }
+}
+
 // q, k and v of a decode step of several rows in one launch: the rows of the
 // concatenation [Wq; Wk; Wv] on the grid stride, each (row, token) output
 // the normed `_st` kernel's bits for that row alone (the sum times the
 // token's RMS scale, then the bias), written to yq/yk/yv ([batch][rq] etc.).
 // One staging of the vectors serves all three matrices, where three
 // `_bst` launches staged them three times.
-template <class Q>
-__device__ __forceinline__ void qkv_bst_impl(const u8* __restrict__ Wq, const u8* __restrict__ Wk,
-                                             const u8* __restrict__ Wv, u64 row_bytes, const float* __restrict__ x,
+template <class QA, class QB>
+__device__ __forceinline__ void qkv_bst_impl(const QkvMats m, const float* __restrict__ x,
                                              const float* __restrict__ nw, const float* __restrict__ scale,
                                              const float* __restrict__ bq, const float* __restrict__ bk,
                                              const float* __restrict__ bv, float* __restrict__ yq,
-                                             float* __restrict__ yk, float* __restrict__ yv, int rq, int rk, int rv,
-                                             int cols, int batch, int per) {
+                                             float* __restrict__ yk, float* __restrict__ yv, int cols, int batch,
+                                             int per) {
     const int lane = threadIdx.x & 31;
-    const int rows = rq + rk + rv;
-    auto row_ptr = [&](int r) { return qkv_row(r, Wq, Wk, Wv, rq, rk, row_bytes); };
-    u32 v[NWL(Q)];
-    Staged st;
-    const BstBlock b = bst_block<Q>(row_ptr, row_bytes, x, nw, rows, cols, batch, per, v, st);
-    for (int r = b.r0; r < rows; r += b.stride) {
-        const u8* next = bst_next(row_ptr, r, b.stride, rows);
-        float acc[BST_NT];
-        rows_dot_st<Q>(row_ptr(r), row_bytes, next, b.xs, b.xstride, b.nt, b.ns, b.wsh, cols >> 5, v, st, acc);
+    auto qk_row = [&](int r) { return m.qk_row(r); };
+    u32 va[NWL(QA)];
+    Staged sa;
+    // The first fetch only for a warp starting on a q/k row (`rows` = rq + rk).
+    const BstBlock b =
+        bst_block<QA, decltype(qk_row), QkvSlot<QA, QB>::WORDS>(qk_row, m.qk_bytes, x, nw, m.rqk(), cols, batch,
+                                                                 per, va, sa);
+    auto write = [&](const float (&acc)[BST_NT], int r) {
         if (lane == 0) {
-            const QkvTarget o = qkv_target(r, rq, rk, rv, bq, bk, bv, yq, yk, yv);
+            const QkvTarget o = qkv_target(r, m.rq, m.rk, m.rv, bq, bk, bv, yq, yk, yv);
 #pragma unroll
             for (int t = 0; t < BST_NT; t++) {
                 if (t < b.nt) {
@@ -541,45 +586,58 @@ __device__ __forceinline__ void qkv_bst_impl(const u8* __restrict__ Wq, const u8
                 }
             }
         }
-    }
+    };
+    auto dot_a = [&](const u8* row, u64 bytes, const u8* next, u32(&v)[NWL(QA)], Staged& st, int r) {
+        float acc[BST_NT];
+        rows_dot_st<QA>(row, bytes, next, b.xs, b.xstride, b.nt, b.ns, b.wsh, cols >> 5, v, st, acc);
+        write(acc, r);
+    };
+    auto dot_b = [&](const u8* row, u64 bytes, const u8* next, u32(&v)[NWL(QB)], Staged& st, int r) {
+        float acc[BST_NT];
+        rows_dot_st<QB>(row, bytes, next, b.xs, b.xstride, b.nt, b.ns, b.wsh, cols >> 5, v, st, acc);
+        write(acc, r);
+    };
+    qkv_walk<QA, QB>(m, b.r0, b.stride, va, sa, dot_a, dot_b);
 }
 
-// Decode q, k, v projections in one launch (same format and width, one
-// normed input): row r of the concatenation [Wq; Wk; Wv] goes to yq/yk/yv by
+// Decode q, k, v projections in one launch (one normed input; q and k in
+// QA, v in QB): row r of the concatenation [Wq; Wk; Wv] goes to yq/yk/yv by
 // range. Each row's value is computed exactly as matvec_st_impl computes it
 // for its own matrix (bit-identical to three fused-norm launches); it saves
 // two launches per layer and runs the three small matrices as one grid.
-template <class Q>
-__device__ __forceinline__ void qkv_st_impl(const u8* __restrict__ Wq, const u8* __restrict__ Wk,
-                                            const u8* __restrict__ Wv, u64 row_bytes, const float* __restrict__ x,
+template <class QA, class QB>
+__device__ __forceinline__ void qkv_st_impl(const QkvMats m, const float* __restrict__ x,
                                             const float* __restrict__ nw, float eps, const float* __restrict__ bq,
                                             const float* __restrict__ bk, const float* __restrict__ bv,
                                             float* __restrict__ yq, float* __restrict__ yk, float* __restrict__ yv,
-                                            int rq, int rk, int rv, int cols) {
+                                            int cols) {
     extern __shared__ __align__(16) float smem[];
     const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nwarp = blockDim.x >> 5;
     const int nsub = cols >> 5;
-    const int rows = rq + rk + rv;
     const int r0 = blockIdx.x * nwarp + wid, stride = gridDim.x * nwarp;
     float* xs = smem;
     float* ns = smem + nsub * XPAD;
-    u32* wsh = (u32*)(smem + nsub * XPAD * 2) + wid * (Q::CHUNK / 4 + 2);
-    auto row_ptr = [&](int r) { return qkv_row(r, Wq, Wk, Wv, rq, rk, row_bytes); };
-    u32 v[NWL(Q)];
-    Staged st = {0, 0};
-    if (r0 < rows) st = fetch_chunk<Q>(row_ptr(r0), row_bytes, 0, v);
+    u32* wsh = (u32*)(smem + nsub * XPAD * 2) + wid * QkvSlot<QA, QB>::WORDS;
+    u32 va[NWL(QA)];
+    Staged sa = {0, 0};
+    if (r0 < m.rqk()) sa = fetch_chunk<QA>(m.qk_row(r0), m.qk_bytes, 0, va);
     stage_vecs(x, xs, nw, ns, cols);
     __syncthreads();
     const float scale = warp_rms_sh(xs, cols, eps);
-    for (int r = r0; r < rows; r += stride) {
-        const u8* next = (long long)r + stride < rows ? row_ptr(r + stride) : nullptr;
-        float acc = row_dot_st<Q>(row_ptr(r), row_bytes, next, xs, ns, wsh, nsub, v, st) * scale;
+    auto write = [&](float acc, int r) {
         if (lane == 0) {
-            const QkvTarget o = qkv_target(r, rq, rk, rv, bq, bk, bv, yq, yk, yv);
+            const QkvTarget o = qkv_target(r, m.rq, m.rk, m.rv, bq, bk, bv, yq, yk, yv);
             if (o.bias) acc += o.bias[o.i];
             o.y[o.i] = acc;
         }
-    }
+    };
+    auto dot_a = [&](const u8* row, u64 bytes, const u8* next, u32(&v)[NWL(QA)], Staged& st, int r) {
+        write(row_dot_st<QA>(row, bytes, next, xs, ns, wsh, nsub, v, st) * scale, r);
+    };
+    auto dot_b = [&](const u8* row, u64 bytes, const u8* next, u32(&v)[NWL(QB)], Staged& st, int r) {
+        write(row_dot_st<QB>(row, bytes, next, xs, ns, wsh, nsub, v, st) * scale, r);
+    };
+    qkv_walk<QA, QB>(m, r0, stride, va, sa, dot_a, dot_b);
 }
 
 // Batched variant: each warp dequantizes a 32-element run once and applies
@@ -735,13 +793,6 @@ __device__ __forceinline__ void gate_up_b_impl(const u8* __restrict__ Wg, const 
                                             int rows, int cols, int batch, int per) { grid_dependency_sync();           \
         gate_up_bst_impl<Q>(Wg, Wu, row_bytes, x, nw, scale, out, rows, cols, batch, per);      \
     }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(128) name##_qkv_bst(const u8* Wq, const u8* Wk, const u8* Wv, \
-                                            u64 row_bytes, const float* x, const float* nw, const float* scale, \
-                                            const float* bq, const float* bk, const float* bv, float* yq, float* yk, \
-                                            float* yv, int rq, int rk, int rv, int cols, int batch, int per) { \
-        grid_dependency_sync();                                                                 \
-        qkv_bst_impl<Q>(Wq, Wk, Wv, row_bytes, x, nw, scale, bq, bk, bv, yq, yk, yv, rq, rk, rv, cols, batch, per); \
-    }                                                                                           \
     extern "C" __global__ void __launch_bounds__(256, 4) name##_st(const u8* W, u64 row_bytes, const float* x, const float* bias, \
                                          float* y, int rows, int cols, int accumulate, const float* nw, \
                                          float eps) { grid_dependency_sync();                                           \
@@ -750,22 +801,40 @@ __device__ __forceinline__ void gate_up_b_impl(const u8* __restrict__ Wg, const 
     extern "C" __global__ void __launch_bounds__(256, 3) name##_gu_st(const u8* Wg, const u8* Wu, u64 row_bytes, const float* x, \
                                             const float* nw, float eps, float* out, int rows, int cols) { grid_dependency_sync(); \
         gate_up_st_impl<Q>(Wg, Wu, row_bytes, x, nw, eps, out, rows, cols);                     \
-    }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(256, 4)                                        \
-        name##_qkv_st(const u8* Wq, const u8* Wk, const u8* Wv, u64 row_bytes, const float* x,  \
-                      const float* nw, float eps, const float* bq, const float* bk, const float* bv, \
-                      float* yq, float* yk, float* yv, int rq, int rk, int rv, int cols) { grid_dependency_sync();     \
-        qkv_st_impl<Q>(Wq, Wk, Wv, row_bytes, x, nw, eps, bq, bk, bv, yq, yk, yv, rq, rk, rv, cols); \
     }
 
-MATVEC(matvec_f32, QF32)
-MATVEC(matvec_f16, QF16)
-MATVEC(matvec_bf16, QBF16)
-MATVEC(matvec_q4_0, Q4_0)
-MATVEC(matvec_q4_1, Q4_1)
-MATVEC(matvec_q5_0, Q5_0)
-MATVEC(matvec_q5_1, Q5_1)
-MATVEC(matvec_q8_0, Q8_0)
-MATVEC(matvec_q4_k, Q4K)
-MATVEC(matvec_q5_k, Q5K)
-MATVEC(matvec_q6_k, Q6K)
+// The fused q/k/v kernels of q/k in format QA and v in QB: `name` is
+// matvec_<qa>_qkv (one format) or matvec_<qa>_<qb>_qkv (a mixed pair).
+#define MATVEC_QKV(name, QA, QB)                                                                  \
+    extern "C" __global__ void __launch_bounds__(128) name##_bst(                                 \
+        const u8* Wq, const u8* Wk, const u8* Wv, u64 qk_bytes, u64 v_bytes, const float* x,      \
+        const float* nw, const float* scale, const float* bq, const float* bk, const float* bv,  \
+        float* yq, float* yk, float* yv, int rq, int rk, int rv, int cols, int batch, int per) {  \
+        grid_dependency_sync();                                                                   \
+        const QkvMats m = {Wq, Wk, Wv, qk_bytes, v_bytes, rq, rk, rv};                            \
+        qkv_bst_impl<QA, QB>(m, x, nw, scale, bq, bk, bv, yq, yk, yv, cols, batch, per);          \
+    }                                                                                             \
+    extern "C" __global__ void __launch_bounds__(256, 4)                                          \
+        name##_st(const u8* Wq, const u8* Wk, const u8* Wv, u64 qk_bytes, u64 v_bytes, const float* x, \
+                  const float* nw, float eps, const float* bq, const float* bk, const float* bv,   \
+                  float* yq, float* yk, float* yv, int rq, int rk, int rv, int cols) {            \
+        grid_dependency_sync();                                                                   \
+        const QkvMats m = {Wq, Wk, Wv, qk_bytes, v_bytes, rq, rk, rv};                            \
+        qkv_st_impl<QA, QB>(m, x, nw, eps, bq, bk, bv, yq, yk, yv, cols);                         \
+    }
+
+#define MATVEC_ALL(name, Q) MATVEC(name, Q) MATVEC_QKV(name##_qkv, Q, Q)
+#define MATVEC_QKV_MIXED(qa, QA, qb, QB) MATVEC_QKV(matvec_##qa##_##qb##_qkv, QA, QB)
+
+MATVEC_ALL(matvec_f32, QF32)
+MATVEC_ALL(matvec_f16, QF16)
+MATVEC_ALL(matvec_bf16, QBF16)
+MATVEC_ALL(matvec_q4_0, Q4_0)
+MATVEC_ALL(matvec_q4_1, Q4_1)
+MATVEC_ALL(matvec_q5_0, Q5_0)
+MATVEC_ALL(matvec_q5_1, Q5_1)
+MATVEC_ALL(matvec_q8_0, Q8_0)
+MATVEC_ALL(matvec_q4_k, Q4K)
+MATVEC_ALL(matvec_q5_k, Q5K)
+MATVEC_ALL(matvec_q6_k, Q6K)
+QKV_MIXED_PAIRS(MATVEC_QKV_MIXED)

@@ -66,6 +66,20 @@ pub const TL_SHAPE: (usize, usize, usize) = (16, 32, 36);
 /// the most m16 tiles one block takes (`launch_shape::rows_mm_tiles`).
 pub const MM_SHAPE: (usize, usize, usize, usize, usize) = (16, 8, 32, 34, 4);
 
+/// The format pairs whose decode q/k/v projections run as one fused launch
+/// although v's format differs from q's and k's (q and k share one):
+/// (q/k suffix, its block type in cuda/common.cuh, v suffix, its type).
+/// llama.cpp's Q4_K_M mix gives attn_v more bits in half the layers: q6_K
+/// beside q4_K, or q8_0 beside q5_0 where the width is not a multiple of
+/// 256 (Qwen2.5-0.5B). Each pair becomes `matvec_<qk>_<v>_qkv_st` and
+/// `_qkv_bst` (QKV_MIXED_PAIRS, pasted into every translation unit and
+/// expanded in cuda/matvec.cu); `Gpu::qkv_fused` reads the same table.
+pub const QKV_MIXED: &[(&str, &str, &str, &str)] = &[
+    ("q5_0", "Q5_0", "q8_0", "Q8_0"),
+    ("q4_k", "Q4K", "q6_k", "Q6K"),
+    ("q5_k", "Q5K", "q6_k", "Q6K"),
+];
+
 /// The shared header every kernel file includes.
 pub const COMMON_CUH: &str = include_str!("../../cuda/common.cuh");
 
@@ -126,10 +140,15 @@ pub fn translation_unit(name: &str, src: &str) -> String {
     let (rows, warps, pad) = BT_SHAPE;
     let (tl_rows, tl_tokens, tl_pad) = TL_SHAPE;
     let (mm_rows, mm_warps, mm_tokens, mm_pad, mm_tiles) = MM_SHAPE;
+    let qkv_mixed: String = QKV_MIXED
+        .iter()
+        .map(|(qa, ta, qb, tb)| format!(" X({qa}, {ta}, {qb}, {tb})"))
+        .collect();
     format!(
         "#define KV_PAGE {KV_PAGE_TOKENS}\n#define ATT_CHUNK {ATT_CHUNK}\n#define ATT_THREADS {ATT_THREADS}\n#define ATT_GROUP_MAX {ATT_GROUP_MAX}\n#define AD_WARPS {AD_WARPS}\n#define BT_ROWS {rows}\n#define BT_WARPS {warps}\n#define BT_PAD {pad}\n\
          #define TL_ROWS {tl_rows}\n#define TL_TOKENS {tl_tokens}\n#define TL_PAD {tl_pad}\n\
          #define MM_ROWS {mm_rows}\n#define MM_WARPS {mm_warps}\n#define MM_TOKENS {mm_tokens}\n#define MM_PAD {mm_pad}\n#define MM_TILES {mm_tiles}\n\
+         #define QKV_MIXED_PAIRS(X){qkv_mixed}\n\
          {COMMON_CUH}\n#line 1 \"{name}\"\n{body}\n"
     )
 }

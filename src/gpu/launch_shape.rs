@@ -21,12 +21,18 @@ const ST_MAX_BLOCKS: usize = 1024;
 /// Dynamic shared memory a launch may use without an opt-in attribute.
 const ST_SMEM_MAX: usize = 48 * 1024;
 
+/// Bytes of one 1024-element chunk (32 runs) of format `t`: a warp's staging
+/// unit (Q::CHUNK in cuda/common.cuh).
+pub fn chunk_bytes(t: GgmlType) -> usize {
+    1024 / t.block_size() * t.type_size()
+}
+
 /// Shared bytes of a staged single-vector mat-vec staging `vectors` cols-long
 /// vectors (x, and the norm weight when fused); None when over the default
 /// limit, and the plain kernel runs instead. Must match matvec_st_impl: XPAD
 /// = 36 floats per 32-element run, CHUNK + 8 bytes per warp.
 pub fn staged_smem(t: GgmlType, cols: usize, vectors: usize) -> Option<usize> {
-    let chunk = 1024 / t.block_size() * t.type_size();
+    let chunk = chunk_bytes(t);
     let bytes = 4 * (cols / 32) * 36 * vectors + ST_WARPS * (chunk + 8);
     (bytes <= ST_SMEM_MAX).then_some(bytes)
 }
@@ -60,7 +66,7 @@ pub(super) fn batched_launch(
     normed: bool,
     multiprocessors: i32,
 ) -> Option<(usize, LaunchConfig)> {
-    let chunk = 1024 / t.block_size() * t.type_size();
+    let chunk = chunk_bytes(t);
     let per_vec = 4 * (cols / 32) * 36;
     let fixed = per_vec * usize::from(normed) + BST_WARPS * (chunk + 8);
     let per = (ST_SMEM_MAX.checked_sub(fixed)? / per_vec.max(1))
@@ -102,7 +108,7 @@ pub const BT_MIN_BATCH: usize = 17;
 /// rows, then the dequantized runs (reused for the accumulators).
 pub fn rows_bt_smem(t: GgmlType) -> usize {
     let (rows, _, pad) = BT_SHAPE;
-    let chunk = 1024 / t.block_size() * t.type_size();
+    let chunk = chunk_bytes(t);
     4 * rows * (chunk / 4 + 2) + 4 * 32 * rows * pad
 }
 
@@ -165,7 +171,7 @@ const TL_BLOCKS_PER_SM: usize = 2;
 /// a K-quant, so two blocks share an SM of 228 KB (sm_90).
 pub fn rows_tl_smem(t: GgmlType) -> usize {
     let (rows, tokens, pad) = TL_SHAPE;
-    let chunk = 1024 / t.block_size() * t.type_size();
+    let chunk = chunk_bytes(t);
     4 * (rows + 2 * tokens) * (8 * pad + 4) + 2 * rows * 4 * (chunk / 16 + 2)
 }
 

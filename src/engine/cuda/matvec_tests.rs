@@ -11,7 +11,7 @@ use super::tests::{buf_from, poisoned, rel_err, test_gpu, Rng};
 use super::*;
 use crate::gpu::batched::{RowNorm, RowsMath};
 use crate::gpu::ops::row_bytes;
-use crate::gpu::qkv::Proj;
+use crate::gpu::qkv::{Proj, QkvFormats};
 use crate::model::gguf::GgmlType;
 use crate::model::quant;
 
@@ -293,13 +293,20 @@ fn op_matvec_staged_grid_stride_chunks_and_alignment() {
 fn op_qkv_fused_matches_three_matvecs() {
     let g = test_gpu("op_qkv");
     let mut r = Rng::fresh("op_qkv");
-    for (dt, cols, rows) in [
-        (GgmlType::Q5_0, 896usize, [896usize, 128, 128]),
-        (GgmlType::Q8_0, 896, [896, 128, 128]),
-        (GgmlType::Q4_1, 576, [576, 192, 192]),
-        (GgmlType::Q4K, 768, [768, 256, 256]),
-        (GgmlType::Q6K, 1280, [1280, 160, 160]),
+    use GgmlType::{Q4K, Q4_1, Q5_0, Q6K, Q8_0};
+    // The last two: v in its own format (the mixed kernels), as in half the
+    // layers of a Q4_K_M file.
+    for (dt, vt, cols, rows) in [
+        (Q5_0, Q5_0, 896usize, [896usize, 128, 128]),
+        (Q8_0, Q8_0, 896, [896, 128, 128]),
+        (Q4_1, Q4_1, 576, [576, 192, 192]),
+        (Q4K, Q4K, 768, [768, 256, 256]),
+        (Q6K, Q6K, 1280, [1280, 160, 160]),
+        (Q5_0, Q8_0, 896, [896, 128, 128]),
+        (Q4K, Q6K, 1536, [1536, 256, 256]),
     ] {
+        let f = QkvFormats::of(dt, dt, vt).expect("a fused pair");
+        let format = |i: usize| if i == 2 { vt } else { dt };
         let x = r.vec(cols);
         let nw = r.vec(cols);
         let (xb, nb) = (buf_from(&g, &x, "x"), buf_from(&g, &nw, "nw"));
@@ -307,11 +314,11 @@ fn op_qkv_fused_matches_three_matvecs() {
         let mut wbs = Vec::new();
         let mut bbs = Vec::new();
         let mut biases = Vec::new();
-        for &n in &rows {
+        for (i, &n) in rows.iter().enumerate() {
             let mut wq = Vec::new();
-            quant::quantize(dt, &r.vec(n * cols), &mut wq).expect("quantize");
+            quant::quantize(format(i), &r.vec(n * cols), &mut wq).expect("quantize");
             let mut d = vec![0f32; n * cols];
-            quant::dequantize(dt, &wq, &mut d).expect("dequantize");
+            quant::dequantize(format(i), &wq, &mut d).expect("dequantize");
             let mut wb = g.alloc(wq.len(), "w").unwrap();
             g.upload(&mut wb, 0, &wq).unwrap();
             let b = r.vec(n);
@@ -330,12 +337,12 @@ fn op_qkv_fused_matches_three_matvecs() {
             out: fused[i].all(),
             rows: rows[i],
         };
-        g.qkv_norm(dt, [p(0), p(1), p(2)], xb.all(), nb.all(), 1e-6, cols)
+        g.qkv_norm(f, [p(0), p(1), p(2)], xb.all(), nb.all(), 1e-6, cols)
             .unwrap();
         for i in 0..3 {
             let (w, y) = (wbs[i].all(), sep[i].all());
             g.matvec_norm(
-                dt,
+                format(i),
                 w,
                 xb.all(),
                 nb.all(),
@@ -367,13 +374,14 @@ fn op_qkv_fused_matches_three_matvecs() {
                 })
                 .collect();
             let e = rel_err(&got, &want);
+            let name = format(i).name();
             println!(
-                "qkv fused {:>5} part {i} {}x{cols}: rel err {e:.2e} (tol 1e-5), bit-identical to separate: {same}",
-                dt.name(),
-                rows[i]
+                "qkv fused {name:>5} part {i} {}x{cols} (v {}): rel err {e:.2e} (tol 1e-5), bit-identical to separate: {same}",
+                rows[i],
+                vt.name()
             );
-            assert!(e < 1e-5, "qkv {} part {i} rel err {e}", dt.name());
-            assert!(same, "qkv {} part {i} differs from matvec_norm", dt.name());
+            assert!(e < 1e-5, "qkv {name} part {i} rel err {e}");
+            assert!(same, "qkv {name} part {i} differs from matvec_norm");
         }
     }
     qkv_short_output_is_refused(&g, &mut r);
@@ -406,13 +414,27 @@ fn qkv_short_output_is_refused(g: &Gpu, r: &mut Rng) {
             rows,
         };
         let got = if n == 1 {
-            g.qkv_norm(dt, [p(0), p(1), p(2)], xb.all(), nb.all(), 1e-6, cols)
+            g.qkv_norm(
+                QkvFormats::one(dt),
+                [p(0), p(1), p(2)],
+                xb.all(),
+                nb.all(),
+                1e-6,
+                cols,
+            )
         } else {
             let norm = RowNorm {
                 weight: nb.all(),
                 scale: scale.all(),
             };
-            g.qkv_rows(dt, [p(0), p(1), p(2)], xb.all(), norm, cols, n)
+            g.qkv_rows(
+                QkvFormats::one(dt),
+                [p(0), p(1), p(2)],
+                xb.all(),
+                norm,
+                cols,
+                n,
+            )
         };
         let err = got.expect_err("a k output one float short must be refused");
         assert!(

@@ -6,7 +6,7 @@ use super::tests::{buf_from, test_gpu, Rng, TestRows};
 use super::*;
 use crate::gpu::attention::StepRope;
 use crate::gpu::batched::RowsMath;
-use crate::gpu::qkv::Proj;
+use crate::gpu::qkv::{Proj, QkvFormats};
 use crate::model::gguf::GgmlType;
 use crate::model::quant;
 
@@ -166,7 +166,14 @@ fn op_profile_qwen_shapes() {
             rows: rows[i],
         };
         time("attn qkv q5_0 fused, 1 launch", bytes, &|| {
-            g.qkv_norm(dt, [p(0), p(1), p(2)], xb.all(), nb.all(), 1e-6, cols)
+            g.qkv_norm(
+                QkvFormats::one(dt),
+                [p(0), p(1), p(2)],
+                xb.all(),
+                nb.all(),
+                1e-6,
+                cols,
+            )
         });
         time("attn qkv q5_0 as 3 launches", bytes, &|| {
             for i in 0..3 {
@@ -422,15 +429,16 @@ fn op_profile_batched_qwen_shapes() {
             },
         );
         if tiles {
-            // q, k and v in one launch (`_qkv_bst`, `Gpu::qkv_rows`).
+            // q, k and v in one launch (`_qkv_bst`, `Gpu::qkv_rows`), v in
+            // q8_0 as in half the Qwen file's layers (the mixed kernel).
             let (wq, bq) = upload_quant(&mut r, GgmlType::Q5_0, 896, 896);
             let (wk, bk) = upload_quant(&mut r, GgmlType::Q5_0, 128, 896);
-            let (wv, _) = upload_quant(&mut r, GgmlType::Q5_0, 128, 896);
+            let (wv, bv) = upload_quant(&mut r, GgmlType::Q8_0, 128, 896);
             let stride = 4 * 896 * big;
             time_op(
                 &g,
-                &format!("x{batch} qkv q5_0 +norm"),
-                bq + 2 * bk,
+                &format!("x{batch} qkv q5_0 (v q8_0) +norm"),
+                bq + bk + bv,
                 &|| {
                     let ws = [(&wq, 896), (&wk, 128), (&wv, 128)];
                     let p = |i: usize| Proj {
@@ -440,7 +448,10 @@ fn op_profile_batched_qwen_shapes() {
                         rows: ws[i].1,
                     };
                     g.qkv_rows(
-                        GgmlType::Q5_0,
+                        QkvFormats {
+                            qk: GgmlType::Q5_0,
+                            v: GgmlType::Q8_0,
+                        },
                         [p(0), p(1), p(2)],
                         xb.all(),
                         norm,

@@ -18,7 +18,7 @@ use crate::engine::kernels::BlockKernels;
 use crate::error::Result;
 use crate::gpu::attention::StepRope;
 use crate::gpu::batched::{RowNorm, RowsMath};
-use crate::gpu::qkv::Proj;
+use crate::gpu::qkv::{Proj, QkvFormats};
 use crate::gpu::Span;
 use crate::model::arch::{RopeStyle, TensorRef};
 
@@ -166,7 +166,9 @@ impl BlockKernels for CudaStep<'_> {
         let (d, hd, nh, nkv, n) = (c.d_model, c.head_dim, c.n_heads, c.n_kv_heads, self.n);
         let (nw, eps) = (self.wt(&l.attn_norm)?, c.norm_eps);
         let math = self.decode_math(Group::Attn);
-        let one_format = l.wk.dtype == l.wq.dtype && l.wv.dtype == l.wq.dtype;
+        // q, k and v in one launch where a fused kernel reads their formats
+        // (bit-identical to three).
+        let fused = QkvFormats::of(l.wq.dtype, l.wk.dtype, l.wv.dtype);
         let p = |t: &TensorRef, b: &Option<TensorRef>, out, rows| -> Result<Proj<'_>> {
             Ok(Proj {
                 w: self.wt(t)?,
@@ -175,16 +177,14 @@ impl BlockKernels for CudaStep<'_> {
                 rows,
             })
         };
-        if self.batched() && math == RowsMath::Fp32 && one_format {
-            // Decode rows, one format: q, k, v in one launch
-            // (bit-identical to three).
+        if let (true, RowsMath::Fp32, Some(f)) = (self.batched(), math, fused) {
             let norm = self.row_norm(&l.attn_norm)?;
             let qkv = [
                 p(&l.wq, &l.bq, a[Buf::Q].all(), nh * hd)?,
                 p(&l.wk, &l.bk, a[Buf::K].all(), nkv * hd)?,
                 p(&l.wv, &l.bv, a[Buf::V].all(), nkv * hd)?,
             ];
-            return g.qkv_rows(l.wq.dtype, qkv, a[Buf::X].all(), norm, d, n);
+            return g.qkv_rows(f, qkv, a[Buf::X].all(), norm, d, n);
         }
         if self.batched() || math == RowsMath::Tensor {
             let norm = self.row_norm(&l.attn_norm)?;
@@ -213,14 +213,13 @@ impl BlockKernels for CudaStep<'_> {
         if n > 1 {
             g.rmsnorm(a[Buf::X].all(), nw, a[Buf::Xn].all(), d, n, eps)?;
         }
-        if n == 1 && one_format {
-            // Decode, one format: q, k, v in one launch (bit-identical to three).
+        if let (1, Some(f)) = (n, fused) {
             let qkv = [
                 p(&l.wq, &l.bq, a[Buf::Q].all(), nh * hd)?,
                 p(&l.wk, &l.bk, a[Buf::K].all(), nkv * hd)?,
                 p(&l.wv, &l.bv, a[Buf::V].all(), nkv * hd)?,
             ];
-            return g.qkv_norm(l.wq.dtype, qkv, a[Buf::X].all(), nw, eps, d);
+            return g.qkv_norm(f, qkv, a[Buf::X].all(), nw, eps, d);
         }
         for (t, b, out, rows) in [
             (&l.wq, &l.bq, a[Buf::Q].all(), nh * hd),

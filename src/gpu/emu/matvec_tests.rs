@@ -6,9 +6,8 @@
 //! forward, reverse and shuffled thread orders; and the lone kernel agrees
 //! with a float64 product of the dequantized weights. The GPU suite's
 //! `op_batched_rows_are_bit_identical_to_lone_rows` checks the same on the
-//! GPU; these run in every `cargo test`. The fused q/k/v kernels a lone row
-//! (`_qkv_st`) and a step of several rows (`_qkv_bst`) run give each projection
-//! the normed `_st` kernel's bits.
+//! GPU; these run in every `cargo test`. The fused q/k/v kernels are checked
+//! in `qkv_tests`.
 
 use cudarc::driver::LaunchConfig;
 
@@ -21,13 +20,12 @@ use crate::gpu::launch_shape::{
 };
 use crate::gpu::ops::{dtype_suffix, row_bytes, FORMATS};
 use crate::gpu::test_support::Rng;
-use crate::model::quant;
 
-const EPS: f32 = 1e-5;
+pub(super) const EPS: f32 = 1e-5;
 /// The card the batched staged launches are shaped for: one SM, so their
 /// few blocks make every warp walk several rows on the grid stride (a real
 /// card's grids at test sizes give each warp one row).
-const EMU_SMS: i32 = 1;
+pub(super) const EMU_SMS: i32 = 1;
 
 /// The three products' output bits: normed with bias, gate/up + SwiGLU,
 /// plain accumulating into y0.
@@ -38,7 +36,7 @@ struct Bits {
     plain: Vec<u32>,
 }
 
-fn bits(v: &[f32]) -> Vec<u32> {
+pub(super) fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|f| f.to_bits()).collect()
 }
 
@@ -235,7 +233,13 @@ impl RowsCase {
 }
 
 /// Each of `batch` rows' norm scale, by `row_rms` (`Gpu::row_rms`'s launch).
-fn row_scales(emu: &Emu, x: &[f32], cols: usize, batch: usize, order: Order) -> Vec<f32> {
+pub(super) fn row_scales(
+    emu: &Emu,
+    x: &[f32],
+    cols: usize,
+    batch: usize,
+    order: Order,
+) -> Vec<f32> {
     let mut scale = vec![f32::NAN; batch];
     let cfg = LaunchConfig {
         grid_dim: (batch.div_ceil(4) as u32, 1, 1),
@@ -253,7 +257,7 @@ fn row_scales(emu: &Emu, x: &[f32], cols: usize, batch: usize, order: Order) -> 
     scale
 }
 
-fn orders(r: &mut Rng) -> [Order; 4] {
+pub(super) fn orders(r: &mut Rng) -> [Order; 4] {
     let mut seed = || r.vec(1)[0].to_bits() as u64 | 1;
     [
         Order::Forward,
@@ -351,203 +355,6 @@ fn staged_rows_keep_the_plain_kernels_bits_however_many_rows_a_warp_walks() {
         }
     }
     println!("emu staged rows: staged rows equal plain rows in all 11 formats, 1..3 blocks");
-}
-
-/// The fused q/k/v decode kernel (`_qkv_st`, what a lone decode row runs)
-/// gives each projection the bits the normed `_st` kernel gives it alone,
-/// which is what the batched kernels reproduce: the link that makes a lone
-/// row's q, k and v equal a batched row's. Qwen-like row counts (q wide, k
-/// and v narrow, with biases) in every format.
-#[test]
-fn fused_qkv_equals_three_normed_products_in_every_format() {
-    let emu = Emu::get();
-    let mut r = Rng::fresh("emu_qkv");
-    let (rq, rk, cols) = (96usize, 16usize, 512usize);
-    for &(dt, suffix) in FORMATS.iter() {
-        let quantized = |r: &mut Rng, rows: usize| {
-            let mut q = Vec::new();
-            quant::quantize(dt, &r.vec(rows * cols), &mut q).expect("quantize");
-            q
-        };
-        let (wq, wk, wv) = (
-            quantized(&mut r, rq),
-            quantized(&mut r, rk),
-            quantized(&mut r, rk),
-        );
-        let (x, nw) = (r.vec(cols), r.vec(cols));
-        let (bq, bk, bv) = (r.vec(rq), r.vec(rk), r.vec(rk));
-        let rb = row_bytes(dt, cols).expect("row bytes") as u64;
-        // Each projection alone through the normed decode kernel.
-        let alone = |w: &[u8], b: &[f32], rows: usize| -> Vec<u32> {
-            let (st, cfg) = decode_launch(dt, rows, cols, 2);
-            let mut y = vec![f32::NAN; rows];
-            let args = [
-                Arg::of(w),
-                Arg::U64(rb),
-                Arg::of(&x),
-                Arg::of(b),
-                Arg::of_mut(&mut y),
-                Arg::I32(rows as i32),
-                Arg::I32(cols as i32),
-                Arg::I32(0),
-                Arg::of(&nw),
-                Arg::F32(EPS),
-            ];
-            emu.launch(&format!("matvec_{suffix}{st}"), cfg, Order::Forward, &args)
-                .unwrap();
-            bits(&y)
-        };
-        let want = [
-            alone(&wq, &bq, rq),
-            alone(&wk, &bk, rk),
-            alone(&wv, &bv, rk),
-        ];
-        // All three in one launch (`Gpu::qkv_norm`'s shape and arguments),
-        // and on one block, whose warps walk 16 rows each across the three.
-        let (_, launcher) = decode_launch(dt, rq + 2 * rk, cols, 2);
-        let mut one_block = launcher;
-        one_block.grid_dim.0 = 1;
-        for (cfg, order) in [(launcher, Order::Reverse), (one_block, Order::Forward)] {
-            let (mut yq, mut yk, mut yv) =
-                (vec![f32::NAN; rq], vec![f32::NAN; rk], vec![f32::NAN; rk]);
-            let args = [
-                Arg::of(&wq),
-                Arg::of(&wk),
-                Arg::of(&wv),
-                Arg::U64(rb),
-                Arg::of(&x),
-                Arg::of(&nw),
-                Arg::F32(EPS),
-                Arg::of(&bq),
-                Arg::of(&bk),
-                Arg::of(&bv),
-                Arg::of_mut(&mut yq),
-                Arg::of_mut(&mut yk),
-                Arg::of_mut(&mut yv),
-                Arg::I32(rq as i32),
-                Arg::I32(rk as i32),
-                Arg::I32(rk as i32),
-                Arg::I32(cols as i32),
-            ];
-            emu.launch(&format!("matvec_{suffix}_qkv_st"), cfg, order, &args)
-                .unwrap();
-            let got = [bits(&yq), bits(&yk), bits(&yv)];
-            assert!(
-                got == want,
-                "{} fused q/k/v on {} blocks differs from three normed products",
-                dt.name(),
-                cfg.grid_dim.0
-            );
-        }
-    }
-    println!("emu qkv: fused q/k/v identical to three normed products in all 11 formats");
-}
-
-/// The fused q/k/v kernel of a decode step of several rows (`_qkv_bst`,
-/// `Gpu::qkv_rows`) gives every token row of each projection the bits the
-/// normed `_st` kernel gives that row alone, in every format and thread
-/// order, on the launcher's grid for one SM (warps walk rows across the
-/// three matrices) and for 132 SMs (a warp a row).
-#[test]
-fn batched_fused_qkv_rows_are_bit_identical_to_lone_rows_in_every_format() {
-    let emu = Emu::get();
-    let mut r = Rng::fresh("emu_qkv_rows");
-    let (rq, rk, cols) = (96usize, 16usize, 512usize);
-    let mut case_no = 0;
-    for &(dt, suffix) in FORMATS.iter() {
-        let quantized = |r: &mut Rng, rows: usize| {
-            let mut q = Vec::new();
-            quant::quantize(dt, &r.vec(rows * cols), &mut q).expect("quantize");
-            q
-        };
-        let (wq, wk, wv) = (
-            quantized(&mut r, rq),
-            quantized(&mut r, rk),
-            quantized(&mut r, rk),
-        );
-        let nw = r.vec(cols);
-        let (bq, bk, bv) = (r.vec(rq), r.vec(rk), r.vec(rk));
-        let rb = row_bytes(dt, cols).expect("row bytes") as u64;
-        // 12 rows: a full group of 8 vectors and a partial one; 33 rows:
-        // five groups, as a step of more rows than BT_MIN_BATCH takes it.
-        for batch in [2usize, 12, 33] {
-            let x = r.vec(batch * cols);
-            // Each token row of each projection alone through the normed
-            // decode kernel (what a lone row's q, k and v equal).
-            let alone = |w: &[u8], b: &[f32], rows: usize| -> Vec<u32> {
-                let (st, cfg) = decode_launch(dt, rows, cols, 2);
-                let mut all = Vec::new();
-                for t in 0..batch {
-                    let mut y = vec![f32::NAN; rows];
-                    let args = [
-                        Arg::of(w),
-                        Arg::U64(rb),
-                        Arg::of(&x[t * cols..(t + 1) * cols]),
-                        Arg::of(b),
-                        Arg::of_mut(&mut y),
-                        Arg::I32(rows as i32),
-                        Arg::I32(cols as i32),
-                        Arg::I32(0),
-                        Arg::of(&nw),
-                        Arg::F32(EPS),
-                    ];
-                    emu.launch(&format!("matvec_{suffix}{st}"), cfg, Order::Forward, &args)
-                        .unwrap();
-                    all.extend(bits(&y));
-                }
-                all
-            };
-            let want = [
-                alone(&wq, &bq, rq),
-                alone(&wk, &bk, rk),
-                alone(&wv, &bv, rk),
-            ];
-            case_no += 1;
-            let mut ord = orders(&mut r);
-            ord.rotate_left(case_no % 4);
-            for (sms, order) in [EMU_SMS, 132].into_iter().zip(ord) {
-                let scale = row_scales(emu, &x, cols, batch, order);
-                let (per, cfg) =
-                    batched_launch(dt, rq + 2 * rk, cols, batch, true, sms).expect("bst shape");
-                let (mut yq, mut yk, mut yv) = (
-                    vec![f32::NAN; rq * batch],
-                    vec![f32::NAN; rk * batch],
-                    vec![f32::NAN; rk * batch],
-                );
-                let args = [
-                    Arg::of(&wq),
-                    Arg::of(&wk),
-                    Arg::of(&wv),
-                    Arg::U64(rb),
-                    Arg::of(&x),
-                    Arg::of(&nw),
-                    Arg::of(&scale),
-                    Arg::of(&bq),
-                    Arg::of(&bk),
-                    Arg::of(&bv),
-                    Arg::of_mut(&mut yq),
-                    Arg::of_mut(&mut yk),
-                    Arg::of_mut(&mut yv),
-                    Arg::I32(rq as i32),
-                    Arg::I32(rk as i32),
-                    Arg::I32(rk as i32),
-                    Arg::I32(cols as i32),
-                    Arg::I32(batch as i32),
-                    Arg::I32(per as i32),
-                ];
-                emu.launch(&format!("matvec_{suffix}_qkv_bst"), cfg, order, &args)
-                    .unwrap();
-                let got = [bits(&yq), bits(&yk), bits(&yv)];
-                assert!(
-                    got == want,
-                    "{} fused q/k/v of {batch} rows on {:?} ({order:?}) differs from lone rows",
-                    dt.name(),
-                    cfg.grid_dim
-                );
-            }
-        }
-    }
-    println!("emu qkv rows: fused q/k/v rows identical to lone normed rows in all 11 formats");
 }
 
 /// The tensor-core kernels (`_mm`, `_gu_mm`: 3xTF32 MMAs, emulated lane by

@@ -25,6 +25,8 @@ mod matvec_tests;
 #[cfg(test)]
 mod prefill_attention_tests;
 #[cfg(test)]
+mod qkv_tests;
+#[cfg(test)]
 mod topk_tests;
 
 use std::path::{Path, PathBuf};
