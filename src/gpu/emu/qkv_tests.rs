@@ -19,8 +19,47 @@ use crate::gpu::test_support::Rng;
 use crate::model::gguf::GgmlType;
 use crate::model::quant;
 
-/// Every format alone, then every mixed pair.
-fn format_cases() -> Vec<QkvFormats> {
+/// A case's rows of q, k and v and its width.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    rows: [usize; 3],
+    cols: usize,
+}
+
+/// Qwen-like row counts (q wide, k and v narrow, with biases), half a
+/// chunk wide: every single format runs this one.
+const HALF_CHUNK: Shape = Shape {
+    rows: [96, 16, 16],
+    cols: 512,
+};
+
+/// The mixed pairs' shapes: a chunk and a quarter wide (a full chunk, then
+/// a partial one, so a v row stages a whole chunk of its larger format:
+/// a slot sized for q/k's chunk alone overruns its neighbour's), v rows
+/// other than k's and a q/k/v boundary off the one-block grid's stride
+/// (some warps switch format, some start on v, some have no v row), no v
+/// rows, and no q or k rows.
+const MIXED_SHAPES: [Shape; 4] = [
+    Shape {
+        rows: [96, 16, 16],
+        cols: 1280,
+    },
+    Shape {
+        rows: [96, 12, 20],
+        cols: 1280,
+    },
+    Shape {
+        rows: [40, 12, 0],
+        cols: 512,
+    },
+    Shape {
+        rows: [0, 0, 20],
+        cols: 512,
+    },
+];
+
+/// Every format alone at HALF_CHUNK, then every mixed pair at MIXED_SHAPES.
+fn cases() -> Vec<(QkvFormats, Shape)> {
     let by_suffix = |s: &str| -> GgmlType {
         FORMATS
             .iter()
@@ -28,22 +67,22 @@ fn format_cases() -> Vec<QkvFormats> {
             .unwrap_or_else(|| panic!("QKV_MIXED names {s}, which no kernel reads"))
             .0
     };
-    let mut cases: Vec<QkvFormats> = FORMATS.iter().map(|f| QkvFormats::one(f.0)).collect();
+    let mut cases: Vec<(QkvFormats, Shape)> = FORMATS
+        .iter()
+        .map(|f| (QkvFormats::one(f.0), HALF_CHUNK))
+        .collect();
     for (qk, _, v, _) in QKV_MIXED {
         let f = QkvFormats::of(by_suffix(qk), by_suffix(qk), by_suffix(v));
-        cases.push(f.expect("a QKV_MIXED pair is fusable"));
+        let f = f.expect("a QKV_MIXED pair is fusable");
+        cases.extend(MIXED_SHAPES.map(|shape| (f, shape)));
     }
     cases
 }
 
-/// Qwen-like row counts (q wide, k and v narrow, with biases), 512 wide.
-const RQ: usize = 96;
-const RK: usize = 16;
-const COLS: usize = 512;
-
 /// One case's weights (q and k in `f.qk`, v in `f.v`), norm weight, biases.
 struct QkvCase {
     f: QkvFormats,
+    shape: Shape,
     w: [Vec<u8>; 3],
     nw: Vec<f32>,
     b: [Vec<f32>; 3],
@@ -53,21 +92,27 @@ struct QkvCase {
 type Outs = [Vec<u32>; 3];
 
 impl QkvCase {
-    fn random(r: &mut Rng, f: QkvFormats) -> Self {
-        let rows = [RQ, RK, RK];
+    fn random(r: &mut Rng, f: QkvFormats, shape: Shape) -> Self {
+        let (rows, cols) = (shape.rows, shape.cols);
         let w = std::array::from_fn(|i| {
             let dt = if i == 2 { f.v } else { f.qk };
             let mut q = Vec::new();
-            quant::quantize(dt, &r.vec(rows[i] * COLS), &mut q).expect("quantize");
+            quant::quantize(dt, &r.vec(rows[i] * cols), &mut q).expect("quantize");
             q
         });
-        let nw = r.vec(COLS);
+        let nw = r.vec(cols);
         let b = std::array::from_fn(|i| r.vec(rows[i]));
-        Self { f, w, nw, b }
+        Self { f, shape, w, nw, b }
+    }
+
+    fn total_rows(&self) -> usize {
+        self.shape.rows.iter().sum()
     }
 
     fn name(&self) -> String {
-        format!("{}/{}", self.f.qk.name(), self.f.v.name())
+        let [rq, rk, rv] = self.shape.rows;
+        let (qk, v, cols) = (self.f.qk.name(), self.f.v.name(), self.shape.cols);
+        format!("{qk}/{v} {rq}+{rk}+{rv} rows of {cols}")
     }
 
     fn format(&self, i: usize) -> GgmlType {
@@ -79,27 +124,31 @@ impl QkvCase {
     }
 
     fn row_bytes(&self, i: usize) -> u64 {
-        row_bytes(self.format(i), COLS).expect("row bytes") as u64
+        row_bytes(self.format(i), self.shape.cols).expect("row bytes") as u64
     }
 
     /// Each of `batch` token rows of each projection alone through the
     /// normed decode kernel of the projection's format.
     fn alone(&self, emu: &Emu, x: &[f32], batch: usize) -> Outs {
+        let cols = self.shape.cols;
         std::array::from_fn(|i| {
-            let rows = [RQ, RK, RK][i];
+            let rows = self.shape.rows[i];
             let dt = self.format(i);
-            let (st, cfg) = decode_launch(dt, rows, COLS, 2);
+            let (st, cfg) = decode_launch(dt, rows, cols, 2);
             let mut all = Vec::new();
+            if rows == 0 {
+                return all;
+            }
             for t in 0..batch {
                 let mut y = vec![f32::NAN; rows];
                 let args = [
                     Arg::of(&self.w[i]),
                     Arg::U64(self.row_bytes(i)),
-                    Arg::of(&x[t * COLS..(t + 1) * COLS]),
+                    Arg::of(&x[t * cols..(t + 1) * cols]),
                     Arg::of(&self.b[i]),
                     Arg::of_mut(&mut y),
                     Arg::I32(rows as i32),
-                    Arg::I32(COLS as i32),
+                    Arg::I32(cols as i32),
                     Arg::I32(0),
                     Arg::of(&self.nw),
                     Arg::F32(EPS),
@@ -126,10 +175,11 @@ impl QkvCase {
         cfg: LaunchConfig,
         order: Order,
     ) -> Outs {
+        let [rq, rk, rv] = self.shape.rows;
         let (mut yq, mut yk, mut yv) = (
-            vec![f32::NAN; RQ * batch],
-            vec![f32::NAN; RK * batch],
-            vec![f32::NAN; RK * batch],
+            vec![f32::NAN; rq * batch],
+            vec![f32::NAN; rk * batch],
+            vec![f32::NAN; rv * batch],
         );
         let mut args = vec![
             Arg::of(&self.w[0]),
@@ -146,10 +196,10 @@ impl QkvCase {
             Arg::of_mut(&mut yq),
             Arg::of_mut(&mut yk),
             Arg::of_mut(&mut yv),
-            Arg::I32(RQ as i32),
-            Arg::I32(RK as i32),
-            Arg::I32(RK as i32),
-            Arg::I32(COLS as i32),
+            Arg::I32(rq as i32),
+            Arg::I32(rk as i32),
+            Arg::I32(rv as i32),
+            Arg::I32(self.shape.cols as i32),
         ];
         args.extend_from_slice(tail);
         emu.launch(&self.f.kernel(variant), cfg, order, &args)
@@ -165,11 +215,11 @@ impl QkvCase {
 fn fused_qkv_equals_three_normed_products_in_every_format_and_mixed_pair() {
     let emu = Emu::get();
     let mut r = Rng::fresh("emu_qkv");
-    for f in format_cases() {
-        let case = QkvCase::random(&mut r, f);
-        let x = r.vec(COLS);
+    for (f, shape) in cases() {
+        let case = QkvCase::random(&mut r, f, shape);
+        let x = r.vec(shape.cols);
         let want = case.alone(emu, &x, 1);
-        let (_, launcher) = decode_launch(f.staging(), RQ + 2 * RK, COLS, 2);
+        let (_, launcher) = decode_launch(f.staging(), case.total_rows(), shape.cols, 2);
         let mut one_block = launcher;
         one_block.grid_dim.0 = 1;
         for (cfg, order) in [(launcher, Order::Reverse), (one_block, Order::Forward)] {
@@ -195,18 +245,20 @@ fn batched_fused_qkv_rows_are_bit_identical_to_lone_rows_in_every_format_and_mix
     let emu = Emu::get();
     let mut r = Rng::fresh("emu_qkv_rows");
     let mut case_no = 0;
-    for f in format_cases() {
-        let case = QkvCase::random(&mut r, f);
+    for (f, shape) in cases() {
+        let case = QkvCase::random(&mut r, f, shape);
+        let cols = shape.cols;
         for batch in [2usize, 12, 33] {
-            let x = r.vec(batch * COLS);
+            let x = r.vec(batch * cols);
             let want = case.alone(emu, &x, batch);
             case_no += 1;
             let mut ord = orders(&mut r);
             ord.rotate_left(case_no % 4);
             for (sms, order) in [EMU_SMS, 132].into_iter().zip(ord) {
-                let scale = row_scales(emu, &x, COLS, batch, order);
-                let (per, cfg) = batched_launch(f.staging(), RQ + 2 * RK, COLS, batch, true, sms)
-                    .expect("bst shape");
+                let scale = row_scales(emu, &x, cols, batch, order);
+                let rows = case.total_rows();
+                let (per, cfg) =
+                    batched_launch(f.staging(), rows, cols, batch, true, sms).expect("bst shape");
                 let tail = [Arg::I32(batch as i32), Arg::I32(per as i32)];
                 let got = case.fused(emu, "_bst", &x, Arg::of(&scale), &tail, batch, cfg, order);
                 assert!(
