@@ -21,6 +21,8 @@ mod attention_tests;
 #[cfg(test)]
 mod dequant_tests;
 #[cfg(test)]
+mod guarded;
+#[cfg(test)]
 mod matvec_tests;
 #[cfg(test)]
 mod prefill_attention_tests;

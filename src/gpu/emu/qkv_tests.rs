@@ -9,6 +9,7 @@
 
 use cudarc::driver::LaunchConfig;
 
+use super::guarded::Guarded;
 use super::matvec_tests::{bits, orders, row_scales, EMU_SMS, EPS};
 use super::{Arg, Emu, Order};
 use crate::gpu::kernel_units::QKV_MIXED;
@@ -79,11 +80,14 @@ fn cases() -> Vec<(QkvFormats, Shape)> {
     cases
 }
 
-/// One case's weights (q and k in `f.qk`, v in `f.v`), norm weight, biases.
+/// One case's weights (q and k in `f.qk`, v in `f.v`), norm weight, biases;
+/// the fused kernels read the weights from copies that end at a guard page
+/// (a row fetched past a matrix's end stops the test).
 struct QkvCase {
     f: QkvFormats,
     shape: Shape,
     w: [Vec<u8>; 3],
+    guarded: [Guarded; 3],
     nw: Vec<f32>,
     b: [Vec<f32>; 3],
 }
@@ -102,7 +106,15 @@ impl QkvCase {
         });
         let nw = r.vec(cols);
         let b = std::array::from_fn(|i| r.vec(rows[i]));
-        Self { f, shape, w, nw, b }
+        let guarded = std::array::from_fn(|i| Guarded::new(&w[i]));
+        Self {
+            f,
+            shape,
+            w,
+            guarded,
+            nw,
+            b,
+        }
     }
 
     fn total_rows(&self) -> usize {
@@ -182,9 +194,9 @@ impl QkvCase {
             vec![f32::NAN; rv * batch],
         );
         let mut args = vec![
-            Arg::of(&self.w[0]),
-            Arg::of(&self.w[1]),
-            Arg::of(&self.w[2]),
+            self.guarded[0].arg(),
+            self.guarded[1].arg(),
+            self.guarded[2].arg(),
             Arg::U64(self.row_bytes(0)),
             Arg::U64(self.row_bytes(2)),
             Arg::of(x),
