@@ -7,9 +7,10 @@
 
 use super::Arg;
 
-/// A copy of some bytes whose end (rounded up to a 4-byte word: the
-/// kernels read whole words, the last one possibly past a row's last byte)
-/// is the start of a page no one may read or write.
+/// A copy of some bytes whose end (rounded up to 16 bytes: the kernels read
+/// whole 4-byte words and 16-byte aligned copies, the last possibly past a
+/// row's last byte, never past its aligned unit) is the start of a page no
+/// one may read or write.
 pub struct Guarded {
     base: *mut u8,
     map_len: usize,
@@ -20,7 +21,7 @@ impl Guarded {
     pub fn new(bytes: &[u8]) -> Guarded {
         // SAFETY: sysconf only reads a system constant.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let end = bytes.len().next_multiple_of(4);
+        let end = bytes.len().next_multiple_of(16);
         let data = end.div_ceil(page).max(1) * page;
         let map_len = data + page;
         // SAFETY: an anonymous private mapping of map_len bytes, not aliased

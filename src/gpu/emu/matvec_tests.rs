@@ -6,11 +6,14 @@
 //! forward, reverse and shuffled thread orders; and the lone kernel agrees
 //! with a float64 product of the dequantized weights. The GPU suite's
 //! `op_batched_rows_are_bit_identical_to_lone_rows` checks the same on the
-//! GPU; these run in every `cargo test`. The fused q/k/v kernels are checked
-//! in `qkv_tests`.
+//! GPU; these run in every `cargo test`. The weights are read from copies
+//! that end at a guard page (`guarded`), so a row or chunk fetched past a
+//! matrix's end stops the test even when its bytes go unused. The fused
+//! q/k/v kernels are checked in `qkv_tests`.
 
 use cudarc::driver::LaunchConfig;
 
+use super::guarded::Guarded;
 use super::{Arg, Emu, Order};
 use crate::engine::cuda::matvec_tests::RowsCase;
 use crate::gpu::batched::b8_grid;
@@ -68,6 +71,7 @@ impl RowsCase {
     ) -> Bits {
         let (rows, cols) = (self.rows, self.cols);
         let (ri, ci) = (Arg::I32(rows as i32), Arg::I32(cols as i32));
+        let (wq, uq) = (Guarded::new(&self.wq), Guarded::new(&self.uq));
         let mut out = Bits {
             normed: vec![],
             gate_up: vec![],
@@ -78,7 +82,7 @@ impl RowsCase {
             let (st, cfg) = shape(2);
             let mut y = vec![f32::NAN; rows];
             let args = [
-                Arg::of(&self.wq),
+                wq.arg(),
                 Arg::U64(self.rb()),
                 Arg::of(xt),
                 Arg::of(&self.bias),
@@ -94,8 +98,8 @@ impl RowsCase {
 
             let mut g = vec![f32::NAN; rows];
             let args = [
-                Arg::of(&self.wq),
-                Arg::of(&self.uq),
+                wq.arg(),
+                uq.arg(),
                 Arg::U64(self.rb()),
                 Arg::of(xt),
                 Arg::of(&self.nw),
@@ -111,7 +115,7 @@ impl RowsCase {
             let (st, cfg) = shape(1);
             let mut a = self.y0[t * rows..(t + 1) * rows].to_vec();
             let args = [
-                Arg::of(&self.wq),
+                wq.arg(),
                 Arg::U64(self.rb()),
                 Arg::of(xt),
                 Arg::Ptr(0),
@@ -149,6 +153,7 @@ impl RowsCase {
         mm_tiles: Option<usize>,
     ) -> Bits {
         let (rows, cols, batch) = (self.rows, self.cols, self.batch);
+        let (wq, uq) = (Guarded::new(&self.wq), Guarded::new(&self.uq));
         let scale = self.scales(emu, order);
         let shape = |normed: bool, gate_up: bool| -> (LaunchConfig, Option<i32>) {
             match variant {
@@ -181,10 +186,10 @@ impl RowsCase {
             Arg::I32(cols as i32),
             Arg::I32(batch as i32),
         );
-        let product = |w: &[u8], bias: Arg, y: &mut [f32], acc: i32, normed: bool| {
+        let product = |w: Arg, bias: Arg, y: &mut [f32], acc: i32, normed: bool| {
             let (cfg, per) = shape(normed, false);
             let mut args = vec![
-                Arg::of(w),
+                w,
                 Arg::U64(self.rb()),
                 Arg::of(&self.x),
                 bias,
@@ -203,15 +208,15 @@ impl RowsCase {
             emu.launch(&self.name(variant), cfg, order, &args).unwrap();
         };
         let mut normed = vec![f32::NAN; rows * batch];
-        product(&self.wq, Arg::of(&self.bias), &mut normed, 0, true);
+        product(wq.arg(), Arg::of(&self.bias), &mut normed, 0, true);
         let mut plain = self.y0.clone();
-        product(&self.wq, Arg::Ptr(0), &mut plain, 1, false);
+        product(wq.arg(), Arg::Ptr(0), &mut plain, 1, false);
 
         let (cfg, per) = shape(true, true);
         let mut g = vec![f32::NAN; rows * batch];
         let mut args = vec![
-            Arg::of(&self.wq),
-            Arg::of(&self.uq),
+            wq.arg(),
+            uq.arg(),
             Arg::U64(self.rb()),
             Arg::of(&self.x),
             Arg::of(&self.nw),
