@@ -70,14 +70,8 @@ pub fn kernel_names() -> Vec<String> {
                 format!("dequant_split_{f}"),
             ])
     });
-    // The fused q/k/v kernels of the mixed format pairs (cuda/matvec.cu).
-    let qkv_mixed = super::kernel_units::QKV_MIXED
-        .iter()
-        .flat_map(|(qk, _, v, _)| {
-            ["_st", "_bst"].map(|variant| format!("matvec_{qk}_{v}_qkv{variant}"))
-        });
     per_format
-        .chain(qkv_mixed)
+        .chain(super::qkv::mixed_kernel_names())
         .chain(SINGLE_KERNELS.iter().map(|s| s.to_string()))
         .collect()
 }

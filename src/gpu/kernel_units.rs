@@ -73,7 +73,8 @@ pub const MM_SHAPE: (usize, usize, usize, usize, usize) = (16, 8, 32, 34, 4);
 /// beside q4_K, or q8_0 beside q5_0 where the width is not a multiple of
 /// 256 (Qwen2.5-0.5B). Each pair becomes `matvec_<qk>_<v>_qkv_st` and
 /// `_qkv_bst` (QKV_MIXED_PAIRS, pasted into every translation unit and
-/// expanded in cuda/matvec.cu); `Gpu::qkv_fused` reads the same table.
+/// expanded in cuda/matvec.cu); `QkvFormats::of` and the start-up kernel
+/// list (`qkv::mixed_kernel_names`) read the same table.
 pub const QKV_MIXED: &[(&str, &str, &str, &str)] = &[
     ("q5_0", "Q5_0", "q8_0", "Q8_0"),
     ("q4_k", "Q4K", "q6_k", "Q6K"),

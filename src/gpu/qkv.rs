@@ -59,14 +59,8 @@ impl QkvFormats {
     /// `matvec_<qk>_qkv<variant>`, or `matvec_<qk>_<v>_qkv<variant>` for a
     /// mixed pair.
     pub(crate) fn kernel(&self, variant: &str) -> String {
-        let qk = dtype_suffix(self.qk).unwrap_or("none");
-        match self.qk == self.v {
-            true => format!("matvec_{qk}_qkv{variant}"),
-            false => format!(
-                "matvec_{qk}_{}_qkv{variant}",
-                dtype_suffix(self.v).unwrap_or("none")
-            ),
-        }
+        let suffix = |t| dtype_suffix(t).unwrap_or("none");
+        kernel_name(suffix(self.qk), suffix(self.v), variant)
     }
 
     /// The format whose chunk is larger: the shared memory a launch needs
@@ -79,13 +73,29 @@ impl QkvFormats {
     }
 
     /// Format of projection `i` (0 q, 1 k, 2 v).
-    fn of_proj(&self, i: usize) -> GgmlType {
+    pub(crate) fn of_proj(&self, i: usize) -> GgmlType {
         if i == 2 {
             self.v
         } else {
             self.qk
         }
     }
+}
+
+/// The fused kernel of q/k in the format of suffix `qk` and v in `v`'s
+/// (cuda/matvec.cu's MATVEC_QKV names).
+fn kernel_name(qk: &str, v: &str, variant: &str) -> String {
+    match qk == v {
+        true => format!("matvec_{qk}_qkv{variant}"),
+        false => format!("matvec_{qk}_{v}_qkv{variant}"),
+    }
+}
+
+/// Both fused kernels of every mixed pair (for `device::kernel_names`).
+pub(crate) fn mixed_kernel_names() -> impl Iterator<Item = String> {
+    QKV_MIXED
+        .iter()
+        .flat_map(|(qk, _, v, _)| ["_st", "_bst"].map(|variant| kernel_name(qk, v, variant)))
 }
 
 /// One projection of the fused launch: weights, optional bias, output, rows.

@@ -306,7 +306,7 @@ fn op_qkv_fused_matches_three_matvecs() {
         (Q4K, Q6K, 1536, [1536, 256, 256]),
     ] {
         let f = QkvFormats::of(dt, dt, vt).expect("a fused pair");
-        let format = |i: usize| if i == 2 { vt } else { dt };
+        let format = |i: usize| f.of_proj(i);
         let x = r.vec(cols);
         let nw = r.vec(cols);
         let (xb, nb) = (buf_from(&g, &x, "x"), buf_from(&g, &nw, "nw"));

@@ -81,13 +81,12 @@ fn cases() -> Vec<(QkvFormats, Shape)> {
 }
 
 /// One case's weights (q and k in `f.qk`, v in `f.v`), norm weight, biases;
-/// the fused kernels read the weights from copies that end at a guard page
-/// (a row fetched past a matrix's end stops the test).
+/// the weights are copies that end at a guard page (a row fetched past a
+/// matrix's end stops the test).
 struct QkvCase {
     f: QkvFormats,
     shape: Shape,
-    w: [Vec<u8>; 3],
-    guarded: [Guarded; 3],
+    w: [Guarded; 3],
     nw: Vec<f32>,
     b: [Vec<f32>; 3],
 }
@@ -99,22 +98,13 @@ impl QkvCase {
     fn random(r: &mut Rng, f: QkvFormats, shape: Shape) -> Self {
         let (rows, cols) = (shape.rows, shape.cols);
         let w = std::array::from_fn(|i| {
-            let dt = if i == 2 { f.v } else { f.qk };
             let mut q = Vec::new();
-            quant::quantize(dt, &r.vec(rows[i] * cols), &mut q).expect("quantize");
-            q
+            quant::quantize(f.of_proj(i), &r.vec(rows[i] * cols), &mut q).expect("quantize");
+            Guarded::new(&q)
         });
         let nw = r.vec(cols);
         let b = std::array::from_fn(|i| r.vec(rows[i]));
-        let guarded = std::array::from_fn(|i| Guarded::new(&w[i]));
-        Self {
-            f,
-            shape,
-            w,
-            guarded,
-            nw,
-            b,
-        }
+        Self { f, shape, w, nw, b }
     }
 
     fn total_rows(&self) -> usize {
@@ -127,16 +117,8 @@ impl QkvCase {
         format!("{qk}/{v} {rq}+{rk}+{rv} rows of {cols}")
     }
 
-    fn format(&self, i: usize) -> GgmlType {
-        if i == 2 {
-            self.f.v
-        } else {
-            self.f.qk
-        }
-    }
-
     fn row_bytes(&self, i: usize) -> u64 {
-        row_bytes(self.format(i), self.shape.cols).expect("row bytes") as u64
+        row_bytes(self.f.of_proj(i), self.shape.cols).expect("row bytes") as u64
     }
 
     /// Each of `batch` token rows of each projection alone through the
@@ -145,7 +127,7 @@ impl QkvCase {
         let cols = self.shape.cols;
         std::array::from_fn(|i| {
             let rows = self.shape.rows[i];
-            let dt = self.format(i);
+            let dt = self.f.of_proj(i);
             let (st, cfg) = decode_launch(dt, rows, cols, 2);
             let mut all = Vec::new();
             if rows == 0 {
@@ -154,7 +136,7 @@ impl QkvCase {
             for t in 0..batch {
                 let mut y = vec![f32::NAN; rows];
                 let args = [
-                    Arg::of(&self.w[i]),
+                    self.w[i].arg(),
                     Arg::U64(self.row_bytes(i)),
                     Arg::of(&x[t * cols..(t + 1) * cols]),
                     Arg::of(&self.b[i]),
@@ -194,9 +176,9 @@ impl QkvCase {
             vec![f32::NAN; rv * batch],
         );
         let mut args = vec![
-            self.guarded[0].arg(),
-            self.guarded[1].arg(),
-            self.guarded[2].arg(),
+            self.w[0].arg(),
+            self.w[1].arg(),
+            self.w[2].arg(),
             Arg::U64(self.row_bytes(0)),
             Arg::U64(self.row_bytes(2)),
             Arg::of(x),
