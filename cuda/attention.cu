@@ -152,32 +152,40 @@ attn_partial(const float* q, const float* kc, const float* vc, float* part, int*
     if (d1 < hd) dst[d1] = o1 / S;
 }
 
-// Split-KV decode attention with a warp per chunk and a GQA group per block
-// (`attn_decode_<HD>`, HD 64 or 128), fusing the step's RoPE and cache store
-// when given the step's k and v (decode_queries; a launch per layer saved):
-// grid (n_kv, ceil(chunks / AD_WARPS),
-// n_tok), block 32 * AD_WARPS threads, at most ATT_GROUP_MAX query heads per
-// KV head. Warp w of block (g, b, t) takes chunk AD_WARPS * b + w of row t
-// for every query head of KV head g and computes exactly the partial
-// attn_partial's block of that (row, head, chunk) computes: lane j scores
-// cache row j of the chunk (each key row loaded once for the whole group,
-// its dot over HD in order), the chunk's max is a warp max (a max is the
-// same whatever the order), weights exp(score - max) and their sum in row
-// order, and lane l sums output dims l, l + 32, ... over the chunk's rows in
-// order. Then each head's partials are folded in chunk order as attn_partial
-// folds them (fold_head), warp w folding heads w, w + AD_WARPS, ...: by the
-// block itself, from shared memory, when one block covers the row (up to
-// 32 * AD_WARPS positions); otherwise by the last block of the (row, KV
-// head) to finish, from global memory, found by an integer ticket on the
-// group's first head's counter. Every output has attn_partial's bits
-// (WORKER-4710; the kernel emulator and the GPU suite check it), so which
-// launch shape serves a step changes nothing a row computes.
+// Split-KV decode attention with two warps per chunk and a GQA group per
+// block (`attn_decode_<HD>`, HD 64 or 128), fusing the step's RoPE and cache
+// store when given the step's k and v (decode_queries; a launch per layer
+// saved): grid (n_kv, ceil(chunks / AD_CHUNKS), n_tok), block 32 * AD_WARPS
+// threads (AD_WARPS = 2 * AD_CHUNKS), at most ATT_GROUP_MAX query heads per
+// KV head. Warps 2w and 2w + 1 of block (g, b, t) take chunk AD_CHUNKS * b
+// + w of row t for every query head of KV head g and compute exactly the
+// partial attn_partial's block of that (row, head, chunk) computes: lane j
+// of each scores cache row j of the chunk for its half of the group's
+// heads (the key row loaded by both, its dot over HD in order), the chunk's
+// max is a warp max (a max is the same whatever the order), weights
+// exp(score - max) go to shared memory; after a barrier lane l of the even
+// warp sums output dims l, l + 32, ... of the first half of the dims, the
+// odd warp's the second half, over the chunk's rows in order, for every
+// head, and the weights' sum runs in row order. Then each head's partials
+// are folded in chunk order as attn_partial folds them (fold_head), warp w
+// folding heads w, w + AD_WARPS, ...: by the block itself, from shared
+// memory, when one block covers the row (up to 32 * AD_CHUNKS positions);
+// otherwise by the last block of the (row, KV head) to finish, from global
+// memory, found by an integer ticket on the group's first head's counter.
+// Every output has attn_partial's bits (WORKER-4710; the kernel emulator and
+// the GPU suite check it), so which launch shape serves a step changes
+// nothing a row computes.
 // Why: attn_partial starts a block of 128 threads per (row, head, chunk), in
 // which 32 threads score and 64 sum, each a chain of dependent global
 // loads, and its fold walks a long context's chunks one load after another.
-// Here a block has AD_WARPS chunks of a whole group in flight, a short
+// Here a block has AD_CHUNKS chunks of a whole group in flight, a short
 // context never leaves the block, and a long one's fold loads a tile's
-// maxima, sums and values before adding any of them.
+// maxima, sums and values before adding any of them. Two warps a chunk
+// (before: one, 8 chunks a block): an ncu profile on an H100 (c65d4f2,
+// position ~100) showed the kernel's time set by its busy warps' chains of
+// about 1,900 dependent instructions (scores and value sums of 7 heads)
+// issued every ~14 cycles, not by memory; splitting heads and dims between
+// two warps halves each chain and doubles the blocks of a long context.
 
 // A load of a partial: from shared memory, or from global memory past L1
 // (other blocks wrote it).
@@ -282,44 +290,51 @@ __device__ __forceinline__ void attn_decode_body(const float* q, const float* k,
                                                  const int4* place, const int* tables, int table_len,
                                                  int n_heads, int n_kv, int n_chunks, float scale, int neox,
                                                  float base) {
-    constexpr int W = AD_WARPS, G = ATT_GROUP_MAX, DL = HD / 32, P = HD + 2;
+    constexpr int W = AD_WARPS, C = AD_CHUNKS, G = ATT_GROUP_MAX, DL = HD / 32, P = HD + 2;
+    constexpr int G2 = (G + 1) / 2, DH = DL / 2;  // heads a warp scores, dims a lane sums
+    static_assert(W == 2 * C && DL % 2 == 0, "two warps a chunk, each summing half the dims");
     __shared__ __align__(16) float qs[G * HD];
-    __shared__ float ew[W][G][32];
+    __shared__ float ew[C][G][32];
+    __shared__ float cmax[C][G];
     __shared__ float fw[W][32];
     __shared__ float fs[W][32];
-    __shared__ float local[W][G][P];  // the partials, when one block covers the row
+    __shared__ float local[C][G][P];  // the partials, when one block covers the row
     __shared__ int is_last;
     const int kvh = blockIdx.x, t = blockIdx.z, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int cw = warp >> 1, half = warp & 1;  // the block's chunk this warp serves, and which half
     const int grp = n_heads / n_kv, h0 = kvh * grp;
     const int4 pl = place[t];
     const int n = pl.x + 1;
     const int nc = (n + ATT_CHUNK - 1) / ATT_CHUNK;
-    if (blockIdx.y * W >= nc) return;  // the whole block: past this row's chunks
-    const bool alone = nc <= W;         // this block holds every chunk of the row
+    if (blockIdx.y * C >= nc) return;  // the whole block: past this row's chunks
+    const bool alone = nc <= C;         // this block holds every chunk of the row
     const int* table = tables + (u64)pl.y * table_len;
     const float* qg = q + ((u64)t * n_heads + h0) * HD;
     // The angles go where the weights go later (free until then).
-    static_assert(W * G * 32 >= HD, "the rotation's angles fit the weights' shared memory");
-    decode_queries<HD>(qg, k, v, kc, vc, qs, &ew[0][0][0], grp, t, kvh, n_kv, pl, blockIdx.y == (nc - 1) / W, neox,
+    static_assert(C * G * 32 >= HD, "the rotation's angles fit the weights' shared memory");
+    decode_queries<HD>(qg, k, v, kc, vc, qs, &ew[0][0][0], grp, t, kvh, n_kv, pl, blockIdx.y == (nc - 1) / C, neox,
                        base);
     __syncthreads();
-    const int c = blockIdx.y * W + warp;
-    if (c < nc) {
-        const int t0 = c * ATT_CHUNK, tn = min(ATT_CHUNK, n - t0);
-        const int kv_stride = n_kv * HD;
-        const u64 row0 = kv_row(table, t0);
-        float p[G];
+    const int c = blockIdx.y * C + cw;
+    const int t0 = c * ATT_CHUNK, tn = c < nc ? min(ATT_CHUNK, n - t0) : 0;
+    const int kv_stride = n_kv * HD;
+    const u64 row0 = tn > 0 ? kv_row(table, t0) : 0;
+    // Scores: this warp's heads g0 .. g0 + gn of the group (the first half
+    // of the group to the chunk's even warp, the rest to its odd warp).
+    const int gh = (grp + 1) >> 1, g0 = half * gh, gn = half ? grp - gh : gh;
+    if (tn > 0) {
+        float p[G2];
 #pragma unroll
-        for (int g = 0; g < G; g++) p[g] = 0.0f;
+        for (int g = 0; g < G2; g++) p[g] = 0.0f;
         if (lane < tn) {
             const float4* kr = (const float4*)(kc + (row0 + lane) * kv_stride + kvh * HD);
 #pragma unroll 4
             for (int d = 0; d < HD / 4; d++) {
                 const float4 kv = kr[d];
 #pragma unroll
-                for (int g = 0; g < G; g++) {
-                    if (g < grp) {
-                        const float4 qv = ((const float4*)(qs + g * HD))[d];
+                for (int g = 0; g < G2; g++) {
+                    if (g < gn) {
+                        const float4 qv = ((const float4*)(qs + (g0 + g) * HD))[d];
                         p[g] = fmaf(qv.x, kv.x, p[g]);
                         p[g] = fmaf(qv.y, kv.y, p[g]);
                         p[g] = fmaf(qv.z, kv.z, p[g]);
@@ -328,56 +343,58 @@ __device__ __forceinline__ void attn_decode_body(const float* q, const float* k,
                 }
             }
         }
-        // Each head's chunk max and row weights; lane g keeps head g's max.
-        float my_max = 0.0f;
+        // Each head's chunk max and row weights.
 #pragma unroll
-        for (int g = 0; g < G; g++) {
-            if (g < grp) {
+        for (int g = 0; g < G2; g++) {
+            if (g < gn) {
                 const float sv = lane < tn ? p[g] * scale : __int_as_float(0xff800000);
                 const float m = warp_max(sv);
-                ew[warp][g][lane] = lane < tn ? expf(sv - m) : 0.0f;
-                if (lane == g) my_max = m;
+                ew[cw][g0 + g][lane] = lane < tn ? expf(sv - m) : 0.0f;
+                if (lane == 0) cmax[cw][g0 + g] = m;
             }
         }
-        __syncwarp();
-        float o[G][DL];
+    }
+    __syncthreads();  // both warps of a chunk see every head's weights
+    if (tn > 0) {
+        // Values: every head, dims lane + 32 i for this warp's half of i.
+        float o[G][DH];
 #pragma unroll
         for (int g = 0; g < G; g++)
 #pragma unroll
-            for (int i = 0; i < DL; i++) o[g][i] = 0.0f;
-        const float* vr = vc + row0 * kv_stride + kvh * HD + lane;
+            for (int i = 0; i < DH; i++) o[g][i] = 0.0f;
+        const float* vr = vc + row0 * kv_stride + kvh * HD + lane + 32 * DH * half;
 #pragma unroll 4
         for (int j = 0; j < tn; j++) {
-            float v[DL];
+            float vv[DH];
 #pragma unroll
-            for (int i = 0; i < DL; i++) v[i] = vr[(u64)j * kv_stride + 32 * i];
+            for (int i = 0; i < DH; i++) vv[i] = vr[(u64)j * kv_stride + 32 * i];
 #pragma unroll
             for (int g = 0; g < G; g++) {
                 if (g < grp) {
-                    const float e = ew[warp][g][j];
+                    const float e = ew[cw][g][j];
 #pragma unroll
-                    for (int i = 0; i < DL; i++) o[g][i] = fmaf(e, v[i], o[g][i]);
+                    for (int i = 0; i < DH; i++) o[g][i] = fmaf(e, vv[i], o[g][i]);
                 }
             }
         }
         // Head h0 + g's partial of chunk c: in this block's shared memory when
         // it folds alone, else in the scratch.
         auto out_of = [&](int g) {
-            return alone ? &local[warp][g][0] : part + (((u64)t * n_heads + h0 + g) * n_chunks + c) * P;
+            return alone ? &local[cw][g][0] : part + (((u64)t * n_heads + h0 + g) * n_chunks + c) * P;
         };
 #pragma unroll
         for (int g = 0; g < G; g++) {
             if (g < grp) {
-                float* out = out_of(g);
+                float* out = out_of(g) + 32 * DH * half;
 #pragma unroll
-                for (int i = 0; i < DL; i++) out[lane + 32 * i] = o[g][i];
+                for (int i = 0; i < DH; i++) out[lane + 32 * i] = o[g][i];
             }
         }
-        if (lane < grp) {
+        if (half == 0 && lane < grp) {
             float s = 0.0f;
-            for (int j = 0; j < tn; j++) s += ew[warp][lane][j];
+            for (int j = 0; j < tn; j++) s += ew[cw][lane][j];
             float* out = out_of(lane);
-            out[HD] = my_max;
+            out[HD] = cmax[cw][lane];
             out[HD + 1] = s;
         }
     }
@@ -393,7 +410,7 @@ __device__ __forceinline__ void attn_decode_body(const float* q, const float* k,
     __syncthreads();
     if (threadIdx.x == 0) {
         int* ctr = counters + (u64)t * n_heads + h0;
-        is_last = atomicAdd(ctr, 1) == (nc + W - 1) / W - 1;
+        is_last = atomicAdd(ctr, 1) == (nc + C - 1) / C - 1;
         if (is_last) *ctr = 0;
     }
     __syncthreads();

@@ -14,11 +14,13 @@ use crate::error::{Result, WorkerError};
 
 /// Rows per split-KV chunk and positions per KV page, defined once in
 /// `kernel_units` (the build script compiles the kernels with them too).
-pub use super::kernel_units::{AD_WARPS, ATT_CHUNK, ATT_GROUP_MAX, ATT_THREADS, KV_PAGE_TOKENS};
+pub use super::kernel_units::{
+    AD_CHUNKS, AD_WARPS, ATT_CHUNK, ATT_GROUP_MAX, ATT_THREADS, KV_PAGE_TOKENS,
+};
 
 /// Kernel and launch shape of a split-KV decode attention over `n_tok`
-/// rows whose grid covers `grid_chunks` chunks: `attn_decode_<hd>` (a warp
-/// per chunk, a block per GQA group and AD_WARPS chunks) for head sizes 64
+/// rows whose grid covers `grid_chunks` chunks: `attn_decode_<hd>` (two
+/// warps per chunk, a block per GQA group and AD_CHUNKS chunks) for head sizes 64
 /// and 128 and groups of at most ATT_GROUP_MAX query heads, else
 /// `attn_partial` (a block per head and chunk). Both give every row the same
 /// bits (the kernel emulator and the GPU suite check it), so the choice is
@@ -48,7 +50,7 @@ pub(crate) fn decode_attention_launch(
     grid_chunks: usize,
 ) -> (&'static str, LaunchConfig) {
     let grouped = n_kv > 0 && n_heads / n_kv <= ATT_GROUP_MAX;
-    let grouped_blocks = grid_chunks.div_ceil(AD_WARPS);
+    let grouped_blocks = grid_chunks.div_ceil(AD_CHUNKS);
     let (name, blocks_x, blocks_y, threads) = match hd {
         64 if grouped => ("attn_decode_64", n_kv, grouped_blocks, 32 * AD_WARPS),
         128 if grouped => ("attn_decode_128", n_kv, grouped_blocks, 32 * AD_WARPS),
@@ -395,22 +397,22 @@ mod tests {
     use super::*;
 
     /// Head sizes 64 and 128 with groups the block holds take
-    /// attn_decode_<hd> (a block of AD_WARPS warps per KV head and AD_WARPS
+    /// attn_decode_<hd> (a block of AD_WARPS warps per KV head and AD_CHUNKS
     /// chunks, however many rows); every other shape one block of
     /// ATT_THREADS per head and chunk.
     #[test]
     fn decode_attention_takes_the_grouped_kernel_for_the_shapes_it_has() {
         let warps = (32 * AD_WARPS) as u32;
         for rows in [1, 32, 64] {
-            let (name, cfg) = decode_attention_launch(14, 2, 64, rows, 5);
+            let (name, cfg) = decode_attention_launch(14, 2, 64, rows, AD_CHUNKS);
             assert_eq!(
                 (name, cfg.grid_dim, cfg.block_dim.0),
                 ("attn_decode_64", (2, 1, rows as u32), warps)
             );
         }
-        let (name, cfg) = decode_attention_launch(12, 2, 128, 3, AD_WARPS + 1);
+        let (name, cfg) = decode_attention_launch(12, 2, 128, 3, AD_CHUNKS + 1);
         assert_eq!((name, cfg.grid_dim), ("attn_decode_128", (2, 2, 3)));
-        let (name, cfg) = decode_attention_launch(9, 3, 64, 1, 3 * AD_WARPS);
+        let (name, cfg) = decode_attention_launch(9, 3, 64, 1, 3 * AD_CHUNKS);
         assert_eq!((name, cfg.grid_dim), ("attn_decode_64", (3, 3, 1)));
         for (heads, hd) in [(2 * (ATT_GROUP_MAX + 1), 64), (14, 256), (14, 80)] {
             let (name, cfg) = decode_attention_launch(heads, 2, hd, 7, 5);

@@ -40,9 +40,13 @@ pub const ATT_THREADS: usize = 128;
 /// larger groups take the per-head kernel.
 pub const ATT_GROUP_MAX: usize = 8;
 /// Warps per block of `attn_decode_<hd>` (`AD_WARPS` in cuda/attention.cu):
-/// a chunk each, so a block covers 32 * AD_WARPS positions and folds a
-/// group of up to AD_WARPS heads with a warp per head.
+/// two a chunk, so a block covers AD_CHUNKS chunks (32 * AD_CHUNKS
+/// positions), and it folds a group of up to AD_WARPS heads with a warp per
+/// head.
 pub const AD_WARPS: usize = 8;
+/// Chunks one `attn_decode_<hd>` block covers (`AD_CHUNKS`): a chunk's two
+/// warps split its scores by head and its value sums by dim.
+pub const AD_CHUNKS: usize = AD_WARPS / 2;
 
 /// Shape of the token-on-lane batched kernels (`_bt`, `_gu_bt` in
 /// cuda/matvec_rows.cu, which receives these as BT_ROWS, BT_WARPS, BT_PAD):
@@ -146,7 +150,7 @@ pub fn translation_unit(name: &str, src: &str) -> String {
         .map(|(qa, ta, qb, tb)| format!(" X({qa}, {ta}, {qb}, {tb})"))
         .collect();
     format!(
-        "#define KV_PAGE {KV_PAGE_TOKENS}\n#define ATT_CHUNK {ATT_CHUNK}\n#define ATT_THREADS {ATT_THREADS}\n#define ATT_GROUP_MAX {ATT_GROUP_MAX}\n#define AD_WARPS {AD_WARPS}\n#define BT_ROWS {rows}\n#define BT_WARPS {warps}\n#define BT_PAD {pad}\n\
+        "#define KV_PAGE {KV_PAGE_TOKENS}\n#define ATT_CHUNK {ATT_CHUNK}\n#define ATT_THREADS {ATT_THREADS}\n#define ATT_GROUP_MAX {ATT_GROUP_MAX}\n#define AD_WARPS {AD_WARPS}\n#define AD_CHUNKS {AD_CHUNKS}\n#define BT_ROWS {rows}\n#define BT_WARPS {warps}\n#define BT_PAD {pad}\n\
          #define TL_ROWS {tl_rows}\n#define TL_TOKENS {tl_tokens}\n#define TL_PAD {tl_pad}\n\
          #define MM_ROWS {mm_rows}\n#define MM_WARPS {mm_warps}\n#define MM_TOKENS {mm_tokens}\n#define MM_PAD {mm_pad}\n#define MM_TILES {mm_tiles}\n\
          #define QKV_MIXED_PAIRS(X){qkv_mixed}\n\

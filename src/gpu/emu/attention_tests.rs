@@ -13,7 +13,7 @@
 use super::{Arg, Emu, Order};
 use crate::engine::cuda::prefill_tests::cpu_attention;
 use crate::gpu::attention::{
-    decode_attention_launch, AD_WARPS, ATT_CHUNK, ATT_THREADS, KV_PAGE_TOKENS,
+    decode_attention_launch, AD_CHUNKS, ATT_CHUNK, ATT_THREADS, KV_PAGE_TOKENS,
 };
 use crate::gpu::test_support::{rel_err, Rng};
 use crate::gpu::Gpu;
@@ -219,16 +219,16 @@ fn decode_attention_rows_get_their_lone_bits() {
                 32 * ATT_CHUNK - 1,
             ],
         ),
-        // Around one grouped block's reach (AD_WARPS chunks): folded in
+        // Around one grouped block's reach (AD_CHUNKS chunks): folded in
         // the block, then by the last of two blocks.
         (
             (14, 2, 64),
             vec![
-                AD_WARPS * ATT_CHUNK - 1,
-                AD_WARPS * ATT_CHUNK,
-                AD_WARPS * ATT_CHUNK + 1,
+                AD_CHUNKS * ATT_CHUNK - 1,
+                AD_CHUNKS * ATT_CHUNK,
+                AD_CHUNKS * ATT_CHUNK + 1,
                 0,
-                2 * AD_WARPS * ATT_CHUNK,
+                2 * AD_CHUNKS * ATT_CHUNK,
             ],
         ),
     ] {
@@ -282,7 +282,7 @@ fn decode_attention_rows_get_their_lone_bits() {
 fn fused_rope_decode_attention_matches_rope_kv_then_attention() {
     let emu = Emu::get();
     let mut r = Rng::fresh("emu_fused_rope_attention");
-    let reach = AD_WARPS * ATT_CHUNK;
+    let reach = AD_CHUNKS * ATT_CHUNK;
     let cases = [
         (
             (14, 2, 64),
