@@ -42,6 +42,19 @@ pub use super::kernel_units::{
 /// size: a grid of two blocks runs it once per layer from a cold
 /// instruction cache. Cheaper load overlap would keep the loops compact
 /// (values staged into shared memory by cp.async, say).
+///
+/// That was tried too (2026-12-06, branch `wip-attn-cpasync`; the values
+/// by cp.async into 64 KiB of dynamic shared memory a block, keys and
+/// values in flight together): slower again on an H100 (ncu, caches
+/// flushed: 15.3 -> 18.4 µs at position ~100, 24.0 -> 26.1 at ~4,000).
+/// ncu of the one-warp-a-chunk kernel showed why: its time is its busy
+/// warps' chains of ~1,900 dependent instructions (7 heads' scores and
+/// value sums), issued every ~14 cycles, not memory. So the kernel now
+/// gives each chunk two warps (heads split for the scores, dims for the
+/// sums): on an H200 (ea57fef against c65d4f2, same call) 14.7 -> 14.2 µs
+/// at ~100 and 23.3 -> 21.7 at ~4,000, batch-1 decode after 4,096 tokens
+/// 809 -> 836 tok/s; 1.2 % slower at 64 rows of 128 + 128 tokens, whose
+/// positions 129-256 now take two blocks and the ticketed fold.
 pub(crate) fn decode_attention_launch(
     n_heads: usize,
     n_kv: usize,
