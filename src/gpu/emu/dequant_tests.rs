@@ -5,9 +5,15 @@
 //! remainder rounded to TF32, so one GEMM over 3 x cols sums the three
 //! products of 3xTF32. The expected parts come from the plain dequant's
 //! values and a host rounding written here, not from the kernels' own split.
+//!
+//! Also the weights themselves: every format's `Q::deq32` (the one
+//! dequantizer of every mat-vec, GEMM and embedding kernel) gives the bits
+//! of the CPU engine's dequantizer (`model::quant`) for any bytes at any
+//! byte alignment, so a faster decoding of the blocks cannot change a token.
 
 use cudarc::driver::LaunchConfig;
 
+use super::guarded::Guarded;
 use super::{Arg, Emu, Order};
 use crate::gpu::ops::{row_bytes, FORMATS};
 use crate::gpu::test_support::Rng;
@@ -117,6 +123,60 @@ fn split_inputs_lay_every_value_as_small_big_big() {
                 want.map(f32::to_bits),
                 "input ({t}, {c}) split as {got:?}, want {want:?}"
             );
+        }
+    }
+}
+
+/// Random bytes (every bit pattern of quants, scales, mins and high bits;
+/// a NaN or infinite scale too) dequantized by `dequant_<format>` from
+/// weights starting 0 to 3 bytes past a 4-byte boundary and ending at a
+/// guard page, against `quant::dequantize` on the same bytes: the same bits
+/// for every weight (both NaN where a scale is NaN or infinite times zero).
+#[test]
+fn dequant_gives_the_cpu_dequantizer_bits_at_any_alignment() {
+    let emu = Emu::get();
+    let mut r = Rng::fresh("emu_dequant_bits");
+    // 7 rows of 512: two 256-element super-blocks a row; rows of odd-sized
+    // 32-element blocks (18, 22, 34 bytes) start at every 2-byte offset.
+    let (rows, cols) = (7usize, 512usize);
+    for (dt, suffix) in FORMATS {
+        let rb = row_bytes(dt, cols).expect("row bytes");
+        let bytes: Vec<u8> = (0..rows * rb).map(|_| r.u() as u8).collect();
+        let mut want = vec![0.0f32; rows * cols];
+        quant::dequantize(dt, &bytes, &mut want).expect("dequantize");
+        let runs = (rows * cols / 32) as u32;
+        for pad in 0..4usize {
+            let mut placed = vec![0u8; pad];
+            placed.extend_from_slice(&bytes);
+            let w = Guarded::new(&placed);
+            let Arg::Ptr(base) = w.arg() else {
+                unreachable!("a guarded buffer is a pointer")
+            };
+            let mut got = vec![f32::NAN; rows * cols];
+            let args = [
+                Arg::Ptr(base + pad as u64),
+                Arg::U64(rb as u64),
+                Arg::of_mut(got.as_mut_slice()),
+                Arg::I32(rows as i32),
+                Arg::I32(cols as i32),
+            ];
+            launch_1d(
+                emu,
+                &format!("dequant_{suffix}"),
+                (runs.div_ceil(256), 1),
+                &args,
+            );
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                    "{suffix}, weights {pad} bytes past alignment: weight ({}, {}) is {g:e} ({:#010x}), \
+                     the CPU dequantizer gives {w:e} ({:#010x})",
+                    i / cols,
+                    i % cols,
+                    g.to_bits(),
+                    w.to_bits()
+                );
+            }
         }
     }
 }
