@@ -1,10 +1,11 @@
-//! What the GPU tests share: the device they run on, a seeded generator and
-//! a relative error. A test binary built for the GPU suite
+//! What the GPU tests share: the device they run on, a seeded generator, a
+//! relative error and the byte offsets weights are placed at. A test binary built for the GPU suite
 //! (`WORKER_ORCD_GPU_TESTS=1`, `cfg(gpu_tests)`) exists to run on a GPU, so
 //! a missing or unusable device fails the test: it never passes by skipping
 //! (built without that variable, the GPU tests are ignored instead).
 
 use super::Gpu;
+use crate::model::gguf::GgmlType;
 
 /// GPU 0 for `test`, or a failure that says why it is unusable.
 pub(crate) fn test_gpu(test: &str) -> Gpu {
@@ -71,4 +72,19 @@ pub(crate) fn rel_err(got: &[f32], want: &[f64]) -> f64 {
         .sum();
     let den: f64 = want.iter().map(|w| w * w).sum();
     (num / den.max(1e-300)).sqrt()
+}
+
+/// Offsets past a 4-byte boundary at which the dequantizer tests place a
+/// format's weights: any byte for the block formats (their kernels load
+/// aligned words and realign them), whole elements for f32, f16 and bf16,
+/// whose kernels load each element as it is: a misaligned f32 load faults
+/// on a GPU, and no GGUF tensor is misaligned (its data starts 32-byte
+/// aligned and a row is whole elements).
+pub(crate) fn weight_pads(dt: GgmlType) -> impl Iterator<Item = usize> {
+    let step = if dt.block_size() == 1 {
+        dt.type_size()
+    } else {
+        1
+    };
+    (0..4).step_by(step)
 }

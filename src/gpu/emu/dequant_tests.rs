@@ -16,7 +16,7 @@ use cudarc::driver::LaunchConfig;
 use super::guarded::Guarded;
 use super::{Arg, Emu, Order};
 use crate::gpu::ops::{row_bytes, FORMATS};
-use crate::gpu::test_support::Rng;
+use crate::gpu::test_support::{weight_pads, Rng};
 use crate::model::quant;
 
 /// `v` rounded to TF32 (10 mantissa bits) to nearest, ties away from zero,
@@ -129,9 +129,10 @@ fn split_inputs_lay_every_value_as_small_big_big() {
 
 /// Random bytes (every bit pattern of quants, scales, mins and high bits;
 /// a NaN or infinite scale too) dequantized by `dequant_<format>` from
-/// weights starting 0 to 3 bytes past a 4-byte boundary and ending at a
-/// guard page, against `quant::dequantize` on the same bytes: the same bits
-/// for every weight (both NaN where a scale is NaN or infinite times zero).
+/// weights starting 0 to 3 bytes past a 4-byte boundary (whole elements
+/// for the float formats: `weight_pads`) and ending at a guard page,
+/// against `quant::dequantize` on the same bytes: the same bits for every
+/// weight (both NaN where a scale is NaN or infinite times zero).
 #[test]
 fn dequant_gives_the_cpu_dequantizer_bits_at_any_alignment() {
     let emu = Emu::get();
@@ -145,7 +146,7 @@ fn dequant_gives_the_cpu_dequantizer_bits_at_any_alignment() {
         let mut want = vec![0.0f32; rows * cols];
         quant::dequantize(dt, &bytes, &mut want).expect("dequantize");
         let runs = (rows * cols / 32) as u32;
-        for pad in 0..4usize {
+        for pad in weight_pads(dt) {
             let mut placed = vec![0u8; pad];
             placed.extend_from_slice(&bytes);
             let w = Guarded::new(&placed);
