@@ -1,8 +1,9 @@
 //! What the GPU tests share: the device they run on, a seeded generator, a
-//! relative error and the byte offsets weights are placed at. A test binary built for the GPU suite
-//! (`WORKER_ORCD_GPU_TESTS=1`, `cfg(gpu_tests)`) exists to run on a GPU, so
-//! a missing or unusable device fails the test: it never passes by skipping
-//! (built without that variable, the GPU tests are ignored instead).
+//! relative error and the byte offsets weights are placed at. A test binary
+//! built for the GPU suite (`WORKER_ORCD_GPU_TESTS=1`, `cfg(gpu_tests)`)
+//! exists to run on a GPU, so a missing or unusable device fails the test:
+//! it never passes by skipping (built without that variable, the GPU tests
+//! are ignored instead).
 
 use super::Gpu;
 use crate::model::gguf::GgmlType;
@@ -75,9 +76,9 @@ pub(crate) fn rel_err(got: &[f32], want: &[f64]) -> f64 {
 }
 
 /// Offsets past a 4-byte boundary at which the dequantizer tests place a
-/// format's weights: any byte for the block formats (their kernels load
-/// aligned words and realign them), whole elements for f32, f16 and bf16,
-/// whose kernels load each element as it is: a misaligned f32 load faults
+/// format's weights: any byte for the block formats (their kernels assume
+/// no alignment of a block), whole elements for f32, f16 and bf16, whose
+/// kernels load each element as it is: a misaligned f32 load faults
 /// on a GPU, and no GGUF tensor is misaligned (its data starts 32-byte
 /// aligned and a row is whole elements).
 pub(crate) fn weight_pads(dt: GgmlType) -> impl Iterator<Item = usize> {

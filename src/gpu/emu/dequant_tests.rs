@@ -42,6 +42,21 @@ fn launch_1d(emu: &Emu, name: &str, grid: (u32, u32), args: &[Arg]) {
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// `dequant_<format>` or `dequant_split_<format>` (`name`) of a `rows` x
+/// `cols` matrix at `w` (rows of `rb` bytes) into `out`, a thread a run as
+/// the launcher (`Gpu::dequant`) shapes it.
+fn dequant_into(emu: &Emu, name: &str, w: Arg, rb: u64, out: &mut [f32], rows: usize, cols: usize) {
+    let runs = (rows * cols / 32) as u32;
+    let args = [
+        w,
+        Arg::U64(rb),
+        Arg::of_mut(out),
+        Arg::I32(rows as i32),
+        Arg::I32(cols as i32),
+    ];
+    launch_1d(emu, name, (runs.div_ceil(256), 1), &args);
+}
+
 #[test]
 fn split_dequant_lays_every_weight_as_big_small_big() {
     let emu = Emu::get();
@@ -53,22 +68,13 @@ fn split_dequant_lays_every_weight_as_big_small_big() {
         let mut wq = Vec::new();
         quant::quantize(dt, &r.vec(rows * cols), &mut wq).expect("quantize");
         let rb = row_bytes(dt, cols).expect("row bytes") as u64;
-        let runs = (rows * cols / 32) as u32;
-        let grid = (runs.div_ceil(256), 1);
         let mut plain = vec![f32::NAN; rows * cols];
         let mut split = vec![f32::NAN; 3 * rows * cols];
         for (name, out) in [
             (format!("dequant_{suffix}"), &mut plain),
             (format!("dequant_split_{suffix}"), &mut split),
         ] {
-            let args = [
-                Arg::of(&wq),
-                Arg::U64(rb),
-                Arg::of_mut(out.as_mut_slice()),
-                Arg::I32(rows as i32),
-                Arg::I32(cols as i32),
-            ];
-            launch_1d(emu, &name, grid, &args);
+            dequant_into(emu, &name, Arg::of(&wq), rb, out, rows, cols);
         }
         for row in 0..rows {
             for c in 0..cols {
@@ -145,7 +151,6 @@ fn dequant_gives_the_cpu_dequantizer_bits_at_any_alignment() {
         let bytes: Vec<u8> = (0..rows * rb).map(|_| r.u() as u8).collect();
         let mut want = vec![0.0f32; rows * cols];
         quant::dequantize(dt, &bytes, &mut want).expect("dequantize");
-        let runs = (rows * cols / 32) as u32;
         for pad in weight_pads(dt) {
             let mut placed = vec![0u8; pad];
             placed.extend_from_slice(&bytes);
@@ -154,18 +159,15 @@ fn dequant_gives_the_cpu_dequantizer_bits_at_any_alignment() {
                 unreachable!("a guarded buffer is a pointer")
             };
             let mut got = vec![f32::NAN; rows * cols];
-            let args = [
-                Arg::Ptr(base + pad as u64),
-                Arg::U64(rb as u64),
-                Arg::of_mut(got.as_mut_slice()),
-                Arg::I32(rows as i32),
-                Arg::I32(cols as i32),
-            ];
-            launch_1d(
+            let at = Arg::Ptr(base + pad as u64);
+            dequant_into(
                 emu,
                 &format!("dequant_{suffix}"),
-                (runs.div_ceil(256), 1),
-                &args,
+                at,
+                rb as u64,
+                &mut got,
+                rows,
+                cols,
             );
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!(
